@@ -1,0 +1,142 @@
+// Raw tensor ops: compute and return new tensors, record no autograd history.
+// Each op checks its inputs (throwing an error that names the op and the shapes),
+// then dispatches to the CPU kernel or, for CUDA tensors, the CUDA kernel.
+// Backward kernels sit beside their forward ops. The differentiable versions
+// that models call live in autograd/ops.h.
+#pragma once
+#include <optional>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace sessa::ops {
+
+// ---- views: share storage, copy nothing ---------------------------------------
+Tensor view(const Tensor& x, Shape shape);  // needs a compatible layout; one -1 allowed
+Tensor reshape(const Tensor& x, Shape shape);  // view when possible, else a copy
+std::optional<Tensor> try_view(const Tensor& x, Shape shape);  // the view, if one exists
+Tensor permute(const Tensor& x, const std::vector<int64_t>& order);
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
+Tensor expand(const Tensor& x, const Shape& shape);  // broadcast to shape (stride 0)
+Tensor unsqueeze(const Tensor& x, int64_t dim);
+Tensor squeeze(const Tensor& x, int64_t dim);
+
+// ---- copies and conversions ------------------------------------------------------
+void copy_(const Tensor& dst, const Tensor& src);  // broadcasting, casting, cross-device
+Tensor contiguous(const Tensor& x);  // x itself when already contiguous
+Tensor clone(const Tensor& x);
+Tensor cast(const Tensor& x, DType dtype);
+Tensor to_device(const Tensor& x, Device device);
+void fill_(const Tensor& x, double value);
+
+// ---- elementwise ------------------------------------------------------------------
+enum class Binary { Add, Sub, Mul, Div };
+Tensor binary(Binary op, const Tensor& a, const Tensor& b);  // NumPy broadcasting
+inline Tensor add(const Tensor& a, const Tensor& b) { return binary(Binary::Add, a, b); }
+inline Tensor sub(const Tensor& a, const Tensor& b) { return binary(Binary::Sub, a, b); }
+inline Tensor mul(const Tensor& a, const Tensor& b) { return binary(Binary::Mul, a, b); }
+inline Tensor div(const Tensor& a, const Tensor& b) { return binary(Binary::Div, a, b); }
+// y = alpha * x + beta, elementwise (scalar arithmetic without a scalar tensor).
+Tensor affine(const Tensor& x, double alpha, double beta);
+// dst += alpha * src (src broadcast to dst's shape). Used for gradient accumulation.
+void add_(const Tensor& dst, const Tensor& src, double alpha = 1.0);
+
+enum class Unary { Neg, Exp, Log, Sqrt, Square, Tanh, Sigmoid, Relu, Gelu, Silu, Softplus };
+const char* unary_name(Unary op);
+Tensor unary(Unary op, const Tensor& x);
+// dx = dy * f'(x)
+Tensor unary_backward(Unary op, const Tensor& x, const Tensor& dy);
+
+// ---- reductions ---------------------------------------------------------------------
+Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim = false);
+Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim = false);
+Tensor sum_all(const Tensor& x);  // 0-d
+Tensor amax(const Tensor& x, int64_t dim, bool keepdim = false);
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);  // int32
+// Sums a broadcast gradient back to `shape` (the inverse of expand).
+Tensor sum_to(const Tensor& x, const Shape& shape);
+
+// ---- linear algebra -------------------------------------------------------------------
+// op(a) @ op(b) over the last two dims. a: (..., M, K) (or (..., K, M) with trans_a);
+// b: (K, N) shared by every batch, or (..., K, N) with a's batch dims.
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+
+// ---- softmax over the last dim ----------------------------------------------------------
+Tensor softmax(const Tensor& x);
+Tensor softmax_backward(const Tensor& y, const Tensor& dy);  // y = softmax(x)
+Tensor log_softmax(const Tensor& x);
+Tensor log_softmax_backward(const Tensor& y, const Tensor& dy);  // y = log_softmax(x)
+
+// ---- joining and indexing ----------------------------------------------------------------
+Tensor cat(const std::vector<Tensor>& xs, int64_t dim);
+// Rows of `x` along `dim` picked by int32 `index` (any shape): out shape = x.shape with
+// dim replaced by index.shape. index_select(weight, 0, ids) is an embedding lookup.
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
+// The backward of index_select: scatter-adds `grad` rows into zeros of `shape`.
+Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& grad);
+
+}  // namespace sessa::ops
+
+namespace sessa::ops {
+
+// ---- fused building blocks ------------------------------------------------------------
+// LayerNorm over the last dim: y = (x - mean) * rstd * weight + bias. Statistics in
+// float32 or better; `mean` and `rstd` (shape x.shape[:-1]) are saved for backward.
+struct LayerNormOut {
+  Tensor y, mean, rstd;
+};
+LayerNormOut layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+struct LayerNormGrads {
+  Tensor dx, dweight, dbias;
+};
+LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                   const Tensor& rstd);
+
+// One AdamW update of `param` in place (decoupled weight decay, bias correction).
+struct AdamWHyper {
+  double lr, beta1, beta2, eps, weight_decay;
+  int64_t step;  // 1-based, for bias correction
+};
+void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWHyper& h);
+// Sum of squares of all elements, as double (for global gradient norms).
+double sum_of_squares(const Tensor& x);
+
+}  // namespace sessa::ops
+
+namespace sessa::ops {
+
+// ---- attention, rotary embedding, cross-entropy -----------------------------------------
+// Causal softmax attention with grouped-query heads. q: (B, H, Tq, dh); k, v: (B, Hkv, Tk, dh)
+// with H % Hkv == 0 (query head h reads kv head h / (H / Hkv)). Query i sits at absolute
+// position q_offset + i and attends keys s <= q_offset + i (so q_offset = Tk - Tq for
+// decoding against a cache; 0 for a full sequence). Scores are scaled by `scale`.
+// Returns out (B, H, Tq, dh) and the row log-sum-exp lse (B, H, Tq, float32 or float64)
+// that backward uses to recompute the probabilities without storing them.
+struct AttentionOut {
+  Tensor out, lse;
+};
+AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset, double scale);
+struct AttentionGrads {
+  Tensor dq, dk, dv;
+};
+AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const Tensor& lse, int64_t q_offset, double scale);
+
+// Rotary position embedding on x: (B, H, T, dh), dh even, for positions pos_offset + t:
+// pair i = (x[2i], x[2i+1]) rotates by theta = pos * base^(-2i/dh). inverse = true rotates
+// by -theta, which is also the backward (the map is orthogonal).
+Tensor rope(const Tensor& x, int64_t pos_offset, double base = 10000.0, bool inverse = false);
+
+// Mean cross-entropy of logits (N, V) against int32 targets (N), skipping targets equal to
+// ignore_index; log-sum-exp per row is returned for backward. loss is 0-d.
+struct CrossEntropyOut {
+  Tensor loss, lse;
+  int64_t count;  // targets that were not ignored
+};
+CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index);
+// dlogits = dloss * (softmax(logits) - onehot(target)) / count, zero on ignored rows.
+Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                              int64_t ignore_index, int64_t count);
+
+}  // namespace sessa::ops

@@ -1,0 +1,128 @@
+// Elementwise ops: binary arithmetic with broadcasting, affine maps, in-place
+// accumulation, and unary math with its derivative.
+#include "tensor/cpu/loops.h"
+#include "tensor/cpu/unary_math.h"
+#include "tensor/ops.h"
+
+namespace sessa::ops {
+
+namespace {
+
+void check_same_device_dtype(const char* op, const Tensor& a, const Tensor& b) {
+  SESSA_CHECK(a.device() == b.device(), op, "tensors on different devices: " << a.str() << " and " << b.str());
+  SESSA_CHECK(a.dtype() == b.dtype(), op, "dtype mismatch: " << a.str() << " and " << b.str());
+}
+
+void require_cpu(const char* op, const Tensor& x) {
+  SESSA_CHECK(x.device().is_cpu(), op, "no CUDA kernel yet for " << x.str());
+}
+
+template <Binary op, class T> inline T apply(T a, T b) {
+  if constexpr (op == Binary::Add) return a + b;
+  else if constexpr (op == Binary::Sub) return a - b;
+  else if constexpr (op == Binary::Mul) return a * b;
+  else return a / b;
+}
+
+template <Binary op> void cpu_binary(const Tensor& out, const Tensor& a, const Tensor& b) {
+  cpu::dispatch_float(out.dtype(), "binary", [&](auto tag) {
+    using T = decltype(tag);
+    T* y = out.data<T>();
+    const T* pa = a.data<T>();
+    const T* pb = b.data<T>();
+    if (a.is_contiguous() && b.is_contiguous() && a.shape() == b.shape()) {
+      const int64_t n = out.numel();
+#pragma omp parallel for simd if (n >= cpu::kParallelGrain)
+      for (int64_t i = 0; i < n; ++i) y[i] = apply<op>(pa[i], pb[i]);
+      return;
+    }
+    cpu::strided_loop<3>(out.shape(),
+                         {out.strides(), broadcast_strides(a.shape(), a.strides(), out.shape()),
+                          broadcast_strides(b.shape(), b.strides(), out.shape())},
+                         [&](const auto& o) { y[o[0]] = apply<op>(pa[o[1]], pb[o[2]]); });
+  });
+}
+
+}  // namespace
+
+Tensor binary(Binary op, const Tensor& a, const Tensor& b) {
+  const char* name = op == Binary::Add ? "add" : op == Binary::Sub ? "sub" : op == Binary::Mul ? "mul" : "div";
+  check_same_device_dtype(name, a, b);
+  require_cpu(name, a);
+  Tensor out = Tensor::empty(broadcast_shapes(a.shape(), b.shape(), name), a.options());
+  switch (op) {
+    case Binary::Add: cpu_binary<Binary::Add>(out, a, b); break;
+    case Binary::Sub: cpu_binary<Binary::Sub>(out, a, b); break;
+    case Binary::Mul: cpu_binary<Binary::Mul>(out, a, b); break;
+    case Binary::Div: cpu_binary<Binary::Div>(out, a, b); break;
+  }
+  return out;
+}
+
+Tensor affine(const Tensor& x, double alpha, double beta) {
+  require_cpu("affine", x);
+  Tensor out = empty_like(x);
+  cpu::dispatch_float(x.dtype(), "affine", [&](auto tag) {
+    using T = decltype(tag);
+    T* y = out.data<T>();
+    const T* px = x.data<T>();
+    cpu::strided_loop<2>(out.shape(), {out.strides(), x.strides()},
+                         [&](const auto& o) { y[o[0]] = T(alpha) * px[o[1]] + T(beta); });
+  });
+  return out;
+}
+
+void add_(const Tensor& dst, const Tensor& src, double alpha) {
+  check_same_device_dtype("add_", dst, src);
+  require_cpu("add_", dst);
+  SESSA_CHECK(broadcast_shapes(dst.shape(), src.shape(), "add_") == dst.shape(), "add_",
+              "cannot accumulate " << src.shape() << " into " << dst.shape());
+  cpu::dispatch_float(dst.dtype(), "add_", [&](auto tag) {
+    using T = decltype(tag);
+    T* d = dst.data<T>();
+    const T* s = src.data<T>();
+    cpu::strided_loop<2>(dst.shape(), {dst.strides(), broadcast_strides(src.shape(), src.strides(), dst.shape())},
+                         [&](const auto& o) { d[o[0]] += T(alpha) * s[o[1]]; });
+  });
+}
+
+const char* unary_name(Unary op) {
+  static const char* names[] = {"neg", "exp", "log", "sqrt", "square", "tanh", "sigmoid", "relu", "gelu", "silu", "softplus"};
+  return names[int(op)];
+}
+
+Tensor unary(Unary op, const Tensor& x) {
+  require_cpu(unary_name(op), x);
+  Tensor out = empty_like(x);
+  cpu::dispatch_float(x.dtype(), unary_name(op), [&](auto tag) {
+    using T = decltype(tag);
+    T* y = out.data<T>();
+    const T* px = x.data<T>();
+    cpu::dispatch_unary(op, [&](auto op_tag) {
+      cpu::strided_loop<2>(out.shape(), {out.strides(), x.strides()},
+                           [&](const auto& o) { y[o[0]] = cpu::unary_value<op_tag.value>(px[o[1]]); });
+    });
+  });
+  return out;
+}
+
+Tensor unary_backward(Unary op, const Tensor& x, const Tensor& dy) {
+  check_same_device_dtype(unary_name(op), x, dy);
+  SESSA_CHECK(x.shape() == dy.shape(), unary_name(op), "gradient shape " << dy.shape() << " != input shape " << x.shape());
+  require_cpu(unary_name(op), x);
+  Tensor dx = empty_like(x);
+  cpu::dispatch_float(x.dtype(), unary_name(op), [&](auto tag) {
+    using T = decltype(tag);
+    T* g = dx.data<T>();
+    const T* px = x.data<T>();
+    const T* pdy = dy.data<T>();
+    cpu::dispatch_unary(op, [&](auto op_tag) {
+      cpu::strided_loop<3>(dx.shape(), {dx.strides(), x.strides(), dy.strides()}, [&](const auto& o) {
+        g[o[0]] = pdy[o[2]] * cpu::unary_derivative<op_tag.value>(px[o[1]]);
+      });
+    });
+  });
+  return dx;
+}
+
+}  // namespace sessa::ops

@@ -1,0 +1,80 @@
+// Fused LayerNorm over the last dimension, forward and backward.
+// Backward, per row with xhat = (x - mean) * rstd and g = dy * weight:
+//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  dweight = sum_rows dy * xhat,  dbias = sum_rows dy.
+#include <cmath>
+
+#include "tensor/cpu/loops.h"
+#include "tensor/ops.h"
+
+namespace sessa::ops {
+
+LayerNormOut layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, double eps) {
+  SESSA_CHECK(x_in.dim() >= 1 && weight.shape() == Shape{x_in.size(-1)} && bias.shape() == weight.shape(), "layer_norm",
+              "input " << x_in.shape() << " needs weight and bias of shape [" << x_in.size(-1) << "], got "
+                       << weight.shape() << " and " << bias.shape());
+  SESSA_CHECK(x_in.device().is_cpu(), "layer_norm", "no CUDA kernel yet for " << x_in.str());
+  Tensor x = contiguous(x_in);
+  const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
+  Shape stat_shape(x.shape().begin(), x.shape().end() - 1);
+  LayerNormOut out{empty_like(x), Tensor::empty(stat_shape, x.options()), Tensor::empty(stat_shape, x.options())};
+  cpu::dispatch_float(x.dtype(), "layer_norm", [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = x.data<T>(), *w = contiguous(weight).data<T>(), *b = contiguous(bias).data<T>();
+    T *y = out.y.data<T>(), *mu = out.mean.data<T>(), *rs = out.rstd.data<T>();
+#pragma omp parallel for if (x.numel() >= cpu::kParallelGrain)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* row = px + r * D;
+      double s = 0, ss = 0;
+      for (int64_t i = 0; i < D; ++i) s += double(row[i]);
+      const double m = s / double(D);
+      for (int64_t i = 0; i < D; ++i) ss += (double(row[i]) - m) * (double(row[i]) - m);
+      const double rstd = 1.0 / std::sqrt(ss / double(D) + eps);
+      mu[r] = T(m), rs[r] = T(rstd);
+      for (int64_t i = 0; i < D; ++i) y[r * D + i] = T((double(row[i]) - m) * rstd) * w[i] + b[i];
+    }
+  });
+  return out;
+}
+
+LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& weight, const Tensor& mean,
+                                   const Tensor& rstd) {
+  SESSA_CHECK(dy_in.shape() == x_in.shape(), "layer_norm_backward", "gradient " << dy_in.shape() << " vs input " << x_in.shape());
+  Tensor x = contiguous(x_in), dy = contiguous(dy_in);
+  const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
+  LayerNormGrads g{empty_like(x), zeros({D}, x.options()), zeros({D}, x.options())};
+  cpu::dispatch_float(x.dtype(), "layer_norm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = x.data<T>(), *pdy = dy.data<T>(), *w = contiguous(weight).data<T>();
+    const T *mu = contiguous(mean).data<T>(), *rs = contiguous(rstd).data<T>();
+    T* dx = g.dx.data<T>();
+#pragma omp parallel for if (x.numel() >= cpu::kParallelGrain)
+    for (int64_t r = 0; r < rows; ++r) {
+      double mean_g = 0, mean_gx = 0;
+      for (int64_t i = 0; i < D; ++i) {
+        double xhat = (double(px[r * D + i]) - double(mu[r])) * double(rs[r]);
+        double gi = double(pdy[r * D + i]) * double(w[i]);
+        mean_g += gi, mean_gx += gi * xhat;
+      }
+      mean_g /= double(D), mean_gx /= double(D);
+      for (int64_t i = 0; i < D; ++i) {
+        double xhat = (double(px[r * D + i]) - double(mu[r])) * double(rs[r]);
+        double gi = double(pdy[r * D + i]) * double(w[i]);
+        dx[r * D + i] = T(double(rs[r]) * (gi - mean_g - xhat * mean_gx));
+      }
+    }
+    // Parameter gradients: reduce over rows, parallel over columns.
+    T *dw = g.dweight.data<T>(), *db = g.dbias.data<T>();
+#pragma omp parallel for if (x.numel() >= cpu::kParallelGrain)
+    for (int64_t i = 0; i < D; ++i) {
+      double sw = 0, sb = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        double xhat = (double(px[r * D + i]) - double(mu[r])) * double(rs[r]);
+        sw += double(pdy[r * D + i]) * xhat, sb += double(pdy[r * D + i]);
+      }
+      dw[i] = T(sw), db[i] = T(sb);
+    }
+  });
+  return g;
+}
+
+}  // namespace sessa::ops

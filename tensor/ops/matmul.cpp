@@ -1,0 +1,93 @@
+// Matrix products through the blocked CPU GEMM (tensor/cpu/gemm.h). Transposed
+// views are passed to GEMM as transposed operands instead of being copied.
+#include <optional>
+
+#include "tensor/cpu/gemm.h"
+#include "tensor/cpu/loops.h"
+#include "tensor/ops.h"
+
+namespace sessa::ops {
+
+namespace {
+
+// How GEMM reads the last two dims (R x C) of a tensor without copying.
+struct GemmView {
+  Tensor t;
+  int64_t ld;
+  bool stored_transposed;  // memory holds the C x R transpose, row-major
+};
+
+std::optional<GemmView> gemm_view(const Tensor& x) {
+  const int64_t d = x.dim(), R = x.shape()[d - 2], C = x.shape()[d - 1];
+  const int64_t sr = x.strides()[d - 2], sc = x.strides()[d - 1];
+  const int64_t rmax = std::max<int64_t>(R, 1), cmax = std::max<int64_t>(C, 1);
+  if (sc == 1 || C == 1) {
+    int64_t ld = R == 1 ? cmax : sr;
+    if (ld >= cmax) return GemmView{x, ld, false};
+  }
+  if (sr == 1 || R == 1) {
+    int64_t ld = C == 1 ? rmax : sc;
+    if (ld >= rmax) return GemmView{x, ld, true};
+  }
+  return std::nullopt;
+}
+
+GemmView as_gemm_operand(const Tensor& x) {
+  if (auto v = gemm_view(x)) return *v;
+  return *gemm_view(contiguous(x));
+}
+
+// Element offset of batch item `b` (row-major over the leading dims).
+int64_t batch_offset(const Tensor& x, int64_t b, int64_t batch_dims) {
+  int64_t off = x.offset();
+  for (int64_t d = batch_dims - 1; d >= 0; --d) {
+    off += (b % x.shape()[d]) * x.strides()[d];
+    b /= x.shape()[d];
+  }
+  return off;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  SESSA_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul", "operands need >= 2 dims, got " << a.shape() << " and " << b.shape());
+  SESSA_CHECK(a.device() == b.device() && a.dtype() == b.dtype(), "matmul",
+              "operands differ in device or dtype: " << a.str() << " and " << b.str());
+  SESSA_CHECK(a.device().is_cpu(), "matmul", "no CUDA kernel yet for " << a.str());
+  const int64_t M = a.size(trans_a ? -1 : -2), K = a.size(trans_a ? -2 : -1);
+  const int64_t Kb = b.size(trans_b ? -1 : -2), N = b.size(trans_b ? -2 : -1);
+  SESSA_CHECK(K == Kb, "matmul", "inner dimensions differ: " << a.shape() << (trans_a ? "^T" : "") << " @ " << b.shape()
+                                                              << (trans_b ? "^T" : ""));
+  const int64_t batch_dims = a.dim() - 2;
+  Shape batch_shape(a.shape().begin(), a.shape().end() - 2);
+  SESSA_CHECK(b.dim() == 2 || Shape(b.shape().begin(), b.shape().end() - 2) == batch_shape, "matmul",
+              "batch dims differ: " << a.shape() << " @ " << b.shape());
+  Shape out_shape = batch_shape;
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+  Tensor out = Tensor::empty(out_shape, a.options());
+  const int64_t batch = numel(batch_shape);
+
+  // A shared 2-D weight against a batch of row-major inputs is one tall GEMM.
+  Tensor a_eff = a;
+  int64_t a_batch = batch, M_eff = M;
+  if (b.dim() == 2 && !trans_a && batch > 1) {
+    if (auto flat = try_view(a, {batch * M, K})) a_eff = *flat, a_batch = 1, M_eff = batch * M;
+  }
+  GemmView va = as_gemm_operand(a_eff), vb = as_gemm_operand(b);
+  cpu::dispatch_float(a.dtype(), "matmul", [&](auto tag) {
+    using T = decltype(tag);
+    T* base_a = static_cast<T*>(va.t.storage()->data());
+    T* base_b = static_cast<T*>(vb.t.storage()->data());
+    T* c = out.data<T>();
+    for (int64_t i = 0; i < a_batch; ++i) {
+      const T* pa = base_a + batch_offset(va.t, i, va.t.dim() - 2);
+      const T* pb = base_b + (vb.t.dim() == 2 ? vb.t.offset() : batch_offset(vb.t, i, batch_dims));
+      cpu::gemm<T>(trans_a != va.stored_transposed, trans_b != vb.stored_transposed, M_eff, N, K, T(1), pa, va.ld, pb,
+                   vb.ld, T(0), c + i * M_eff * N, N);
+    }
+  });
+  return out;
+}
+
+}  // namespace sessa::ops

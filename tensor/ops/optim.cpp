@@ -1,0 +1,44 @@
+// Optimizer kernels: the fused AdamW update and the squared norm used for clipping.
+#include <cmath>
+
+#include "tensor/cpu/loops.h"
+#include "tensor/ops.h"
+
+namespace sessa::ops {
+
+// m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr (wd p + mhat / (sqrt(vhat) + eps))
+// with mhat = m / (1 - b1^t), vhat = v / (1 - b2^t)  (Loshchilov & Hutter, AdamW).
+void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWHyper& h) {
+  for (const Tensor* t : {&grad, &m, &v})
+    SESSA_CHECK(t->shape() == param.shape() && t->is_contiguous() && t->device() == param.device(), "adamw_step_",
+                "state " << t->str() << " does not match parameter " << param.str());
+  SESSA_CHECK(param.is_contiguous() && param.device().is_cpu(), "adamw_step_", "needs a contiguous cpu parameter, got " << param.str());
+  const double c1 = 1.0 - std::pow(h.beta1, double(h.step)), c2 = 1.0 - std::pow(h.beta2, double(h.step));
+  cpu::dispatch_float(param.dtype(), "adamw_step_", [&](auto tag) {
+    using T = decltype(tag);
+    T *p = param.data<T>(), *pm = m.data<T>(), *pv = v.data<T>();
+    const T* g = grad.data<T>();
+    const int64_t n = param.numel();
+#pragma omp parallel for simd if (n >= cpu::kParallelGrain)
+    for (int64_t i = 0; i < n; ++i) {
+      pm[i] = T(h.beta1) * pm[i] + T(1 - h.beta1) * g[i];
+      pv[i] = T(h.beta2) * pv[i] + T(1 - h.beta2) * g[i] * g[i];
+      T update = (pm[i] / T(c1)) / (std::sqrt(pv[i] / T(c2)) + T(h.eps));
+      p[i] -= T(h.lr) * (T(h.weight_decay) * p[i] + update);
+    }
+  });
+}
+
+double sum_of_squares(const Tensor& x) {
+  Tensor c = contiguous(x.to(Device::cpu()));
+  return cpu::dispatch_float(c.dtype(), "sum_of_squares", [&](auto tag) {
+    using T = decltype(tag);
+    const T* p = c.data<T>();
+    double acc = 0;
+#pragma omp parallel for reduction(+ : acc) if (c.numel() >= cpu::kParallelGrain)
+    for (int64_t i = 0; i < c.numel(); ++i) acc += double(p[i]) * double(p[i]);
+    return acc;
+  });
+}
+
+}  // namespace sessa::ops

@@ -1,0 +1,45 @@
+// Small helpers shared by the tests.
+#pragma once
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "tensor/random.h"
+#include "tensor/tensor.h"
+
+namespace sessa::test {
+
+// A float64 CPU leaf with normal(0, scale) entries that requires grad.
+inline Tensor leaf(const Shape& shape, Generator& gen, double scale = 1.0) {
+  Tensor t = normal(shape, 0.0, scale, gen, {DType::F64});
+  t.set_requires_grad();
+  return t;
+}
+
+// max |a - b| / max(1, max |b|)
+inline double max_rel_diff(const Tensor& a, const Tensor& b) {
+  auto va = a.to_vector<double>(), vb = b.to_vector<double>();
+  REQUIRE(va.size() == vb.size());
+  double diff = 0, scale = 1;
+  for (size_t i = 0; i < va.size(); ++i) {
+    diff = std::max(diff, std::abs(va[i] - vb[i]));
+    scale = std::max(scale, std::abs(vb[i]));
+    if (std::isnan(va[i]) != std::isnan(vb[i])) return INFINITY;
+  }
+  return diff / scale;
+}
+
+// Runs f, expecting a sessa::Error whose message contains every fragment.
+template <class F> void check_error(F&& f, const std::vector<std::string>& fragments) {
+  try {
+    f();
+    FAIL("expected an error mentioning '" << fragments.at(0) << "'");
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    for (const auto& frag : fragments) CHECK_MESSAGE(msg.find(frag) != std::string::npos, "message: " << msg);
+  }
+}
+
+}  // namespace sessa::test
