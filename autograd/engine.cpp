@@ -1,0 +1,98 @@
+// The backward pass: order the graph, then run each node once, after every node
+// that consumes its output, summing the gradients that reach it.
+#include <unordered_map>
+#include <unordered_set>
+
+#include "autograd/node.h"
+#include "tensor/ops.h"
+
+namespace sessa::autograd {
+
+namespace {
+thread_local bool g_grad_enabled = true;
+
+// Nodes reachable from `root`, producers after consumers (reverse topological order).
+std::vector<std::shared_ptr<Node>> reverse_topological(const std::shared_ptr<Node>& root) {
+  std::vector<std::shared_ptr<Node>> post_order;
+  std::unordered_set<Node*> visited{root.get()};
+  std::vector<std::pair<std::shared_ptr<Node>, size_t>> stack{{root, 0}};
+  while (!stack.empty()) {
+    auto& [node, next_input] = stack.back();
+    if (next_input < node->inputs.size()) {
+      const auto& child = node->inputs[next_input++].fn;
+      if (child && visited.insert(child.get()).second) stack.push_back({child, 0});
+    } else {
+      post_order.push_back(node);
+      stack.pop_back();
+    }
+  }
+  return {post_order.rbegin(), post_order.rend()};
+}
+
+void accumulate_leaf(const Tensor& leaf, const Tensor& g) {
+  Tensor current = leaf.grad();
+  if (current.defined()) ops::add_(current, g);
+  else leaf.set_grad(ops::clone(g));  // the leaf owns its gradient buffer
+}
+}  // namespace
+
+bool grad_enabled() { return g_grad_enabled; }
+NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
+
+Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, BackwardFn backward) {
+  if (!g_grad_enabled) return out;
+  auto node = std::make_shared<Node>();
+  node->name = name;
+  bool any = false;
+  for (const Tensor& in : inputs) {
+    Edge e;
+    if (in.defined()) {
+      e.shape = in.shape();
+      if (in.grad_fn()) e.fn = in.grad_fn();
+      else if (in.requires_grad()) e.leaf = in;
+    }
+    any = any || e.needs_grad();
+    node->inputs.push_back(std::move(e));
+  }
+  if (!any) return out;
+  node->backward = std::move(backward);
+  out.set_grad_fn(std::move(node));
+  return out;
+}
+
+void backward(const Tensor& root, const Tensor& seed) {
+  SESSA_CHECK(root.requires_grad(), "backward", "the tensor does not require grad (no recorded op leads to it)");
+  SESSA_CHECK(seed.defined() || root.numel() == 1, "backward",
+              "a seed gradient is needed for a non-scalar root of shape " << root.shape());
+  Tensor g = seed.defined() ? seed : ones(root.shape(), root.options());
+  if (!root.grad_fn()) return accumulate_leaf(root, g);
+
+  std::unordered_map<Node*, Tensor> pending{{root.grad_fn().get(), g}};
+  for (const auto& node : reverse_topological(root.grad_fn())) {
+    auto it = pending.find(node.get());
+    if (it == pending.end()) continue;  // no gradient flowed here
+    Tensor grad_out = std::move(it->second);
+    pending.erase(it);
+    SESSA_CHECK(node->backward, "backward", "the graph through '" << node->name
+                                             << "' was already freed by an earlier backward()");
+    std::vector<Tensor> grads = node->backward(grad_out);
+    SESSA_CHECK(grads.size() == node->inputs.size(), "backward",
+                "'" << node->name << "' returned " << grads.size() << " gradients for " << node->inputs.size() << " inputs");
+    for (size_t i = 0; i < grads.size(); ++i) {
+      const Edge& e = node->inputs[i];
+      if (!e.needs_grad() || !grads[i].defined()) continue;
+      SESSA_CHECK(grads[i].shape() == e.shape, "backward", "'" << node->name << "' returned a gradient of shape "
+                                                              << grads[i].shape() << " for input " << i << " of shape " << e.shape);
+      if (e.leaf.defined()) {
+        accumulate_leaf(e.leaf, grads[i]);
+      } else {
+        Tensor& slot = pending[e.fn.get()];
+        slot = slot.defined() ? ops::add(slot, grads[i]) : grads[i];
+      }
+    }
+    node->release();
+  }
+}
+
+}  // namespace sessa::autograd

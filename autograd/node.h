@@ -1,0 +1,60 @@
+// The autograd graph. Each differentiable op that sees an input requiring grad
+// records one Node on its output: the node holds an Edge per input (to the
+// producer's node, or to the leaf tensor whose .grad it feeds) and a backward
+// function mapping the output's gradient to one gradient per input.
+#pragma once
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace sessa::autograd {
+
+struct Node;
+
+struct Edge {
+  std::shared_ptr<Node> fn;  // the producer of this input, or
+  Tensor leaf;               // the leaf that accumulates the gradient, or neither (no grad needed)
+  Shape shape;               // the input's shape, to check what backward returns
+  bool needs_grad() const { return fn != nullptr || leaf.defined(); }
+};
+
+// Gradient of the loss w.r.t. each input, given the gradient w.r.t. the output.
+// An entry may be undefined when that input needs no gradient.
+using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
+
+struct Node {
+  const char* name;
+  std::vector<Edge> inputs;
+  BackwardFn backward;
+  void release() {  // frees saved tensors and links once backward has used them
+    backward = nullptr;
+    inputs.clear();
+  }
+};
+
+// Gradient recording is on by default; a NoGradGuard turns it off in its scope.
+bool grad_enabled();
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// Makes `out` the result of a differentiable op named `name` over `inputs` (some
+// may be undefined). When grad is enabled and any input requires grad, attaches
+// a node running `backward`. Tensors `backward` captures should be detached
+// (see Tensor::detach) so that the graph holds no cycle.
+Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, BackwardFn backward);
+
+// Back-propagates from `root`: seed is d(loss)/d(root), ones for a one-element
+// root when omitted. Leaf gradients accumulate into .grad; the graph is freed.
+void backward(const Tensor& root, const Tensor& seed = {});
+
+}  // namespace sessa::autograd

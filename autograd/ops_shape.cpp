@@ -1,0 +1,85 @@
+// Differentiable views, joins, indexing and casts: forward then backward.
+#include "autograd/ops.h"
+
+namespace sessa {
+
+using autograd::record;
+
+Tensor reshape(const Tensor& x, const Shape& shape) {
+  return record("reshape", ops::reshape(x, shape), {x}, [sx = x.shape()](const Tensor& g) {
+    return std::vector<Tensor>{ops::reshape(g, sx)};
+  });
+}
+
+Tensor permute(const Tensor& x, const std::vector<int64_t>& order) {
+  Tensor y = ops::permute(x, order);
+  std::vector<int64_t> inverse(order.size());
+  for (size_t i = 0; i < order.size(); ++i) inverse[size_t(wrap_dim(order[i], x.dim(), "permute"))] = int64_t(i);
+  return record("permute", y, {x}, [inverse](const Tensor& g) { return std::vector<Tensor>{ops::permute(g, inverse)}; });
+}
+
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
+  return record("transpose", ops::transpose(x, d0, d1), {x}, [d0, d1](const Tensor& g) {
+    return std::vector<Tensor>{ops::transpose(g, d0, d1)};
+  });
+}
+
+// The gradient of a slice is zero outside it.
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
+  return record("narrow", ops::narrow(x, dim, start, length), {x},
+                [dim, start, length, opt = x.options(), sx = x.shape()](const Tensor& g) {
+                  Tensor full_grad = zeros(sx, opt);
+                  ops::copy_(ops::narrow(full_grad, dim, start, length), g);
+                  return std::vector<Tensor>{full_grad};
+                });
+}
+
+Tensor expand(const Tensor& x, const Shape& shape) {
+  return record("expand", ops::expand(x, shape), {x}, [sx = x.shape()](const Tensor& g) {
+    return std::vector<Tensor>{ops::sum_to(g, sx)};
+  });
+}
+
+Tensor unsqueeze(const Tensor& x, int64_t dim) { return reshape(x, ops::unsqueeze(x, dim).shape()); }
+Tensor squeeze(const Tensor& x, int64_t dim) { return reshape(x, ops::squeeze(x, dim).shape()); }
+
+Tensor contiguous(const Tensor& x) {
+  if (x.is_contiguous()) return x;
+  return record("contiguous", ops::contiguous(x), {x}, [](const Tensor& g) { return std::vector<Tensor>{g}; });
+}
+
+Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
+  std::vector<int64_t> sizes;
+  int64_t d = wrap_dim(dim, xs.at(0).dim(), "cat");
+  for (const Tensor& x : xs) sizes.push_back(x.shape()[size_t(d)]);
+  return record("cat", ops::cat(xs, d), xs, [d, sizes](const Tensor& g) {
+    std::vector<Tensor> grads;
+    int64_t at = 0;
+    for (int64_t n : sizes) grads.push_back(ops::narrow(g, d, at, n)), at += n;
+    return grads;
+  });
+}
+
+std::vector<Tensor> split(const Tensor& x, int64_t dim, const std::vector<int64_t>& sizes) {
+  std::vector<Tensor> parts;
+  int64_t at = 0;
+  for (int64_t n : sizes) parts.push_back(narrow(x, dim, at, n)), at += n;
+  SESSA_CHECK(at == x.size(dim), "split", "sizes add up to " << at << ", dim " << dim << " of " << x.shape() << " has " << x.size(dim));
+  return parts;
+}
+
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
+  return record("index_select", ops::index_select(x, dim, index), {x},
+                [dim, index, sx = x.shape()](const Tensor& g) {
+                  return std::vector<Tensor>{ops::index_add(sx, dim, index, g)};
+                });
+}
+
+Tensor cast(const Tensor& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  return record("cast", ops::cast(x, dtype), {x}, [from = x.dtype()](const Tensor& g) {
+    return std::vector<Tensor>{ops::cast(g, from)};
+  });
+}
+
+}  // namespace sessa

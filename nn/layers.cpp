@@ -1,0 +1,42 @@
+#include "nn/layers.h"
+
+#include "autograd/ops.h"
+
+namespace sessa::nn {
+
+Linear::Linear(int64_t in, int64_t out, Generator& gen, LinearOptions opt, TensorOptions topt)
+    : in_features(in), out_features(out) {
+  weight = normal({out, in}, 0.0, opt.init_std, gen, topt);
+  register_parameter("weight", weight, true);
+  if (opt.bias) {
+    bias = zeros({out}, topt);
+    register_parameter("bias", bias, false);
+  }
+}
+
+Tensor Linear::forward(const Tensor& x) const {
+  SESSA_CHECK(x.size(-1) == in_features, "Linear", "input " << x.shape() << " has last dim " << x.size(-1)
+                                                          << ", layer expects " << in_features);
+  Tensor y = matmul(x, weight, false, true);
+  return bias.defined() ? y + bias : y;
+}
+
+LayerNorm::LayerNorm(int64_t dim, double eps_, TensorOptions topt) : eps(eps_) {
+  weight = ones({dim}, topt);
+  bias = zeros({dim}, topt);
+  register_parameter("weight", weight, false);
+  register_parameter("bias", bias, false);
+}
+
+Tensor LayerNorm::forward(const Tensor& x) const { return layer_norm(x, weight, bias, eps); }
+
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  auto out = ops::layer_norm(x, weight, bias, eps);
+  return autograd::record("layer_norm", out.y, {x, weight, bias},
+                          [x = x.detach(), w = weight.detach(), mean = out.mean, rstd = out.rstd](const Tensor& g) {
+                            auto grads = ops::layer_norm_backward(g, x, w, mean, rstd);
+                            return std::vector<Tensor>{grads.dx, grads.dweight, grads.dbias};
+                          });
+}
+
+}  // namespace sessa::nn

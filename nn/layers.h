@@ -1,0 +1,35 @@
+// The layers every model shares. Initialisation (docs/models.md#initialisation):
+// Linear weights ~ N(0, init_std) (0.02 by default, GPT-2 style), biases 0;
+// LayerNorm weight 1, bias 0; Embedding ~ N(0, 0.02).
+#pragma once
+#include "nn/module.h"
+#include "tensor/random.h"
+
+namespace sessa::nn {
+
+struct LinearOptions {
+  bool bias = true;
+  double init_std = 0.02;
+};
+
+// y = x W^T + b over the last dim; W is (out, in).
+class Linear : public Module {
+ public:
+  Linear(int64_t in, int64_t out, Generator& gen, LinearOptions opt = {}, TensorOptions topt = {});
+  Tensor forward(const Tensor& x) const;
+  int64_t in_features, out_features;
+  Tensor weight, bias;  // bias undefined when opt.bias is false
+};
+
+class LayerNorm : public Module {
+ public:
+  explicit LayerNorm(int64_t dim, double eps = 1e-5, TensorOptions topt = {});
+  Tensor forward(const Tensor& x) const;
+  double eps;
+  Tensor weight, bias;
+};
+
+// A fused, differentiable LayerNorm over the last dim (one autograd node).
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+
+}  // namespace sessa::nn
