@@ -1,0 +1,94 @@
+// Mean cross-entropy over rows of logits (N, V) against int32 targets (N).
+// For each counted row r (target y_r != ignore_index), in double with the row max m_r subtracted:
+//   lse_r = m_r + log sum_j exp(x_rj - m_r),   loss = (1 / count) sum_r (lse_r - x_{r, y_r}).
+// Backward: dx_rj = dloss * (exp(x_rj - lse_r) - [j == y_r]) / count on counted rows, 0 on
+// ignored rows (and everywhere when count == 0, where the loss is defined as 0).
+#include <cmath>
+
+#include "tensor/cpu/loops.h"
+#include "tensor/ops.h"
+
+namespace sessa::ops {
+
+namespace {
+
+// Checks shapes and targets; returns the number of counted rows.
+int64_t check_cross_entropy(const char* op, const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
+  SESSA_CHECK(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0), op,
+              "expects logits (N, V) and targets (N), got " << logits.shape() << " and " << targets.shape());
+  SESSA_CHECK(targets.dtype() == DType::I32, op, "targets must be int32, got " << targets.str());
+  if (!logits.device().is_cpu()) SESSA_FAIL(op, "no CUDA kernel yet for " << logits.str());
+  if (!targets.device().is_cpu()) SESSA_FAIL(op, "no CUDA kernel yet for " << targets.str());
+  const int32_t* t = contiguous(targets).data<int32_t>();
+  const int64_t V = logits.size(1);
+  int64_t count = 0;
+  for (int64_t r = 0; r < targets.size(0); ++r) {
+    if (int64_t(t[r]) == ignore_index) continue;
+    SESSA_CHECK(t[r] >= 0 && t[r] < V, op, "target " << t[r] << " in row " << r << " is outside [0, " << V << ")");
+    ++count;
+  }
+  return count;
+}
+
+}  // namespace
+
+CrossEntropyOut cross_entropy(const Tensor& logits_in, const Tensor& targets_in, int64_t ignore_index) {
+  const int64_t count = check_cross_entropy("cross_entropy", logits_in, targets_in, ignore_index);
+  Tensor x = contiguous(logits_in), targets = contiguous(targets_in);
+  const int64_t N = x.size(0), V = x.size(1);
+  CrossEntropyOut res{Tensor(), Tensor::empty({N}, x.options()), count};
+  std::vector<double> row_loss(size_t(N), 0.0);  // summed in order afterwards: deterministic
+  cpu::dispatch_float(x.dtype(), "cross_entropy", [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data<T>();
+    const int32_t* pt = targets.data<int32_t>();
+    T* plse = res.lse.data<T>();
+#pragma omp parallel for if (x.numel() >= cpu::kParallelGrain)
+    for (int64_t r = 0; r < N; ++r) {
+      plse[r] = T(0);
+      if (int64_t(pt[r]) == ignore_index) continue;
+      const T* row = px + r * V;
+      double mx = double(row[0]), total = 0;
+      for (int64_t j = 1; j < V; ++j) mx = std::max(mx, double(row[j]));
+      for (int64_t j = 0; j < V; ++j) total += std::exp(double(row[j]) - mx);
+      const double lse = mx + std::log(total);
+      plse[r] = T(lse);
+      row_loss[size_t(r)] = lse - double(row[pt[r]]);
+    }
+  });
+  double total = 0;
+  for (double l : row_loss) total += l;
+  res.loss = scalar(count > 0 ? total / double(count) : 0.0, x.options());
+  return res;
+}
+
+Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits_in, const Tensor& targets_in, const Tensor& lse_in,
+                              int64_t ignore_index, int64_t count) {
+  const char* op = "cross_entropy_backward";
+  check_cross_entropy(op, logits_in, targets_in, ignore_index);
+  SESSA_CHECK(dloss.numel() == 1, op, "dloss must have one element, got " << dloss.shape());
+  SESSA_CHECK(lse_in.shape() == Shape{logits_in.size(0)} && lse_in.dtype() == logits_in.dtype(), op,
+              "lse " << lse_in.str() << " does not match logits " << logits_in.str());
+  Tensor x = contiguous(logits_in), targets = contiguous(targets_in), lse = contiguous(lse_in);
+  const int64_t N = x.size(0), V = x.size(1);
+  Tensor dx = zeros(x.shape(), x.options());
+  if (count == 0) return dx;
+  const double g = dloss.item() / double(count);
+  cpu::dispatch_float(x.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    const T *px = x.data<T>(), *plse = lse.data<T>();
+    const int32_t* pt = targets.data<int32_t>();
+    T* pdx = dx.data<T>();
+#pragma omp parallel for if (x.numel() >= cpu::kParallelGrain)
+    for (int64_t r = 0; r < N; ++r) {
+      if (int64_t(pt[r]) == ignore_index) continue;
+      const T *row = px + r * V, l = plse[r];
+      T* out = pdx + r * V;
+      for (int64_t j = 0; j < V; ++j) out[j] = T(g) * std::exp(row[j] - l);
+      out[pt[r]] -= T(g);
+    }
+  });
+  return dx;
+}
+
+}  // namespace sessa::ops
