@@ -1,0 +1,60 @@
+// The Mamba baseline (Gu & Dao 2023): a pre-norm residual block y = x + Mixer(LayerNorm(x))
+// whose mixer is in_proj -> (causal depthwise conv1d -> SiLU -> selective scan) gated by
+// SiLU(z) -> out_proj. With Di = expand * d_model, N = d_state, R = ceil(d_model / 16):
+//   [xs, z] = in_proj(x)                      in_proj: Linear(D, 2 Di), no bias
+//   u       = SiLU(conv1d(xs))                causal, depthwise, kernel d_conv, with bias
+//   [dt, B, C] = x_proj(u)                    x_proj: Linear(Di, R + 2N), no bias
+//   delta   = softplus(dt_proj(dt))           dt_proj: Linear(R, Di), with bias
+//   y       = selective_scan(u, delta, -exp(A_log), B, C, D)
+//   out     = out_proj(y * SiLU(z))           out_proj: Linear(Di, D), no bias
+// Decoding keeps the last d_conv - 1 conv inputs and the SSM state h (B, Di, N).
+#pragma once
+#include "nn/block.h"
+#include "nn/layers.h"
+#include "tensor/random.h"
+
+namespace sessa::nn {
+
+struct MambaOptions {
+  int64_t d_model = 0, expand = 2, d_state = 16, d_conv = 4, n_layers = 1;
+};
+
+// What a MambaBlock carries between decoding steps.
+struct MambaState : DecodeState {
+  Tensor conv;  // (B, d_conv - 1, Di): the most recent conv inputs, oldest first
+  Tensor ssm;   // (B, Di, N): the scan state h
+};
+
+// The mixer alone (no norm, no residual). Its parameters are named like the
+// reference implementation: in_proj.weight, conv1d.weight, conv1d.bias, x_proj.weight,
+// dt_proj.weight, dt_proj.bias, A_log, D, out_proj.weight.
+class MambaMixer : public Module {
+ public:
+  MambaMixer(const MambaOptions& opt, Generator& gen, TensorOptions topt = {});
+  Tensor forward(const Tensor& x) const;  // (B, T, D) -> (B, T, D)
+  // One token (B, 1, D), no autograd; advances st.conv and st.ssm.
+  Tensor step(const Tensor& x, MambaState& st) const;
+
+  int64_t d_model, d_inner, d_state, d_conv, dt_rank;
+  Tensor in_proj_weight;                // (2 Di, D)
+  Tensor conv_weight, conv_bias;        // (Di, K), (Di)
+  Tensor x_proj_weight;                 // (R + 2N, Di)
+  Tensor dt_proj_weight, dt_proj_bias;  // (Di, R), (Di)
+  Tensor A_log;                         // (Di, N)
+  Tensor D;                             // (Di)
+  Tensor out_proj_weight;               // (D, Di)
+};
+
+class MambaBlock : public Block {
+ public:
+  MambaBlock(const MambaOptions& opt, Generator& gen, TensorOptions topt = {});
+  Tensor forward(const Tensor& x) override;
+  std::unique_ptr<DecodeState> new_state(int64_t batch, int64_t max_len) const override;
+  Tensor step(const Tensor& x, DecodeState& state) override;
+
+  MambaOptions options;
+  std::shared_ptr<LayerNorm> norm;
+  std::shared_ptr<MambaMixer> mixer;
+};
+
+}  // namespace sessa::nn

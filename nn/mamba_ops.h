@@ -1,0 +1,40 @@
+// The two fused kernels of the Mamba mixer (Gu & Dao 2023), forward and backward
+// side by side, and their differentiable wrappers (one autograd node each).
+//
+// causal_conv1d: a depthwise convolution over time that only looks back,
+//   y[b,t,c] = bias[c] + sum_{j=0}^{K-1} w[c,j] * x[b, t-K+1+j, c]   (x = 0 before t = 0).
+// selective_scan: the diagonal, input-dependent linear recurrence, per (b, c, n),
+//   h_t = exp(delta_t[c] * A[c,n]) * h_{t-1} + delta_t[c] * Bm_t[n] * u_t[c],   h_{-1} = 0,
+//   y_t[c] = sum_n Cm_t[n] * h_t[c,n] + Dskip[c] * u_t[c].
+// CPU kernels for float32 and float64 (OpenMP); CUDA tensors are refused for now.
+#pragma once
+#include "tensor/tensor.h"
+
+namespace sessa::ops {
+
+// x: (B, T, C), w: (C, K), bias: (C) -> (B, T, C).
+Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias);
+struct Conv1dGrads {
+  Tensor dx, dw, dbias;
+};
+Conv1dGrads causal_conv1d_backward(const Tensor& dy, const Tensor& x, const Tensor& w);
+
+// u, delta: (B, T, Di); A: (Di, N); Bm, Cm: (B, T, N); Dskip: (Di) -> y (B, T, Di).
+Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
+                      const Tensor& Dskip);
+struct SelectiveScanGrads {
+  Tensor du, ddelta, dA, dB, dC, dD;
+};
+SelectiveScanGrads selective_scan_backward(const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A,
+                                           const Tensor& Bm, const Tensor& Cm, const Tensor& Dskip);
+
+}  // namespace sessa::ops
+
+namespace sessa::nn {
+
+// Differentiable versions (one autograd node each).
+Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias);
+Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
+                      const Tensor& Dskip);
+
+}  // namespace sessa::nn
