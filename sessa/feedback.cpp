@@ -1,0 +1,163 @@
+// The feedback solve on the CPU. Both triangular solves are blocked: rows are
+// taken in blocks of kBlock; everything a block needs from earlier (forward) or
+// later (backward) blocks arrives as one GEMM, and only the small triangle inside
+// the block is substituted row by row. The CUDA kernels follow the same plan.
+#include "sessa/feedback.h"
+
+#include <cmath>
+
+#include "autograd/node.h"
+#include "tensor/cpu/gemm.h"
+#include "tensor/cpu/loops.h"
+#include "tensor/ops.h"
+
+namespace sessa::ops {
+
+namespace {
+
+constexpr int64_t kBlock = 64;
+
+void check_inputs(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f) {
+  const bool shapes_ok = q.dim() == 3 && k.shape() == q.shape() && f.shape() == q.shape() &&
+                        gamma.shape() == Shape{q.size(0), q.size(1)};
+  SESSA_CHECK(shapes_ok,
+              "feedback_solve", "expected q, k, f of one shape (B, T, D) and gamma (B, T), got q "
+                                    << q.shape() << ", k " << k.shape() << ", gamma " << gamma.shape() << ", f " << f.shape());
+  for (const Tensor* t : {&k, &gamma, &f})
+    SESSA_CHECK(t->dtype() == q.dtype() && t->device() == q.device(), "feedback_solve",
+                "inputs differ in dtype or device: " << q.str() << " vs " << t->str());
+  SESSA_CHECK(q.device().is_cpu(), "feedback_solve", "no CUDA kernel yet for " << q.str());
+}
+
+// alpha = causal softmax of q k^T * scale over s < t, for one batch element (S3).
+template <class T> void feedback_probabilities(const T* q, const T* k, T* alpha, int64_t n, int64_t d) {
+  const T scale = T(1.0 / std::sqrt(double(d)));
+  cpu::gemm<T>(false, true, n, n, d, scale, q, d, k, d, T(0), alpha, n);
+  for (int64_t t = 0; t < n; ++t) {
+    T* row = alpha + t * n;
+    T mx = t > 0 ? row[0] : T(0);
+    for (int64_t s = 1; s < t; ++s) mx = std::max(mx, row[s]);
+    double total = 0;
+    for (int64_t s = 0; s < t; ++s) total += double(row[s] = std::exp(row[s] - mx));
+    const T inv = t > 0 ? T(1.0 / total) : T(0);
+    for (int64_t s = 0; s < t; ++s) row[s] *= inv;
+    for (int64_t s = t; s < n; ++s) row[s] = T(0);
+  }
+}
+
+// Forward substitution (S5) for one batch element: ctx and s, (n, d) row-major.
+template <class T>
+void forward_substitution(const T* alpha, const T* gamma, const T* f, T* ctx, T* s, int64_t n, int64_t d) {
+  for (int64_t t0 = 0; t0 < n; t0 += kBlock) {
+    const int64_t t1 = std::min(n, t0 + kBlock);
+    // What earlier blocks contribute: ctx[t0:t1] = alpha[t0:t1, 0:t0] @ s[0:t0].
+    if (t0 > 0) cpu::gemm<T>(false, false, t1 - t0, d, t0, T(1), alpha + t0 * n, n, s, d, T(0), ctx + t0 * d, d);
+    else std::fill(ctx, ctx + (t1 - t0) * d, T(0));
+    // The triangle inside the block, row by row.
+    for (int64_t t = t0; t < t1; ++t) {
+      T* c = ctx + t * d;
+      for (int64_t j = t0; j < t; ++j) {
+        const T a = alpha[t * n + j];
+        const T* sj = s + j * d;
+        for (int64_t i = 0; i < d; ++i) c[i] += a * sj[i];
+      }
+      for (int64_t i = 0; i < d; ++i) s[t * d + i] = f[t * d + i] + gamma[t] * c[i];
+    }
+  }
+}
+
+// The transposed solve (S6), backwards in time: df_s = ds_s + sum_{t > s} alpha[t, s] w_t
+// with w_t = gamma_t df_t. Fills df and w, (n, d) row-major.
+template <class T>
+void backward_substitution(const T* alpha, const T* gamma, const T* ds, T* df, T* w, int64_t n, int64_t d) {
+  std::copy(ds, ds + n * d, df);
+  for (int64_t s1 = n; s1 > 0; s1 -= kBlock) {
+    const int64_t s0 = std::max<int64_t>(0, s1 - kBlock);
+    // What later blocks contribute: df[s0:s1] += alpha[s1:n, s0:s1]^T @ w[s1:n].
+    if (s1 < n) cpu::gemm<T>(true, false, s1 - s0, d, n - s1, T(1), alpha + s1 * n + s0, n, w + s1 * d, d, T(1), df + s0 * d, d);
+    for (int64_t s = s1 - 1; s >= s0; --s) {
+      T* g = df + s * d;
+      for (int64_t t = s + 1; t < s1; ++t) {
+        const T a = alpha[t * n + s];
+        const T* wt = w + t * d;
+        for (int64_t i = 0; i < d; ++i) g[i] += a * wt[i];
+      }
+      for (int64_t i = 0; i < d; ++i) w[s * d + i] = gamma[s] * g[i];
+    }
+  }
+}
+
+}  // namespace
+
+FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Tensor& gamma_in, const Tensor& f_in) {
+  check_inputs(q_in, k_in, gamma_in, f_in);
+  Tensor q = contiguous(q_in), k = contiguous(k_in), gamma = contiguous(gamma_in), f = contiguous(f_in);
+  const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
+  FeedbackOut out{empty_like(f), Tensor::empty({B, n, n}, q.options()), empty_like(f)};
+  cpu::dispatch_float(q.dtype(), "feedback_solve", [&](auto tag) {
+    using T = decltype(tag);
+#pragma omp parallel for if (B > 1)
+    for (int64_t b = 0; b < B; ++b) {
+      T* alpha = out.alpha.data<T>() + b * n * n;
+      feedback_probabilities(q.data<T>() + b * n * d, k.data<T>() + b * n * d, alpha, n, d);
+      forward_substitution(alpha, gamma.data<T>() + b * n, f.data<T>() + b * n * d, out.ctx.data<T>() + b * n * d,
+                           out.s.data<T>() + b * n * d, n, d);
+    }
+  });
+  return out;
+}
+
+// With the adjoint df from (S6):  dgamma_t = df_t . ctx_t                          (S7)
+//   dlogits[t, s] = alpha[t, s] gamma_t (df_t . s_s - dgamma_t)  for s < t          (S8)
+//   dq = dlogits k / sqrt(D),  dk = dlogits^T q / sqrt(D)                           (S9)
+FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_in, const Tensor& k_in,
+                                      const Tensor& gamma_in, const FeedbackOut& saved) {
+  check_inputs(q_in, k_in, gamma_in, ds_in);
+  Tensor ds = contiguous(ds_in), q = contiguous(q_in), k = contiguous(k_in), gamma = contiguous(gamma_in);
+  const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
+  FeedbackGrads g{empty_like(q), empty_like(k), empty_like(gamma), empty_like(ds)};
+  Tensor w = empty_like(ds), dlogits = Tensor::empty({B, n, n}, q.options());
+  cpu::dispatch_float(q.dtype(), "feedback_solve_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T scale = T(1.0 / std::sqrt(double(d)));
+#pragma omp parallel for if (B > 1)
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t at = b * n * d;
+      const T* alpha = saved.alpha.data<T>() + b * n * n;
+      const T* gam = gamma.data<T>() + b * n;
+      const T *s = saved.s.data<T>() + at, *ctx = saved.ctx.data<T>() + at;
+      T* df = g.df.data<T>() + at;
+      T* dgam = g.dgamma.data<T>() + b * n;
+      T* dl = dlogits.data<T>() + b * n * n;
+      backward_substitution(alpha, gam, ds.data<T>() + at, df, w.data<T>() + at, n, d);
+      for (int64_t t = 0; t < n; ++t) {
+        double dot = 0;
+        for (int64_t i = 0; i < d; ++i) dot += double(df[t * d + i]) * double(ctx[t * d + i]);
+        dgam[t] = T(dot);
+      }
+      cpu::gemm<T>(false, true, n, n, d, T(1), df, d, s, d, T(0), dl, n);  // df_t . s_s for all pairs
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t j = 0; j < n; ++j)
+          dl[t * n + j] = j < t ? alpha[t * n + j] * gam[t] * (dl[t * n + j] - dgam[t]) : T(0);
+      cpu::gemm<T>(false, false, n, d, n, scale, dl, n, k.data<T>() + at, d, T(0), g.dq.data<T>() + at, d);
+      cpu::gemm<T>(true, false, n, d, n, scale, dl, n, q.data<T>() + at, d, T(0), g.dk.data<T>() + at, d);
+    }
+  });
+  return g;
+}
+
+}  // namespace sessa::ops
+
+namespace sessa {
+
+Tensor feedback_solve(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f) {
+  ops::FeedbackOut out = ops::feedback_solve(q, k, gamma, f);
+  ops::FeedbackOut saved{out.s.detach(), out.alpha, out.ctx};  // detached: the node must not own its output
+  return autograd::record("feedback_solve", out.s, {q, k, gamma, f},
+                          [q = q.detach(), k = k.detach(), gamma = gamma.detach(), saved](const Tensor& ds) {
+                            auto g = ops::feedback_solve_backward(ds, q, k, gamma, saved);
+                            return std::vector<Tensor>{g.dq, g.dk, g.dgamma, g.df};
+                          });
+}
+
+}  // namespace sessa

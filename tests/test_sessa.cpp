@@ -1,0 +1,157 @@
+// The Sessa layer: the feedback solve against a dense float64 solve, gradchecks
+// (including gamma near gamma_max and T across solve blocks), the whole layer,
+// and incremental decoding equal to the full forward.
+#include <doctest/doctest.h>
+
+#include "autograd/gradcheck.h"
+#include "autograd/ops.h"
+#include "sessa/feedback.h"
+#include "sessa/layer.h"
+#include "tests/helpers.h"
+
+using namespace sessa;
+using sessa::test::check_error;
+using sessa::test::leaf;
+using sessa::test::max_rel_diff;
+
+namespace {
+
+// s from (S3)-(S5) by a direct dense computation, one row at a time.
+Tensor dense_feedback(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f) {
+  const int64_t B = q.size(0), T = q.size(1), D = q.size(2);
+  auto vq = q.to_vector<double>(), vk = k.to_vector<double>(), vg = gamma.to_vector<double>(), vf = f.to_vector<double>();
+  std::vector<double> s(vf.size());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<double> logit(static_cast<size_t>(t)), ctx(static_cast<size_t>(D), 0.0);
+      double mx = -1e300, total = 0;
+      for (int64_t j = 0; j < t; ++j) {
+        double dot = 0;
+        for (int64_t i = 0; i < D; ++i) dot += vq[size_t((b * T + t) * D + i)] * vk[size_t((b * T + j) * D + i)];
+        logit[size_t(j)] = dot / std::sqrt(double(D));
+        mx = std::max(mx, logit[size_t(j)]);
+      }
+      for (int64_t j = 0; j < t; ++j) total += std::exp(logit[size_t(j)] - mx);
+      for (int64_t j = 0; j < t; ++j)
+        for (int64_t i = 0; i < D; ++i)
+          ctx[size_t(i)] += std::exp(logit[size_t(j)] - mx) / total * s[size_t((b * T + j) * D + i)];
+      for (int64_t i = 0; i < D; ++i)
+        s[size_t((b * T + t) * D + i)] = vf[size_t((b * T + t) * D + i)] + vg[size_t(b * T + t)] * ctx[size_t(i)];
+    }
+  return from_vector(s, q.shape(), {DType::F64});
+}
+
+Tensor gammas(const Shape& shape, double value, Generator& gen) {  // near `value`, as a leaf
+  Tensor g = uniform(shape, value - 0.01, value, gen, {DType::F64});
+  g.set_requires_grad();
+  return g;
+}
+
+void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f, const std::vector<Tensor>& in,
+                      autograd::GradcheckOptions opt = {}) {
+  auto r = autograd::gradcheck(f, in, opt);
+  CHECK_MESSAGE(r.ok, r.report);
+}
+
+}  // namespace
+
+TEST_CASE("feedback solve equals a dense solve, across block boundaries") {
+  Generator gen(1);
+  for (int64_t T : {1, 7, 64, 150}) {
+    CAPTURE(T);
+    Tensor q = leaf({2, T, 5}, gen), k = leaf({2, T, 5}, gen), f = leaf({2, T, 5}, gen), g = gammas({2, T}, 0.99, gen);
+    Tensor s = ops::feedback_solve(q, k, g, f).s;
+    CHECK(max_rel_diff(s, dense_feedback(q, k, g, f)) < 1e-12);
+    // The same in float32 stays close to the float64 answer.
+    auto f32 = [](const Tensor& t) { return t.to(DType::F32); };
+    CHECK(max_rel_diff(ops::feedback_solve(f32(q), f32(k), f32(g), f32(f)).s.to(DType::F64), s) < 1e-4);
+  }
+}
+
+TEST_CASE("feedback solve: row 0 is f, and gamma = 0 gives s = f") {
+  Generator gen(2);
+  Tensor q = leaf({1, 6, 3}, gen), k = leaf({1, 6, 3}, gen), f = leaf({1, 6, 3}, gen);
+  Tensor s = ops::feedback_solve(q, k, zeros({1, 6}, {DType::F64}), f).s;
+  CHECK(s.to_vector<double>() == f.to_vector<double>());
+  auto alpha = ops::feedback_solve(q, k, ones({1, 6}, {DType::F64}), f).alpha.to_vector<double>();
+  for (int64_t t = 0; t < 6; ++t) {
+    double row = 0;
+    for (int64_t j = 0; j < 6; ++j) {
+      row += alpha[size_t(t * 6 + j)];
+      if (j >= t) CHECK(alpha[size_t(t * 6 + j)] == 0);  // strictly causal
+    }
+    CHECK(row == doctest::Approx(t == 0 ? 0.0 : 1.0));
+  }
+}
+
+TEST_CASE("gradcheck: feedback solve, gamma near gamma_max, T up to 64 and past a block") {
+  Generator gen(3);
+  auto solve = [](const std::vector<Tensor>& in) { return feedback_solve(in[0], in[1], in[2], in[3]); };
+  for (int64_t T : {1, 2, 9}) {
+    CAPTURE(T);
+    expect_gradcheck(solve, {leaf({2, T, 3}, gen), leaf({2, T, 3}, gen), gammas({2, T}, 0.5, gen), leaf({2, T, 3}, gen)});
+  }
+  autograd::GradcheckOptions sampled;
+  sampled.max_checks_per_input = 40;
+  for (int64_t T : {64, 130}) {
+    CAPTURE(T);
+    expect_gradcheck(solve, {leaf({1, T, 4}, gen), leaf({1, T, 4}, gen), gammas({1, T}, 0.999, gen), leaf({1, T, 4}, gen)},
+                     sampled);
+  }
+}
+
+namespace {
+SessaOptions tiny_options(int64_t heads, int64_t kv_heads) {
+  return {.d_model = 8, .n_heads = heads, .n_kv_heads = kv_heads, .rope = true, .gamma_max = 0.999, .n_layers = 2};
+}
+}  // namespace
+
+TEST_CASE("gradcheck: the whole Sessa layer (input and every parameter)") {
+  for (auto [heads, kv] : {std::pair<int64_t, int64_t>{1, 1}, {2, 1}}) {
+    CAPTURE(heads);
+    Generator gen(4);
+    SessaLayer layer(tiny_options(heads, kv), gen, {DType::F64});
+    // Larger weights than the 0.02 init, so every path carries a visible gradient.
+    for (auto& p : layer.named_parameters()) *p.tensor = leaf(p.tensor->shape(), gen, 0.3);
+    layer.gamma_bias = full({}, 2.0, {DType::F64}).set_requires_grad();  // gamma near gamma_max
+    std::vector<Tensor> inputs{leaf({2, 5, 8}, gen)};
+    for (auto& p : layer.named_parameters()) inputs.push_back(*p.tensor);
+    autograd::GradcheckOptions opt;
+    opt.max_checks_per_input = 12;
+    expect_gradcheck([&](const std::vector<Tensor>& in) {
+      size_t i = 1;
+      for (auto& p : layer.named_parameters()) *p.tensor = in[i++];
+      return layer.forward(in[0]);
+    }, inputs, opt);
+  }
+}
+
+TEST_CASE("incremental decoding equals the full forward (float64, 1e-10)") {
+  for (auto [heads, kv, rope] : {std::tuple<int64_t, int64_t, bool>{1, 1, true}, {4, 2, true}, {2, 2, false}}) {
+    CAPTURE(heads);
+    CAPTURE(kv);
+    Generator gen(5);
+    SessaOptions opt = tiny_options(heads, kv);
+    opt.rope = rope;
+    SessaLayer layer(opt, gen, {DType::F64});
+    for (auto& p : layer.named_parameters()) *p.tensor = normal(p.tensor->shape(), 0, 0.3, gen, {DType::F64});
+    const int64_t B = 2, T = 9;
+    Tensor x = normal({B, T, 8}, 0, 1, gen, {DType::F64});
+    autograd::NoGradGuard no_grad;
+    Tensor full_out = layer.forward(x);
+    auto state = layer.new_state(B, T);
+    for (int64_t t = 0; t < T; ++t) {
+      Tensor y = layer.step(ops::narrow(x, 1, t, 1), *state);
+      CHECK(max_rel_diff(y, ops::narrow(full_out, 1, t, 1)) < 1e-10);
+    }
+  }
+}
+
+TEST_CASE("bad configurations are rejected with clear errors") {
+  Generator gen(6);
+  check_error([&] { SessaLayer({.d_model = 8, .n_heads = 2, .gamma_max = 1.0}, gen); }, {"gamma_max", "(0, 1)"});
+  check_error([&] { SessaLayer({.d_model = 8, .n_heads = 3}, gen); }, {"d_model 8", "head count 3"});
+  check_error([&] { SessaLayer({.d_model = 8, .n_heads = 4, .n_kv_heads = 3}, gen); }, {"kv heads 3"});
+  SessaLayer layer({.d_model = 8, .n_heads = 2}, gen);
+  check_error([&] { layer.forward(zeros({2, 3, 6})); }, {"SessaLayer", "[2, 3, 6]"});
+}
