@@ -1,0 +1,56 @@
+#include "nn/attention.h"
+
+#include <cmath>
+
+#include "autograd/ops.h"
+#include "nn/functional.h"
+
+namespace sessa::nn {
+
+Attention::Attention(const AttentionOptions& opt, Generator& gen, TensorOptions topt) : opt_(opt) {
+  n_heads = opt.n_heads;
+  n_kv_heads = opt.n_kv_heads > 0 ? opt.n_kv_heads : opt.n_heads;
+  SESSA_CHECK(n_heads > 0 && opt.d_model % n_heads == 0, "Attention",
+              "d_model " << opt.d_model << " is not divisible by the head count " << n_heads);
+  SESSA_CHECK(n_heads % n_kv_heads == 0, "Attention", "kv heads " << n_kv_heads << " must divide heads " << n_heads);
+  head_dim = opt.d_model / n_heads;
+  SESSA_CHECK(!opt.rope || head_dim % 2 == 0, "Attention", "rotary embedding needs an even head dim, got " << head_dim);
+  const int64_t D = opt.d_model, kv = n_kv_heads * head_dim;
+  q_proj = register_module("q_proj", std::make_shared<Linear>(D, D, gen, LinearOptions{}, topt));
+  k_proj = register_module("k_proj", std::make_shared<Linear>(D, kv, gen, LinearOptions{}, topt));
+  v_proj = register_module("v_proj", std::make_shared<Linear>(D, kv, gen, LinearOptions{}, topt));
+  if (n_heads > 1 || !opt.out_proj_one_head)
+    out_proj = register_module("out_proj", std::make_shared<Linear>(D, D, gen, LinearOptions{opt.out_bias, opt.out_init_std}, topt));
+}
+
+Tensor Attention::heads(const Tensor& x, const Linear& proj, int64_t count, int64_t pos) const {
+  Tensor h = permute(reshape(proj.forward(x), {x.size(0), x.size(1), count, head_dim}), {0, 2, 1, 3});
+  return opt_.rope && &proj != v_proj.get() ? rope(h, pos, opt_.rope_base) : h;
+}
+
+Tensor Attention::merge(const Tensor& o) const {
+  Tensor y = reshape(permute(o, {0, 2, 1, 3}), {o.size(0), o.size(2), n_heads * head_dim});
+  return out_proj ? out_proj->forward(y) : y;
+}
+
+Tensor Attention::forward(const Tensor& x) {
+  Tensor q = heads(x, *q_proj, n_heads, 0), k = heads(x, *k_proj, n_kv_heads, 0), v = heads(x, *v_proj, n_kv_heads, 0);
+  return merge(causal_attention(q, k, v, 0, 1.0 / std::sqrt(double(head_dim))));
+}
+
+KVCache Attention::new_cache(int64_t batch, int64_t max_len) const {
+  TensorOptions topt = q_proj->weight.options();
+  return {Tensor::empty({batch, n_kv_heads, max_len, head_dim}, topt), Tensor::empty({batch, n_kv_heads, max_len, head_dim}, topt)};
+}
+
+Tensor Attention::step(const Tensor& x, KVCache& cache, int64_t position) {
+  SESSA_CHECK(x.size(1) == 1 && position < cache.k.size(2), "Attention::step",
+              "needs one token within the cache (" << cache.k.size(2) << " positions), got " << x.shape() << " at " << position);
+  Tensor q = heads(x, *q_proj, n_heads, position);
+  ops::copy_(ops::narrow(cache.k, 2, position, 1), heads(x, *k_proj, n_kv_heads, position));
+  ops::copy_(ops::narrow(cache.v, 2, position, 1), heads(x, *v_proj, n_kv_heads, position));
+  Tensor k = ops::narrow(cache.k, 2, 0, position + 1), v = ops::narrow(cache.v, 2, 0, position + 1);
+  return merge(causal_attention(q, k, v, position, 1.0 / std::sqrt(double(head_dim))));
+}
+
+}  // namespace sessa::nn

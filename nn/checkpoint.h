@@ -1,0 +1,39 @@
+// Checkpoints in the safetensors format (data/safetensors.h): every parameter under
+// its module name, the AdamW moments as "optimizer.m.<name>" / "optimizer.v.<name>",
+// and in __metadata__ the model config ("config", JSON), the training state
+// ("training", JSON: step, data position, ...) and "format". Writes are atomic.
+#pragma once
+#include <string>
+
+#include "data/json.h"
+#include "data/safetensors.h"
+#include "nn/config.h"
+#include "nn/module.h"
+#include "nn/optim.h"
+
+namespace sessa::nn {
+
+constexpr const char* kCheckpointFormat = "sessa-engine-checkpoint-1";
+
+// `optimizer` may be null (weights only). `training` is stored as given.
+void save_checkpoint(const std::string& path, const Module& model, const ModelConfig& config, AdamW* optimizer,
+                     const data::Json& training);
+
+struct Checkpoint {
+  std::string path;
+  ModelConfig config;
+  data::Json training;  // null when absent
+  data::StFile file;
+};
+// Reads and validates the file and its metadata; errors name the file.
+Checkpoint read_checkpoint(const std::string& path);
+// Copies parameters into `model` (on its device, in its dtype). Every parameter must be
+// present with its exact shape; errors name the file and the parameter.
+void load_parameters(const Checkpoint& ckpt, Module& model);
+// Restores the AdamW moments and step count; errors name the file and the parameter.
+void load_optimizer(const Checkpoint& ckpt, AdamW& optimizer);
+
+// A checkpoint path from a file, or a run directory meaning its latest checkpoint.
+std::string resolve_checkpoint(const std::string& file_or_dir);
+
+}  // namespace sessa::nn

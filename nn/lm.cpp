@@ -1,0 +1,52 @@
+#include "nn/lm.h"
+
+#include "autograd/ops.h"
+#include "nn/functional.h"
+
+namespace sessa::nn {
+
+LanguageModel::LanguageModel(const ModelConfig& config, Generator& gen, const BlockFactory& make_block, TensorOptions topt)
+    : config_(config) {
+  config.validate();
+  embedding = normal({config.vocab_size, config.d_model}, 0.0, 0.02, gen, topt);
+  register_parameter("embedding.weight", embedding, false);
+  for (int64_t i = 0; i < config.n_layers; ++i)
+    layers.push_back(register_module("layers." + std::to_string(i), make_block(i)));
+  norm_f = register_module("norm_f", std::make_shared<LayerNorm>(config.d_model, 1e-5, topt));
+}
+
+void LanguageModel::check_ids(const Tensor& ids, const char* op) const {
+  SESSA_CHECK(ids.dtype() == DType::I32, op, "token ids must be int32, got " << ids.str());
+}
+
+Tensor LanguageModel::head(const Tensor& h) const { return matmul(norm_f->forward(h), embedding, false, true); }
+
+Tensor LanguageModel::forward(const Tensor& ids) {
+  check_ids(ids, "LanguageModel::forward");
+  SESSA_CHECK(ids.dim() == 2, "LanguageModel::forward", "expected token ids (B, T), got " << ids.shape());
+  Tensor h = index_select(embedding, 0, ids.to(device()));
+  for (auto& layer : layers) h = layer->forward(h);
+  return head(h);
+}
+
+Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index) {
+  SESSA_CHECK(targets.shape() == ids.shape(), "LanguageModel::loss", "targets " << targets.shape() << " vs ids " << ids.shape());
+  return cross_entropy(forward(ids), targets.to(device()), ignore_index);
+}
+
+std::vector<std::unique_ptr<DecodeState>> LanguageModel::new_decode_states(int64_t batch, int64_t max_len) const {
+  std::vector<std::unique_ptr<DecodeState>> states;
+  for (const auto& layer : layers) states.push_back(layer->new_state(batch, max_len));
+  return states;
+}
+
+Tensor LanguageModel::step(const Tensor& ids, std::vector<std::unique_ptr<DecodeState>>& states) {
+  check_ids(ids, "LanguageModel::step");
+  SESSA_CHECK(ids.dim() == 1 && states.size() == layers.size(), "LanguageModel::step",
+              "expected token ids (B) and one state per layer, got " << ids.shape() << " and " << states.size() << " states");
+  Tensor h = index_select(embedding, 0, ops::reshape(ids.to(device()), {ids.size(0), 1}));
+  for (size_t i = 0; i < layers.size(); ++i) h = layers[i]->step(h, *states[i]);
+  return reshape(head(h), {ids.size(0), config_.vocab_size});
+}
+
+}  // namespace sessa::nn

@@ -1,0 +1,54 @@
+#include "nn/transformer.h"
+
+#include <cmath>
+
+#include "autograd/ops.h"
+
+namespace sessa::nn {
+
+namespace {
+struct TransformerState : DecodeState {
+  KVCache kv;
+};
+
+// A child module named "mlp" holding fc_in and fc_out, for checkpoint names
+// layers.N.mlp.fc_in.weight etc.
+struct MlpModule : Module {
+  MlpModule(std::shared_ptr<Linear> in, std::shared_ptr<Linear> out) {
+    register_module("fc_in", std::move(in));
+    register_module("fc_out", std::move(out));
+  }
+};
+}  // namespace
+
+TransformerBlock::TransformerBlock(const TransformerOptions& opt, Generator& gen, TensorOptions topt) {
+  const int64_t D = opt.d_model;
+  const double out_std = 0.02 / std::sqrt(2.0 * double(opt.n_layers));
+  norm = register_module("norm", std::make_shared<LayerNorm>(D, 1e-5, topt));
+  AttentionOptions aopt{.d_model = D, .n_heads = opt.n_heads, .n_kv_heads = opt.n_kv_heads, .rope = opt.rope,
+                        .out_bias = true, .out_proj_one_head = false, .out_init_std = out_std};
+  mixer = register_module("mixer", std::make_shared<Attention>(aopt, gen, topt));
+  mlp_norm = register_module("mlp_norm", std::make_shared<LayerNorm>(D, 1e-5, topt));
+  fc_in = std::make_shared<Linear>(D, 4 * D, gen, LinearOptions{}, topt);
+  fc_out = std::make_shared<Linear>(4 * D, D, gen, LinearOptions{true, out_std}, topt);
+  register_module("mlp", std::make_shared<MlpModule>(fc_in, fc_out));
+}
+
+Tensor TransformerBlock::mlp(const Tensor& h) const { return h + fc_out->forward(gelu(fc_in->forward(mlp_norm->forward(h)))); }
+
+Tensor TransformerBlock::forward(const Tensor& x) { return mlp(x + mixer->forward(norm->forward(x))); }
+
+std::unique_ptr<DecodeState> TransformerBlock::new_state(int64_t batch, int64_t max_len) const {
+  auto st = std::make_unique<TransformerState>();
+  st->kv = mixer->new_cache(batch, max_len);
+  return st;
+}
+
+Tensor TransformerBlock::step(const Tensor& x, DecodeState& state) {
+  auto& st = static_cast<TransformerState&>(state);
+  Tensor h = x + mixer->step(norm->forward(x), st.kv, st.position);
+  st.position += 1;
+  return mlp(h);
+}
+
+}  // namespace sessa::nn

@@ -1,0 +1,230 @@
+// Language models of every family: parameter names and counts, whole-model
+// gradchecks, decode-equals-forward, learning a copy task, checkpoint round trip
+// and exact resume.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <map>
+
+#include <unistd.h>
+
+#include "autograd/gradcheck.h"
+#include "autograd/ops.h"
+#include "nn/checkpoint.h"
+#include "nn/optim.h"
+#include "sessa/model.h"
+#include "tests/helpers.h"
+
+using namespace sessa;
+using sessa::test::check_error;
+using sessa::test::max_rel_diff;
+
+namespace {
+
+const std::vector<std::string> kFamilies{"sessa", "transformer", "mamba"};
+
+nn::ModelConfig tiny(const std::string& family, int64_t vocab = 11) {
+  nn::ModelConfig c = nn::preset(family, "tiny", vocab);
+  c.d_model = 16;
+  c.n_heads = 2;
+  c.mamba_d_state = 4;
+  return c;
+}
+
+Tensor random_ids(int64_t B, int64_t T, int64_t vocab, Generator& gen) {
+  Tensor u = uniform({B, T}, 0, double(vocab) - 1e-9, gen, {DType::F64});
+  std::vector<int32_t> ids;
+  for (double v : u.to_vector<double>()) ids.push_back(int32_t(v));
+  return from_vector(ids, {B, T}, {DType::I32});
+}
+
+// Larger weights than the init so gradients are far from zero in every path.
+void scale_up(nn::Module& m, Generator& gen) {
+  for (auto& p : m.named_parameters()) ops::add_(*p.tensor, normal(p.tensor->shape(), 0, 0.2, gen, p.tensor->options()));
+}
+
+}  // namespace
+
+TEST_CASE("parameter names follow the module structure; counts match parameter_count") {
+  for (const auto& family : kFamilies) {
+    CAPTURE(family);
+    nn::ModelConfig c = tiny(family);
+    auto model = build_model(c, 1);
+    std::vector<std::string> names;
+    for (auto& p : model->named_parameters()) names.push_back(p.name);
+    CHECK(names.front() == "embedding.weight");
+    CHECK(names.back() == "norm_f.bias");
+    CHECK(model->parameter_count() == nn::parameter_count(c));
+    auto has = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
+    if (family == "sessa") {
+      CHECK(has("layers.1.mixer.proj_fb.weight"));
+      CHECK(has("layers.0.mixer.attn.out_proj.weight"));
+      CHECK(has("layers.0.mixer.gamma_bias"));
+    }
+    if (family == "transformer") CHECK(has("layers.1.mlp.fc_out.bias"));
+    if (family == "mamba") CHECK(has("layers.1.mixer.A_log"));
+  }
+  // GPT-2-small scale presets, and families matched by parameter count.
+  nn::ModelConfig small = nn::preset("transformer", "small", 50304);
+  CHECK(small.n_layers == 12);
+  CHECK(small.d_model == 768);
+  int64_t target = nn::parameter_count(small);
+  for (const auto& family : {"sessa", "mamba"}) {
+    nn::ModelConfig m = nn::match_parameters(nn::preset(family, "small", 50304), target);
+    CHECK(std::abs(double(nn::parameter_count(m) - target)) / double(target) < 0.05);
+  }
+}
+
+TEST_CASE("gradcheck: each whole tiny LM in float64") {
+  for (const auto& family : kFamilies) {
+    CAPTURE(family);
+    nn::ModelConfig c = tiny(family);
+    c.n_layers = 1;
+    Generator gen(2);
+    auto model = build_model(c, 2, {DType::F64});
+    scale_up(*model, gen);
+    Tensor ids = random_ids(2, 5, c.vocab_size, gen), targets = random_ids(2, 5, c.vocab_size, gen);
+    autograd::GradcheckOptions opt;
+    opt.max_checks_per_input = 6;
+    auto r = autograd::gradcheck([&](const std::vector<Tensor>&) { return model->loss(ids, targets); }, model->parameters(), opt);
+    CHECK_MESSAGE(r.ok, r.report);
+  }
+}
+
+TEST_CASE("decode equals forward for every family (float64)") {
+  for (const auto& family : kFamilies) {
+    CAPTURE(family);
+    nn::ModelConfig c = tiny(family);
+    Generator gen(3);
+    auto model = build_model(c, 3, {DType::F64});
+    scale_up(*model, gen);
+    const int64_t B = 2, T = 8;
+    Tensor ids = random_ids(B, T, c.vocab_size, gen);
+    autograd::NoGradGuard no_grad;
+    Tensor logits = model->forward(ids);
+    auto states = model->new_decode_states(B, T);
+    for (int64_t t = 0; t < T; ++t) {
+      Tensor step = model->step(ops::reshape(ops::contiguous(ops::narrow(ids, 1, t, 1)), {B}), states);
+      CHECK(max_rel_diff(step, ops::reshape(ops::narrow(logits, 1, t, 1), {B, c.vocab_size})) < 1e-10);
+    }
+  }
+}
+
+namespace {
+// The copy task: `len` random symbols, a separator, the same symbols again. Only the
+// copied half is scored (other targets are ignore_index -1).
+struct CopyBatch {
+  Tensor ids, targets;
+};
+CopyBatch copy_batch(int64_t B, int64_t len, int64_t symbols, Generator& gen) {
+  Tensor sym = random_ids(B, len, symbols, gen);
+  auto s = sym.to_vector<int32_t>();
+  const int64_t T = 2 * len + 1, sep = symbols;
+  std::vector<int32_t> ids, targets;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<int32_t> row;
+    for (int64_t i = 0; i < len; ++i) row.push_back(s[size_t(b * len + i)]);
+    row.push_back(int32_t(sep));
+    for (int64_t i = 0; i < len; ++i) row.push_back(s[size_t(b * len + i)]);
+    for (int64_t t = 0; t < T - 1; ++t) {
+      ids.push_back(row[size_t(t)]);
+      targets.push_back(t >= len ? row[size_t(t + 1)] : -1);
+    }
+  }
+  return {from_vector(ids, {B, T - 1}, {DType::I32}), from_vector(targets, {B, T - 1}, {DType::I32})};
+}
+
+double copy_accuracy(nn::LanguageModel& model, const CopyBatch& batch) {
+  autograd::NoGradGuard no_grad;
+  auto pred = ops::argmax(model.forward(batch.ids), -1).to_vector<int32_t>();
+  auto tgt = batch.targets.to_vector<int32_t>();
+  int64_t right = 0, total = 0;
+  for (size_t i = 0; i < tgt.size(); ++i)
+    if (tgt[i] >= 0) total += 1, right += pred[i] == tgt[i];
+  return double(right) / double(total);
+}
+}  // namespace
+
+TEST_CASE("learning: each family's tiny LM learns to copy") {
+  // Stated target: >= 90% of copied tokens right on fresh sequences. Measured when
+  // written: Sessa and Transformer 100% after 300 steps; Mamba 35% after 300, 80%
+  // after 600 and 100% after 1000 steps (copying is known to be harder for SSMs).
+  const std::map<std::string, int64_t> budget{{"sessa", 300}, {"transformer", 300}, {"mamba", 1000}};
+  for (const auto& family : kFamilies) {
+    CAPTURE(family);
+    const int64_t symbols = 8, len = 6, steps = budget.at(family);
+    nn::ModelConfig c = nn::preset(family, "tiny", symbols + 1);
+    c.d_model = 32;
+    c.n_heads = 2;
+    auto model = build_model(c, 4);
+    nn::AdamW opt(model->named_parameters(), {.lr = 3e-3, .weight_decay = 0.0});
+    Generator gen(4);
+    for (int64_t s = 0; s < steps; ++s) {
+      CopyBatch batch = copy_batch(32, len, symbols, gen);
+      opt.zero_grad();
+      autograd::backward(model->loss(batch.ids, batch.targets));
+      nn::clip_grad_norm(model->parameters(), 1.0);
+      opt.step(nn::cosine_lr(s, 20, steps, 3e-3));
+    }
+    double acc = copy_accuracy(*model, copy_batch(64, len, symbols, gen));
+    MESSAGE(family << " copy accuracy after " << steps << " steps: " << acc);
+    CHECK(acc >= 0.9);
+  }
+}
+
+TEST_CASE("checkpoint: round trip gives identical outputs; resume gives the same next loss") {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / ("sessa_ckpt_test_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  for (const auto& family : kFamilies) {
+    CAPTURE(family);
+    nn::ModelConfig c = tiny(family);
+    Generator gen(5);
+    Tensor ids = random_ids(2, 6, c.vocab_size, gen), targets = random_ids(2, 6, c.vocab_size, gen);
+    auto train_steps = [&](nn::LanguageModel& m, nn::AdamW& opt, int64_t n) {
+      double last = 0;
+      for (int64_t s = 0; s < n; ++s) {
+        opt.zero_grad();
+        Tensor loss = m.loss(ids, targets);
+        autograd::backward(loss);
+        opt.step(1e-2);
+        last = loss.item();
+      }
+      return last;
+    };
+    // Uninterrupted: 4 steps. Interrupted: 2 steps, save, load into a fresh model, 2 more.
+    auto ref = build_model(c, 6);
+    nn::AdamW ref_opt(ref->named_parameters(), {});
+    train_steps(*ref, ref_opt, 3);
+    double ref_loss = train_steps(*ref, ref_opt, 1);
+
+    auto first = build_model(c, 6);
+    nn::AdamW first_opt(first->named_parameters(), {});
+    train_steps(*first, first_opt, 2);
+    std::string path = (dir / (family + ".safetensors")).string();
+    data::Json training = data::Json::Object{};
+    training["step"] = 2;
+    nn::save_checkpoint(path, *first, c, &first_opt, training);
+
+    nn::Checkpoint ckpt = nn::read_checkpoint(path);
+    CHECK(ckpt.config.to_json() == c.to_json());
+    CHECK(ckpt.training.at("step").as_int() == 2);
+    auto second = build_model(ckpt.config, 99);  // different init, overwritten by the load
+    nn::load_parameters(ckpt, *second);
+    {
+      autograd::NoGradGuard no_grad;
+      CHECK(second->forward(ids).to_vector<float>() == first->forward(ids).to_vector<float>());
+    }
+    nn::AdamW second_opt(second->named_parameters(), {});
+    nn::load_optimizer(ckpt, second_opt);
+    train_steps(*second, second_opt, 1);
+    CHECK(train_steps(*second, second_opt, 1) == ref_loss);
+  }
+  // A checkpoint of another shape is refused, naming the file and the tensor.
+  nn::ModelConfig other = tiny("sessa");
+  other.d_model = 32;
+  auto model = build_model(other, 1);
+  check_error([&] { nn::load_parameters(nn::read_checkpoint((dir / "sessa.safetensors").string()), *model); },
+              {"sessa.safetensors", "embedding.weight", "[11, 16]"});
+  fs::remove_all(dir);
+}
