@@ -228,3 +228,17 @@ TEST_CASE("checkpoint: round trip gives identical outputs; resume gives the same
               {"sessa.safetensors", "embedding.weight", "[11, 16]"});
   fs::remove_all(dir);
 }
+
+TEST_CASE("gradient accumulation: two half batches equal one full batch") {
+  nn::ModelConfig c = tiny("sessa");
+  Generator gen(7);
+  Tensor ids = random_ids(4, 6, c.vocab_size, gen), targets = random_ids(4, 6, c.vocab_size, gen);
+  auto full = build_model(c, 8), accum = build_model(c, 8);
+  autograd::backward(full->loss(ids, targets));
+  for (int64_t half = 0; half < 2; ++half) {  // each micro-batch's loss scaled by 1 / micro-steps
+    Tensor part_ids = ops::narrow(ids, 0, 2 * half, 2), part_targets = ops::narrow(targets, 0, 2 * half, 2);
+    autograd::backward(accum->loss(part_ids, part_targets) * 0.5);
+  }
+  auto pf = full->parameters(), pa = accum->parameters();
+  for (size_t i = 0; i < pf.size(); ++i) CHECK(max_rel_diff(pa[i].grad(), pf[i].grad()) < 1e-5);
+}
