@@ -105,6 +105,12 @@ int64_t parameter_count(const ModelConfig& c) {
   return V * D + c.n_layers * per_layer + norm;  // tied embedding/head, final norm
 }
 
+double train_flops_per_token(const ModelConfig& c, int64_t seq_len) {
+  const double matrix_params = double(parameter_count(c));  // embedding counted once: as the head
+  const double mixing = c.family == "mamba" ? 0.0 : 6.0 * double(c.n_layers) * double(c.d_model) * double(seq_len);
+  return 6.0 * matrix_params + (c.family == "sessa" ? 2.0 : 1.0) * mixing;
+}
+
 ModelConfig match_parameters(ModelConfig c, int64_t target) {
   int64_t best = 1, best_gap = -1;
   for (int64_t layers = 1; layers <= 512; ++layers) {

@@ -35,4 +35,10 @@ int64_t parameter_count(const ModelConfig& c);
 // families at matched size (e.g. Sessa matched to a Transformer preset).
 ModelConfig match_parameters(ModelConfig c, int64_t target);
 
+// Floating-point operations of one training step (forward + backward) per token at
+// sequence length T: 6 per parameter in a matrix product (tied head included, the
+// embedding lookup excluded) plus the sequence-mixing terms (causal attention
+// 6 L D T; Sessa adds the same again for the feedback scores and solve).
+double train_flops_per_token(const ModelConfig& c, int64_t seq_len);
+
 }  // namespace sessa::nn

@@ -2,6 +2,7 @@
 // calls these; without the backend each one throws a clear "not built" error.
 #pragma once
 #include <cstddef>
+#include <string>
 
 #include "tensor/device.h"
 
@@ -12,6 +13,8 @@ void free(void* p, size_t nbytes, int device);
 // Copies between any two devices (host<->device or device<->device).
 void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes);
 int device_count();
+std::string device_name(int device);  // e.g. "NVIDIA H100 80GB HBM3"
+void synchronize(int device);
 
 }  // namespace sessa::cuda
 

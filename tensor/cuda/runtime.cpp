@@ -19,6 +19,7 @@ constexpr int kMaxDevices = 16;
 constexpr size_t kSmallRound = 512;         // small blocks: multiples of 512 B
 constexpr size_t kLargeRound = 2u << 20;    // large blocks: multiples of 2 MiB
 constexpr size_t kSmallLimit = 1u << 20;
+bool g_poison = false;
 
 size_t round_size(size_t n) {
   size_t unit = n <= kSmallLimit ? kSmallRound : kLargeRound;
@@ -82,6 +83,7 @@ void* alloc(size_t nbytes, int device) {
   }
   s.stats.in_use += size;
   s.stats.peak = std::max(s.stats.peak, s.stats.in_use);
+  if (g_poison) SESSA_CUDA_CHECK(cudaMemsetAsync(p, 0xFF, size, stream(device)), "alloc");
   return p;
 }
 
@@ -105,6 +107,8 @@ void reset_peak(int device) {
   s.stats.peak = s.stats.in_use;
 }
 
+void set_poison(bool on) { g_poison = on; }
+
 void synchronize(int device) { SESSA_CUDA_CHECK(cudaStreamSynchronize(stream(device)), "synchronize"); }
 
 void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes) {
@@ -114,6 +118,12 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
   SESSA_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDefault, st), "copy");
   // Host memory is pageable: wait so the host buffer may be reused or read at once.
   if (dst_dev.is_cpu() || src_dev.is_cpu()) SESSA_CUDA_CHECK(cudaStreamSynchronize(st), "copy");
+}
+
+std::string device_name(int device) {
+  cudaDeviceProp prop{};
+  SESSA_CUDA_CHECK(cudaGetDeviceProperties(&prop, device), "device_name");
+  return prop.name;
 }
 
 int device_count() {

@@ -5,6 +5,8 @@
 
 #include <cstddef>
 
+#include "tensor/cuda_hooks.h"
+
 namespace sessa::cuda {
 
 cudaStream_t stream(int device);  // sets `device` current, returns its stream
@@ -17,6 +19,8 @@ struct MemoryStats {
 };
 MemoryStats memory_stats(int device);
 void reset_peak(int device);
-void synchronize(int device);
+// Tests: fill every block handed out with 0xFF bytes (NaN in float32 and bfloat16),
+// so an output element a kernel forgot to write fails the comparison.
+void set_poison(bool on);
 
 }  // namespace sessa::cuda

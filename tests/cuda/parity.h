@@ -1,0 +1,27 @@
+// Helpers for CPU-vs-GPU parity tests: the same op on both devices, compared with
+// a relative bound per dtype (fp32 ~1e-5, bf16 ~1e-2).
+#pragma once
+#include <doctest/doctest.h>
+
+#include "tensor/ops.h"
+#include "tensor/random.h"
+#include "tests/helpers.h"
+
+namespace sessa::test {
+
+inline Device gpu() { return Device::cuda(0); }
+inline double tolerance(DType t) { return t == DType::BF16 ? 2e-2 : t == DType::F64 ? 1e-12 : 2e-5; }
+
+// Normal(0, scale) on the CPU in float32, for use on both devices.
+inline Tensor cpu_randn(const Shape& shape, Generator& gen, double scale = 1.0) {
+  return normal(shape, 0.0, scale, gen, {DType::F32});
+}
+
+// Compares a GPU result with the CPU reference (both brought to float64 on the host).
+inline void check_close(const Tensor& gpu_result, const Tensor& cpu_ref, DType dtype, const char* what) {
+  REQUIRE_MESSAGE(gpu_result.shape() == cpu_ref.shape(), what << ": shape " << gpu_result.shape() << " vs " << cpu_ref.shape());
+  double err = max_rel_diff(gpu_result.to(DType::F64), cpu_ref.to(DType::F64));
+  CHECK_MESSAGE(err <= tolerance(dtype), what << ": relative error " << err << " > " << tolerance(dtype));
+}
+
+}  // namespace sessa::test

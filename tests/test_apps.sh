@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# End-to-end on the CPU: apps/prepare -> apps/train (loss must fall) -> apps/sample,
+# exact resume, and bad flags / bad files exiting non-zero with a message.
+# Usage: tests/test_apps.sh BUILD_DIR
+set -uo pipefail
+APPS="$1/apps"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+failures=0
+pass() { echo "ok   - $1"; }
+fail() { echo "FAIL - $1"; failures=$((failures + 1)); }
+# expect_error "what" "text the message must contain" command...
+expect_error() {
+  local what=$1 needle=$2; shift 2
+  local out
+  out=$("$@" 2>&1) && { fail "$what: exited 0"; return; }
+  grep -qF -- "$needle" <<<"$out" && pass "$what" || fail "$what: message lacks '$needle': $out"
+}
+
+# A small corpus with structure to learn: documents separated by '%' lines.
+for i in $(seq 1 400); do
+  echo "the cat sat on the mat number $((i % 7)) and the dog ran to the log"; echo "%"
+done > "$WORK/corpus.txt"
+
+"$APPS/prepare" --input "$WORK/corpus.txt" --separator % --out-dir "$WORK/data" > "$WORK/prepare.log" 2>&1 \
+  && grep -q "train:" "$WORK/prepare.log" && [ -s "$WORK/data/train.bin" ] && [ -s "$WORK/data/val.bin" ] \
+  && pass "prepare writes train/val shards" || fail "prepare: $(cat "$WORK/prepare.log")"
+
+TRAIN=("$APPS/train" --model sessa --preset tiny --d-model 32 --heads 2 --data "$WORK/data" --batch 8 --seq-len 32
+       --lr 5e-3 --warmup 5 --eval-every 20 --eval-batches 4 --device cpu --threads 2)
+"${TRAIN[@]}" --steps 40 --ckpt-every 20 --out "$WORK/run" > "$WORK/train.log" 2>&1 || fail "train: $(tail -5 "$WORK/train.log")"
+first=$(awk -F, 'NR==2 {print $2}' "$WORK/run/log.csv")
+last=$(awk -F, '$2 != "" {l=$2} END {print l}' "$WORK/run/log.csv")
+awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < 0.6 * a)}' && pass "train loss falls ($first -> $last)" \
+  || fail "train loss did not fall enough: $first -> $last"
+[ -s "$WORK/run/loss.svg" ] && grep -q "<svg" "$WORK/run/loss.svg" && pass "train writes loss.svg" || fail "no loss.svg"
+[ -L "$WORK/run/latest.safetensors" ] && pass "latest.safetensors points at the last checkpoint" || fail "no latest link"
+
+"$APPS/sample" --checkpoint "$WORK/run" --prompt "the cat" --max-tokens 40 --device cpu > "$WORK/sample.txt" 2> "$WORK/sample.err" \
+  && [ -s "$WORK/sample.txt" ] && grep -q "tokens/s" "$WORK/sample.err" && pass "sample streams text and reports tokens/s" \
+  || fail "sample: $(cat "$WORK/sample.err")"
+
+# Resuming from the step-20 checkpoint reproduces the uninterrupted run's losses.
+"$APPS/train" --resume "$WORK/run/ckpt_0000020.safetensors" --out "$WORK/resumed" --threads 2 > /dev/null 2>&1
+a=$(awk -F, '$1 == 40 && $2 != "" {print $2}' "$WORK/run/log.csv")
+b=$(awk -F, '$1 == 40 && $2 != "" {print $2}' "$WORK/resumed/log.csv" 2>/dev/null)
+[ -n "$a" ] && [ "$a" = "$b" ] && pass "resume gives the same step-40 loss ($a)" || fail "resume: '$a' vs '$b'"
+
+# Bad input: a clear message and a non-zero exit.
+expect_error "train refuses to overwrite a run" "already holds a run" "${TRAIN[@]}" --steps 2 --out "$WORK/run"
+expect_error "train: missing data" "no files match" "${TRAIN[@]}" --steps 2 --data "$WORK/none.bin" --out "$WORK/x1"
+expect_error "train: bad flag value" "--steps" "${TRAIN[@]}" --steps -3 --out "$WORK/x2"
+expect_error "train: unknown flag" "--bogus" "${TRAIN[@]}" --bogus
+expect_error "train: heads must divide d_model" "--heads 3" "${TRAIN[@]}" --heads 3 --out "$WORK/x3"
+expect_error "train: token ids beyond the vocabulary" "train.bin" "${TRAIN[@]}" --vocab 100 --steps 2 --out "$WORK/x4"
+printf 'garbage that is not a shard at all!' > "$WORK/bad.bin"
+expect_error "train: a corrupt shard names the file" "bad.bin" "${TRAIN[@]}" --data "$WORK/bad.bin" --steps 2 --out "$WORK/x5"
+expect_error "prepare: missing input names it" "nothing.txt" "$APPS/prepare" --input "$WORK/nothing.txt" --out-dir "$WORK/d2"
+expect_error "sample: missing checkpoint names it" "no_such_run" "$APPS/sample" --checkpoint "$WORK/no_such_run"
+expect_error "sample: bad temperature" "temperature" "$APPS/sample" --checkpoint "$WORK/run" --temperature -1
+[ -s "$WORK/data/train.bin" ] && pass "failed runs left the dataset intact" || fail "dataset lost"
+
+if [ "$failures" -eq 0 ]; then echo "test_apps: all checks passed"; else echo "test_apps: $failures check(s) failed"; fi
+exit $((failures > 0))
