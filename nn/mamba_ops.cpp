@@ -21,6 +21,7 @@
 // e_t for every step in a per-thread T*N buffer, then walks time backwards. (b, c)
 // pairs run in parallel; dA, dD (reduced over b) and dBm, dCm (reduced over c) go to
 // per-thread float64 accumulators that a second, parallel pass sums.
+// CUDA tensors go to the kernels in nn/mamba_ops.cu after the same argument checks.
 #include "nn/mamba_ops.h"
 
 #include <omp.h>
@@ -30,6 +31,8 @@
 #include <vector>
 
 #include "autograd/node.h"
+#include "nn/mamba_cuda.h"
+#include "tensor/cuda_hooks.h"
 #include "tensor/cpu/loops.h"
 #include "tensor/ops.h"
 
@@ -37,8 +40,8 @@ namespace sessa::ops {
 
 namespace {
 
-void require_cpu(const char* op, const Tensor& x) {
-  SESSA_CHECK(x.device().is_cpu(), op, "no CUDA kernel yet for " << x.str());
+void require_same_device(const char* op, const Tensor& x, const Tensor& ref) {
+  SESSA_CHECK(x.device() == ref.device(), op, "tensors on different devices: " << ref.str() << " and " << x.str());
 }
 
 void check_conv(const char* op, const Tensor& x, const Tensor& w, const Tensor& bias) {
@@ -49,13 +52,14 @@ void check_conv(const char* op, const Tensor& x, const Tensor& w, const Tensor& 
                                                                  << bias.shape());
   SESSA_CHECK(x.dtype() == w.dtype() && x.dtype() == bias.dtype(), op,
               "dtype mismatch: " << x.str() << ", " << w.str() << ", " << bias.str());
-  require_cpu(op, x), require_cpu(op, w), require_cpu(op, bias);
+  require_same_device(op, w, x), require_same_device(op, bias, x);
 }
 
 }  // namespace
 
 Tensor causal_conv1d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in) {
   check_conv("causal_conv1d", x_in, w_in, bias_in);
+  if (x_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::causal_conv1d(x_in, w_in, bias_in)); }
   Tensor x = contiguous(x_in), w = contiguous(w_in), bias = contiguous(bias_in);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
   Tensor y = empty_like(x);
@@ -86,7 +90,8 @@ Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, cons
   SESSA_CHECK(dy_in.shape() == x_in.shape(), op, "gradient " << dy_in.shape() << " vs input " << x_in.shape());
   SESSA_CHECK(dy_in.dtype() == x_in.dtype() && w_in.dtype() == x_in.dtype(), op,
               "dtype mismatch: " << dy_in.str() << ", " << x_in.str() << ", " << w_in.str());
-  require_cpu(op, dy_in), require_cpu(op, x_in), require_cpu(op, w_in);
+  require_same_device(op, x_in, dy_in), require_same_device(op, w_in, dy_in);
+  if (dy_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::causal_conv1d_backward(dy_in, x_in, w_in)); }
   Tensor x = contiguous(x_in), w = contiguous(w_in), dy = contiguous(dy_in);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
   Conv1dGrads g{empty_like(x), empty_like(w), Tensor::empty({C}, x.options())};
@@ -153,9 +158,8 @@ ScanDims check_scan(const char* op, const Tensor& u, const Tensor& delta, const 
                   << ", Cm " << Cm.shape() << ", D " << Dskip.shape());
   for (const Tensor* t : {&delta, &A, &Bm, &Cm, &Dskip}) {
     SESSA_CHECK(t->dtype() == u.dtype(), op, "dtype mismatch: " << u.str() << " and " << t->str());
-    require_cpu(op, *t);
+    require_same_device(op, *t, u);
   }
-  require_cpu(op, u);
   return {u.size(0), u.size(1), u.size(2), A.size(1)};
 }
 
@@ -164,6 +168,7 @@ ScanDims check_scan(const char* op, const Tensor& u, const Tensor& delta, const 
 Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& A_in, const Tensor& Bm_in,
                       const Tensor& Cm_in, const Tensor& D_in) {
   const ScanDims d = check_scan("selective_scan", u_in, delta_in, A_in, Bm_in, Cm_in, D_in);
+  if (u_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::selective_scan(u_in, delta_in, A_in, Bm_in, Cm_in, D_in)); }
   const int64_t B = d.B, T = d.T, Di = d.Di, N = d.N;
   Tensor u = contiguous(u_in), delta = contiguous(delta_in), A = contiguous(A_in), Bm = contiguous(Bm_in),
          Cm = contiguous(Cm_in), Dk = contiguous(D_in);
@@ -206,7 +211,10 @@ SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_
   const int64_t B = d.B, T = d.T, Di = d.Di, N = d.N;
   SESSA_CHECK(dy_in.shape() == u_in.shape() && dy_in.dtype() == u_in.dtype(), op,
               "gradient " << dy_in.str() << " does not match the output " << u_in.str());
-  require_cpu(op, dy_in);
+  require_same_device(op, dy_in, u_in);
+  if (u_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::selective_scan_backward(dy_in, u_in, delta_in, A_in, Bm_in, Cm_in, D_in));
+  }
   Tensor dy = contiguous(dy_in), u = contiguous(u_in), delta = contiguous(delta_in), A = contiguous(A_in),
          Bm = contiguous(Bm_in), Cm = contiguous(Cm_in), Dk = contiguous(D_in);
   SelectiveScanGrads g{empty_like(u), empty_like(u), empty_like(A), empty_like(Bm), empty_like(Cm), empty_like(Dk)};

@@ -6,7 +6,7 @@
 // selective_scan: the diagonal, input-dependent linear recurrence, per (b, c, n),
 //   h_t = exp(delta_t[c] * A[c,n]) * h_{t-1} + delta_t[c] * Bm_t[n] * u_t[c],   h_{-1} = 0,
 //   y_t[c] = sum_n Cm_t[n] * h_t[c,n] + Dskip[c] * u_t[c].
-// CPU kernels for float32 and float64 (OpenMP); CUDA tensors are refused for now.
+
 #pragma once
 #include "tensor/tensor.h"
 

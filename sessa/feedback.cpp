@@ -7,8 +7,10 @@
 #include <cmath>
 
 #include "autograd/node.h"
+#include "sessa/feedback_cuda.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/loops.h"
+#include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
 namespace sessa::ops {
@@ -26,7 +28,6 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& gamma, const T
   for (const Tensor* t : {&k, &gamma, &f})
     SESSA_CHECK(t->dtype() == q.dtype() && t->device() == q.device(), "feedback_solve",
                 "inputs differ in dtype or device: " << q.str() << " vs " << t->str());
-  SESSA_CHECK(q.device().is_cpu(), "feedback_solve", "no CUDA kernel yet for " << q.str());
 }
 
 // alpha = causal softmax of q k^T * scale over s < t, for one batch element (S3).
@@ -91,6 +92,7 @@ void backward_substitution(const T* alpha, const T* gamma, const T* ds, T* df, T
 
 FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Tensor& gamma_in, const Tensor& f_in) {
   check_inputs(q_in, k_in, gamma_in, f_in);
+  if (q_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::feedback_solve(q_in, k_in, gamma_in, f_in)); }
   Tensor q = contiguous(q_in), k = contiguous(k_in), gamma = contiguous(gamma_in), f = contiguous(f_in);
   const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
   FeedbackOut out{empty_like(f), Tensor::empty({B, n, n}, q.options()), empty_like(f)};
@@ -113,6 +115,7 @@ FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Tensor&
 FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_in, const Tensor& k_in,
                                       const Tensor& gamma_in, const FeedbackOut& saved) {
   check_inputs(q_in, k_in, gamma_in, ds_in);
+  if (q_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::feedback_solve_backward(ds_in, q_in, k_in, gamma_in, saved)); }
   Tensor ds = contiguous(ds_in), q = contiguous(q_in), k = contiguous(k_in), gamma = contiguous(gamma_in);
   const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
   FeedbackGrads g{empty_like(q), empty_like(k), empty_like(gamma), empty_like(ds)};

@@ -1,5 +1,6 @@
 // Where a tensor's memory lives: the host (cpu) or a CUDA GPU with an index.
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace sessa {

@@ -58,6 +58,7 @@ cudaStream_t stream(int device) {
 
 void* alloc(size_t nbytes, int device) {
   const size_t size = round_size(nbytes);
+  cudaStream_t st = stream(device);  // before taking the lock: stream() takes it too
   DeviceState& s = state(device);
   std::lock_guard lock(s.mu);
   void* p = nullptr;
@@ -83,7 +84,7 @@ void* alloc(size_t nbytes, int device) {
   }
   s.stats.in_use += size;
   s.stats.peak = std::max(s.stats.peak, s.stats.in_use);
-  if (g_poison) SESSA_CUDA_CHECK(cudaMemsetAsync(p, 0xFF, size, stream(device)), "alloc");
+  if (g_poison) SESSA_CUDA_CHECK(cudaMemsetAsync(p, 0xFF, size, st), "alloc");
   return p;
 }
 
@@ -101,7 +102,10 @@ MemoryStats memory_stats(int device) {
   return s.stats;
 }
 
-void reset_peak(int device) {
+size_t peak_memory(int device) { return memory_stats(device).peak; }
+size_t current_memory(int device) { return memory_stats(device).in_use; }
+
+void reset_peak_memory(int device) {
   DeviceState& s = state(device);
   std::lock_guard lock(s.mu);
   s.stats.peak = s.stats.in_use;

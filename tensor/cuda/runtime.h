@@ -18,7 +18,6 @@ struct MemoryStats {
   size_t cuda_mallocs = 0;  // number of cudaMalloc calls so far
 };
 MemoryStats memory_stats(int device);
-void reset_peak(int device);
 // Tests: fill every block handed out with 0xFF bytes (NaN in float32 and bfloat16),
 // so an output element a kernel forgot to write fails the comparison.
 void set_poison(bool on);

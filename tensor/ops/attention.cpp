@@ -16,6 +16,8 @@
 
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/loops.h"
+#include "tensor/cuda/attention.h"
+#include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
 namespace sessa::ops {
@@ -44,7 +46,6 @@ Dims check_attention(const char* op, const Tensor& q, const Tensor& k, const Ten
               "dtypes differ: q " << q.str() << ", k " << k.str() << ", v " << v.str());
   SESSA_CHECK(q.device() == k.device() && q.device() == v.device(), op,
               "devices differ: q " << q.str() << ", k " << k.str() << ", v " << v.str());
-  if (!q.device().is_cpu()) SESSA_FAIL(op, "no CUDA kernel yet for " << q.str());
   return {q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), q.size(1) / k.size(1)};
 }
 
@@ -86,6 +87,7 @@ void block_probs(const T* qh, const T* kh, int64_t i0, int64_t n, int64_t kn, in
 
 AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int64_t q_offset, double scale) {
   const Dims d = check_attention("attention", q_in, k_in, v_in, q_offset);
+  if (q_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::attention(q_in, k_in, v_in, q_offset, scale)); }
   Tensor q = contiguous(q_in), k = contiguous(k_in), v = contiguous(v_in);
   AttentionOut res{empty_like(q), Tensor::empty({d.B, d.H, d.Tq}, q.options())};
   const int64_t blocks = (d.Tq + kBlock - 1) / kBlock, tasks = d.B * d.H * blocks;
@@ -122,9 +124,15 @@ AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in, con
               "dout " << dout_in.shape() << " and out " << out_in.shape() << " must have q's shape " << q_in.shape());
   SESSA_CHECK(lse_in.shape() == Shape({d.B, d.H, d.Tq}), op,
               "lse " << lse_in.shape() << " must be (B, H, Tq) for q " << q_in.shape());
-  for (const Tensor* t : {&dout_in, &out_in, &lse_in})
+  for (const Tensor* t : {&dout_in, &out_in})
     SESSA_CHECK(t->dtype() == q_in.dtype() && t->device() == q_in.device(), op,
                 t->str() << " does not match q " << q_in.str());
+  const DType lse_dtype = q_in.dtype() == DType::BF16 ? DType::F32 : q_in.dtype();  // bfloat16 keeps lse in float32
+  SESSA_CHECK(lse_in.dtype() == lse_dtype && lse_in.device() == q_in.device(), op,
+              lse_in.str() << " does not match q " << q_in.str());
+  if (q_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::attention_backward(dout_in, q_in, k_in, v_in, out_in, lse_in, q_offset, scale));
+  }
   Tensor q = contiguous(q_in), k = contiguous(k_in), v = contiguous(v_in);
   Tensor dout = contiguous(dout_in), out = contiguous(out_in), lse = contiguous(lse_in);
   // dk, dv per query head (B, H, Tk, dh); summed over each group below when H > Hkv.

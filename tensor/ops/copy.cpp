@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "tensor/cpu/loops.h"
+#include "tensor/cuda/basic.h"
 #include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
@@ -38,7 +39,7 @@ void copy_(const Tensor& dst, const Tensor& src) {
               "cannot copy " << src.shape() << " into " << dst.shape());
   if (dst.device() == src.device()) {
     if (dst.device().is_cpu()) return cpu_copy(dst, src);
-    SESSA_FAIL("copy_", "no CUDA kernel yet");
+    SESSA_CUDA_CALL(return cuda::copy_(dst, src));
   }
   // Across devices: move src's bytes as they are, then cast/lay out on the destination.
   Tensor packed = contiguous(src);
@@ -80,7 +81,7 @@ void fill_(const Tensor& x, double value) {
     });
     return;
   }
-  SESSA_FAIL("fill_", "no CUDA kernel yet");
+  SESSA_CUDA_CALL(cuda::fill_(x, value));
 }
 
 }  // namespace sessa::ops

@@ -3,22 +3,28 @@
 //   lse_r = m_r + log sum_j exp(x_rj - m_r),   loss = (1 / count) sum_r (lse_r - x_{r, y_r}).
 // Backward: dx_rj = dloss * (exp(x_rj - lse_r) - [j == y_r]) / count on counted rows, 0 on
 // ignored rows (and everywhere when count == 0, where the loss is defined as 0).
+// CUDA logits run tensor/cuda/cross_entropy.cu (lse and loss float32 for bfloat16 logits).
 #include <cmath>
 
 #include "tensor/cpu/loops.h"
+#include "tensor/cuda/rowops.h"
+#include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
 namespace sessa::ops {
 
 namespace {
 
-// Checks shapes and targets; returns the number of counted rows.
+// Checks shapes and targets; returns the number of counted rows. Targets on a GPU are
+// neither counted nor range-checked here (that would need a host sync): the result is -1,
+// the GPU counts them, and the data loader checks token ids against the vocabulary.
 int64_t check_cross_entropy(const char* op, const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
   SESSA_CHECK(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0), op,
               "expects logits (N, V) and targets (N), got " << logits.shape() << " and " << targets.shape());
   SESSA_CHECK(targets.dtype() == DType::I32, op, "targets must be int32, got " << targets.str());
-  if (!logits.device().is_cpu()) SESSA_FAIL(op, "no CUDA kernel yet for " << logits.str());
-  if (!targets.device().is_cpu()) SESSA_FAIL(op, "no CUDA kernel yet for " << targets.str());
+  SESSA_CHECK(targets.device().is_cpu() || targets.device() == logits.device(), op,
+              "targets " << targets.str() << " are not on the device of logits " << logits.str());
+  if (targets.is_cuda()) return -1;
   const int32_t* t = contiguous(targets).data<int32_t>();
   const int64_t V = logits.size(1);
   int64_t count = 0;
@@ -34,6 +40,7 @@ int64_t check_cross_entropy(const char* op, const Tensor& logits, const Tensor& 
 
 CrossEntropyOut cross_entropy(const Tensor& logits_in, const Tensor& targets_in, int64_t ignore_index) {
   const int64_t count = check_cross_entropy("cross_entropy", logits_in, targets_in, ignore_index);
+  if (logits_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::cross_entropy(logits_in, targets_in, ignore_index, count)); }
   Tensor x = contiguous(logits_in), targets = contiguous(targets_in);
   const int64_t N = x.size(0), V = x.size(1);
   CrossEntropyOut res{Tensor(), Tensor::empty({N}, x.options()), count};
@@ -67,8 +74,12 @@ Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits_in, cons
   const char* op = "cross_entropy_backward";
   check_cross_entropy(op, logits_in, targets_in, ignore_index);
   SESSA_CHECK(dloss.numel() == 1, op, "dloss must have one element, got " << dloss.shape());
-  SESSA_CHECK(lse_in.shape() == Shape{logits_in.size(0)} && lse_in.dtype() == logits_in.dtype(), op,
+  const DType lse_dtype = logits_in.dtype() == DType::BF16 ? DType::F32 : logits_in.dtype();  // float32 for bf16 logits
+  SESSA_CHECK(lse_in.shape() == Shape{logits_in.size(0)} && lse_in.dtype() == lse_dtype, op,
               "lse " << lse_in.str() << " does not match logits " << logits_in.str());
+  if (logits_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::cross_entropy_backward(dloss, logits_in, targets_in, lse_in, ignore_index, count));
+  }
   Tensor x = contiguous(logits_in), targets = contiguous(targets_in), lse = contiguous(lse_in);
   const int64_t N = x.size(0), V = x.size(1);
   Tensor dx = zeros(x.shape(), x.options());

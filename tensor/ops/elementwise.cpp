@@ -2,6 +2,8 @@
 // accumulation, and unary math with its derivative.
 #include "tensor/cpu/loops.h"
 #include "tensor/cpu/unary_math.h"
+#include "tensor/cuda/basic.h"
+#include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
 namespace sessa::ops {
@@ -11,10 +13,6 @@ namespace {
 void check_same_device_dtype(const char* op, const Tensor& a, const Tensor& b) {
   SESSA_CHECK(a.device() == b.device(), op, "tensors on different devices: " << a.str() << " and " << b.str());
   SESSA_CHECK(a.dtype() == b.dtype(), op, "dtype mismatch: " << a.str() << " and " << b.str());
-}
-
-void require_cpu(const char* op, const Tensor& x) {
-  SESSA_CHECK(x.device().is_cpu(), op, "no CUDA kernel yet for " << x.str());
 }
 
 template <Binary op, class T> inline T apply(T a, T b) {
@@ -48,7 +46,7 @@ template <Binary op> void cpu_binary(const Tensor& out, const Tensor& a, const T
 Tensor binary(Binary op, const Tensor& a, const Tensor& b) {
   const char* name = op == Binary::Add ? "add" : op == Binary::Sub ? "sub" : op == Binary::Mul ? "mul" : "div";
   check_same_device_dtype(name, a, b);
-  require_cpu(name, a);
+  if (a.is_cuda()) { SESSA_CUDA_CALL(return cuda::binary(op, a, b, broadcast_shapes(a.shape(), b.shape(), name))); }
   Tensor out = Tensor::empty(broadcast_shapes(a.shape(), b.shape(), name), a.options());
   switch (op) {
     case Binary::Add: cpu_binary<Binary::Add>(out, a, b); break;
@@ -60,7 +58,7 @@ Tensor binary(Binary op, const Tensor& a, const Tensor& b) {
 }
 
 Tensor affine(const Tensor& x, double alpha, double beta) {
-  require_cpu("affine", x);
+  if (x.is_cuda()) { SESSA_CUDA_CALL(return cuda::affine(x, alpha, beta)); }
   Tensor out = empty_like(x);
   cpu::dispatch_float(x.dtype(), "affine", [&](auto tag) {
     using T = decltype(tag);
@@ -74,9 +72,9 @@ Tensor affine(const Tensor& x, double alpha, double beta) {
 
 void add_(const Tensor& dst, const Tensor& src, double alpha) {
   check_same_device_dtype("add_", dst, src);
-  require_cpu("add_", dst);
   SESSA_CHECK(broadcast_shapes(dst.shape(), src.shape(), "add_") == dst.shape(), "add_",
               "cannot accumulate " << src.shape() << " into " << dst.shape());
+  if (dst.is_cuda()) { SESSA_CUDA_CALL(return cuda::add_(dst, src, alpha)); }
   cpu::dispatch_float(dst.dtype(), "add_", [&](auto tag) {
     using T = decltype(tag);
     T* d = dst.data<T>();
@@ -92,7 +90,7 @@ const char* unary_name(Unary op) {
 }
 
 Tensor unary(Unary op, const Tensor& x) {
-  require_cpu(unary_name(op), x);
+  if (x.is_cuda()) { SESSA_CUDA_CALL(return cuda::unary(op, x)); }
   Tensor out = empty_like(x);
   cpu::dispatch_float(x.dtype(), unary_name(op), [&](auto tag) {
     using T = decltype(tag);
@@ -109,7 +107,7 @@ Tensor unary(Unary op, const Tensor& x) {
 Tensor unary_backward(Unary op, const Tensor& x, const Tensor& dy) {
   check_same_device_dtype(unary_name(op), x, dy);
   SESSA_CHECK(x.shape() == dy.shape(), unary_name(op), "gradient shape " << dy.shape() << " != input shape " << x.shape());
-  require_cpu(unary_name(op), x);
+  if (x.is_cuda()) { SESSA_CUDA_CALL(return cuda::unary_backward(op, x, dy)); }
   Tensor dx = empty_like(x);
   cpu::dispatch_float(x.dtype(), unary_name(op), [&](auto tag) {
     using T = decltype(tag);

@@ -4,6 +4,8 @@
 #include <cstring>
 
 #include "tensor/cpu/loops.h"
+#include "tensor/cuda/basic.h"
+#include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
 namespace sessa::ops {
@@ -53,11 +55,26 @@ const int32_t* checked_indices(const Tensor& index, int64_t limit, const char* o
   return ids;
 }
 
+// Indices for a CUDA kernel on `device`: host ids are range-checked here and uploaded;
+// ids already on the device are checked by the kernel (tensor/cuda/basic.h).
+[[maybe_unused]] Tensor device_indices(const Tensor& index, Device device, int64_t limit, const char* op) {
+  SESSA_CHECK(index.dtype() == DType::I32, op, "index must be int32, got " << index.str());
+  if (index.device().is_cpu()) {
+    checked_indices(index, limit, op);
+    return index.to(device);
+  }
+  SESSA_CHECK(index.device() == device, op, "index " << index.str() << " is not on " << device.str());
+  return index;
+}
+
 }  // namespace
 
 Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
   Tensor x = contiguous(x_in), index = contiguous(index_in);
   int64_t d = wrap_dim(dim, x.dim(), "index_select");
+  if (x.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::index_select(x, d, device_indices(index, x.device(), x.shape()[size_t(d)], "index_select")));
+  }
   const int32_t* ids = checked_indices(index, x.shape()[size_t(d)], "index_select");
   Shape out_shape(x.shape().begin(), x.shape().begin() + d);
   out_shape.insert(out_shape.end(), index.shape().begin(), index.shape().end());
@@ -77,12 +94,15 @@ Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
 Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index_in, const Tensor& grad_in) {
   Tensor index = contiguous(index_in), grad = contiguous(grad_in);
   int64_t d = wrap_dim(dim, int64_t(shape.size()), "index_add");
-  const int32_t* ids = checked_indices(index, shape[size_t(d)], "index_add");
-  Tensor out = zeros(shape, grad.options());
   AroundDim a = around(shape, d);
   const int64_t n = index.numel();
   SESSA_CHECK(grad.numel() == a.outer * n * a.inner, "index_add",
               "gradient " << grad.shape() << " does not match " << shape << " indexed by " << index.shape());
+  if (grad.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::index_add(shape, d, device_indices(index, grad.device(), shape[size_t(d)], "index_add"), grad));
+  }
+  const int32_t* ids = checked_indices(index, shape[size_t(d)], "index_add");
+  Tensor out = zeros(shape, grad.options());
   cpu::dispatch_float(grad.dtype(), "index_add", [&](auto tag) {
     using T = decltype(tag);
     const T* g = grad.data<T>();

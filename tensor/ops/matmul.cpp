@@ -1,9 +1,12 @@
-// Matrix products through the blocked CPU GEMM (tensor/cpu/gemm.h). Transposed
-// views are passed to GEMM as transposed operands instead of being copied.
+// Matrix products through the blocked CPU GEMM (tensor/cpu/gemm.h), or cuBLAS for CUDA
+// tensors (tensor/cuda/blas.cpp). Transposed views are passed to GEMM as transposed
+// operands instead of being copied.
 #include <optional>
 
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/loops.h"
+#include "tensor/cuda/blas.h"
+#include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
 namespace sessa::ops {
@@ -53,7 +56,6 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   SESSA_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul", "operands need >= 2 dims, got " << a.shape() << " and " << b.shape());
   SESSA_CHECK(a.device() == b.device() && a.dtype() == b.dtype(), "matmul",
               "operands differ in device or dtype: " << a.str() << " and " << b.str());
-  SESSA_CHECK(a.device().is_cpu(), "matmul", "no CUDA kernel yet for " << a.str());
   const int64_t M = a.size(trans_a ? -1 : -2), K = a.size(trans_a ? -2 : -1);
   const int64_t Kb = b.size(trans_b ? -1 : -2), N = b.size(trans_b ? -2 : -1);
   SESSA_CHECK(K == Kb, "matmul", "inner dimensions differ: " << a.shape() << (trans_a ? "^T" : "") << " @ " << b.shape()
@@ -62,6 +64,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   Shape batch_shape(a.shape().begin(), a.shape().end() - 2);
   SESSA_CHECK(b.dim() == 2 || Shape(b.shape().begin(), b.shape().end() - 2) == batch_shape, "matmul",
               "batch dims differ: " << a.shape() << " @ " << b.shape());
+  if (a.is_cuda()) { SESSA_CUDA_CALL(return cuda::matmul(a, b, trans_a, trans_b)); }
   Shape out_shape = batch_shape;
   out_shape.push_back(M);
   out_shape.push_back(N);

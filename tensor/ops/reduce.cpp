@@ -4,6 +4,8 @@
 #include <numeric>
 
 #include "tensor/cpu/loops.h"
+#include "tensor/cuda/basic.h"
+#include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
 namespace sessa::ops {
@@ -15,20 +17,31 @@ struct RowLayout {
   Shape out_shape;
 };
 
-// Moves `dims` to the back and flattens: each row holds the elements reduced into one output.
-RowLayout to_rows(const Tensor& x, std::vector<int64_t> dims, bool keepdim, const char* op) {
-  SESSA_CHECK(x.device().is_cpu(), op, "no CUDA kernel yet for " << x.str());
+struct Reduction {
+  std::vector<int64_t> dims;  // wrapped, sorted, distinct
+  Shape out_shape;
+};
+
+Reduction reduction(const Tensor& x, std::vector<int64_t> dims, bool keepdim, const char* op) {
   for (auto& d : dims) d = wrap_dim(d, x.dim(), op);
   std::sort(dims.begin(), dims.end());
   SESSA_CHECK(std::adjacent_find(dims.begin(), dims.end()) == dims.end(), op, "repeated dimension");
-  std::vector<int64_t> order;
   Shape out_shape;
-  int64_t inner = 1;
   for (int64_t d = 0; d < x.dim(); ++d) {
     bool reduced = std::binary_search(dims.begin(), dims.end(), d);
-    if (!reduced) order.push_back(d), out_shape.push_back(x.shape()[d]);
+    if (!reduced) out_shape.push_back(x.shape()[d]);
     else if (keepdim) out_shape.push_back(1);
   }
+  return {dims, out_shape};
+}
+
+// Moves `dims` to the back and flattens: each row holds the elements reduced into one output.
+RowLayout to_rows(const Tensor& x, const std::vector<int64_t>& dims_in, bool keepdim, const char* op) {
+  auto [dims, out_shape] = reduction(x, dims_in, keepdim, op);
+  std::vector<int64_t> order;
+  int64_t inner = 1;
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (!std::binary_search(dims.begin(), dims.end(), d)) order.push_back(d);
   for (int64_t d : dims) order.push_back(d), inner *= x.shape()[d];
   Tensor rows = reshape(contiguous(permute(x, order)), {x.numel() / std::max<int64_t>(inner, 1), inner});
   if (inner == 0) rows = zeros({numel(out_shape), 0}, x.options());
@@ -38,6 +51,10 @@ RowLayout to_rows(const Tensor& x, std::vector<int64_t> dims, bool keepdim, cons
 }  // namespace
 
 Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
+  if (x.is_cuda()) {
+    const Reduction r = reduction(x, dims, keepdim, "sum");
+    SESSA_CUDA_CALL(return cuda::sum(x, r.dims, r.out_shape));
+  }
   auto [rows, out_shape] = to_rows(x, dims, keepdim, "sum");
   Tensor out = Tensor::empty(out_shape, x.options());
   cpu::dispatch_float(x.dtype(), "sum", [&](auto tag) {
@@ -87,15 +104,30 @@ template <class Emit> Tensor max_rows(const Tensor& x, int64_t dim, bool keepdim
   });
   return out;
 }
+
+// The checked dim and output shape of a max over one dim (on the CPU, max_rows checks).
+Reduction cuda_max_args(const Tensor& x, int64_t dim, bool keepdim, const char* op) {
+  Reduction r = reduction(x, {dim}, keepdim, op);
+  SESSA_CHECK(x.shape()[size_t(r.dims[0])] > 0, op, "reduction over an empty dimension of " << x.shape());
+  return r;
+}
 }  // namespace
 
 Tensor amax(const Tensor& x, int64_t dim, bool keepdim) {
+  if (x.is_cuda()) {
+    const Reduction r = cuda_max_args(x, dim, keepdim, "amax");
+    SESSA_CUDA_CALL(return cuda::amax(x, r.dims[0], r.out_shape));
+  }
   return max_rows(x, dim, keepdim, x.dtype(), "amax", [](const Tensor& out, int64_t r, int64_t, auto v) {
     static_cast<decltype(v)*>(out.raw_data())[r] = v;
   });
 }
 
 Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
+  if (x.is_cuda()) {
+    const Reduction r = cuda_max_args(x, dim, keepdim, "argmax");
+    SESSA_CUDA_CALL(return cuda::argmax(x, r.dims[0], r.out_shape));
+  }
   return max_rows(x, dim, keepdim, DType::I32, "argmax", [](const Tensor& out, int64_t r, int64_t i, auto) {
     static_cast<int32_t*>(out.raw_data())[r] = int32_t(i);
   });

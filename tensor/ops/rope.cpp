@@ -3,9 +3,12 @@
 //   theta = p * base^(-2i / dh)   (computed in double):
 //   y[2i] = x[2i] cos(theta) - x[2i+1] sin(theta),   y[2i+1] = x[2i] sin(theta) + x[2i+1] cos(theta).
 // inverse = true rotates by -theta; since the rotation is orthogonal, that is also its backward.
+// CUDA tensors run tensor/cuda/rope.cu.
 #include <cmath>
 
 #include "tensor/cpu/loops.h"
+#include "tensor/cuda/rowops.h"
+#include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
 namespace sessa::ops {
@@ -14,7 +17,7 @@ Tensor rope(const Tensor& x_in, int64_t pos_offset, double base, bool inverse) {
   SESSA_CHECK(x_in.dim() == 4, "rope", "expects x of shape (B, H, T, dh), got " << x_in.shape());
   SESSA_CHECK(x_in.size(3) % 2 == 0, "rope", "head dim dh must be even, got " << x_in.shape());
   SESSA_CHECK(base > 0, "rope", "base must be positive, got " << base);
-  if (!x_in.device().is_cpu()) SESSA_FAIL("rope", "no CUDA kernel yet for " << x_in.str());
+  if (x_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::rope(x_in, pos_offset, base, inverse)); }
   Tensor x = contiguous(x_in);
   const int64_t T = x.size(2), dh = x.size(3), half = dh / 2, rows = x.numel() / std::max<int64_t>(dh, 1);
   // cos/sin table (T, dh/2) shared by every batch and head.

@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "tensor/cpu/loops.h"
+#include "tensor/cuda/basic.h"
+#include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
 namespace sessa::ops {
@@ -21,7 +23,6 @@ template <class T, class Body> void for_rows(const Tensor& out, std::initializer
 }
 
 Tensor prepare(const Tensor& x, const char* op) {
-  SESSA_CHECK(x.device().is_cpu(), op, "no CUDA kernel yet for " << x.str());
   SESSA_CHECK(x.dim() >= 1, op, "needs at least one dimension, got " << x.shape());
   return contiguous(x);
 }
@@ -30,6 +31,7 @@ Tensor prepare(const Tensor& x, const char* op) {
 
 Tensor softmax(const Tensor& x_in) {
   Tensor x = prepare(x_in, "softmax");
+  if (x.is_cuda()) { SESSA_CUDA_CALL(return cuda::softmax(x)); }
   Tensor y = empty_like(x);
   cpu::dispatch_float(x.dtype(), "softmax", [&](auto tag) {
     using T = decltype(tag);
@@ -50,6 +52,7 @@ Tensor softmax(const Tensor& x_in) {
 Tensor softmax_backward(const Tensor& y_in, const Tensor& dy_in) {
   Tensor y = prepare(y_in, "softmax_backward"), dy = prepare(dy_in, "softmax_backward");
   SESSA_CHECK(y.shape() == dy.shape(), "softmax_backward", "shapes differ: " << y.shape() << " vs " << dy.shape());
+  if (y.is_cuda()) { SESSA_CUDA_CALL(return cuda::softmax_backward(y, dy)); }
   Tensor dx = empty_like(y);
   cpu::dispatch_float(y.dtype(), "softmax_backward", [&](auto tag) {
     using T = decltype(tag);
@@ -65,6 +68,7 @@ Tensor softmax_backward(const Tensor& y_in, const Tensor& dy_in) {
 
 Tensor log_softmax(const Tensor& x_in) {
   Tensor x = prepare(x_in, "log_softmax");
+  if (x.is_cuda()) { SESSA_CUDA_CALL(return cuda::log_softmax(x)); }
   Tensor y = empty_like(x);
   cpu::dispatch_float(x.dtype(), "log_softmax", [&](auto tag) {
     using T = decltype(tag);
@@ -85,6 +89,7 @@ Tensor log_softmax(const Tensor& x_in) {
 Tensor log_softmax_backward(const Tensor& y_in, const Tensor& dy_in) {
   Tensor y = prepare(y_in, "log_softmax_backward"), dy = prepare(dy_in, "log_softmax_backward");
   SESSA_CHECK(y.shape() == dy.shape(), "log_softmax_backward", "shapes differ: " << y.shape() << " vs " << dy.shape());
+  if (y.is_cuda()) { SESSA_CUDA_CALL(return cuda::log_softmax_backward(y, dy)); }
   Tensor dx = empty_like(y);
   cpu::dispatch_float(y.dtype(), "log_softmax_backward", [&](auto tag) {
     using T = decltype(tag);

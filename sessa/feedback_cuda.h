@@ -1,0 +1,15 @@
+// The feedback solve on CUDA (sessa/feedback.cu); ops::feedback_solve and
+// ops::feedback_solve_backward dispatch here for CUDA tensors after their checks.
+// For bfloat16 inputs, alpha and ctx come back in float32 (the solve is sensitive
+// to rounding) while s has the input dtype; the backward expects saved tensors
+// of exactly these dtypes.
+#pragma once
+#include "sessa/feedback.h"
+
+namespace sessa::cuda {
+
+ops::FeedbackOut feedback_solve(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f);
+ops::FeedbackGrads feedback_solve_backward(const Tensor& ds, const Tensor& q, const Tensor& k, const Tensor& gamma,
+                                           const ops::FeedbackOut& saved);
+
+}  // namespace sessa::cuda

@@ -1,0 +1,144 @@
+// Mean cross-entropy of logits (N, V) against int32 targets (N) on CUDA.
+//
+// Forward, one block per row r with target t != ignore_index, in one pass over the row:
+// each thread keeps a running max m and sum s of exp(x - m) over its elements (s is
+// rescaled when m grows); the block merges them into the row max M and
+//   lse_r = M + log sum_threads s * exp(m - M),   loss_r = lse_r - x_{r,t}.
+// A second, single-block kernel sums loss_r in a fixed order (deterministic) and divides
+// by the count of non-ignored targets (the host's count, or counted there). Ignored rows
+// skip the row and store lse = loss = 0. A target outside [0, V) gives a NaN row loss
+// instead of reading out of bounds.
+// Backward: a one-block kernel computes g = dloss / count on the device (no host sync);
+// then per row dx_j = g * (exp(x_j - lse) - [j == t]), and 0 on ignored rows.
+// lse, the row losses and the loss are float32 (float64 for float64 logits).
+#include "tensor/cuda/common.cuh"
+#include "tensor/cuda/rowops.h"
+
+namespace sessa::cuda {
+
+namespace {
+
+template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
+
+template <class T>
+__global__ void cross_entropy_forward_kernel(const T* __restrict__ x, const int32_t* __restrict__ targets,
+                                             acc_t<T>* __restrict__ lse, acc_t<T>* __restrict__ row_loss, int64_t V,
+                                             int64_t ignore_index) {
+  using A = acc_t<T>;
+  const int64_t r = blockIdx.x, t = targets[r];
+  if (t == ignore_index) {
+    if (threadIdx.x == 0) lse[r] = 0, row_loss[r] = 0;
+    return;
+  }
+  const T* xr = x + r * V;
+  A m = -INFINITY, s = 0;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    const A v = load(xr + i);
+    if (v > m) s = s * exp(m - v) + A(1), m = v;
+    else s += exp(v - m);
+  }
+  const A row_max = block_max(m);
+  const A total = block_sum(s * exp(m - row_max));  // a thread without elements adds 0 * 0
+  if (threadIdx.x == 0) {
+    const A l = row_max + log(total);
+    lse[r] = l;
+    row_loss[r] = (t >= 0 && t < V) ? l - load(xr + t) : A(NAN);
+  }
+}
+
+// Number of targets that are not ignore_index (every thread gets it); host_count when known.
+__device__ int64_t counted_targets(const int32_t* targets, int64_t N, int64_t ignore_index, int64_t host_count) {
+  if (host_count >= 0) return host_count;
+  long long c = 0;
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) c += targets[i] != ignore_index;
+  return block_sum(c);
+}
+
+template <class A>
+__global__ void cross_entropy_mean_kernel(const A* __restrict__ row_loss, const int32_t* __restrict__ targets, int64_t N,
+                                          int64_t ignore_index, int64_t host_count, A* __restrict__ loss) {
+  A s = 0;
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) s += row_loss[i];
+  s = block_sum(s);
+  const int64_t count = counted_targets(targets, N, ignore_index, host_count);
+  if (threadIdx.x == 0) *loss = count > 0 ? s / A(count) : A(0);
+}
+
+template <class D, class A>
+__global__ void cross_entropy_scale_kernel(const D* __restrict__ dloss, const int32_t* __restrict__ targets, int64_t N,
+                                           int64_t ignore_index, int64_t host_count, A* __restrict__ scale) {
+  const int64_t count = counted_targets(targets, N, ignore_index, host_count);
+  if (threadIdx.x == 0) *scale = count > 0 ? A(load(dloss)) / A(count) : A(0);
+}
+
+template <class T>
+__global__ void cross_entropy_backward_kernel(const T* __restrict__ x, const int32_t* __restrict__ targets,
+                                              const acc_t<T>* __restrict__ lse, const acc_t<T>* __restrict__ scale,
+                                              T* __restrict__ dx, int64_t V, int64_t ignore_index) {
+  using A = acc_t<T>;
+  const int64_t r = blockIdx.x, t = targets[r];
+  const T* xr = x + r * V;
+  T* dr = dx + r * V;
+  if (t == ignore_index) {
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) store(dr + i, A(0));
+    return;
+  }
+  const A l = lse[r], g = *scale;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) store(dr + i, g * (exp(load(xr + i) - l) - A(i == t)));
+}
+
+constexpr int kReduceThreads = 1024;
+
+}  // namespace
+
+ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_in, int64_t ignore_index, int64_t count) {
+  Tensor x = ops::contiguous(logits), targets = ops::contiguous(targets_in.to(logits.device()));
+  const int64_t N = x.size(0), V = x.size(1);
+  const TensorOptions sopt{stat_dtype(x.dtype()), x.device()};
+  ops::CrossEntropyOut res{Tensor::empty(Shape{}, sopt), Tensor::empty({N}, sopt), count};
+  Tensor row_loss = Tensor::empty({N}, sopt);
+  cudaStream_t st = stream(x.device().index);
+  dispatch_float(x.dtype(), "cross_entropy", [&](auto tag) {
+    using T = decltype(tag);
+    using A = acc_t<T>;
+    if (N > 0) {
+      cross_entropy_forward_kernel<T><<<unsigned(N), kThreads, 0, st>>>(
+          ptr<T>(x), ptr<int32_t>(targets), ptr<A>(res.lse), ptr<A>(row_loss), V, ignore_index);
+      SESSA_CUDA_LAUNCH_CHECK("cross_entropy");
+    }
+    cross_entropy_mean_kernel<A><<<1, kReduceThreads, 0, st>>>(ptr<A>(row_loss), ptr<int32_t>(targets), N,
+                                                                ignore_index, count, ptr<A>(res.loss));
+    SESSA_CUDA_LAUNCH_CHECK("cross_entropy");
+  });
+  return res;
+}
+
+Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets_in, const Tensor& lse_in,
+                              int64_t ignore_index, int64_t count) {
+  const char* op = "cross_entropy_backward";
+  SESSA_CHECK(lse_in.device() == logits.device(), op, "lse " << lse_in.str() << " is not on the device of " << logits.str());
+  Tensor x = ops::contiguous(logits), targets = ops::contiguous(targets_in.to(logits.device()));
+  Tensor lse = ops::contiguous(lse_in), d = dloss.to(logits.device());
+  const int64_t N = x.size(0), V = x.size(1);
+  Tensor dx = Tensor::empty(x.shape(), x.options());
+  if (dx.numel() == 0) return dx;
+  const int64_t host_count = count;
+  Tensor scale = Tensor::empty(Shape{}, {stat_dtype(x.dtype()), x.device()});
+  cudaStream_t st = stream(x.device().index);
+  dispatch_float(x.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    using A = acc_t<T>;
+    dispatch_float(d.dtype(), op, [&](auto dtag) {
+      using D = decltype(dtag);
+      cross_entropy_scale_kernel<D, A><<<1, kReduceThreads, 0, st>>>(ptr<D>(d), ptr<int32_t>(targets), N, ignore_index,
+                                                                     host_count, ptr<A>(scale));
+      SESSA_CUDA_LAUNCH_CHECK(op);
+    });
+    cross_entropy_backward_kernel<T><<<unsigned(N), kThreads, 0, st>>>(ptr<T>(x), ptr<int32_t>(targets), ptr<A>(lse),
+                                                                       ptr<A>(scale), ptr<T>(dx), V, ignore_index);
+    SESSA_CUDA_LAUNCH_CHECK(op);
+  });
+  return dx;
+}
+
+}  // namespace sessa::cuda

@@ -1,0 +1,250 @@
+// Reductions: sum over dims, amax/argmax over one dim, and the sum of squares
+// behind gradient clipping.
+//
+// Plan (sum): x is read as an (outer, len, inner) array with the reduced elements
+// along len. When x is contiguous and the reduced dims form one block (size-1 dims
+// aside) that is x itself; otherwise the reduced dims are permuted to the back and
+// copied, giving inner = 1, as on the CPU. inner == 1 reduces rows: one block per row,
+// threads striding along it. inner > 1 reduces columns: a 32 x 8 block takes 32
+// neighbouring columns (coalesced) and 8 threads down len, then adds its 8 partials.
+// When that makes too few blocks to fill the GPU (a bias gradient: few long columns;
+// sum_all: one long row) len is split into chunks; their partial sums go to a workspace
+// that a second kernel adds in a fixed order, so results never depend on timing.
+// Sums accumulate in float (double for double).
+//
+// amax/argmax reduce rows (the dim moved last when it is not already) with a block per
+// row; ties go to the first index, as on the CPU. sum_of_squares reduces in double:
+// a grid of block partials, then one block over the partials, then one copy to the host.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "tensor/cuda/basic.h"
+#include "tensor/cuda/common.cuh"
+#include "tensor/cuda_hooks.h"
+
+namespace sessa::cuda {
+
+namespace {
+
+template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
+
+template <class A> DType acc_dtype() { return std::is_same_v<A, double> ? DType::F64 : DType::F32; }
+
+int sm_count(int device) {
+  int n = 0;
+  SESSA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "reduce");
+  return n;
+}
+
+// Threads for one block per row: enough that each has a few elements, 32..256.
+int row_threads(int64_t len) {
+  int t = 32;
+  while (t < 256 && int64_t(t) * 4 < len) t *= 2;
+  return t;
+}
+
+// x as (outer, len, inner) with the reduced elements along len.
+struct Reduce3 {
+  Tensor x;  // contiguous
+  int64_t outer = 1, len = 1, inner = 1;
+};
+
+// need_rows: only layouts with inner == 1 (the reduced dims permuted last otherwise).
+Reduce3 as_reduce3(const Tensor& x, const std::vector<int64_t>& dims, bool need_rows) {
+  const int64_t nd = x.dim();
+  auto reduced = [&](int64_t d) { return std::find(dims.begin(), dims.end(), d) != dims.end(); };
+  if (x.is_contiguous() && !dims.empty()) {
+    Reduce3 r{x};
+    bool block = true;
+    for (int64_t d = dims.front(); d <= dims.back(); ++d) block = block && (reduced(d) || x.shape()[size_t(d)] == 1);
+    for (int64_t d = 0; d < nd; ++d)
+      (d < dims.front() ? r.outer : d <= dims.back() ? r.len : r.inner) *= x.shape()[size_t(d)];
+    if (block && (!need_rows || r.inner == 1)) return r;
+  }
+  Reduce3 r;
+  std::vector<int64_t> order;
+  for (int64_t d = 0; d < nd; ++d)
+    if (!reduced(d)) order.push_back(d), r.outer *= x.shape()[size_t(d)];
+  for (int64_t d : dims) order.push_back(d), r.len *= x.shape()[size_t(d)];
+  r.x = ops::contiguous(ops::permute(x, order));
+  return r;
+}
+
+// Splits len into `split` chunks of `chunk` so that about `target` blocks run, each
+// chunk keeping at least `min_chunk` elements.
+struct Split {
+  int64_t split = 1, chunk = 1;
+};
+Split choose_split(int64_t base_blocks, int64_t len, int64_t target, int64_t min_chunk) {
+  Split s;
+  s.chunk = std::max<int64_t>(len, 1);
+  if (base_blocks >= target) return s;
+  const int64_t want = std::min<int64_t>({(target + base_blocks - 1) / base_blocks, (len + min_chunk - 1) / min_chunk, 65535});
+  if (want <= 1) return s;
+  s.chunk = (len + want - 1) / want;
+  s.split = (len + s.chunk - 1) / s.chunk;
+  return s;
+}
+
+// Row r, chunk blockIdx.y: the sum of x[r, chunk], to out[r] (one chunk) or partial[chunk][r].
+template <class T> __global__ void sum_rows_kernel(const T* x, int64_t len, int64_t chunk, T* out, acc_t<T>* partial) {
+  using A = acc_t<T>;
+  const int64_t row = blockIdx.x, begin = int64_t(blockIdx.y) * chunk, end = min(len, begin + chunk);
+  const T* p = x + row * len;
+  A acc = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) acc += load(p + i);
+  acc = block_sum(acc);
+  if (threadIdx.x != 0) return;
+  if (partial) partial[int64_t(blockIdx.y) * gridDim.x + row] = acc;
+  else store(out + row, acc);
+}
+
+// Block (32, 8): columns c0 + threadIdx.x of slab o, rows of chunk blockIdx.y.
+constexpr int kColWidth = 32, kColDepth = 8;
+template <class T>
+__global__ void sum_cols_kernel(const T* x, int64_t len, int64_t inner, int64_t col_blocks, int64_t chunk, T* out,
+                                acc_t<T>* partial, int64_t n_out) {
+  using A = acc_t<T>;
+  __shared__ A part[kColDepth][kColWidth + 1];
+  const int64_t o = blockIdx.x / col_blocks, c = (blockIdx.x % col_blocks) * kColWidth + threadIdx.x;
+  const int64_t begin = int64_t(blockIdx.y) * chunk, end = min(len, begin + chunk);
+  A acc = 0;
+  if (c < inner)
+    for (int64_t r = begin + threadIdx.y; r < end; r += kColDepth) acc += load(x + (o * len + r) * inner + c);
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= inner) return;
+  for (int k = 1; k < kColDepth; ++k) acc += part[k][threadIdx.x];
+  if (partial) partial[int64_t(blockIdx.y) * n_out + o * inner + c] = acc;
+  else store(out + o * inner + c, acc);
+}
+
+// out[i] = sum over chunks of partial[chunk][i], in chunk order.
+template <class T> __global__ void sum_partials_kernel(const acc_t<T>* partial, int64_t split, int64_t n_out, T* out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n_out) return;
+  acc_t<T> acc = 0;
+  for (int64_t z = 0; z < split; ++z) acc += partial[z * n_out + i];
+  store(out + i, acc);
+}
+
+// The max of row blockIdx.x and its first index; either output may be null.
+template <class T> __global__ void max_rows_kernel(const T* x, int64_t len, T* values, int32_t* indices) {
+  using A = acc_t<T>;
+  __shared__ A best_v[32];
+  __shared__ int64_t best_i[32];
+  const T* p = x + int64_t(blockIdx.x) * len;
+  A v = -INFINITY;
+  int64_t at = INT64_MAX;  // no element yet: loses every comparison
+  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
+    const A e = load(p + i);
+    if (e > v || at == INT64_MAX) v = e, at = i;
+  }
+  auto take = [&](A v2, int64_t at2) {
+    if (v2 > v || (v2 == v && at2 < at)) v = v2, at = at2;
+  };
+  for (int o = 16; o > 0; o >>= 1) take(__shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, at, o));
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) best_v[warp] = v, best_i[warp] = at;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  for (int w = 1; w < int(blockDim.x / 32); ++w) take(best_v[w], best_i[w]);
+  if (values) store(values + blockIdx.x, v);
+  if (indices) indices[blockIdx.x] = int32_t(at);
+}
+
+// partial[blockIdx.x] = the block's share of sum x^2, in double.
+template <class T> __global__ void sum_squares_kernel(const T* x, int64_t n, double* partial) {
+  double acc = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const double e = double(load(x + i));
+    acc += e * e;
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+// Shared by amax and argmax: rows with `dim` last, one block each.
+void max_rows(const Tensor& x, int64_t dim, const Tensor* values, const Tensor* indices, const char* op) {
+  const Reduce3 r = as_reduce3(x, {dim}, true);
+  const int64_t rows = r.outer;
+  if (rows == 0) return;
+  dispatch_float(x.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    max_rows_kernel<T><<<unsigned(rows), row_threads(r.len), 0, stream(x.device().index)>>>(
+        ptr<const T>(r.x), r.len, values ? ptr<T>(*values) : nullptr, indices ? ptr<int32_t>(*indices) : nullptr);
+    SESSA_CUDA_LAUNCH_CHECK(op);
+  });
+}
+
+}  // namespace
+
+Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, const Shape& out_shape) {
+  Tensor out = Tensor::empty(out_shape, x.options());
+  if (out.numel() == 0) return out;
+  const Reduce3 r = as_reduce3(x, dims, false);
+  const int device = x.device().index;
+  const int64_t target = 4 * int64_t(sm_count(device)), n_out = r.outer * r.inner;
+  cudaStream_t st = stream(device);
+  dispatch_float(x.dtype(), "sum", [&](auto tag) {
+    using T = decltype(tag);
+    using A = acc_t<T>;
+    const int64_t col_blocks = (r.inner + kColWidth - 1) / kColWidth;
+    const bool rows = r.inner == 1;
+    const Split s = rows ? choose_split(r.outer, r.len, target, 2048) : choose_split(r.outer * col_blocks, r.len, target, 64);
+    Tensor ws;
+    if (s.split > 1) ws = Tensor::empty({s.split, n_out}, {acc_dtype<A>(), x.device()});
+    A* partial = s.split > 1 ? ptr<A>(ws) : nullptr;
+    if (rows) {
+      const dim3 grid(unsigned(r.outer), unsigned(s.split));
+      sum_rows_kernel<T><<<grid, row_threads(s.chunk), 0, st>>>(ptr<const T>(r.x), r.len, s.chunk, ptr<T>(out), partial);
+    } else {
+      const dim3 grid(unsigned(r.outer * col_blocks), unsigned(s.split)), block(kColWidth, kColDepth);
+      sum_cols_kernel<T><<<grid, block, 0, st>>>(ptr<const T>(r.x), r.len, r.inner, col_blocks, s.chunk, ptr<T>(out),
+                                                 partial, n_out);
+    }
+    SESSA_CUDA_LAUNCH_CHECK("sum");
+    if (s.split > 1) {
+      sum_partials_kernel<T><<<blocks_for(n_out), kThreads, 0, st>>>(partial, s.split, n_out, ptr<T>(out));
+      SESSA_CUDA_LAUNCH_CHECK("sum");
+    }
+  });
+  return out;
+}
+
+Tensor amax(const Tensor& x, int64_t dim, const Shape& out_shape) {
+  Tensor out = Tensor::empty(out_shape, x.options());
+  max_rows(x, dim, &out, nullptr, "amax");
+  return out;
+}
+
+Tensor argmax(const Tensor& x, int64_t dim, const Shape& out_shape) {
+  Tensor out = Tensor::empty(out_shape, {DType::I32, x.device()});
+  max_rows(x, dim, nullptr, &out, "argmax");
+  return out;
+}
+
+double sum_of_squares(const Tensor& x_in) {
+  if (x_in.numel() == 0) return 0.0;
+  const Tensor x = ops::contiguous(x_in);
+  const int device = x.device().index;
+  const int64_t n = x.numel();
+  const int64_t blocks = std::min<int64_t>(blocks_for(n), 4 * int64_t(sm_count(device)));
+  Tensor partial = Tensor::empty({blocks}, {DType::F64, x.device()});
+  Tensor total = Tensor::empty({}, {DType::F64, x.device()});
+  cudaStream_t st = stream(device);
+  dispatch_float(x.dtype(), "sum_of_squares", [&](auto tag) {
+    using T = decltype(tag);
+    sum_squares_kernel<T><<<unsigned(blocks), kThreads, 0, st>>>(ptr<const T>(x), n, ptr<double>(partial));
+    SESSA_CUDA_LAUNCH_CHECK("sum_of_squares");
+  });
+  sum_rows_kernel<double><<<1, row_threads(blocks), 0, st>>>(ptr<const double>(partial), blocks, blocks,
+                                                              ptr<double>(total), nullptr);
+  SESSA_CUDA_LAUNCH_CHECK("sum_of_squares");
+  double result = 0;
+  copy_bytes(&result, Device::cpu(), total.raw_data(), x.device(), sizeof(double));
+  return result;
+}
+
+}  // namespace sessa::cuda

@@ -1,0 +1,62 @@
+// Rotary position embedding on CUDA for x: (B, H, T, dh), dh even (see tensor/ops/rope.cpp).
+// A first kernel tabulates cos/sin (T, dh/2) of theta = (pos_offset + t) * base^(-2i/dh),
+// computed in double and stored as float (double for float64); inverse negates sin.
+// Then one thread per pair (x[2i], x[2i+1]) of every row reads the table:
+//   y[2i] = x[2i] cos - x[2i+1] sin,   y[2i+1] = x[2i] sin + x[2i+1] cos.
+#include "tensor/cuda/common.cuh"
+#include "tensor/cuda/rowops.h"
+
+namespace sessa::cuda {
+
+namespace {
+
+template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
+
+template <class A>
+__global__ void rope_table_kernel(A* __restrict__ cs, A* __restrict__ sn, int64_t T, int64_t half, int64_t pos_offset,
+                                  double base, double sign) {
+  const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= T * half) return;
+  const int64_t t = k / half, i = k % half;
+  const double theta = double(pos_offset + t) * pow(base, -2.0 * double(i) / double(2 * half));
+  double s, c;
+  sincos(theta, &s, &c);
+  cs[k] = A(c), sn[k] = A(sign * s);
+}
+
+template <class T>
+__global__ void rope_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ cs, const acc_t<T>* __restrict__ sn,
+                            T* __restrict__ y, int64_t pairs, int64_t T_len, int64_t half) {
+  using A = acc_t<T>;
+  const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // pair index over all rows
+  if (k >= pairs) return;
+  const int64_t j = (k / half % T_len) * half + k % half;  // table entry (t, i)
+  const A x0 = load(x + 2 * k), x1 = load(x + 2 * k + 1), c = cs[j], s = sn[j];
+  store(y + 2 * k, x0 * c - x1 * s);
+  store(y + 2 * k + 1, x0 * s + x1 * c);
+}
+
+}  // namespace
+
+Tensor rope(const Tensor& x_in, int64_t pos_offset, double base, bool inverse) {
+  Tensor x = ops::contiguous(x_in);
+  const int64_t T = x.size(2), half = x.size(3) / 2, pairs = x.numel() / 2;
+  Tensor y = empty_like(x);
+  if (pairs == 0) return y;
+  const TensorOptions topt{stat_dtype(x.dtype()), x.device()};
+  Tensor cs = Tensor::empty({T, half}, topt), sn = Tensor::empty({T, half}, topt);
+  cudaStream_t st = stream(x.device().index);
+  dispatch_float(x.dtype(), "rope", [&](auto tag) {
+    using TT = decltype(tag);
+    using A = acc_t<TT>;
+    rope_table_kernel<A><<<blocks_for(T * half), kThreads, 0, st>>>(ptr<A>(cs), ptr<A>(sn), T, half, pos_offset, base,
+                                                                    inverse ? -1.0 : 1.0);
+    SESSA_CUDA_LAUNCH_CHECK("rope");
+    rope_kernel<TT><<<blocks_for(pairs), kThreads, 0, st>>>(ptr<TT>(x), ptr<A>(cs), ptr<A>(sn), ptr<TT>(y), pairs, T,
+                                                            half);
+    SESSA_CUDA_LAUNCH_CHECK("rope");
+  });
+  return y;
+}
+
+}  // namespace sessa::cuda

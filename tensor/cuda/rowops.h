@@ -1,0 +1,30 @@
+// Fused row ops on CUDA: LayerNorm, cross-entropy and rotary embedding. The ops in
+// tensor/ops/ check the arguments and dispatch here for CUDA tensors.
+//
+// Statistics (LayerNorm mean/rstd, cross-entropy log-sum-exp and loss) are float32 for
+// float32 and bfloat16 inputs and float64 for float64 inputs; stat_dtype says which.
+#pragma once
+#include "tensor/ops.h"
+
+namespace sessa::cuda {
+
+inline DType stat_dtype(DType t) { return t == DType::F64 ? DType::F64 : DType::F32; }
+
+// LayerNorm over the last dim. weight/bias have x's dtype, or float32 when x is
+// bfloat16 (mixed precision). y and dx take x's dtype; dweight/dbias the weight's.
+ops::LayerNormOut layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+ops::LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                        const Tensor& rstd);
+
+// Cross-entropy of logits (N, V). `count` is the number of counted targets when the
+// caller counted them on the host, or -1 when the targets live on the GPU: then the
+// GPU counts them (no host sync) and the returned CrossEntropyOut::count is -1 too.
+// A target outside [0, V) that is not ignore_index makes its row's loss NaN.
+ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, int64_t count);
+// dloss is read on the device (any float dtype, one element).
+Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                              int64_t ignore_index, int64_t count);
+
+Tensor rope(const Tensor& x, int64_t pos_offset, double base, bool inverse);
+
+}  // namespace sessa::cuda
