@@ -167,7 +167,6 @@ int run(Flags f, const std::function<bool(const char*)>& given) {
   const DType dtype = dtype_from_name(f.dtype);
   SESSA_CHECK(dtype == DType::F32 || dtype == DType::BF16, "--dtype", "expected fp32 or bf16, got " << f.dtype);
   SESSA_CHECK(dtype == DType::F32 || device.is_cuda(), "--dtype", "bf16 mixed precision needs --device cuda");
-  SESSA_CHECK(dtype == DType::F32, "--dtype", "bf16 mixed precision is not implemented yet; use --dtype fp32");
 
   // The model: from the checkpoint when resuming, else from the flags.
   std::optional<nn::Checkpoint> ckpt;
@@ -183,7 +182,7 @@ int run(Flags f, const std::function<bool(const char*)>& given) {
                     << " or choose another --out");
   nn::ModelConfig config = ckpt ? ckpt->config : config_from_flags(f);
   auto model = build_model(config, f.seed, {DType::F32, device});
-  nn::Trainer trainer(model, {.lr = f.lr, .weight_decay = f.weight_decay}, f.grad_clip);
+  nn::Trainer trainer(model, {.lr = f.lr, .weight_decay = f.weight_decay}, f.grad_clip, dtype);
   int64_t start_step = 0;
   data::LoaderConfig lc{.batch = f.batch, .seq_len = f.seq_len, .seed = f.seed, .vocab = uint32_t(config.vocab_size)};
   data::TokenLoader train_loader(data::expand_paths(f.data), lc);

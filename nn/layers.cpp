@@ -14,11 +14,28 @@ Linear::Linear(int64_t in, int64_t out, Generator& gen, LinearOptions opt, Tenso
   }
 }
 
+namespace {
+thread_local bool g_autocast = false;
+thread_local DType g_autocast_dtype = DType::F32;
+}  // namespace
+
+AutocastScope::AutocastScope(DType dtype, bool active) : previous_(g_autocast_dtype), had_previous_(g_autocast) {
+  if (!active) return;
+  g_autocast = true;
+  g_autocast_dtype = dtype;
+}
+AutocastScope::~AutocastScope() {
+  g_autocast = had_previous_;
+  g_autocast_dtype = previous_;
+}
+
+Tensor compute(const Tensor& t) { return g_autocast ? cast(t, g_autocast_dtype) : t; }
+
 Tensor Linear::forward(const Tensor& x) const {
   SESSA_CHECK(x.size(-1) == in_features, "Linear", "input " << x.shape() << " has last dim " << x.size(-1)
                                                           << ", layer expects " << in_features);
-  Tensor y = matmul(x, weight, false, true);
-  return bias.defined() ? y + bias : y;
+  Tensor y = matmul(compute(x), compute(weight), false, true);
+  return bias.defined() ? y + compute(bias) : y;
 }
 
 LayerNorm::LayerNorm(int64_t dim, double eps_, TensorOptions topt) : eps(eps_) {

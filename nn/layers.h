@@ -29,6 +29,25 @@ class LayerNorm : public Module {
   Tensor weight, bias;
 };
 
+// Mixed precision. Inside an AutocastScope(bf16), layers run their matrix products
+// and activations in bf16 while parameters stay float32 (master weights): each use
+// of a parameter goes through `compute(param)`, a differentiable cast whose backward
+// returns float32 gradients. Statistics (LayerNorm, softmax, the Sessa solve, the
+// cross-entropy) are kept in float32 inside the kernels.
+class AutocastScope {
+ public:
+  explicit AutocastScope(DType dtype, bool active = true);  // inactive: changes nothing
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  DType previous_;
+  bool had_previous_;
+};
+// `t` in the active autocast dtype (unchanged when none is active or t is already in it).
+Tensor compute(const Tensor& t);
+
 // A fused, differentiable LayerNorm over the last dim (one autograd node).
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
 

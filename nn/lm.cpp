@@ -19,12 +19,12 @@ void LanguageModel::check_ids(const Tensor& ids, const char* op) const {
   SESSA_CHECK(ids.dtype() == DType::I32, op, "token ids must be int32, got " << ids.str());
 }
 
-Tensor LanguageModel::head(const Tensor& h) const { return matmul(norm_f->forward(h), embedding, false, true); }
+Tensor LanguageModel::head(const Tensor& h) const { return matmul(norm_f->forward(h), compute(embedding), false, true); }
 
 Tensor LanguageModel::forward(const Tensor& ids) {
   check_ids(ids, "LanguageModel::forward");
   SESSA_CHECK(ids.dim() == 2, "LanguageModel::forward", "expected token ids (B, T), got " << ids.shape());
-  Tensor h = index_select(embedding, 0, ids.to(device()));
+  Tensor h = compute(index_select(embedding, 0, ids.to(device())));
   for (auto& layer : layers) h = layer->forward(h);
   return head(h);
 }
@@ -44,7 +44,7 @@ Tensor LanguageModel::step(const Tensor& ids, std::vector<std::unique_ptr<Decode
   check_ids(ids, "LanguageModel::step");
   SESSA_CHECK(ids.dim() == 1 && states.size() == layers.size(), "LanguageModel::step",
               "expected token ids (B) and one state per layer, got " << ids.shape() << " and " << states.size() << " states");
-  Tensor h = index_select(embedding, 0, ops::reshape(ids.to(device()), {ids.size(0), 1}));
+  Tensor h = compute(index_select(embedding, 0, ops::reshape(ids.to(device()), {ids.size(0), 1})));
   for (size_t i = 0; i < layers.size(); ++i) h = layers[i]->step(h, *states[i]);
   return reshape(head(h), {ids.size(0), config_.vocab_size});
 }

@@ -63,13 +63,13 @@ Tensor MambaMixer::forward(const Tensor& x) const {
   SESSA_CHECK(x.dim() == 3 && x.size(2) == d_model, "MambaBlock",
               "input " << x.shape() << " should be (B, T, " << d_model << ")");
   const int64_t Di = d_inner, N = d_state, R = dt_rank;
-  auto xz = split(matmul(x, in_proj_weight, false, true), 2, {Di, Di});
-  Tensor u = silu(causal_conv1d(xz[0], conv_weight, conv_bias));
-  auto dbc = split(matmul(u, x_proj_weight, false, true), 2, {R, N, N});
-  Tensor delta = softplus(matmul(dbc[0], dt_proj_weight, false, true) + dt_proj_bias);
-  Tensor A = -exp(A_log);
-  Tensor y = selective_scan(u, delta, A, dbc[1], dbc[2], D);
-  return matmul(y * silu(xz[1]), out_proj_weight, false, true);
+  auto xz = split(matmul(compute(x), compute(in_proj_weight), false, true), 2, {Di, Di});
+  Tensor u = silu(causal_conv1d(xz[0], compute(conv_weight), compute(conv_bias)));
+  auto dbc = split(matmul(u, compute(x_proj_weight), false, true), 2, {R, N, N});
+  Tensor delta = softplus(matmul(dbc[0], compute(dt_proj_weight), false, true) + compute(dt_proj_bias));
+  Tensor A = compute(-exp(A_log));
+  Tensor y = selective_scan(u, delta, A, dbc[1], dbc[2], compute(D));
+  return matmul(y * silu(xz[1]), compute(out_proj_weight), false, true);
 }
 
 Tensor MambaMixer::step(const Tensor& x, MambaState& st) const {

@@ -10,14 +10,15 @@ TokenBatch to_device(const data::Batch& batch, Device device) {
   return {from_vector(batch.inputs, {batch.B, batch.T}, opt), from_vector(batch.targets, {batch.B, batch.T}, opt)};
 }
 
-Trainer::Trainer(std::shared_ptr<LanguageModel> model, AdamWOptions opt, double grad_clip)
-    : model_(std::move(model)), optimizer_(model_->named_parameters(), opt), grad_clip_(grad_clip) {}
+Trainer::Trainer(std::shared_ptr<LanguageModel> model, AdamWOptions opt, double grad_clip, DType compute_dtype)
+    : model_(std::move(model)), optimizer_(model_->named_parameters(), opt), grad_clip_(grad_clip), compute_dtype_(compute_dtype) {}
 
 StepResult Trainer::step(const std::vector<TokenBatch>& micro_batches, double lr) {
   SESSA_CHECK(!micro_batches.empty(), "Trainer::step", "no micro-batches");
   optimizer_.zero_grad();
   StepResult r;
   const double scale = 1.0 / double(micro_batches.size());
+  AutocastScope autocast(compute_dtype_, compute_dtype_ != model_->embedding.dtype());
   for (const TokenBatch& b : micro_batches) {
     Tensor loss = model_->loss(b.ids, b.targets);
     autograd::backward(loss * scale);
@@ -30,6 +31,7 @@ StepResult Trainer::step(const std::vector<TokenBatch>& micro_batches, double lr
 
 double Trainer::evaluate(data::TokenLoader& loader, int64_t batches) {
   autograd::NoGradGuard no_grad;
+  AutocastScope autocast(compute_dtype_, compute_dtype_ != model_->embedding.dtype());
   double total = 0;
   data::Batch batch;
   for (int64_t i = 0; i < batches; ++i) {

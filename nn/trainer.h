@@ -23,7 +23,8 @@ struct StepResult {
 
 class Trainer {
  public:
-  Trainer(std::shared_ptr<LanguageModel> model, AdamWOptions opt, double grad_clip);
+  // compute_dtype bf16: mixed precision (float32 master weights, bf16 activations).
+  Trainer(std::shared_ptr<LanguageModel> model, AdamWOptions opt, double grad_clip, DType compute_dtype = DType::F32);
   StepResult step(const std::vector<TokenBatch>& micro_batches, double lr);
   // Mean loss over `batches` batches from `loader`, without gradients.
   double evaluate(data::TokenLoader& loader, int64_t batches);
@@ -35,6 +36,7 @@ class Trainer {
   std::shared_ptr<LanguageModel> model_;
   AdamW optimizer_;
   double grad_clip_;
+  DType compute_dtype_;
 };
 
 // Dense peak FLOP/s of the device for matrix products in `dtype` (0 when unknown):

@@ -38,7 +38,7 @@ SessaLayer::Branches SessaLayer::branches(const Tensor& x) const {
   auto ag = split(proj_in->forward(norm->forward(x)), -1, {D, D});
   Tensor abar = gelu(ag[0]);
   auto qk = split(proj_fb->forward(abar), -1, {D, D});
-  Tensor gate_logit = squeeze(gamma_proj->forward(abar), -1) + gamma_bias;
+  Tensor gate_logit = squeeze(gamma_proj->forward(abar), -1) + nn::compute(gamma_bias);
   return {abar, ag[1], qk[0], qk[1], tanh(gate_logit) * opt_.gamma_max};
 }
 

@@ -1,0 +1,89 @@
+// apps/bench: times full training steps (forward, backward, clipping, AdamW) of a
+// model on random tokens and prints median ms/step, tokens/s, MFU and peak memory.
+//
+//   bench --model sessa --preset small --batch 16 --seq-len 1024 --dtype bf16
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "nn/trainer.h"
+#include "sessa/model.h"
+#include "tensor/cuda_hooks.h"
+
+using namespace sessa;
+
+namespace {
+
+struct Flags {
+  std::string model = "sessa", preset = "small", device = "auto", dtype = "fp32";
+  int64_t batch = 16, seq_len = 1024, warmup = 3, steps = 10, layers = 0, vocab = 50304;
+};
+
+data::Batch random_batch(int64_t B, int64_t T, int64_t vocab, Generator& gen) {
+  data::Batch b{B, T, {}, {}};
+  std::vector<double> u = uniform({B, T + 1}, 0, double(vocab) - 1e-6, gen, {DType::F64}).to_vector<double>();
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t t = 0; t < T; ++t) {
+      b.inputs.push_back(int32_t(u[size_t(r * (T + 1) + t)]));
+      b.targets.push_back(int32_t(u[size_t(r * (T + 1) + t + 1)]));
+    }
+  return b;
+}
+
+int run(const Flags& f) {
+  const Device device = parse_device(f.device);
+  const DType dtype = dtype_from_name(f.dtype);
+  SESSA_CHECK(dtype == DType::F32 || device.is_cuda(), "--dtype", "bf16 mixed precision needs --device cuda");
+  nn::ModelConfig config = nn::preset(f.model, f.preset, f.vocab);
+  if (f.layers > 0) config.n_layers = f.layers;
+  auto model = build_model(config, 1, {DType::F32, device});
+  nn::Trainer trainer(model, {}, 1.0, dtype);
+  Generator gen(7);
+  std::vector<nn::TokenBatch> batch{nn::to_device(random_batch(f.batch, f.seq_len, f.vocab, gen), device)};
+
+  std::vector<double> ms;
+  for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
+    if (i == f.warmup && device.is_cuda()) SESSA_CUDA_CALL(cuda::reset_peak_memory(device.index));
+    auto t0 = std::chrono::steady_clock::now();
+    trainer.step(batch, 1e-4);  // ends by reading the loss: the device work is done
+    if (i >= f.warmup) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  const double median = ms[ms.size() / 2];
+  const double tokens = double(f.batch * f.seq_len), tps = tokens / (median / 1e3);
+  const double peak = nn::device_peak_flops(device, dtype);
+  const double mfu = peak > 0 ? nn::train_flops_per_token(config, f.seq_len) * tps / peak : 0;
+  double peak_gib = 0;
+  if (device.is_cuda()) SESSA_CUDA_CALL(peak_gib = double(cuda::peak_memory(device.index)) / double(1ull << 30));
+  std::printf("%-11s %-6s %3ld layers  B=%-3ld T=%-5ld %-5s %-7s | %9.2f ms/step (min %.2f, max %.2f) | %9.0f tok/s | MFU %5.1f%% | peak %6.2f GiB | %.1fM params\n",
+              f.model.c_str(), f.preset.c_str(), long(config.n_layers), long(f.batch), long(f.seq_len), f.dtype.c_str(),
+              device.str().c_str(), median, ms.front(), ms.back(), tps, 100 * mfu, peak_gib,
+              double(model->parameter_count()) / 1e6);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags f;
+  CLI::App app{"Time full training steps of a model on random tokens."};
+  app.add_option("--model", f.model, "sessa, transformer or mamba")->check(CLI::IsMember({"sessa", "transformer", "mamba"}))->capture_default_str();
+  app.add_option("--preset", f.preset, "tiny, small or medium")->check(CLI::IsMember(nn::preset_names()))->capture_default_str();
+  app.add_option("--layers", f.layers, "Override the number of layers");
+  app.add_option("--vocab", f.vocab, "Vocabulary size")->capture_default_str();
+  app.add_option("--batch", f.batch, "Sequences per step")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--seq-len", f.seq_len, "Tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--warmup", f.warmup, "Untimed steps first")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--steps", f.steps, "Timed steps (the median is reported)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--device", f.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--dtype", f.dtype, "fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  try {
+    return run(f);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench: error: %s\n", e.what());
+    return 1;
+  }
+}
