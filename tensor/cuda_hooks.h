@@ -15,6 +15,10 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
 int device_count();
 std::string device_name(int device);  // e.g. "NVIDIA H100 80GB HBM3"
 void synchronize(int device);
+// Bytes the caching allocator has handed out at most since the last reset, and now.
+size_t peak_memory(int device);
+size_t current_memory(int device);
+void reset_peak_memory(int device);
 
 }  // namespace sessa::cuda
 
