@@ -4,7 +4,7 @@
 // A, so bfloat16 inputs are rounded only on the way in and out; s is returned in X.
 //
 // Forward, three launches:
-//   logits = q k^T / sqrt(D)   SIMT GEMM over the tiles holding some s < t only;
+//   logits = q k^T / sqrt(D)   cuBLAS (bf16 tensor cores with float output for bf16 inputs);
 //   alpha  = causal softmax    one block per row: softmax over s < t, zeros elsewhere;
 //   solve                      one block per (batch, 32 columns of D). The columns of
 //                              (I - diag(gamma) alpha) s = f are independent, so a block runs
@@ -12,15 +12,18 @@
 //                              block [t0, t0 + 64), a 64 x 32 GEMM tile
 //                              ctx = alpha[t0:t1, 0:t0] s[0:t0], then the 64-row triangle
 //                              with 4 threads per column (warp shuffles, no block barrier).
-// Backward, five launches:
+// Backward, six launches:
 //   solve_t   the transposed solve (S6') backwards in time, same layout: df, w = gamma df;
 //   dgamma    one warp per row: dgamma_t = df_t . ctx_t                                 (S7)
-//   dlogits   GEMM df s^T over the lower tiles with epilogue alpha gamma (G - dgamma)   (S8')
-//   dq, dk    GEMMs dl k and dl^T q over the causal range only                          (S9)
+//   dlogits   cuBLAS G = df s^T, then alpha gamma (G - dgamma) in place               (S8')
+//   dq, dk    cuBLAS dl k and dl^T q in exact float32                                  (S9)
 #include <cmath>
 #include <type_traits>
 
+#include <cublas_v2.h>
+
 #include "sessa/feedback_cuda.h"
+#include "tensor/cuda/blas.h"
 #include "tensor/cuda/common.cuh"
 #include "tensor/ops.h"
 
@@ -86,81 +89,39 @@ __device__ __forceinline__ void micro(const A* As, const A* Bs, int ty, int tx, 
   }
 }
 
-// Which depths a 64-row tile starting at m0 sums over: all, k < m0 + 64 (a lower-triangular
-// left operand), or k >= m0 (a transposed lower-triangular left operand).
-enum class KRange { All, Below, Above };
-
-// C[batch] = op(A) op(B), M x N, depth K, handed element by element to epi(batch, m, n, value).
-// op(A)(m, k) = a[m * lda + k], or a[k * lda + m] when TransA; op(B)(k, n) = b[k * ldb + n],
-// or b[n * ldb + k] when TransB. lower_tiles skips tiles strictly above the diagonal.
-template <class A, class TA, class TB, bool TransA, bool TransB, class Epi>
-__global__ void __launch_bounds__(256) gemm_kernel(int M, int N, int K, const TA* a, int64_t a_batch, int64_t lda,
-                                                   const TB* b, int64_t b_batch, int64_t ldb, KRange range,
-                                                   bool lower_tiles, Epi epi) {
-  const int m0 = blockIdx.y * 64, n0 = blockIdx.x * 64, batch = blockIdx.z;
-  if (lower_tiles && n0 > m0) return;
-  const int k_begin = range == KRange::Above ? m0 : 0;
-  const int k_end = range == KRange::Below ? min(K, m0 + 64) : K;
-  __shared__ __align__(16) A As[kBK * 68], Bs[kBK * 68];
-  a += batch * a_batch;
-  b += batch * b_batch;
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-  A acc[4][4] = {};
-  for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
-    stage<64, 256, !TransA>(As, a, lda, m0, M, k0, k_end);
-    stage<64, 256, TransB>(Bs, b, ldb, n0, N, k0, k_end);
-    __syncthreads();
-    micro<64, 64>(As, Bs, ty, tx, acc);
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
-      if (m < M && n < N) epi(batch, m, n, acc[i][j]);
-    }
+// ---- products through cuBLAS -------------------------------------------------------------
+// Row-major, batched C = alpha op(A) op(B) with C in the compute dtype A (float or double):
+// the column-major product C^T = op(B)^T op(A)^T. Operands may be bfloat16 (tensor cores,
+// float accumulation) or the compute dtype (exact: CUBLAS_COMPUTE_32F, no TF32, because
+// dlogits subtracts two close numbers, (S8')).
+template <class T> constexpr cudaDataType_t cuda_type() {
+  if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
+  else if constexpr (std::is_same_v<T, double>) return CUDA_R_64F;
+  else return CUDA_R_16BF;
 }
 
-template <class A, bool TransA, bool TransB, class TA, class TB, class Epi>
-void gemm(cudaStream_t st, int batch, int M, int N, int K, const TA* a, int64_t a_batch, int64_t lda, const TB* b,
-          int64_t b_batch, int64_t ldb, KRange range, bool lower_tiles, Epi epi, const char* op) {
-  if (batch == 0 || M == 0 || N == 0) return;
-  const dim3 grid(unsigned((N + 63) / 64), unsigned((M + 63) / 64), unsigned(batch));
-  gemm_kernel<A, TA, TB, TransA, TransB, Epi>
-      <<<grid, 256, 0, st>>>(M, N, K, a, a_batch, lda, b, b_batch, ldb, range, lower_tiles, epi);
-  SESSA_CUDA_LAUNCH_CHECK(op);
+template <class A, class TA, class TB>
+void blas_gemm(int device, int batch, bool ta, bool tb, int M, int N, int K, A alpha, const TA* a, int64_t lda,
+               int64_t a_batch, const TB* b, int64_t ldb, int64_t b_batch, A* c, const char* op) {
+  const A beta = 0;
+  const cublasComputeType_t compute = std::is_same_v<A, double> ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
+  SESSA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_handle(device), tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                                ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, b, cuda_type<TB>(),
+                                                int(ldb), b_batch, a, cuda_type<TA>(), int(lda), a_batch, &beta, c,
+                                                cuda_type<A>(), N, int64_t(M) * N, batch, compute, CUBLAS_GEMM_DEFAULT),
+                     op);
 }
 
-// Epilogues. (b, m, n) index the batch, row and column of the product.
-template <class A> struct LogitsEpi {  // raw scaled logits into alpha (B, T, T)
-  A* alpha;
-  int T;
-  A scale;
-  __device__ void operator()(int b, int t, int s, A v) const { alpha[(int64_t(b) * T + t) * T + s] = scale * v; }
-};
-
-template <class X> struct DlogitsEpi {  // (S8'): v = df_t . s_s
-  using A = acc_t<X>;
-  A* dl;
-  const A* alpha;
-  const X* gamma;
-  const A* dgamma;
-  int T;
-  __device__ void operator()(int b, int t, int s, A v) const {
-    const int64_t row = int64_t(b) * T + t, i = row * T + s;
-    dl[i] = s < t ? alpha[i] * load(gamma + row) * (v - dgamma[row]) : A(0);
-  }
-};
-
-template <class X> struct StoreEpi {  // scale * v into a (B, rows, cols) tensor
-  X* out;
-  int rows, cols;
-  acc_t<X> scale;
-  __device__ void operator()(int b, int m, int n, acc_t<X> v) const {
-    store(out + (int64_t(b) * rows + m) * cols + n, scale * v);
-  }
-};
+// (S8') in place over G = df s^T: dl[t, s] = alpha[t, s] gamma_t (G[t, s] - dgamma_t) for s < t, else 0.
+template <class X>
+__global__ void dlogits_kernel(acc_t<X>* g, const acc_t<X>* alpha, const X* gamma, const acc_t<X>* dgamma, int T,
+                               int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t row = i / T;
+  const int t = int(row % T), s = int(i % T);
+  g[i] = s < t ? alpha[i] * load(gamma + row) * (g[i] - dgamma[row]) : acc_t<X>(0);
+}
 
 // ---- probabilities (S3) -------------------------------------------------------------
 // Row t of alpha (one block per (batch, t)): softmax of the logits over s < t, zero for s >= t.
@@ -337,8 +298,8 @@ ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Te
     const cudaStream_t st = stream(dev.index);
     A* alpha = ptr<A>(out.alpha);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
-    gemm<A, false, true>(st, B, T, T, D, ptr<X>(q), int64_t(T) * D, D, ptr<X>(k), int64_t(T) * D, D, KRange::All, true,
-                         LogitsEpi<A>{alpha, T, scale}, "feedback_solve");
+    blas_gemm<A>(dev.index, B, false, true, T, T, D, scale, ptr<X>(q), D, int64_t(T) * D, ptr<X>(k), D,
+                 int64_t(T) * D, alpha, "feedback_solve");  // logits; the softmax masks s >= t
     causal_softmax_kernel<A><<<unsigned(int64_t(B) * T), 256, 0, st>>>(alpha, T);
     SESSA_CUDA_LAUNCH_CHECK("feedback_solve");
     if (D > 0) {
@@ -396,13 +357,17 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
                                                                  rows, D);
     SESSA_CUDA_LAUNCH_CHECK(op);
     const int64_t TD = int64_t(T) * D, TT = int64_t(T) * T;
-    gemm<A, false, true>(st, B, T, T, D, ptr<A>(df), TD, D, ptr<X>(s), TD, D, KRange::All, true,
-                         DlogitsEpi<X>{ptr<A>(dl), pa, ptr<X>(gamma), ptr<A>(dg), T}, op);
+    // Operands in the compute dtype, so the products below are exact float32 (or double).
+    const Tensor s_a = ops::cast(s, adt), k_a = ops::cast(k, adt), q_a = ops::cast(q, adt);
+    blas_gemm<A>(dev.index, B, false, true, T, T, D, A(1), ptr<A>(df), D, TD, ptr<A>(s_a), D, TD, ptr<A>(dl), op);
+    dlogits_kernel<X><<<blocks_for(int64_t(B) * TT), kThreads, 0, st>>>(ptr<A>(dl), pa, ptr<X>(gamma), ptr<A>(dg), T,
+                                                                       int64_t(B) * TT);
+    SESSA_CUDA_LAUNCH_CHECK(op);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
-    gemm<A, false, false>(st, B, T, D, T, ptr<A>(dl), TT, T, ptr<X>(k), TD, D, KRange::Below, false,
-                          StoreEpi<X>{ptr<X>(g.dq), T, D, scale}, op);
-    gemm<A, true, false>(st, B, T, D, T, ptr<A>(dl), TT, T, ptr<X>(q), TD, D, KRange::Above, false,
-                         StoreEpi<X>{ptr<X>(g.dk), T, D, scale}, op);
+    const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt), dk = same ? g.dk : Tensor::empty(k.shape(), acc_opt);
+    blas_gemm<A>(dev.index, B, false, false, T, D, T, scale, ptr<A>(dl), T, TT, ptr<A>(k_a), D, TD, ptr<A>(dq), op);
+    blas_gemm<A>(dev.index, B, true, false, T, D, T, scale, ptr<A>(dl), T, TT, ptr<A>(q_a), D, TD, ptr<A>(dk), op);
+    if constexpr (!same) ops::copy_(g.dq, dq), ops::copy_(g.dk, dk);
     return g;
   });
 }
