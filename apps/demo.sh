@@ -17,8 +17,8 @@ echo "== 2/3 training a Sessa LM for $STEPS steps -> $OUT"
 if [ -e "$OUT/latest.safetensors" ]; then
   echo "$OUT already holds a run: reusing it (delete it to train again)"
 else
-  "$BUILD/apps/train" --model sessa --preset tiny --d-model 128 --heads 4 --layers 3 --data "$DATA" \
-    --batch 16 --seq-len 128 --steps "$STEPS" --lr 3e-3 --warmup 50 --eval-every 100 --ckpt-every 200 \
+  "$BUILD/apps/train" --model sessa --preset tiny --d-model 128 --heads 4 --layers 4 --data "$DATA" \
+    --batch 16 --seq-len 256 --steps "$STEPS" --lr 3e-3 --warmup 50 --eval-every 100 --ckpt-every 200 \
     --device "$DEVICE" --out "$OUT"
 fi
 
