@@ -25,17 +25,14 @@
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "tensor/philox.h"
+#include "tensor/error.h"
 
 namespace fs = std::filesystem;
 using namespace sessa;
 
 namespace {
 
-struct Failure : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-[[noreturn]] void fail(const std::string& msg) { throw Failure(msg); }
+[[noreturn]] void fail(const std::string& msg) { throw sessa::Error(msg); }
 
 struct Options {
   std::vector<std::string> inputs;

@@ -25,16 +25,13 @@
 #include "sessa/model.h"
 #include "tensor/philox.h"
 #include "tensor/random.h"
+#include "tensor/error.h"
 
 using namespace sessa;
 
 namespace {
 
-struct Failure : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-[[noreturn]] void fail(const std::string& msg) { throw Failure(msg); }
+[[noreturn]] void fail(const std::string& msg) { throw sessa::Error(msg); }
 
 struct Options {
   std::string checkpoint;

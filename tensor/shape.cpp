@@ -47,6 +47,12 @@ Shape broadcast_strides(const Shape& shape, const Shape& strides, const Shape& t
   return out;
 }
 
+AroundDim around(const Shape& s, int64_t d) {
+  AroundDim a;
+  for (int64_t i = 0; i < int64_t(s.size()); ++i) (i < d ? a.outer : i == d ? a.rows : a.inner) *= s[size_t(i)];
+  return a;
+}
+
 std::ostream& operator<<(std::ostream& os, const Shape& s) {
   os << '[';
   for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];

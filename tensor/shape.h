@@ -17,6 +17,13 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
 // Strides that read a tensor of `shape`/`strides` as if it had shape `target` (0 on broadcast dims).
 Shape broadcast_strides(const Shape& shape, const Shape& strides, const Shape& target);
 
+// A shape seen as (outer, rows, inner) around dimension d: the product of the dims
+// before d, d itself, and the product of the dims after d (used by row indexing).
+struct AroundDim {
+  int64_t outer = 1, rows = 1, inner = 1;
+};
+AroundDim around(const Shape& s, int64_t d);
+
 std::ostream& operator<<(std::ostream& os, const Shape& s);  // prints [2, 3, 4]
 
 }  // namespace sessa

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "autograd/gradcheck.h"
 #include "tensor/random.h"
 #include "tensor/tensor.h"
 
@@ -40,6 +41,13 @@ template <class F> void check_error(F&& f, const std::vector<std::string>& fragm
     std::string msg = e.what();
     for (const auto& frag : fragments) CHECK_MESSAGE(msg.find(frag) != std::string::npos, "message: " << msg);
   }
+}
+
+// Gradchecks f at `inputs` (float64 leaves) and fails the test with the report.
+inline void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f,
+                             const std::vector<Tensor>& inputs, autograd::GradcheckOptions opt = {}) {
+  auto r = autograd::gradcheck(f, inputs, opt);
+  CHECK_MESSAGE(r.ok, r.report);
 }
 
 }  // namespace sessa::test

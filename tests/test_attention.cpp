@@ -11,6 +11,7 @@
 #include "tests/helpers.h"
 
 using namespace sessa;
+using sessa::test::expect_gradcheck;
 using autograd::gradcheck;
 using sessa::test::check_error;
 using sessa::test::leaf;
@@ -18,11 +19,6 @@ using sessa::test::max_rel_diff;
 
 namespace {
 
-using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
-void expect_gradcheck(const Fn& f, const std::vector<Tensor>& inputs) {
-  auto r = gradcheck(f, inputs);
-  CHECK_MESSAGE(r.ok, r.report);
-}
 
 // Materialised float64 attention: full score matrix per head, -inf above the causal
 // diagonal, softmax, times V. Returns out (B, H, Tq, dh) and lse (B, H, Tq).

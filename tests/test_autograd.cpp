@@ -9,16 +9,9 @@
 #include "tests/helpers.h"
 
 using namespace sessa;
+using sessa::test::expect_gradcheck;
 using autograd::gradcheck;
 using sessa::test::leaf;
-
-namespace {
-using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
-void expect_gradcheck(const Fn& f, const std::vector<Tensor>& inputs, autograd::GradcheckOptions opt = {}) {
-  auto r = gradcheck(f, inputs, opt);
-  CHECK_MESSAGE(r.ok, r.report);
-}
-}  // namespace
 
 TEST_CASE("gradcheck: broadcasting arithmetic") {
   Generator g(1);

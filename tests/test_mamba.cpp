@@ -12,16 +12,11 @@
 #include "tests/helpers.h"
 
 using namespace sessa;
+using sessa::test::expect_gradcheck;
 using autograd::gradcheck;
 using sessa::test::leaf;
 
 namespace {
-using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
-void expect_gradcheck(const Fn& f, const std::vector<Tensor>& inputs, autograd::GradcheckOptions opt = {}) {
-  auto r = gradcheck(f, inputs, opt);
-  CHECK_MESSAGE(r.ok, r.report);
-}
-
 Tensor uniform_leaf(const Shape& shape, double lo, double hi, Generator& g) {
   Tensor t = uniform(shape, lo, hi, g, {DType::F64});
   t.set_requires_grad();

@@ -10,6 +10,7 @@
 #include "tests/helpers.h"
 
 using namespace sessa;
+using sessa::test::expect_gradcheck;
 using sessa::test::check_error;
 using sessa::test::leaf;
 using sessa::test::max_rel_diff;
@@ -45,12 +46,6 @@ Tensor gammas(const Shape& shape, double value, Generator& gen) {  // near `valu
   Tensor g = uniform(shape, value - 0.01, value, gen, {DType::F64});
   g.set_requires_grad();
   return g;
-}
-
-void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f, const std::vector<Tensor>& in,
-                      autograd::GradcheckOptions opt = {}) {
-  auto r = autograd::gradcheck(f, in, opt);
-  CHECK_MESSAGE(r.ok, r.report);
 }
 
 }  // namespace

@@ -21,14 +21,6 @@ namespace {
 
 template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
 
-struct AroundDim {
-  int64_t outer = 1, rows = 1, inner = 1;
-};
-AroundDim around(const Shape& s, int64_t d) {
-  AroundDim a;
-  for (int64_t i = 0; i < int64_t(s.size()); ++i) (i < d ? a.outer : i == d ? a.rows : a.inner) *= s[size_t(i)];
-  return a;
-}
 
 // Block shape for rows of `len` elements: x along the row (a power of two up to 256),
 // y over rows, 256 threads in all.

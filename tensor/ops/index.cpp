@@ -35,15 +35,6 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
 
 namespace {
 
-// x viewed as (outer, rows, inner) around `dim`.
-struct AroundDim {
-  int64_t outer = 1, rows = 1, inner = 1;
-};
-AroundDim around(const Shape& s, int64_t d) {
-  AroundDim a;
-  for (int64_t i = 0; i < int64_t(s.size()); ++i) (i < d ? a.outer : i == d ? a.rows : a.inner) *= s[size_t(i)];
-  return a;
-}
 
 const int32_t* checked_indices(const Tensor& index, int64_t limit, const char* op) {
   SESSA_CHECK(index.dtype() == DType::I32, op, "index must be int32, got " << index.str());
