@@ -40,14 +40,17 @@ double cosine_lr(int64_t step, int64_t warmup, int64_t total, double peak, doubl
 }
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
-  double total = 0;
+  Tensor total;  // summed on the device: one host read for the whole model
   for (const Tensor& p : params)
-    if (p.grad().defined()) total += ops::sum_of_squares(p.grad());
-  double norm = std::sqrt(total);
+    if (p.grad().defined()) {
+      Tensor sq = ops::sum_of_squares(p.grad());
+      total = total.defined() ? ops::add(total, sq) : sq;
+    }
+  const double norm = total.defined() ? std::sqrt(total.item()) : 0.0;
   if (max_norm > 0 && norm > max_norm) {
-    double scale = max_norm / (norm + 1e-6);
+    const double scale = max_norm / (norm + 1e-6);
     for (const Tensor& p : params)
-      if (p.grad().defined()) ops::copy_(p.grad(), ops::affine(p.grad(), scale, 0.0));
+      if (p.grad().defined()) ops::add_(p.grad(), p.grad(), scale - 1.0);  // g *= scale, in place
   }
   return norm;
 }

@@ -99,8 +99,9 @@ struct AdamWHyper {
   int64_t step;  // 1-based, for bias correction
 };
 void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWHyper& h);
-// Sum of squares of all elements, as double (for global gradient norms).
-double sum_of_squares(const Tensor& x);
+// Sum of squares of all elements, accumulated in double: a 0-d float64 tensor on x's
+// device, so a global gradient norm needs one host read, not one per tensor.
+Tensor sum_of_squares(const Tensor& x);
 
 }  // namespace sessa::ops
 

@@ -28,7 +28,7 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, const Shape& out_s
 // (argmax, int32).
 Tensor amax(const Tensor& x, int64_t dim, const Shape& out_shape);
 Tensor argmax(const Tensor& x, int64_t dim, const Shape& out_shape);
-double sum_of_squares(const Tensor& x);  // one device reduction, one copy to the host
+Tensor sum_of_squares(const Tensor& x);  // a 0-d float64 tensor on x's device, no host sync
 
 // ---- softmax.cu (over the last dim) ---------------------------------------------------
 Tensor softmax(const Tensor& x);

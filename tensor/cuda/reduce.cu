@@ -225,8 +225,8 @@ Tensor argmax(const Tensor& x, int64_t dim, const Shape& out_shape) {
   return out;
 }
 
-double sum_of_squares(const Tensor& x_in) {
-  if (x_in.numel() == 0) return 0.0;
+Tensor sum_of_squares(const Tensor& x_in) {
+  if (x_in.numel() == 0) return zeros({}, {DType::F64, x_in.device()});
   const Tensor x = ops::contiguous(x_in);
   const int device = x.device().index;
   const int64_t n = x.numel();
@@ -242,9 +242,7 @@ double sum_of_squares(const Tensor& x_in) {
   sum_rows_kernel<double><<<1, row_threads(blocks), 0, st>>>(ptr<const double>(partial), blocks, blocks,
                                                               ptr<double>(total), nullptr);
   SESSA_CUDA_LAUNCH_CHECK("sum_of_squares");
-  double result = 0;
-  copy_bytes(&result, Device::cpu(), total.raw_data(), x.device(), sizeof(double));
-  return result;
+  return total;
 }
 
 }  // namespace sessa::cuda

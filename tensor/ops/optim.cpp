@@ -32,10 +32,10 @@ void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const
   });
 }
 
-double sum_of_squares(const Tensor& x) {
+Tensor sum_of_squares(const Tensor& x) {
   if (x.is_cuda()) { SESSA_CUDA_CALL(return cuda::sum_of_squares(x)); }
-  Tensor c = contiguous(x.to(Device::cpu()));
-  return cpu::dispatch_float(c.dtype(), "sum_of_squares", [&](auto tag) {
+  Tensor c = contiguous(x);
+  const double total = cpu::dispatch_float(c.dtype(), "sum_of_squares", [&](auto tag) {
     using T = decltype(tag);
     const T* p = c.data<T>();
     double acc = 0;
@@ -43,6 +43,7 @@ double sum_of_squares(const Tensor& x) {
     for (int64_t i = 0; i < c.numel(); ++i) acc += double(p[i]) * double(p[i]);
     return acc;
   });
+  return scalar(total, {DType::F64});
 }
 
 }  // namespace sessa::ops

@@ -292,11 +292,11 @@ TEST_CASE("cuda adamw_step_ (float32, bfloat16 gradients, float64) and sum_of_sq
   for (DType t : kFloatTypes)
     for (const Shape& shape : {Shape{1}, Shape{3, 5}, Shape{1000003}, Shape{513, 1025}}) {
       const Tensor x = cpu_randn(shape, gen);
-      const double ref = ops::sum_of_squares(ref_input(x, t));
-      const double got = ops::sum_of_squares(gpu_input(x, t));
+      const double ref = ops::sum_of_squares(ref_input(x, t)).item();
+      const double got = ops::sum_of_squares(gpu_input(x, t)).item();
       CHECK_MESSAGE(std::abs(got - ref) <= 1e-9 * ref, name(t) << " sum_of_squares " << got << " vs " << ref);
       if (x.dim() == 2) {
-        const double strided = ops::sum_of_squares(ops::transpose(gpu_input(x, t), 0, 1));
+        const double strided = ops::sum_of_squares(ops::transpose(gpu_input(x, t), 0, 1)).item();
         CHECK_MESSAGE(std::abs(strided - ref) <= 1e-9 * ref, name(t) << " strided sum_of_squares");
       }
     }
