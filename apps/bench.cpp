@@ -2,12 +2,14 @@
 // model on random tokens and prints median ms/step, tokens/s, MFU and peak memory.
 //
 //   bench --model sessa --preset small --batch 16 --seq-len 1024 --dtype bf16
+//   mpirun -np 2 bench ...   data parallel: --batch per rank, tokens/s of the whole job
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 
+#include "dist/data_parallel.h"
 #include "nn/trainer.h"
 #include "sessa/model.h"
 #include "tensor/cuda_hooks.h"
@@ -19,6 +21,7 @@ namespace {
 struct Flags {
   std::string model = "sessa", preset = "small", device = "auto", dtype = "fp32";
   int64_t batch = 16, seq_len = 1024, warmup = 3, steps = 10, layers = 0, vocab = 50304;
+  bool zero1 = false;
 };
 
 data::Batch random_batch(int64_t B, int64_t T, int64_t vocab, Generator& gen) {
@@ -32,15 +35,17 @@ data::Batch random_batch(int64_t B, int64_t T, int64_t vocab, Generator& gen) {
   return b;
 }
 
-int run(const Flags& f) {
-  const Device device = parse_device(f.device);
+int run(const Flags& f, dist::World& world) {
+  const Device device = dist::device_for_rank(world, f.device);
   const DType dtype = dtype_from_name(f.dtype);
   SESSA_CHECK(dtype == DType::F32 || device.is_cuda(), "--dtype", "bf16 mixed precision needs --device cuda");
   nn::ModelConfig config = nn::preset(f.model, f.preset, f.vocab);
   if (f.layers > 0) config.n_layers = f.layers;
   auto model = build_model(config, 1, {DType::F32, device});
-  nn::Trainer trainer(model, {}, 1.0, dtype);
-  Generator gen(7);
+  nn::TrainerOptions topt{.compute_dtype = dtype};
+  dist::enable_data_parallel(topt, world, device, f.zero1);
+  nn::Trainer trainer(model, topt);
+  Generator gen(7 + uint64_t(world.rank()));  // each rank its own tokens
   std::vector<nn::TokenBatch> batch{nn::to_device(random_batch(f.batch, f.seq_len, f.vocab, gen), device)};
 
   std::vector<double> ms;
@@ -52,14 +57,15 @@ int run(const Flags& f) {
   }
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
-  const double tokens = double(f.batch * f.seq_len), tps = tokens / (median / 1e3);
-  const double peak = nn::device_peak_flops(device, dtype);
+  const double tokens = double(f.batch * f.seq_len * world.size()), tps = tokens / (median / 1e3);
+  const double peak = nn::device_peak_flops(device, dtype) * world.size();
   const double mfu = peak > 0 ? nn::train_flops_per_token(config, f.seq_len) * tps / peak : 0;
   double peak_gib = 0;
   if (device.is_cuda()) SESSA_CUDA_CALL(peak_gib = double(cuda::peak_memory(device.index)) / double(1ull << 30));
-  std::printf("%-11s %-6s %3ld layers  B=%-3ld T=%-5ld %-5s %-7s | %9.2f ms/step (min %.2f, max %.2f) | %9.0f tok/s | MFU %5.1f%% | peak %6.2f GiB | %.1fM params\n",
+  if (world.rank() != 0) return 0;  // rank 0 reports for the job (its peak memory stands for each GPU)
+  std::printf("%-11s %-6s %3ld layers  B=%-3ld T=%-5ld %-5s %-7s x%d%s | %9.2f ms/step (min %.2f, max %.2f) | %9.0f tok/s | MFU %5.1f%% | peak %6.2f GiB | %.1fM params\n",
               f.model.c_str(), f.preset.c_str(), long(config.n_layers), long(f.batch), long(f.seq_len), f.dtype.c_str(),
-              device.str().c_str(), median, ms.front(), ms.back(), tps, 100 * mfu, peak_gib,
+              device.str().c_str(), world.size(), f.zero1 ? " zero1" : "", median, ms.front(), ms.back(), tps, 100 * mfu, peak_gib,
               double(model->parameter_count()) / 1e6);
   return 0;
 }
@@ -67,23 +73,20 @@ int run(const Flags& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  dist::World world(&argc, &argv);
   Flags f;
   CLI::App app{"Time full training steps of a model on random tokens."};
   app.add_option("--model", f.model, "sessa, transformer or mamba")->check(CLI::IsMember({"sessa", "transformer", "mamba"}))->capture_default_str();
   app.add_option("--preset", f.preset, "tiny, small or medium")->check(CLI::IsMember(nn::preset_names()))->capture_default_str();
   app.add_option("--layers", f.layers, "Override the number of layers");
   app.add_option("--vocab", f.vocab, "Vocabulary size")->capture_default_str();
-  app.add_option("--batch", f.batch, "Sequences per step")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--batch", f.batch, "Sequences per step (per rank under mpirun)")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--seq-len", f.seq_len, "Tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--warmup", f.warmup, "Untimed steps first")->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--steps", f.steps, "Timed steps (the median is reported)")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--device", f.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", f.dtype, "fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
+  app.add_flag("--zero1", f.zero1, "Under mpirun: shard the optimizer state over the ranks (ZeRO stage 1)");
   CLI11_PARSE(app, argc, argv);
-  try {
-    return run(f);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench: error: %s\n", e.what());
-    return 1;
-  }
+  return dist::run_reporting_errors(world, "bench", [&] { return run(f, world); });
 }

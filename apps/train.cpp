@@ -5,6 +5,10 @@
 // Prints a progress line per step, evaluates periodically, writes log.csv and
 // loss.svg, and checkpoints into --out (Ctrl-C checkpoints before exiting).
 // --resume DIR continues a run exactly where its latest checkpoint stopped.
+//
+// Data parallel: `mpirun -np N train ...` runs N ranks, each on its own slice of
+// the data (and its own GPU); --batch is per rank, gradients are averaged over the
+// ranks, and only rank 0 prints and writes the run directory (README.md).
 #include <CLI/CLI.hpp>
 #include <omp.h>
 #include <unistd.h>
@@ -18,6 +22,7 @@
 #include <optional>
 
 #include "data/file_util.h"
+#include "dist/data_parallel.h"
 #include "data/svg_plot.h"
 #include "nn/checkpoint.h"
 #include "nn/trainer.h"
@@ -39,10 +44,12 @@ struct Flags {
   uint64_t seed = 1337;
   int64_t ckpt_every = 500, eval_every = 100, eval_batches = 20, log_every = 10;
   int threads = 0;
+  bool zero1 = false;
+  double bucket_mb = 32;
 };
 
 volatile std::sig_atomic_t g_interrupted = 0;
-void on_sigint(int) { g_interrupted = 1; }
+void on_stop_signal(int) { g_interrupted = 1; }
 
 std::string human_duration(double seconds) {
   char buf[32];
@@ -104,7 +111,8 @@ class RunDir {
                                  data::svg_line_plot({train_, val_}, "loss", "step", "cross-entropy (nats/token)", true));
   }
   // Writes ckpt_<step>.safetensors and points latest.safetensors at it.
-  std::string checkpoint(const nn::LanguageModel& model, nn::AdamW& opt, const data::Json& training, int64_t step) {
+  std::string checkpoint(const nn::LanguageModel& model, const nn::OptimizerState& opt, const data::Json& training,
+                         int64_t step) {
     char name[64];
     std::snprintf(name, sizeof name, "ckpt_%07ld.safetensors", long(step));
     fs::path file = fs::path(path_) / name, link = fs::path(path_) / "latest.safetensors",
@@ -161,12 +169,29 @@ void restore_flags(Flags& f, const data::Json& saved, const std::function<bool(c
   take("grad_clip", "--grad-clip", f.grad_clip), take("seed", "--seed", f.seed);
 }
 
-int run(Flags f, const std::function<bool(const char*)>& given) {
+// Where the data loader stands, counted in windows of the whole job, so a run can
+// resume with another number of ranks (or micro-batch) as long as it divides.
+int64_t resume_position(const data::Json& training, int64_t batch, int world) {
+  const data::Json& saved_flags = training.at("flags");
+  const int64_t saved_world = training.contains("data_world") ? training.at("data_world").as_int() : 1;
+  const int64_t windows = training.at("data_position").as_int() * saved_flags.at("batch").as_int() * saved_world;
+  SESSA_CHECK(windows % (batch * world) == 0, "--resume",
+              "the run consumed " << windows << " windows of its epoch, which do not split into batches of " << batch
+                                  << " x " << world << " ranks; keep the global batch (batch x ranks x accum) of the saved run");
+  return windows / (batch * world);
+}
+
+int run(Flags f, const std::function<bool(const char*)>& given, dist::World& world) {
   if (f.threads > 0) omp_set_num_threads(f.threads);
-  const Device device = parse_device(f.device);
+  const Device device = dist::device_for_rank(world, f.device);
   const DType dtype = dtype_from_name(f.dtype);
   SESSA_CHECK(dtype == DType::F32 || dtype == DType::BF16, "--dtype", "expected fp32 or bf16, got " << f.dtype);
   SESSA_CHECK(dtype == DType::F32 || device.is_cuda(), "--dtype", "bf16 mixed precision needs --device cuda");
+  SESSA_CHECK(!f.zero1 || world.distributed(), "--zero1", "shards the optimizer over ranks: launch with mpirun -np N (N > 1)");
+  const bool lead = world.rank() == 0;  // rank 0 reports and owns the run directory
+  // One progress line rewritten in place on a terminal; under mpirun (whose output
+  // may look like a terminal but is forwarded) a line per --log-every steps.
+  const bool tty = isatty(1) && !world.distributed();
 
   // The model: from the checkpoint when resuming, else from the flags.
   std::optional<nn::Checkpoint> ckpt;
@@ -182,33 +207,46 @@ int run(Flags f, const std::function<bool(const char*)>& given) {
                     << " or choose another --out");
   nn::ModelConfig config = ckpt ? ckpt->config : config_from_flags(f);
   auto model = build_model(config, f.seed, {DType::F32, device});
-  nn::Trainer trainer(model, {.lr = f.lr, .weight_decay = f.weight_decay}, f.grad_clip, dtype);
+  nn::TrainerOptions topt{.adamw = {.lr = f.lr, .weight_decay = f.weight_decay},
+                          .grad_clip = f.grad_clip,
+                          .compute_dtype = dtype,
+                          .layout = {.bucket_bytes = std::max<int64_t>(1, int64_t(f.bucket_mb * (1 << 20)))}};
+  dist::enable_data_parallel(topt, world, device, f.zero1);
+  nn::Trainer trainer(model, topt);
   int64_t start_step = 0;
-  data::LoaderConfig lc{.batch = f.batch, .seq_len = f.seq_len, .seed = f.seed, .vocab = uint32_t(config.vocab_size)};
+  data::LoaderConfig lc{.batch = f.batch, .seq_len = f.seq_len, .seed = f.seed, .rank = world.rank(),
+                        .world = world.size(), .vocab = uint32_t(config.vocab_size)};
   data::TokenLoader train_loader(data::expand_paths(f.data), lc);
   if (ckpt) {
     nn::load_parameters(*ckpt, *model);
-    nn::load_optimizer(*ckpt, trainer.optimizer());
+    trainer.load_optimizer_state(*ckpt);
     start_step = ckpt->training.at("step").as_int();
-    train_loader.seek(uint64_t(ckpt->training.at("data_epoch").as_int()), uint64_t(ckpt->training.at("data_position").as_int()));
+    train_loader.seek(uint64_t(ckpt->training.at("data_epoch").as_int()),
+                      uint64_t(resume_position(ckpt->training, f.batch, world.size())));
     std::printf("resumed from %s at step %ld\n", ckpt->path.c_str(), long(start_step));
   }
   std::optional<data::TokenLoader> val_loader;
-  if (!f.val_data.empty()) {
+  if (!f.val_data.empty() && lead) {
     data::LoaderConfig vc = lc;
-    vc.shuffle = false;
+    vc.shuffle = false, vc.rank = 0, vc.world = 1;  // the same validation batches whatever the world size
     val_loader.emplace(data::expand_paths(f.val_data), vc);
   }
-  RunDir run_dir(f.out, ckpt.has_value());
-  if (ckpt) run_dir.reload_curves();
+  std::optional<RunDir> run_dir;
+  if (lead) {
+    run_dir.emplace(f.out, ckpt.has_value());
+    if (ckpt) run_dir->reload_curves();
+  }
 
-  const int64_t tokens_per_step = f.batch * f.seq_len * f.accum;
+  const int64_t tokens_per_step = f.batch * f.seq_len * f.accum * world.size();
   const double flops_per_step = nn::train_flops_per_token(config, f.seq_len) * double(tokens_per_step);
-  const double peak = nn::device_peak_flops(device, dtype);
+  const double peak = nn::device_peak_flops(device, dtype) * world.size();
   std::printf("model   %s | %.2fM parameters | %s %s\n", config.summary().c_str(), double(model->parameter_count()) / 1e6,
               device.str().c_str(), dtype_name(dtype));
-  std::printf("data    %s: %lu windows of %ld tokens | batch %ld x accum %ld = %ld tokens/step\n", f.data.c_str(),
-              (unsigned long)train_loader.total_windows(), long(f.seq_len), long(f.batch), long(f.accum), long(tokens_per_step));
+  std::printf("data    %s: %lu windows of %ld tokens\n", f.data.c_str(), (unsigned long)train_loader.total_windows(),
+              long(f.seq_len));
+  std::printf("batch   %ld per rank x %d rank(s) x accum %ld = global batch %ld sequences = %ld tokens/step%s\n",
+              long(f.batch), world.size(), long(f.accum), long(f.batch * world.size() * f.accum), long(tokens_per_step),
+              f.zero1 ? " | ZeRO-1 optimizer sharding" : "");
   std::printf("output  %s\n", f.out.c_str());
 
   auto training_state = [&](int64_t step) {
@@ -216,25 +254,32 @@ int run(Flags f, const std::function<bool(const char*)>& given) {
     t["step"] = step;
     t["data_epoch"] = int64_t(train_loader.epoch());
     t["data_position"] = int64_t(train_loader.position());
+    t["data_world"] = int64_t(world.size());
     t["flags"] = run_flags(f);
     return t;
+  };
+  auto checkpoint = [&](int64_t step) {
+    nn::OptimizerState state = trainer.optimizer_state();  // every rank: a collective under ZeRO-1
+    return lead ? run_dir->checkpoint(*model, state, training_state(step), step) : std::string();
   };
   auto evaluate = [&](int64_t step) {
     if (!val_loader) return;
     val_loader->seek(0, 0);
     double v = trainer.evaluate(*val_loader, f.eval_batches);
-    run_dir.log_val(step, v);
-    std::printf("%sstep %ld | validation loss %.4f\n", isatty(1) ? "\n" : "", long(step), v);
+    run_dir->log_val(step, v);
+    std::printf("%sstep %ld | validation loss %.4f\n", tty ? "\n" : "", long(step), v);
   };
 
-  std::signal(SIGINT, on_sigint);
+  // Ctrl-C (SIGINT), SIGTERM or SIGUSR1 stop the run with a checkpoint; all ranks agree at each step.
+  for (int sig : {SIGINT, SIGTERM, SIGUSR1}) std::signal(sig, on_stop_signal);
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
   std::vector<nn::TokenBatch> micro(size_t(f.accum));
   data::Batch batch;
   nn::StepResult last;
   int64_t step = start_step;
-  while (step < f.steps && !g_interrupted) {
+  bool interrupted = false;
+  while (step < f.steps && !(interrupted = world.any(g_interrupted != 0))) {
     const auto t0 = clock::now();
     for (auto& m : micro) {
       train_loader.next(batch);
@@ -245,27 +290,26 @@ int run(Flags f, const std::function<bool(const char*)>& given) {
     ++step;
     const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
     const double tps = double(tokens_per_step) / (ms / 1e3);
-    run_dir.log(step, last, lr, ms, tps);
-    if (step % f.log_every == 0 || step == f.steps || isatty(1)) {
+    if (lead) run_dir->log(step, last, lr, ms, tps);
+    if (step % f.log_every == 0 || step == f.steps || tty) {
       const double elapsed = std::chrono::duration<double>(clock::now() - t_start).count();
       const double eta = elapsed / double(step - start_step) * double(f.steps - step);
       char mfu[32] = "";
       if (peak > 0) std::snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * flops_per_step / (ms / 1e3) / peak);
       std::printf("%sstep %ld/%ld | loss %.4f | lr %.2e | gnorm %.3f | %.1f ms | %.0f tok/s%s | ETA %s%s",
-                  isatty(1) ? "\r" : "", long(step), long(f.steps), last.loss, lr, last.grad_norm, ms, tps, mfu,
-                  human_duration(eta).c_str(), isatty(1) ? "   " : "\n");
+                  tty ? "\r" : "", long(step), long(f.steps), last.loss, lr, last.grad_norm, ms, tps, mfu,
+                  human_duration(eta).c_str(), tty ? "   " : "\n");
       std::fflush(stdout);
     }
     if (f.eval_every > 0 && step % f.eval_every == 0) evaluate(step);
-    if (f.ckpt_every > 0 && step % f.ckpt_every == 0 && step < f.steps)
-      run_dir.checkpoint(*model, trainer.optimizer(), training_state(step), step);
+    if (f.ckpt_every > 0 && step % f.ckpt_every == 0 && step < f.steps) checkpoint(step);
   }
-  if (isatty(1)) std::printf("\n");
+  if (tty) std::printf("\n");
   if (f.eval_every <= 0 || step % f.eval_every != 0) evaluate(step);
-  std::string saved = run_dir.checkpoint(*model, trainer.optimizer(), training_state(step), step);
-  run_dir.plot();
+  std::string saved = checkpoint(step);
+  if (lead) run_dir->plot();
   const double total = std::chrono::duration<double>(clock::now() - t_start).count();
-  if (g_interrupted) {
+  if (interrupted) {
     std::printf("interrupted at step %ld: checkpoint %s (resume with --resume %s)\n", long(step), saved.c_str(), f.out.c_str());
     return 130;
   }
@@ -279,6 +323,16 @@ int run(Flags f, const std::function<bool(const char*)>& given) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::optional<dist::World> world;
+  try {
+    world.emplace(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "train: error: %s\n", e.what());
+    return 1;
+  }
+  // Only rank 0 reports: the other ranks' standard output is discarded (their
+  // errors still reach stderr, naming the rank).
+  if (world->rank() != 0 && !std::freopen("/dev/null", "w", stdout)) return 1;
   Flags f;
   CLI::App app{"Train a Sessa, Transformer or Mamba language model on token shards (see README.md)."};
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated flag: the last wins
@@ -312,12 +366,16 @@ int main(int argc, char** argv) {
   app.add_option("--eval-batches", f.eval_batches, "Batches per validation")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--log-every", f.log_every, "Print a progress line every N steps (every step on a terminal)")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--threads", f.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  CLI11_PARSE(app, argc, argv);
+  app.add_flag("--zero1", f.zero1, "Under mpirun: shard the optimizer state over the ranks (ZeRO stage 1)");
+  app.add_option("--bucket-mb", f.bucket_mb, "Under mpirun: gradients are reduced in buckets of about this many MiB, overlapping backward")
+      ->check(CLI::PositiveNumber)->capture_default_str();
   try {
-    resolve_data(f);
-    return run(f, [&](const char* flag) { return app.count(flag) > 0; });
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "train: error: %s\n", e.what());
-    return 1;
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return world->rank() == 0 ? app.exit(e) : e.get_exit_code();
   }
+  return dist::run_reporting_errors(*world, "train", [&] {
+    resolve_data(f);
+    return run(f, [&](const char* flag) { return app.count(flag) > 0; }, *world);
+  });
 }

@@ -29,6 +29,15 @@ std::vector<std::shared_ptr<Node>> reverse_topological(const std::shared_ptr<Nod
   return {post_order.rbegin(), post_order.rend()};
 }
 
+// For each leaf: how many edges of the graph feed it, so the engine knows when it is final.
+std::unordered_map<const void*, int> leaf_uses(const std::vector<std::shared_ptr<Node>>& nodes) {
+  std::unordered_map<const void*, int> uses;
+  for (const auto& node : nodes)
+    for (const Edge& e : node->inputs)
+      if (e.leaf.defined()) ++uses[e.leaf.identity()];
+  return uses;
+}
+
 void accumulate_leaf(const Tensor& leaf, const Tensor& g) {
   Tensor current = leaf.grad();
   if (current.defined()) ops::add_(current, g);
@@ -61,17 +70,32 @@ Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, B
   return out;
 }
 
-void backward(const Tensor& root, const Tensor& seed) {
+void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_leaf_ready) {
   SESSA_CHECK(root.requires_grad(), "backward", "the tensor does not require grad (no recorded op leads to it)");
   SESSA_CHECK(seed.defined() || root.numel() == 1, "backward",
               "a seed gradient is needed for a non-scalar root of shape " << root.shape());
   Tensor g = seed.defined() ? seed : ones(root.shape(), root.options());
-  if (!root.grad_fn()) return accumulate_leaf(root, g);
+  if (!root.grad_fn()) {
+    accumulate_leaf(root, g);
+    if (on_leaf_ready) on_leaf_ready(root);
+    return;
+  }
 
+  const auto order = reverse_topological(root.grad_fn());
+  std::unordered_map<const void*, int> uses_left;
+  if (on_leaf_ready) uses_left = leaf_uses(order);
+  auto used_leaves_of = [&](const Node& node) {  // counts down; a leaf is ready at zero
+    if (!on_leaf_ready) return;
+    for (const Edge& e : node.inputs)
+      if (e.leaf.defined() && --uses_left[e.leaf.identity()] == 0) on_leaf_ready(e.leaf);
+  };
   std::unordered_map<Node*, Tensor> pending{{root.grad_fn().get(), g}};
-  for (const auto& node : reverse_topological(root.grad_fn())) {
+  for (const auto& node : order) {
     auto it = pending.find(node.get());
-    if (it == pending.end()) continue;  // no gradient flowed here
+    if (it == pending.end()) {  // no gradient flowed here
+      used_leaves_of(*node);
+      continue;
+    }
     Tensor grad_out = std::move(it->second);
     pending.erase(it);
     SESSA_CHECK(node->backward, "backward", "the graph through '" << node->name
@@ -91,6 +115,7 @@ void backward(const Tensor& root, const Tensor& seed) {
         slot = slot.defined() ? ops::add(slot, grads[i]) : grads[i];
       }
     }
+    used_leaves_of(*node);
     node->release();
   }
 }

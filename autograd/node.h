@@ -53,8 +53,13 @@ class NoGradGuard {
 // (see Tensor::detach) so that the graph holds no cycle.
 Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, BackwardFn backward);
 
+// Called once per leaf reached by a backward pass, as soon as the last gradient
+// contribution to it has been accumulated into its .grad (data parallelism starts
+// reducing that gradient while the rest of backward runs).
+using LeafReadyHook = std::function<void(const Tensor& leaf)>;
+
 // Back-propagates from `root`: seed is d(loss)/d(root), ones for a one-element
 // root when omitted. Leaf gradients accumulate into .grad; the graph is freed.
-void backward(const Tensor& root, const Tensor& seed = {});
+void backward(const Tensor& root, const Tensor& seed = {}, const LeafReadyHook& on_leaf_ready = {});
 
 }  // namespace sessa::autograd

@@ -48,17 +48,15 @@ const std::string* metadata(const data::StFile& f, const std::string& key) {
 
 }  // namespace
 
-void save_checkpoint(const std::string& path, const Module& model, const ModelConfig& config, AdamW* optimizer,
-                     const data::Json& training) {
+void save_checkpoint(const std::string& path, const Module& model, const ModelConfig& config,
+                     const OptimizerState* optimizer, const data::Json& training) {
   std::vector<data::StEntry> entries;
   for (const auto& p : model.named_parameters()) entries.push_back(to_entry(p.name, *p.tensor));
   data::Json train = training;
   if (optimizer) {
-    for (auto& slot : optimizer->slots()) {
-      entries.push_back(to_entry("optimizer.m." + slot.param.name, slot.m));
-      entries.push_back(to_entry("optimizer.v." + slot.param.name, slot.v));
-    }
-    train["optimizer_steps"] = optimizer->steps_taken();
+    for (const auto& [name, m] : optimizer->layout->views(optimizer->m)) entries.push_back(to_entry("optimizer.m." + name, m));
+    for (const auto& [name, v] : optimizer->layout->views(optimizer->v)) entries.push_back(to_entry("optimizer.v." + name, v));
+    train["optimizer_steps"] = optimizer->steps;
   }
   data::write_safetensors(path, entries,
                           {{"format", kCheckpointFormat}, {"config", config.to_json().dump()}, {"training", train.dump()}});
@@ -84,14 +82,14 @@ void load_parameters(const Checkpoint& ckpt, Module& model) {
   for (const auto& p : model.named_parameters()) copy_entry(ckpt, p.name, *p.tensor);
 }
 
-void load_optimizer(const Checkpoint& ckpt, AdamW& optimizer) {
-  for (auto& slot : optimizer.slots()) {
-    copy_entry(ckpt, "optimizer.m." + slot.param.name, slot.m);
-    copy_entry(ckpt, "optimizer.v." + slot.param.name, slot.v);
-  }
+OptimizerState read_optimizer_state(const Checkpoint& ckpt, const ParameterBuffer& layout) {
   const data::Json* steps = ckpt.training.is_object() ? ckpt.training.find("optimizer_steps") : nullptr;
   SESSA_CHECK(steps != nullptr, "checkpoint", ckpt.path << ": no optimizer state (was it saved without one?)");
-  optimizer.set_steps_taken(steps->as_int());
+  OptimizerState state{&layout, zeros({layout.numel()}, layout.data().options()),
+                       zeros({layout.numel()}, layout.data().options()), steps->as_int()};
+  for (const auto& [name, m] : layout.views(state.m)) copy_entry(ckpt, "optimizer.m." + name, m);
+  for (const auto& [name, v] : layout.views(state.v)) copy_entry(ckpt, "optimizer.v." + name, v);
+  return state;
 }
 
 std::string resolve_checkpoint(const std::string& file_or_dir) {

@@ -9,15 +9,24 @@
 #include "data/safetensors.h"
 #include "nn/config.h"
 #include "nn/module.h"
-#include "nn/optim.h"
+#include "nn/parameter_buffer.h"
 
 namespace sessa::nn {
 
 constexpr const char* kCheckpointFormat = "sessa-engine-checkpoint-1";
 
+// The AdamW state as a checkpoint holds it: both moments laid out like `layout`'s
+// flat buffer (under ZeRO-1 gathered from every rank first), and the step count.
+// Stored per parameter, so a run can resume with any number of ranks.
+struct OptimizerState {
+  const ParameterBuffer* layout = nullptr;
+  Tensor m, v;
+  int64_t steps = 0;
+};
+
 // `optimizer` may be null (weights only). `training` is stored as given.
-void save_checkpoint(const std::string& path, const Module& model, const ModelConfig& config, AdamW* optimizer,
-                     const data::Json& training);
+void save_checkpoint(const std::string& path, const Module& model, const ModelConfig& config,
+                     const OptimizerState* optimizer, const data::Json& training);
 
 struct Checkpoint {
   std::string path;
@@ -30,8 +39,8 @@ Checkpoint read_checkpoint(const std::string& path);
 // Copies parameters into `model` (on its device, in its dtype). Every parameter must be
 // present with its exact shape; errors name the file and the parameter.
 void load_parameters(const Checkpoint& ckpt, Module& model);
-// Restores the AdamW moments and step count; errors name the file and the parameter.
-void load_optimizer(const Checkpoint& ckpt, AdamW& optimizer);
+// The stored AdamW state in `layout` (on its device); errors name the file and the parameter.
+OptimizerState read_optimizer_state(const Checkpoint& ckpt, const ParameterBuffer& layout);
 
 // A checkpoint path from a file, or a run directory meaning its latest checkpoint.
 std::string resolve_checkpoint(const std::string& file_or_dir);

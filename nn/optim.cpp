@@ -1,5 +1,6 @@
 #include "nn/optim.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -7,27 +8,48 @@
 
 namespace sessa::nn {
 
-AdamW::AdamW(std::vector<NamedParameter> params, AdamWOptions opt) : opt_(opt) {
-  for (auto& p : params) {
-    Tensor m = zeros(p.tensor->shape(), p.tensor->options()), v = zeros(p.tensor->shape(), p.tensor->options());
-    slots_.push_back({std::move(p), m, v});
+AdamW::AdamW(ParameterBuffer& params, AdamWOptions opt, std::vector<Range> owned)
+    : params_(params), opt_(opt), owned_(std::move(owned)) {
+  if (owned_.empty()) owned_.push_back({0, params.numel()});
+  int64_t n = 0;
+  for (const Range& r : owned_) {
+    SESSA_CHECK(r.begin >= 0 && r.begin <= r.end && r.end <= params.numel(), "AdamW",
+                "owned range [" << r.begin << ", " << r.end << ") outside the buffer of " << params.numel());
+    n += r.size();
   }
+  m_ = zeros({n}, params.data().options());
+  v_ = zeros({n}, params.data().options());
 }
 
 void AdamW::step(double lr) {
   ++step_;
-  for (auto& s : slots_) {
-    Tensor g = s.param.tensor->grad();
-    if (!g.defined()) continue;
-    double wd = (s.param.weight_decay || opt_.decay_all) ? opt_.weight_decay : 0.0;
-    ops::adamw_step_(*s.param.tensor, g, s.m, s.v, {lr, opt_.beta1, opt_.beta2, opt_.eps, wd, step_});
+  auto update = [&](int64_t begin, int64_t end, int64_t state_at, double wd) {
+    if (end <= begin) return;
+    auto slice = [&](const Tensor& t, int64_t at) { return ops::narrow(t, 0, at, end - begin); };
+    ops::adamw_step_(slice(params_.data(), begin), slice(params_.grad(), begin), slice(m_, state_at),
+                     slice(v_, state_at), {lr, opt_.beta1, opt_.beta2, opt_.eps, wd, step_});
+  };
+  int64_t state_at = 0;
+  for (const Range& r : owned_) {  // each range splits at most once, where decay ends
+    const int64_t split = std::clamp(params_.decay_end(), r.begin, r.end);
+    update(r.begin, split, state_at, opt_.weight_decay);
+    update(split, r.end, state_at + (split - r.begin), opt_.decay_all ? opt_.weight_decay : 0.0);
+    state_at += r.size();
   }
 }
 
-void AdamW::zero_grad() {
-  for (auto& s : slots_) {
-    Tensor g = s.param.tensor->grad();
-    if (g.defined()) ops::fill_(g, 0.0);
+std::vector<Tensor> AdamW::owned_grads() const {
+  std::vector<Tensor> out;
+  for (const Range& r : owned_) out.push_back(ops::narrow(params_.grad(), 0, r.begin, r.size()));
+  return out;
+}
+
+void AdamW::load_moments(const Tensor& full_m, const Tensor& full_v) {
+  int64_t state_at = 0;
+  for (const Range& r : owned_) {
+    ops::copy_(ops::narrow(m_, 0, state_at, r.size()), ops::narrow(full_m, 0, r.begin, r.size()));
+    ops::copy_(ops::narrow(v_, 0, state_at, r.size()), ops::narrow(full_v, 0, r.begin, r.size()));
+    state_at += r.size();
   }
 }
 
@@ -39,19 +61,25 @@ double cosine_lr(int64_t step, int64_t warmup, int64_t total, double peak, doubl
   return peak * (min_ratio + (1.0 - min_ratio) * cosine);
 }
 
-double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
-  Tensor total;  // summed on the device: one host read for the whole model
-  for (const Tensor& p : params)
-    if (p.grad().defined()) {
-      Tensor sq = ops::sum_of_squares(p.grad());
-      total = total.defined() ? ops::add(total, sq) : sq;
-    }
-  const double norm = total.defined() ? std::sqrt(total.item()) : 0.0;
-  if (max_norm > 0 && norm > max_norm) {
-    const double scale = max_norm / (norm + 1e-6);
-    for (const Tensor& p : params)
-      if (p.grad().defined()) ops::add_(p.grad(), p.grad(), scale - 1.0);  // g *= scale, in place
+Tensor sum_of_squares(const std::vector<Tensor>& grads) {
+  SESSA_CHECK(!grads.empty(), "sum_of_squares", "no gradients");
+  Tensor total;
+  for (const Tensor& g : grads) {
+    Tensor sq = ops::sum_of_squares(g);
+    total = total.defined() ? ops::add(total, sq) : sq;
   }
+  return total;
+}
+
+void clip_to_norm(const std::vector<Tensor>& grads, double norm, double max_norm) {
+  if (max_norm <= 0 || norm <= max_norm) return;
+  const double scale = max_norm / (norm + 1e-6);
+  for (const Tensor& g : grads) ops::add_(g, g, scale - 1.0);  // g *= scale, in place
+}
+
+double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm) {
+  const double norm = std::sqrt(sum_of_squares(grads).item());
+  clip_to_norm(grads, norm, max_norm);
   return norm;
 }
 

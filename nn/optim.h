@@ -1,9 +1,11 @@
-// AdamW with decoupled weight decay, the cosine learning-rate schedule with
-// linear warm-up, and global-norm gradient clipping.
+// AdamW with decoupled weight decay over a ParameterBuffer (a multi-tensor update:
+// one fused launch per contiguous run of elements, not one per parameter), the
+// cosine learning-rate schedule with linear warm-up, and global-norm gradient
+// clipping.
 #pragma once
 #include <vector>
 
-#include "nn/module.h"
+#include "nn/parameter_buffer.h"
 
 namespace sessa::nn {
 
@@ -14,24 +16,28 @@ struct AdamWOptions {
 
 class AdamW {
  public:
-  AdamW(std::vector<NamedParameter> params, AdamWOptions opt);
-  // Applies one update with learning rate `lr` to every parameter that has a grad.
+  // Updates the elements `owned` of `params` from params.grad(): the whole buffer by
+  // default, or this rank's ZeRO-1 shard under data parallelism. The moments m and v
+  // hold exactly the owned elements, range after range.
+  AdamW(ParameterBuffer& params, AdamWOptions opt, std::vector<Range> owned = {});
   void step(double lr);
-  void zero_grad();  // zeroes gradient buffers in place (keeps them allocated)
   int64_t steps_taken() const { return step_; }
-
-  // State for checkpoints: moments per parameter, in parameter order.
-  struct Slot {
-    NamedParameter param;
-    Tensor m, v;
-  };
-  std::vector<Slot>& slots() { return slots_; }
   void set_steps_taken(int64_t s) { step_ = s; }
   const AdamWOptions& options() const { return opt_; }
 
+  const std::vector<Range>& owned() const { return owned_; }
+  // Views of the gradient over the owned ranges (what clipping measures and scales).
+  std::vector<Tensor> owned_grads() const;
+  const Tensor& m() const { return m_; }
+  const Tensor& v() const { return v_; }
+  // Takes the owned elements of moments laid out like the parameter buffer (a checkpoint).
+  void load_moments(const Tensor& full_m, const Tensor& full_v);
+
  private:
-  std::vector<Slot> slots_;
+  ParameterBuffer& params_;
   AdamWOptions opt_;
+  std::vector<Range> owned_;
+  Tensor m_, v_;
   int64_t step_ = 0;
 };
 
@@ -39,8 +45,13 @@ class AdamW {
 // cosine decay to min_ratio * peak at `total`.
 double cosine_lr(int64_t step, int64_t warmup, int64_t total, double peak, double min_ratio = 0.1);
 
-// Scales all gradients so their global L2 norm is at most max_norm (when > 0);
-// returns the norm before clipping.
-double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+// Sum of squares of all elements of `grads` (pieces of one gradient vector), as a
+// 0-d float64 tensor on their device: nothing is read back to the host.
+Tensor sum_of_squares(const std::vector<Tensor>& grads);
+// Scales `grads` in place so that their L2 norm `norm` becomes at most max_norm
+// (nothing when max_norm <= 0 or norm <= max_norm).
+void clip_to_norm(const std::vector<Tensor>& grads, double norm, double max_norm);
+// Both: returns the norm before clipping.
+double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm);
 
 }  // namespace sessa::nn

@@ -1,5 +1,7 @@
 #include "nn/trainer.h"
 
+#include <cmath>
+
 #include "autograd/ops.h"
 #include "tensor/cuda_hooks.h"
 
@@ -10,28 +12,57 @@ TokenBatch to_device(const data::Batch& batch, Device device) {
   return {from_vector(batch.inputs, {batch.B, batch.T}, opt), from_vector(batch.targets, {batch.B, batch.T}, opt)};
 }
 
-Trainer::Trainer(std::shared_ptr<LanguageModel> model, AdamWOptions opt, double grad_clip, DType compute_dtype)
-    : model_(std::move(model)), optimizer_(model_->named_parameters(), opt), grad_clip_(grad_clip), compute_dtype_(compute_dtype) {}
+Trainer::Trainer(std::shared_ptr<LanguageModel> model, TrainerOptions options)
+    : model_(std::move(model)),
+      options_(std::move(options)),
+      buffer_(std::make_unique<ParameterBuffer>(model_->named_parameters(), options_.layout)),
+      sync_(options_.data_parallel ? options_.data_parallel(*buffer_) : nullptr),
+      optimizer_(std::make_unique<AdamW>(*buffer_, options_.adamw,
+                                         sync_ ? sync_->owned_ranges() : std::vector<Range>{})) {}
 
 StepResult Trainer::step(const std::vector<TokenBatch>& micro_batches, double lr) {
   SESSA_CHECK(!micro_batches.empty(), "Trainer::step", "no micro-batches");
-  optimizer_.zero_grad();
-  StepResult r;
-  const double scale = 1.0 / double(micro_batches.size());
-  AutocastScope autocast(compute_dtype_, compute_dtype_ != model_->embedding.dtype());
-  for (const TokenBatch& b : micro_batches) {
-    Tensor loss = model_->loss(b.ids, b.targets);
-    autograd::backward(loss * scale);
-    r.loss += loss.item() * scale;
+  buffer_->zero_grad();
+  const int replicas = sync_ ? sync_->replicas() : 1;
+  const double scale = 1.0 / double(micro_batches.size() * size_t(replicas));
+  AutocastScope autocast(options_.compute_dtype, options_.compute_dtype != model_->embedding.dtype());
+  Tensor loss_sum;  // on the device: read once per step
+  for (size_t i = 0; i < micro_batches.size(); ++i) {
+    Tensor loss = model_->loss(micro_batches[i].ids, micro_batches[i].targets);
+    // Gradients are communicated only once, during the backward of the last micro-batch.
+    const bool last = i + 1 == micro_batches.size();
+    autograd::backward(loss * scale, {}, sync_ && last ? sync_->on_gradient_ready() : autograd::LeafReadyHook{});
+    loss_sum = loss_sum.defined() ? ops::add(loss_sum, loss.detach()) : loss.detach();
   }
-  r.grad_norm = clip_grad_norm(model_->parameters(), grad_clip_);
-  optimizer_.step(lr);
+  if (sync_) sync_->finish_gradients();
+
+  const std::vector<Tensor> grads = optimizer_->owned_grads();
+  Tensor squares = sum_of_squares(grads);
+  if (sync_) sync_->sum_over_shards_(squares);
+  StepResult r;
+  r.grad_norm = std::sqrt(squares.item());
+  clip_to_norm(grads, r.grad_norm, options_.grad_clip);
+  optimizer_->step(lr);
+  if (sync_) sync_->after_step();
+  r.loss = loss_sum.item() / double(micro_batches.size());
+  if (sync_) r.loss = sync_->average(r.loss);
   return r;
+}
+
+OptimizerState Trainer::optimizer_state() {
+  auto full = [&](const Tensor& owned) { return sync_ ? sync_->gather_owned(owned) : owned; };
+  return {buffer_.get(), full(optimizer_->m()), full(optimizer_->v()), optimizer_->steps_taken()};
+}
+
+void Trainer::load_optimizer_state(const Checkpoint& ckpt) {
+  OptimizerState state = read_optimizer_state(ckpt, *buffer_);
+  optimizer_->load_moments(state.m, state.v);
+  optimizer_->set_steps_taken(state.steps);
 }
 
 double Trainer::evaluate(data::TokenLoader& loader, int64_t batches) {
   autograd::NoGradGuard no_grad;
-  AutocastScope autocast(compute_dtype_, compute_dtype_ != model_->embedding.dtype());
+  AutocastScope autocast(options_.compute_dtype, options_.compute_dtype != model_->embedding.dtype());
   double total = 0;
   data::Batch batch;
   for (int64_t i = 0; i < batches; ++i) {

@@ -1,11 +1,15 @@
 // One optimisation step of a language model, shared by apps/train and apps/bench:
 // forward and backward of each micro-batch (loss / micro-steps, so gradients
-// accumulate to the mean), global-norm clipping, then AdamW.
+// accumulate to the mean), global-norm clipping, then AdamW. The parameters live
+// in one ParameterBuffer; with a GradientSync (dist/) the step is data-parallel.
 #pragma once
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "data/loader.h"
+#include "nn/checkpoint.h"
+#include "nn/gradient_sync.h"
 #include "nn/lm.h"
 #include "nn/optim.h"
 
@@ -17,26 +21,42 @@ struct TokenBatch {
 TokenBatch to_device(const data::Batch& batch, Device device);
 
 struct StepResult {
-  double loss = 0;       // mean over the micro-batches
+  double loss = 0;       // mean over the micro-batches (and replicas)
   double grad_norm = 0;  // before clipping
+};
+
+struct TrainerOptions {
+  AdamWOptions adamw{};
+  double grad_clip = 1.0;  // 0: off
+  // bf16: mixed precision (float32 master weights, bf16 activations).
+  DType compute_dtype = DType::F32;
+  ParameterLayout layout{};  // buckets; shards = replicas for ZeRO-1
+  // Makes the data-parallel gradient synchronisation over the parameter buffer
+  // (empty: a single process).
+  std::function<std::unique_ptr<GradientSync>(ParameterBuffer&)> data_parallel{};
 };
 
 class Trainer {
  public:
-  // compute_dtype bf16: mixed precision (float32 master weights, bf16 activations).
-  Trainer(std::shared_ptr<LanguageModel> model, AdamWOptions opt, double grad_clip, DType compute_dtype = DType::F32);
+  Trainer(std::shared_ptr<LanguageModel> model, TrainerOptions options);
   StepResult step(const std::vector<TokenBatch>& micro_batches, double lr);
   // Mean loss over `batches` batches from `loader`, without gradients.
   double evaluate(data::TokenLoader& loader, int64_t batches);
 
+  // The optimizer state for a checkpoint (a collective under ZeRO-1: call on every rank).
+  OptimizerState optimizer_state();
+  void load_optimizer_state(const Checkpoint& ckpt);
+
   LanguageModel& model() { return *model_; }
-  AdamW& optimizer() { return optimizer_; }
+  const ParameterBuffer& parameters() const { return *buffer_; }
+  AdamW& optimizer() { return *optimizer_; }
 
  private:
   std::shared_ptr<LanguageModel> model_;
-  AdamW optimizer_;
-  double grad_clip_;
-  DType compute_dtype_;
+  TrainerOptions options_;
+  std::unique_ptr<ParameterBuffer> buffer_;
+  std::unique_ptr<GradientSync> sync_;
+  std::unique_ptr<AdamW> optimizer_;
 };
 
 // Dense peak FLOP/s of the device for matrix products in `dtype` (0 when unknown):

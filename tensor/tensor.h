@@ -51,6 +51,7 @@ class Tensor {
   const std::shared_ptr<Storage>& storage() const;
   bool shares_storage(const Tensor& o) const { return storage() == o.storage(); }
   bool same(const Tensor& o) const { return impl_ == o.impl_; }
+  const void* identity() const { return impl_.get(); }  // equal for handles of one tensor (a map key)
 
   // Pointer to the first element (storage start + offset), typed and checked.
   template <class T> T* data() const {

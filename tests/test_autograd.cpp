@@ -131,15 +131,16 @@ TEST_CASE("an MLP fits a smooth regression target: loss falls more than 100x") {
   } mlp(gen);
   CHECK(mlp.named_parameters()[2].name == "l2.weight");
 
-  nn::AdamW opt(mlp.named_parameters(), {.lr = 1e-2, .weight_decay = 0.0});
+  nn::ParameterBuffer params(mlp.named_parameters());
+  nn::AdamW opt(params, {.lr = 1e-2, .weight_decay = 0.0});
   auto loss_of = [&] { return mean_all(square(mlp.forward(x) - y)); };
   double first = loss_of().item(), last = first;
   const int64_t steps = 1500;
   for (int64_t s = 0; s < steps; ++s) {
-    opt.zero_grad();
+    params.zero_grad();
     Tensor loss = loss_of();
     autograd::backward(loss);
-    nn::clip_grad_norm(mlp.parameters(), 10.0);
+    nn::clip_grad_norm({params.grad()}, 10.0);
     opt.step(nn::cosine_lr(s, 50, steps, 1e-2, 0.01));
     last = loss.item();
   }
@@ -152,9 +153,11 @@ TEST_CASE("cosine schedule and gradient clipping") {
   CHECK(nn::cosine_lr(9, 10, 100, 1.0) == doctest::Approx(1.0));
   CHECK(nn::cosine_lr(100, 10, 100, 1.0, 0.1) == doctest::Approx(0.1));
   CHECK(nn::cosine_lr(55, 10, 100, 1.0, 0.0) == doctest::Approx(0.5));
-  Tensor p = zeros({2}, {DType::F64});
-  p.set_requires_grad();
-  p.set_grad(from_vector<double>({3, 4}, {2}, {DType::F64}));
-  CHECK(nn::clip_grad_norm({p}, 1.0) == doctest::Approx(5.0));
-  CHECK(p.grad().to_vector<double>()[1] == doctest::Approx(0.8).epsilon(1e-5));
+  // Two pieces of one gradient vector: norm sqrt(3^2 + 4^2 + 12^2) = 13.
+  Tensor a = from_vector<double>({3, 4}, {2}, {DType::F64}), b = from_vector<double>({12}, {1}, {DType::F64});
+  CHECK(nn::clip_grad_norm({a, b}, 1.0) == doctest::Approx(13.0));
+  CHECK(a.to_vector<double>()[1] == doctest::Approx(4.0 / 13).epsilon(1e-5));
+  CHECK(b.to_vector<double>()[0] == doctest::Approx(12.0 / 13).epsilon(1e-5));
+  CHECK(nn::clip_grad_norm({a, b}, 2.0) == doctest::Approx(1.0));  // under the limit: unchanged
+  CHECK(b.to_vector<double>()[0] == doctest::Approx(12.0 / 13).epsilon(1e-5));
 }

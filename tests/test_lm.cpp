@@ -11,7 +11,7 @@
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
 #include "nn/checkpoint.h"
-#include "nn/optim.h"
+#include "nn/trainer.h"
 #include "sessa/model.h"
 #include "tests/helpers.h"
 
@@ -157,14 +157,11 @@ TEST_CASE("learning: each family's tiny LM learns to copy") {
     c.d_model = 32;
     c.n_heads = 2;
     auto model = build_model(c, 4);
-    nn::AdamW opt(model->named_parameters(), {.lr = 3e-3, .weight_decay = 0.0});
+    nn::Trainer trainer(model, {.adamw = {.lr = 3e-3, .weight_decay = 0.0}, .grad_clip = 1.0});
     Generator gen(4);
     for (int64_t s = 0; s < steps; ++s) {
       CopyBatch batch = copy_batch(32, len, symbols, gen);
-      opt.zero_grad();
-      autograd::backward(model->loss(batch.ids, batch.targets));
-      nn::clip_grad_norm(model->parameters(), 1.0);
-      opt.step(nn::cosine_lr(s, 20, steps, 3e-3));
+      trainer.step({{batch.ids, batch.targets}}, nn::cosine_lr(s, 20, steps, 3e-3));
     }
     double acc = copy_accuracy(*model, copy_batch(64, len, symbols, gen));
     MESSAGE(family << " copy accuracy after " << steps << " steps: " << acc);
@@ -181,30 +178,24 @@ TEST_CASE("checkpoint: round trip gives identical outputs; resume gives the same
     nn::ModelConfig c = tiny(family);
     Generator gen(5);
     Tensor ids = random_ids(2, 6, c.vocab_size, gen), targets = random_ids(2, 6, c.vocab_size, gen);
-    auto train_steps = [&](nn::LanguageModel& m, nn::AdamW& opt, int64_t n) {
+    auto train_steps = [&](nn::Trainer& trainer, int64_t n) {
       double last = 0;
-      for (int64_t s = 0; s < n; ++s) {
-        opt.zero_grad();
-        Tensor loss = m.loss(ids, targets);
-        autograd::backward(loss);
-        opt.step(1e-2);
-        last = loss.item();
-      }
+      for (int64_t s = 0; s < n; ++s) last = trainer.step({{ids, targets}}, 1e-2).loss;
       return last;
     };
     // Uninterrupted: 4 steps. Interrupted: 2 steps, save, load into a fresh model, 2 more.
-    auto ref = build_model(c, 6);
-    nn::AdamW ref_opt(ref->named_parameters(), {});
-    train_steps(*ref, ref_opt, 3);
-    double ref_loss = train_steps(*ref, ref_opt, 1);
+    nn::Trainer ref(build_model(c, 6), {.grad_clip = 0});
+    train_steps(ref, 3);
+    double ref_loss = train_steps(ref, 1);
 
     auto first = build_model(c, 6);
-    nn::AdamW first_opt(first->named_parameters(), {});
-    train_steps(*first, first_opt, 2);
+    nn::Trainer first_trainer(first, {.grad_clip = 0});
+    train_steps(first_trainer, 2);
     std::string path = (dir / (family + ".safetensors")).string();
     data::Json training = data::Json::Object{};
     training["step"] = 2;
-    nn::save_checkpoint(path, *first, c, &first_opt, training);
+    nn::OptimizerState state = first_trainer.optimizer_state();
+    nn::save_checkpoint(path, *first, c, &state, training);
 
     nn::Checkpoint ckpt = nn::read_checkpoint(path);
     CHECK(ckpt.config.to_json() == c.to_json());
@@ -215,10 +206,10 @@ TEST_CASE("checkpoint: round trip gives identical outputs; resume gives the same
       autograd::NoGradGuard no_grad;
       CHECK(second->forward(ids).to_vector<float>() == first->forward(ids).to_vector<float>());
     }
-    nn::AdamW second_opt(second->named_parameters(), {});
-    nn::load_optimizer(ckpt, second_opt);
-    train_steps(*second, second_opt, 1);
-    CHECK(train_steps(*second, second_opt, 1) == ref_loss);
+    nn::Trainer second_trainer(second, {.grad_clip = 0});
+    second_trainer.load_optimizer_state(ckpt);
+    train_steps(second_trainer, 1);
+    CHECK(train_steps(second_trainer, 1) == ref_loss);
   }
   // A checkpoint of another shape is refused, naming the file and the tensor.
   nn::ModelConfig other = tiny("sessa");

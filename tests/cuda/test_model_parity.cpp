@@ -82,7 +82,7 @@ TEST_CASE("each family trains on the GPU in bf16: loss falls on a fixed batch") 
     CAPTURE(family);
     nn::ModelConfig c = tiny(family);
     auto model = build_model(c, 6, {DType::F32, gpu()});
-    nn::Trainer trainer(model, {.lr = 3e-3, .weight_decay = 0.0}, 1.0, DType::BF16);
+    nn::Trainer trainer(model, {.adamw = {.lr = 3e-3, .weight_decay = 0.0}, .compute_dtype = DType::BF16});
     Generator gen(12);
     std::vector<nn::TokenBatch> batch{nn::to_device(random_batch(4, 32, c.vocab_size, gen), gpu())};
     double first = trainer.step(batch, 3e-3).loss, last = first;
