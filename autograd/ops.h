@@ -44,6 +44,8 @@ Tensor mean_all(const Tensor& x);
 
 // ---- linear algebra and softmax ------------------------------------------------------------
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// y = x W^T + b over the last dim as one node: x (..., in), weight (out, in), bias (out) or undefined.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 Tensor softmax(const Tensor& x);      // over the last dim
 Tensor log_softmax(const Tensor& x);  // over the last dim
 

@@ -1,4 +1,4 @@
-// Differentiable arithmetic, reductions, matmul and softmax: forward then backward.
+// Differentiable arithmetic, reductions, matmul, linear and softmax: forward then backward.
 #include <numeric>
 
 #include "autograd/ops.h"
@@ -90,6 +90,16 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
     }
     return std::vector<Tensor>{ga, gb};
   });
+}
+
+// One node for the fused forward (cuBLASLt with a bias epilogue on CUDA); backward in ops::linear_backward.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  Tensor y = ops::linear(x, weight, bias);
+  return record("linear", y, {x, weight, bias},
+                [x = x.detach(), w = weight.detach(), has_bias = bias.defined()](const Tensor& g) {
+                  auto grads = ops::linear_backward(g, x, w, has_bias);
+                  return std::vector<Tensor>{grads.dx, grads.dweight, grads.dbias};
+                });
 }
 
 Tensor softmax(const Tensor& x) {

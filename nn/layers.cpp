@@ -34,8 +34,7 @@ Tensor compute(const Tensor& t) { return g_autocast ? cast(t, g_autocast_dtype) 
 Tensor Linear::forward(const Tensor& x) const {
   SESSA_CHECK(x.size(-1) == in_features, "Linear", "input " << x.shape() << " has last dim " << x.size(-1)
                                                           << ", layer expects " << in_features);
-  Tensor y = matmul(compute(x), compute(weight), false, true);
-  return bias.defined() ? y + compute(bias) : y;
+  return linear(compute(x), compute(weight), bias.defined() ? compute(bias) : Tensor{});
 }
 
 LayerNorm::LayerNorm(int64_t dim, double eps_, TensorOptions topt) : eps(eps_) {

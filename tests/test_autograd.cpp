@@ -76,6 +76,31 @@ TEST_CASE("gradcheck: views, joins, indexing, layer norm") {
   expect_gradcheck([](auto& in) { return nn::layer_norm(in[0], in[1], in[2], 1e-5); }, {x, w, b});
 }
 
+TEST_CASE("gradcheck: fused linear, with and without bias, 2-D, 3-D and transposed input") {
+  Generator g(7);
+  Tensor w = leaf({5, 4}, g), b = leaf({5}, g);
+  for (const Shape& shape : std::vector<Shape>{{3, 4}, {2, 3, 4}}) {
+    Tensor x = leaf(shape, g);
+    expect_gradcheck([](auto& in) { return linear(in[0], in[1], in[2]); }, {x, w, b});
+    expect_gradcheck([](auto& in) { return linear(in[0], in[1], Tensor{}); }, {x, w});
+    CHECK(test::max_rel_diff(linear(x, w, b), add(matmul(x, w, false, true), b)) < 1e-14);
+  }
+  Tensor xt = leaf({4, 3}, g);  // read through a transposed view (last-dim stride 3)
+  expect_gradcheck([](auto& in) { return linear(transpose(in[0], 0, 1), in[1], in[2]); }, {xt, w, b});
+}
+
+TEST_CASE("linear: wrong shapes give an error naming them") {
+  Tensor x = zeros({2, 3}), w = zeros({4, 3}), b = zeros({4});
+  CHECK_THROWS_AS(linear(x, zeros({4, 5}), b), Error);
+  test::check_error([&] { linear(x, zeros({4, 5}), b); }, {"linear", "[2, 3]", "[out, 3]", "[4, 5]"});
+  test::check_error([&] { linear(x, w, zeros({3})); }, {"linear", "[4, 3]", "bias of shape [4]", "got [3]"});
+  test::check_error([&] { linear(x, w, zeros({4}, {DType::F64})); }, {"linear", "dtype"});
+  test::check_error([&] { ops::linear_backward(zeros({2, 5}), x, w, true); }, {"linear_backward", "[2, 5]", "[2, 4]"});
+  Generator g(8);
+  nn::Linear layer(3, 4, g);
+  test::check_error([&] { layer.forward(zeros({2, 5})); }, {"Linear", "[2, 5]", "expects 3"});
+}
+
 TEST_CASE("gradcheck detects a wrong backward") {
   Generator g(5);
   Tensor x = leaf({3}, g);

@@ -1,5 +1,6 @@
 // GPU parity for cuBLAS matmul (every transpose combination, batches, shared weights,
-// strided views; float32 with and without TF32, bfloat16, float64) and the fused row
+// strided views; float32 with and without TF32, bfloat16, float64), the cuBLASLt linear
+// layer with its fused bias (and the matmul + add it falls back to), and the fused row
 // ops: LayerNorm (float32, bfloat16 with float32 weights, float64), cross-entropy
 // (ignored rows, awkward vocabulary sizes, device and host targets) and RoPE.
 // Forward and backward; the CPU result is the reference.
@@ -7,6 +8,7 @@
 #include <functional>
 
 #include "tensor/cuda/blas.h"
+#include "tensor/cuda/linear.h"
 #include "tests/cuda/parity.h"
 
 namespace sessa::test {
@@ -164,6 +166,109 @@ TEST_CASE("cuda matmul: empty inner dimension gives zeros") {
   Tensor c = host(ops::matmul(a, b));
   CHECK(c.shape() == Shape{4, 3});
   for (double v : c.to_vector<double>()) CHECK(v == 0.0);
+}
+
+// ---- linear ------------------------------------------------------------------------------
+
+namespace {
+
+using View = std::function<Tensor(const Tensor&)>;
+
+// ops::linear and ops::linear_backward on both devices for float32 CPU values x (..., K),
+// w (N, K) and b (N, or undefined); view_x/view_b (optional) turn x and b into the views fed
+// to the op. The unfused CUDA composition (matmul + add: what ops::linear runs where cuBLASLt
+// has no fused kernel) must match the CPU too. Returns whether the fused kernel ran.
+bool check_linear(const Tensor& x, const Tensor& w, const Tensor& b, DType dtype, double tol, const std::string& what,
+                  const View& view_x = {}, const View& view_b = {}) {
+  const DType ref_t = dtype == DType::F64 ? DType::F64 : DType::F32;
+  auto on_cpu = [&](const Tensor& t) { return t.defined() ? rounded(t, dtype).to(ref_t) : t; };
+  auto on_gpu = [&](const Tensor& t) { return t.defined() ? t.to(dtype).to(gpu()) : t; };
+  auto vx = [&](const Tensor& t) { return view_x ? view_x(t) : t; };
+  auto vb = [&](const Tensor& t) { return view_b && t.defined() ? view_b(t) : t; };
+  const Tensor xc = vx(on_cpu(x)), wc = on_cpu(w), bc = vb(on_cpu(b));
+  const Tensor xg = vx(on_gpu(x)), wg = on_gpu(w), bg = vb(on_gpu(b));
+  const Tensor ref = ops::linear(xc, wc, bc), out = ops::linear(xg, wg, bg);
+  CHECK(out.dtype() == dtype);
+  CHECK(out.is_cuda());
+  check_near(out, ref, tol, what + " forward");
+  const Tensor product = ops::matmul(xg, wg, false, true);
+  check_near(b.defined() ? ops::add(product, bg) : product, ref, tol, what + " unfused forward");
+  const bool fused = cuda::linear(xg, wg, bg).has_value();
+  if (b.defined() && !fused) MESSAGE(what << ": no fused cuBLASLt kernel, matmul + add ran");
+
+  Generator gen(uint64_t(ref.numel()) + 91);
+  const Tensor g = cpu_randn(ref.shape(), gen);
+  const auto gref = ops::linear_backward(on_cpu(g), xc, wc, b.defined());
+  const auto gout = ops::linear_backward(on_gpu(g), xg, wg, b.defined());
+  check_near(gout.dx, gref.dx, tol, what + " dx");
+  check_near(gout.dweight, gref.dweight, tol, what + " dweight");
+  CHECK(gout.dbias.defined() == b.defined());
+  if (b.defined()) check_near(gout.dbias, gref.dbias, tol, what + " dbias");
+  return fused;
+}
+
+struct LinearCase {
+  Shape x;
+  int64_t N;
+};
+// M = 1, odd M, N and K (not multiples of 8), a 3-D input, one output feature.
+const std::vector<LinearCase> kLinearCases{{{1, 8}, 16},    {{1, 13}, 7},     {{37, 53}, 29}, {{3, 5, 24}, 40},
+                                           {{2, 7, 13}, 9}, {{128, 256}, 64}, {{300, 96}, 1}};
+
+std::string linear_name(const LinearCase& c, DType dtype, const char* extra = "") {
+  std::string s = std::string("linear ") + dtype_name(dtype) + " x=[";
+  for (size_t i = 0; i < c.x.size(); ++i) s += (i ? ", " : "") + std::to_string(c.x[i]);
+  return s + "] N=" + std::to_string(c.N) + extra;
+}
+
+}  // namespace
+
+TEST_CASE("cuda linear: fused bias vs CPU, float32 exact, awkward shapes, no bias") {
+  NoTf32 exact;
+  Generator gen(501);
+  for (const LinearCase& c : kLinearCases) {
+    Tensor x = cpu_randn(c.x, gen), w = cpu_randn({c.N, c.x.back()}, gen), b = cpu_randn({c.N}, gen);
+    const bool fused = check_linear(x, w, b, DType::F32, 2e-5, linear_name(c, DType::F32));
+    if (c.x == Shape{128, 256}) CHECK(fused);  // aligned and large: cuBLASLt has a fused kernel
+    CHECK_FALSE(check_linear(x, w, Tensor{}, DType::F32, 2e-5, linear_name(c, DType::F32, " no bias")));
+  }
+}
+
+TEST_CASE("cuda linear: strided, transposed and permuted inputs, an unaligned bias") {
+  NoTf32 exact;
+  Generator gen(502);
+  Tensor w = cpu_randn({24, 20}, gen), b = cpu_randn({24}, gen);
+  // Column slice: rows 50 apart, starting 3 elements in (an address aligned to 4 bytes only).
+  check_linear(cpu_randn({31, 50}, gen), w, b, DType::F32, 2e-5, "linear sliced x",
+               [](const Tensor& t) { return ops::narrow(t, 1, 3, 20); });
+  // A transposed view has no unit column stride: copied first.
+  check_linear(cpu_randn({20, 31}, gen), w, b, DType::F32, 2e-5, "linear transposed x",
+               [](const Tensor& t) { return ops::transpose(t, 0, 1); });
+  // Heads split out of (B, T, H, dh): the leading dims do not flatten to one row stride.
+  Tensor w8 = cpu_randn({12, 8}, gen), b8 = cpu_randn({12}, gen);
+  check_linear(cpu_randn({2, 13, 3, 8}, gen), w8, b8, DType::F32, 2e-5, "linear permuted x",
+               [](const Tensor& t) { return ops::permute(t, {0, 2, 1, 3}); });
+  // The bias one element into a larger buffer.
+  for (DType dtype : {DType::F32, DType::BF16})
+    check_linear(cpu_randn({40, 20}, gen), w, cpu_randn({25}, gen), dtype, dtype == DType::BF16 ? 2e-2 : 2e-5,
+                 std::string("linear offset bias ") + dtype_name(dtype), {},
+                 [](const Tensor& t) { return ops::narrow(t, 0, 1, 24); });
+}
+
+TEST_CASE("cuda linear: TF32, bfloat16 and float64") {
+  Generator gen(503);
+  for (const LinearCase& c : kLinearCases) {
+    Tensor x = cpu_randn(c.x, gen), w = cpu_randn({c.N, c.x.back()}, gen), b = cpu_randn({c.N}, gen);
+    check_linear(x, w, b, DType::F32, 2e-3, linear_name(c, DType::F32, " tf32"));
+    const bool fused = check_linear(x, w, b, DType::BF16, 2e-2, linear_name(c, DType::BF16));
+    if (c.x == Shape{128, 256}) CHECK(fused);
+    check_linear(x, w, b, DType::F64, 1e-12, linear_name(c, DType::F64));
+    check_linear(x, w, Tensor{}, DType::BF16, 2e-2, linear_name(c, DType::BF16, " no bias"));
+  }
+  // A GPT-2-sized projection: (4 x 64) tokens of 768 features to 3 * 768.
+  Tensor x = cpu_randn({4, 64, 768}, gen), w = cpu_randn({2304, 768}, gen, 0.05), b = cpu_randn({2304}, gen);
+  CHECK(check_linear(x, w, b, DType::BF16, 2e-2, "linear bf16 4x64x768 -> 2304"));
+  CHECK(check_linear(x, w, b, DType::F32, 2e-3, "linear tf32 4x64x768 -> 2304"));
 }
 
 // ---- layer_norm --------------------------------------------------------------------------

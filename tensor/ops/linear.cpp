@@ -1,0 +1,63 @@
+// The linear layer y = x W^T + b over the last dim, forward and backward. On CUDA the
+// forward is one cuBLASLt GEMM with the bias added in its epilogue (tensor/cuda/linear.cpp);
+// the CPU, and the CUDA cases cuBLASLt cannot fuse, run matmul then a broadcast add.
+//
+// Backward, with x and dy flattened to rows, x (M, K), dy (M, N), W (N, K):
+//   dx = dy W,  dW = dy^T x,  db = sum over the M rows of dy.
+// dx and dW are ops::matmul (cuBLAS on CUDA). db is the column reduction ops::sum, not
+// cuBLASLt's BGRADB epilogue fused into the dW GEMM: it is one extra read of dy, works for
+// every dtype, layout and alignment, and is the same code on both devices.
+#include "tensor/cuda/linear.h"
+
+#include "tensor/cuda_hooks.h"
+#include "tensor/ops.h"
+
+namespace sessa::ops {
+
+namespace {
+
+// x (..., K) as M rows against weight (N, K); y has shape (..., N).
+struct Dims {
+  int64_t M, K, N;
+  Shape y_shape;
+};
+
+// Checks x against weight for `op`.
+Dims dims(const Tensor& x, const Tensor& weight, const char* op) {
+  SESSA_CHECK(x.dim() >= 1, op, "input needs at least 1 dim, got " << x.shape());
+  SESSA_CHECK(weight.dim() == 2 && weight.size(1) == x.size(-1), op,
+              "input " << x.shape() << " needs a weight of shape [out, " << x.size(-1) << "], got " << weight.shape());
+  SESSA_CHECK(x.device() == weight.device() && x.dtype() == weight.dtype(), op,
+              "input and weight differ in device or dtype: " << x.str() << " and " << weight.str());
+  Shape y_shape = x.shape();
+  y_shape.back() = weight.size(0);
+  return {numel(Shape(x.shape().begin(), x.shape().end() - 1)), weight.size(1), weight.size(0), y_shape};
+}
+
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  const Dims d = dims(x, weight, "linear");
+  if (bias.defined()) {
+    SESSA_CHECK(
+        bias.shape() == Shape{weight.size(0)}, "linear",
+        "weight " << weight.shape() << " needs a bias of shape [" << weight.size(0) << "], got " << bias.shape());
+    SESSA_CHECK(bias.device() == x.device() && bias.dtype() == x.dtype(), "linear",
+                "input and bias differ in device or dtype: " << x.str() << " and " << bias.str());
+  }
+  if (x.is_cuda()) {
+    SESSA_CUDA_CALL(if (auto y = cuda::linear(x, weight, bias)) return *y);
+  }
+  Tensor y = reshape(matmul(reshape(x, {d.M, d.K}), weight, false, true), d.y_shape);
+  return bias.defined() ? add(y, bias) : y;
+}
+
+LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias) {
+  const Dims d = dims(x, weight, "linear_backward");
+  SESSA_CHECK(grad_y.shape() == d.y_shape, "linear_backward",
+              "gradient " << grad_y.shape() << " does not match the output " << d.y_shape);
+  const Tensor dy = reshape(grad_y, {d.M, d.N}), x2 = reshape(x, {d.M, d.K});
+  return {reshape(matmul(dy, weight), x.shape()), matmul(dy, x2, true, false), has_bias ? sum(dy, {0}) : Tensor{}};
+}
+
+}  // namespace sessa::ops
