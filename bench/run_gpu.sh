@@ -3,6 +3,7 @@
 # PyTorch reference (bench/torch_models.py) at the same configurations, and print
 # one comparison table. Logs go to $OUT (default /tmp/sessa-gpu).
 #   bench/run_gpu.sh [tests|bench|all] [extra bench configs...]
+#   bench/run_gpu.sh dist     (2+ GPUs) NCCL equivalence tests, then 1- vs 2-GPU throughput
 set -uo pipefail
 STAGE=${1:-all}
 OUT=${OUT:-/tmp/sessa-gpu}
@@ -32,6 +33,24 @@ if [ "$STAGE" = tests ] || [ "$STAGE" = all ]; then
       echo "compute-sanitizer $tool: exit $? ($(grep -c 'ERROR SUMMARY' "$OUT/sanitizer-$tool.log") summaries)"; grep "ERROR SUMMARY" "$OUT/sanitizer-$tool.log" | sort | uniq -c
     done
   fi
+fi
+
+if [ "$STAGE" = dist ]; then
+  echo "== data parallel over NCCL: tests/test_dist with --device cuda"
+  (cd "$BUILD" && SESSA_DIST_TEST_DEVICE=cuda timeout 300 ./tests/test_dist > "$OUT/test_dist.log" 2>&1; echo "test_dist exit $?")
+  grep -E "MESSAGE|test cases|ERROR" "$OUT/test_dist.log" | sed 's/^.*MESSAGE: //'
+  echo "== scaling: GPT-2-small scale, bf16, batch 16 x 1024 per GPU"
+  MPI=(mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE)
+  for model in sessa transformer; do
+    common=(--model "$model" --preset small --batch 16 --seq-len 1024 --dtype bf16 --steps 8)
+    "$BUILD/apps/bench" "${common[@]}" 2>&1 | tee -a "$OUT/scaling.txt"
+    "${MPI[@]}" "$BUILD/apps/bench" "${common[@]}" --device cuda 2>&1 | tee -a "$OUT/scaling.txt"
+    "${MPI[@]}" "$BUILD/apps/bench" "${common[@]}" --device cuda --zero1 2>&1 | tee -a "$OUT/scaling.txt"
+  done
+  echo "== scaling efficiency (2-GPU tok/s / (2 x 1-GPU tok/s))"
+  awk '/tok\/s/ { for (i = 1; i <= NF; i++) if ($(i+1) == "tok/s") tps = $i;
+         n = ($0 ~ / x2 /) ? 2 : 1; z = ($0 ~ /zero1/) ? " zero1" : "";
+         if (n == 1) one[$1] = tps; else printf "%-11s x2%-6s %8.0f tok/s  efficiency %.3f\n", $1, z, tps, tps / (2 * one[$1]) }' "$OUT/scaling.txt"
 fi
 
 if [ "$STAGE" = bench ] || [ "$STAGE" = all ]; then
