@@ -1,8 +1,12 @@
 #include "dist/world.h"
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <future>
+#include <memory>
+#include <thread>
 
 #include "tensor/cuda_hooks.h"
 #include "tensor/error.h"
@@ -28,6 +32,20 @@ int run_reporting_errors(World& world, const char* app, const std::function<int(
     std::fprintf(stderr, "%s\n", message.c_str());
     return 1;
   }
+}
+
+// Recent NCCL versions synchronise the ranks of a node inside ncclCommAbort, so an
+// abort on the failing rank alone can wait forever for ranks that are blocked in a
+// collective. The hooks get two seconds on their own thread; then MPI_Abort ends
+// every process regardless.
+void World::run_abort_hooks() {
+  auto finished = std::make_shared<std::promise<void>>();
+  std::future<void> done = finished->get_future();
+  std::thread([hooks = abort_hooks_, finished] {
+    for (const auto& hook : hooks) hook();
+    finished->set_value();
+  }).detach();
+  done.wait_for(std::chrono::seconds(2));
 }
 
 Device device_for_rank(const World& world, const std::string& spec) {
@@ -97,7 +115,7 @@ void World::broadcast(void* bytes, size_t count, int root) const {
 void World::abort(const std::string& message, int code) {
   std::fprintf(stderr, "rank %d: %s\n", rank_, message.c_str());
   std::fflush(stderr);
-  for (auto& hook : abort_hooks_) hook();
+  run_abort_hooks();
   if (mpi_) MPI_Abort(MPI_COMM_WORLD, code);
   std::exit(code);
 }
@@ -115,7 +133,7 @@ bool World::any(bool flag) const { return flag; }
 void World::broadcast(void*, size_t, int) const {}
 void World::abort(const std::string& message, int code) {
   std::fprintf(stderr, "rank 0: %s\n", message.c_str());
-  for (auto& hook : abort_hooks_) hook();
+  run_abort_hooks();
   std::exit(code);
 }
 

@@ -38,6 +38,8 @@ class World {
   [[noreturn]] void abort(const std::string& message, int code = 1);
 
  private:
+  void run_abort_hooks();
+
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   bool mpi_ = false;
   std::vector<std::function<void()>> abort_hooks_;
