@@ -1,12 +1,11 @@
 #include "dist/world.h"
 
-#include <chrono>
+#include <unistd.h>
+
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <future>
-#include <memory>
-#include <thread>
 
 #include "tensor/cuda_hooks.h"
 #include "tensor/error.h"
@@ -34,18 +33,15 @@ int run_reporting_errors(World& world, const char* app, const std::function<int(
   }
 }
 
-// Recent NCCL versions synchronise the ranks of a node inside ncclCommAbort, so an
-// abort on the failing rank alone can wait forever for ranks that are blocked in a
-// collective. The hooks get two seconds on their own thread; then MPI_Abort ends
-// every process regardless.
+// Recent NCCL versions synchronise the ranks of a node inside ncclCommAbort, so
+// the failing rank alone can wait there for ranks blocked in a collective, and
+// MPI_Abort may run exit handlers of libraries in the same state. Whatever hangs,
+// the alarm's default action ends this process within five seconds, and mpirun
+// then ends the others.
 void World::run_abort_hooks() {
-  auto finished = std::make_shared<std::promise<void>>();
-  std::future<void> done = finished->get_future();
-  std::thread([hooks = abort_hooks_, finished] {
-    for (const auto& hook : hooks) hook();
-    finished->set_value();
-  }).detach();
-  done.wait_for(std::chrono::seconds(2));
+  std::signal(SIGALRM, SIG_DFL);
+  alarm(5);
+  for (const auto& hook : abort_hooks_) hook();
 }
 
 Device device_for_rank(const World& world, const std::string& spec) {
@@ -117,7 +113,7 @@ void World::abort(const std::string& message, int code) {
   std::fflush(stderr);
   run_abort_hooks();
   if (mpi_) MPI_Abort(MPI_COMM_WORLD, code);
-  std::exit(code);
+  std::_Exit(code);
 }
 
 #else  // built without MPI: a world of one process
@@ -134,7 +130,7 @@ void World::broadcast(void*, size_t, int) const {}
 void World::abort(const std::string& message, int code) {
   std::fprintf(stderr, "rank 0: %s\n", message.c_str());
   run_abort_hooks();
-  std::exit(code);
+  std::_Exit(code);
 }
 
 #endif
