@@ -2,6 +2,7 @@
 // completed together by wait(). (Built only when MPI is found.)
 #include <mpi.h>
 
+#include <exception>
 #include <vector>
 
 #include "dist/communicator.h"
@@ -30,8 +31,9 @@ int count_of(int64_t n, const char* op) {
 class MpiCommunicator : public Communicator {
  public:
   explicit MpiCommunicator(World& world) : world_(world) {}
-  ~MpiCommunicator() override {
-    if (!pending_.empty()) MPI_Waitall(int(pending_.size()), pending_.data(), MPI_STATUSES_IGNORE);
+  ~MpiCommunicator() override {  // not while an error unwinds towards World::abort: peers may never answer
+    if (!pending_.empty() && std::uncaught_exceptions() == 0)
+      MPI_Waitall(int(pending_.size()), pending_.data(), MPI_STATUSES_IGNORE);
   }
   int rank() const override { return world_.rank(); }
   int size() const override { return world_.size(); }

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <exception>
 #include <memory>
 
 #include "dist/communicator.h"
@@ -55,6 +56,9 @@ class NcclCommunicator : public Communicator {
     });
   }
   ~NcclCommunicator() override {
+    // While an error unwinds towards World::abort, leave everything to the abort:
+    // ncclCommDestroy waits for the other ranks, which may be blocked in a collective.
+    if (std::uncaught_exceptions() > 0) return;
     *abortable_ = nullptr;
     cudaStreamSynchronize(comm_stream_);
     ncclCommDestroy(comm_);
