@@ -7,7 +7,7 @@
 //   logits = q k^T / sqrt(D)   cuBLAS (bf16 tensor cores with float output for bf16 inputs);
 //   alpha  = causal softmax    one block per row: softmax over s < t, zeros elsewhere;
 //   solve, per row block [t0, t0 + 64):
-//     ctx[t0:t1] = alpha[t0:t1, 0:t0] s[0:t0]   one batched cuBLAS GEMM (exact float32);
+//     ctx[t0:t1] = alpha[t0:t1, 0:t0] s[0:t0]   one batched cuBLAS GEMM (float32; TF32 for bf16 inputs);
 //     the 64-row triangle                        one block per (batch, 32 columns of D), rows
 //                                                in order, 4 threads per column (warp shuffles).
 // Backward:
@@ -15,7 +15,7 @@
 //     df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T], then the triangle; w = gamma df;
 //   dgamma    one warp per row: dgamma_t = df_t . ctx_t                                 (S7)
 //   dlogits   cuBLAS G = df s^T, then alpha gamma (G - dgamma) in place               (S8')
-//   dq, dk    cuBLAS dl k and dl^T q in exact float32                                  (S9)
+//   dq, dk    cuBLAS dl k and dl^T q in float32 (TF32 for bf16 inputs)                  (S9)
 #include <cmath>
 #include <type_traits>
 
@@ -38,8 +38,10 @@ __device__ __forceinline__ double ex(double x) { return ::exp(x); }
 // ---- products through cuBLAS -------------------------------------------------------------
 // Row-major, batched C = alpha op(A) op(B) with C in the compute dtype A (float or double):
 // the column-major product C^T = op(B)^T op(A)^T. Operands may be bfloat16 (tensor cores,
-// float accumulation) or the compute dtype (exact: CUBLAS_COMPUTE_32F, no TF32, because
-// dlogits subtracts two close numbers, (S8')).
+// float accumulation) or the compute dtype. Float operands run in exact float32 unless
+// `tf32`: the solve's products and dq, dk use TF32 tensor cores for bfloat16 inputs (10
+// mantissa bits, more than the inputs carry); G = df s^T is always exact, because
+// dlogits subtracts two close numbers (S8'); float32 inputs keep every product exact.
 template <class T> constexpr cudaDataType_t cuda_type() {
   if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
   else if constexpr (std::is_same_v<T, double>) return CUDA_R_64F;
@@ -48,15 +50,21 @@ template <class T> constexpr cudaDataType_t cuda_type() {
 
 template <class A, class TA, class TB>
 void blas_gemm(int device, int batch, bool ta, bool tb, int M, int N, int K, A alpha, const TA* a, int64_t lda,
-               int64_t a_batch, const TB* b, int64_t ldb, int64_t b_batch, A* c, int64_t c_batch, const char* op) {
+               int64_t a_batch, const TB* b, int64_t ldb, int64_t b_batch, A* c, int64_t c_batch, const char* op,
+               bool tf32 = false) {
   const A beta = 0;
-  const cublasComputeType_t compute = std::is_same_v<A, double> ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
+  const cublasComputeType_t compute = std::is_same_v<A, double> ? CUBLAS_COMPUTE_64F
+                                      : tf32                    ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                : CUBLAS_COMPUTE_32F;
   SESSA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_handle(device), tb ? CUBLAS_OP_T : CUBLAS_OP_N,
                                                 ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, b, cuda_type<TB>(),
                                                 int(ldb), b_batch, a, cuda_type<TA>(), int(lda), a_batch, &beta, c,
                                                 cuda_type<A>(), N, c_batch, batch, compute, CUBLAS_GEMM_DEFAULT),
                      op);
 }
+
+// Whether the float products of the solve and of dq, dk may use TF32 for inputs of dtype X.
+template <class X> constexpr bool kTf32 = std::is_same_v<X, bf16_t>;
 
 // (S8') in place over G = df s^T: dl[t, s] = alpha[t, s] gamma_t (G[t, s] - dgamma_t) for s < t, else 0.
 template <class X>
@@ -87,7 +95,7 @@ template <class A> __global__ void __launch_bounds__(256) causal_softmax_kernel(
 
 // ---- the two triangular solves --------------------------------------------------------
 // Blocked as on the CPU, one row block of 64 per step: the host first adds everything the
-// other blocks contribute with one batched cuBLAS GEMM (exact float32), then a kernel with
+// other blocks contribute with one batched cuBLAS GEMM (see blas_gemm for its precision), then a kernel with
 // one block of kSolveThreads per (32 columns, batch) solves the 64-row triangle. Shared
 // memory (in A elements): the diagonal alpha block Ad (64 x 65), the contribution of the
 // other blocks Cs and the right-hand side Fs (64 x 33 each), the solved rows Ss (64 x 40:
@@ -233,7 +241,7 @@ ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Te
         const int nb = std::min(kRows, T - t0);
         if (t0 > 0)  // ctx[t0:t0+nb] = alpha[t0:t0+nb, 0:t0] s[0:t0]
           blas_gemm<A>(dev.index, B, false, false, nb, D, t0, A(1), alpha + int64_t(t0) * T, T, TT, s, D, TD,
-                       ctx + int64_t(t0) * D, TD, "feedback_solve");
+                       ctx + int64_t(t0) * D, TD, "feedback_solve", kTf32<X>);
         solve_forward_block<X><<<grid, kSolveThreads, smem, st>>>(alpha, ptr<X>(gamma), ptr<X>(f), ctx, s,
                                                                    ptr<X>(out.s), T, D, t0);
         SESSA_CUDA_LAUNCH_CHECK("feedback_solve");
@@ -282,7 +290,7 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
         const int s0 = std::max(0, s1 - kRows), nb = s1 - s0;
         if (s1 < T)  // df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T]
           blas_gemm<A>(dev.index, B, true, false, nb, D, T - s1, A(1), pa + int64_t(s1) * T + s0, T, TT,
-                       pw + int64_t(s1) * D, D, TD, pdf + int64_t(s0) * D, TD, op);
+                       pw + int64_t(s1) * D, D, TD, pdf + int64_t(s0) * D, TD, op, kTf32<X>);
         solve_backward_block<X><<<grid, kSolveThreads, smem, st>>>(pa, ptr<X>(gamma), ptr<X>(ds), pdf, ptr<X>(g.df),
                                                                     pw, T, D, s0, s1);
         SESSA_CUDA_LAUNCH_CHECK(op);
@@ -292,7 +300,7 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
     dgamma_kernel<X><<<blocks_for(rows * 32), kThreads, 0, st>>>(ptr<A>(df), ptr<A>(ctx), ptr<A>(dg), ptr<X>(g.dgamma),
                                                                  rows, D);
     SESSA_CUDA_LAUNCH_CHECK(op);
-    // Operands in the compute dtype, so the products below are exact float32 (or double).
+    // Operands in the compute dtype: G exact; dq, dk exact for float32 inputs, TF32 for bfloat16.
     const Tensor s_a = ops::cast(s, adt), k_a = ops::cast(k, adt), q_a = ops::cast(q, adt);
     blas_gemm<A>(dev.index, B, false, true, T, T, D, A(1), ptr<A>(df), D, TD, ptr<A>(s_a), D, TD, ptr<A>(dl), TT, op);
     dlogits_kernel<X><<<blocks_for(int64_t(B) * TT), kThreads, 0, st>>>(ptr<A>(dl), pa, ptr<X>(gamma), ptr<A>(dg), T,
@@ -300,8 +308,10 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
     SESSA_CUDA_LAUNCH_CHECK(op);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt), dk = same ? g.dk : Tensor::empty(k.shape(), acc_opt);
-    blas_gemm<A>(dev.index, B, false, false, T, D, T, scale, ptr<A>(dl), T, TT, ptr<A>(k_a), D, TD, ptr<A>(dq), TD, op);
-    blas_gemm<A>(dev.index, B, true, false, T, D, T, scale, ptr<A>(dl), T, TT, ptr<A>(q_a), D, TD, ptr<A>(dk), TD, op);
+    blas_gemm<A>(dev.index, B, false, false, T, D, T, scale, ptr<A>(dl), T, TT, ptr<A>(k_a), D, TD, ptr<A>(dq), TD, op,
+                 kTf32<X>);
+    blas_gemm<A>(dev.index, B, true, false, T, D, T, scale, ptr<A>(dl), T, TT, ptr<A>(q_a), D, TD, ptr<A>(dk), TD, op,
+                 kTf32<X>);
     if constexpr (!same) ops::copy_(g.dq, dq), ops::copy_(g.dk, dk);
     return g;
   });
