@@ -15,7 +15,7 @@
 //     df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T], then the triangle; w = gamma df;
 //   dgamma    one warp per row: dgamma_t = df_t . ctx_t                                 (S7)
 //   dlogits   cuBLAS G = df s^T, then alpha gamma (G - dgamma) in place               (S8')
-//   dq, dk    cuBLAS dl k and dl^T q in float32 (TF32 for bf16 inputs)                  (S9)
+//   dq, dk    cuBLAS dl k and dl^T q in float32 or TF32 (see blas_gemm)                 (S9)
 #include <cmath>
 #include <type_traits>
 
@@ -39,9 +39,10 @@ __device__ __forceinline__ double ex(double x) { return ::exp(x); }
 // Row-major, batched C = alpha op(A) op(B) with C in the compute dtype A (float or double):
 // the column-major product C^T = op(B)^T op(A)^T. Operands may be bfloat16 (tensor cores,
 // float accumulation) or the compute dtype. Float operands run in exact float32 unless
-// `tf32`: the solve's products and dq, dk use TF32 tensor cores for bfloat16 inputs (10
-// mantissa bits, more than the inputs carry); G = df s^T is always exact, because
-// dlogits subtracts two close numbers (S8'); float32 inputs keep every product exact.
+// `tf32` (use_tf32): the solve's products and dq, dk use TF32 tensor cores for bfloat16
+// inputs (10 mantissa bits, more than the inputs carry) and, as every float32 matmul,
+// for float32 inputs while TF32 is allowed. G = df s^T is always exact, because dlogits
+// subtracts two close numbers (S8').
 template <class T> constexpr cudaDataType_t cuda_type() {
   if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
   else if constexpr (std::is_same_v<T, double>) return CUDA_R_64F;
@@ -63,8 +64,13 @@ void blas_gemm(int device, int batch, bool ta, bool tb, int M, int N, int K, A a
                      op);
 }
 
-// Whether the float products of the solve and of dq, dk may use TF32 for inputs of dtype X.
-template <class X> constexpr bool kTf32 = std::is_same_v<X, bf16_t>;
+// Whether the float products of the solve and of dq, dk use TF32 for inputs of dtype X:
+// always for bfloat16, for float32 when TF32 is allowed (cuda::allow_tf32, the default).
+template <class X> bool use_tf32() {
+  if constexpr (std::is_same_v<X, bf16_t>) return true;
+  else if constexpr (std::is_same_v<X, float>) return allow_tf32();
+  else return false;
+}
 
 // (S8') in place over G = df s^T: dl[t, s] = alpha[t, s] gamma_t (G[t, s] - dgamma_t) for s < t, else 0.
 template <class X>
@@ -241,7 +247,7 @@ ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Te
         const int nb = std::min(kRows, T - t0);
         if (t0 > 0)  // ctx[t0:t0+nb] = alpha[t0:t0+nb, 0:t0] s[0:t0]
           blas_gemm<A>(dev.index, B, false, false, nb, D, t0, A(1), alpha + int64_t(t0) * T, T, TT, s, D, TD,
-                       ctx + int64_t(t0) * D, TD, "feedback_solve", kTf32<X>);
+                       ctx + int64_t(t0) * D, TD, "feedback_solve", use_tf32<X>());
         solve_forward_block<X><<<grid, kSolveThreads, smem, st>>>(alpha, ptr<X>(gamma), ptr<X>(f), ctx, s,
                                                                    ptr<X>(out.s), T, D, t0);
         SESSA_CUDA_LAUNCH_CHECK("feedback_solve");
@@ -290,7 +296,7 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
         const int s0 = std::max(0, s1 - kRows), nb = s1 - s0;
         if (s1 < T)  // df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T]
           blas_gemm<A>(dev.index, B, true, false, nb, D, T - s1, A(1), pa + int64_t(s1) * T + s0, T, TT,
-                       pw + int64_t(s1) * D, D, TD, pdf + int64_t(s0) * D, TD, op, kTf32<X>);
+                       pw + int64_t(s1) * D, D, TD, pdf + int64_t(s0) * D, TD, op, use_tf32<X>());
         solve_backward_block<X><<<grid, kSolveThreads, smem, st>>>(pa, ptr<X>(gamma), ptr<X>(ds), pdf, ptr<X>(g.df),
                                                                     pw, T, D, s0, s1);
         SESSA_CUDA_LAUNCH_CHECK(op);
@@ -300,7 +306,7 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
     dgamma_kernel<X><<<blocks_for(rows * 32), kThreads, 0, st>>>(ptr<A>(df), ptr<A>(ctx), ptr<A>(dg), ptr<X>(g.dgamma),
                                                                  rows, D);
     SESSA_CUDA_LAUNCH_CHECK(op);
-    // Operands in the compute dtype: G exact; dq, dk exact for float32 inputs, TF32 for bfloat16.
+    // Operands in the compute dtype: G exact; dq, dk as use_tf32 says.
     const Tensor s_a = ops::cast(s, adt), k_a = ops::cast(k, adt), q_a = ops::cast(q, adt);
     blas_gemm<A>(dev.index, B, false, true, T, T, D, A(1), ptr<A>(df), D, TD, ptr<A>(s_a), D, TD, ptr<A>(dl), TT, op);
     dlogits_kernel<X><<<blocks_for(int64_t(B) * TT), kThreads, 0, st>>>(ptr<A>(dl), pa, ptr<X>(gamma), ptr<A>(dg), T,
@@ -309,9 +315,9 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt), dk = same ? g.dk : Tensor::empty(k.shape(), acc_opt);
     blas_gemm<A>(dev.index, B, false, false, T, D, T, scale, ptr<A>(dl), T, TT, ptr<A>(k_a), D, TD, ptr<A>(dq), TD, op,
-                 kTf32<X>);
+                 use_tf32<X>());
     blas_gemm<A>(dev.index, B, true, false, T, D, T, scale, ptr<A>(dl), T, TT, ptr<A>(q_a), D, TD, ptr<A>(dk), TD, op,
-                 kTf32<X>);
+                 use_tf32<X>());
     if constexpr (!same) ops::copy_(g.dq, dq), ops::copy_(g.dk, dk);
     return g;
   });

@@ -3,6 +3,7 @@
 #pragma once
 #include <doctest/doctest.h>
 
+#include "tensor/cuda/blas.h"
 #include "tensor/ops.h"
 #include "tensor/random.h"
 #include "tests/helpers.h"
@@ -10,6 +11,12 @@
 namespace sessa::test {
 
 inline Device gpu() { return Device::cuda(0); }
+
+// Exact float32 GEMMs inside a scope; TF32 (the default) again after it.
+struct NoTf32 {
+  NoTf32() { cuda::set_allow_tf32(false); }
+  ~NoTf32() { cuda::set_allow_tf32(true); }
+};
 inline double tolerance(DType t) { return t == DType::BF16 ? 2e-2 : t == DType::F64 ? 1e-12 : 2e-5; }
 
 // Normal(0, scale) on the CPU in float32, for use on both devices.

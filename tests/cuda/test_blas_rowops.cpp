@@ -25,12 +25,6 @@ void check_near(const Tensor& gpu_result, const Tensor& cpu_ref, double tol, con
   CHECK_MESSAGE(err <= tol, what << ": relative error " << err << " > " << tol);
 }
 
-// Exact float32 GEMMs inside a scope; TF32 (the default) again after it.
-struct NoTf32 {
-  NoTf32() { cuda::set_allow_tf32(false); }
-  ~NoTf32() { cuda::set_allow_tf32(true); }
-};
-
 // ---- matmul ------------------------------------------------------------------------------
 
 // op(a) @ op(b) and its two backward products (as autograd/ops_math.cpp forms them) on

@@ -6,7 +6,6 @@
 #include "autograd/ops.h"
 #include "nn/trainer.h"
 #include "sessa/model.h"
-#include "tensor/cuda/blas.h"
 #include "tests/cuda/parity.h"
 
 using namespace sessa;
@@ -47,7 +46,7 @@ StepOutcome one_step(nn::LanguageModel& model, const data::Batch& batch, DType c
 }  // namespace
 
 TEST_CASE("one training step: CPU and GPU agree (fp32), and bf16 stays close") {
-  cuda::set_allow_tf32(false);
+  test::NoTf32 exact;
   for (const std::string family : {"sessa", "transformer", "mamba"}) {
     CAPTURE(family);
     nn::ModelConfig c = tiny(family);
@@ -74,7 +73,6 @@ TEST_CASE("one training step: CPU and GPU agree (fp32), and bf16 stays close") {
       CHECK(max_rel_diff(bf16.grads[i], ref.grads[i]) < 1e-1);
     }
   }
-  cuda::set_allow_tf32(true);
 }
 
 TEST_CASE("each family trains on the GPU in bf16: loss falls on a fixed batch") {
