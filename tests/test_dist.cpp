@@ -3,7 +3,7 @@
 // tolerance) as one process with batch N x B, with and without ZeRO-1, with
 // gradient accumulation, and across a resume that changes the number of ranks.
 // A failing or killed rank must end the whole job within seconds.
-// Runs in the build directory (apps/ beside tests/); needs mpirun. On a machine
+// Finds the apps beside its own directory (BUILD/tests -> BUILD/apps); needs mpirun. On a machine
 // with two GPUs, SESSA_DIST_TEST_DEVICE=cuda runs the same checks over NCCL.
 #include <doctest/doctest.h>
 #include <unistd.h>
@@ -43,6 +43,11 @@ Outcome shell(const std::string& command) {
 
 const std::string kMpirun = "mpirun --allow-run-as-root --oversubscribe ";
 
+// BUILD/apps/<name>, from this executable's path BUILD/tests/test_dist.
+std::string app(const std::string& name) {
+  return (fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "apps" / name).string();
+}
+
 std::string test_device() {
   const char* d = std::getenv("SESSA_DIST_TEST_DEVICE");
   return d ? d : "cpu";
@@ -60,10 +65,10 @@ struct Fixture {
     std::ofstream corpus(dir / "corpus.txt");
     for (int i = 0; i < 300; ++i) corpus << "the cat sat on the mat number " << i % 7 << " and the dog ran to the log\n%\n";
     corpus.close();
-    const Outcome prep = shell("apps/prepare --input " + (dir / "corpus.txt").string() + " --separator % --out-dir " +
+    const Outcome prep = shell(app("prepare") + " --input " + (dir / "corpus.txt").string() + " --separator % --out-dir " +
                                (dir / "data").string());
     REQUIRE_MESSAGE(prep.exit_code == 0, prep.output);
-    train = "apps/train --model sessa --preset tiny --d-model 32 --heads 2 --seq-len 32 --lr 5e-3 --warmup 2 "
+    train = app("train") + " --model sessa --preset tiny --d-model 32 --heads 2 --seq-len 32 --lr 5e-3 --warmup 2 "
             "--eval-every 0 --eval-batches 2 --threads 1 --log-every 1 --device " + test_device() + " --data " +
             (dir / "data").string();
   }
