@@ -53,6 +53,8 @@ expect_error "train: bad flag value" "--steps" "${TRAIN[@]}" --steps -3 --out "$
 expect_error "train: unknown flag" "--bogus" "${TRAIN[@]}" --bogus
 expect_error "train: heads must divide d_model" "--heads 3" "${TRAIN[@]}" --heads 3 --out "$WORK/x3"
 expect_error "train: token ids beyond the vocabulary" "train.bin" "${TRAIN[@]}" --vocab 100 --steps 2 --out "$WORK/x4"
+expect_error "train: --zero1 outside mpirun" "launch with mpirun" "${TRAIN[@]}" --zero1 --steps 2 --out "$WORK/x6"
+expect_error "train: bucket size must be positive" "--bucket-mb" "${TRAIN[@]}" --bucket-mb 0 --out "$WORK/x7"
 printf 'garbage that is not a shard at all!' > "$WORK/bad.bin"
 expect_error "train: a corrupt shard names the file" "bad.bin" "${TRAIN[@]}" --data "$WORK/bad.bin" --steps 2 --out "$WORK/x5"
 expect_error "prepare: missing input names it" "nothing.txt" "$APPS/prepare" --input "$WORK/nothing.txt" --out-dir "$WORK/d2"
