@@ -224,6 +224,12 @@ int run(Flags f, const std::function<bool(const char*)>& given, dist::World& wor
     train_loader.seek(uint64_t(ckpt->training.at("data_epoch").as_int()),
                       uint64_t(resume_position(ckpt->training, f.batch, world.size())));
     std::printf("resumed from %s at step %ld\n", ckpt->path.c_str(), long(start_step));
+    const data::Json& saved = ckpt->training.at("flags");
+    const int64_t saved_world = ckpt->training.contains("data_world") ? ckpt->training.at("data_world").as_int() : 1;
+    const int64_t saved_global = saved.at("batch").as_int() * saved.at("accum").as_int() * saved_world;
+    if (saved_global != f.batch * f.accum * world.size())
+      std::printf("note: the global batch changes from %ld to %ld sequences per step\n", long(saved_global),
+                  long(f.batch * f.accum * world.size()));
   }
   std::optional<data::TokenLoader> val_loader;
   if (!f.val_data.empty() && lead) {
