@@ -169,12 +169,16 @@ void restore_flags(Flags& f, const data::Json& saved, const std::function<bool(c
   take("grad_clip", "--grad-clip", f.grad_clip), take("seed", "--seed", f.seed);
 }
 
+// The number of ranks a checkpoint was written with (1 before data parallelism).
+int64_t saved_world(const data::Json& training) {
+  return training.contains("data_world") ? training.at("data_world").as_int() : 1;
+}
+
 // Where the data loader stands, counted in windows of the whole job, so a run can
 // resume with another number of ranks (or micro-batch) as long as it divides.
 int64_t resume_position(const data::Json& training, int64_t batch, int world) {
-  const data::Json& saved_flags = training.at("flags");
-  const int64_t saved_world = training.contains("data_world") ? training.at("data_world").as_int() : 1;
-  const int64_t windows = training.at("data_position").as_int() * saved_flags.at("batch").as_int() * saved_world;
+  const int64_t windows =
+      training.at("data_position").as_int() * training.at("flags").at("batch").as_int() * saved_world(training);
   SESSA_CHECK(windows % (batch * world) == 0, "--resume",
               "the run consumed " << windows << " windows of its epoch, which do not split into batches of " << batch
                                   << " x " << world << " ranks; keep the global batch (batch x ranks x accum) of the saved run");
@@ -225,8 +229,7 @@ int run(Flags f, const std::function<bool(const char*)>& given, dist::World& wor
                       uint64_t(resume_position(ckpt->training, f.batch, world.size())));
     std::printf("resumed from %s at step %ld\n", ckpt->path.c_str(), long(start_step));
     const data::Json& saved = ckpt->training.at("flags");
-    const int64_t saved_world = ckpt->training.contains("data_world") ? ckpt->training.at("data_world").as_int() : 1;
-    const int64_t saved_global = saved.at("batch").as_int() * saved.at("accum").as_int() * saved_world;
+    const int64_t saved_global = saved.at("batch").as_int() * saved.at("accum").as_int() * saved_world(ckpt->training);
     if (saved_global != f.batch * f.accum * world.size())
       std::printf("note: the global batch changes from %ld to %ld sequences per step\n", long(saved_global),
                   long(f.batch * f.accum * world.size()));
