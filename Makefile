@@ -4,15 +4,16 @@
 #   make         configure and build everything into $(BUILD)/
 #   make test    build, then run every test through CTest
 #   make demo    the main job: fortunes corpus -> train a small Sessa LM -> sample
+#   make format  clang-format every C++/CUDA source in place
 #   make clean   remove $(BUILD)/
 BUILD ?= build
 JOBS  ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-DEB_PACKAGES := build-essential cmake doctest-dev libcli11-dev libopenmpi-dev openmpi-bin fortunes
+DEB_PACKAGES := build-essential cmake clang-format doctest-dev libcli11-dev libopenmpi-dev openmpi-bin fortunes
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build configure test deps demo clean
+.PHONY: all build configure test deps demo format clean
 
 all: build
 
@@ -34,6 +35,9 @@ deps:
 
 demo: deps build
 	bash apps/demo.sh $(BUILD)
+
+format:
+	git ls-files -co --exclude-standard '*.cpp' '*.h' '*.cu' '*.cuh' | xargs clang-format -i
 
 clean:
 	rm -rf $(BUILD)

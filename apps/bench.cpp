@@ -4,7 +4,6 @@
 //   bench --model sessa --preset small --batch 16 --seq-len 1024 --dtype bf16
 //   mpirun -np 2 bench ...   data parallel: --batch per rank, tokens/s of the whole job
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -53,7 +52,8 @@ int run(const Flags& f, dist::World& world) {
     if (i == f.warmup && device.is_cuda()) SESSA_CUDA_CALL(cuda::reset_peak_memory(device.index));
     auto t0 = std::chrono::steady_clock::now();
     trainer.step(batch, 1e-4);  // ends by reading the loss: the device work is done
-    if (i >= f.warmup) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    if (i >= f.warmup)
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
@@ -63,10 +63,12 @@ int run(const Flags& f, dist::World& world) {
   double peak_gib = 0;
   if (device.is_cuda()) SESSA_CUDA_CALL(peak_gib = double(cuda::peak_memory(device.index)) / double(1ull << 30));
   if (world.rank() != 0) return 0;  // rank 0 reports for the job (its peak memory stands for each GPU)
-  std::printf("%-11s %-6s %3ld layers  B=%-3ld T=%-5ld %-5s %-7s x%d%s | %9.2f ms/step (min %.2f, max %.2f) | %9.0f tok/s | MFU %5.1f%% | peak %6.2f GiB | %.1fM params\n",
-              f.model.c_str(), f.preset.c_str(), long(config.n_layers), long(f.batch), long(f.seq_len), f.dtype.c_str(),
-              device.str().c_str(), world.size(), f.zero1 ? " zero1" : "", median, ms.front(), ms.back(), tps, 100 * mfu, peak_gib,
-              double(model->parameter_count()) / 1e6);
+  std::printf(
+      "%-11s %-6s %3ld layers  B=%-3ld T=%-5ld %-5s %-7s x%d%s | %9.2f ms/step (min %.2f, max %.2f) | %9.0f tok/s | "
+      "MFU %5.1f%% | peak %6.2f GiB | %.1fM params\n",
+      f.model.c_str(), f.preset.c_str(), long(config.n_layers), long(f.batch), long(f.seq_len), f.dtype.c_str(),
+      device.str().c_str(), world.size(), f.zero1 ? " zero1" : "", median, ms.front(), ms.back(), tps, 100 * mfu,
+      peak_gib, double(model->parameter_count()) / 1e6);
   return 0;
 }
 
@@ -76,14 +78,22 @@ int main(int argc, char** argv) {
   dist::World world(&argc, &argv);
   Flags f;
   CLI::App app{"Time full training steps of a model on random tokens."};
-  app.add_option("--model", f.model, "sessa, transformer or mamba")->check(CLI::IsMember({"sessa", "transformer", "mamba"}))->capture_default_str();
-  app.add_option("--preset", f.preset, "tiny, small or medium")->check(CLI::IsMember(nn::preset_names()))->capture_default_str();
+  app.add_option("--model", f.model, "sessa, transformer or mamba")
+      ->check(CLI::IsMember({"sessa", "transformer", "mamba"}))
+      ->capture_default_str();
+  app.add_option("--preset", f.preset, "tiny, small or medium")
+      ->check(CLI::IsMember(nn::preset_names()))
+      ->capture_default_str();
   app.add_option("--layers", f.layers, "Override the number of layers");
   app.add_option("--vocab", f.vocab, "Vocabulary size")->capture_default_str();
-  app.add_option("--batch", f.batch, "Sequences per step (per rank under mpirun)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--batch", f.batch, "Sequences per step (per rank under mpirun)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--seq-len", f.seq_len, "Tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--warmup", f.warmup, "Untimed steps first")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--steps", f.steps, "Timed steps (the median is reported)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--steps", f.steps, "Timed steps (the median is reported)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--device", f.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", f.dtype, "fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
   app.add_flag("--zero1", f.zero1, "Under mpirun: shard the optimizer state over the ranks (ZeRO stage 1)");

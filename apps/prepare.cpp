@@ -8,7 +8,6 @@
 //
 //   prepare --input '/usr/share/games/fortunes/*' --separator % --out-dir data/fortunes
 #include <CLI/CLI.hpp>
-
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -24,8 +23,8 @@
 #include "data/loader.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
-#include "tensor/philox.h"
 #include "tensor/error.h"
+#include "tensor/philox.h"
 
 namespace fs = std::filesystem;
 using namespace sessa;
@@ -66,7 +65,8 @@ std::vector<InputFile> expand_inputs(const std::vector<std::string>& items) {
   for (const std::string& item : items) {
     std::error_code ec;
     if (fs::exists(item, ec)) {
-      if (fs::is_directory(item, ec)) fail("--input: '" + item + "' is a directory (give files or a glob such as '" + item + "/*')");
+      if (fs::is_directory(item, ec))
+        fail("--input: '" + item + "' is a directory (give files or a glob such as '" + item + "/*')");
       files.push_back({item, true});
       continue;
     }
@@ -139,9 +139,12 @@ int run(const Options& opt) {
   if (!(opt.val_fraction > 0 && opt.val_fraction < 1))
     fail("--val-fraction must be in (0, 1), got " + num(opt.val_fraction));
   data::ShardFormat fmt;
-  if (opt.format == "u16") fmt = data::ShardFormat::LlmcU16;
-  else if (opt.format == "u32") fmt = data::ShardFormat::SessaU32;
-  else fail("--format must be u16 or u32, got '" + opt.format + "'");
+  if (opt.format == "u16")
+    fmt = data::ShardFormat::LlmcU16;
+  else if (opt.format == "u32")
+    fmt = data::ShardFormat::SessaU32;
+  else
+    fail("--format must be u16 or u32, got '" + opt.format + "'");
   if (opt.has_separator && opt.separator.find('\n') != std::string::npos)
     fail("--separator must be a single line (no newline)");
 
@@ -185,7 +188,8 @@ int run(const Options& opt) {
   }
   if (files_read == 0)
     fail("--input: no text file to read (all " + std::to_string(inputs.size()) + " input file(s) were skipped)");
-  if (docs.empty()) fail("--input: the corpus is empty (no non-blank document in " + std::to_string(files_read) + " file(s))");
+  if (docs.empty())
+    fail("--input: the corpus is empty (no non-blank document in " + std::to_string(files_read) + " file(s))");
   if (docs.size() < 2)
     fail("--input: only one document: need at least 2 to put one in train and one in validation" +
          std::string(opt.has_separator ? "" : " (each file is one document; use --separator to split files)"));
@@ -202,11 +206,13 @@ int run(const Options& opt) {
   }
   if (n_val == 0) {  // the document with the smallest hash goes to validation
     size_t m = 0;
-    for (size_t i = 1; i < n; ++i) if (u[i] < u[m]) m = i;
+    for (size_t i = 1; i < n; ++i)
+      if (u[i] < u[m]) m = i;
     is_val[m] = true, n_val = 1;
   } else if (n_val == n) {  // the one with the largest hash stays in train
     size_t m = 0;
-    for (size_t i = 1; i < n; ++i) if (u[i] > u[m]) m = i;
+    for (size_t i = 1; i < n; ++i)
+      if (u[i] > u[m]) m = i;
     is_val[m] = false, n_val = n - 1;
   }
 
@@ -239,8 +245,8 @@ int run(const Options& opt) {
   if (skipped_blank) std::cout << " (" << skipped_blank << " blank pieces dropped)";
   std::cout << "\ntokenizer:   byte (vocab " << tok.vocab_size() << ", end-of-text " << tok.eot()
             << " after each document), format " << opt.format << "\n"
-            << "train:       " << with_commas(n - n_val) << " documents, " << with_commas(train.size())
-            << " tokens -> " << train_path << "\n"
+            << "train:       " << with_commas(n - n_val) << " documents, " << with_commas(train.size()) << " tokens -> "
+            << train_path << "\n"
             << "val:         " << with_commas(n_val) << " documents, " << with_commas(val.size()) << " tokens -> "
             << val_path << "\n";
   return 0;
@@ -249,8 +255,9 @@ int run(const Options& opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"prepare: text files -> token shards (train.bin, val.bin) for training.\n"
-               "Each document is byte-encoded and followed by the end-of-text token (256)."};
+  CLI::App app{
+      "prepare: text files -> token shards (train.bin, val.bin) for training.\n"
+      "Each document is byte-encoded and followed by the end-of-text token (256)."};
   Options opt;
   app.add_option("--input", opt.inputs,
                  "One or more text files or glob patterns (quote globs to let prepare expand them). "
@@ -271,8 +278,7 @@ int main(int argc, char** argv) {
                  "a hash of (i, seed) falls below it, with at least one document on each side")
       ->capture_default_str();
   app.add_option("--seed", opt.seed, "Seed of the train/validation split")->capture_default_str();
-  app.add_option("--format", opt.format,
-                 "Token shard format: u16 (llm.c, magic 20240520) or u32 (magic 20240521)")
+  app.add_option("--format", opt.format, "Token shard format: u16 (llm.c, magic 20240520) or u32 (magic 20240521)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   opt.has_separator = app.count("--separator") > 0;

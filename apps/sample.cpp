@@ -7,7 +7,6 @@
 //
 //   sample --checkpoint runs/fortunes --prompt "The best" --max-tokens 300
 #include <CLI/CLI.hpp>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -23,9 +22,9 @@
 #include "nn/checkpoint.h"
 #include "nn/sampling.h"
 #include "sessa/model.h"
+#include "tensor/error.h"
 #include "tensor/philox.h"
 #include "tensor/random.h"
-#include "tensor/error.h"
 
 using namespace sessa;
 
@@ -92,7 +91,8 @@ int run(const Options& opt) {
   const bool byte_tok = opt.tokenizer == "byte";
   if (byte_tok && (V == 50257 || V == 50304))
     fail("--tokenizer: the model has a GPT-2 vocabulary (" + std::to_string(V) +
-         " tokens) but the tokenizer is 'byte': pass a GPT-2 tokenizer file (llm.c gpt2_tokenizer.bin) with --tokenizer");
+         " tokens) but the tokenizer is 'byte': pass a GPT-2 tokenizer file (llm.c gpt2_tokenizer.bin) with "
+         "--tokenizer");
   if (int64_t(tok->vocab_size()) > V)
     fail("--tokenizer: the tokenizer has " + std::to_string(tok->vocab_size()) + " tokens but the model only " +
          std::to_string(V) + " (" + ckpt.path + "): wrong tokenizer for this model");
@@ -165,8 +165,9 @@ int run(const Options& opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"sample: generate text from a checkpoint, streaming it to stdout.\n"
-               "Statistics (tokens generated, tokens/s, prompt time) go to stderr."};
+  CLI::App app{
+      "sample: generate text from a checkpoint, streaming it to stdout.\n"
+      "Statistics (tokens generated, tokens/s, prompt time) go to stderr."};
   Options opt;
   app.add_option("--checkpoint", opt.checkpoint,
                  "Checkpoint file (.safetensors), or a run directory meaning its latest.safetensors")

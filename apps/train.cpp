@@ -9,10 +9,10 @@
 // Data parallel: `mpirun -np N train ...` runs N ranks, each on its own slice of
 // the data (and its own GPU); --batch is per rank, gradients are averaged over the
 // ranks, and only rank 0 prints and writes the run directory (README.md).
-#include <CLI/CLI.hpp>
 #include <omp.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -21,9 +21,9 @@
 #include <functional>
 #include <optional>
 
+#include "apps/common/svg_plot.h"
 #include "data/file_util.h"
 #include "dist/data_parallel.h"
-#include "data/svg_plot.h"
 #include "nn/checkpoint.h"
 #include "nn/trainer.h"
 #include "sessa/model.h"
@@ -54,15 +54,18 @@ void on_stop_signal(int) { g_interrupted = 1; }
 std::string human_duration(double seconds) {
   char buf[32];
   int64_t s = int64_t(seconds);
-  if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", long(s / 3600), long(s % 3600 / 60));
-  else std::snprintf(buf, sizeof buf, "%ldm%02lds", long(s / 60), long(s % 60));
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", long(s / 3600), long(s % 3600 / 60));
+  else
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", long(s / 60), long(s % 60));
   return buf;
 }
 
 // --data DIR means DIR/train.bin (and DIR/val.bin unless --val-data says otherwise).
 void resolve_data(Flags& f) {
   if (!f.data.empty() && fs::is_directory(f.data)) {
-    if (f.val_data.empty() && fs::exists(fs::path(f.data) / "val.bin")) f.val_data = (fs::path(f.data) / "val.bin").string();
+    if (f.val_data.empty() && fs::exists(fs::path(f.data) / "val.bin"))
+      f.val_data = (fs::path(f.data) / "val.bin").string();
     f.data = (fs::path(f.data) / "train.bin").string();
   }
 }
@@ -107,8 +110,9 @@ class RunDir {
     plot();
   }
   void plot() {
-    data::write_text_file_atomic((fs::path(path_) / "loss.svg").string(),
-                                 data::svg_line_plot({train_, val_}, "loss", "step", "cross-entropy (nats/token)", true));
+    data::write_text_file_atomic(
+        (fs::path(path_) / "loss.svg").string(),
+        apps::svg_line_plot({train_, val_}, "loss", "step", "cross-entropy (nats/token)", true));
   }
   // Writes ckpt_<step>.safetensors and points latest.safetensors at it.
   std::string checkpoint(const nn::LanguageModel& model, const nn::OptimizerState& opt, const data::Json& training,
@@ -131,7 +135,8 @@ class RunDir {
     while (std::getline(in, line)) {
       std::vector<std::string> col;
       size_t at = 0;
-      for (size_t next; (next = line.find(',', at)) != std::string::npos; at = next + 1) col.push_back(line.substr(at, next - at));
+      for (size_t next; (next = line.find(',', at)) != std::string::npos; at = next + 1)
+        col.push_back(line.substr(at, next - at));
       col.push_back(line.substr(at));
       if (col.size() != 7) continue;
       if (!col[1].empty()) train_.points.push_back({std::stod(col[0]), std::stod(col[1])});
@@ -142,7 +147,7 @@ class RunDir {
  private:
   std::string path_;
   std::ofstream log_;
-  data::Series train_{"train", "#1f77b4", {}}, val_{"validation", "#d62728", {}};
+  apps::Series train_{"train", "#1f77b4", {}}, val_{"validation", "#d62728", {}};
 };
 
 // The flags that define a run, saved in every checkpoint so --resume continues
@@ -159,9 +164,12 @@ void restore_flags(Flags& f, const data::Json& saved, const std::function<bool(c
   auto take = [&](const char* key, const char* flag, auto& field) {
     if (given(flag) || !saved.contains(key)) return;
     using T = std::decay_t<decltype(field)>;
-    if constexpr (std::is_same_v<T, std::string>) field = saved.at(key).as_string();
-    else if constexpr (std::is_same_v<T, double>) field = saved.at(key).as_double();
-    else field = T(saved.at(key).as_int());
+    if constexpr (std::is_same_v<T, std::string>)
+      field = saved.at(key).as_string();
+    else if constexpr (std::is_same_v<T, double>)
+      field = saved.at(key).as_double();
+    else
+      field = T(saved.at(key).as_int());
   };
   take("data", "--data", f.data), take("val_data", "--val-data", f.val_data), take("batch", "--batch", f.batch);
   take("seq_len", "--seq-len", f.seq_len), take("steps", "--steps", f.steps), take("warmup", "--warmup", f.warmup);
@@ -181,7 +189,8 @@ int64_t resume_position(const data::Json& training, int64_t batch, int world) {
       training.at("data_position").as_int() * training.at("flags").at("batch").as_int() * saved_world(training);
   SESSA_CHECK(windows % (batch * world) == 0, "--resume",
               "the run consumed " << windows << " windows of its epoch, which do not split into batches of " << batch
-                                  << " x " << world << " ranks; keep the global batch (batch x ranks x accum) of the saved run");
+                                  << " x " << world
+                                  << " ranks; keep the global batch (batch x ranks x accum) of the saved run");
   return windows / (batch * world);
 }
 
@@ -191,7 +200,8 @@ int run(Flags f, const std::function<bool(const char*)>& given, dist::World& wor
   const DType dtype = dtype_from_name(f.dtype);
   SESSA_CHECK(dtype == DType::F32 || dtype == DType::BF16, "--dtype", "expected fp32 or bf16, got " << f.dtype);
   SESSA_CHECK(dtype == DType::F32 || device.is_cuda(), "--dtype", "bf16 mixed precision needs --device cuda");
-  SESSA_CHECK(!f.zero1 || world.distributed(), "--zero1", "shards the optimizer over ranks: launch with mpirun -np N (N > 1)");
+  SESSA_CHECK(!f.zero1 || world.distributed(), "--zero1",
+              "shards the optimizer over ranks: launch with mpirun -np N (N > 1)");
   const bool lead = world.rank() == 0;  // rank 0 reports and owns the run directory
   // One progress line rewritten in place on a terminal; under mpirun (whose output
   // may look like a terminal but is forwarded) a line per --log-every steps.
@@ -218,8 +228,12 @@ int run(Flags f, const std::function<bool(const char*)>& given, dist::World& wor
   dist::enable_data_parallel(topt, world, device, f.zero1);
   nn::Trainer trainer(model, topt);
   int64_t start_step = 0;
-  data::LoaderConfig lc{.batch = f.batch, .seq_len = f.seq_len, .seed = f.seed, .rank = world.rank(),
-                        .world = world.size(), .vocab = uint32_t(config.vocab_size)};
+  data::LoaderConfig lc{.batch = f.batch,
+                        .seq_len = f.seq_len,
+                        .seed = f.seed,
+                        .rank = world.rank(),
+                        .world = world.size(),
+                        .vocab = uint32_t(config.vocab_size)};
   data::TokenLoader train_loader(data::expand_paths(f.data), lc);
   if (ckpt) {
     nn::load_parameters(*ckpt, *model);
@@ -249,8 +263,8 @@ int run(Flags f, const std::function<bool(const char*)>& given, dist::World& wor
   const int64_t tokens_per_step = f.batch * f.seq_len * f.accum * world.size();
   const double flops_per_step = nn::train_flops_per_token(config, f.seq_len) * double(tokens_per_step);
   const double peak = nn::device_peak_flops(device, dtype) * world.size();
-  std::printf("model   %s | %.2fM parameters | %s %s\n", config.summary().c_str(), double(model->parameter_count()) / 1e6,
-              device.str().c_str(), dtype_name(dtype));
+  std::printf("model   %s | %.2fM parameters | %s %s\n", config.summary().c_str(),
+              double(model->parameter_count()) / 1e6, device.str().c_str(), dtype_name(dtype));
   std::printf("data    %s: %lu windows of %ld tokens\n", f.data.c_str(), (unsigned long)train_loader.total_windows(),
               long(f.seq_len));
   std::printf("batch   %ld per rank x %d rank(s) x accum %ld = global batch %ld sequences = %ld tokens/step%s\n",
@@ -319,13 +333,15 @@ int run(Flags f, const std::function<bool(const char*)>& given, dist::World& wor
   if (lead) run_dir->plot();
   const double total = std::chrono::duration<double>(clock::now() - t_start).count();
   if (interrupted) {
-    std::printf("interrupted at step %ld: checkpoint %s (resume with --resume %s)\n", long(step), saved.c_str(), f.out.c_str());
+    std::printf("interrupted at step %ld: checkpoint %s (resume with --resume %s)\n", long(step), saved.c_str(),
+                f.out.c_str());
     return 130;
   }
-  std::printf("done: %ld steps in %s, %.0f tokens/s, final loss %.4f | checkpoint %s | log %s/log.csv, plot %s/loss.svg\n",
-              long(step - start_step), human_duration(total).c_str(),
-              double(tokens_per_step) * double(step - start_step) / std::max(total, 1e-9), last.loss, saved.c_str(),
-              f.out.c_str(), f.out.c_str());
+  std::printf(
+      "done: %ld steps in %s, %.0f tokens/s, final loss %.4f | checkpoint %s | log %s/log.csv, plot %s/loss.svg\n",
+      long(step - start_step), human_duration(total).c_str(),
+      double(tokens_per_step) * double(step - start_step) / std::max(total, 1e-9), last.loss, saved.c_str(),
+      f.out.c_str(), f.out.c_str());
   return 0;
 }
 
@@ -345,39 +361,63 @@ int main(int argc, char** argv) {
   Flags f;
   CLI::App app{"Train a Sessa, Transformer or Mamba language model on token shards (see README.md)."};
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated flag: the last wins
-  app.add_option("--model", f.model, "Model family")->check(CLI::IsMember({"sessa", "transformer", "mamba"}))->capture_default_str();
+  app.add_option("--model", f.model, "Model family")
+      ->check(CLI::IsMember({"sessa", "transformer", "mamba"}))
+      ->capture_default_str();
   app.add_option("--preset", f.preset, "Size preset: tiny, small (GPT-2 small scale), medium (~350M)")
-      ->check(CLI::IsMember(nn::preset_names()))->capture_default_str();
+      ->check(CLI::IsMember(nn::preset_names()))
+      ->capture_default_str();
   app.add_option("--d-model", f.d_model, "Override the model width");
   app.add_option("--layers", f.layers, "Override the number of layers");
   app.add_option("--heads", f.heads, "Override the number of attention heads");
   app.add_option("--kv-heads", f.kv_heads, "Key/value heads for grouped-query attention (0: same as --heads)");
-  app.add_option("--vocab", f.vocab, "Vocabulary size (257 for byte-level data, 50304 for GPT-2 shards)")->capture_default_str();
-  app.add_option("--match-params", f.match_params, "Pick the layer count to match this family's parameter count at the same preset")
+  app.add_option("--vocab", f.vocab, "Vocabulary size (257 for byte-level data, 50304 for GPT-2 shards)")
+      ->capture_default_str();
+  app.add_option("--match-params", f.match_params,
+                 "Pick the layer count to match this family's parameter count at the same preset")
       ->check(CLI::IsMember({"sessa", "transformer", "mamba"}));
-  app.add_option("--data", f.data, "Training shards: files, globs (comma-separated), or a directory holding train.bin/val.bin (required unless --resume)");
+  app.add_option("--data", f.data,
+                 "Training shards: files, globs (comma-separated), or a directory holding train.bin/val.bin (required "
+                 "unless --resume)");
   app.add_option("--val-data", f.val_data, "Validation shards (default: val.bin beside --data when it is a directory)");
   app.add_option("--batch", f.batch, "Sequences per micro-batch")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--seq-len", f.seq_len, "Tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--steps", f.steps, "Optimizer steps in total")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--lr", f.lr, "Peak learning rate")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--warmup", f.warmup, "Linear warm-up steps before the cosine decay")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--weight-decay", f.weight_decay, "AdamW decoupled weight decay (matrices only)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--grad-clip", f.grad_clip, "Clip the global gradient norm to this (0: off)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--accum", f.accum, "Gradient accumulation: micro-batches per optimizer step")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--warmup", f.warmup, "Linear warm-up steps before the cosine decay")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--weight-decay", f.weight_decay, "AdamW decoupled weight decay (matrices only)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--grad-clip", f.grad_clip, "Clip the global gradient norm to this (0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--accum", f.accum, "Gradient accumulation: micro-batches per optimizer step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--device", f.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
-  app.add_option("--dtype", f.dtype, "fp32, or bf16 mixed precision (CUDA)")->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
+  app.add_option("--dtype", f.dtype, "fp32, or bf16 mixed precision (CUDA)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   app.add_option("--seed", f.seed, "Seed of the initialisation and of the data order")->capture_default_str();
   app.add_option("--out", f.out, "Run directory for checkpoints, log.csv and loss.svg (default runs/<model>-<preset>)");
-  app.add_option("--ckpt-every", f.ckpt_every, "Checkpoint every N steps (and always at the end; 0: only at the end)")->capture_default_str();
+  app.add_option("--ckpt-every", f.ckpt_every, "Checkpoint every N steps (and always at the end; 0: only at the end)")
+      ->capture_default_str();
   app.add_option("--resume", f.resume, "Continue the run in this directory (or from this checkpoint file)");
   app.add_option("--eval-every", f.eval_every, "Validation every N steps (0: only at the end)")->capture_default_str();
-  app.add_option("--eval-batches", f.eval_batches, "Batches per validation")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--log-every", f.log_every, "Print a progress line every N steps (every step on a terminal)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--eval-batches", f.eval_batches, "Batches per validation")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--log-every", f.log_every, "Print a progress line every N steps (every step on a terminal)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--threads", f.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   app.add_flag("--zero1", f.zero1, "Under mpirun: shard the optimizer state over the ranks (ZeRO stage 1)");
-  app.add_option("--bucket-mb", f.bucket_mb, "Under mpirun: gradients are reduced in buckets of about this many MiB, overlapping backward")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--bucket-mb", f.bucket_mb,
+                 "Under mpirun: gradients are reduced in buckets of about this many MiB, overlapping backward")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -385,6 +425,7 @@ int main(int argc, char** argv) {
   }
   return dist::run_reporting_errors(*world, "train", [&] {
     resolve_data(f);
-    return run(f, [&](const char* flag) { return app.count(flag) > 0; }, *world);
+    return run(
+        f, [&](const char* flag) { return app.count(flag) > 0; }, *world);
   });
 }

@@ -40,8 +40,10 @@ std::unordered_map<const void*, int> leaf_uses(const std::vector<std::shared_ptr
 
 void accumulate_leaf(const Tensor& leaf, const Tensor& g) {
   Tensor current = leaf.grad();
-  if (current.defined()) ops::add_(current, g);
-  else leaf.set_grad(ops::clone(g));  // the leaf owns its gradient buffer
+  if (current.defined())
+    ops::add_(current, g);
+  else
+    leaf.set_grad(ops::clone(g));  // the leaf owns its gradient buffer
 }
 }  // namespace
 
@@ -58,8 +60,10 @@ Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, B
     Edge e;
     if (in.defined()) {
       e.shape = in.shape();
-      if (in.grad_fn()) e.fn = in.grad_fn();
-      else if (in.requires_grad()) e.leaf = in;
+      if (in.grad_fn())
+        e.fn = in.grad_fn();
+      else if (in.requires_grad())
+        e.leaf = in;
     }
     any = any || e.needs_grad();
     node->inputs.push_back(std::move(e));
@@ -98,16 +102,18 @@ void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_le
     }
     Tensor grad_out = std::move(it->second);
     pending.erase(it);
-    SESSA_CHECK(node->backward, "backward", "the graph through '" << node->name
-                                             << "' was already freed by an earlier backward()");
+    SESSA_CHECK(node->backward, "backward",
+                "the graph through '" << node->name << "' was already freed by an earlier backward()");
     std::vector<Tensor> grads = node->backward(grad_out);
-    SESSA_CHECK(grads.size() == node->inputs.size(), "backward",
-                "'" << node->name << "' returned " << grads.size() << " gradients for " << node->inputs.size() << " inputs");
+    SESSA_CHECK(
+        grads.size() == node->inputs.size(), "backward",
+        "'" << node->name << "' returned " << grads.size() << " gradients for " << node->inputs.size() << " inputs");
     for (size_t i = 0; i < grads.size(); ++i) {
       const Edge& e = node->inputs[i];
       if (!e.needs_grad() || !grads[i].defined()) continue;
-      SESSA_CHECK(grads[i].shape() == e.shape, "backward", "'" << node->name << "' returned a gradient of shape "
-                                                              << grads[i].shape() << " for input " << i << " of shape " << e.shape);
+      SESSA_CHECK(grads[i].shape() == e.shape, "backward",
+                  "'" << node->name << "' returned a gradient of shape " << grads[i].shape() << " for input " << i
+                      << " of shape " << e.shape);
       if (e.leaf.defined()) {
         accumulate_leaf(e.leaf, grads[i]);
       } else {

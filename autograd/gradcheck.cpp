@@ -15,11 +15,12 @@ double projected(const std::function<Tensor(const std::vector<Tensor>&)>& f, con
 }
 }  // namespace
 
-GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f,
-                          const std::vector<Tensor>& inputs, const GradcheckOptions& opt) {
+GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f, const std::vector<Tensor>& inputs,
+                          const GradcheckOptions& opt) {
   for (const Tensor& x : inputs)
-    SESSA_CHECK(x.dtype() == DType::F64 && x.device().is_cpu() && x.is_contiguous() && x.requires_grad() && !x.grad_fn(),
-                "gradcheck", "inputs must be contiguous float64 cpu leaves requiring grad, got " << x.str());
+    SESSA_CHECK(
+        x.dtype() == DType::F64 && x.device().is_cpu() && x.is_contiguous() && x.requires_grad() && !x.grad_fn(),
+        "gradcheck", "inputs must be contiguous float64 cpu leaves requiring grad, got " << x.str());
   for (const Tensor& x : inputs) x.set_grad({});
 
   Generator gen(opt.seed);
@@ -51,7 +52,8 @@ GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)
       double err = std::abs(a[i] - numeric);
       double excess = err - (opt.atol + opt.rtol * std::abs(numeric));
       result.max_abs_error = std::max(result.max_abs_error, err);
-      if (!(excess <= 0) && (worst < 0 || excess > worst)) worst = excess, worst_i = i, worst_a = a[i], worst_n = numeric;
+      if (!(excess <= 0) && (worst < 0 || excess > worst))
+        worst = excess, worst_i = i, worst_a = a[i], worst_n = numeric;
     }
     if (worst >= 0 || std::isnan(worst)) {
       result.ok = false;

@@ -25,7 +25,7 @@ struct GradcheckResult {
 // f maps float64 CPU inputs (leaves requiring grad) to a float64 output. The
 // output is reduced to a scalar with a fixed random projection, so every output
 // element's gradient path is exercised.
-GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f,
-                          const std::vector<Tensor>& inputs, const GradcheckOptions& opt = {});
+GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f, const std::vector<Tensor>& inputs,
+                          const GradcheckOptions& opt = {});
 
 }  // namespace sessa::autograd

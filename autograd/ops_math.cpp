@@ -40,9 +40,8 @@ Tensor affine(const Tensor& x, double alpha, double beta) {
 }
 
 Tensor unary(ops::Unary op, const Tensor& x) {
-  return record(ops::unary_name(op), ops::unary(op, x), {x}, [op, x = x.detach()](const Tensor& g) {
-    return std::vector<Tensor>{ops::unary_backward(op, x, g)};
-  });
+  return record(ops::unary_name(op), ops::unary(op, x), {x},
+                [op, x = x.detach()](const Tensor& g) { return std::vector<Tensor>{ops::unary_backward(op, x, g)}; });
 }
 
 // The gradient of a reduction is the output gradient broadcast back over the reduced dims.
@@ -61,9 +60,8 @@ Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
 }
 
 Tensor sum_all(const Tensor& x) {
-  return record("sum_all", ops::sum_all(x), {x}, [sx = x.shape()](const Tensor& g) {
-    return std::vector<Tensor>{ops::expand(g, sx)};
-  });
+  return record("sum_all", ops::sum_all(x), {x},
+                [sx = x.shape()](const Tensor& g) { return std::vector<Tensor>{ops::expand(g, sx)}; });
 }
 
 Tensor mean_all(const Tensor& x) { return affine(sum_all(x), 1.0 / double(std::max<int64_t>(x.numel(), 1)), 0.0); }
@@ -104,16 +102,14 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 
 Tensor softmax(const Tensor& x) {
   Tensor y = ops::softmax(x);
-  return record("softmax", y, {x}, [y = y.detach()](const Tensor& g) {
-    return std::vector<Tensor>{ops::softmax_backward(y, g)};
-  });
+  return record("softmax", y, {x},
+                [y = y.detach()](const Tensor& g) { return std::vector<Tensor>{ops::softmax_backward(y, g)}; });
 }
 
 Tensor log_softmax(const Tensor& x) {
   Tensor y = ops::log_softmax(x);
-  return record("log_softmax", y, {x}, [y = y.detach()](const Tensor& g) {
-    return std::vector<Tensor>{ops::log_softmax_backward(y, g)};
-  });
+  return record("log_softmax", y, {x},
+                [y = y.detach()](const Tensor& g) { return std::vector<Tensor>{ops::log_softmax_backward(y, g)}; });
 }
 
 }  // namespace sessa

@@ -6,22 +6,21 @@ namespace sessa {
 using autograd::record;
 
 Tensor reshape(const Tensor& x, const Shape& shape) {
-  return record("reshape", ops::reshape(x, shape), {x}, [sx = x.shape()](const Tensor& g) {
-    return std::vector<Tensor>{ops::reshape(g, sx)};
-  });
+  return record("reshape", ops::reshape(x, shape), {x},
+                [sx = x.shape()](const Tensor& g) { return std::vector<Tensor>{ops::reshape(g, sx)}; });
 }
 
 Tensor permute(const Tensor& x, const std::vector<int64_t>& order) {
   Tensor y = ops::permute(x, order);
   std::vector<int64_t> inverse(order.size());
   for (size_t i = 0; i < order.size(); ++i) inverse[size_t(wrap_dim(order[i], x.dim(), "permute"))] = int64_t(i);
-  return record("permute", y, {x}, [inverse](const Tensor& g) { return std::vector<Tensor>{ops::permute(g, inverse)}; });
+  return record("permute", y, {x},
+                [inverse](const Tensor& g) { return std::vector<Tensor>{ops::permute(g, inverse)}; });
 }
 
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
-  return record("transpose", ops::transpose(x, d0, d1), {x}, [d0, d1](const Tensor& g) {
-    return std::vector<Tensor>{ops::transpose(g, d0, d1)};
-  });
+  return record("transpose", ops::transpose(x, d0, d1), {x},
+                [d0, d1](const Tensor& g) { return std::vector<Tensor>{ops::transpose(g, d0, d1)}; });
 }
 
 // The gradient of a slice is zero outside it.
@@ -35,9 +34,8 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
 }
 
 Tensor expand(const Tensor& x, const Shape& shape) {
-  return record("expand", ops::expand(x, shape), {x}, [sx = x.shape()](const Tensor& g) {
-    return std::vector<Tensor>{ops::sum_to(g, sx)};
-  });
+  return record("expand", ops::expand(x, shape), {x},
+                [sx = x.shape()](const Tensor& g) { return std::vector<Tensor>{ops::sum_to(g, sx)}; });
 }
 
 Tensor unsqueeze(const Tensor& x, int64_t dim) { return reshape(x, ops::unsqueeze(x, dim).shape()); }
@@ -64,22 +62,21 @@ std::vector<Tensor> split(const Tensor& x, int64_t dim, const std::vector<int64_
   std::vector<Tensor> parts;
   int64_t at = 0;
   for (int64_t n : sizes) parts.push_back(narrow(x, dim, at, n)), at += n;
-  SESSA_CHECK(at == x.size(dim), "split", "sizes add up to " << at << ", dim " << dim << " of " << x.shape() << " has " << x.size(dim));
+  SESSA_CHECK(at == x.size(dim), "split",
+              "sizes add up to " << at << ", dim " << dim << " of " << x.shape() << " has " << x.size(dim));
   return parts;
 }
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
-  return record("index_select", ops::index_select(x, dim, index), {x},
-                [dim, index, sx = x.shape()](const Tensor& g) {
-                  return std::vector<Tensor>{ops::index_add(sx, dim, index, g)};
-                });
+  return record("index_select", ops::index_select(x, dim, index), {x}, [dim, index, sx = x.shape()](const Tensor& g) {
+    return std::vector<Tensor>{ops::index_add(sx, dim, index, g)};
+  });
 }
 
 Tensor cast(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
-  return record("cast", ops::cast(x, dtype), {x}, [from = x.dtype()](const Tensor& g) {
-    return std::vector<Tensor>{ops::cast(g, from)};
-  });
+  return record("cast", ops::cast(x, dtype), {x},
+                [from = x.dtype()](const Tensor& g) { return std::vector<Tensor>{ops::cast(g, from)}; });
 }
 
 }  // namespace sessa

@@ -17,9 +17,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // fp32 FLOPs per cycle per core from the ISA the binary was compiled for:
 // FMA units (2) x lanes x 2 flops per FMA.
@@ -115,9 +113,7 @@ struct Problem {
     for (auto& x : A) x = T(rng.next());
     for (auto& x : B) x = T(rng.next());
   }
-  void run() {
-    sessa::cpu::gemm<T>(ta, tb, n, n, n, T(1), A.data(), n, B.data(), n, T(0), C.data(), n);
-  }
+  void run() { sessa::cpu::gemm<T>(ta, tb, n, n, n, T(1), A.data(), n, B.data(), n, T(0), C.data(), n); }
 };
 
 // Median wall time of one gemm call, repeating for ~0.5 s (at least 5 runs).
@@ -142,8 +138,8 @@ void report(int64_t n, bool ta, bool tb, double peak_fp32, double fma_fp32) {
   const double gflops = 2.0 * double(n) * double(n) * double(n) / t / 1e9;
   const double scale = sizeof(T) == 4 ? 1.0 : 0.5;  // fp64: half the lanes
   std::printf("%6lld  %-7s %s%s  %9.3f  %9.1f  %6.1f%%  %6.1f%%\n", (long long)n,
-              sizeof(T) == 4 ? "float32" : "float64", ta ? "T" : "N", tb ? "T" : "N", t * 1e3,
-              gflops, 100.0 * gflops / (scale * peak_fp32), 100.0 * gflops / (scale * fma_fp32));
+              sizeof(T) == 4 ? "float32" : "float64", ta ? "T" : "N", tb ? "T" : "N", t * 1e3, gflops,
+              100.0 * gflops / (scale * peak_fp32), 100.0 * gflops / (scale * fma_fp32));
 }
 
 // Max |gemm - naive| / max |naive| at n = 256, reference accumulated in double.
@@ -159,8 +155,7 @@ void sanity_check() {
       max_err = std::max(max_err, std::fabs(s - double(p.C[i * n + j])));
       max_ref = std::max(max_ref, std::fabs(s));
     }
-  std::printf("sanity: 256^3 float32 vs naive double loop: max rel error %.2e\n",
-              max_err / max_ref);
+  std::printf("sanity: 256^3 float32 vs naive double loop: max rel error %.2e\n", max_err / max_ref);
 }
 
 }  // namespace
@@ -172,13 +167,13 @@ int main() {
   const bool use_measured = measured > 0.5 && measured < 7.0;
   const double ghz = use_measured ? measured : nominal;
   const double peak = threads * ghz * kFp32FlopsPerCycle;
-  std::printf("clock: %.2f GHz from %s (dependent-add loop %.2f GHz, /proc/cpuinfo %.2f GHz)\n",
-              ghz, use_measured ? "dependent-add loop" : "/proc/cpuinfo", measured, nominal);
-  std::printf("peak fp32: %d threads x %.2f GHz x %.0f FLOP/cycle = %.1f GFLOP/s (fp64: half)\n",
-              threads, ghz, kFp32FlopsPerCycle, peak);
+  std::printf("clock: %.2f GHz from %s (dependent-add loop %.2f GHz, /proc/cpuinfo %.2f GHz)\n", ghz,
+              use_measured ? "dependent-add loop" : "/proc/cpuinfo", measured, nominal);
+  std::printf("peak fp32: %d threads x %.2f GHz x %.0f FLOP/cycle = %.1f GFLOP/s (fp64: half)\n", threads, ghz,
+              kFp32FlopsPerCycle, peak);
   const double fma = measure_fma_gflops();
-  std::printf("measured fp32 FMA throughput (%d threads): %.1f GFLOP/s = %.1f FLOP/cycle/core\n",
-              threads, fma, fma / threads / ghz);
+  std::printf("measured fp32 FMA throughput (%d threads): %.1f GFLOP/s = %.1f FLOP/cycle/core\n", threads, fma,
+              fma / threads / ghz);
   sanity_check();
   std::printf("\n  size  dtype   op        ms    GFLOP/s  %%peak  %%fma-peak\n");
   for (int64_t n : {256, 512, 1024, 2048}) report<float>(n, false, false, peak, fma);

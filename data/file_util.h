@@ -13,24 +13,24 @@ namespace sessa::data {
 // removed and `path` is left untouched. All errors throw std::runtime_error
 // naming `path`.
 class AtomicFileWriter {
-public:
-    explicit AtomicFileWriter(std::string path);
-    ~AtomicFileWriter();
-    AtomicFileWriter(const AtomicFileWriter&) = delete;
-    AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+ public:
+  explicit AtomicFileWriter(std::string path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
 
-    void write(const void* data, size_t size);
-    void commit();  // fsync, close, rename over the destination, fsync the directory
+  void write(const void* data, size_t size);
+  void commit();  // fsync, close, rename over the destination, fsync the directory
 
-private:
-    [[noreturn]] void fail(const std::string& action, int error_number) const;
-    [[noreturn]] void fail_and_discard(const std::string& action);
-    void discard();  // closes and removes the temporary file, if any
+ private:
+  [[noreturn]] void fail(const std::string& action, int error_number) const;
+  [[noreturn]] void fail_and_discard(const std::string& action);
+  void discard();  // closes and removes the temporary file, if any
 
-    std::string path_;
-    std::string temp_path_;
-    int fd_ = -1;
-    bool temp_exists_ = false;
+  std::string path_;
+  std::string temp_path_;
+  int fd_ = -1;
+  bool temp_exists_ = false;
 };
 
 void write_text_file_atomic(const std::string& path, const std::string& text);

@@ -2,12 +2,12 @@
 // per-rank batch iteration for TokenLoader.
 #include "data/loader.h"
 
+#include <glob.h>
+
 #include <algorithm>
 #include <numeric>
 #include <random>
 #include <stdexcept>
-
-#include <glob.h>
 
 namespace sessa::data {
 
@@ -74,9 +74,7 @@ std::vector<std::string> expand_paths(const std::string& spec) {
   return paths;
 }
 
-TokenLoader::TokenLoader(const std::vector<std::string>& paths,
-                         const LoaderConfig& config)
-    : config_(config) {
+TokenLoader::TokenLoader(const std::vector<std::string>& paths, const LoaderConfig& config) : config_(config) {
   validate_config();
   if (paths.empty()) throw std::runtime_error("TokenLoader: no shard paths given");
   open_shards(paths);
@@ -87,9 +85,8 @@ TokenLoader::TokenLoader(const std::vector<std::string>& paths,
 void TokenLoader::validate_config() const {
   const LoaderConfig& c = config_;
   if (c.batch <= 0 || c.seq_len <= 0) {
-    throw std::runtime_error("TokenLoader: batch (" + std::to_string(c.batch) +
-                             ") and seq_len (" + std::to_string(c.seq_len) +
-                             ") must be positive");
+    throw std::runtime_error("TokenLoader: batch (" + std::to_string(c.batch) + ") and seq_len (" +
+                             std::to_string(c.seq_len) + ") must be positive");
   }
   if (c.world <= 0 || c.rank < 0 || c.rank >= c.world) {
     throw std::runtime_error("TokenLoader: rank " + std::to_string(c.rank) +
@@ -113,13 +110,11 @@ void TokenLoader::open_shards(const std::vector<std::string>& paths) {
 void TokenLoader::check_enough_windows() const {
   if (batches_per_epoch() > 0) return;
   const uint64_t B = uint64_t(config_.batch), W = uint64_t(config_.world);
-  throw std::runtime_error(
-      "TokenLoader: " + std::to_string(total_windows()) + " windows of seq_len+1=" +
-      std::to_string(config_.seq_len + 1) + " tokens in " +
-      std::to_string(shards_.size()) + " shard(s) give each of " + std::to_string(W) +
-      " rank(s) " + std::to_string(total_windows() / W) +
-      " window(s), but one batch needs " + std::to_string(B) +
-      " per rank: at least " + std::to_string(B * W) + " windows are needed");
+  throw std::runtime_error("TokenLoader: " + std::to_string(total_windows()) +
+                           " windows of seq_len+1=" + std::to_string(config_.seq_len + 1) + " tokens in " +
+                           std::to_string(shards_.size()) + " shard(s) give each of " + std::to_string(W) +
+                           " rank(s) " + std::to_string(total_windows() / W) + " window(s), but one batch needs " +
+                           std::to_string(B) + " per rank: at least " + std::to_string(B * W) + " windows are needed");
 }
 
 uint64_t TokenLoader::windows_per_rank() const {
@@ -157,16 +152,14 @@ void TokenLoader::start_epoch(uint64_t epoch) {
 void TokenLoader::seek(uint64_t epoch, uint64_t position) {
   if (position >= batches_per_epoch()) {
     throw std::runtime_error("TokenLoader::seek: position " + std::to_string(position) +
-                             " is not below batches_per_epoch " +
-                             std::to_string(batches_per_epoch()));
+                             " is not below batches_per_epoch " + std::to_string(batches_per_epoch()));
   }
   if (epoch != epoch_) start_epoch(epoch);
   position_ = position;
 }
 
 void TokenLoader::fill_row(uint64_t window_id, int32_t* inputs, int32_t* targets) const {
-  const auto next_shard = std::upper_bound(window_offsets_.begin(),
-                                           window_offsets_.end(), window_id);
+  const auto next_shard = std::upper_bound(window_offsets_.begin(), window_offsets_.end(), window_id);
   const size_t s = size_t(next_shard - window_offsets_.begin()) - 1;
   const uint64_t T = uint64_t(config_.seq_len);
   const uint64_t start = (window_id - window_offsets_[s]) * T;
@@ -182,8 +175,7 @@ void TokenLoader::next(Batch& batch) {
   batch.targets.resize(size_t(B * T));
   const uint64_t first = position_ * uint64_t(B);
   for (int64_t b = 0; b < B; ++b) {
-    fill_row(slice_[first + uint64_t(b)], batch.inputs.data() + b * T,
-             batch.targets.data() + b * T);
+    fill_row(slice_[first + uint64_t(b)], batch.inputs.data() + b * T, batch.targets.data() + b * T);
   }
   if (++position_ == batches_per_epoch()) start_epoch(epoch_ + 1);
 }

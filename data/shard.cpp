@@ -1,7 +1,10 @@
 // data/shard.cpp - parsing/validation of token shard files and atomic writing.
 #include "data/shard.h"
 
-#include "data/file_util.h"
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -10,16 +13,12 @@
 #include <stdexcept>
 #include <utility>
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "data/file_util.h"
 
 namespace sessa::data {
 
 // Token and header bytes are little-endian and read with memcpy.
-static_assert(std::endian::native == std::endian::little,
-              "sessa::data assumes a little-endian host");
+static_assert(std::endian::native == std::endian::little, "sessa::data assumes a little-endian host");
 
 namespace {
 
@@ -35,9 +34,7 @@ int32_t read_i32(const unsigned char* p) {
   return v;
 }
 
-bool is_known_magic(int32_t magic) {
-  return magic == kLlmcShardMagic || magic == kU32ShardMagic;
-}
+bool is_known_magic(int32_t magic) { return magic == kLlmcShardMagic || magic == kU32ShardMagic; }
 
 // Closes a file descriptor on scope exit.
 struct FdGuard {
@@ -45,21 +42,17 @@ struct FdGuard {
   ~FdGuard() { ::close(fd); }
 };
 
-void check_fits(const std::string& path, const std::vector<uint32_t>& tokens,
-                ShardFormat fmt) {
+void check_fits(const std::string& path, const std::vector<uint32_t>& tokens, ShardFormat fmt) {
   if (fmt != ShardFormat::SessaU32) {
     for (size_t i = 0; i < tokens.size(); ++i) {
       if (tokens[i] > std::numeric_limits<uint16_t>::max()) {
-        fail(path, "token " + std::to_string(tokens[i]) + " at index " +
-                       std::to_string(i) +
+        fail(path, "token " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
                        " does not fit a uint16 format (use the uint32 variant)");
       }
     }
   }
-  if (fmt != ShardFormat::RawU16 &&
-      tokens.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-    fail(path, std::to_string(tokens.size()) +
-                   " tokens exceed the int32 header count field");
+  if (fmt != ShardFormat::RawU16 && tokens.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    fail(path, std::to_string(tokens.size()) + " tokens exceed the int32 header count field");
   }
 }
 
@@ -74,8 +67,7 @@ std::vector<unsigned char> make_header(ShardFormat fmt, size_t count) {
 }
 
 // Streams the tokens in fixed-size chunks at `width` bytes each.
-void write_tokens(AtomicFileWriter& out, const std::vector<uint32_t>& tokens,
-                  unsigned width) {
+void write_tokens(AtomicFileWriter& out, const std::vector<uint32_t>& tokens, unsigned width) {
   constexpr size_t kChunk = size_t{1} << 16;
   std::vector<unsigned char> buf(kChunk * width);
   for (size_t begin = 0; begin < tokens.size(); begin += kChunk) {
@@ -136,12 +128,10 @@ void MappedFile::unmap() {
 
 // ---------------------------------------------------------------- TokenShard
 
-TokenShard::TokenShard(const std::string& path, uint64_t min_tokens)
-    : file_(path) {
+TokenShard::TokenShard(const std::string& path, uint64_t min_tokens) : file_(path) {
   parse_header();
   if (count_ < min_tokens) {
-    fail(path, "holds " + std::to_string(count_) + " tokens, fewer than the " +
-                   std::to_string(min_tokens) +
+    fail(path, "holds " + std::to_string(count_) + " tokens, fewer than the " + std::to_string(min_tokens) +
                    " needed for one window (seq_len + 1)");
   }
 }
@@ -154,8 +144,10 @@ void TokenShard::parse_header() {
   const std::string& path = file_.path();
   if (size < sizeof(int32_t) || !is_known_magic(read_i32(bytes))) {
     if (size % 2 != 0) {
-      fail(path, "raw uint16 token file (no known magic at byte offset 0) has "
-                 "odd size " + std::to_string(size) + " bytes");
+      fail(path,
+           "raw uint16 token file (no known magic at byte offset 0) has "
+           "odd size " +
+               std::to_string(size) + " bytes");
     }
     format_ = ShardFormat::RawU16;
     tokens_ = bytes;
@@ -165,15 +157,13 @@ void TokenShard::parse_header() {
   }
   const int32_t magic = read_i32(bytes);
   if (size < kShardHeaderBytes) {
-    fail(path, "truncated header: file is " + std::to_string(size) +
-                   " bytes, the header needs " +
+    fail(path, "truncated header: file is " + std::to_string(size) + " bytes, the header needs " +
                    std::to_string(kShardHeaderBytes));
   }
   const int32_t version = read_i32(bytes + 4);
   if (version != kShardVersion) {
-    fail(path, "byte offset 4: version " + std::to_string(version) +
-                   " is not supported for magic " + std::to_string(magic) +
-                   " (expected " + std::to_string(kShardVersion) + ")");
+    fail(path, "byte offset 4: version " + std::to_string(version) + " is not supported for magic " +
+                   std::to_string(magic) + " (expected " + std::to_string(kShardVersion) + ")");
   }
   const int32_t count = read_i32(bytes + 8);
   if (count < 0) {
@@ -183,10 +173,8 @@ void TokenShard::parse_header() {
   width_ = format_ == ShardFormat::LlmcU16 ? 2 : 4;
   const uint64_t expected = kShardHeaderBytes + uint64_t(count) * width_;
   if (expected != size) {
-    fail(path, "header (byte offset 8) says " + std::to_string(count) +
-                   " tokens, i.e. " + std::to_string(expected) +
-                   " bytes with the header, but the file is " +
-                   std::to_string(size) + " bytes");
+    fail(path, "header (byte offset 8) says " + std::to_string(count) + " tokens, i.e. " + std::to_string(expected) +
+                   " bytes with the header, but the file is " + std::to_string(size) + " bytes");
   }
   tokens_ = bytes + kShardHeaderBytes;
   count_ = uint64_t(count);
@@ -199,9 +187,8 @@ uint64_t TokenShard::byte_offset(uint64_t index) const {
 
 void TokenShard::copy(uint64_t begin, uint64_t n, int32_t* out) const {
   if (begin > count_ || n > count_ - begin) {
-    throw std::out_of_range(path() + ": copy of tokens [" + std::to_string(begin) +
-                            ", " + std::to_string(begin + n) + ") exceeds " +
-                            std::to_string(count_) + " tokens");
+    throw std::out_of_range(path() + ": copy of tokens [" + std::to_string(begin) + ", " + std::to_string(begin + n) +
+                            ") exceeds " + std::to_string(count_) + " tokens");
   }
   if (width_ == 2) {
     for (uint64_t i = 0; i < n; ++i) {
@@ -222,18 +209,15 @@ void TokenShard::validate_vocab(uint32_t vocab) const {
   for (uint64_t i = 0; i < count_; ++i) {
     const uint32_t t = token(i);
     if (t >= vocab) {
-      fail(path(), "token id " + std::to_string(t) + " at token index " +
-                       std::to_string(i) + " (byte offset " +
-                       std::to_string(byte_offset(i)) + ") is >= vocab size " +
-                       std::to_string(vocab));
+      fail(path(), "token id " + std::to_string(t) + " at token index " + std::to_string(i) + " (byte offset " +
+                       std::to_string(byte_offset(i)) + ") is >= vocab size " + std::to_string(vocab));
     }
   }
 }
 
 // ---------------------------------------------------------------- writing
 
-void write_shard(const std::string& path, const std::vector<uint32_t>& tokens,
-                 ShardFormat fmt) {
+void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, ShardFormat fmt) {
   check_fits(path, tokens, fmt);
   AtomicFileWriter out(path);
   if (fmt != ShardFormat::RawU16) {

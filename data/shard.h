@@ -20,9 +20,9 @@ inline constexpr size_t kShardHeaderInts = 256;
 inline constexpr size_t kShardHeaderBytes = kShardHeaderInts * sizeof(int32_t);
 
 enum class ShardFormat {
-  LlmcU16,  // 1024-byte header (magic 20240520), then uint16 tokens
-  SessaU32, // 1024-byte header (magic 20240521), then uint32 tokens
-  RawU16,   // nanoGPT: no header, plain uint16 tokens
+  LlmcU16,   // 1024-byte header (magic 20240520), then uint16 tokens
+  SessaU32,  // 1024-byte header (magic 20240521), then uint32 tokens
+  RawU16,    // nanoGPT: no header, plain uint16 tokens
 };
 
 // A whole file mapped read-only. Empty files are valid and map nothing.
@@ -92,7 +92,6 @@ class TokenShard {
 // Writes `tokens` to `path` in `fmt` via AtomicFileWriter (temp file in the same
 // directory, then rename), so `path` is either untouched or completely written. Throws before
 // touching anything if a token does not fit the format.
-void write_shard(const std::string& path, const std::vector<uint32_t>& tokens,
-                 ShardFormat fmt);
+void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, ShardFormat fmt);
 
 }  // namespace sessa::data

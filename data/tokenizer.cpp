@@ -25,8 +25,7 @@ uint32_t read_u32(const unsigned char* p) {
 }
 
 std::string id_error(uint32_t id, uint32_t vocab) {
-  return "token id " + std::to_string(id) + " is out of range (vocab size " +
-         std::to_string(vocab) + ")";
+  return "token id " + std::to_string(id) + " is out of range (vocab size " + std::to_string(vocab) + ")";
 }
 
 }  // namespace
@@ -58,52 +57,46 @@ Gpt2Decoder::Gpt2Decoder(const std::string& path) {
   const unsigned char* bytes = file.bytes();
   const size_t size = file.size();
   if (size < kHeaderBytes) {
-    fail(path, "truncated header: file is " + std::to_string(size) +
-                   " bytes, the header needs " + std::to_string(kHeaderBytes));
+    fail(path, "truncated header: file is " + std::to_string(size) + " bytes, the header needs " +
+                   std::to_string(kHeaderBytes));
   }
   const uint32_t magic = read_u32(bytes);
   if (magic != kMagic) {
-    fail(path, "byte offset 0: bad magic " + std::to_string(magic) + " (expected " +
-                   std::to_string(kMagic) + ")");
+    fail(path, "byte offset 0: bad magic " + std::to_string(magic) + " (expected " + std::to_string(kMagic) + ")");
   }
   const uint32_t version = read_u32(bytes + 4);
   if (version != 1 && version != 2) {
-    fail(path, "byte offset 4: unsupported version " + std::to_string(version) +
-                   " (expected 1 or 2)");
+    fail(path, "byte offset 4: unsupported version " + std::to_string(version) + " (expected 1 or 2)");
   }
   const uint32_t vocab = read_u32(bytes + 8);
   if (version == 2) eot_ = read_u32(bytes + 12);
   if (eot_ >= vocab) {
-    fail(path, "end-of-text id " + std::to_string(eot_) + " is >= vocab size " +
-                   std::to_string(vocab) + " (byte offset 8)");
+    fail(path,
+         "end-of-text id " + std::to_string(eot_) + " is >= vocab size " + std::to_string(vocab) + " (byte offset 8)");
   }
   size_t offset = kHeaderBytes;
   pieces_.reserve(vocab);
   for (uint32_t i = 0; i < vocab; ++i) {
     if (offset >= size) {
-      fail(path, "truncated at byte offset " + std::to_string(offset) +
-                     ": length byte of token " + std::to_string(i) + " of " +
-                     std::to_string(vocab) + " is missing");
+      fail(path, "truncated at byte offset " + std::to_string(offset) + ": length byte of token " + std::to_string(i) +
+                     " of " + std::to_string(vocab) + " is missing");
     }
     const size_t length = bytes[offset];
     if (length > size - offset - 1) {
-      fail(path, "truncated at byte offset " + std::to_string(offset) + ": token " +
-                     std::to_string(i) + " needs " + std::to_string(length) +
-                     " bytes, only " + std::to_string(size - offset - 1) + " remain");
+      fail(path, "truncated at byte offset " + std::to_string(offset) + ": token " + std::to_string(i) + " needs " +
+                     std::to_string(length) + " bytes, only " + std::to_string(size - offset - 1) + " remain");
     }
     pieces_.emplace_back(reinterpret_cast<const char*>(bytes + offset + 1), length);
     offset += 1 + length;
   }
   if (offset != size) {
-    fail(path, std::to_string(size - offset) +
-                   " unexpected trailing bytes after the last token, at byte offset " +
+    fail(path, std::to_string(size - offset) + " unexpected trailing bytes after the last token, at byte offset " +
                    std::to_string(offset));
   }
 }
 
 std::vector<uint32_t> Gpt2Decoder::encode(std::string_view) const {
-  throw std::runtime_error(
-      "Gpt2Decoder: BPE encoding not supported, prepare data with the llm.c tools");
+  throw std::runtime_error("Gpt2Decoder: BPE encoding not supported, prepare data with the llm.c tools");
 }
 
 std::string Gpt2Decoder::decode(uint32_t id) const {

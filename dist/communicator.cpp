@@ -16,7 +16,8 @@ std::unique_ptr<Communicator> make_communicator(World& world, Device device) {
   return make_mpi_communicator(world);
 #else
   (void)world;
-  SESSA_FAIL("dist", "data parallelism on the CPU needs MPI, and this build has none (install libopenmpi-dev and rebuild)");
+  SESSA_FAIL("dist",
+             "data parallelism on the CPU needs MPI, and this build has none (install libopenmpi-dev and rebuild)");
 #endif
 }
 

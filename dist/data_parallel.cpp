@@ -43,8 +43,10 @@ void DataParallel::bucket_ready(size_t b) {
   ready_[b] = true;
   for (; next_to_reduce_ < ready_.size() && ready_[next_to_reduce_]; ++next_to_reduce_) {
     const Tensor grad = bucket(params_.grad(), next_to_reduce_);
-    if (zero1_) comm_->reduce_scatter_sum_(grad);
-    else comm_->all_reduce_sum_(grad);
+    if (zero1_)
+      comm_->reduce_scatter_sum_(grad);
+    else
+      comm_->all_reduce_sum_(grad);
   }
 }
 

@@ -42,9 +42,9 @@ class DataParallel : public nn::GradientSync {
   std::unique_ptr<Communicator> comm_;
   nn::ParameterBuffer& params_;
   bool zero1_;
-  std::vector<int> waiting_for_;     // per bucket: parameters whose gradient is not final yet
-  std::vector<bool> ready_;          // per bucket, in this backward
-  size_t next_to_reduce_ = 0;        // buckets are reduced in order, the same on every rank
+  std::vector<int> waiting_for_;  // per bucket: parameters whose gradient is not final yet
+  std::vector<bool> ready_;       // per bucket, in this backward
+  size_t next_to_reduce_ = 0;     // buckets are reduced in order, the same on every rank
 };
 
 // Makes `options` train data-parallel over `world` on this rank's `device` (nothing

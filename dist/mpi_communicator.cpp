@@ -16,10 +16,14 @@ MPI_Datatype mpi_type(const Tensor& t, const char* op) {
   SESSA_CHECK(!t.is_cuda(), op, "MPI collectives take CPU tensors, got " << t.str());
   SESSA_CHECK(t.is_contiguous(), op, "needs a contiguous tensor, got " << t.str());
   switch (t.dtype()) {
-    case DType::F32: return MPI_FLOAT;
-    case DType::F64: return MPI_DOUBLE;
-    case DType::I32: return MPI_INT;
-    default: SESSA_FAIL(op, "no MPI type for " << t.str());
+    case DType::F32:
+      return MPI_FLOAT;
+    case DType::F64:
+      return MPI_DOUBLE;
+    case DType::I32:
+      return MPI_INT;
+    default:
+      SESSA_FAIL(op, "no MPI type for " << t.str());
   }
 }
 
@@ -45,7 +49,8 @@ class MpiCommunicator : public Communicator {
   // MPI's in-place reduce-scatter leaves the result at the front of the buffer, not
   // at this rank's part; on the CPU the simpler full all-reduce is good enough.
   void reduce_scatter_sum_(const Tensor& t) override {
-    SESSA_CHECK(t.numel() % size() == 0, "reduce_scatter_sum_", t.str() << " does not split into " << size() << " parts");
+    SESSA_CHECK(t.numel() % size() == 0, "reduce_scatter_sum_",
+                t.str() << " does not split into " << size() << " parts");
     all_reduce_sum_(t);
   }
   void all_gather(const Tensor& part, const Tensor& out) override {

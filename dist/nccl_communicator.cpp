@@ -14,12 +14,12 @@
 #include "tensor/cuda/runtime.h"
 #include "tensor/error.h"
 
-#define SESSA_NCCL_CHECK(call)                                                                              \
-  do {                                                                                                      \
-    ncclResult_t sessa_rc_ = (call);                                                                        \
-    if (sessa_rc_ != ncclSuccess)                                                                           \
-      SESSA_FAIL("nccl", #call << " failed: " << ncclGetErrorString(sessa_rc_) << " at " << __FILE__ << ":" \
-                               << __LINE__);                                                                \
+#define SESSA_NCCL_CHECK(call)                                                                                    \
+  do {                                                                                                            \
+    ncclResult_t sessa_rc_ = (call);                                                                              \
+    if (sessa_rc_ != ncclSuccess)                                                                                 \
+      SESSA_FAIL("nccl",                                                                                          \
+                 #call << " failed: " << ncclGetErrorString(sessa_rc_) << " at " << __FILE__ << ":" << __LINE__); \
   } while (0)
 
 namespace sessa::dist {
@@ -31,11 +31,16 @@ ncclDataType_t nccl_type(const Tensor& t, int device, const char* op) {
               "NCCL collectives here take tensors on cuda:" << device << ", got " << t.str());
   SESSA_CHECK(t.is_contiguous(), op, "needs a contiguous tensor, got " << t.str());
   switch (t.dtype()) {
-    case DType::F32: return ncclFloat32;
-    case DType::F64: return ncclFloat64;
-    case DType::BF16: return ncclBfloat16;
-    case DType::I32: return ncclInt32;
-    default: SESSA_FAIL(op, "no NCCL type for " << t.str());
+    case DType::F32:
+      return ncclFloat32;
+    case DType::F64:
+      return ncclFloat64;
+    case DType::BF16:
+      return ncclBfloat16;
+    case DType::I32:
+      return ncclInt32;
+    default:
+      SESSA_FAIL(op, "no NCCL type for " << t.str());
   }
 }
 

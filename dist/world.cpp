@@ -51,8 +51,8 @@ Device device_for_rank(const World& world, const std::string& spec) {
                   << " ranks run on this node; give --device cuda and each rank takes the GPU of its local rank");
   int gpus = 0;
   SESSA_CUDA_CALL(gpus = cuda::device_count());
-  SESSA_CHECK(world.local_rank() < gpus, "--device", world.local_size() << " ranks run on this node, which has only "
-                                                                        << gpus << " GPU(s): one GPU per rank");
+  SESSA_CHECK(world.local_rank() < gpus, "--device",
+              world.local_size() << " ranks run on this node, which has only " << gpus << " GPU(s): one GPU per rank");
   return Device::cuda(world.local_rank());
 }
 
@@ -78,7 +78,8 @@ World::World(int* argc, char*** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
   MPI_Comm node;
-  check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+  check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node),
+            "MPI_Comm_split_type");
   MPI_Comm_rank(node, &local_rank_);
   MPI_Comm_size(node, &local_size_);
   MPI_Comm_free(&node);
@@ -110,7 +111,8 @@ void World::broadcast(void* bytes, size_t count, int root) const {
 #else  // built without MPI: a world of one process
 
 World::World(int*, char***) {
-  SESSA_CHECK(!launched_by_mpi(), "mpi", "started by an MPI launcher, but this build has no MPI (install libopenmpi-dev and rebuild)");
+  SESSA_CHECK(!launched_by_mpi(), "mpi",
+              "started by an MPI launcher, but this build has no MPI (install libopenmpi-dev and rebuild)");
 }
 World::~World() = default;
 double World::sum(double value) const { return value; }

@@ -20,7 +20,8 @@ Attention::Attention(const AttentionOptions& opt, Generator& gen, TensorOptions 
   k_proj = register_module("k_proj", std::make_shared<Linear>(D, kv, gen, LinearOptions{}, topt));
   v_proj = register_module("v_proj", std::make_shared<Linear>(D, kv, gen, LinearOptions{}, topt));
   if (n_heads > 1 || !opt.out_proj_one_head)
-    out_proj = register_module("out_proj", std::make_shared<Linear>(D, D, gen, LinearOptions{opt.out_bias, opt.out_init_std}, topt));
+    out_proj = register_module(
+        "out_proj", std::make_shared<Linear>(D, D, gen, LinearOptions{opt.out_bias, opt.out_init_std}, topt));
 }
 
 Tensor Attention::heads(const Tensor& x, const Linear& proj, int64_t count, int64_t pos) const {
@@ -40,12 +41,14 @@ Tensor Attention::forward(const Tensor& x) {
 
 KVCache Attention::new_cache(int64_t batch, int64_t max_len) const {
   TensorOptions topt = q_proj->weight.options();
-  return {Tensor::empty({batch, n_kv_heads, max_len, head_dim}, topt), Tensor::empty({batch, n_kv_heads, max_len, head_dim}, topt)};
+  return {Tensor::empty({batch, n_kv_heads, max_len, head_dim}, topt),
+          Tensor::empty({batch, n_kv_heads, max_len, head_dim}, topt)};
 }
 
 Tensor Attention::step(const Tensor& x, KVCache& cache, int64_t position) {
   SESSA_CHECK(x.size(1) == 1 && position < cache.k.size(2), "Attention::step",
-              "needs one token within the cache (" << cache.k.size(2) << " positions), got " << x.shape() << " at " << position);
+              "needs one token within the cache (" << cache.k.size(2) << " positions), got " << x.shape() << " at "
+                                                   << position);
   Tensor q = heads(x, *q_proj, n_heads, position);
   ops::copy_(ops::narrow(cache.k, 2, position, 1), heads(x, *k_proj, n_kv_heads, position));
   ops::copy_(ops::narrow(cache.v, 2, position, 1), heads(x, *v_proj, n_kv_heads, position));

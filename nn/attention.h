@@ -12,7 +12,7 @@ struct AttentionOptions {
   int64_t d_model = 0, n_heads = 1, n_kv_heads = 0;  // n_kv_heads 0: same as n_heads
   bool rope = true;
   double rope_base = 10000.0;
-  bool out_bias = true;         // the Transformer's out_proj has a bias, Sessa's does not
+  bool out_bias = true;           // the Transformer's out_proj has a bias, Sessa's does not
   bool out_proj_one_head = true;  // Sessa: no out_proj (identity) when n_heads == 1
   double out_init_std = 0.02;
 };

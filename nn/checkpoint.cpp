@@ -11,11 +11,16 @@ namespace {
 
 const char* st_dtype(DType t) {
   switch (t) {
-    case DType::F32: return "F32";
-    case DType::F64: return "F64";
-    case DType::BF16: return "BF16";
-    case DType::I32: return "I32";
-    case DType::U16: return "U16";
+    case DType::F32:
+      return "F32";
+    case DType::F64:
+      return "F64";
+    case DType::BF16:
+      return "BF16";
+    case DType::I32:
+      return "I32";
+    case DType::U16:
+      return "U16";
   }
   return "?";
 }
@@ -32,8 +37,9 @@ data::StEntry to_entry(const std::string& name, const Tensor& t) {
 void copy_entry(const Checkpoint& ckpt, const std::string& name, const Tensor& dst) {
   const data::StEntry* e = ckpt.file.find(name);
   SESSA_CHECK(e != nullptr, "checkpoint", ckpt.path << ": tensor '" << name << "' is missing");
-  SESSA_CHECK(Shape(e->shape) == dst.shape(), "checkpoint",
-              ckpt.path << ": tensor '" << name << "' has shape " << Shape(e->shape) << ", the model expects " << dst.shape());
+  SESSA_CHECK(
+      Shape(e->shape) == dst.shape(), "checkpoint",
+      ckpt.path << ": tensor '" << name << "' has shape " << Shape(e->shape) << ", the model expects " << dst.shape());
   DType stored = dtype_from_name(e->dtype);
   Tensor host = Tensor::empty(dst.shape(), {stored, Device::cpu()});
   if (!e->bytes.empty()) std::memcpy(host.raw_data(), e->bytes.data(), e->bytes.size());
@@ -54,19 +60,22 @@ void save_checkpoint(const std::string& path, const Module& model, const ModelCo
   for (const auto& p : model.named_parameters()) entries.push_back(to_entry(p.name, *p.tensor));
   data::Json train = training;
   if (optimizer) {
-    for (const auto& [name, m] : optimizer->layout->views(optimizer->m)) entries.push_back(to_entry("optimizer.m." + name, m));
-    for (const auto& [name, v] : optimizer->layout->views(optimizer->v)) entries.push_back(to_entry("optimizer.v." + name, v));
+    for (const auto& [name, m] : optimizer->layout->views(optimizer->m))
+      entries.push_back(to_entry("optimizer.m." + name, m));
+    for (const auto& [name, v] : optimizer->layout->views(optimizer->v))
+      entries.push_back(to_entry("optimizer.v." + name, v));
     train["optimizer_steps"] = optimizer->steps;
   }
-  data::write_safetensors(path, entries,
-                          {{"format", kCheckpointFormat}, {"config", config.to_json().dump()}, {"training", train.dump()}});
+  data::write_safetensors(
+      path, entries, {{"format", kCheckpointFormat}, {"config", config.to_json().dump()}, {"training", train.dump()}});
 }
 
 Checkpoint read_checkpoint(const std::string& path) {
   Checkpoint c{path, {}, {}, data::read_safetensors(path)};
   const std::string* format = metadata(c.file, "format");
-  SESSA_CHECK(format && *format == kCheckpointFormat, "checkpoint",
-              path << ": not a sessa-engine checkpoint (metadata 'format' is " << (format ? *format : "missing") << ")");
+  SESSA_CHECK(
+      format && *format == kCheckpointFormat, "checkpoint",
+      path << ": not a sessa-engine checkpoint (metadata 'format' is " << (format ? *format : "missing") << ")");
   const std::string* config = metadata(c.file, "config");
   SESSA_CHECK(config != nullptr, "checkpoint", path << ": metadata has no model 'config'");
   try {

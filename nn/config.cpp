@@ -44,22 +44,27 @@ void ModelConfig::validate() const {
   SESSA_CHECK(family == "sessa" || family == "transformer" || family == "mamba", "model config",
               "unknown model family '" << family << "' (expected sessa, transformer or mamba)");
   SESSA_CHECK(vocab_size > 0 && d_model > 0 && n_layers > 0, "model config",
-              "vocab_size, d_model and n_layers must be positive (got " << vocab_size << ", " << d_model << ", " << n_layers << ")");
+              "vocab_size, d_model and n_layers must be positive (got " << vocab_size << ", " << d_model << ", "
+                                                                        << n_layers << ")");
   if (family != "mamba") {
     int64_t kv = n_kv_heads > 0 ? n_kv_heads : n_heads;
-    SESSA_CHECK(n_heads > 0 && d_model % n_heads == 0, "model config", "--heads " << n_heads << " must divide --d-model " << d_model);
+    SESSA_CHECK(n_heads > 0 && d_model % n_heads == 0, "model config",
+                "--heads " << n_heads << " must divide --d-model " << d_model);
     SESSA_CHECK(n_heads % kv == 0, "model config", "--kv-heads " << kv << " must divide --heads " << n_heads);
     SESSA_CHECK(!rope || (d_model / n_heads) % 2 == 0, "model config",
                 "rotary embedding needs an even head dim, got d_model/heads = " << d_model / n_heads);
   }
-  SESSA_CHECK(family != "sessa" || (gamma_max > 0 && gamma_max < 1), "model config", "gamma_max must lie in (0, 1), got " << gamma_max);
+  SESSA_CHECK(family != "sessa" || (gamma_max > 0 && gamma_max < 1), "model config",
+              "gamma_max must lie in (0, 1), got " << gamma_max);
 }
 
 std::string ModelConfig::summary() const {
   std::ostringstream os;
   os << family << " d_model=" << d_model << " layers=" << n_layers;
-  if (family != "mamba") os << " heads=" << n_heads << " kv_heads=" << (n_kv_heads > 0 ? n_kv_heads : n_heads);
-  else os << " expand=" << mamba_expand << " d_state=" << mamba_d_state;
+  if (family != "mamba")
+    os << " heads=" << n_heads << " kv_heads=" << (n_kv_heads > 0 ? n_kv_heads : n_heads);
+  else
+    os << " expand=" << mamba_expand << " d_state=" << mamba_d_state;
   os << " vocab=" << vocab_size;
   return os.str();
 }
@@ -73,10 +78,14 @@ ModelConfig preset(const std::string& family, const std::string& name, int64_t v
   ModelConfig c;
   c.family = family;
   c.vocab_size = vocab_size;
-  if (name == "tiny") c.d_model = 64, c.n_layers = 2, c.n_heads = 4;           // tests and CPU demos
-  else if (name == "small") c.d_model = 768, c.n_layers = 12, c.n_heads = 12;   // GPT-2 small scale
-  else if (name == "medium") c.d_model = 1024, c.n_layers = 24, c.n_heads = 16;  // ~350M scale
-  else SESSA_FAIL("preset", "unknown preset '" << name << "' (expected tiny, small or medium)");
+  if (name == "tiny")
+    c.d_model = 64, c.n_layers = 2, c.n_heads = 4;  // tests and CPU demos
+  else if (name == "small")
+    c.d_model = 768, c.n_layers = 12, c.n_heads = 12;  // GPT-2 small scale
+  else if (name == "medium")
+    c.d_model = 1024, c.n_layers = 24, c.n_heads = 16;  // ~350M scale
+  else
+    SESSA_FAIL("preset", "unknown preset '" << name << "' (expected tiny, small or medium)");
   c.validate();
   return c;
 }
@@ -98,8 +107,8 @@ int64_t parameter_count(const ModelConfig& c) {
       per_layer = 2 * norm + attn_in + linear(D, D, true) + linear(D, 4 * D, true) + linear(4 * D, D, true);
     } else {
       const int64_t out_proj = c.n_heads > 1 ? linear(D, D, false) : 0;
-      per_layer = norm + linear(D, 2 * D, true) + attn_in + out_proj + linear(D, 2 * D, true) + linear(D, 1, false) + 1 +
-                  linear(D, D, true);
+      per_layer = norm + linear(D, 2 * D, true) + attn_in + out_proj + linear(D, 2 * D, true) + linear(D, 1, false) +
+                  1 + linear(D, D, true);
     }
   }
   return V * D + c.n_layers * per_layer + norm;  // tied embedding/head, final norm

@@ -14,13 +14,13 @@ struct ModelConfig {
   int64_t vocab_size = 257;
   int64_t d_model = 64, n_layers = 2, n_heads = 4, n_kv_heads = 0;  // n_kv_heads 0: = n_heads
   bool rope = true;
-  double gamma_max = 0.999;                          // Sessa
+  double gamma_max = 0.999;                                        // Sessa
   int64_t mamba_expand = 2, mamba_d_state = 16, mamba_d_conv = 4;  // Mamba
 
   data::Json to_json() const;
   static ModelConfig from_json(const data::Json& j);  // throws naming a missing/bad field
-  void validate() const;                             // throws naming the bad field
-  std::string summary() const;                       // one line for logs
+  void validate() const;                              // throws naming the bad field
+  std::string summary() const;                        // one line for logs
 };
 
 // Named presets, one shape for every family: tiny (D 64, 2 layers, 4 heads),

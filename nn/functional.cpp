@@ -30,12 +30,12 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   const int64_t V = logits.size(-1), N = logits.numel() / std::max<int64_t>(V, 1);
   Tensor x = ops::reshape(logits, {N, V}), t = ops::reshape(targets, {targets.numel()});
   auto res = ops::cross_entropy(x, t, ignore_index);
-  return autograd::record("cross_entropy", res.loss, {logits},
-                          [x = x.detach(), t, lse = res.lse, count = res.count, ignore_index,
-                           shape = logits.shape()](const Tensor& g) {
-                            Tensor dx = ops::cross_entropy_backward(g, x, t, lse, ignore_index, count);
-                            return std::vector<Tensor>{ops::reshape(dx, shape)};
-                          });
+  return autograd::record(
+      "cross_entropy", res.loss, {logits},
+      [x = x.detach(), t, lse = res.lse, count = res.count, ignore_index, shape = logits.shape()](const Tensor& g) {
+        Tensor dx = ops::cross_entropy_backward(g, x, t, lse, ignore_index, count);
+        return std::vector<Tensor>{ops::reshape(dx, shape)};
+      });
 }
 
 }  // namespace sessa::nn

@@ -32,8 +32,8 @@ AutocastScope::~AutocastScope() {
 Tensor compute(const Tensor& t) { return g_autocast ? cast(t, g_autocast_dtype) : t; }
 
 Tensor Linear::forward(const Tensor& x) const {
-  SESSA_CHECK(x.size(-1) == in_features, "Linear", "input " << x.shape() << " has last dim " << x.size(-1)
-                                                          << ", layer expects " << in_features);
+  SESSA_CHECK(x.size(-1) == in_features, "Linear",
+              "input " << x.shape() << " has last dim " << x.size(-1) << ", layer expects " << in_features);
   return linear(compute(x), compute(weight), bias.defined() ? compute(bias) : Tensor{});
 }
 

@@ -5,7 +5,8 @@
 
 namespace sessa::nn {
 
-LanguageModel::LanguageModel(const ModelConfig& config, Generator& gen, const BlockFactory& make_block, TensorOptions topt)
+LanguageModel::LanguageModel(const ModelConfig& config, Generator& gen, const BlockFactory& make_block,
+                             TensorOptions topt)
     : config_(config) {
   config.validate();
   embedding = normal({config.vocab_size, config.d_model}, 0.0, 0.02, gen, topt);
@@ -19,7 +20,9 @@ void LanguageModel::check_ids(const Tensor& ids, const char* op) const {
   SESSA_CHECK(ids.dtype() == DType::I32, op, "token ids must be int32, got " << ids.str());
 }
 
-Tensor LanguageModel::head(const Tensor& h) const { return matmul(norm_f->forward(h), compute(embedding), false, true); }
+Tensor LanguageModel::head(const Tensor& h) const {
+  return matmul(norm_f->forward(h), compute(embedding), false, true);
+}
 
 Tensor LanguageModel::forward(const Tensor& ids) {
   check_ids(ids, "LanguageModel::forward");
@@ -30,7 +33,8 @@ Tensor LanguageModel::forward(const Tensor& ids) {
 }
 
 Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index) {
-  SESSA_CHECK(targets.shape() == ids.shape(), "LanguageModel::loss", "targets " << targets.shape() << " vs ids " << ids.shape());
+  SESSA_CHECK(targets.shape() == ids.shape(), "LanguageModel::loss",
+              "targets " << targets.shape() << " vs ids " << ids.shape());
   return cross_entropy(forward(ids), targets.to(device()), ignore_index);
 }
 
@@ -42,8 +46,9 @@ std::vector<std::unique_ptr<DecodeState>> LanguageModel::new_decode_states(int64
 
 Tensor LanguageModel::step(const Tensor& ids, std::vector<std::unique_ptr<DecodeState>>& states) {
   check_ids(ids, "LanguageModel::step");
-  SESSA_CHECK(ids.dim() == 1 && states.size() == layers.size(), "LanguageModel::step",
-              "expected token ids (B) and one state per layer, got " << ids.shape() << " and " << states.size() << " states");
+  SESSA_CHECK(
+      ids.dim() == 1 && states.size() == layers.size(), "LanguageModel::step",
+      "expected token ids (B) and one state per layer, got " << ids.shape() << " and " << states.size() << " states");
   Tensor h = compute(index_select(embedding, 0, ops::reshape(ids.to(device()), {ids.size(0), 1})));
   for (size_t i = 0; i < layers.size(); ++i) h = layers[i]->step(h, *states[i]);
   return reshape(head(h), {ids.size(0), config_.vocab_size});

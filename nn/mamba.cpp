@@ -86,7 +86,7 @@ Tensor MambaMixer::step(const Tensor& x, MambaState& st) const {
   Tensor dt_low = ops::narrow(dbc, 1, 0, R);
   Tensor Bm = ops::unsqueeze(ops::narrow(dbc, 1, R, N), 1), Cm = ops::unsqueeze(ops::narrow(dbc, 1, R + N, N), 1);
   Tensor delta = ops::unary(Unary::Softplus, ops::add(ops::matmul(dt_low, dt_proj_weight, false, true), dt_proj_bias));
-  Tensor A = ops::unary(Unary::Neg, ops::unary(Unary::Exp, A_log));  // (Di, N)
+  Tensor A = ops::unary(Unary::Neg, ops::unary(Unary::Exp, A_log));                        // (Di, N)
   Tensor delta_c = ops::unsqueeze(delta, 2), dtu = ops::unsqueeze(ops::mul(delta, u), 2);  // (B, Di, 1)
   // h = exp(delta A) h + (delta u) B;  y = sum_n C h + D u.
   st.ssm = ops::add(ops::mul(ops::unary(Unary::Exp, ops::mul(delta_c, A)), st.ssm), ops::mul(dtu, Bm));

@@ -14,8 +14,7 @@ ops::Conv1dGrads causal_conv1d_backward(const Tensor& dy, const Tensor& x, const
 
 Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
                       const Tensor& Dskip);
-ops::SelectiveScanGrads selective_scan_backward(const Tensor& dy, const Tensor& u, const Tensor& delta,
-                                                const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                                                const Tensor& Dskip);
+ops::SelectiveScanGrads selective_scan_backward(const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A,
+                                                const Tensor& Bm, const Tensor& Cm, const Tensor& Dskip);
 
 }  // namespace sessa::cuda

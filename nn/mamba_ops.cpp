@@ -32,8 +32,8 @@
 
 #include "autograd/node.h"
 #include "nn/mamba_cuda.h"
-#include "tensor/cuda_hooks.h"
 #include "tensor/cpu/loops.h"
+#include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
 namespace sessa::ops {
@@ -46,10 +46,10 @@ void require_same_device(const char* op, const Tensor& x, const Tensor& ref) {
 
 void check_conv(const char* op, const Tensor& x, const Tensor& w, const Tensor& bias) {
   SESSA_CHECK(x.defined() && w.defined() && bias.defined(), op, "x, w and bias must all be defined");
-  SESSA_CHECK(x.dim() == 3 && w.dim() == 2 && w.size(0) == x.size(2) && w.size(1) >= 1 &&
-                  bias.shape() == Shape{x.size(2)},
-              op, "expects x (B, T, C), w (C, K), bias (C); got x " << x.shape() << ", w " << w.shape() << ", bias "
-                                                                 << bias.shape());
+  SESSA_CHECK(
+      x.dim() == 3 && w.dim() == 2 && w.size(0) == x.size(2) && w.size(1) >= 1 && bias.shape() == Shape{x.size(2)}, op,
+      "expects x (B, T, C), w (C, K), bias (C); got x " << x.shape() << ", w " << w.shape() << ", bias "
+                                                        << bias.shape());
   SESSA_CHECK(x.dtype() == w.dtype() && x.dtype() == bias.dtype(), op,
               "dtype mismatch: " << x.str() << ", " << w.str() << ", " << bias.str());
   require_same_device(op, w, x), require_same_device(op, bias, x);
@@ -59,7 +59,9 @@ void check_conv(const char* op, const Tensor& x, const Tensor& w, const Tensor& 
 
 Tensor causal_conv1d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in) {
   check_conv("causal_conv1d", x_in, w_in, bias_in);
-  if (x_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::causal_conv1d(x_in, w_in, bias_in)); }
+  if (x_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::causal_conv1d(x_in, w_in, bias_in));
+  }
   Tensor x = contiguous(x_in), w = contiguous(w_in), bias = contiguous(bias_in);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
   Tensor y = empty_like(x);
@@ -91,7 +93,9 @@ Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, cons
   SESSA_CHECK(dy_in.dtype() == x_in.dtype() && w_in.dtype() == x_in.dtype(), op,
               "dtype mismatch: " << dy_in.str() << ", " << x_in.str() << ", " << w_in.str());
   require_same_device(op, x_in, dy_in), require_same_device(op, w_in, dy_in);
-  if (dy_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::causal_conv1d_backward(dy_in, x_in, w_in)); }
+  if (dy_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::causal_conv1d_backward(dy_in, x_in, w_in));
+  }
   Tensor x = contiguous(x_in), w = contiguous(w_in), dy = contiguous(dy_in);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
   Conv1dGrads g{empty_like(x), empty_like(w), Tensor::empty({C}, x.options())};
@@ -154,8 +158,8 @@ ScanDims check_scan(const char* op, const Tensor& u, const Tensor& delta, const 
                   Cm.shape() == Bm.shape() && Dskip.shape() == Shape{u.size(2)};
   SESSA_CHECK(ok, op,
               "expects u, delta (B, T, Di), A (Di, N), Bm, Cm (B, T, N), D (Di); got u "
-                  << u.shape() << ", delta " << delta.shape() << ", A " << A.shape() << ", Bm " << Bm.shape()
-                  << ", Cm " << Cm.shape() << ", D " << Dskip.shape());
+                  << u.shape() << ", delta " << delta.shape() << ", A " << A.shape() << ", Bm " << Bm.shape() << ", Cm "
+                  << Cm.shape() << ", D " << Dskip.shape());
   for (const Tensor* t : {&delta, &A, &Bm, &Cm, &Dskip}) {
     SESSA_CHECK(t->dtype() == u.dtype(), op, "dtype mismatch: " << u.str() << " and " << t->str());
     require_same_device(op, *t, u);
@@ -168,15 +172,17 @@ ScanDims check_scan(const char* op, const Tensor& u, const Tensor& delta, const 
 Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& A_in, const Tensor& Bm_in,
                       const Tensor& Cm_in, const Tensor& D_in) {
   const ScanDims d = check_scan("selective_scan", u_in, delta_in, A_in, Bm_in, Cm_in, D_in);
-  if (u_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::selective_scan(u_in, delta_in, A_in, Bm_in, Cm_in, D_in)); }
+  if (u_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::selective_scan(u_in, delta_in, A_in, Bm_in, Cm_in, D_in));
+  }
   const int64_t B = d.B, T = d.T, Di = d.Di, N = d.N;
   Tensor u = contiguous(u_in), delta = contiguous(delta_in), A = contiguous(A_in), Bm = contiguous(Bm_in),
          Cm = contiguous(Cm_in), Dk = contiguous(D_in);
   Tensor y = empty_like(u);
   cpu::dispatch_float(u.dtype(), "selective_scan", [&](auto tag) {
     using F = decltype(tag);
-    const F *pu = u.data<F>(), *pdelta = delta.data<F>(), *pA = A.data<F>(), *pB = Bm.data<F>(),
-            *pC = Cm.data<F>(), *pD = Dk.data<F>();
+    const F *pu = u.data<F>(), *pdelta = delta.data<F>(), *pA = A.data<F>(), *pB = Bm.data<F>(), *pC = Cm.data<F>(),
+            *pD = Dk.data<F>();
     F* py = y.data<F>();
 #pragma omp parallel if (B * T * Di * N >= cpu::kParallelGrain)
     {
@@ -225,8 +231,8 @@ SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_
   std::vector<double> acc_bc(size_t(nthreads) * size_t(2 * nBTN), 0.0), acc_ad(size_t(nthreads) * size_t(nAD), 0.0);
   cpu::dispatch_float(u.dtype(), op, [&](auto tag) {
     using F = decltype(tag);
-    const F *pdy = dy.data<F>(), *pu = u.data<F>(), *pdelta = delta.data<F>(), *pA = A.data<F>(),
-            *pB = Bm.data<F>(), *pC = Cm.data<F>(), *pD = Dk.data<F>();
+    const F *pdy = dy.data<F>(), *pu = u.data<F>(), *pdelta = delta.data<F>(), *pA = A.data<F>(), *pB = Bm.data<F>(),
+            *pC = Cm.data<F>(), *pD = Dk.data<F>();
     F *pdu = g.du.data<F>(), *pddelta = g.ddelta.data<F>();
 #pragma omp parallel num_threads(nthreads)
     {
@@ -299,8 +305,10 @@ SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_
     for (int64_t i = 0; i < nAD; ++i) {
       double s = 0;
       for (int k = 0; k < nthreads; ++k) s += acc_ad[size_t(k) * size_t(nAD) + size_t(i)];
-      if (i < Di * N) pdA[i] = F(s);
-      else pdD[i - Di * N] = F(s);
+      if (i < Di * N)
+        pdA[i] = F(s);
+      else
+        pdD[i - Di * N] = F(s);
     }
   });
   return g;
@@ -320,13 +328,13 @@ Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias) {
 
 Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
                       const Tensor& Dskip) {
-  return autograd::record(
-      "selective_scan", ops::selective_scan(u, delta, A, Bm, Cm, Dskip), {u, delta, A, Bm, Cm, Dskip},
-      [u = u.detach(), delta = delta.detach(), A = A.detach(), Bm = Bm.detach(), Cm = Cm.detach(),
-       Dk = Dskip.detach()](const Tensor& g) {
-        auto gr = ops::selective_scan_backward(g, u, delta, A, Bm, Cm, Dk);
-        return std::vector<Tensor>{gr.du, gr.ddelta, gr.dA, gr.dB, gr.dC, gr.dD};
-      });
+  return autograd::record("selective_scan", ops::selective_scan(u, delta, A, Bm, Cm, Dskip),
+                          {u, delta, A, Bm, Cm, Dskip},
+                          [u = u.detach(), delta = delta.detach(), A = A.detach(), Bm = Bm.detach(), Cm = Cm.detach(),
+                           Dk = Dskip.detach()](const Tensor& g) {
+                            auto gr = ops::selective_scan_backward(g, u, delta, A, Bm, Cm, Dk);
+                            return std::vector<Tensor>{gr.du, gr.ddelta, gr.dA, gr.dB, gr.dC, gr.dD};
+                          });
 }
 
 }  // namespace sessa::nn

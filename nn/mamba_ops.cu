@@ -37,7 +37,10 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class F> F* ptr(const Tensor& t) { return static_cast<F*>(t.raw_data()); }
+template <class F>
+F* ptr(const Tensor& t) {
+  return static_cast<F*>(t.raw_data());
+}
 DType acc_dtype(DType t) { return t == DType::F64 ? DType::F64 : DType::F32; }
 
 constexpr int kWarp = 32;
@@ -52,7 +55,8 @@ __global__ void conv_fwd_kernel(const F* __restrict__ x, const F* __restrict__ w
   if (i >= n) return;
   const int c = int(i % C), t = int(i / C % T);
   acc_t<F> acc = load(bias + c);
-  for (int j = max(0, K - 1 - t); j < K; ++j) acc += load(w + int64_t(c) * K + j) * load(x + i - int64_t(K - 1 - j) * C);
+  for (int j = max(0, K - 1 - t); j < K; ++j)
+    acc += load(w + int64_t(c) * K + j) * load(x + i - int64_t(K - 1 - j) * C);
   store(y + i, acc);
 }
 
@@ -63,7 +67,8 @@ __global__ void conv_dx_kernel(const F* __restrict__ dy, const F* __restrict__ w
   if (i >= n) return;
   const int c = int(i % C), s = int(i / C % T);
   acc_t<F> acc = 0;
-  for (int j = max(0, s + K - T); j < K; ++j) acc += load(w + int64_t(c) * K + j) * load(dy + i + int64_t(K - 1 - j) * C);
+  for (int j = max(0, s + K - T); j < K; ++j)
+    acc += load(w + int64_t(c) * K + j) * load(dy + i + int64_t(K - 1 - j) * C);
   store(dx + i, acc);
 }
 
@@ -72,8 +77,8 @@ constexpr int kRowRuns = 8;  // runs of rows per block (blockDim.y)
 
 // grid (channel blocks, tap groups, splits), block (32, 8). partial: (splits, K + 1, C).
 template <class F>
-__global__ void conv_dw_partial_kernel(const F* __restrict__ dy, const F* __restrict__ x, acc_t<F>* __restrict__ partial,
-                                       int64_t rows, int64_t run, int T, int C, int K) {
+__global__ void conv_dw_partial_kernel(const F* __restrict__ dy, const F* __restrict__ x,
+                                       acc_t<F>* __restrict__ partial, int64_t rows, int64_t run, int T, int C, int K) {
   using Acc = acc_t<F>;
   __shared__ Acc red[kRowRuns][kTaps][kWarp];
   const int c = blockIdx.x * kWarp + threadIdx.x, j0 = blockIdx.y * kTaps;
@@ -86,8 +91,10 @@ __global__ void conv_dw_partial_kernel(const F* __restrict__ dy, const F* __rest
 #pragma unroll
       for (int jj = 0; jj < kTaps; ++jj) {
         const int j = j0 + jj, back = K - 1 - j;  // tap j reads x at t - back
-        if (j < K && t >= back) acc[jj] += g * load(x + (r - back) * C + c);
-        else if (j == K) acc[jj] += g;
+        if (j < K && t >= back)
+          acc[jj] += g * load(x + (r - back) * C + c);
+        else if (j == K)
+          acc[jj] += g;
       }
     }
   }
@@ -102,8 +109,8 @@ __global__ void conv_dw_partial_kernel(const F* __restrict__ dy, const F* __rest
 }
 
 template <class F>
-__global__ void conv_dw_finalize_kernel(const acc_t<F>* __restrict__ partial, F* __restrict__ dw,
-                                        F* __restrict__ dbias, int splits, int C, int K) {
+__global__ void conv_dw_finalize_kernel(const acc_t<F>* __restrict__ partial, F* __restrict__ dw, F* __restrict__ dbias,
+                                        int splits, int C, int K) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // (tap j, channel c)
   if (i >= int64_t(K + 1) * C) return;
   const int j = int(i / C), c = int(i % C);
@@ -119,8 +126,14 @@ __device__ __forceinline__ double fast_exp(double v) { return exp(v); }
 
 // Chunk lengths (time steps): forward stages Bm, Cm tiles of L*NM; backward also keeps
 // the states of a chunk, L*NM per lane, so its L shrinks with NM (shared memory < 48 KiB).
-template <class F, int NM> constexpr int fwd_chunk() { return std::min(32, int(4096 / (NM * sizeof(acc_t<F>)))); }
-template <class F, int NM> constexpr int bwd_chunk() { return std::min(16, int(1024 / (NM * sizeof(acc_t<F>)))); }
+template <class F, int NM>
+constexpr int fwd_chunk() {
+  return std::min(32, int(4096 / (NM * sizeof(acc_t<F>))));
+}
+template <class F, int NM>
+constexpr int bwd_chunk() {
+  return std::min(16, int(1024 / (NM * sizeof(acc_t<F>))));
+}
 
 // s[l][x] = p[l * stride + x] for l < len, x < width, else 0: rows of a tile into shared
 // memory. The loop is unrolled, so the tile's loads can all be in flight at once.
@@ -137,7 +150,8 @@ __device__ __forceinline__ void stage(acc_t<F> (*s)[W], const F* __restrict__ p,
 // sum of v[l / (32 / V)]. Each step halves the values a lane holds (it keeps one half
 // and adds its partner's copy of it), so V - 1 + log2(32 / V) shuffles instead of 5 V.
 // Recursion on V keeps every index a constant, so v stays in registers. Destroys v.
-template <int V, int Off = kWarp / 2, class Acc> __device__ __forceinline__ Acc reduce_scatter(Acc* v) {
+template <int V, int Off = kWarp / 2, class Acc>
+__device__ __forceinline__ Acc reduce_scatter(Acc* v) {
   if constexpr (V == 1) {
     Acc r = v[0];
 #pragma unroll
@@ -334,7 +348,8 @@ __global__ void scan_dad_finalize_kernel(const acc_t<F>* __restrict__ part, F* _
 }
 
 // Calls f(std::integral_constant<int, NM>) with NM the padded state size for N.
-template <class Fn> void dispatch_state(int64_t N, const char* op, Fn&& f) {
+template <class Fn>
+void dispatch_state(int64_t N, const char* op, Fn&& f) {
   if (N <= 4) return f(std::integral_constant<int, 4>{});
   if (N <= 8) return f(std::integral_constant<int, 8>{});
   if (N <= 16) return f(std::integral_constant<int, 16>{});
@@ -358,8 +373,8 @@ Tensor causal_conv1d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_
   cudaStream_t st = stream(x.device().index);
   dispatch_float(x.dtype(), "causal_conv1d", [&](auto tag) {
     using F = decltype(tag);
-    conv_fwd_kernel<F><<<blocks_for(n), kThreads, 0, st>>>(ptr<F>(x), ptr<F>(w), ptr<F>(bias), ptr<F>(y), n, int(T),
-                                                           int(C), int(K));
+    conv_fwd_kernel<F>
+        <<<blocks_for(n), kThreads, 0, st>>>(ptr<F>(x), ptr<F>(w), ptr<F>(bias), ptr<F>(y), n, int(T), int(C), int(K));
   });
   SESSA_CUDA_LAUNCH_CHECK("causal_conv1d");
   return y;
@@ -382,16 +397,15 @@ ops::Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in,
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using F = decltype(tag);
     using Acc = acc_t<F>;
-    conv_dx_kernel<F><<<blocks_for(n), kThreads, 0, st>>>(ptr<F>(dy), ptr<F>(w), ptr<F>(g.dx), n, int(T), int(C),
-                                                          int(K));
+    conv_dx_kernel<F>
+        <<<blocks_for(n), kThreads, 0, st>>>(ptr<F>(dy), ptr<F>(w), ptr<F>(g.dx), n, int(T), int(C), int(K));
     SESSA_CUDA_LAUNCH_CHECK(op);
     const dim3 grid{unsigned(cblocks), unsigned(tgroups), unsigned(splits)}, block{kWarp, kRowRuns};
-    conv_dw_partial_kernel<F><<<grid, block, 0, st>>>(ptr<F>(dy), ptr<F>(x), ptr<Acc>(partial), rows, run, int(T),
-                                                      int(C), int(K));
+    conv_dw_partial_kernel<F>
+        <<<grid, block, 0, st>>>(ptr<F>(dy), ptr<F>(x), ptr<Acc>(partial), rows, run, int(T), int(C), int(K));
     SESSA_CUDA_LAUNCH_CHECK(op);
-    conv_dw_finalize_kernel<F><<<blocks_for((K + 1) * C), kThreads, 0, st>>>(ptr<Acc>(partial), ptr<F>(g.dw),
-                                                                            ptr<F>(g.dbias), int(splits), int(C),
-                                                                            int(K));
+    conv_dw_finalize_kernel<F><<<blocks_for((K + 1) * C), kThreads, 0, st>>>(
+        ptr<Acc>(partial), ptr<F>(g.dw), ptr<F>(g.dbias), int(splits), int(C), int(K));
   });
   SESSA_CUDA_LAUNCH_CHECK(op);
   return g;
@@ -439,21 +453,21 @@ ops::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tenso
   dispatch_float(u.dtype(), op, [&](auto tag) {
     using F = decltype(tag);
     using Acc = acc_t<F>;
-    if (B > 0 && Di > 0) dispatch_state(N, op, [&](auto nm) {
-      constexpr int NM = decltype(nm)::value;
-      const int64_t chunks = (T + bwd_chunk<F, NM>() - 1) / bwd_chunk<F, NM>();
-      Tensor ckpt = Tensor::empty({B, chunks, N, Di}, acc);
-      scan_bwd_kernel<F, NM><<<grid, kWarp, 0, st>>>(ptr<F>(dy), ptr<F>(u), ptr<F>(delta), ptr<F>(A), ptr<F>(Bm),
-                                                     ptr<F>(Cm), ptr<F>(Dk), ptr<F>(g.du), ptr<F>(g.ddelta),
-                                                     ptr<Acc>(ckpt), ptr<Acc>(part_bc), ptr<Acc>(part_ad), int(B),
-                                                     int(T), int(Di), int(N));
-    });
+    if (B > 0 && Di > 0)
+      dispatch_state(N, op, [&](auto nm) {
+        constexpr int NM = decltype(nm)::value;
+        const int64_t chunks = (T + bwd_chunk<F, NM>() - 1) / bwd_chunk<F, NM>();
+        Tensor ckpt = Tensor::empty({B, chunks, N, Di}, acc);
+        scan_bwd_kernel<F, NM><<<grid, kWarp, 0, st>>>(
+            ptr<F>(dy), ptr<F>(u), ptr<F>(delta), ptr<F>(A), ptr<F>(Bm), ptr<F>(Cm), ptr<F>(Dk), ptr<F>(g.du),
+            ptr<F>(g.ddelta), ptr<Acc>(ckpt), ptr<Acc>(part_bc), ptr<Acc>(part_ad), int(B), int(T), int(Di), int(N));
+      });
     SESSA_CUDA_LAUNCH_CHECK(op);
     scan_dbc_finalize_kernel<F><<<blocks_for(B * T * N), kThreads, 0, st>>>(ptr<Acc>(part_bc), ptr<F>(g.dB),
-                                                                           ptr<F>(g.dC), int(cblocks), B * T, int(N));
+                                                                            ptr<F>(g.dC), int(cblocks), B * T, int(N));
     SESSA_CUDA_LAUNCH_CHECK(op);
     scan_dad_finalize_kernel<F><<<blocks_for((N + 1) * Di), kThreads, 0, st>>>(ptr<Acc>(part_ad), ptr<F>(g.dA),
-                                                                              ptr<F>(g.dD), int(B), int(Di), int(N));
+                                                                               ptr<F>(g.dD), int(B), int(Di), int(N));
   });
   SESSA_CUDA_LAUNCH_CHECK(op);
   return g;

@@ -34,7 +34,8 @@ class Module {
  protected:
   // Registers a member tensor as a parameter and marks it as requiring grad.
   void register_parameter(const std::string& name, Tensor& t, bool weight_decay);
-  template <class M> std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
+  template <class M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
     children_.push_back({name, m});
     return m;
   }

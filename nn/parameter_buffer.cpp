@@ -82,7 +82,8 @@ std::vector<std::pair<std::string, Tensor>> ParameterBuffer::views(const Tensor&
               "expected a contiguous flat tensor of " << numel() << " elements, got " << flat.str());
   std::vector<std::pair<std::string, Tensor>> out;
   for (const Entry& e : entries_)
-    out.emplace_back(e.param.name, ops::view(ops::narrow(flat, 0, e.range.begin, e.range.size()), e.param.tensor->shape()));
+    out.emplace_back(e.param.name,
+                     ops::view(ops::narrow(flat, 0, e.range.begin, e.range.size()), e.param.tensor->shape()));
   return out;
 }
 

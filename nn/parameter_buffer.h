@@ -54,7 +54,7 @@ class ParameterBuffer {
 
   const Tensor& data() const { return data_; }  // 1-D
   const Tensor& grad() const { return grad_; }  // 1-D, same layout
-  void zero_grad();                              // one fill over every gradient
+  void zero_grad();                             // one fill over every gradient
 
   // (name, view shaped like the parameter) for each parameter, over any flat tensor
   // laid out like data() (the optimizer moments, a checkpoint buffer).

@@ -17,8 +17,8 @@ Trainer::Trainer(std::shared_ptr<LanguageModel> model, TrainerOptions options)
       options_(std::move(options)),
       buffer_(std::make_unique<ParameterBuffer>(model_->named_parameters(), options_.layout)),
       sync_(options_.data_parallel ? options_.data_parallel(*buffer_) : nullptr),
-      optimizer_(std::make_unique<AdamW>(*buffer_, options_.adamw,
-                                         sync_ ? sync_->owned_ranges() : std::vector<Range>{})) {}
+      optimizer_(
+          std::make_unique<AdamW>(*buffer_, options_.adamw, sync_ ? sync_->owned_ranges() : std::vector<Range>{})) {}
 
 StepResult Trainer::step(const std::vector<TokenBatch>& micro_batches, double lr) {
   SESSA_CHECK(!micro_batches.empty(), "Trainer::step", "no micro-batches");

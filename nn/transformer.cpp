@@ -25,8 +25,13 @@ TransformerBlock::TransformerBlock(const TransformerOptions& opt, Generator& gen
   const int64_t D = opt.d_model;
   const double out_std = 0.02 / std::sqrt(2.0 * double(opt.n_layers));
   norm = register_module("norm", std::make_shared<LayerNorm>(D, 1e-5, topt));
-  AttentionOptions aopt{.d_model = D, .n_heads = opt.n_heads, .n_kv_heads = opt.n_kv_heads, .rope = opt.rope,
-                        .out_bias = true, .out_proj_one_head = false, .out_init_std = out_std};
+  AttentionOptions aopt{.d_model = D,
+                        .n_heads = opt.n_heads,
+                        .n_kv_heads = opt.n_kv_heads,
+                        .rope = opt.rope,
+                        .out_bias = true,
+                        .out_proj_one_head = false,
+                        .out_init_std = out_std};
   mixer = register_module("mixer", std::make_shared<Attention>(aopt, gen, topt));
   mlp_norm = register_module("mlp_norm", std::make_shared<LayerNorm>(D, 1e-5, topt));
   fc_in = std::make_shared<Linear>(D, 4 * D, gen, LinearOptions{}, topt);
@@ -34,7 +39,9 @@ TransformerBlock::TransformerBlock(const TransformerOptions& opt, Generator& gen
   register_module("mlp", std::make_shared<MlpModule>(fc_in, fc_out));
 }
 
-Tensor TransformerBlock::mlp(const Tensor& h) const { return h + fc_out->forward(gelu(fc_in->forward(mlp_norm->forward(h)))); }
+Tensor TransformerBlock::mlp(const Tensor& h) const {
+  return h + fc_out->forward(gelu(fc_in->forward(mlp_norm->forward(h))));
+}
 
 Tensor TransformerBlock::forward(const Tensor& x) { return mlp(x + mixer->forward(norm->forward(x))); }
 

@@ -20,18 +20,19 @@ namespace {
 constexpr int64_t kBlock = 64;
 
 void check_inputs(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f) {
-  const bool shapes_ok = q.dim() == 3 && k.shape() == q.shape() && f.shape() == q.shape() &&
-                        gamma.shape() == Shape{q.size(0), q.size(1)};
-  SESSA_CHECK(shapes_ok,
-              "feedback_solve", "expected q, k, f of one shape (B, T, D) and gamma (B, T), got q "
-                                    << q.shape() << ", k " << k.shape() << ", gamma " << gamma.shape() << ", f " << f.shape());
+  const bool shapes_ok =
+      q.dim() == 3 && k.shape() == q.shape() && f.shape() == q.shape() && gamma.shape() == Shape{q.size(0), q.size(1)};
+  SESSA_CHECK(shapes_ok, "feedback_solve",
+              "expected q, k, f of one shape (B, T, D) and gamma (B, T), got q "
+                  << q.shape() << ", k " << k.shape() << ", gamma " << gamma.shape() << ", f " << f.shape());
   for (const Tensor* t : {&k, &gamma, &f})
     SESSA_CHECK(t->dtype() == q.dtype() && t->device() == q.device(), "feedback_solve",
                 "inputs differ in dtype or device: " << q.str() << " vs " << t->str());
 }
 
 // alpha = causal softmax of q k^T * scale over s < t, for one batch element (S3).
-template <class T> void feedback_probabilities(const T* q, const T* k, T* alpha, int64_t n, int64_t d) {
+template <class T>
+void feedback_probabilities(const T* q, const T* k, T* alpha, int64_t n, int64_t d) {
   const T scale = T(1.0 / std::sqrt(double(d)));
   cpu::gemm<T>(false, true, n, n, d, scale, q, d, k, d, T(0), alpha, n);
   for (int64_t t = 0; t < n; ++t) {
@@ -52,8 +53,10 @@ void forward_substitution(const T* alpha, const T* gamma, const T* f, T* ctx, T*
   for (int64_t t0 = 0; t0 < n; t0 += kBlock) {
     const int64_t t1 = std::min(n, t0 + kBlock);
     // What earlier blocks contribute: ctx[t0:t1] = alpha[t0:t1, 0:t0] @ s[0:t0].
-    if (t0 > 0) cpu::gemm<T>(false, false, t1 - t0, d, t0, T(1), alpha + t0 * n, n, s, d, T(0), ctx + t0 * d, d);
-    else std::fill(ctx, ctx + (t1 - t0) * d, T(0));
+    if (t0 > 0)
+      cpu::gemm<T>(false, false, t1 - t0, d, t0, T(1), alpha + t0 * n, n, s, d, T(0), ctx + t0 * d, d);
+    else
+      std::fill(ctx, ctx + (t1 - t0) * d, T(0));
     // The triangle inside the block, row by row.
     for (int64_t t = t0; t < t1; ++t) {
       T* c = ctx + t * d;
@@ -75,7 +78,8 @@ void backward_substitution(const T* alpha, const T* gamma, const T* ds, T* df, T
   for (int64_t s1 = n; s1 > 0; s1 -= kBlock) {
     const int64_t s0 = std::max<int64_t>(0, s1 - kBlock);
     // What later blocks contribute: df[s0:s1] += alpha[s1:n, s0:s1]^T @ w[s1:n].
-    if (s1 < n) cpu::gemm<T>(true, false, s1 - s0, d, n - s1, T(1), alpha + s1 * n + s0, n, w + s1 * d, d, T(1), df + s0 * d, d);
+    if (s1 < n)
+      cpu::gemm<T>(true, false, s1 - s0, d, n - s1, T(1), alpha + s1 * n + s0, n, w + s1 * d, d, T(1), df + s0 * d, d);
     for (int64_t s = s1 - 1; s >= s0; --s) {
       T* g = df + s * d;
       for (int64_t t = s + 1; t < s1; ++t) {
@@ -92,7 +96,9 @@ void backward_substitution(const T* alpha, const T* gamma, const T* ds, T* df, T
 
 FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Tensor& gamma_in, const Tensor& f_in) {
   check_inputs(q_in, k_in, gamma_in, f_in);
-  if (q_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::feedback_solve(q_in, k_in, gamma_in, f_in)); }
+  if (q_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::feedback_solve(q_in, k_in, gamma_in, f_in));
+  }
   Tensor q = contiguous(q_in), k = contiguous(k_in), gamma = contiguous(gamma_in), f = contiguous(f_in);
   const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
   FeedbackOut out{empty_like(f), Tensor::empty({B, n, n}, q.options()), empty_like(f)};
@@ -115,7 +121,9 @@ FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Tensor&
 FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_in, const Tensor& k_in,
                                       const Tensor& gamma_in, const FeedbackOut& saved) {
   check_inputs(q_in, k_in, gamma_in, ds_in);
-  if (q_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::feedback_solve_backward(ds_in, q_in, k_in, gamma_in, saved)); }
+  if (q_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::feedback_solve_backward(ds_in, q_in, k_in, gamma_in, saved));
+  }
   Tensor ds = contiguous(ds_in), q = contiguous(q_in), k = contiguous(k_in), gamma = contiguous(gamma_in);
   const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
   FeedbackGrads g{empty_like(q), empty_like(k), empty_like(gamma), empty_like(ds)};

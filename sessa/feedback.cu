@@ -16,10 +16,10 @@
 //   dgamma    one warp per row: dgamma_t = df_t . ctx_t                                 (S7)
 //   dlogits   cuBLAS G = df s^T, then alpha gamma (G - dgamma) in place               (S8')
 //   dq, dk    cuBLAS dl k and dl^T q in float32 or TF32 (see blas_gemm)                 (S9)
+#include <cublas_v2.h>
+
 #include <cmath>
 #include <type_traits>
-
-#include <cublas_v2.h>
 
 #include "sessa/feedback_cuda.h"
 #include "tensor/cuda/blas.h"
@@ -30,7 +30,10 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
 
 __device__ __forceinline__ float ex(float x) { return expf(x); }
 __device__ __forceinline__ double ex(double x) { return ::exp(x); }
@@ -43,10 +46,14 @@ __device__ __forceinline__ double ex(double x) { return ::exp(x); }
 // inputs (10 mantissa bits, more than the inputs carry) and, as every float32 matmul,
 // for float32 inputs while TF32 is allowed. G = df s^T is always exact, because dlogits
 // subtracts two close numbers (S8').
-template <class T> constexpr cudaDataType_t cuda_type() {
-  if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
-  else if constexpr (std::is_same_v<T, double>) return CUDA_R_64F;
-  else return CUDA_R_16BF;
+template <class T>
+constexpr cudaDataType_t cuda_type() {
+  if constexpr (std::is_same_v<T, float>)
+    return CUDA_R_32F;
+  else if constexpr (std::is_same_v<T, double>)
+    return CUDA_R_64F;
+  else
+    return CUDA_R_16BF;
 }
 
 template <class A, class TA, class TB>
@@ -57,19 +64,23 @@ void blas_gemm(int device, int batch, bool ta, bool tb, int M, int N, int K, A a
   const cublasComputeType_t compute = std::is_same_v<A, double> ? CUBLAS_COMPUTE_64F
                                       : tf32                    ? CUBLAS_COMPUTE_32F_FAST_TF32
                                                                 : CUBLAS_COMPUTE_32F;
-  SESSA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_handle(device), tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                                ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, b, cuda_type<TB>(),
-                                                int(ldb), b_batch, a, cuda_type<TA>(), int(lda), a_batch, &beta, c,
-                                                cuda_type<A>(), N, c_batch, batch, compute, CUBLAS_GEMM_DEFAULT),
-                     op);
+  SESSA_CUBLAS_CHECK(
+      cublasGemmStridedBatchedEx(cublas_handle(device), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                 N, M, K, &alpha, b, cuda_type<TB>(), int(ldb), b_batch, a, cuda_type<TA>(), int(lda),
+                                 a_batch, &beta, c, cuda_type<A>(), N, c_batch, batch, compute, CUBLAS_GEMM_DEFAULT),
+      op);
 }
 
 // Whether the float products of the solve and of dq, dk use TF32 for inputs of dtype X:
 // always for bfloat16, for float32 when TF32 is allowed (cuda::allow_tf32, the default).
-template <class X> bool use_tf32() {
-  if constexpr (std::is_same_v<X, bf16_t>) return true;
-  else if constexpr (std::is_same_v<X, float>) return allow_tf32();
-  else return false;
+template <class X>
+bool use_tf32() {
+  if constexpr (std::is_same_v<X, bf16_t>)
+    return true;
+  else if constexpr (std::is_same_v<X, float>)
+    return allow_tf32();
+  else
+    return false;
 }
 
 // (S8') in place over G = df s^T: dl[t, s] = alpha[t, s] gamma_t (G[t, s] - dgamma_t) for s < t, else 0.
@@ -85,7 +96,8 @@ __global__ void dlogits_kernel(acc_t<X>* g, const acc_t<X>* alpha, const X* gamm
 
 // ---- probabilities (S3) -------------------------------------------------------------
 // Row t of alpha (one block per (batch, t)): softmax of the logits over s < t, zero for s >= t.
-template <class A> __global__ void __launch_bounds__(256) causal_softmax_kernel(A* alpha, int T) {
+template <class A>
+__global__ void __launch_bounds__(256) causal_softmax_kernel(A* alpha, int T) {
   const int64_t row = blockIdx.x;
   const int t = int(row % T);
   A* r = alpha + row * T;
@@ -232,14 +244,15 @@ ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Te
     const cudaStream_t st = stream(dev.index);
     A* alpha = ptr<A>(out.alpha);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
-    blas_gemm<A>(dev.index, B, false, true, T, T, D, scale, ptr<X>(q), D, int64_t(T) * D, ptr<X>(k), D,
-                 int64_t(T) * D, alpha, int64_t(T) * T, "feedback_solve");  // logits; the softmax masks s >= t
+    blas_gemm<A>(dev.index, B, false, true, T, T, D, scale, ptr<X>(q), D, int64_t(T) * D, ptr<X>(k), D, int64_t(T) * D,
+                 alpha, int64_t(T) * T, "feedback_solve");  // logits; the softmax masks s >= t
     causal_softmax_kernel<A><<<unsigned(int64_t(B) * T), 256, 0, st>>>(alpha, T);
     SESSA_CUDA_LAUNCH_CHECK("feedback_solve");
     if (D > 0) {
       const size_t smem = kSolveSmem * sizeof(A);
-      SESSA_CUDA_CHECK(cudaFuncSetAttribute(solve_forward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-                       "feedback_solve");
+      SESSA_CUDA_CHECK(
+          cudaFuncSetAttribute(solve_forward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+          "feedback_solve");
       const dim3 grid(unsigned((D + kCols - 1) / kCols), unsigned(B));
       const int64_t TD = int64_t(T) * D, TT = int64_t(T) * T;
       A *ctx = ptr<A>(out.ctx), *s = ptr<A>(s_acc);
@@ -248,8 +261,8 @@ ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Te
         if (t0 > 0)  // ctx[t0:t0+nb] = alpha[t0:t0+nb, 0:t0] s[0:t0]
           blas_gemm<A>(dev.index, B, false, false, nb, D, t0, A(1), alpha + int64_t(t0) * T, T, TT, s, D, TD,
                        ctx + int64_t(t0) * D, TD, "feedback_solve", use_tf32<X>());
-        solve_forward_block<X><<<grid, kSolveThreads, smem, st>>>(alpha, ptr<X>(gamma), ptr<X>(f), ctx, s,
-                                                                   ptr<X>(out.s), T, D, t0);
+        solve_forward_block<X>
+            <<<grid, kSolveThreads, smem, st>>>(alpha, ptr<X>(gamma), ptr<X>(f), ctx, s, ptr<X>(out.s), T, D, t0);
         SESSA_CUDA_LAUNCH_CHECK("feedback_solve");
       }
     }
@@ -268,13 +281,13 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
     using X = decltype(tag);
     using A = acc_t<X>;
     const DType adt = dtype_of<A>();
-    SESSA_CHECK(saved.alpha.dtype() == adt && saved.ctx.dtype() == adt && saved.s.dtype() == q.dtype() &&
-                    saved.alpha.shape() == Shape({B, T, T}) && saved.ctx.shape() == q.shape() &&
-                    saved.s.shape() == q.shape() && saved.alpha.device() == dev && saved.ctx.device() == dev &&
-                    saved.s.device() == dev,
-                op, "saved tensors do not come from feedback_solve on " << q.str() << ": alpha " << saved.alpha.str()
-                                                                        << ", ctx " << saved.ctx.str() << ", s "
-                                                                        << saved.s.str());
+    SESSA_CHECK(
+        saved.alpha.dtype() == adt && saved.ctx.dtype() == adt && saved.s.dtype() == q.dtype() &&
+            saved.alpha.shape() == Shape({B, T, T}) && saved.ctx.shape() == q.shape() && saved.s.shape() == q.shape() &&
+            saved.alpha.device() == dev && saved.ctx.device() == dev && saved.s.device() == dev,
+        op,
+        "saved tensors do not come from feedback_solve on " << q.str() << ": alpha " << saved.alpha.str() << ", ctx "
+                                                            << saved.ctx.str() << ", s " << saved.s.str());
     const Tensor alpha = ops::contiguous(saved.alpha), ctx = ops::contiguous(saved.ctx), s = ops::contiguous(saved.s);
     ops::FeedbackGrads g{Tensor::empty(q.shape(), q.options()), Tensor::empty(k.shape(), k.options()),
                          Tensor::empty(gamma.shape(), gamma.options()), Tensor::empty(ds.shape(), ds.options())};
@@ -288,8 +301,8 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
     const int64_t TD = int64_t(T) * D, TT = int64_t(T) * T;
     if (D > 0) {
       const size_t smem = kSolveSmem * sizeof(A);
-      SESSA_CUDA_CHECK(cudaFuncSetAttribute(solve_backward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-                       op);
+      SESSA_CUDA_CHECK(
+          cudaFuncSetAttribute(solve_backward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
       const dim3 grid(unsigned((D + kCols - 1) / kCols), unsigned(B));
       A *pdf = ptr<A>(df), *pw = ptr<A>(w);
       for (int s1 = T; s1 > 0; s1 -= kRows) {
@@ -297,23 +310,24 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
         if (s1 < T)  // df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T]
           blas_gemm<A>(dev.index, B, true, false, nb, D, T - s1, A(1), pa + int64_t(s1) * T + s0, T, TT,
                        pw + int64_t(s1) * D, D, TD, pdf + int64_t(s0) * D, TD, op, use_tf32<X>());
-        solve_backward_block<X><<<grid, kSolveThreads, smem, st>>>(pa, ptr<X>(gamma), ptr<X>(ds), pdf, ptr<X>(g.df),
-                                                                    pw, T, D, s0, s1);
+        solve_backward_block<X>
+            <<<grid, kSolveThreads, smem, st>>>(pa, ptr<X>(gamma), ptr<X>(ds), pdf, ptr<X>(g.df), pw, T, D, s0, s1);
         SESSA_CUDA_LAUNCH_CHECK(op);
       }
     }
     const int64_t rows = int64_t(B) * T;
-    dgamma_kernel<X><<<blocks_for(rows * 32), kThreads, 0, st>>>(ptr<A>(df), ptr<A>(ctx), ptr<A>(dg), ptr<X>(g.dgamma),
-                                                                 rows, D);
+    dgamma_kernel<X>
+        <<<blocks_for(rows * 32), kThreads, 0, st>>>(ptr<A>(df), ptr<A>(ctx), ptr<A>(dg), ptr<X>(g.dgamma), rows, D);
     SESSA_CUDA_LAUNCH_CHECK(op);
     // Operands in the compute dtype: G exact; dq, dk as use_tf32 says.
     const Tensor s_a = ops::cast(s, adt), k_a = ops::cast(k, adt), q_a = ops::cast(q, adt);
     blas_gemm<A>(dev.index, B, false, true, T, T, D, A(1), ptr<A>(df), D, TD, ptr<A>(s_a), D, TD, ptr<A>(dl), TT, op);
     dlogits_kernel<X><<<blocks_for(int64_t(B) * TT), kThreads, 0, st>>>(ptr<A>(dl), pa, ptr<X>(gamma), ptr<A>(dg), T,
-                                                                       int64_t(B) * TT);
+                                                                        int64_t(B) * TT);
     SESSA_CUDA_LAUNCH_CHECK(op);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
-    const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt), dk = same ? g.dk : Tensor::empty(k.shape(), acc_opt);
+    const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt),
+                 dk = same ? g.dk : Tensor::empty(k.shape(), acc_opt);
     blas_gemm<A>(dev.index, B, false, false, T, D, T, scale, ptr<A>(dl), T, TT, ptr<A>(k_a), D, TD, ptr<A>(dq), TD, op,
                  use_tf32<X>());
     blas_gemm<A>(dev.index, B, true, false, T, D, T, scale, ptr<A>(dl), T, TT, ptr<A>(q_a), D, TD, ptr<A>(dk), TD, op,

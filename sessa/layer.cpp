@@ -17,19 +17,27 @@ struct SessaState : nn::DecodeState {
 }  // namespace
 
 SessaLayer::SessaLayer(const SessaOptions& opt, Generator& gen, TensorOptions topt) : opt_(opt) {
-  SESSA_CHECK(opt.gamma_max > 0 && opt.gamma_max < 1, "SessaLayer", "gamma_max must lie in (0, 1), got " << opt.gamma_max);
+  SESSA_CHECK(opt.gamma_max > 0 && opt.gamma_max < 1, "SessaLayer",
+              "gamma_max must lie in (0, 1), got " << opt.gamma_max);
   const int64_t D = opt.d_model;
   const double out_std = 0.02 / std::sqrt(2.0 * double(opt.n_layers));
   norm = register_module("norm", std::make_shared<nn::LayerNorm>(D, 1e-5, topt));
   proj_in = register_module("proj_in", std::make_shared<nn::Linear>(D, 2 * D, gen, nn::LinearOptions{}, topt));
-  nn::AttentionOptions aopt{.d_model = D, .n_heads = opt.n_heads, .n_kv_heads = opt.n_kv_heads, .rope = opt.rope,
-                            .out_bias = false, .out_proj_one_head = true, .out_init_std = 0.02};
+  nn::AttentionOptions aopt{.d_model = D,
+                            .n_heads = opt.n_heads,
+                            .n_kv_heads = opt.n_kv_heads,
+                            .rope = opt.rope,
+                            .out_bias = false,
+                            .out_proj_one_head = true,
+                            .out_init_std = 0.02};
   attn = register_module("attn", std::make_shared<nn::Attention>(aopt, gen, topt));
   proj_fb = register_module("proj_fb", std::make_shared<nn::Linear>(D, 2 * D, gen, nn::LinearOptions{}, topt));
-  gamma_proj = register_module("gamma_proj", std::make_shared<nn::Linear>(D, 1, gen, nn::LinearOptions{false, 0.02}, topt));
+  gamma_proj =
+      register_module("gamma_proj", std::make_shared<nn::Linear>(D, 1, gen, nn::LinearOptions{false, 0.02}, topt));
   gamma_bias = full({}, 1.0, topt);
   register_parameter("gamma_bias", gamma_bias, false);
-  proj_out = register_module("proj_out", std::make_shared<nn::Linear>(D, D, gen, nn::LinearOptions{true, out_std}, topt));
+  proj_out =
+      register_module("proj_out", std::make_shared<nn::Linear>(D, D, gen, nn::LinearOptions{true, out_std}, topt));
 }
 
 SessaLayer::Branches SessaLayer::branches(const Tensor& x) const {

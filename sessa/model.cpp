@@ -29,17 +29,24 @@ std::shared_ptr<nn::LanguageModel> build_model(const nn::ModelConfig& c, uint64_
   Generator gen(seed);
   nn::BlockFactory make_block = [&](int64_t) -> std::shared_ptr<nn::Block> {
     if (c.family == "sessa")
-      return std::make_shared<SessaBlock>(
-          SessaOptions{.d_model = c.d_model, .n_heads = c.n_heads, .n_kv_heads = c.n_kv_heads, .rope = c.rope,
-                       .gamma_max = c.gamma_max, .n_layers = c.n_layers},
-          gen, topt);
+      return std::make_shared<SessaBlock>(SessaOptions{.d_model = c.d_model,
+                                                       .n_heads = c.n_heads,
+                                                       .n_kv_heads = c.n_kv_heads,
+                                                       .rope = c.rope,
+                                                       .gamma_max = c.gamma_max,
+                                                       .n_layers = c.n_layers},
+                                          gen, topt);
     if (c.family == "transformer")
-      return std::make_shared<nn::TransformerBlock>(
-          nn::TransformerOptions{.d_model = c.d_model, .n_heads = c.n_heads, .n_kv_heads = c.n_kv_heads, .rope = c.rope,
-                                 .n_layers = c.n_layers},
-          gen, topt);
-    return std::make_shared<nn::MambaBlock>(nn::MambaOptions{.d_model = c.d_model, .expand = c.mamba_expand,
-                                                             .d_state = c.mamba_d_state, .d_conv = c.mamba_d_conv,
+      return std::make_shared<nn::TransformerBlock>(nn::TransformerOptions{.d_model = c.d_model,
+                                                                           .n_heads = c.n_heads,
+                                                                           .n_kv_heads = c.n_kv_heads,
+                                                                           .rope = c.rope,
+                                                                           .n_layers = c.n_layers},
+                                                    gen, topt);
+    return std::make_shared<nn::MambaBlock>(nn::MambaOptions{.d_model = c.d_model,
+                                                             .expand = c.mamba_expand,
+                                                             .d_state = c.mamba_d_state,
+                                                             .d_conv = c.mamba_d_conv,
                                                              .n_layers = c.n_layers},
                                             gen, topt);
   };

@@ -10,7 +10,7 @@ namespace sessa {
 enum class DType : uint8_t { F32, F64, BF16, I32, U16 };
 
 size_t dtype_size(DType t);
-const char* dtype_name(DType t);   // "float32", ...
+const char* dtype_name(DType t);                 // "float32", ...
 DType dtype_from_name(const std::string& name);  // accepts "float32"/"fp32"/..., throws otherwise
 bool is_floating(DType t);
 
@@ -20,7 +20,10 @@ struct bf16 {
   bf16() = default;
   explicit bf16(float f) {
     uint32_t u = std::bit_cast<uint32_t>(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) { bits = 0x7fc0; return; }  // NaN stays NaN
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+      bits = 0x7fc0;
+      return;
+    }  // NaN stays NaN
     u += 0x7fffu + ((u >> 16) & 1u);
     bits = static_cast<uint16_t>(u >> 16);
   }
@@ -28,11 +31,27 @@ struct bf16 {
 };
 
 // Maps a C++ element type to its DType.
-template <class T> constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::F32; }
-template <> constexpr DType dtype_of<double>() { return DType::F64; }
-template <> constexpr DType dtype_of<bf16>() { return DType::BF16; }
-template <> constexpr DType dtype_of<int32_t>() { return DType::I32; }
-template <> constexpr DType dtype_of<uint16_t>() { return DType::U16; }
+template <class T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<float>() {
+  return DType::F32;
+}
+template <>
+constexpr DType dtype_of<double>() {
+  return DType::F64;
+}
+template <>
+constexpr DType dtype_of<bf16>() {
+  return DType::BF16;
+}
+template <>
+constexpr DType dtype_of<int32_t>() {
+  return DType::I32;
+}
+template <>
+constexpr DType dtype_of<uint16_t>() {
+  return DType::U16;
+}
 
 }  // namespace sessa

@@ -13,14 +13,14 @@ struct Error : std::runtime_error {
 }  // namespace sessa
 
 // SESSA_FAIL("matmul", "inner dims differ: " << a << " vs " << b);
-#define SESSA_FAIL(op, msg)                                         \
-  do {                                                              \
-    std::ostringstream sessa_fail_os_;                              \
-    sessa_fail_os_ << op << ": " << msg;                            \
-    throw ::sessa::Error(sessa_fail_os_.str());                     \
+#define SESSA_FAIL(op, msg)                     \
+  do {                                          \
+    std::ostringstream sessa_fail_os_;          \
+    sessa_fail_os_ << op << ": " << msg;        \
+    throw ::sessa::Error(sessa_fail_os_.str()); \
   } while (0)
 
-#define SESSA_CHECK(cond, op, msg) \
-  do {                             \
+#define SESSA_CHECK(cond, op, msg)    \
+  do {                                \
     if (!(cond)) SESSA_FAIL(op, msg); \
   } while (0)

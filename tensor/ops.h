@@ -12,8 +12,8 @@
 namespace sessa::ops {
 
 // ---- views: share storage, copy nothing ---------------------------------------
-Tensor view(const Tensor& x, Shape shape);  // needs a compatible layout; one -1 allowed
-Tensor reshape(const Tensor& x, Shape shape);  // view when possible, else a copy
+Tensor view(const Tensor& x, Shape shape);                     // needs a compatible layout; one -1 allowed
+Tensor reshape(const Tensor& x, Shape shape);                  // view when possible, else a copy
 std::optional<Tensor> try_view(const Tensor& x, Shape shape);  // the view, if one exists
 Tensor permute(const Tensor& x, const std::vector<int64_t>& order);
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);
@@ -24,7 +24,7 @@ Tensor squeeze(const Tensor& x, int64_t dim);
 
 // ---- copies and conversions ------------------------------------------------------
 void copy_(const Tensor& dst, const Tensor& src);  // broadcasting, casting, cross-device
-Tensor contiguous(const Tensor& x);  // x itself when already contiguous
+Tensor contiguous(const Tensor& x);                // x itself when already contiguous
 Tensor clone(const Tensor& x);
 Tensor cast(const Tensor& x, DType dtype);
 Tensor to_device(const Tensor& x, Device device);

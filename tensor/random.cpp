@@ -9,7 +9,8 @@ namespace sessa {
 namespace {
 // Values are made on the host in double and moved to opt.device: initialisation
 // is rare, and this keeps CPU and GPU tensors bit-identical for one seed.
-template <class Draw> Tensor generate(const Shape& shape, Generator& gen, TensorOptions opt, Draw draw) {
+template <class Draw>
+Tensor generate(const Shape& shape, Generator& gen, TensorOptions opt, Draw draw) {
   const int64_t n = numel(shape);
   const uint64_t first = gen.advance(uint64_t(n));
   std::vector<double> v(static_cast<size_t>(n));

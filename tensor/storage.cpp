@@ -41,9 +41,10 @@ Device parse_device(const std::string& spec) {
   if (spec == "cpu") return Device::cpu();
   if (spec == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
   if (spec.rfind("cuda", 0) == 0) {
-    SESSA_CHECK(cuda_available(), "device", "'" << spec << "' requested but no CUDA GPU is available"
+    SESSA_CHECK(cuda_available(), "device",
+                "'" << spec << "' requested but no CUDA GPU is available"
 #if !SESSA_HAS_CUDA
-                                                << " (this binary was built without the CUDA backend)"
+                    << " (this binary was built without the CUDA backend)"
 #endif
     );
     int index = spec.size() > 5 && spec[4] == ':' ? std::atoi(spec.c_str() + 5) : 0;

@@ -25,12 +25,30 @@ Tensor Tensor::make_view(std::shared_ptr<Storage> storage, Shape shape, Shape st
 
 #define SESSA_IMPL_CHECK() SESSA_CHECK(impl_, "tensor", "use of an undefined tensor")
 
-const Shape& Tensor::shape() const { SESSA_IMPL_CHECK(); return impl_->shape; }
-const Shape& Tensor::strides() const { SESSA_IMPL_CHECK(); return impl_->strides; }
-int64_t Tensor::offset() const { SESSA_IMPL_CHECK(); return impl_->offset; }
-DType Tensor::dtype() const { SESSA_IMPL_CHECK(); return impl_->dtype; }
-Device Tensor::device() const { SESSA_IMPL_CHECK(); return impl_->storage->device(); }
-const std::shared_ptr<Storage>& Tensor::storage() const { SESSA_IMPL_CHECK(); return impl_->storage; }
+const Shape& Tensor::shape() const {
+  SESSA_IMPL_CHECK();
+  return impl_->shape;
+}
+const Shape& Tensor::strides() const {
+  SESSA_IMPL_CHECK();
+  return impl_->strides;
+}
+int64_t Tensor::offset() const {
+  SESSA_IMPL_CHECK();
+  return impl_->offset;
+}
+DType Tensor::dtype() const {
+  SESSA_IMPL_CHECK();
+  return impl_->dtype;
+}
+Device Tensor::device() const {
+  SESSA_IMPL_CHECK();
+  return impl_->storage->device();
+}
+const std::shared_ptr<Storage>& Tensor::storage() const {
+  SESSA_IMPL_CHECK();
+  return impl_->storage;
+}
 int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim(d, dim(), "size")]; }
 
 bool Tensor::is_contiguous() const {
@@ -47,7 +65,8 @@ void* Tensor::raw_data() const {
   return static_cast<char*>(impl_->storage->data()) + impl_->offset * int64_t(dtype_size(impl_->dtype));
 }
 
-template <class T> std::vector<T> Tensor::to_vector() const {
+template <class T>
+std::vector<T> Tensor::to_vector() const {
   Tensor host = ops::contiguous(ops::cast(to(Device::cpu()), dtype_of<T>()));
   const T* p = host.data<T>();
   return std::vector<T>(p, p + host.numel());
@@ -80,10 +99,22 @@ Tensor& Tensor::set_requires_grad(bool r) {
   impl_->requires_grad = r;
   return *this;
 }
-Tensor Tensor::grad() const { SESSA_IMPL_CHECK(); return impl_->grad; }
-void Tensor::set_grad(const Tensor& g) const { SESSA_IMPL_CHECK(); impl_->grad = g; }
-const std::shared_ptr<autograd::Node>& Tensor::grad_fn() const { SESSA_IMPL_CHECK(); return impl_->grad_fn; }
-void Tensor::set_grad_fn(std::shared_ptr<autograd::Node> fn) const { SESSA_IMPL_CHECK(); impl_->grad_fn = std::move(fn); }
+Tensor Tensor::grad() const {
+  SESSA_IMPL_CHECK();
+  return impl_->grad;
+}
+void Tensor::set_grad(const Tensor& g) const {
+  SESSA_IMPL_CHECK();
+  impl_->grad = g;
+}
+const std::shared_ptr<autograd::Node>& Tensor::grad_fn() const {
+  SESSA_IMPL_CHECK();
+  return impl_->grad_fn;
+}
+void Tensor::set_grad_fn(std::shared_ptr<autograd::Node> fn) const {
+  SESSA_IMPL_CHECK();
+  impl_->grad_fn = std::move(fn);
+}
 
 Tensor Tensor::detach() const {
   if (!impl_) return {};
@@ -109,7 +140,8 @@ Tensor arange(int64_t n, TensorOptions opt) {
   return from_vector(v, {n}, opt);
 }
 
-template <class T> Tensor from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opt) {
+template <class T>
+Tensor from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opt) {
   SESSA_CHECK(int64_t(values.size()) == numel(shape), "from_vector",
               values.size() << " values do not fill shape " << shape);
   Tensor host = Tensor::empty(shape, {dtype_of<T>(), Device::cpu()});

@@ -18,7 +18,9 @@
 
 namespace sessa {
 
-namespace autograd { struct Node; }
+namespace autograd {
+struct Node;
+}
 struct TensorImpl;
 
 struct TensorOptions {
@@ -54,16 +56,18 @@ class Tensor {
   const void* identity() const { return impl_.get(); }  // equal for handles of one tensor (a map key)
 
   // Pointer to the first element (storage start + offset), typed and checked.
-  template <class T> T* data() const {
-    SESSA_CHECK(dtype() == dtype_of<T>(), "data", "tensor is " << dtype_name(dtype()) << ", asked for "
-                                                               << dtype_name(dtype_of<T>()));
+  template <class T>
+  T* data() const {
+    SESSA_CHECK(dtype() == dtype_of<T>(), "data",
+                "tensor is " << dtype_name(dtype()) << ", asked for " << dtype_name(dtype_of<T>()));
     return static_cast<T*>(raw_data());
   }
   void* raw_data() const;
 
   // Host access (copies to the host when needed).
-  template <class T> std::vector<T> to_vector() const;
-  double item() const;  // the value of a one-element tensor, as double
+  template <class T>
+  std::vector<T> to_vector() const;
+  double item() const;        // the value of a one-element tensor, as double
   Tensor to(Device d) const;  // copy to another device (same tensor when already there)
   Tensor to(DType t) const;   // cast (same tensor when already that dtype)
   std::string str() const;    // "float32[2, 3] on cpu"
@@ -97,11 +101,12 @@ struct TensorImpl {
 Tensor zeros(const Shape& shape, TensorOptions opt = {});
 Tensor ones(const Shape& shape, TensorOptions opt = {});
 Tensor full(const Shape& shape, double value, TensorOptions opt = {});
-Tensor arange(int64_t n, TensorOptions opt = {});  // 0, 1, ..., n-1
+Tensor arange(int64_t n, TensorOptions opt = {});     // 0, 1, ..., n-1
 Tensor scalar(double value, TensorOptions opt = {});  // a 0-d tensor
 Tensor zeros_like(const Tensor& t);
 Tensor empty_like(const Tensor& t);  // contiguous, same shape/dtype/device
 // Copies host values (converted to opt.dtype) into a new tensor on opt.device.
-template <class T> Tensor from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opt = {});
+template <class T>
+Tensor from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opt = {});
 
 }  // namespace sessa

@@ -33,7 +33,8 @@ inline double max_rel_diff(const Tensor& a, const Tensor& b) {
 }
 
 // Runs f, expecting a sessa::Error whose message contains every fragment.
-template <class F> void check_error(F&& f, const std::vector<std::string>& fragments) {
+template <class F>
+void check_error(F&& f, const std::vector<std::string>& fragments) {
   try {
     f();
     FAIL("expected an error mentioning '" << fragments.at(0) << "'");

@@ -11,14 +11,13 @@
 #include "tests/helpers.h"
 
 using namespace sessa;
-using sessa::test::expect_gradcheck;
 using autograd::gradcheck;
 using sessa::test::check_error;
+using sessa::test::expect_gradcheck;
 using sessa::test::leaf;
 using sessa::test::max_rel_diff;
 
 namespace {
-
 
 // Materialised float64 attention: full score matrix per head, -inf above the causal
 // diagonal, softmax, times V. Returns out (B, H, Tq, dh) and lse (B, H, Tq).
@@ -69,12 +68,12 @@ void check_attention_forward(int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int6
 }  // namespace
 
 TEST_CASE("attention forward matches a naive float64 reference") {
-  check_attention_forward(2, 3, 3, 7, 7, 5, 1);     // MHA, odd sizes
-  check_attention_forward(2, 4, 2, 6, 6, 4, 2);     // GQA, 2 query heads per kv head
-  check_attention_forward(1, 4, 1, 5, 5, 8, 3);     // MQA
-  check_attention_forward(2, 4, 2, 1, 9, 6, 4);     // decode: one query against a cache
-  check_attention_forward(1, 2, 1, 3, 8, 3, 5);     // q_offset > 0 with Tq < Tk
-  check_attention_forward(1, 1, 1, 1, 1, 4, 6);     // T = 1
+  check_attention_forward(2, 3, 3, 7, 7, 5, 1);       // MHA, odd sizes
+  check_attention_forward(2, 4, 2, 6, 6, 4, 2);       // GQA, 2 query heads per kv head
+  check_attention_forward(1, 4, 1, 5, 5, 8, 3);       // MQA
+  check_attention_forward(2, 4, 2, 1, 9, 6, 4);       // decode: one query against a cache
+  check_attention_forward(1, 2, 1, 3, 8, 3, 5);       // q_offset > 0 with Tq < Tk
+  check_attention_forward(1, 1, 1, 1, 1, 4, 6);       // T = 1
   check_attention_forward(1, 2, 1, 150, 150, 40, 7);  // several query blocks, blocked gemm
   check_attention_forward(1, 2, 2, 70, 100, 16, 8);   // several blocks with an offset
 }
@@ -92,9 +91,17 @@ TEST_CASE("attention accepts strided inputs and keys past the last query") {
 
 TEST_CASE("attention rejects bad shapes") {
   Tensor q = zeros({1, 4, 3, 8}), k = zeros({1, 2, 3, 8});
-  check_error([&] { ops::attention(q, zeros({1, 3, 3, 8}), zeros({1, 3, 3, 8}), 0, 1.0); }, {"attention", "[1, 4, 3, 8]", "[1, 3, 3, 8]"});
+  check_error(
+      [&] {
+        ops::attention(q, zeros({1, 3, 3, 8}), zeros({1, 3, 3, 8}), 0, 1.0);
+      },
+      {"attention", "[1, 4, 3, 8]", "[1, 3, 3, 8]"});
   check_error([&] { ops::attention(q, k, zeros({1, 2, 4, 8}), 0, 1.0); }, {"attention", "[1, 2, 4, 8]"});
-  check_error([&] { ops::attention(q, zeros({1, 2, 3, 4}), zeros({1, 2, 3, 4}), 0, 1.0); }, {"attention", "[1, 2, 3, 4]"});
+  check_error(
+      [&] {
+        ops::attention(q, zeros({1, 2, 3, 4}), zeros({1, 2, 3, 4}), 0, 1.0);
+      },
+      {"attention", "[1, 2, 3, 4]"});
   check_error([&] { ops::attention(q, k, k, 1, 1.0); }, {"attention", "q_offset 1"});
   check_error([&] { ops::attention(zeros({4, 3, 8}), k, k, 0, 1.0); }, {"attention", "[4, 3, 8]"});
   check_error([&] { ops::attention(q, k.to(DType::F64), k, 0, 1.0); }, {"attention", "float64"});
@@ -148,7 +155,8 @@ TEST_CASE("rope: hand-computed rotation, inverse, norms, gradcheck, errors") {
   auto y = ops::rope(x, 3, 100.0).to_vector<double>();
   for (int t = 0; t < 2; ++t)
     for (int i = 0; i < 2; ++i) {
-      const double th = (3 + t) * (i == 0 ? 1.0 : 0.1), x0 = xv[size_t(4 * t + 2 * i)], x1 = xv[size_t(4 * t + 2 * i + 1)];
+      const double th = (3 + t) * (i == 0 ? 1.0 : 0.1), x0 = xv[size_t(4 * t + 2 * i)],
+                   x1 = xv[size_t(4 * t + 2 * i + 1)];
       CHECK(y[size_t(4 * t + 2 * i)] == doctest::Approx(x0 * std::cos(th) - x1 * std::sin(th)).epsilon(1e-14));
       CHECK(y[size_t(4 * t + 2 * i + 1)] == doctest::Approx(x0 * std::sin(th) + x1 * std::cos(th)).epsilon(1e-14));
     }
@@ -209,5 +217,6 @@ TEST_CASE("cross_entropy: matches log_softmax, ignores rows, gradcheck, errors")
   Tensor bad = from_vector<int32_t>({0, 1, 5, 2, 3, 4}, {N}, {DType::I32});
   check_error([&] { ops::cross_entropy(logits, bad, -1); }, {"cross_entropy", "target 5", "row 2"});
   check_error([&] { ops::cross_entropy(logits, targets.to(DType::F64), -1); }, {"cross_entropy", "int32"});
-  check_error([&] { ops::cross_entropy(logits, zeros({N + 1}, {DType::I32}), -1); }, {"cross_entropy", "[6, 5]", "[7]"});
+  check_error([&] { ops::cross_entropy(logits, zeros({N + 1}, {DType::I32}), -1); },
+              {"cross_entropy", "[6, 5]", "[7]"});
 }

@@ -9,8 +9,8 @@
 #include "tests/helpers.h"
 
 using namespace sessa;
-using sessa::test::expect_gradcheck;
 using autograd::gradcheck;
+using sessa::test::expect_gradcheck;
 using sessa::test::leaf;
 
 TEST_CASE("gradcheck: broadcasting arithmetic") {
@@ -50,8 +50,8 @@ TEST_CASE("gradcheck: reductions, matmul and softmax") {
   expect_gradcheck([](auto& in) { return matmul(in[0], in[1], true, false); }, {at, b});
   expect_gradcheck([](auto& in) { return matmul(in[0], in[1], true, true); }, {at, bt});
   Tensor xa = leaf({2, 5, 3}, g), xb = leaf({2, 3, 4}, g);
-  expect_gradcheck([](auto& in) { return matmul(in[0], in[1]); }, {xa, xb});        // batched
-  expect_gradcheck([](auto& in) { return matmul(in[0], in[1]); }, {xa, b});         // shared weight
+  expect_gradcheck([](auto& in) { return matmul(in[0], in[1]); }, {xa, xb});  // batched
+  expect_gradcheck([](auto& in) { return matmul(in[0], in[1]); }, {xa, b});   // shared weight
   expect_gradcheck([](auto& in) { return matmul(in[0], in[1], false, true); }, {xa, bt});
   Tensor xat = leaf({2, 3, 5}, g);
   expect_gradcheck([](auto& in) { return matmul(in[0], in[1], true, false); }, {xat, b});
@@ -65,10 +65,12 @@ TEST_CASE("gradcheck: views, joins, indexing, layer norm") {
   expect_gradcheck([](auto& in) { return narrow(in[0], 1, 1, 2); }, {x});
   expect_gradcheck([](auto& in) { return expand(narrow(in[0], 1, 0, 1), {2, 5, 4}); }, {x});
   expect_gradcheck([](auto& in) { return cat({in[0], in[1]}, 1); }, {x, y});
-  expect_gradcheck([](auto& in) {
-    auto parts = split(in[0], 2, {1, 3});
-    return mul(parts[0], parts[1]);
-  }, {x});
+  expect_gradcheck(
+      [](auto& in) {
+        auto parts = split(in[0], 2, {1, 3});
+        return mul(parts[0], parts[1]);
+      },
+      {x});
   Tensor ids = from_vector<int32_t>({2, 0, 2, 1}, {2, 2}, {DType::I32});
   Tensor table = leaf({3, 4}, g);
   expect_gradcheck([ids](auto& in) { return index_select(in[0], 0, ids); }, {table});
@@ -105,7 +107,8 @@ TEST_CASE("gradcheck detects a wrong backward") {
   Generator g(5);
   Tensor x = leaf({3}, g);
   auto wrong = [](const std::vector<Tensor>& in) {  // claims d(2x)/dx = 1
-    return autograd::record("wrong", ops::affine(in[0], 2, 0), {in[0]}, [](const Tensor& gr) { return std::vector<Tensor>{gr}; });
+    return autograd::record("wrong", ops::affine(in[0], 2, 0), {in[0]},
+                            [](const Tensor& gr) { return std::vector<Tensor>{gr}; });
   };
   CHECK_FALSE(gradcheck(wrong, {x}).ok);
 }
@@ -148,9 +151,12 @@ TEST_CASE("an MLP fits a smooth regression target: loss falls more than 100x") {
   struct Mlp : nn::Module {
     std::shared_ptr<nn::Linear> l1, l2, l3;
     explicit Mlp(Generator& g) {
-      l1 = register_module("l1", std::make_shared<nn::Linear>(4, 64, g, nn::LinearOptions{true, 0.5}, TensorOptions{DType::F64}));
-      l2 = register_module("l2", std::make_shared<nn::Linear>(64, 64, g, nn::LinearOptions{true, 0.125}, TensorOptions{DType::F64}));
-      l3 = register_module("l3", std::make_shared<nn::Linear>(64, 1, g, nn::LinearOptions{true, 0.125}, TensorOptions{DType::F64}));
+      l1 = register_module(
+          "l1", std::make_shared<nn::Linear>(4, 64, g, nn::LinearOptions{true, 0.5}, TensorOptions{DType::F64}));
+      l2 = register_module(
+          "l2", std::make_shared<nn::Linear>(64, 64, g, nn::LinearOptions{true, 0.125}, TensorOptions{DType::F64}));
+      l3 = register_module(
+          "l3", std::make_shared<nn::Linear>(64, 1, g, nn::LinearOptions{true, 0.125}, TensorOptions{DType::F64}));
     }
     Tensor forward(const Tensor& in) { return l3->forward(tanh(l2->forward(tanh(l1->forward(in))))); }
   } mlp(gen);

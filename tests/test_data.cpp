@@ -1,6 +1,7 @@
 // tests/test_data.cpp - tests for data/: shard formats and validation, the
 // token loader (windows, shuffling, rank slices, resume) and the tokenizers.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -13,8 +14,6 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include <unistd.h>
 
 #include "data/loader.h"
 #include "data/shard.h"
@@ -30,9 +29,8 @@ struct TempDir {
   fs::path path;
   TempDir() {
     static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("sessa_data_test_" + std::to_string(::getpid()) + "_" +
-            std::to_string(counter++));
+    path =
+        fs::temp_directory_path() / ("sessa_data_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
     fs::remove_all(path);
     fs::create_directories(path);
   }
@@ -78,9 +76,7 @@ std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 std::vector<uint32_t> iota_tokens(size_t n, uint32_t first = 0) {
   std::vector<uint32_t> t(n);
@@ -88,8 +84,7 @@ std::vector<uint32_t> iota_tokens(size_t n, uint32_t first = 0) {
   return t;
 }
 
-LoaderConfig config(int64_t B, int64_t T, uint64_t seed = 1, int rank = 0,
-                    int world = 1) {
+LoaderConfig config(int64_t B, int64_t T, uint64_t seed = 1, int rank = 0, int world = 1) {
   LoaderConfig c;
   c.batch = B;
   c.seq_len = T;
@@ -252,16 +247,14 @@ TEST_CASE("write_shard never leaves a destination half-written") {
   TempDir dir;
   SUBCASE("missing directory throws") {
     const std::string path = dir.file("no_such_dir/x.bin");
-    CHECK(contains(error_of([&] { write_shard(path, {1, 2}, ShardFormat::LlmcU16); }),
-                   "x.bin"));
+    CHECK(contains(error_of([&] { write_shard(path, {1, 2}, ShardFormat::LlmcU16); }), "x.bin"));
     CHECK_FALSE(fs::exists(path));
   }
   SUBCASE("token too large for uint16 leaves the existing file intact") {
     const std::string path = dir.file("keep.bin");
     write_shard(path, {1, 2, 3}, ShardFormat::LlmcU16);
     const auto before = read_bytes(path);
-    const std::string msg =
-        error_of([&] { write_shard(path, {1, 70000}, ShardFormat::LlmcU16); });
+    const std::string msg = error_of([&] { write_shard(path, {1, 70000}, ShardFormat::LlmcU16); });
     CHECK(contains(msg, "keep.bin"));
     CHECK(contains(msg, "70000"));
     CHECK_THROWS(write_shard(path, {70000}, ShardFormat::RawU16));
@@ -286,13 +279,10 @@ TEST_CASE("expand_paths handles globs and comma lists") {
     write_shard(dir.file(name), {1}, ShardFormat::LlmcU16);
   }
   const auto globbed = expand_paths(dir.file("s_*.bin"));
-  CHECK(globbed == std::vector<std::string>{dir.file("s_000.bin"), dir.file("s_001.bin"),
-                                            dir.file("s_002.bin")});
+  CHECK(globbed == std::vector<std::string>{dir.file("s_000.bin"), dir.file("s_001.bin"), dir.file("s_002.bin")});
   const auto listed =
-      expand_paths(dir.file("other.bin") + "," + dir.file("s_00[01].bin") + ", " +
-                   dir.file("s_000.bin"));
-  CHECK(listed == std::vector<std::string>{dir.file("other.bin"), dir.file("s_000.bin"),
-                                           dir.file("s_001.bin")});
+      expand_paths(dir.file("other.bin") + "," + dir.file("s_00[01].bin") + ", " + dir.file("s_000.bin"));
+  CHECK(listed == std::vector<std::string>{dir.file("other.bin"), dir.file("s_000.bin"), dir.file("s_001.bin")});
   const std::string pattern = dir.file("val_*.bin");
   CHECK(contains(error_of([&] { expand_paths(pattern); }), pattern));
   CHECK_THROWS(expand_paths(" , "));
@@ -301,8 +291,8 @@ TEST_CASE("expand_paths handles globs and comma lists") {
 TEST_CASE("windows start at multiples of seq_len and may share a boundary token") {
   TempDir dir;
   const std::string a = dir.file("a.bin"), b = dir.file("b.bin");
-  write_shard(a, iota_tokens(9), ShardFormat::LlmcU16);         // (9-1)/4 = 2 windows
-  write_shard(b, iota_tokens(8, 1000), ShardFormat::LlmcU16);   // (8-1)/4 = 1 window
+  write_shard(a, iota_tokens(9), ShardFormat::LlmcU16);        // (9-1)/4 = 2 windows
+  write_shard(b, iota_tokens(8, 1000), ShardFormat::LlmcU16);  // (8-1)/4 = 1 window
   LoaderConfig c = config(1, 4);
   c.shuffle = false;
   TokenLoader loader({a, b}, c);
@@ -336,7 +326,7 @@ TEST_CASE("targets are inputs shifted by one") {
 TEST_CASE("rank slices are disjoint and cover every window") {
   TempDir dir;
   const std::string a = dir.file("a.bin"), b = dir.file("b.bin");
-  write_shard(a, iota_tokens(81), ShardFormat::LlmcU16);  // 10 windows of T=8
+  write_shard(a, iota_tokens(81), ShardFormat::LlmcU16);   // 10 windows of T=8
   write_shard(b, iota_tokens(60), ShardFormat::SessaU32);  // 7 windows
   for (int world : {1, 2, 3}) {
     CAPTURE(world);

@@ -63,21 +63,23 @@ struct Fixture {
   Fixture() {
     fs::create_directories(dir);
     std::ofstream corpus(dir / "corpus.txt");
-    for (int i = 0; i < 300; ++i) corpus << "the cat sat on the mat number " << i % 7 << " and the dog ran to the log\n%\n";
+    for (int i = 0; i < 300; ++i)
+      corpus << "the cat sat on the mat number " << i % 7 << " and the dog ran to the log\n%\n";
     corpus.close();
-    const Outcome prep = shell(app("prepare") + " --input " + (dir / "corpus.txt").string() + " --separator % --out-dir " +
-                               (dir / "data").string());
+    const Outcome prep = shell(app("prepare") + " --input " + (dir / "corpus.txt").string() +
+                               " --separator % --out-dir " + (dir / "data").string());
     REQUIRE_MESSAGE(prep.exit_code == 0, prep.output);
-    train = app("train") + " --model sessa --preset tiny --d-model 32 --heads 2 --seq-len 32 --lr 5e-3 --warmup 2 "
-            "--eval-every 0 --eval-batches 2 --threads 1 --log-every 1 --device " + test_device() + " --data " +
-            (dir / "data").string();
+    train = app("train") +
+            " --model sessa --preset tiny --d-model 32 --heads 2 --seq-len 32 --lr 5e-3 --warmup 2 "
+            "--eval-every 0 --eval-batches 2 --threads 1 --log-every 1 --device " +
+            test_device() + " --data " + (dir / "data").string();
   }
   ~Fixture() { fs::remove_all(dir); }
   std::string out(const std::string& name) const { return (dir / name).string(); }
   // Trains into run directory `name`; `ranks` 0 means without mpirun.
   void run(int ranks, const std::string& name, const std::string& flags) const {
-    const std::string cmd = (ranks > 0 ? kMpirun + "-np " + std::to_string(ranks) + " " : "") + train + " " + flags +
-                            " --out " + out(name);
+    const std::string cmd =
+        (ranks > 0 ? kMpirun + "-np " + std::to_string(ranks) + " " : "") + train + " " + flags + " --out " + out(name);
     const Outcome r = shell(cmd);
     INFO(cmd);
     REQUIRE_MESSAGE(r.exit_code == 0, r.output);
@@ -179,8 +181,8 @@ TEST_CASE("one failing rank ends every rank within seconds, naming the rank and 
   }
   SUBCASE("rank 1 killed during training") {
     // `exec` keeps the shell's PID, so the background kill hits the trainer itself.
-    const std::string script = "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then (sleep 2; kill -9 $$) & fi; exec " + fx.train +
-                               " --batch 4 --steps 100000 --out " + fx.out("b");
+    const std::string script = "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then (sleep 2; kill -9 $$) & fi; exec " +
+                               fx.train + " --batch 4 --steps 100000 --out " + fx.out("b");
     const Outcome r = shell(kMpirun + "-np 2 bash -c '" + script + "'");
     INFO(r.output);
     CHECK(r.exit_code != 0);

@@ -31,10 +31,9 @@ std::vector<T> random_matrix(int64_t rows, int64_t ld, Lcg& rng) {
 // Reference C = alpha * op(A) op(B) + beta * C in double; returns the result
 // plus, per element, sum_k |a_ik * b_kj| + |beta * c| to scale the error bound.
 template <class T>
-void reference(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
-               const std::vector<T>& A, int64_t lda, const std::vector<T>& B, int64_t ldb,
-               double beta, const std::vector<T>& C, int64_t ldc, std::vector<double>& out,
-               std::vector<double>& mag) {
+void reference(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const std::vector<T>& A, int64_t lda,
+               const std::vector<T>& B, int64_t ldb, double beta, const std::vector<T>& C, int64_t ldc,
+               std::vector<double>& out, std::vector<double>& mag) {
   out.assign(size_t(M * N), 0.0);
   mag.assign(size_t(M * N), 0.0);
   for (int64_t i = 0; i < M; ++i)
@@ -54,8 +53,7 @@ void reference(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
 
 // Runs one case; returns the worst error relative to its per-element bound (pass if <= 1).
 template <class T>
-double run_case(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, T beta,
-                int64_t pad, uint64_t seed) {
+double run_case(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, T beta, int64_t pad, uint64_t seed) {
   Lcg rng(seed);
   const int64_t lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
   auto A = random_matrix<T>(ta ? K : M, lda, rng);
@@ -97,8 +95,8 @@ void sweep(const std::vector<int64_t>& sizes, int64_t pad) {
           for (int64_t N : sizes)
             for (int64_t K : sizes) {
               const double worst = run_case<T>(ta, tb, M, N, K, T(0.7), beta, pad, seed++);
-              INFO("ta=" << ta << " tb=" << tb << " M=" << M << " N=" << N << " K=" << K
-                         << " beta=" << beta << " pad=" << pad);
+              INFO("ta=" << ta << " tb=" << tb << " M=" << M << " N=" << N << " K=" << K << " beta=" << beta
+                         << " pad=" << pad);
               CHECK(worst <= 1.0);
             }
 }

@@ -2,11 +2,10 @@
 // gradchecks, decode-equals-forward, learning a copy task, checkpoint round trip
 // and exact resume.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <map>
-
-#include <unistd.h>
 
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
@@ -40,7 +39,8 @@ Tensor random_ids(int64_t B, int64_t T, int64_t vocab, Generator& gen) {
 
 // Larger weights than the init so gradients are far from zero in every path.
 void scale_up(nn::Module& m, Generator& gen) {
-  for (auto& p : m.named_parameters()) ops::add_(*p.tensor, normal(p.tensor->shape(), 0, 0.2, gen, p.tensor->options()));
+  for (auto& p : m.named_parameters())
+    ops::add_(*p.tensor, normal(p.tensor->shape(), 0, 0.2, gen, p.tensor->options()));
 }
 
 }  // namespace
@@ -86,7 +86,8 @@ TEST_CASE("gradcheck: each whole tiny LM in float64") {
     Tensor ids = random_ids(2, 5, c.vocab_size, gen), targets = random_ids(2, 5, c.vocab_size, gen);
     autograd::GradcheckOptions opt;
     opt.max_checks_per_input = 6;
-    auto r = autograd::gradcheck([&](const std::vector<Tensor>&) { return model->loss(ids, targets); }, model->parameters(), opt);
+    auto r = autograd::gradcheck([&](const std::vector<Tensor>&) { return model->loss(ids, targets); },
+                                 model->parameters(), opt);
     CHECK_MESSAGE(r.ok, r.report);
   }
 }

@@ -12,8 +12,8 @@
 #include "tests/helpers.h"
 
 using namespace sessa;
-using sessa::test::expect_gradcheck;
 using autograd::gradcheck;
+using sessa::test::expect_gradcheck;
 using sessa::test::leaf;
 
 namespace {
@@ -257,10 +257,12 @@ TEST_CASE("MambaBlock parameter names, count, weight decay and initialisation") 
   Generator g(19);
   nn::MambaBlock block({.d_model = 8}, g);  // expand 2, d_state 16, d_conv 4
   const std::vector<std::pair<std::string, bool>> expected{
-      {"norm.weight", false},         {"norm.bias", false},          {"mixer.in_proj.weight", true},
-      {"mixer.conv1d.weight", true},  {"mixer.conv1d.bias", false},  {"mixer.x_proj.weight", true},
-      {"mixer.dt_proj.weight", true}, {"mixer.dt_proj.bias", false}, {"mixer.A_log", false},
-      {"mixer.D", false},             {"mixer.out_proj.weight", true}};
+      {"norm.weight", false},         {"norm.bias", false},
+      {"mixer.in_proj.weight", true}, {"mixer.conv1d.weight", true},
+      {"mixer.conv1d.bias", false},   {"mixer.x_proj.weight", true},
+      {"mixer.dt_proj.weight", true}, {"mixer.dt_proj.bias", false},
+      {"mixer.A_log", false},         {"mixer.D", false},
+      {"mixer.out_proj.weight", true}};
   auto params = block.named_parameters();
   REQUIRE(params.size() == expected.size());
   for (size_t i = 0; i < params.size(); ++i) {

@@ -82,7 +82,9 @@ TEST_CASE("backward reports each leaf once, after its last gradient contribution
   Tensor a = test::leaf({3}, gen), b = test::leaf({3}, gen), unused = test::leaf({3}, gen);
   Tensor y = sum_all(a * b + exp(a));  // a feeds two nodes
   std::vector<std::pair<const void*, std::vector<double>>> reports;
-  autograd::backward(y, {}, [&](const Tensor& leaf) { reports.push_back({leaf.identity(), leaf.grad().to_vector<double>()}); });
+  autograd::backward(y, {}, [&](const Tensor& leaf) {
+    reports.push_back({leaf.identity(), leaf.grad().to_vector<double>()});
+  });
   REQUIRE(reports.size() == 2);
   for (const auto& [id, grad_then] : reports) {
     const Tensor& leaf = id == a.identity() ? a : b;
@@ -122,8 +124,9 @@ TEST_CASE("AdamW over the buffer equals the per-parameter update; ZeRO-1 shards 
       if (p.tensor->grad().defined()) ops::fill_(p.tensor->grad(), 0.0);
     autograd::backward(ref_net.loss(x));
     for (size_t i = 0; i < ref_params.size(); ++i)
-      ops::adamw_step_(*ref_params[i].tensor, ref_params[i].tensor->grad(), m[i], v[i],
-                       {opt.lr, opt.beta1, opt.beta2, opt.eps, ref_params[i].weight_decay ? opt.weight_decay : 0.0, step});
+      ops::adamw_step_(
+          *ref_params[i].tensor, ref_params[i].tensor->grad(), m[i], v[i],
+          {opt.lr, opt.beta1, opt.beta2, opt.eps, ref_params[i].weight_decay ? opt.weight_decay : 0.0, step});
     whole.zero_grad();
     autograd::backward(whole_net.loss(x));
     whole_opt.step(opt.lr);

@@ -10,8 +10,8 @@
 #include "tensor/error.h"
 #include "tensor/philox.h"
 
-using sessa::nn::SamplingOptions;
 using sessa::nn::sample_token;
+using sessa::nn::SamplingOptions;
 
 namespace {
 
@@ -101,8 +101,8 @@ TEST_CASE("sampling: the draw is a deterministic inverse CDF of the uniform") {
 }
 
 TEST_CASE("sampling: invalid options and inputs throw") {
-  CHECK_THROWS_WITH_AS(sample_token(kLogits, SamplingOptions{.temperature = -1}, 0.5),
-                       doctest::Contains("temperature"), sessa::Error);
+  CHECK_THROWS_WITH_AS(sample_token(kLogits, SamplingOptions{.temperature = -1}, 0.5), doctest::Contains("temperature"),
+                       sessa::Error);
   CHECK_THROWS_WITH_AS(sample_token(kLogits, SamplingOptions{.top_k = -1}, 0.5), doctest::Contains("top_k"),
                        sessa::Error);
   CHECK_THROWS_WITH_AS(sample_token(kLogits, SamplingOptions{.top_p = 0}, 0.5), doctest::Contains("top_p"),

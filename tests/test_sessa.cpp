@@ -10,8 +10,8 @@
 #include "tests/helpers.h"
 
 using namespace sessa;
-using sessa::test::expect_gradcheck;
 using sessa::test::check_error;
+using sessa::test::expect_gradcheck;
 using sessa::test::leaf;
 using sessa::test::max_rel_diff;
 
@@ -20,7 +20,8 @@ namespace {
 // s from (S3)-(S5) by a direct dense computation, one row at a time.
 Tensor dense_feedback(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f) {
   const int64_t B = q.size(0), T = q.size(1), D = q.size(2);
-  auto vq = q.to_vector<double>(), vk = k.to_vector<double>(), vg = gamma.to_vector<double>(), vf = f.to_vector<double>();
+  auto vq = q.to_vector<double>(), vk = k.to_vector<double>(), vg = gamma.to_vector<double>(),
+       vf = f.to_vector<double>();
   std::vector<double> s(vf.size());
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t) {
@@ -84,14 +85,15 @@ TEST_CASE("gradcheck: feedback solve, gamma near gamma_max, T up to 64 and past 
   auto solve = [](const std::vector<Tensor>& in) { return feedback_solve(in[0], in[1], in[2], in[3]); };
   for (int64_t T : {1, 2, 9}) {
     CAPTURE(T);
-    expect_gradcheck(solve, {leaf({2, T, 3}, gen), leaf({2, T, 3}, gen), gammas({2, T}, 0.5, gen), leaf({2, T, 3}, gen)});
+    expect_gradcheck(solve,
+                     {leaf({2, T, 3}, gen), leaf({2, T, 3}, gen), gammas({2, T}, 0.5, gen), leaf({2, T, 3}, gen)});
   }
   autograd::GradcheckOptions sampled;
   sampled.max_checks_per_input = 40;
   for (int64_t T : {64, 130}) {
     CAPTURE(T);
-    expect_gradcheck(solve, {leaf({1, T, 4}, gen), leaf({1, T, 4}, gen), gammas({1, T}, 0.999, gen), leaf({1, T, 4}, gen)},
-                     sampled);
+    expect_gradcheck(
+        solve, {leaf({1, T, 4}, gen), leaf({1, T, 4}, gen), gammas({1, T}, 0.999, gen), leaf({1, T, 4}, gen)}, sampled);
   }
 }
 
@@ -113,11 +115,13 @@ TEST_CASE("gradcheck: the whole Sessa layer (input and every parameter)") {
     for (auto& p : layer.named_parameters()) inputs.push_back(*p.tensor);
     autograd::GradcheckOptions opt;
     opt.max_checks_per_input = 12;
-    expect_gradcheck([&](const std::vector<Tensor>& in) {
-      size_t i = 1;
-      for (auto& p : layer.named_parameters()) *p.tensor = in[i++];
-      return layer.forward(in[0]);
-    }, inputs, opt);
+    expect_gradcheck(
+        [&](const std::vector<Tensor>& in) {
+          size_t i = 1;
+          for (auto& p : layer.named_parameters()) *p.tensor = in[i++];
+          return layer.forward(in[0]);
+        },
+        inputs, opt);
   }
 }
 

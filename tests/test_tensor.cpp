@@ -22,7 +22,7 @@ TEST_CASE("creation and host round trip") {
 
 TEST_CASE("dtype casts, bfloat16 rounds to nearest even") {
   CHECK(float(bf16(1.0f)) == 1.0f);
-  CHECK(float(bf16(1.00390625f)) == 1.0f);    // halfway between 1 and 1+2^-7: ties to even
+  CHECK(float(bf16(1.00390625f)) == 1.0f);       // halfway between 1 and 1+2^-7: ties to even
   CHECK(float(bf16(1.01171875f)) == 1.015625f);  // halfway, rounds up to even mantissa
   CHECK(std::isnan(float(bf16(NAN))));
   Tensor x = from_vector<float>({1.5f, -2.25f, 3.0f}, {3});
@@ -44,8 +44,8 @@ TEST_CASE("views alias their storage; contiguous copies only when needed") {
   CHECK(n.to_vector<float>() == std::vector<float>{1, 2, 5, 6, 9, 10});
   ops::fill_(n, -1);  // writes through the view
   CHECK(x.to_vector<float>() == std::vector<float>{0, -1, -1, 3, 4, -1, -1, 7, 8, -1, -1, 11});
-  CHECK(ops::contiguous(v).same(v));              // already contiguous: no copy
-  CHECK(!ops::contiguous(t).shares_storage(x));   // transposed: copied
+  CHECK(ops::contiguous(v).same(v));             // already contiguous: no copy
+  CHECK(!ops::contiguous(t).shares_storage(x));  // transposed: copied
   Tensor e = ops::expand(from_vector<float>({1, 2}, {2, 1}), {2, 3});
   CHECK(e.strides() == Shape{1, 0});
   CHECK(e.to_vector<float>() == std::vector<float>{1, 1, 1, 2, 2, 2});

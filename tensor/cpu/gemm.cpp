@@ -33,11 +33,11 @@ namespace sessa::cpu {
 namespace {
 
 #if defined(__AVX512F__)
-constexpr int kVecBytes = 64;  // zmm: 32 vector registers
-constexpr int kRowsPerTile = 8;   // MR: 8 x 2 accumulators + 2 B + 1 broadcast <= 32 regs
+constexpr int kVecBytes = 64;    // zmm: 32 vector registers
+constexpr int kRowsPerTile = 8;  // MR: 8 x 2 accumulators + 2 B + 1 broadcast <= 32 regs
 #elif defined(__AVX__)
-constexpr int kVecBytes = 32;  // ymm: 16 vector registers
-constexpr int kRowsPerTile = 6;   // MR: 6 x 2 accumulators + 2 B + 1 broadcast <= 16 regs
+constexpr int kVecBytes = 32;    // ymm: 16 vector registers
+constexpr int kRowsPerTile = 6;  // MR: 6 x 2 accumulators + 2 B + 1 broadcast <= 16 regs
 #else
 constexpr int kVecBytes = 16;
 constexpr int kRowsPerTile = 6;
@@ -50,11 +50,11 @@ struct Blocking {
   typedef T Vec __attribute__((vector_size(kVecBytes)));
   static constexpr int kLanes = kVecBytes / int(sizeof(T));
   static constexpr int MR = kRowsPerTile;
-  static constexpr int NV = 2;                   // vectors per tile row
-  static constexpr int NR = NV * kLanes;         // 32 floats / 16 doubles on AVX-512
-  static constexpr int64_t KC = 512;             // B micro-panel KC*NR*sizeof(T) = 64 KB
-  static constexpr int64_t MC = 240;             // A block MC*KC*sizeof(T) <= 480 KB, ~half L2
-  static constexpr int64_t NC = 4096;            // B block KC*NC*sizeof(T) <= 8 MB, fits L3
+  static constexpr int NV = 2;            // vectors per tile row
+  static constexpr int NR = NV * kLanes;  // 32 floats / 16 doubles on AVX-512
+  static constexpr int64_t KC = 512;      // B micro-panel KC*NR*sizeof(T) = 64 KB
+  static constexpr int64_t MC = 240;      // A block MC*KC*sizeof(T) <= 480 KB, ~half L2
+  static constexpr int64_t NC = 4096;     // B block KC*NC*sizeof(T) <= 8 MB, fits L3
 };
 
 // Aligned scratch buffer that only grows.
@@ -97,27 +97,24 @@ void pack_panel(const T* src, int64_t sk, int64_t sj, int64_t w, int64_t kc, T* 
 
 // Packs op(A)[i0:+mc, p0:+kc] as consecutive MR-row panels (each kc x MR).
 template <class T>
-void pack_a(bool trans, const T* A, int64_t lda, int64_t i0, int64_t p0, int64_t mc,
-            int64_t kc, T* out) {
+void pack_a(bool trans, const T* A, int64_t lda, int64_t i0, int64_t p0, int64_t mc, int64_t kc, T* out) {
   constexpr int MR = Blocking<T>::MR;
   const int64_t sk = trans ? lda : 1, si = trans ? 1 : lda;
   for (int64_t ir = 0; ir < mc; ir += MR)
-    pack_panel<MR>(A + (i0 + ir) * si + p0 * sk, sk, si, std::min<int64_t>(MR, mc - ir), kc,
-                   out + ir * kc);
+    pack_panel<MR>(A + (i0 + ir) * si + p0 * sk, sk, si, std::min<int64_t>(MR, mc - ir), kc, out + ir * kc);
 }
 
 // Packs one NR-column panel op(B)[p0:+kc, j0:+nr] (kc x NR).
 template <class T>
-void pack_b_panel(bool trans, const T* B, int64_t ldb, int64_t p0, int64_t j0, int64_t nr,
-                  int64_t kc, T* out) {
+void pack_b_panel(bool trans, const T* B, int64_t ldb, int64_t p0, int64_t j0, int64_t nr, int64_t kc, T* out) {
   const int64_t sk = trans ? 1 : ldb, sj = trans ? ldb : 1;
   pack_panel<Blocking<T>::NR>(B + p0 * sk + j0 * sj, sk, sj, nr, kc, out);
 }
 
 // C[0:mr, 0:nr] = alpha * (Ap @ Bp) + beta * C, for one MR x NR register tile.
 template <class T>
-void micro_kernel(int64_t kc, const T* __restrict Ap, const T* __restrict Bp, T alpha, T beta,
-                  T* C, int64_t ldc, int64_t mr, int64_t nr) {
+void micro_kernel(int64_t kc, const T* __restrict Ap, const T* __restrict Bp, T alpha, T beta, T* C, int64_t ldc,
+                  int64_t mr, int64_t nr) {
   using B = Blocking<T>;
   using Vec = typename B::Vec;
   Vec acc[B::MR][B::NV] = {};
@@ -146,8 +143,8 @@ void micro_kernel(int64_t kc, const T* __restrict Ap, const T* __restrict Bp, T 
 
 // Plain loop for tiny problems, where packing would cost more than it saves.
 template <class T>
-void gemm_direct(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+void gemm_direct(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+                 int64_t ldb, T beta, T* C, int64_t ldc) {
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < N; ++j) {
       T sum = T(0);
@@ -170,8 +167,8 @@ constexpr int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // Macro-kernel: C[0:mc, j_begin:j_end] (+)= packed A block @ packed B columns.
 template <class T>
-void macro_kernel(int64_t mc, int64_t j_begin, int64_t j_end, int64_t kc, const T* Ap,
-                  const T* Bp, T alpha, T beta, T* C, int64_t ldc) {
+void macro_kernel(int64_t mc, int64_t j_begin, int64_t j_end, int64_t kc, const T* Ap, const T* Bp, T alpha, T beta,
+                  T* C, int64_t ldc) {
   using Bk = Blocking<T>;
   for (int64_t jr = j_begin; jr < j_end; jr += Bk::NR)
     for (int64_t ir = 0; ir < mc; ir += Bk::MR)
@@ -180,8 +177,8 @@ void macro_kernel(int64_t mc, int64_t j_begin, int64_t j_end, int64_t kc, const 
 }
 
 template <class T>
-void gemm_blocked(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-                  int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+void gemm_blocked(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+                  int64_t ldb, T beta, T* C, int64_t ldc) {
   using Bk = Blocking<T>;
   const int nthreads = omp_get_max_threads();
   // Work units are (A row block) x (column chunk of the B block). Row blocks are
@@ -207,8 +204,7 @@ void gemm_blocked(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, co
         const T beta_eff = pc == 0 ? beta : T(1);  // later rank-KC updates accumulate
 #pragma omp for schedule(dynamic, 4)
         for (int64_t jr = 0; jr < nc; jr += Bk::NR)
-          pack_b_panel(tb, B, ldb, pc, jc + jr, std::min<int64_t>(Bk::NR, nc - jr), kc,
-                       Bp + jr * kc);
+          pack_b_panel(tb, B, ldb, pc, jc + jr, std::min<int64_t>(Bk::NR, nc - jr), kc, Bp + jr * kc);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t unit = 0; unit < m_blocks * n_chunks; ++unit) {
           const int64_t ic = unit / n_chunks * mc_max, mc = std::min(mc_max, M - ic);
@@ -226,18 +222,17 @@ void gemm_blocked(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, co
 }  // namespace
 
 template <class T>
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == T(0)) return scale_c(M, N, beta, C, ldc);
-  if (M * N * K < kSmallProblem)
-    return gemm_direct(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (M * N * K < kSmallProblem) return gemm_direct(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
-                          const float*, int64_t, float, float*, int64_t);
-template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
-                           const double*, int64_t, double, double*, int64_t);
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
+                          float, float*, int64_t);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
+                           int64_t, double, double*, int64_t);
 
 }  // namespace sessa::cpu

@@ -8,7 +8,7 @@ namespace sessa::cpu {
 // op(B) is K x N: B itself (ldb >= N) when !trans_b, else B is stored N x K (ldb >= K).
 // C is M x N with ldc >= N. beta == 0 means C is not read (may hold NaN).
 template <class T>
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
-          const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc);
 
-}  // explicit instantiations for float and double live in gemm.cpp
+}  // namespace sessa::cpu

@@ -12,22 +12,32 @@ namespace sessa::cpu {
 constexpr int64_t kParallelGrain = 1 << 15;
 
 // Calls f(T{}) with T the C++ type of a floating dtype (float or double).
-template <class F> decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
+template <class F>
+decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
   switch (t) {
-    case DType::F32: return f(float{});
-    case DType::F64: return f(double{});
-    default: SESSA_FAIL(op, "unsupported dtype " << dtype_name(t) << " on cpu (float32 or float64 expected)");
+    case DType::F32:
+      return f(float{});
+    case DType::F64:
+      return f(double{});
+    default:
+      SESSA_FAIL(op, "unsupported dtype " << dtype_name(t) << " on cpu (float32 or float64 expected)");
   }
 }
 
 // Calls f(T{}) for any dtype.
-template <class F> decltype(auto) dispatch_any(DType t, F&& f) {
+template <class F>
+decltype(auto) dispatch_any(DType t, F&& f) {
   switch (t) {
-    case DType::F32: return f(float{});
-    case DType::F64: return f(double{});
-    case DType::BF16: return f(bf16{});
-    case DType::I32: return f(int32_t{});
-    case DType::U16: return f(uint16_t{});
+    case DType::F32:
+      return f(float{});
+    case DType::F64:
+      return f(double{});
+    case DType::BF16:
+      return f(bf16{});
+    case DType::I32:
+      return f(int32_t{});
+    case DType::U16:
+      return f(uint16_t{});
   }
   return f(float{});
 }
@@ -65,11 +75,16 @@ void strided_loop(const Shape& shape, const std::array<Shape, N>& strides, Body&
 }
 
 // Converts between element types (through float for bf16).
-template <class To, class From> inline To convert(From v) {
-  if constexpr (std::is_same_v<To, From>) return v;
-  else if constexpr (std::is_same_v<From, bf16>) return static_cast<To>(static_cast<float>(v));
-  else if constexpr (std::is_same_v<To, bf16>) return bf16(static_cast<float>(v));
-  else return static_cast<To>(v);
+template <class To, class From>
+inline To convert(From v) {
+  if constexpr (std::is_same_v<To, From>)
+    return v;
+  else if constexpr (std::is_same_v<From, bf16>)
+    return static_cast<To>(static_cast<float>(v));
+  else if constexpr (std::is_same_v<To, bf16>)
+    return bf16(static_cast<float>(v));
+  else
+    return static_cast<To>(v);
 }
 
 }  // namespace sessa::cpu

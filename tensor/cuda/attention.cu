@@ -31,7 +31,10 @@ struct Dims {
   int B, H, Hkv, Tq, Tk, dh, group, q_offset;
 };
 
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
 
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
@@ -59,21 +62,23 @@ __global__ void __launch_bounds__(256) row_dot_kernel(const T* a, const T* b, ac
 // columns) tx + 16 j.
 
 // Rows [0, BM) of a row-major (nrows x dh) matrix into s[r * (DH + 1) + d]; zeros outside.
-template <int BM, int DH, class T, class A> __device__ void simt_load(A* s, const T* g, int nrows, int dh) {
+template <int BM, int DH, class T, class A>
+__device__ void simt_load(A* s, const T* g, int nrows, int dh) {
   for (int e = threadIdx.x; e < BM * DH; e += blockDim.x) {
     const int r = e / DH, d = e % DH;
     s[r * (DH + 1) + d] = r < nrows && d < dh ? load(g + int64_t(r) * dh + d) : A(0);
   }
 }
 
-template <class T, int DH, int R> constexpr size_t simt_forward_smem() {
+template <class T, int DH, int R>
+constexpr size_t simt_forward_smem() {
   return (2 * 16 * R * (DH + 1) + 16 * R * (16 * R + 1)) * sizeof(acc_t<T>);
 }
 
 // grid (B * H, query tiles, heaviest first); smem: Q, K-then-V, P.
 template <class T, int DH, int R>
-__global__ void __launch_bounds__(256) simt_forward(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, Dims d,
-                                                    acc_t<T> scale) {
+__global__ void __launch_bounds__(256)
+    simt_forward(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, Dims d, acc_t<T> scale) {
   using A = acc_t<T>;
   constexpr int BM = 16 * R, LD = DH + 1, LP = BM + 1, CJ = DH / 16;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
@@ -159,7 +164,8 @@ __global__ void __launch_bounds__(256) simt_forward(const T* q, const T* k, cons
   }
 }
 
-template <class T, int DH, int R> constexpr size_t simt_dq_smem() {
+template <class T, int DH, int R>
+constexpr size_t simt_dq_smem() {
   return (4 * 16 * R * (DH + 1) + 16 * R * (16 * R + 1)) * sizeof(acc_t<T>);
 }
 
@@ -239,7 +245,8 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-template <class T, int DH, int R> constexpr size_t simt_dkdv_smem() {
+template <class T, int DH, int R>
+constexpr size_t simt_dkdv_smem() {
   return (4 * 16 * R * (DH + 1) + 2 * 16 * R * (16 * R + 1) + 2 * 16 * R) * sizeof(acc_t<T>);
 }
 
@@ -248,8 +255,8 @@ template <class T, int DH, int R> constexpr size_t simt_dkdv_smem() {
 // smem: K, V, Q, dout, P^T, dS^T, lse, D.
 template <class T, int DH, int R>
 __global__ void __launch_bounds__(256)
-    simt_backward_dkdv(const T* q, const T* k, const T* v, const T* dout, const acc_t<T>* lse, const acc_t<T>* Dv, T* dk,
-                       T* dv, Dims d, acc_t<T> scale) {
+    simt_backward_dkdv(const T* q, const T* k, const T* v, const T* dout, const acc_t<T>* lse, const acc_t<T>* Dv,
+                       T* dk, T* dv, Dims d, acc_t<T> scale) {
   using A = acc_t<T>;
   constexpr int BM = 16 * R, LD = DH + 1, LP = BM + 1, CJ = DH / 16;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
@@ -412,7 +419,10 @@ __device__ void mma_load_t(bf16_t* s, int ld, const bf16_t* g, int nrows, int dh
   }
 }
 
-template <int DH> constexpr size_t mma_forward_smem() { return (2 * 64 * (DH + 8) + DH * 72) * sizeof(bf16_t); }
+template <int DH>
+constexpr size_t mma_forward_smem() {
+  return (2 * 64 * (DH + 8) + DH * 72) * sizeof(bf16_t);
+}
 
 // grid (B * H, query tiles, heaviest first), 128 threads; smem: Q, K (row-major), V^T.
 template <int DH>
@@ -505,7 +515,10 @@ __global__ void __launch_bounds__(128) mma_forward(const bf16_t* q, const bf16_t
   }
 }
 
-template <int DH> constexpr size_t mma_dq_smem() { return (4 * 64 * (DH + 8) + DH * 72) * sizeof(bf16_t); }
+template <int DH>
+constexpr size_t mma_dq_smem() {
+  return (4 * 64 * (DH + 8) + DH * 72) * sizeof(bf16_t);
+}
 
 // dq. grid (B * H, query tiles, heaviest first), 128 threads; smem: Q, dout, K, V, K^T.
 template <int DH>
@@ -591,8 +604,12 @@ __global__ void __launch_bounds__(128)
 }
 
 // Query tile of the dk/dv kernel: 32 rows for head dim 128 keeps it within the registers.
-template <int DH> constexpr int mma_bq() { return DH > 64 ? 32 : 64; }
-template <int DH> constexpr size_t mma_dkdv_smem() {
+template <int DH>
+constexpr int mma_bq() {
+  return DH > 64 ? 32 : 64;
+}
+template <int DH>
+constexpr size_t mma_dkdv_smem() {
   constexpr int BQ = mma_bq<DH>();
   return (2 * 64 * (DH + 8) + 2 * BQ * (DH + 8) + 2 * DH * (BQ + 8)) * sizeof(bf16_t) + 2 * BQ * sizeof(float);
 }
@@ -700,8 +717,14 @@ __global__ void __launch_bounds__(128)
 
 Dims dims_of(const Tensor& q, const Tensor& k, int64_t q_offset, const char* op) {
   SESSA_CHECK(q.size(3) <= 128, op, "head dim " << q.size(3) << " of " << q.str() << " is above 128, the CUDA limit");
-  return {int(q.size(0)), int(q.size(1)), int(k.size(1)), int(q.size(2)),
-          int(k.size(2)), int(q.size(3)), int(q.size(1) / k.size(1)), int(q_offset)};
+  return {int(q.size(0)),
+          int(q.size(1)),
+          int(k.size(1)),
+          int(q.size(2)),
+          int(k.size(2)),
+          int(q.size(3)),
+          int(q.size(1) / k.size(1)),
+          int(q_offset)};
 }
 
 // bfloat16 uses tensor cores unless SESSA_ATTENTION_SIMT is set (read at every call).
@@ -713,17 +736,25 @@ bool use_mma(DType t) {
 bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; }
 
 // f(std::integral_constant<int, DH>) with the tile width DH for head dim dh.
-template <class F> void with_simt_dh(int dh, F&& f) {
-  if (dh <= 32) f(std::integral_constant<int, 32>{});
-  else if (dh <= 64) f(std::integral_constant<int, 64>{});
-  else f(std::integral_constant<int, 128>{});
+template <class F>
+void with_simt_dh(int dh, F&& f) {
+  if (dh <= 32)
+    f(std::integral_constant<int, 32>{});
+  else if (dh <= 64)
+    f(std::integral_constant<int, 64>{});
+  else
+    f(std::integral_constant<int, 128>{});
 }
-template <class F> void with_mma_dh(int dh, F&& f) {
-  if (dh <= 64) f(std::integral_constant<int, 64>{});
-  else f(std::integral_constant<int, 128>{});
+template <class F>
+void with_mma_dh(int dh, F&& f) {
+  if (dh <= 64)
+    f(std::integral_constant<int, 64>{});
+  else
+    f(std::integral_constant<int, 128>{});
 }
 
-template <class Kernel> void allow_smem(Kernel* kernel, size_t bytes, const char* op) {
+template <class Kernel>
+void allow_smem(Kernel* kernel, size_t bytes, const char* op) {
   if (bytes > 48 * 1024)
     SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
 }
@@ -741,8 +772,7 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
   return dispatch_float(q.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
-    ops::AttentionOut res{Tensor::empty(q.shape(), q.options()),
-                          Tensor::empty({d.B, d.H, d.Tq}, {dtype_of<A>(), dev})};
+    ops::AttentionOut res{Tensor::empty(q.shape(), q.options()), Tensor::empty({d.B, d.H, d.Tq}, {dtype_of<A>(), dev})};
     if (int64_t(d.B) * d.H * d.Tq == 0) return res;
     const cudaStream_t st = stream(dev.index);
     if constexpr (std::is_same_v<T, bf16_t>) {
@@ -774,8 +804,8 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
 }
 
 ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in,
-                                       const Tensor& v_in, const Tensor& out_in, const Tensor& lse_in,
-                                       int64_t q_offset, double scale) {
+                                       const Tensor& v_in, const Tensor& out_in, const Tensor& lse_in, int64_t q_offset,
+                                       double scale) {
   const char* op = "attention_backward";
   const Tensor q = ops::contiguous(q_in), k = ops::contiguous(k_in), v = ops::contiguous(v_in);
   const Tensor dout = ops::contiguous(dout_in), out = ops::contiguous(out_in), lse = ops::contiguous(lse_in);

@@ -58,8 +58,10 @@ std::optional<Operand> as_operand(const Tensor& x) {
   for (int64_t k = d - 3; k >= 0; --k) {
     const int64_t n = x.shape()[k];
     if (n == 1) continue;
-    if (first) stride = x.strides()[k], first = false;
-    else if (x.strides()[k] != stride * span) return std::nullopt;
+    if (first)
+      stride = x.strides()[k], first = false;
+    else if (x.strides()[k] != stride * span)
+      return std::nullopt;
     span *= n;
   }
   if (sc == 1 || C == 1) {
@@ -142,9 +144,14 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
     case DType::F32:
       type = CUDA_R_32F, compute = allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
       break;
-    case DType::BF16: type = CUDA_R_16BF, compute = CUBLAS_COMPUTE_32F; break;
-    case DType::F64: type = CUDA_R_64F, compute = CUBLAS_COMPUTE_64F, alpha = &alpha64, beta = &beta64; break;
-    default: SESSA_FAIL("matmul", "unsupported dtype " << dtype_name(a.dtype()) << " on cuda");
+    case DType::BF16:
+      type = CUDA_R_16BF, compute = CUBLAS_COMPUTE_32F;
+      break;
+    case DType::F64:
+      type = CUDA_R_64F, compute = CUBLAS_COMPUTE_64F, alpha = &alpha64, beta = &beta64;
+      break;
+    default:
+      SESSA_FAIL("matmul", "unsupported dtype " << dtype_name(a.dtype()) << " on cuda");
   }
   cublasHandle_t h = cublas_handle(dev);
   const void *pa = oa.t.raw_data(), *pb = ob.t.raw_data();
@@ -154,10 +161,10 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
                                     compute, CUBLAS_GEMM_DEFAULT),
                        "matmul");
   } else {
-    SESSA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, op_b, op_a, m, n, k, alpha, pb, type, ldb, stride_b, pa, type, lda,
-                                                  stride_a, beta, pc, type, m, stride_c, batches, compute,
-                                                  CUBLAS_GEMM_DEFAULT),
-                       "matmul");
+    SESSA_CUBLAS_CHECK(
+        cublasGemmStridedBatchedEx(h, op_b, op_a, m, n, k, alpha, pb, type, ldb, stride_b, pa, type, lda, stride_a,
+                                   beta, pc, type, m, stride_c, batches, compute, CUBLAS_GEMM_DEFAULT),
+        "matmul");
   }
   return out;
 }

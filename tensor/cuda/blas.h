@@ -25,10 +25,10 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
 
 // Checks a cuBLAS call (include <cublas_v2.h> where it is used): a failure throws a
 // sessa::Error naming the op, the call, the file and the line.
-#define SESSA_CUBLAS_CHECK(call, op)                                                                    \
-  do {                                                                                                  \
-    cublasStatus_t sessa_st_ = (call);                                                                  \
-    if (sessa_st_ != CUBLAS_STATUS_SUCCESS)                                                             \
-      SESSA_FAIL(op, #call << " failed: " << cublasGetStatusString(sessa_st_) << " at " << __FILE__ << ":" \
-                           << __LINE__);                                                                \
+#define SESSA_CUBLAS_CHECK(call, op)                                                                                 \
+  do {                                                                                                               \
+    cublasStatus_t sessa_st_ = (call);                                                                               \
+    if (sessa_st_ != CUBLAS_STATUS_SUCCESS)                                                                          \
+      SESSA_FAIL(op,                                                                                                 \
+                 #call << " failed: " << cublasGetStatusString(sessa_st_) << " at " << __FILE__ << ":" << __LINE__); \
   } while (0)

@@ -5,12 +5,11 @@
 
 #include "tensor/error.h"
 
-#define SESSA_CUDA_CHECK(call, op)                                                                     \
-  do {                                                                                                 \
-    cudaError_t sessa_err_ = (call);                                                                   \
-    if (sessa_err_ != cudaSuccess)                                                                     \
-      SESSA_FAIL(op, #call << " failed: " << cudaGetErrorString(sessa_err_) << " at " << __FILE__ << ":" \
-                           << __LINE__);                                                               \
+#define SESSA_CUDA_CHECK(call, op)                                                                                     \
+  do {                                                                                                                 \
+    cudaError_t sessa_err_ = (call);                                                                                   \
+    if (sessa_err_ != cudaSuccess)                                                                                     \
+      SESSA_FAIL(op, #call << " failed: " << cudaGetErrorString(sessa_err_) << " at " << __FILE__ << ":" << __LINE__); \
   } while (0)
 
 // After a kernel launch: reports launch-configuration errors at the launch site.

@@ -15,24 +15,48 @@ namespace sessa::cuda {
 using bf16_t = __nv_bfloat16;
 
 // Calls f(T{}) with T = float, __nv_bfloat16 or double for a floating dtype.
-template <class F> decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
+template <class F>
+decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
   switch (t) {
-    case DType::F32: return f(float{});
-    case DType::BF16: return f(bf16_t{});
-    case DType::F64: return f(double{});
-    default: SESSA_FAIL(op, "unsupported dtype " << dtype_name(t) << " on cuda");
+    case DType::F32:
+      return f(float{});
+    case DType::BF16:
+      return f(bf16_t{});
+    case DType::F64:
+      return f(double{});
+    default:
+      SESSA_FAIL(op, "unsupported dtype " << dtype_name(t) << " on cuda");
   }
 }
 
 // Arithmetic happens in float (double for double); storage may be bfloat16.
-template <class T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-template <class T> using acc_t = typename Acc<T>::type;
+template <class T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+template <class T>
+using acc_t = typename Acc<T>::type;
 
-template <class T> __device__ __forceinline__ acc_t<T> load(const T* p) { return acc_t<T>(*p); }
-template <> __device__ __forceinline__ float load(const bf16_t* p) { return __bfloat162float(*p); }
-template <class T> __device__ __forceinline__ void store(T* p, acc_t<T> v) { *p = T(v); }
-template <> __device__ __forceinline__ void store(bf16_t* p, float v) { *p = __float2bfloat16(v); }
+template <class T>
+__device__ __forceinline__ acc_t<T> load(const T* p) {
+  return acc_t<T>(*p);
+}
+template <>
+__device__ __forceinline__ float load(const bf16_t* p) {
+  return __bfloat162float(*p);
+}
+template <class T>
+__device__ __forceinline__ void store(T* p, acc_t<T> v) {
+  *p = T(v);
+}
+template <>
+__device__ __forceinline__ void store(bf16_t* p, float v) {
+  *p = __float2bfloat16(v);
+}
 
 constexpr int kThreads = 256;
 inline unsigned blocks_for(int64_t n, int threads = kThreads) {
@@ -42,7 +66,8 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
 // Maps a linear index over `shape` to element offsets in N strided tensors
 // (strides already broadcast to `shape`). Passed to kernels by value.
 constexpr int kMaxDims = 8;
-template <int N> struct StridedIndexer {
+template <int N>
+struct StridedIndexer {
   int ndim = 0;
   int64_t shape[kMaxDims];
   int64_t strides[N][kMaxDims];
@@ -66,7 +91,8 @@ template <int N> struct StridedIndexer {
 };
 
 // Sum over a thread block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-template <class A> __device__ A block_sum(A v) {
+template <class A>
+__device__ A block_sum(A v) {
   __shared__ A partial[32];
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -78,7 +104,8 @@ template <class A> __device__ A block_sum(A v) {
   return total;
 }
 
-template <class A> __device__ A block_max(A v) {
+template <class A>
+__device__ A block_max(A v) {
   __shared__ A partial[32];
   for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;

@@ -18,7 +18,10 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
 
 template <class T>
 __global__ void cross_entropy_forward_kernel(const T* __restrict__ x, const int32_t* __restrict__ targets,
@@ -34,8 +37,10 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ x, const int3
   A m = -INFINITY, s = 0;
   for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
     const A v = load(xr + i);
-    if (v > m) s = s * exp(m - v) + A(1), m = v;
-    else s += exp(v - m);
+    if (v > m)
+      s = s * exp(m - v) + A(1), m = v;
+    else
+      s += exp(v - m);
   }
   const A row_max = block_max(m);
   const A total = block_sum(s * exp(m - row_max));  // a thread without elements adds 0 * 0
@@ -55,8 +60,8 @@ __device__ int64_t counted_targets(const int32_t* targets, int64_t N, int64_t ig
 }
 
 template <class A>
-__global__ void cross_entropy_mean_kernel(const A* __restrict__ row_loss, const int32_t* __restrict__ targets, int64_t N,
-                                          int64_t ignore_index, int64_t host_count, A* __restrict__ loss) {
+__global__ void cross_entropy_mean_kernel(const A* __restrict__ row_loss, const int32_t* __restrict__ targets,
+                                          int64_t N, int64_t ignore_index, int64_t host_count, A* __restrict__ loss) {
   A s = 0;
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) s += row_loss[i];
   s = block_sum(s);
@@ -91,7 +96,8 @@ constexpr int kReduceThreads = 1024;
 
 }  // namespace
 
-ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_in, int64_t ignore_index, int64_t count) {
+ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_in, int64_t ignore_index,
+                                   int64_t count) {
   Tensor x = ops::contiguous(logits), targets = ops::contiguous(targets_in.to(logits.device()));
   const int64_t N = x.size(0), V = x.size(1);
   const TensorOptions sopt{stat_dtype(x.dtype()), x.device()};
@@ -106,8 +112,8 @@ ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_i
           ptr<T>(x), ptr<int32_t>(targets), ptr<A>(res.lse), ptr<A>(row_loss), V, ignore_index);
       SESSA_CUDA_LAUNCH_CHECK("cross_entropy");
     }
-    cross_entropy_mean_kernel<A><<<1, kReduceThreads, 0, st>>>(ptr<A>(row_loss), ptr<int32_t>(targets), N,
-                                                                ignore_index, count, ptr<A>(res.loss));
+    cross_entropy_mean_kernel<A><<<1, kReduceThreads, 0, st>>>(ptr<A>(row_loss), ptr<int32_t>(targets), N, ignore_index,
+                                                               count, ptr<A>(res.loss));
     SESSA_CUDA_LAUNCH_CHECK("cross_entropy");
   });
   return res;
@@ -116,7 +122,8 @@ ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_i
 Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets_in, const Tensor& lse_in,
                               int64_t ignore_index, int64_t count) {
   const char* op = "cross_entropy_backward";
-  SESSA_CHECK(lse_in.device() == logits.device(), op, "lse " << lse_in.str() << " is not on the device of " << logits.str());
+  SESSA_CHECK(lse_in.device() == logits.device(), op,
+              "lse " << lse_in.str() << " is not on the device of " << logits.str());
   Tensor x = ops::contiguous(logits), targets = ops::contiguous(targets_in.to(logits.device()));
   Tensor lse = ops::contiguous(lse_in), d = dloss.to(logits.device());
   const int64_t N = x.size(0), V = x.size(1);
@@ -130,8 +137,8 @@ Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const T
     using A = acc_t<T>;
     dispatch_float(d.dtype(), op, [&](auto dtag) {
       using D = decltype(dtag);
-      cross_entropy_scale_kernel<D, A><<<1, kReduceThreads, 0, st>>>(ptr<D>(d), ptr<int32_t>(targets), N, ignore_index,
-                                                                     host_count, ptr<A>(scale));
+      cross_entropy_scale_kernel<D, A>
+          <<<1, kReduceThreads, 0, st>>>(ptr<D>(d), ptr<int32_t>(targets), N, ignore_index, host_count, ptr<A>(scale));
       SESSA_CUDA_LAUNCH_CHECK(op);
     });
     cross_entropy_backward_kernel<T><<<unsigned(N), kThreads, 0, st>>>(ptr<T>(x), ptr<int32_t>(targets), ptr<A>(lse),

@@ -22,20 +22,25 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
 
 // ---- launching over strided tensors -------------------------------------------------
 
 constexpr unsigned kMaxBlocks = 1u << 16;  // grid-stride beyond this
 
-template <int N> struct Strided {
+template <int N>
+struct Strided {
   Shape shape;
   std::array<Shape, N> strides;
 };
 
 // Drops size-1 dims and merges each dim into the previous (outer) one when the pair
 // is nested in every tensor: stride[outer] == stride[inner] * size[inner].
-template <int N> Strided<N> simplify(const Shape& shape, const std::array<Shape, N>& strides) {
+template <int N>
+Strided<N> simplify(const Shape& shape, const std::array<Shape, N>& strides) {
   Strided<N> s;
   for (size_t d = 0; d < shape.size(); ++d) {
     if (shape[d] == 1) continue;
@@ -53,7 +58,8 @@ template <int N> Strided<N> simplify(const Shape& shape, const std::array<Shape,
 }
 
 // f(off) for every linear index i < n, off[k] = element offset of i in tensor k.
-template <class I, int N, class F> __global__ void __launch_bounds__(kThreads) strided_kernel(I n, StridedIndexer<N> ix, F f) {
+template <class I, int N, class F>
+__global__ void __launch_bounds__(kThreads) strided_kernel(I n, StridedIndexer<N> ix, F f) {
   for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += I(gridDim.x) * blockDim.x) {
     I off[N];
     I rest = i;
@@ -85,71 +91,104 @@ void launch(const char* op, Device device, const Shape& shape, const std::array<
   const StridedIndexer<N> ix(s.shape, s.strides);
   const unsigned blocks = std::min(blocks_for(n), kMaxBlocks);
   cudaStream_t st = stream(device.index);
-  if (fits32) strided_kernel<uint32_t, N><<<blocks, kThreads, 0, st>>>(uint32_t(n), ix, f);
-  else strided_kernel<int64_t, N><<<blocks, kThreads, 0, st>>>(n, ix, f);
+  if (fits32)
+    strided_kernel<uint32_t, N><<<blocks, kThreads, 0, st>>>(uint32_t(n), ix, f);
+  else
+    strided_kernel<int64_t, N><<<blocks, kThreads, 0, st>>>(n, ix, f);
   SESSA_CUDA_LAUNCH_CHECK(op);
 }
 
 // ---- dtypes -------------------------------------------------------------------------------
 
 // Calls f(T{}) for any dtype.
-template <class F> void dispatch_any(DType t, F&& f) {
+template <class F>
+void dispatch_any(DType t, F&& f) {
   switch (t) {
-    case DType::F32: return f(float{});
-    case DType::F64: return f(double{});
-    case DType::BF16: return f(bf16_t{});
-    case DType::I32: return f(int32_t{});
-    case DType::U16: return f(uint16_t{});
+    case DType::F32:
+      return f(float{});
+    case DType::F64:
+      return f(double{});
+    case DType::BF16:
+      return f(bf16_t{});
+    case DType::I32:
+      return f(int32_t{});
+    case DType::U16:
+      return f(uint16_t{});
   }
 }
 
 // The CPU's conversions (tensor/cpu/loops.h): bfloat16 goes through float, with
 // round-to-nearest-even; everything else is a C++ conversion.
-template <class To, class From> __device__ __forceinline__ To convert(From v) {
-  if constexpr (std::is_same_v<To, From>) return v;
-  else if constexpr (std::is_same_v<From, bf16_t>) return To(__bfloat162float(v));
-  else if constexpr (std::is_same_v<To, bf16_t>) return __float2bfloat16(float(v));
-  else return To(v);
+template <class To, class From>
+__device__ __forceinline__ To convert(From v) {
+  if constexpr (std::is_same_v<To, From>)
+    return v;
+  else if constexpr (std::is_same_v<From, bf16_t>)
+    return To(__bfloat162float(v));
+  else if constexpr (std::is_same_v<To, bf16_t>)
+    return __float2bfloat16(float(v));
+  else
+    return To(v);
 }
 
 // ---- functors -----------------------------------------------------------------------------
 
-template <class D, class S> struct CopyFn {
+template <class D, class S>
+struct CopyFn {
   D* dst;
   const S* src;
-  template <class I> __device__ void operator()(const I* off) const { dst[off[0]] = convert<D>(src[off[1]]); }
-};
-
-template <class T> struct FillFn {
-  T* dst;
-  double value;
-  template <class I> __device__ void operator()(const I* off) const { dst[off[0]] = convert<T>(value); }
-};
-
-template <ops::Binary op, class T> struct BinaryFn {
-  T* y;
-  const T *a, *b;
-  template <class I> __device__ void operator()(const I* off) const {
-    const acc_t<T> u = load(a + off[1]), w = load(b + off[2]);
-    if constexpr (op == ops::Binary::Add) store(y + off[0], u + w);
-    else if constexpr (op == ops::Binary::Sub) store(y + off[0], u - w);
-    else if constexpr (op == ops::Binary::Mul) store(y + off[0], u * w);
-    else store(y + off[0], u / w);
+  template <class I>
+  __device__ void operator()(const I* off) const {
+    dst[off[0]] = convert<D>(src[off[1]]);
   }
 };
 
-template <class T> struct AffineFn {
+template <class T>
+struct FillFn {
+  T* dst;
+  double value;
+  template <class I>
+  __device__ void operator()(const I* off) const {
+    dst[off[0]] = convert<T>(value);
+  }
+};
+
+template <ops::Binary op, class T>
+struct BinaryFn {
+  T* y;
+  const T *a, *b;
+  template <class I>
+  __device__ void operator()(const I* off) const {
+    const acc_t<T> u = load(a + off[1]), w = load(b + off[2]);
+    if constexpr (op == ops::Binary::Add)
+      store(y + off[0], u + w);
+    else if constexpr (op == ops::Binary::Sub)
+      store(y + off[0], u - w);
+    else if constexpr (op == ops::Binary::Mul)
+      store(y + off[0], u * w);
+    else
+      store(y + off[0], u / w);
+  }
+};
+
+template <class T>
+struct AffineFn {
   T* y;
   const T* x;
   acc_t<T> alpha, beta;
-  template <class I> __device__ void operator()(const I* off) const { store(y + off[0], alpha * load(x + off[1]) + beta); }
+  template <class I>
+  __device__ void operator()(const I* off) const {
+    store(y + off[0], alpha * load(x + off[1]) + beta);
+  }
 };
 
-template <class T> struct AddFn {
+template <class T>
+struct AddFn {
   T* dst;
   const T* src;
   acc_t<T> alpha;
-  template <class I> __device__ void operator()(const I* off) const {
+  template <class I>
+  __device__ void operator()(const I* off) const {
     store(dst + off[0], load(dst + off[0]) + alpha * load(src + off[1]));
   }
 };
@@ -169,37 +208,59 @@ __device__ __forceinline__ double f_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float f_erf(float x) { return erff(x); }
 __device__ __forceinline__ double f_erf(double x) { return erf(x); }
 
-template <class A> __device__ __forceinline__ A sigmoid(A x) { return A(1) / (A(1) + f_exp(-x)); }
-
-template <ops::Unary op, class A> __device__ __forceinline__ A unary_value(A x) {
-  using ops::Unary;
-  if constexpr (op == Unary::Neg) return -x;
-  else if constexpr (op == Unary::Exp) return f_exp(x);
-  else if constexpr (op == Unary::Log) return f_log(x);
-  else if constexpr (op == Unary::Sqrt) return f_sqrt(x);
-  else if constexpr (op == Unary::Square) return x * x;
-  else if constexpr (op == Unary::Tanh) return f_tanh(x);
-  else if constexpr (op == Unary::Sigmoid) return sigmoid(x);
-  else if constexpr (op == Unary::Relu) return x > A(0) ? x : A(0);
-  else if constexpr (op == Unary::Gelu) return A(0.5) * x * (A(1) + f_erf(x * A(M_SQRT1_2)));  // exact (erf) GELU
-  else if constexpr (op == Unary::Silu) return x * sigmoid(x);
-  else if constexpr (op == Unary::Softplus) return x > A(20) ? x : f_log1p(f_exp(x));
+template <class A>
+__device__ __forceinline__ A sigmoid(A x) {
+  return A(1) / (A(1) + f_exp(-x));
 }
 
-template <ops::Unary op, class A> __device__ __forceinline__ A unary_derivative(A x) {
+template <ops::Unary op, class A>
+__device__ __forceinline__ A unary_value(A x) {
   using ops::Unary;
-  if constexpr (op == Unary::Neg) return A(-1);
-  else if constexpr (op == Unary::Exp) return f_exp(x);
-  else if constexpr (op == Unary::Log) return A(1) / x;
-  else if constexpr (op == Unary::Sqrt) return A(0.5) / f_sqrt(x);
-  else if constexpr (op == Unary::Square) return A(2) * x;
+  if constexpr (op == Unary::Neg)
+    return -x;
+  else if constexpr (op == Unary::Exp)
+    return f_exp(x);
+  else if constexpr (op == Unary::Log)
+    return f_log(x);
+  else if constexpr (op == Unary::Sqrt)
+    return f_sqrt(x);
+  else if constexpr (op == Unary::Square)
+    return x * x;
+  else if constexpr (op == Unary::Tanh)
+    return f_tanh(x);
+  else if constexpr (op == Unary::Sigmoid)
+    return sigmoid(x);
+  else if constexpr (op == Unary::Relu)
+    return x > A(0) ? x : A(0);
+  else if constexpr (op == Unary::Gelu)
+    return A(0.5) * x * (A(1) + f_erf(x * A(M_SQRT1_2)));  // exact (erf) GELU
+  else if constexpr (op == Unary::Silu)
+    return x * sigmoid(x);
+  else if constexpr (op == Unary::Softplus)
+    return x > A(20) ? x : f_log1p(f_exp(x));
+}
+
+template <ops::Unary op, class A>
+__device__ __forceinline__ A unary_derivative(A x) {
+  using ops::Unary;
+  if constexpr (op == Unary::Neg)
+    return A(-1);
+  else if constexpr (op == Unary::Exp)
+    return f_exp(x);
+  else if constexpr (op == Unary::Log)
+    return A(1) / x;
+  else if constexpr (op == Unary::Sqrt)
+    return A(0.5) / f_sqrt(x);
+  else if constexpr (op == Unary::Square)
+    return A(2) * x;
   else if constexpr (op == Unary::Tanh) {
     const A t = f_tanh(x);
     return A(1) - t * t;
   } else if constexpr (op == Unary::Sigmoid) {
     const A s = sigmoid(x);
     return s * (A(1) - s);
-  } else if constexpr (op == Unary::Relu) return x > A(0) ? A(1) : A(0);
+  } else if constexpr (op == Unary::Relu)
+    return x > A(0) ? A(1) : A(0);
   else if constexpr (op == Unary::Gelu) {  // Phi(x) + x * phi(x)
     const A cdf = A(0.5) * (A(1) + f_erf(x * A(M_SQRT1_2)));
     const A pdf = f_exp(A(-0.5) * x * x) * A(0.3989422804014327);  // 1/sqrt(2 pi)
@@ -207,21 +268,26 @@ template <ops::Unary op, class A> __device__ __forceinline__ A unary_derivative(
   } else if constexpr (op == Unary::Silu) {
     const A s = sigmoid(x);
     return s * (A(1) + x * (A(1) - s));
-  } else if constexpr (op == Unary::Softplus) return sigmoid(x);
+  } else if constexpr (op == Unary::Softplus)
+    return sigmoid(x);
 }
 
-template <ops::Unary op, class T> struct UnaryFn {
+template <ops::Unary op, class T>
+struct UnaryFn {
   T* y;
   const T* x;
-  template <class I> __device__ void operator()(const I* off) const {
+  template <class I>
+  __device__ void operator()(const I* off) const {
     store(y + off[0], unary_value<op>(load(x + off[1])));
   }
 };
 
-template <ops::Unary op, class T> struct UnaryBackwardFn {
+template <ops::Unary op, class T>
+struct UnaryBackwardFn {
   T* dx;
   const T *x, *dy;
-  template <class I> __device__ void operator()(const I* off) const {
+  template <class I>
+  __device__ void operator()(const I* off) const {
     store(dx + off[0], load(dy + off[2]) * unary_derivative<op>(load(x + off[1])));
   }
 };
@@ -256,8 +322,9 @@ void copy_(const Tensor& dst, const Tensor& src) {
 void fill_(const Tensor& x, double value) {
   if (value == 0.0 && !std::signbit(value) && x.is_contiguous()) {  // all-zero bits in every dtype
     if (x.numel() > 0)
-      SESSA_CUDA_CHECK(cudaMemsetAsync(x.raw_data(), 0, size_t(x.numel()) * dtype_size(x.dtype()), stream(x.device().index)),
-                       "fill_");
+      SESSA_CUDA_CHECK(
+          cudaMemsetAsync(x.raw_data(), 0, size_t(x.numel()) * dtype_size(x.dtype()), stream(x.device().index)),
+          "fill_");
     return;
   }
   dispatch_any(x.dtype(), [&](auto tag) {
@@ -276,10 +343,18 @@ Tensor binary(ops::Binary op, const Tensor& a, const Tensor& b, const Shape& out
     T* y = ptr<T>(out);
     const T *pa = ptr<const T>(a), *pb = ptr<const T>(b);
     switch (op) {
-      case ops::Binary::Add: launch<3>(name, out.device(), out_shape, strides, BinaryFn<ops::Binary::Add, T>{y, pa, pb}); break;
-      case ops::Binary::Sub: launch<3>(name, out.device(), out_shape, strides, BinaryFn<ops::Binary::Sub, T>{y, pa, pb}); break;
-      case ops::Binary::Mul: launch<3>(name, out.device(), out_shape, strides, BinaryFn<ops::Binary::Mul, T>{y, pa, pb}); break;
-      case ops::Binary::Div: launch<3>(name, out.device(), out_shape, strides, BinaryFn<ops::Binary::Div, T>{y, pa, pb}); break;
+      case ops::Binary::Add:
+        launch<3>(name, out.device(), out_shape, strides, BinaryFn<ops::Binary::Add, T>{y, pa, pb});
+        break;
+      case ops::Binary::Sub:
+        launch<3>(name, out.device(), out_shape, strides, BinaryFn<ops::Binary::Sub, T>{y, pa, pb});
+        break;
+      case ops::Binary::Mul:
+        launch<3>(name, out.device(), out_shape, strides, BinaryFn<ops::Binary::Mul, T>{y, pa, pb});
+        break;
+      case ops::Binary::Div:
+        launch<3>(name, out.device(), out_shape, strides, BinaryFn<ops::Binary::Div, T>{y, pa, pb});
+        break;
     }
   });
   return out;
@@ -323,8 +398,7 @@ Tensor unary_backward(ops::Unary op, const Tensor& x, const Tensor& dy) {
     using T = decltype(tag);
     cpu::dispatch_unary(op, [&](auto op_tag) {
       launch<3>(ops::unary_name(op), x.device(), x.shape(), {dx.strides(), x.strides(), dy.strides()},
-                UnaryBackwardFn<decltype(op_tag)::value, T>{ptr<T>(dx), ptr<const T>(x),
-                                                            ptr<const T>(dy)});
+                UnaryBackwardFn<decltype(op_tag)::value, T>{ptr<T>(dx), ptr<const T>(x), ptr<const T>(dy)});
     });
   });
   return dx;

@@ -19,8 +19,10 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
-
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
 
 // Block shape for rows of `len` elements: x along the row (a power of two up to 256),
 // y over rows, 256 threads in all.
@@ -82,11 +84,16 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   const int64_t row_bytes = a.inner * int64_t(dtype_size(x.dtype()));
   // The widest word dividing the row size and both base addresses (out's is 256-byte aligned).
   const uint64_t align = uint64_t(row_bytes) | reinterpret_cast<uintptr_t>(x.raw_data());
-  if (align % 16 == 0) gather<uint4>(x, index, a, out, row_bytes);
-  else if (align % 8 == 0) gather<uint2>(x, index, a, out, row_bytes);
-  else if (align % 4 == 0) gather<uint32_t>(x, index, a, out, row_bytes);
-  else if (align % 2 == 0) gather<uint16_t>(x, index, a, out, row_bytes);
-  else gather<uint8_t>(x, index, a, out, row_bytes);
+  if (align % 16 == 0)
+    gather<uint4>(x, index, a, out, row_bytes);
+  else if (align % 8 == 0)
+    gather<uint2>(x, index, a, out, row_bytes);
+  else if (align % 4 == 0)
+    gather<uint32_t>(x, index, a, out, row_bytes);
+  else if (align % 2 == 0)
+    gather<uint16_t>(x, index, a, out, row_bytes);
+  else
+    gather<uint8_t>(x, index, a, out, row_bytes);
   return out;
 }
 

@@ -22,7 +22,10 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
 
 constexpr int64_t kMaxPartials = 1024;  // backward blocks (row runs) at most
 
@@ -107,7 +110,8 @@ __global__ void layer_norm_param_grads_kernel(const A* __restrict__ part_dw, con
 }
 
 // Calls f(W{}) with the weight's element type: T, or float for bfloat16 x with float32 weights.
-template <class T, class F> void dispatch_weight(DType wt, F&& f) {
+template <class T, class F>
+void dispatch_weight(DType wt, F&& f) {
   if constexpr (std::is_same_v<T, bf16_t>)
     if (wt == DType::F32) return f(float{});
   f(T{});
@@ -155,8 +159,9 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in,
               "gradient " << dy_in.str() << " does not match input " << x_in.str());
   SESSA_CHECK(mean_in.dtype() == sdt && rstd_in.dtype() == sdt && mean_in.device() == x_in.device() &&
                   rstd_in.device() == x_in.device(),
-              op, "mean " << mean_in.str() << " and rstd " << rstd_in.str() << " must be " << dtype_name(sdt)
-                          << " on " << x_in.device().str());
+              op,
+              "mean " << mean_in.str() << " and rstd " << rstd_in.str() << " must be " << dtype_name(sdt) << " on "
+                      << x_in.device().str());
   Tensor x = ops::contiguous(x_in), dy = ops::contiguous(dy_in), w = ops::contiguous(weight);
   Tensor mean = ops::contiguous(mean_in), rstd = ops::contiguous(rstd_in);
   const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
@@ -184,18 +189,19 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in,
       if (smem > 48 * 1024) {  // beyond the default limit: opt in, up to what the device allows
         int limit = 0;
         SESSA_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), op);
-        SESSA_CHECK(smem <= size_t(limit), op, "last dim " << D << " is too large for the CUDA kernel (at most "
-                                                           << limit / (2 * sizeof(A)) << ")");
+        SESSA_CHECK(
+            smem <= size_t(limit), op,
+            "last dim " << D << " is too large for the CUDA kernel (at most " << limit / (2 * sizeof(A)) << ")");
         SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
       }
       A* pdw = ptr<A>(parts);
       A* pdb = pdw + nparts * D;
       kernel<<<unsigned(nparts), row_threads(D), smem, st>>>(ptr<T>(dy), ptr<T>(x), ptr<W>(w), ptr<A>(mean),
-                                                            ptr<A>(rstd), ptr<T>(g.dx), pdw, pdb, rows, D,
-                                                            rows_per_block);
+                                                             ptr<A>(rstd), ptr<T>(g.dx), pdw, pdb, rows, D,
+                                                             rows_per_block);
       SESSA_CUDA_LAUNCH_CHECK(op);
-      layer_norm_param_grads_kernel<W, A><<<unsigned((D + 31) / 32), dim3(32, 32), 0, st>>>(
-          pdw, pdb, ptr<W>(g.dweight), ptr<W>(g.dbias), nparts, D);
+      layer_norm_param_grads_kernel<W, A>
+          <<<unsigned((D + 31) / 32), dim3(32, 32), 0, st>>>(pdw, pdb, ptr<W>(g.dweight), ptr<W>(g.dbias), nparts, D);
       SESSA_CUDA_LAUNCH_CHECK(op);
     });
   });

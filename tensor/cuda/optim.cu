@@ -11,12 +11,16 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
 
 __device__ __forceinline__ float f_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double f_sqrt(double x) { return sqrt(x); }
 
-template <class A> struct AdamWConst {
+template <class A>
+struct AdamWConst {
   A beta1, one_minus_beta1, beta2, one_minus_beta2, c1, c2, eps, lr, weight_decay;
 };
 
@@ -59,7 +63,8 @@ void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const
     const unsigned blocks = std::min(blocks_for(n), 1u << 16);
     cudaStream_t st = stream(param.device().index);
     if (grad.dtype() == DType::BF16 && param.dtype() != DType::BF16)
-      adamw_kernel<P, bf16_t><<<blocks, kThreads, 0, st>>>(ptr<P>(param), ptr<const bf16_t>(grad), ptr<P>(m), ptr<P>(v), n, k);
+      adamw_kernel<P, bf16_t>
+          <<<blocks, kThreads, 0, st>>>(ptr<P>(param), ptr<const bf16_t>(grad), ptr<P>(m), ptr<P>(v), n, k);
     else
       adamw_kernel<P, P><<<blocks, kThreads, 0, st>>>(ptr<P>(param), ptr<const P>(grad), ptr<P>(m), ptr<P>(v), n, k);
     SESSA_CUDA_LAUNCH_CHECK("adamw_step_");

@@ -27,9 +27,15 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
 
-template <class A> DType acc_dtype() { return std::is_same_v<A, double> ? DType::F64 : DType::F32; }
+template <class A>
+DType acc_dtype() {
+  return std::is_same_v<A, double> ? DType::F64 : DType::F32;
+}
 
 int sm_count(int device) {
   int n = 0;
@@ -80,7 +86,8 @@ Split choose_split(int64_t base_blocks, int64_t len, int64_t target, int64_t min
   Split s;
   s.chunk = std::max<int64_t>(len, 1);
   if (base_blocks >= target) return s;
-  const int64_t want = std::min<int64_t>({(target + base_blocks - 1) / base_blocks, (len + min_chunk - 1) / min_chunk, 65535});
+  const int64_t want =
+      std::min<int64_t>({(target + base_blocks - 1) / base_blocks, (len + min_chunk - 1) / min_chunk, 65535});
   if (want <= 1) return s;
   s.chunk = (len + want - 1) / want;
   s.split = (len + s.chunk - 1) / s.chunk;
@@ -88,7 +95,8 @@ Split choose_split(int64_t base_blocks, int64_t len, int64_t target, int64_t min
 }
 
 // Row r, chunk blockIdx.y: the sum of x[r, chunk], to out[r] (one chunk) or partial[chunk][r].
-template <class T> __global__ void sum_rows_kernel(const T* x, int64_t len, int64_t chunk, T* out, acc_t<T>* partial) {
+template <class T>
+__global__ void sum_rows_kernel(const T* x, int64_t len, int64_t chunk, T* out, acc_t<T>* partial) {
   using A = acc_t<T>;
   const int64_t row = blockIdx.x, begin = int64_t(blockIdx.y) * chunk, end = min(len, begin + chunk);
   const T* p = x + row * len;
@@ -96,8 +104,10 @@ template <class T> __global__ void sum_rows_kernel(const T* x, int64_t len, int6
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) acc += load(p + i);
   acc = block_sum(acc);
   if (threadIdx.x != 0) return;
-  if (partial) partial[int64_t(blockIdx.y) * gridDim.x + row] = acc;
-  else store(out + row, acc);
+  if (partial)
+    partial[int64_t(blockIdx.y) * gridDim.x + row] = acc;
+  else
+    store(out + row, acc);
 }
 
 // Block (32, 8): columns c0 + threadIdx.x of slab o, rows of chunk blockIdx.y.
@@ -116,12 +126,15 @@ __global__ void sum_cols_kernel(const T* x, int64_t len, int64_t inner, int64_t 
   __syncthreads();
   if (threadIdx.y != 0 || c >= inner) return;
   for (int k = 1; k < kColDepth; ++k) acc += part[k][threadIdx.x];
-  if (partial) partial[int64_t(blockIdx.y) * n_out + o * inner + c] = acc;
-  else store(out + o * inner + c, acc);
+  if (partial)
+    partial[int64_t(blockIdx.y) * n_out + o * inner + c] = acc;
+  else
+    store(out + o * inner + c, acc);
 }
 
 // out[i] = sum over chunks of partial[chunk][i], in chunk order.
-template <class T> __global__ void sum_partials_kernel(const acc_t<T>* partial, int64_t split, int64_t n_out, T* out) {
+template <class T>
+__global__ void sum_partials_kernel(const acc_t<T>* partial, int64_t split, int64_t n_out, T* out) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n_out) return;
   acc_t<T> acc = 0;
@@ -130,7 +143,8 @@ template <class T> __global__ void sum_partials_kernel(const acc_t<T>* partial, 
 }
 
 // The max of row blockIdx.x and its first index; either output may be null.
-template <class T> __global__ void max_rows_kernel(const T* x, int64_t len, T* values, int32_t* indices) {
+template <class T>
+__global__ void max_rows_kernel(const T* x, int64_t len, T* values, int32_t* indices) {
   using A = acc_t<T>;
   __shared__ A best_v[32];
   __shared__ int64_t best_i[32];
@@ -155,7 +169,8 @@ template <class T> __global__ void max_rows_kernel(const T* x, int64_t len, T* v
 }
 
 // partial[blockIdx.x] = the block's share of sum x^2, in double.
-template <class T> __global__ void sum_squares_kernel(const T* x, int64_t n, double* partial) {
+template <class T>
+__global__ void sum_squares_kernel(const T* x, int64_t n, double* partial) {
   double acc = 0;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const double e = double(load(x + i));
@@ -192,17 +207,19 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, const Shape& out_s
     using A = acc_t<T>;
     const int64_t col_blocks = (r.inner + kColWidth - 1) / kColWidth;
     const bool rows = r.inner == 1;
-    const Split s = rows ? choose_split(r.outer, r.len, target, 2048) : choose_split(r.outer * col_blocks, r.len, target, 64);
+    const Split s =
+        rows ? choose_split(r.outer, r.len, target, 2048) : choose_split(r.outer * col_blocks, r.len, target, 64);
     Tensor ws;
     if (s.split > 1) ws = Tensor::empty({s.split, n_out}, {acc_dtype<A>(), x.device()});
     A* partial = s.split > 1 ? ptr<A>(ws) : nullptr;
     if (rows) {
       const dim3 grid(unsigned(r.outer), unsigned(s.split));
-      sum_rows_kernel<T><<<grid, row_threads(s.chunk), 0, st>>>(ptr<const T>(r.x), r.len, s.chunk, ptr<T>(out), partial);
+      sum_rows_kernel<T>
+          <<<grid, row_threads(s.chunk), 0, st>>>(ptr<const T>(r.x), r.len, s.chunk, ptr<T>(out), partial);
     } else {
       const dim3 grid(unsigned(r.outer * col_blocks), unsigned(s.split)), block(kColWidth, kColDepth);
-      sum_cols_kernel<T><<<grid, block, 0, st>>>(ptr<const T>(r.x), r.len, r.inner, col_blocks, s.chunk, ptr<T>(out),
-                                                 partial, n_out);
+      sum_cols_kernel<T>
+          <<<grid, block, 0, st>>>(ptr<const T>(r.x), r.len, r.inner, col_blocks, s.chunk, ptr<T>(out), partial, n_out);
     }
     SESSA_CUDA_LAUNCH_CHECK("sum");
     if (s.split > 1) {
@@ -239,8 +256,8 @@ Tensor sum_of_squares(const Tensor& x_in) {
     sum_squares_kernel<T><<<unsigned(blocks), kThreads, 0, st>>>(ptr<const T>(x), n, ptr<double>(partial));
     SESSA_CUDA_LAUNCH_CHECK("sum_of_squares");
   });
-  sum_rows_kernel<double><<<1, row_threads(blocks), 0, st>>>(ptr<const double>(partial), blocks, blocks,
-                                                              ptr<double>(total), nullptr);
+  sum_rows_kernel<double>
+      <<<1, row_threads(blocks), 0, st>>>(ptr<const double>(partial), blocks, blocks, ptr<double>(total), nullptr);
   SESSA_CUDA_LAUNCH_CHECK("sum_of_squares");
   return total;
 }

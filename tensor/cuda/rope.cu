@@ -10,7 +10,10 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
 
 template <class A>
 __global__ void rope_table_kernel(A* __restrict__ cs, A* __restrict__ sn, int64_t T, int64_t half, int64_t pos_offset,
@@ -52,8 +55,8 @@ Tensor rope(const Tensor& x_in, int64_t pos_offset, double base, bool inverse) {
     rope_table_kernel<A><<<blocks_for(T * half), kThreads, 0, st>>>(ptr<A>(cs), ptr<A>(sn), T, half, pos_offset, base,
                                                                     inverse ? -1.0 : 1.0);
     SESSA_CUDA_LAUNCH_CHECK("rope");
-    rope_kernel<TT><<<blocks_for(pairs), kThreads, 0, st>>>(ptr<TT>(x), ptr<A>(cs), ptr<A>(sn), ptr<TT>(y), pairs, T,
-                                                            half);
+    rope_kernel<TT>
+        <<<blocks_for(pairs), kThreads, 0, st>>>(ptr<TT>(x), ptr<A>(cs), ptr<A>(sn), ptr<TT>(y), pairs, T, half);
     SESSA_CUDA_LAUNCH_CHECK("rope");
   });
   return y;

@@ -3,12 +3,13 @@
 // size, so a training loop whose shapes repeat stops calling cudaMalloc after
 // its first step. All work runs on one stream per device, so a block freed on
 // the host can be reused at once: later kernels are ordered after earlier ones.
+#include "tensor/cuda/runtime.h"
+
 #include <map>
 #include <mutex>
 #include <vector>
 
 #include "tensor/cuda/check.h"
-#include "tensor/cuda/runtime.h"
 #include "tensor/cuda_hooks.h"
 
 namespace sessa::cuda {
@@ -16,8 +17,8 @@ namespace sessa::cuda {
 namespace {
 
 constexpr int kMaxDevices = 16;
-constexpr size_t kSmallRound = 512;         // small blocks: multiples of 512 B
-constexpr size_t kLargeRound = 2u << 20;    // large blocks: multiples of 2 MiB
+constexpr size_t kSmallRound = 512;       // small blocks: multiples of 512 B
+constexpr size_t kLargeRound = 2u << 20;  // large blocks: multiples of 2 MiB
 constexpr size_t kSmallLimit = 1u << 20;
 bool g_poison = false;
 

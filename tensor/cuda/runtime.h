@@ -12,9 +12,9 @@ namespace sessa::cuda {
 cudaStream_t stream(int device);  // sets `device` current, returns its stream
 
 struct MemoryStats {
-  size_t in_use = 0;     // bytes handed out to tensors now
-  size_t peak = 0;       // most bytes ever handed out at once
-  size_t reserved = 0;   // bytes held from cudaMalloc (in use + cached)
+  size_t in_use = 0;        // bytes handed out to tensors now
+  size_t peak = 0;          // most bytes ever handed out at once
+  size_t reserved = 0;      // bytes held from cudaMalloc (in use + cached)
   size_t cuda_mallocs = 0;  // number of cudaMalloc calls so far
 };
 MemoryStats memory_stats(int device);

@@ -15,7 +15,10 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T> T* ptr(const Tensor& t) { return static_cast<T*>(t.raw_data()); }
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
 
 __device__ __forceinline__ float f_exp(float x) { return expf(x); }
 __device__ __forceinline__ double f_exp(double x) { return exp(x); }
@@ -28,15 +31,18 @@ int row_threads(int64_t len) {
   return t;
 }
 
-template <class T, bool kLog> __global__ void softmax_kernel(const T* x, int64_t len, T* y) {
+template <class T, bool kLog>
+__global__ void softmax_kernel(const T* x, int64_t len, T* y) {
   using A = acc_t<T>;
   const T* in = x + int64_t(blockIdx.x) * len;
   T* out = y + int64_t(blockIdx.x) * len;
   A m = -INFINITY, s = 0;
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
     const A e = load(in + i);
-    if (e > m) s = s * f_exp(m - e) + A(1), m = e;
-    else if (m != A(-INFINITY)) s += f_exp(e - m);  // skips -inf while m is still -inf (exp(nan))
+    if (e > m)
+      s = s * f_exp(m - e) + A(1), m = e;
+    else if (m != A(-INFINITY))
+      s += f_exp(e - m);  // skips -inf while m is still -inf (exp(nan))
   }
   const A row_max = block_max(m);
   const A total = block_sum(m == A(-INFINITY) ? A(0) : s * f_exp(m - row_max));
@@ -50,11 +56,13 @@ template <class T, bool kLog> __global__ void softmax_kernel(const T* x, int64_t
 }
 
 // softmax: dx = y * (dy - sum(y * dy));  log_softmax: dx = dy - exp(y) * sum(dy).
-template <class T, bool kLog> __global__ void softmax_backward_kernel(const T* y, const T* dy, int64_t len, T* dx) {
+template <class T, bool kLog>
+__global__ void softmax_backward_kernel(const T* y, const T* dy, int64_t len, T* dx) {
   using A = acc_t<T>;
   const int64_t at = int64_t(blockIdx.x) * len;
   A acc = 0;
-  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) acc += kLog ? load(dy + at + i) : load(y + at + i) * load(dy + at + i);
+  for (int64_t i = threadIdx.x; i < len; i += blockDim.x)
+    acc += kLog ? load(dy + at + i) : load(y + at + i) * load(dy + at + i);
   const A c = block_sum(acc);
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
     const A yi = load(y + at + i), gi = load(dy + at + i);
@@ -62,20 +70,23 @@ template <class T, bool kLog> __global__ void softmax_backward_kernel(const T* y
   }
 }
 
-template <bool kLog> Tensor forward(const Tensor& x_in, const char* op) {
+template <bool kLog>
+Tensor forward(const Tensor& x_in, const char* op) {
   const Tensor x = ops::contiguous(x_in);
   Tensor y = empty_like(x);
   const int64_t len = x.size(-1), rows = len == 0 ? 0 : x.numel() / len;
   if (rows == 0) return y;
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
-    softmax_kernel<T, kLog><<<unsigned(rows), row_threads(len), 0, stream(x.device().index)>>>(ptr<const T>(x), len, ptr<T>(y));
+    softmax_kernel<T, kLog>
+        <<<unsigned(rows), row_threads(len), 0, stream(x.device().index)>>>(ptr<const T>(x), len, ptr<T>(y));
     SESSA_CUDA_LAUNCH_CHECK(op);
   });
   return y;
 }
 
-template <bool kLog> Tensor backward(const Tensor& y_in, const Tensor& dy_in, const char* op) {
+template <bool kLog>
+Tensor backward(const Tensor& y_in, const Tensor& dy_in, const char* op) {
   SESSA_CHECK(y_in.dtype() == dy_in.dtype() && y_in.device() == dy_in.device(), op,
               "output and gradient differ: " << y_in.str() << " and " << dy_in.str());
   const Tensor y = ops::contiguous(y_in), dy = ops::contiguous(dy_in);

@@ -11,12 +11,13 @@
 // [i0, i0 + n) needs keys [0, q_offset + i0 + n), so each thread holds O(kBlock * Tk)
 // scratch. Query heads of one group write their dk/dv into separate buffers that are
 // summed afterwards, so the parallel loops never race.
+#include "tensor/cuda/attention.h"
+
 #include <algorithm>
 #include <cmath>
 
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/loops.h"
-#include "tensor/cuda/attention.h"
 #include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
@@ -32,8 +33,8 @@ struct Dims {
 
 Dims check_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset) {
   SESSA_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op,
-              "expects q (B, H, Tq, dh) and k, v (B, Hkv, Tk, dh), got q " << q.shape() << ", k " << k.shape()
-                                                                           << ", v " << v.shape());
+              "expects q (B, H, Tq, dh) and k, v (B, Hkv, Tk, dh), got q " << q.shape() << ", k " << k.shape() << ", v "
+                                                                           << v.shape());
   SESSA_CHECK(k.shape() == v.shape(), op, "k " << k.shape() << " and v " << v.shape() << " differ");
   SESSA_CHECK(q.size(0) == k.size(0) && q.size(3) == k.size(3), op,
               "q " << q.shape() << " and k " << k.shape() << " differ in batch size or head dim");
@@ -87,7 +88,9 @@ void block_probs(const T* qh, const T* kh, int64_t i0, int64_t n, int64_t kn, in
 
 AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int64_t q_offset, double scale) {
   const Dims d = check_attention("attention", q_in, k_in, v_in, q_offset);
-  if (q_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::attention(q_in, k_in, v_in, q_offset, scale)); }
+  if (q_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::attention(q_in, k_in, v_in, q_offset, scale));
+  }
   Tensor q = contiguous(q_in), k = contiguous(k_in), v = contiguous(v_in);
   AttentionOut res{empty_like(q), Tensor::empty({d.B, d.H, d.Tq}, q.options())};
   const int64_t blocks = (d.Tq + kBlock - 1) / kBlock, tasks = d.B * d.H * blocks;
@@ -105,11 +108,11 @@ AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_i
         const int64_t n = std::min(kBlock, d.Tq - i0), kn = q_offset + i0 + n;
         const Head hd = head_of(d, bh);
         S.resize(size_t(n * kn));
-        block_probs<T>(pq + hd.qoff, pk + hd.kvoff, i0, n, kn, d.dh, q_offset, scale, nullptr,
-                       plse + bh * d.Tq, S.data());
+        block_probs<T>(pq + hd.qoff, pk + hd.kvoff, i0, n, kn, d.dh, q_offset, scale, nullptr, plse + bh * d.Tq,
+                       S.data());
         // out[i0:i0+n] = P V[0:kn] (P is already normalised)
-        cpu::gemm<T>(false, false, n, d.dh, kn, T(1), S.data(), kn, pv + hd.kvoff, d.dh, T(0),
-                     po + hd.qoff + i0 * d.dh, d.dh);
+        cpu::gemm<T>(false, false, n, d.dh, kn, T(1), S.data(), kn, pv + hd.kvoff, d.dh, T(0), po + hd.qoff + i0 * d.dh,
+                     d.dh);
       }
     }
   });
@@ -166,8 +169,8 @@ AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in, con
             for (int64_t s = 0; s < kn; ++s) ds[s] = p[s] * (ds[s] - T(D));
           }
           // dq = scale dS K;  dk += scale dS^T Q;  dv += P^T dout
-          cpu::gemm<T>(false, false, n, d.dh, kn, T(scale), dS.data(), kn, kh, d.dh, T(0),
-                       pdq + hd.qoff + i0 * d.dh, d.dh);
+          cpu::gemm<T>(false, false, n, d.dh, kn, T(scale), dS.data(), kn, kh, d.dh, T(0), pdq + hd.qoff + i0 * d.dh,
+                       d.dh);
           cpu::gemm<T>(true, false, kn, d.dh, n, T(scale), dS.data(), kn, qh + i0 * d.dh, d.dh, T(1), dkh, d.dh);
           cpu::gemm<T>(true, false, kn, d.dh, n, T(1), P.data(), kn, doh + i0 * d.dh, d.dh, T(1), dvh, d.dh);
         }

@@ -40,7 +40,9 @@ int64_t check_cross_entropy(const char* op, const Tensor& logits, const Tensor& 
 
 CrossEntropyOut cross_entropy(const Tensor& logits_in, const Tensor& targets_in, int64_t ignore_index) {
   const int64_t count = check_cross_entropy("cross_entropy", logits_in, targets_in, ignore_index);
-  if (logits_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::cross_entropy(logits_in, targets_in, ignore_index, count)); }
+  if (logits_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::cross_entropy(logits_in, targets_in, ignore_index, count));
+  }
   Tensor x = contiguous(logits_in), targets = contiguous(targets_in);
   const int64_t N = x.size(0), V = x.size(1);
   CrossEntropyOut res{Tensor(), Tensor::empty({N}, x.options()), count};
@@ -69,8 +71,8 @@ CrossEntropyOut cross_entropy(const Tensor& logits_in, const Tensor& targets_in,
   return res;
 }
 
-Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits_in, const Tensor& targets_in, const Tensor& lse_in,
-                              int64_t ignore_index, int64_t count) {
+Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits_in, const Tensor& targets_in,
+                              const Tensor& lse_in, int64_t ignore_index, int64_t count) {
   const char* op = "cross_entropy_backward";
   check_cross_entropy(op, logits_in, targets_in, ignore_index);
   SESSA_CHECK(dloss.numel() == 1, op, "dloss must have one element, got " << dloss.shape());

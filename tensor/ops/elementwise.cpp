@@ -15,14 +15,20 @@ void check_same_device_dtype(const char* op, const Tensor& a, const Tensor& b) {
   SESSA_CHECK(a.dtype() == b.dtype(), op, "dtype mismatch: " << a.str() << " and " << b.str());
 }
 
-template <Binary op, class T> inline T apply(T a, T b) {
-  if constexpr (op == Binary::Add) return a + b;
-  else if constexpr (op == Binary::Sub) return a - b;
-  else if constexpr (op == Binary::Mul) return a * b;
-  else return a / b;
+template <Binary op, class T>
+inline T apply(T a, T b) {
+  if constexpr (op == Binary::Add)
+    return a + b;
+  else if constexpr (op == Binary::Sub)
+    return a - b;
+  else if constexpr (op == Binary::Mul)
+    return a * b;
+  else
+    return a / b;
 }
 
-template <Binary op> void cpu_binary(const Tensor& out, const Tensor& a, const Tensor& b) {
+template <Binary op>
+void cpu_binary(const Tensor& out, const Tensor& a, const Tensor& b) {
   cpu::dispatch_float(out.dtype(), "binary", [&](auto tag) {
     using T = decltype(tag);
     T* y = out.data<T>();
@@ -46,19 +52,31 @@ template <Binary op> void cpu_binary(const Tensor& out, const Tensor& a, const T
 Tensor binary(Binary op, const Tensor& a, const Tensor& b) {
   const char* name = op == Binary::Add ? "add" : op == Binary::Sub ? "sub" : op == Binary::Mul ? "mul" : "div";
   check_same_device_dtype(name, a, b);
-  if (a.is_cuda()) { SESSA_CUDA_CALL(return cuda::binary(op, a, b, broadcast_shapes(a.shape(), b.shape(), name))); }
+  if (a.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::binary(op, a, b, broadcast_shapes(a.shape(), b.shape(), name)));
+  }
   Tensor out = Tensor::empty(broadcast_shapes(a.shape(), b.shape(), name), a.options());
   switch (op) {
-    case Binary::Add: cpu_binary<Binary::Add>(out, a, b); break;
-    case Binary::Sub: cpu_binary<Binary::Sub>(out, a, b); break;
-    case Binary::Mul: cpu_binary<Binary::Mul>(out, a, b); break;
-    case Binary::Div: cpu_binary<Binary::Div>(out, a, b); break;
+    case Binary::Add:
+      cpu_binary<Binary::Add>(out, a, b);
+      break;
+    case Binary::Sub:
+      cpu_binary<Binary::Sub>(out, a, b);
+      break;
+    case Binary::Mul:
+      cpu_binary<Binary::Mul>(out, a, b);
+      break;
+    case Binary::Div:
+      cpu_binary<Binary::Div>(out, a, b);
+      break;
   }
   return out;
 }
 
 Tensor affine(const Tensor& x, double alpha, double beta) {
-  if (x.is_cuda()) { SESSA_CUDA_CALL(return cuda::affine(x, alpha, beta)); }
+  if (x.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::affine(x, alpha, beta));
+  }
   Tensor out = empty_like(x);
   cpu::dispatch_float(x.dtype(), "affine", [&](auto tag) {
     using T = decltype(tag);
@@ -74,7 +92,9 @@ void add_(const Tensor& dst, const Tensor& src, double alpha) {
   check_same_device_dtype("add_", dst, src);
   SESSA_CHECK(broadcast_shapes(dst.shape(), src.shape(), "add_") == dst.shape(), "add_",
               "cannot accumulate " << src.shape() << " into " << dst.shape());
-  if (dst.is_cuda()) { SESSA_CUDA_CALL(return cuda::add_(dst, src, alpha)); }
+  if (dst.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::add_(dst, src, alpha));
+  }
   cpu::dispatch_float(dst.dtype(), "add_", [&](auto tag) {
     using T = decltype(tag);
     T* d = dst.data<T>();
@@ -85,12 +105,15 @@ void add_(const Tensor& dst, const Tensor& src, double alpha) {
 }
 
 const char* unary_name(Unary op) {
-  static const char* names[] = {"neg", "exp", "log", "sqrt", "square", "tanh", "sigmoid", "relu", "gelu", "silu", "softplus"};
+  static const char* names[] = {"neg",     "exp",  "log",  "sqrt", "square",  "tanh",
+                                "sigmoid", "relu", "gelu", "silu", "softplus"};
   return names[int(op)];
 }
 
 Tensor unary(Unary op, const Tensor& x) {
-  if (x.is_cuda()) { SESSA_CUDA_CALL(return cuda::unary(op, x)); }
+  if (x.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::unary(op, x));
+  }
   Tensor out = empty_like(x);
   cpu::dispatch_float(x.dtype(), unary_name(op), [&](auto tag) {
     using T = decltype(tag);
@@ -106,8 +129,11 @@ Tensor unary(Unary op, const Tensor& x) {
 
 Tensor unary_backward(Unary op, const Tensor& x, const Tensor& dy) {
   check_same_device_dtype(unary_name(op), x, dy);
-  SESSA_CHECK(x.shape() == dy.shape(), unary_name(op), "gradient shape " << dy.shape() << " != input shape " << x.shape());
-  if (x.is_cuda()) { SESSA_CUDA_CALL(return cuda::unary_backward(op, x, dy)); }
+  SESSA_CHECK(x.shape() == dy.shape(), unary_name(op),
+              "gradient shape " << dy.shape() << " != input shape " << x.shape());
+  if (x.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::unary_backward(op, x, dy));
+  }
   Tensor dx = empty_like(x);
   cpu::dispatch_float(x.dtype(), unary_name(op), [&](auto tag) {
     using T = decltype(tag);
@@ -115,9 +141,8 @@ Tensor unary_backward(Unary op, const Tensor& x, const Tensor& dy) {
     const T* px = x.data<T>();
     const T* pdy = dy.data<T>();
     cpu::dispatch_unary(op, [&](auto op_tag) {
-      cpu::strided_loop<3>(dx.shape(), {dx.strides(), x.strides(), dy.strides()}, [&](const auto& o) {
-        g[o[0]] = pdy[o[2]] * cpu::unary_derivative<op_tag.value>(px[o[1]]);
-      });
+      cpu::strided_loop<3>(dx.shape(), {dx.strides(), x.strides(), dy.strides()},
+                           [&](const auto& o) { g[o[0]] = pdy[o[2]] * cpu::unary_derivative<op_tag.value>(px[o[1]]); });
     });
   });
   return dx;

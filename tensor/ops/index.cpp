@@ -35,14 +35,13 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
 
 namespace {
 
-
 const int32_t* checked_indices(const Tensor& index, int64_t limit, const char* op) {
   SESSA_CHECK(index.dtype() == DType::I32, op, "index must be int32, got " << index.str());
   SESSA_CHECK(index.device().is_cpu(), op, "no CUDA kernel yet for " << index.str());
   const int32_t* ids = index.data<int32_t>();
   for (int64_t i = 0; i < index.numel(); ++i)
-    SESSA_CHECK(ids[i] >= 0 && ids[i] < limit, op, "index " << ids[i] << " at position " << i
-                                                    << " out of range [0, " << limit << ")");
+    SESSA_CHECK(ids[i] >= 0 && ids[i] < limit, op,
+                "index " << ids[i] << " at position " << i << " out of range [0, " << limit << ")");
   return ids;
 }
 
@@ -64,7 +63,8 @@ Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
   Tensor x = contiguous(x_in), index = contiguous(index_in);
   int64_t d = wrap_dim(dim, x.dim(), "index_select");
   if (x.is_cuda()) {
-    SESSA_CUDA_CALL(return cuda::index_select(x, d, device_indices(index, x.device(), x.shape()[size_t(d)], "index_select")));
+    SESSA_CUDA_CALL(
+        return cuda::index_select(x, d, device_indices(index, x.device(), x.shape()[size_t(d)], "index_select")));
   }
   const int32_t* ids = checked_indices(index, x.shape()[size_t(d)], "index_select");
   Shape out_shape(x.shape().begin(), x.shape().begin() + d);
@@ -90,7 +90,8 @@ Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index_in, const 
   SESSA_CHECK(grad.numel() == a.outer * n * a.inner, "index_add",
               "gradient " << grad.shape() << " does not match " << shape << " indexed by " << index.shape());
   if (grad.is_cuda()) {
-    SESSA_CUDA_CALL(return cuda::index_add(shape, d, device_indices(index, grad.device(), shape[size_t(d)], "index_add"), grad));
+    SESSA_CUDA_CALL(
+        return cuda::index_add(shape, d, device_indices(index, grad.device(), shape[size_t(d)], "index_add"), grad));
   }
   const int32_t* ids = checked_indices(index, shape[size_t(d)], "index_add");
   Tensor out = zeros(shape, grad.options());

@@ -14,7 +14,9 @@ LayerNormOut layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& 
   SESSA_CHECK(x_in.dim() >= 1 && weight.shape() == Shape{x_in.size(-1)} && bias.shape() == weight.shape(), "layer_norm",
               "input " << x_in.shape() << " needs weight and bias of shape [" << x_in.size(-1) << "], got "
                        << weight.shape() << " and " << bias.shape());
-  if (x_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::layer_norm(x_in, weight, bias, eps)); }
+  if (x_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::layer_norm(x_in, weight, bias, eps));
+  }
   Tensor x = contiguous(x_in);
   const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
   Shape stat_shape(x.shape().begin(), x.shape().end() - 1);
@@ -40,8 +42,11 @@ LayerNormOut layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& 
 
 LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& weight, const Tensor& mean,
                                    const Tensor& rstd) {
-  SESSA_CHECK(dy_in.shape() == x_in.shape(), "layer_norm_backward", "gradient " << dy_in.shape() << " vs input " << x_in.shape());
-  if (x_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::layer_norm_backward(dy_in, x_in, weight, mean, rstd)); }
+  SESSA_CHECK(dy_in.shape() == x_in.shape(), "layer_norm_backward",
+              "gradient " << dy_in.shape() << " vs input " << x_in.shape());
+  if (x_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::layer_norm_backward(dy_in, x_in, weight, mean, rstd));
+  }
   Tensor x = contiguous(x_in), dy = contiguous(dy_in);
   const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
   LayerNormGrads g{empty_like(x), zeros({D}, x.options()), zeros({D}, x.options())};

@@ -53,18 +53,22 @@ int64_t batch_offset(const Tensor& x, int64_t b, int64_t batch_dims) {
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
-  SESSA_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul", "operands need >= 2 dims, got " << a.shape() << " and " << b.shape());
+  SESSA_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul",
+              "operands need >= 2 dims, got " << a.shape() << " and " << b.shape());
   SESSA_CHECK(a.device() == b.device() && a.dtype() == b.dtype(), "matmul",
               "operands differ in device or dtype: " << a.str() << " and " << b.str());
   const int64_t M = a.size(trans_a ? -1 : -2), K = a.size(trans_a ? -2 : -1);
   const int64_t Kb = b.size(trans_b ? -1 : -2), N = b.size(trans_b ? -2 : -1);
-  SESSA_CHECK(K == Kb, "matmul", "inner dimensions differ: " << a.shape() << (trans_a ? "^T" : "") << " @ " << b.shape()
-                                                              << (trans_b ? "^T" : ""));
+  SESSA_CHECK(
+      K == Kb, "matmul",
+      "inner dimensions differ: " << a.shape() << (trans_a ? "^T" : "") << " @ " << b.shape() << (trans_b ? "^T" : ""));
   const int64_t batch_dims = a.dim() - 2;
   Shape batch_shape(a.shape().begin(), a.shape().end() - 2);
   SESSA_CHECK(b.dim() == 2 || Shape(b.shape().begin(), b.shape().end() - 2) == batch_shape, "matmul",
               "batch dims differ: " << a.shape() << " @ " << b.shape());
-  if (a.is_cuda()) { SESSA_CUDA_CALL(return cuda::matmul(a, b, trans_a, trans_b)); }
+  if (a.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::matmul(a, b, trans_a, trans_b));
+  }
   Shape out_shape = batch_shape;
   out_shape.push_back(M);
   out_shape.push_back(N);

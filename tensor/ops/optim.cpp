@@ -15,7 +15,9 @@ void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const
     SESSA_CHECK(t->shape() == param.shape() && t->is_contiguous() && t->device() == param.device(), "adamw_step_",
                 "state " << t->str() << " does not match parameter " << param.str());
   SESSA_CHECK(param.is_contiguous(), "adamw_step_", "needs a contiguous parameter, got " << param.str());
-  if (param.is_cuda()) { SESSA_CUDA_CALL(return cuda::adamw_step_(param, grad, m, v, h)); }
+  if (param.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::adamw_step_(param, grad, m, v, h));
+  }
   const double c1 = 1.0 - std::pow(h.beta1, double(h.step)), c2 = 1.0 - std::pow(h.beta2, double(h.step));
   cpu::dispatch_float(param.dtype(), "adamw_step_", [&](auto tag) {
     using T = decltype(tag);
@@ -33,7 +35,9 @@ void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const
 }
 
 Tensor sum_of_squares(const Tensor& x) {
-  if (x.is_cuda()) { SESSA_CUDA_CALL(return cuda::sum_of_squares(x)); }
+  if (x.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::sum_of_squares(x));
+  }
   Tensor c = contiguous(x);
   const double total = cpu::dispatch_float(c.dtype(), "sum_of_squares", [&](auto tag) {
     using T = decltype(tag);

@@ -13,7 +13,7 @@ namespace sessa::ops {
 namespace {
 
 struct RowLayout {
-  Tensor rows;   // contiguous, shape (outer, inner): one row per output element
+  Tensor rows;  // contiguous, shape (outer, inner): one row per output element
   Shape out_shape;
 };
 
@@ -29,8 +29,10 @@ Reduction reduction(const Tensor& x, std::vector<int64_t> dims, bool keepdim, co
   Shape out_shape;
   for (int64_t d = 0; d < x.dim(); ++d) {
     bool reduced = std::binary_search(dims.begin(), dims.end(), d);
-    if (!reduced) out_shape.push_back(x.shape()[d]);
-    else if (keepdim) out_shape.push_back(1);
+    if (!reduced)
+      out_shape.push_back(x.shape()[d]);
+    else if (keepdim)
+      out_shape.push_back(1);
   }
   return {dims, out_shape};
 }
@@ -86,7 +88,8 @@ Tensor sum_all(const Tensor& x) {
 
 namespace {
 // Shared by amax and argmax: the max of each row and where it is.
-template <class Emit> Tensor max_rows(const Tensor& x, int64_t dim, bool keepdim, DType out_dtype, const char* op, Emit emit) {
+template <class Emit>
+Tensor max_rows(const Tensor& x, int64_t dim, bool keepdim, DType out_dtype, const char* op, Emit emit) {
   auto [rows, out_shape] = to_rows(x, {dim}, keepdim, op);
   SESSA_CHECK(rows.size(1) > 0, op, "reduction over an empty dimension of " << x.shape());
   Tensor out = Tensor::empty(out_shape, {out_dtype, x.device()});
@@ -139,9 +142,12 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
   size_t lead = x.shape().size() - shape.size();
   std::vector<int64_t> dims;
   for (size_t i = 0; i < x.shape().size(); ++i) {
-    if (i < lead) dims.push_back(int64_t(i));
-    else if (shape[i - lead] == 1 && x.shape()[i] != 1) dims.push_back(int64_t(i));
-    else SESSA_CHECK(shape[i - lead] == x.shape()[i], "sum_to", "cannot reduce " << x.shape() << " to " << shape);
+    if (i < lead)
+      dims.push_back(int64_t(i));
+    else if (shape[i - lead] == 1 && x.shape()[i] != 1)
+      dims.push_back(int64_t(i));
+    else
+      SESSA_CHECK(shape[i - lead] == x.shape()[i], "sum_to", "cannot reduce " << x.shape() << " to " << shape);
   }
   return reshape(sum(x, dims, false), shape);
 }

@@ -17,7 +17,9 @@ Tensor rope(const Tensor& x_in, int64_t pos_offset, double base, bool inverse) {
   SESSA_CHECK(x_in.dim() == 4, "rope", "expects x of shape (B, H, T, dh), got " << x_in.shape());
   SESSA_CHECK(x_in.size(3) % 2 == 0, "rope", "head dim dh must be even, got " << x_in.shape());
   SESSA_CHECK(base > 0, "rope", "base must be positive, got " << base);
-  if (x_in.is_cuda()) { SESSA_CUDA_CALL(return cuda::rope(x_in, pos_offset, base, inverse)); }
+  if (x_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::rope(x_in, pos_offset, base, inverse));
+  }
   Tensor x = contiguous(x_in);
   const int64_t T = x.size(2), dh = x.size(3), half = dh / 2, rows = x.numel() / std::max<int64_t>(dh, 1);
   // cos/sin table (T, dh/2) shared by every batch and head.

@@ -12,7 +12,8 @@ namespace sessa::ops {
 namespace {
 
 // Runs body(in_row, out_row, len) [or with a second input row] over every row.
-template <class T, class Body> void for_rows(const Tensor& out, std::initializer_list<Tensor> ins, Body body) {
+template <class T, class Body>
+void for_rows(const Tensor& out, std::initializer_list<Tensor> ins, Body body) {
   const int64_t len = out.dim() == 0 ? 1 : out.size(-1);
   const int64_t rows = len == 0 ? 0 : out.numel() / len;
   std::vector<const T*> in_ptrs;
@@ -31,7 +32,9 @@ Tensor prepare(const Tensor& x, const char* op) {
 
 Tensor softmax(const Tensor& x_in) {
   Tensor x = prepare(x_in, "softmax");
-  if (x.is_cuda()) { SESSA_CUDA_CALL(return cuda::softmax(x)); }
+  if (x.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::softmax(x));
+  }
   Tensor y = empty_like(x);
   cpu::dispatch_float(x.dtype(), "softmax", [&](auto tag) {
     using T = decltype(tag);
@@ -52,7 +55,9 @@ Tensor softmax(const Tensor& x_in) {
 Tensor softmax_backward(const Tensor& y_in, const Tensor& dy_in) {
   Tensor y = prepare(y_in, "softmax_backward"), dy = prepare(dy_in, "softmax_backward");
   SESSA_CHECK(y.shape() == dy.shape(), "softmax_backward", "shapes differ: " << y.shape() << " vs " << dy.shape());
-  if (y.is_cuda()) { SESSA_CUDA_CALL(return cuda::softmax_backward(y, dy)); }
+  if (y.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::softmax_backward(y, dy));
+  }
   Tensor dx = empty_like(y);
   cpu::dispatch_float(y.dtype(), "softmax_backward", [&](auto tag) {
     using T = decltype(tag);
@@ -68,7 +73,9 @@ Tensor softmax_backward(const Tensor& y_in, const Tensor& dy_in) {
 
 Tensor log_softmax(const Tensor& x_in) {
   Tensor x = prepare(x_in, "log_softmax");
-  if (x.is_cuda()) { SESSA_CUDA_CALL(return cuda::log_softmax(x)); }
+  if (x.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::log_softmax(x));
+  }
   Tensor y = empty_like(x);
   cpu::dispatch_float(x.dtype(), "log_softmax", [&](auto tag) {
     using T = decltype(tag);
@@ -89,7 +96,9 @@ Tensor log_softmax(const Tensor& x_in) {
 Tensor log_softmax_backward(const Tensor& y_in, const Tensor& dy_in) {
   Tensor y = prepare(y_in, "log_softmax_backward"), dy = prepare(dy_in, "log_softmax_backward");
   SESSA_CHECK(y.shape() == dy.shape(), "log_softmax_backward", "shapes differ: " << y.shape() << " vs " << dy.shape());
-  if (y.is_cuda()) { SESSA_CUDA_CALL(return cuda::log_softmax_backward(y, dy)); }
+  if (y.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::log_softmax_backward(y, dy));
+  }
   Tensor dx = empty_like(y);
   cpu::dispatch_float(y.dtype(), "log_softmax_backward", [&](auto tag) {
     using T = decltype(tag);

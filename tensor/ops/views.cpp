@@ -66,8 +66,9 @@ std::optional<Shape> view_strides(const Shape& shape, const Shape& strides, cons
 Tensor view(const Tensor& x, Shape shape) {
   shape = infer_shape(std::move(shape), x.numel(), "view", x.shape());
   auto st = view_strides(x.shape(), x.strides(), shape);
-  SESSA_CHECK(st.has_value(), "view", "cannot view a tensor of shape " << x.shape() << " and strides " << x.strides()
-                                       << " as " << shape << " without a copy (use reshape)");
+  SESSA_CHECK(st.has_value(), "view",
+              "cannot view a tensor of shape " << x.shape() << " and strides " << x.strides() << " as " << shape
+                                               << " without a copy (use reshape)");
   return restride(x, shape, *st, x.offset());
 }
 
@@ -83,7 +84,8 @@ Tensor reshape(const Tensor& x, Shape shape) {
 }
 
 Tensor permute(const Tensor& x, const std::vector<int64_t>& order) {
-  SESSA_CHECK(int64_t(order.size()) == x.dim(), "permute", "order has " << order.size() << " entries for shape " << x.shape());
+  SESSA_CHECK(int64_t(order.size()) == x.dim(), "permute",
+              "order has " << order.size() << " entries for shape " << x.shape());
   Shape shape(order.size()), strides(order.size());
   std::vector<bool> seen(order.size(), false);
   for (size_t i = 0; i < order.size(); ++i) {

@@ -36,10 +36,9 @@ struct AttentionCase {
 };
 
 void check_attention(const AttentionCase& c, DType dtype, uint64_t seed) {
-  const std::string where = "B " + std::to_string(c.B) + " H " + std::to_string(c.H) + " Hkv " +
-                            std::to_string(c.Hkv) + " Tq " + std::to_string(c.Tq) + " Tk " + std::to_string(c.Tk) +
-                            " dh " + std::to_string(c.dh) + " q_offset " + std::to_string(c.q_offset) + " " +
-                            dtype_name(dtype);
+  const std::string where = "B " + std::to_string(c.B) + " H " + std::to_string(c.H) + " Hkv " + std::to_string(c.Hkv) +
+                            " Tq " + std::to_string(c.Tq) + " Tk " + std::to_string(c.Tk) + " dh " +
+                            std::to_string(c.dh) + " q_offset " + std::to_string(c.q_offset) + " " + dtype_name(dtype);
   CAPTURE(where);
   Generator gen(seed);
   const Input q = draw({c.B, c.H, c.Tq, c.dh}, gen, dtype), k = draw({c.B, c.Hkv, c.Tk, c.dh}, gen, dtype);
@@ -62,16 +61,16 @@ void check_attention(const AttentionCase& c, DType dtype, uint64_t seed) {
 }
 
 const AttentionCase kAttentionCases[] = {
-    {2, 3, 3, 70, 70, 64, 0},     // MHA, T not a multiple of 64
-    {1, 4, 2, 200, 200, 64, 0},   // GQA 4/2
-    {3, 4, 1, 70, 70, 16, 0},     // GQA 4/1, dh 16, odd batch
-    {2, 4, 2, 1, 37, 64, 36},     // decoding: one query against a cache
-    {1, 2, 1, 5, 100, 32, 95},    // a few queries at the end of the cache
-    {1, 2, 2, 40, 100, 64, 30},   // queries in the middle: later keys get zero gradients
-    {1, 1, 1, 1, 1, 64, 0},       // T = 1
-    {1, 2, 1, 130, 130, 128, 0},  // dh 128
-    {2, 2, 2, 33, 33, 20, 0},     // dh not a multiple of 8 (scalar loads)
-    {2, 12, 12, 300, 300, 64, 0}, // larger
+    {2, 3, 3, 70, 70, 64, 0},      // MHA, T not a multiple of 64
+    {1, 4, 2, 200, 200, 64, 0},    // GQA 4/2
+    {3, 4, 1, 70, 70, 16, 0},      // GQA 4/1, dh 16, odd batch
+    {2, 4, 2, 1, 37, 64, 36},      // decoding: one query against a cache
+    {1, 2, 1, 5, 100, 32, 95},     // a few queries at the end of the cache
+    {1, 2, 2, 40, 100, 64, 30},    // queries in the middle: later keys get zero gradients
+    {1, 1, 1, 1, 1, 64, 0},        // T = 1
+    {1, 2, 1, 130, 130, 128, 0},   // dh 128
+    {2, 2, 2, 33, 33, 20, 0},      // dh not a multiple of 8 (scalar loads)
+    {2, 12, 12, 300, 300, 64, 0},  // larger
 };
 
 struct SimtGuard {  // forces the SIMT path for bfloat16 attention while alive
@@ -104,8 +103,8 @@ namespace {
 
 // tol: the bound for bfloat16 inputs, or float32 ones with TF32 products (3e-2).
 void check_feedback(int64_t B, int64_t T, int64_t D, DType dtype, uint64_t seed, bool tf32 = false) {
-  const std::string where = "B " + std::to_string(B) + " T " + std::to_string(T) + " D " + std::to_string(D) + " " +
-                            dtype_name(dtype);
+  const std::string where =
+      "B " + std::to_string(B) + " T " + std::to_string(T) + " D " + std::to_string(D) + " " + dtype_name(dtype);
   CAPTURE(where);
   Generator gen(seed);
   const Input q = draw({B, T, D}, gen, dtype), k = draw({B, T, D}, gen, dtype), f = draw({B, T, D}, gen, dtype);
@@ -155,8 +154,6 @@ TEST_CASE("cuda feedback solve: bfloat16 inputs, float32 solve, within 3e-2 of f
   for (const auto& c : kFeedbackCases) check_feedback(c.B, c.T, c.D, DType::BF16, ++seed);
 }
 
-TEST_CASE("cuda feedback solve: float64") {
-  check_feedback(2, 130, 24, DType::F64, 600);
-}
+TEST_CASE("cuda feedback solve: float64") { check_feedback(2, 130, 24, DType::F64, 600); }
 
 }  // namespace sessa::test

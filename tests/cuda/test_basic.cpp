@@ -159,16 +159,17 @@ TEST_CASE("cuda sum, mean, sum_to: rows, columns, split and permuted reductions"
     bool keepdim;
   };
   const Case cases[] = {
-      {{5, 7}, {1}, false},           {{5, 7}, {0}, false},          {{3, 4, 5}, {1}, true},
-      {{3, 4, 5}, {0, 1}, false},     {{3, 4, 5}, {0, 2}, false},     {{3, 4, 5}, {0, 1, 2}, false},
-      {{3, 1, 4, 5}, {0, 2}, true},   {{4099, 77}, {0}, false},       {{300001}, {0}, false},
-      {{2, 4099, 33}, {1}, false},    {{1, 1}, {0, 1}, false},        {{3, 0, 4}, {1}, false},
-      {{64, 2048}, {1}, false},       {{6, 5, 4}, {}, false},
+      {{5, 7}, {1}, false},         {{5, 7}, {0}, false},       {{3, 4, 5}, {1}, true},
+      {{3, 4, 5}, {0, 1}, false},   {{3, 4, 5}, {0, 2}, false}, {{3, 4, 5}, {0, 1, 2}, false},
+      {{3, 1, 4, 5}, {0, 2}, true}, {{4099, 77}, {0}, false},   {{300001}, {0}, false},
+      {{2, 4099, 33}, {1}, false},  {{1, 1}, {0, 1}, false},    {{3, 0, 4}, {1}, false},
+      {{64, 2048}, {1}, false},     {{6, 5, 4}, {}, false},
   };
   for (DType t : kFloatTypes)
     for (const Case& c : cases) {
       const Tensor x = cpu_randn(c.shape, gen);
-      const std::string what = name(t) + " sum " + std::to_string(x.numel()) + " over " + std::to_string(c.dims.size()) + " dims";
+      const std::string what =
+          name(t) + " sum " + std::to_string(x.numel()) + " over " + std::to_string(c.dims.size()) + " dims";
       check(ops::sum(gpu_input(x, t), c.dims, c.keepdim), ops::sum(ref_input(x, t), c.dims, c.keepdim), t, what);
       if (x.dim() >= 2) {  // the same reduction of a transposed (non-contiguous) view
         auto tv = [](const Tensor& v) { return ops::transpose(v, 0, -1); };
@@ -176,7 +177,8 @@ TEST_CASE("cuda sum, mean, sum_to: rows, columns, split and permuted reductions"
               what + " transposed");
       }
       if (x.numel() > 0)
-        check(ops::mean(gpu_input(x, t), c.dims, c.keepdim), ops::mean(ref_input(x, t), c.dims, c.keepdim), t, what + " mean");
+        check(ops::mean(gpu_input(x, t), c.dims, c.keepdim), ops::mean(ref_input(x, t), c.dims, c.keepdim), t,
+              what + " mean");
     }
   const Tensor g = cpu_randn({4, 3, 5}, gen);
   for (DType t : kFloatTypes) {
@@ -195,16 +197,19 @@ TEST_CASE("cuda amax and argmax") {
           const std::string what = name(t) + " " + std::to_string(x.numel()) + " dim " + std::to_string(dim);
           check(ops::amax(gpu_input(x, t), dim, keepdim), ops::amax(ref_input(x, t), dim, keepdim), t, what + " amax");
           // bfloat16 has many ties: both devices must pick the first maximum
-          check_exact(ops::argmax(gpu_input(x, t), dim, keepdim), ops::argmax(ref_input(x, t), dim, keepdim), what + " argmax");
+          check_exact(ops::argmax(gpu_input(x, t), dim, keepdim), ops::argmax(ref_input(x, t), dim, keepdim),
+                      what + " argmax");
         }
   // a strided input, reduced over its last dim
   const Tensor x = cpu_randn({33, 17}, gen);
-  check_exact(ops::argmax(ops::transpose(x.to(gpu()), 0, 1), -1), ops::argmax(ops::transpose(x, 0, 1), -1), "argmax strided");
+  check_exact(ops::argmax(ops::transpose(x.to(gpu()), 0, 1), -1), ops::argmax(ops::transpose(x, 0, 1), -1),
+              "argmax strided");
 }
 
 TEST_CASE("cuda softmax and log_softmax, forward and backward") {
   Generator gen(61);
-  for (const Shape& shape : {Shape{1, 1}, Shape{5, 7}, Shape{1, 129}, Shape{3, 4, 1000}, Shape{3, 33001}, Shape{2049, 64}})
+  for (const Shape& shape :
+       {Shape{1, 1}, Shape{5, 7}, Shape{1, 129}, Shape{3, 4, 1000}, Shape{3, 33001}, Shape{2049, 64}})
     for (DType t : kFloatTypes)
       for (bool masked : {false, true}) {
         if (masked && shape.back() <= 3) continue;
@@ -223,11 +228,13 @@ TEST_CASE("cuda softmax and log_softmax, forward and backward") {
         const Tensor dyc = ref_input(dy, t), dyg = gpu_input(dy, t);
         check(ops::softmax_backward(sg, dyg), ops::softmax_backward(as_ref(sg), dyc), t, what + " softmax_backward");
         if (!masked)  // log_softmax is -inf on masked entries, where its backward is not used
-          check(ops::log_softmax_backward(lg, dyg), ops::log_softmax_backward(as_ref(lg), dyc), t, what + " log_softmax_backward");
+          check(ops::log_softmax_backward(lg, dyg), ops::log_softmax_backward(as_ref(lg), dyc), t,
+                what + " log_softmax_backward");
       }
   // a strided input (softmax over the original first dim)
   const Tensor x = cpu_randn({40, 3}, gen);
-  check(ops::softmax(ops::transpose(x.to(gpu()), 0, 1)), ops::softmax(ops::transpose(x, 0, 1)), DType::F32, "softmax strided");
+  check(ops::softmax(ops::transpose(x.to(gpu()), 0, 1)), ops::softmax(ops::transpose(x, 0, 1)), DType::F32,
+        "softmax strided");
 }
 
 TEST_CASE("cuda index_select and index_add, host and device ids") {
@@ -244,21 +251,25 @@ TEST_CASE("cuda index_select and index_add, host and device ids") {
       const Tensor x3 = uniform({2, 37, C}, 0.0, 100.0, gen).to(t);
       check_exact(ops::index_select(x3.to(gpu()), 1, ids), ops::index_select(x3, 1, ids), what + " middle dim");
       const Tensor cols = from_vector<int32_t>({0, int32_t(C - 1), 0}, {3}, {DType::I32});
-      check_exact(ops::index_select(x3.to(gpu()), -1, cols.to(gpu())), ops::index_select(x3, -1, cols), what + " last dim");
+      check_exact(ops::index_select(x3.to(gpu()), -1, cols.to(gpu())), ops::index_select(x3, -1, cols),
+                  what + " last dim");
     }
-  check_error([&] { ops::index_select(zeros({4, 2}, {DType::F32, gpu()}), 0, from_vector<int32_t>({4}, {1}, {DType::I32})); },
-              {"index_select", "out of range"});
+  check_error(
+      [&] {
+        ops::index_select(zeros({4, 2}, {DType::F32, gpu()}), 0, from_vector<int32_t>({4}, {1}, {DType::I32}));
+      },
+      {"index_select", "out of range"});
 
   for (DType t : kFloatTypes)
     for (int64_t C : {1, 13, 771}) {
       const std::string what = name(t) + " index_add C=" + std::to_string(C);
       const Tensor g = cpu_randn({3, 3, C}, gen);  // grad of index_select(w (37, C), 0, ids (3, 3))
-      check(ops::index_add({37, C}, 0, ids.to(gpu()), gpu_input(g, t)), ops::index_add({37, C}, 0, ids, ref_input(g, t)), t,
-            what);
+      check(ops::index_add({37, C}, 0, ids.to(gpu()), gpu_input(g, t)),
+            ops::index_add({37, C}, 0, ids, ref_input(g, t)), t, what);
       const Tensor g3 = cpu_randn({2, 9, C}, gen);  // dim 1 of (2, 37, C)
       const Tensor flat = ops::reshape(ids, {9});
-      check(ops::index_add({2, 37, C}, 1, flat, gpu_input(g3, t)), ops::index_add({2, 37, C}, 1, flat, ref_input(g3, t)), t,
-            what + " middle dim");
+      check(ops::index_add({2, 37, C}, 1, flat, gpu_input(g3, t)),
+            ops::index_add({2, 37, C}, 1, flat, ref_input(g3, t)), t, what + " middle dim");
     }
   // many repeats of few ids (the embedding backward of a long batch)
   std::vector<int32_t> many(4096);
@@ -266,8 +277,8 @@ TEST_CASE("cuda index_select and index_add, host and device ids") {
   const Tensor many_ids = from_vector<int32_t>(many, {4096}, {DType::I32});
   const Tensor gm = cpu_randn({4096, 96}, gen);
   for (DType t : kFloatTypes)
-    check(ops::index_add({11, 96}, 0, many_ids.to(gpu()), gpu_input(gm, t)), ops::index_add({11, 96}, 0, many_ids, ref_input(gm, t)),
-          t, name(t) + " index_add with repeats");
+    check(ops::index_add({11, 96}, 0, many_ids.to(gpu()), gpu_input(gm, t)),
+          ops::index_add({11, 96}, 0, many_ids, ref_input(gm, t)), t, name(t) + " index_add with repeats");
 }
 
 TEST_CASE("cuda adamw_step_ (float32, bfloat16 gradients, float64) and sum_of_squares") {

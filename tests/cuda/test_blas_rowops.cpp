@@ -20,7 +20,8 @@ Tensor host(const Tensor& t) { return t.to(Device::cpu()); }
 Tensor rounded(const Tensor& x, DType dtype) { return x.to(dtype).to(DType::F32); }
 
 void check_near(const Tensor& gpu_result, const Tensor& cpu_ref, double tol, const std::string& what) {
-  REQUIRE_MESSAGE(gpu_result.shape() == cpu_ref.shape(), what << ": shape " << gpu_result.shape() << " vs " << cpu_ref.shape());
+  REQUIRE_MESSAGE(gpu_result.shape() == cpu_ref.shape(),
+                  what << ": shape " << gpu_result.shape() << " vs " << cpu_ref.shape());
   const double err = max_rel_diff(host(gpu_result).to(DType::F64), cpu_ref.to(DType::F64));
   CHECK_MESSAGE(err <= tol, what << ": relative error " << err << " > " << tol);
 }
@@ -108,7 +109,9 @@ TEST_CASE("cuda matmul: batched, shared weight, expanded weight, float32 exact")
       // The same weight expanded over the batch (batch stride 0).
       Tensor x1 = operand({9, 16}, ta, gen, {5}), w1 = operand({16, 11}, tb, gen);
       check_matmul(x1, w1, ta, tb, DType::F32, 2e-5, name("expanded weight", 9, 16, 11, ta, tb), {},
-                   [](const Tensor& t) { return ops::expand(ops::unsqueeze(t, 0), {5, t.size(0), t.size(1)}); });
+                   [](const Tensor& t) {
+                     return ops::expand(ops::unsqueeze(t, 0), {5, t.size(0), t.size(1)});
+                   });
     }
 }
 
@@ -123,9 +126,9 @@ TEST_CASE("cuda matmul: transposed, sliced and permuted views") {
   check_matmul(a2, b2, true, true, DType::F32, 2e-5, "transposed views, trans flags", tr, tr);
   // Column slices: row stride larger than the row.
   Tensor c = cpu_randn({31, 50}, gen), d = cpu_randn({20, 70}, gen);
-  check_matmul(c, d, false, false, DType::F32, 2e-5, "sliced",
-               [](const Tensor& t) { return ops::narrow(t, 1, 3, 20); },
-               [](const Tensor& t) { return ops::narrow(t, 1, 5, 40); });
+  check_matmul(
+      c, d, false, false, DType::F32, 2e-5, "sliced", [](const Tensor& t) { return ops::narrow(t, 1, 3, 20); },
+      [](const Tensor& t) { return ops::narrow(t, 1, 5, 40); });
   // Batch dims that do not collapse to one stride (heads split out of (B, T, H, dh)).
   Tensor q = cpu_randn({2, 13, 3, 8}, gen), k = cpu_randn({2, 13, 3, 8}, gen);
   auto heads = [](const Tensor& t) { return ops::permute(t, {0, 2, 1, 3}); };
@@ -133,8 +136,9 @@ TEST_CASE("cuda matmul: transposed, sliced and permuted views") {
   check_matmul(q, k, true, false, DType::F32, 2e-5, "permuted heads q^T k", heads, heads);
   // A stride-0 row (an expanded vector) as A.
   Tensor v = cpu_randn({1, 24}, gen), w = cpu_randn({24, 9}, gen);
-  check_matmul(v, w, false, false, DType::F32, 2e-5, "expanded rows",
-               [](const Tensor& t) { return ops::expand(t, {6, 24}); });
+  check_matmul(v, w, false, false, DType::F32, 2e-5, "expanded rows", [](const Tensor& t) {
+    return ops::expand(t, {6, 24});
+  });
 }
 
 TEST_CASE("cuda matmul: TF32, bfloat16 and float64") {
@@ -151,8 +155,8 @@ TEST_CASE("cuda matmul: TF32, bfloat16 and float64") {
   // A larger square product.
   Tensor a = cpu_randn({512, 768}, gen), b = cpu_randn({768, 1024}, gen);
   check_matmul(a, b, false, false, DType::F32, 2e-3, "tf32 512x768x1024");
-  check_matmul(a, b, false, true, DType::BF16, 2e-2, "bf16 512x768x1024",
-               {}, [](const Tensor& t) { return ops::transpose(t, 0, 1); });
+  check_matmul(a, b, false, true, DType::BF16, 2e-2, "bf16 512x768x1024", {},
+               [](const Tensor& t) { return ops::transpose(t, 0, 1); });
 }
 
 TEST_CASE("cuda matmul: empty inner dimension gives zeros") {
@@ -240,8 +244,9 @@ TEST_CASE("cuda linear: strided, transposed and permuted inputs, an unaligned bi
                [](const Tensor& t) { return ops::transpose(t, 0, 1); });
   // Heads split out of (B, T, H, dh): the leading dims do not flatten to one row stride.
   Tensor w8 = cpu_randn({12, 8}, gen), b8 = cpu_randn({12}, gen);
-  check_linear(cpu_randn({2, 13, 3, 8}, gen), w8, b8, DType::F32, 2e-5, "linear permuted x",
-               [](const Tensor& t) { return ops::permute(t, {0, 2, 1, 3}); });
+  check_linear(cpu_randn({2, 13, 3, 8}, gen), w8, b8, DType::F32, 2e-5, "linear permuted x", [](const Tensor& t) {
+    return ops::permute(t, {0, 2, 1, 3});
+  });
   // The bias one element into a larger buffer.
   for (DType dtype : {DType::F32, DType::BF16})
     check_linear(cpu_randn({40, 20}, gen), w, cpu_randn({25}, gen), dtype, dtype == DType::BF16 ? 2e-2 : 2e-5,
@@ -272,8 +277,8 @@ namespace {
 // x: float32 CPU values; the GPU gets x in `dtype` and weights in `wdtype`.
 void check_layer_norm(const Shape& shape, DType dtype, DType wdtype, Generator& gen, bool transposed = false) {
   const int64_t D = shape.back();
-  const std::string what = std::string("layer_norm ") + dtype_name(dtype) + "/" + dtype_name(wdtype) + " D=" +
-                           std::to_string(D) + " rows=" + std::to_string(numel(shape) / D);
+  const std::string what = std::string("layer_norm ") + dtype_name(dtype) + "/" + dtype_name(wdtype) +
+                           " D=" + std::to_string(D) + " rows=" + std::to_string(numel(shape) / D);
   const double tol = dtype == DType::BF16 ? 2e-2 : dtype == DType::F64 ? 1e-12 : 2e-5;
   const DType ref_t = dtype == DType::F64 ? DType::F64 : DType::F32;
   Tensor x = ops::affine(cpu_randn(shape, gen, 2.0), 1.0, 0.5), dy = cpu_randn(shape, gen);
@@ -419,8 +424,8 @@ TEST_CASE("cuda rope: forward and inverse (the backward), awkward shapes and dty
                                          {{2, 12, 257, 128}, 1000, 10000.0}})
     for (DType dtype : {DType::F32, DType::BF16, DType::F64})
       for (bool inverse : {false, true}) {
-        const std::string what = std::string("rope ") + dtype_name(dtype) + " T=" + std::to_string(c.shape[2]) +
-                                 (inverse ? " inverse" : "");
+        const std::string what =
+            std::string("rope ") + dtype_name(dtype) + " T=" + std::to_string(c.shape[2]) + (inverse ? " inverse" : "");
         const double tol = dtype == DType::BF16 ? 2e-2 : dtype == DType::F64 ? 1e-12 : 2e-5;
         const DType ref_t = dtype == DType::F64 ? DType::F64 : DType::F32;
         Tensor x = cpu_randn(c.shape, gen);

@@ -30,7 +30,8 @@ double tol_for(DType t) { return t == DType::BF16 ? 3e-2 : t == DType::F64 ? 1e-
 void check_near(const Tensor& gpu_result, const Tensor& cpu_ref, DType dtype, const std::string& what) {
   REQUIRE_MESSAGE(gpu_result.is_cuda(), what << ": result not on the GPU");
   REQUIRE_MESSAGE(gpu_result.dtype() == dtype, what << ": dtype " << dtype_name(gpu_result.dtype()));
-  REQUIRE_MESSAGE(gpu_result.shape() == cpu_ref.shape(), what << ": shape " << gpu_result.shape() << " vs " << cpu_ref.shape());
+  REQUIRE_MESSAGE(gpu_result.shape() == cpu_ref.shape(),
+                  what << ": shape " << gpu_result.shape() << " vs " << cpu_ref.shape());
   const double err = max_rel_diff(host(gpu_result).to(DType::F64), cpu_ref.to(DType::F64));
   CHECK_MESSAGE(err <= tol_for(dtype), what << ": relative error " << err << " > " << tol_for(dtype));
 }
@@ -65,9 +66,8 @@ bool bitwise_equal(const Tensor& a, const Tensor& b) {
 void check_conv(int64_t B, int64_t T, int64_t C, int64_t K, DType dtype, uint64_t seed) {
   const std::string what = name("causal_conv1d", {B, T, C, K}, dtype);
   Generator gen(seed);
-  Placed p = place({cpu_randn({B, T, C}, gen), cpu_randn({C, K}, gen, 0.5), cpu_randn({C}, gen),
-                    cpu_randn({B, T, C}, gen)},
-                   dtype);
+  Placed p = place(
+      {cpu_randn({B, T, C}, gen), cpu_randn({C, K}, gen, 0.5), cpu_randn({C}, gen), cpu_randn({B, T, C}, gen)}, dtype);
   auto run = [](const std::vector<Tensor>& t) {
     auto g = ops::causal_conv1d_backward(t[3], t[0], t[1]);
     return std::vector<Tensor>{ops::causal_conv1d(t[0], t[1], t[2]), g.dx, g.dw, g.dbias};
@@ -113,8 +113,8 @@ void check_scan(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, uint64
   auto run = [&](const std::vector<Tensor>& t) {
     const Tensor Bv = views ? ops::narrow(t[3], 2, 3, N) : t[3], Cv = views ? ops::narrow(t[4], 2, 3 + N, N) : t[4];
     auto g = ops::selective_scan_backward(t[6], t[0], t[1], t[2], Bv, Cv, t[5]);
-    return std::vector<Tensor>{ops::selective_scan(t[0], t[1], t[2], Bv, Cv, t[5]), g.du, g.ddelta, g.dA, g.dB,
-                               g.dC, g.dD};
+    return std::vector<Tensor>{
+        ops::selective_scan(t[0], t[1], t[2], Bv, Cv, t[5]), g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD};
   };
   const std::vector<Tensor> ref = run(p.cpu), out = run(p.gpu);
   const char* names[] = {"y", "du", "ddelta", "dA", "dBm", "dCm", "dD"};

@@ -24,8 +24,10 @@ nn::ModelConfig tiny(const std::string& family) {
 
 data::Batch random_batch(int64_t B, int64_t T, int64_t vocab, Generator& gen) {
   data::Batch b{B, T, {}, {}};
-  for (double v : uniform({B, T}, 0, double(vocab) - 1e-9, gen, {DType::F64}).to_vector<double>()) b.inputs.push_back(int32_t(v));
-  for (double v : uniform({B, T}, 0, double(vocab) - 1e-9, gen, {DType::F64}).to_vector<double>()) b.targets.push_back(int32_t(v));
+  for (double v : uniform({B, T}, 0, double(vocab) - 1e-9, gen, {DType::F64}).to_vector<double>())
+    b.inputs.push_back(int32_t(v));
+  for (double v : uniform({B, T}, 0, double(vocab) - 1e-9, gen, {DType::F64}).to_vector<double>())
+    b.targets.push_back(int32_t(v));
   return b;
 }
 
