@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# On a GPU machine: build for sm_90, run the GPU tests, then time our engine and the
-# PyTorch reference (bench/torch_models.py) at the same configurations, and print
-# one comparison table. Logs go to $OUT (default /tmp/sessa-gpu).
+# On a GPU machine: build for sm_90, run the GPU tests, then time our engine and
+# torch.compile of the PyTorch reference (bench/torch_models.py --compile) at the same
+# configurations in the same call, and print one table with ours / compiled per row.
+# Logs go to $OUT (default /tmp/sessa-gpu).
 #   bench/run_gpu.sh [tests|bench|all] [extra bench configs...]
+#   bench/run_gpu.sh attention   attention kernel TFLOP/s, ours and PyTorch SDPA
 #   bench/run_gpu.sh dist     (2+ GPUs) NCCL equivalence tests, then 1- vs 2-GPU throughput
 set -uo pipefail
 STAGE=${1:-all}
@@ -53,14 +55,32 @@ if [ "$STAGE" = dist ]; then
          if (n == 1) one[$1] = tps; else printf "%-11s x2%-6s %8.0f tok/s  efficiency %.3f\n", $1, z, tps, tps / (2 * one[$1]) }' "$OUT/scaling.txt"
 fi
 
+if [ "$STAGE" = attention ]; then
+  echo "== attention kernel: ours (bench_attention) and PyTorch SDPA, same shapes, same call"
+  "$BUILD/bench/bench_attention" 2>&1 | tee "$OUT/attention.txt"
+  PYTHONUNBUFFERED=1 timeout 300 python3 bench/attention_torch.py 2>&1 | tee -a "$OUT/attention.txt"
+fi
+
 if [ "$STAGE" = bench ] || [ "$STAGE" = all ]; then
-  echo "== benchmarks (median of timed steps after warm-up)"
+  echo "== benchmarks (median of timed steps after warm-up): ours, then torch.compile of bench/torch_models.py"
+  echo "   (EAGER=1 adds PyTorch eager; TORCH_TIMEOUT=${TORCH_TIMEOUT:-300} s per PyTorch run, compile included)"
   configs=("${@:2}")
   [ ${#configs[@]} -gt 0 ] || configs=("sessa 16 1024 bf16" "sessa 4 4096 bf16" "transformer 16 1024 bf16" "mamba 16 1024 bf16")
+  : > "$OUT/ratios.txt"
   for cfg in "${configs[@]}"; do
     read -r model batch seq dtype <<< "$cfg"
-    "$BUILD/apps/bench" --model "$model" --preset small --batch "$batch" --seq-len "$seq" --dtype "$dtype" --steps 8 2>&1 | tee -a "$OUT/bench.txt"
-    PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_models.py --model "$model" --preset small --batch "$batch" --seq-len "$seq" --dtype "$dtype" --steps 8 2>&1 | tail -1 | tee -a "$OUT/bench.txt"
+    flags=(--model "$model" --preset small --batch "$batch" --seq-len "$seq" --dtype "$dtype" --steps 8)
+    ours=$("$BUILD/apps/bench" "${flags[@]}" 2>&1 | tail -1); echo "$ours" | tee -a "$OUT/bench.txt"
+    torch_run() { PYTHONUNBUFFERED=1 timeout "${TORCH_TIMEOUT:-300}" python3 bench/torch_models.py "${flags[@]}" "$@" 2>> "$OUT/torch.err" | tail -1; }
+    compiled=$(torch_run --compile); [ -n "$compiled" ] || compiled="compiled $model B=$batch T=$seq $dtype | timed out or failed"
+    echo "$compiled" | tee -a "$OUT/bench.txt"
+    [ -n "${EAGER:-}" ] && torch_run | tee -a "$OUT/bench.txt"
+    tps() { sed -n 's/.*| *\([0-9]*\) tok\/s.*/\1/p' <<< "$1"; }
+    peak() { sed -n 's/.*peak *\([0-9.]*\) GiB.*/\1/p' <<< "$1"; }
+    a=$(tps "$ours"); b=$(tps "$compiled")
+    ratio=$( [ -n "$a" ] && [ -n "$b" ] && awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }' || echo "-")
+    printf "%-11s %3s x %-5s %-4s | ours %8s tok/s %6s GiB | compiled %8s tok/s %6s GiB | ours/compiled %s\n" \
+      "$model" "$batch" "$seq" "$dtype" "${a:--}" "$(peak "$ours")" "${b:--}" "$(peak "$compiled")" "$ratio" >> "$OUT/ratios.txt"
   done
-  echo "== table"; cat "$OUT/bench.txt"
+  echo "== table"; cat "$OUT/ratios.txt"
 fi

@@ -365,6 +365,7 @@ def run(args, c, label):
     model = build_model(c).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = make_optimizer(model)
+    forward = torch.compile(model) if args.compile else model  # default mode; compiled during warm-up
 
     B, T, V = args.batch, args.seq_len, c.vocab_size
     gen = torch.Generator(device=device)
@@ -375,7 +376,7 @@ def run(args, c, label):
 
     def train_step():
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(ids)
+            logits = forward(ids)
             loss = F.cross_entropy(logits.view(B * T, V), targets.view(B * T))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -422,8 +423,12 @@ def main():
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (default mode); compilation happens in the warm-up steps")
     p.add_argument("--check-params", action="store_true", help="print the parameter count and exit (no GPU)")
     args = p.parse_args()
+    if args.compile:
+        args.warmup = max(args.warmup, 3)  # the first compiled steps compile (and may recompile once)
     if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq_len < 1:
         p.error("--steps, --batch and --seq-len must be positive and --warmup non-negative")
 
@@ -437,7 +442,8 @@ def main():
             return 1
         return 0
 
-    label = f"torch {args.model:<11s} {args.preset:<6s} B={args.batch:<3d} T={args.seq_len:<5d} {args.dtype:<5s}"
+    kind = "compiled" if args.compile else "torch"
+    label = f"{kind} {args.model:<11s} {args.preset:<6s} B={args.batch:<3d} T={args.seq_len:<5d} {args.dtype:<5s}"
     if not torch.cuda.is_available():
         print(f"{label} | no CUDA device", flush=True)
         return 1
