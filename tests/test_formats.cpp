@@ -11,6 +11,7 @@
 #include <iterator>
 #include <limits>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -494,4 +495,27 @@ TEST_CASE("svg: empty input, constant values and log scale") {
   const std::string narrow_log = sessa::apps::svg_line_plot({{"l", "", {{0, 0.3}, {1, 0.9}}}}, "", "", "", true);
   CHECK(contains(narrow_log, ">0.2<"));
   CHECK(contains(narrow_log, ">0.5<"));
+}
+
+TEST_CASE("svg: log-log axes draw a power law as a straight line") {
+  std::vector<std::pair<double, double>> power;
+  power.emplace_back(0.0, 1.0);  // not drawable on a log x axis
+  for (int x = 1; x <= 1000; x *= 2) power.emplace_back(x, std::pow(double(x), -0.5));
+  const std::string svg = sessa::apps::svg_line_plot({{"tail", "", power}}, "", "lag", "influence", true, true);
+  for (const char* tick : {">1<", ">10<", ">100<", ">1000<", ">0.01<", ">0.1<"}) CHECK(contains(svg, tick));
+  std::istringstream points(polyline_points(svg));
+  std::vector<std::pair<double, double>> pixels;
+  for (std::string pair; points >> pair;) {
+    const size_t comma = pair.find(',');
+    pixels.emplace_back(std::stod(pair.substr(0, comma)), std::stod(pair.substr(comma + 1)));
+  }
+  REQUIRE(pixels.size() == 10);  // x = 0 skipped
+  // Equal steps in log x (factor 2) give equal pixel steps on both axes.
+  for (size_t k = 2; k < pixels.size(); ++k) {
+    CHECK(pixels[k].first - pixels[k - 1].first == doctest::Approx(pixels[1].first - pixels[0].first).epsilon(0.01));
+    CHECK(pixels[k].second - pixels[k - 1].second ==
+          doctest::Approx(pixels[1].second - pixels[0].second).epsilon(0.02));
+  }
+  // The default (log_x = false) keeps a linear x axis: the same call without it differs.
+  CHECK(sessa::apps::svg_line_plot({{"tail", "", power}}, "", "lag", "influence", true) != svg);
 }

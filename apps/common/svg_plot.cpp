@@ -86,15 +86,16 @@ std::string coordinate(double value) { return format("%.*f", value, 1); }
 // False for NaN, infinities and magnitudes so large that axis spans overflow.
 bool is_plottable(double value) { return std::fabs(value) <= kMaxPlottableMagnitude; }
 
-bool is_drawable(const std::pair<double, double>& point, bool log_y) {
-  return is_plottable(point.first) && is_plottable(point.second) && (!log_y || point.second > 0);
+bool is_drawable(const std::pair<double, double>& point, bool log_x, bool log_y) {
+  return is_plottable(point.first) && is_plottable(point.second) && (!log_x || point.first > 0) &&
+         (!log_y || point.second > 0);
 }
 
-std::pair<Bounds, Bounds> data_bounds(const std::vector<Series>& series, bool log_y) {
+std::pair<Bounds, Bounds> data_bounds(const std::vector<Series>& series, bool log_x, bool log_y) {
   Bounds x, y;
   for (const Series& s : series) {
     for (const auto& point : s.points) {
-      if (!is_drawable(point, log_y)) continue;
+      if (!is_drawable(point, log_x, log_y)) continue;
       x.include(point.first);
       y.include(point.second);
     }
@@ -237,9 +238,10 @@ std::string series_color(const Series& series, size_t index) {
 void append_series(std::string& svg, const Series& series, const std::string& color, const Axis& x, const Axis& y) {
   std::vector<std::pair<double, double>> pixels;
   for (const auto& point : series.points) {
-    if (!is_drawable(point, y.log)) continue;
+    if (!is_drawable(point, x.log, y.log)) continue;
+    const double x_position = x.log ? std::log10(point.first) : point.first;
     const double y_position = y.log ? std::log10(point.second) : point.second;
-    pixels.emplace_back(pixel_x(x, point.first), pixel_y(y, y_position));
+    pixels.emplace_back(pixel_x(x, x_position), pixel_y(y, y_position));
   }
   if (pixels.size() == 1) {
     svg += "<circle cx=\"" + coordinate(pixels[0].first) + "\" cy=\"" + coordinate(pixels[0].second) +
@@ -275,9 +277,9 @@ void append_labels(std::string& svg, const std::string& title, const std::string
 }  // namespace
 
 std::string svg_line_plot(const std::vector<Series>& series, const std::string& title, const std::string& x_label,
-                          const std::string& y_label, bool log_y) {
-  const auto [x_bounds, y_bounds] = data_bounds(series, log_y);
-  const Axis x = linear_axis(x_bounds);
+                          const std::string& y_label, bool log_y, bool log_x) {
+  const auto [x_bounds, y_bounds] = data_bounds(series, log_x, log_y);
+  const Axis x = log_x ? log_axis(x_bounds) : linear_axis(x_bounds);
   const Axis y = log_y ? log_axis(y_bounds) : linear_axis(y_bounds);
 
   const std::string width = std::to_string(kWidth);
