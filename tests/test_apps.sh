@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end on the CPU: apps/prepare -> apps/train (loss must fall) -> apps/sample,
+# End-to-end on the CPU: apps/prepare -> apps/train (loss must fall) -> apps/sample, apps/influence,
 # exact resume, and bad flags / bad files exiting non-zero with a message.
 # Usage: tests/test_apps.sh BUILD_DIR
 set -uo pipefail
@@ -45,6 +45,23 @@ awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < 0.6 * a)}' && pass "train loss
 a=$(awk -F, '$1 == 40 && $2 != "" {print $2}' "$WORK/run/log.csv")
 b=$(awk -F, '$1 == 40 && $2 != "" {print $2}' "$WORK/resumed/log.csv" 2>/dev/null)
 [ -n "$a" ] && [ "$a" = "$b" ] && pass "resume gives the same step-40 loss ($a)" || fail "resume: '$a' vs '$b'"
+
+# apps/influence: a closed-form construction (measured == closed form, slope last) and the trained checkpoint.
+INF=("$APPS/influence" --threads 2)
+"${INF[@]}" --construction sessa-uniform --gamma 0.5 --seq-len 48 --samples 2 --sources 2 --out "$WORK/inf" > "$WORK/inf.log" 2>&1 \
+  && tail -1 "$WORK/inf.log" | grep -Eq '^slope -0\.[0-9]+$' && grep -q '<svg' "$WORK/inf/influence.svg" \
+  && awk -F, 'NR > 1 {d = $2 - $6; if (d < 0) d = -d; if (d > 1e-6 * $2) bad = 1; n++} END {exit bad || n != 46}' "$WORK/inf/influence.csv" \
+  && pass "influence: construction curve equals its closed form, slope last" || fail "influence construction: $(tail -3 "$WORK/inf.log")"
+"${INF[@]}" --checkpoint "$WORK/run" --checkpoint "$WORK/run" --layer 1 --data "$WORK/data" --seq-len 24 --samples 2 --probes 3 \
+  --device cpu --dtype f32 --out "$WORK/inf_ckpt" > "$WORK/inf_ckpt.log" 2>&1 \
+  && tail -1 "$WORK/inf_ckpt.log" | grep -Eq '^slope -?[0-9.e+-]+ -?[0-9.e+-]+$' \
+  && [ "$(grep -c ',sessa:run:layer1$' "$WORK/inf_ckpt/influence.csv")" = 46 ] \
+  && pass "influence: measures a trained checkpoint (layer 1, data windows)" || fail "influence checkpoint: $(tail -3 "$WORK/inf_ckpt.log")"
+expect_error "influence: gamma out of range" "--gamma" "${INF[@]}" --construction sessa-uniform --gamma 1.5 --seq-len 8 --out "$WORK/inf2"
+expect_error "influence: fit range beyond the lags" "--fit-to" "${INF[@]}" --construction mamba-decay --seq-len 8 --fit-to 9 --out "$WORK/inf2"
+expect_error "influence: no model" "--checkpoint" "${INF[@]}" --seq-len 8 --out "$WORK/inf2"
+expect_error "influence: unknown construction" "--construction" "${INF[@]}" --construction rnn --seq-len 8 --out "$WORK/inf2"
+expect_error "influence: bad layer" "--layer" "${INF[@]}" --checkpoint "$WORK/run" --layer 5 --seq-len 8 --out "$WORK/inf2"
 
 # Bad input: a clear message and a non-zero exit.
 expect_error "train refuses to overwrite a run" "already holds a run" "${TRAIN[@]}" --steps 2 --out "$WORK/run"
