@@ -245,14 +245,15 @@ int run(const Flags& f) {
               << "\n";
     slopes.push_back(slope);
 
-    apps::Series measured{m.name, "", {}};
-    for (size_t k = 0; k < iopt.lags.size(); ++k) measured.points.emplace_back(double(iopt.lags[k]), sum.mean[k]);
-    series.push_back(measured);
+    // The closed form first, in gray, so that the measured curve is drawn over it.
     if (m.profile) {
-      apps::Series cf{m.name + " closed form", "#999999", {}};
+      apps::Series cf{"closed form", "#999999", {}};
       for (size_t k = 0; k < iopt.lags.size(); ++k) cf.points.emplace_back(double(iopt.lags[k]), closed[k]);
       series.push_back(cf);
     }
+    apps::Series measured{m.name, "", {}};
+    for (size_t k = 0; k < iopt.lags.size(); ++k) measured.points.emplace_back(double(iopt.lags[k]), sum.mean[k]);
+    series.push_back(measured);
   }
 
   data::write_text_file_atomic((fs::path(f.out) / "influence.csv").string(), csv);
