@@ -129,7 +129,7 @@ TEST_CASE("influence: each construction's measured curve equals its closed form"
 TEST_CASE("influence: the Sessa construction's tail exponent is -(1 - gamma)") {
   // Only the lags of the fit, the last decade: about 10 of them.
   const int64_t T = 512;
-  InfluenceOptions opt{.sources = {0}};
+  InfluenceOptions opt{.sources = {0}, .lags = {}};
   for (int64_t l : lag_grid(T - 1, 10))
     if (l >= (T - 1) / 10) opt.lags.push_back(l);
   for (double gamma : {0.25, 0.5, 0.9}) {
