@@ -25,7 +25,8 @@ int64_t check_cross_entropy(const char* op, const Tensor& logits, const Tensor& 
   SESSA_CHECK(targets.device().is_cpu() || targets.device() == logits.device(), op,
               "targets " << targets.str() << " are not on the device of logits " << logits.str());
   if (targets.is_cuda()) return -1;
-  const int32_t* t = contiguous(targets).data<int32_t>();
+  const Tensor packed = contiguous(targets);  // named: a temporary's pointer would dangle
+  const int32_t* t = packed.data<int32_t>();
   const int64_t V = logits.size(1);
   int64_t count = 0;
   for (int64_t r = 0; r < targets.size(0); ++r) {

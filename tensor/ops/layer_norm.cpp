@@ -17,13 +17,14 @@ LayerNormOut layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& 
   if (x_in.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::layer_norm(x_in, weight, bias, eps));
   }
-  Tensor x = contiguous(x_in);
+  // Named: a pointer into a temporary contiguous copy would dangle after its statement.
+  const Tensor x = contiguous(x_in), wc = contiguous(weight), bc = contiguous(bias);
   const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
   Shape stat_shape(x.shape().begin(), x.shape().end() - 1);
   LayerNormOut out{empty_like(x), Tensor::empty(stat_shape, x.options()), Tensor::empty(stat_shape, x.options())};
   cpu::dispatch_float(x.dtype(), "layer_norm", [&](auto tag) {
     using T = decltype(tag);
-    const T *px = x.data<T>(), *w = contiguous(weight).data<T>(), *b = contiguous(bias).data<T>();
+    const T *px = x.data<T>(), *w = wc.data<T>(), *b = bc.data<T>();
     T *y = out.y.data<T>(), *mu = out.mean.data<T>(), *rs = out.rstd.data<T>();
 #pragma omp parallel for if (x.numel() >= cpu::kParallelGrain)
     for (int64_t r = 0; r < rows; ++r) {
@@ -47,13 +48,14 @@ LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, cons
   if (x_in.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::layer_norm_backward(dy_in, x_in, weight, mean, rstd));
   }
-  Tensor x = contiguous(x_in), dy = contiguous(dy_in);
+  const Tensor x = contiguous(x_in), dy = contiguous(dy_in), wc = contiguous(weight);
+  const Tensor mc = contiguous(mean), rc = contiguous(rstd);
   const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
   LayerNormGrads g{empty_like(x), zeros({D}, x.options()), zeros({D}, x.options())};
   cpu::dispatch_float(x.dtype(), "layer_norm_backward", [&](auto tag) {
     using T = decltype(tag);
-    const T *px = x.data<T>(), *pdy = dy.data<T>(), *w = contiguous(weight).data<T>();
-    const T *mu = contiguous(mean).data<T>(), *rs = contiguous(rstd).data<T>();
+    const T *px = x.data<T>(), *pdy = dy.data<T>(), *w = wc.data<T>();
+    const T *mu = mc.data<T>(), *rs = rc.data<T>();
     T* dx = g.dx.data<T>();
 #pragma omp parallel for if (x.numel() >= cpu::kParallelGrain)
     for (int64_t r = 0; r < rows; ++r) {
