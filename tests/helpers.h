@@ -32,6 +32,15 @@ inline double max_rel_diff(const Tensor& a, const Tensor& b) {
   return diff / scale;
 }
 
+// Checks shape and max_rel_diff(got, ref) <= tol (tol 0: equal), both brought to float64 on the host.
+inline void expect_close(const Tensor& got, const Tensor& ref, double tol, const std::string& what) {
+  REQUIRE_MESSAGE(got.defined() == ref.defined(), what << ": defined " << got.defined() << " vs " << ref.defined());
+  if (!got.defined()) return;
+  REQUIRE_MESSAGE(got.shape() == ref.shape(), what << ": shape " << got.shape() << " vs " << ref.shape());
+  const double err = max_rel_diff(got.to(Device::cpu()).to(DType::F64), ref.to(Device::cpu()).to(DType::F64));
+  CHECK_MESSAGE(err <= tol, what << ": relative error " << err << " > " << tol);
+}
+
 // Runs f, expecting a sessa::Error whose message contains every fragment.
 template <class F>
 void check_error(F&& f, const std::vector<std::string>& fragments) {
