@@ -1,5 +1,6 @@
 // Fused attention, RoPE and cross-entropy: forward against naive float64 references,
-// float64 gradchecks of the nn:: wrappers, and the errors they raise.
+// semantics (ignored rows, inverse rotation) and the errors they raise. Their gradchecks
+// and layout checks are op-table entries (tests/op_table.cpp).
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -13,7 +14,6 @@
 using namespace sessa;
 using autograd::gradcheck;
 using sessa::test::check_error;
-using sessa::test::expect_gradcheck;
 using sessa::test::leaf;
 using sessa::test::max_rel_diff;
 
@@ -107,19 +107,6 @@ TEST_CASE("attention rejects bad shapes") {
   check_error([&] { ops::attention(q, k.to(DType::F64), k, 0, 1.0); }, {"attention", "float64"});
 }
 
-TEST_CASE("gradcheck: causal attention (MHA, GQA, offset, several blocks)") {
-  Generator g(10);
-  auto attn = [](int64_t off, double scale) {
-    return [off, scale](const std::vector<Tensor>& x) { return nn::causal_attention(x[0], x[1], x[2], off, scale); };
-  };
-  expect_gradcheck(attn(0, 0.5), {leaf({2, 2, 5, 3}, g), leaf({2, 2, 5, 3}, g), leaf({2, 2, 5, 3}, g)});  // MHA
-  expect_gradcheck(attn(0, 0.6), {leaf({1, 4, 4, 3}, g), leaf({1, 2, 4, 3}, g), leaf({1, 2, 4, 3}, g)});  // GQA
-  expect_gradcheck(attn(0, 0.6), {leaf({2, 3, 4, 2}, g), leaf({2, 1, 4, 2}, g), leaf({2, 1, 4, 2}, g)});  // MQA
-  expect_gradcheck(attn(2, 0.7), {leaf({1, 4, 3, 3}, g), leaf({1, 2, 5, 3}, g), leaf({1, 2, 5, 3}, g)});  // offset
-  expect_gradcheck(attn(1, 0.7), {leaf({1, 2, 3, 3}, g), leaf({1, 2, 6, 3}, g), leaf({1, 2, 6, 3}, g)});  // unused keys
-  expect_gradcheck(attn(0, 0.5), {leaf({1, 2, 70, 2}, g), leaf({1, 1, 70, 2}, g), leaf({1, 1, 70, 2}, g)});  // 2 blocks
-}
-
 TEST_CASE("attention backward matches autograd through composed ops (parallel, several blocks)") {
   const int64_t B = 2, H = 4, Hkv = 2, Tq = 80, Tk = 100, dh = 16, off = Tk - Tq;
   const double scale = 0.25;
@@ -148,7 +135,7 @@ TEST_CASE("attention backward matches autograd through composed ops (parallel, s
   for (size_t i = 0; i < 4; ++i) CHECK(max_rel_diff(fused[i], ref[i]) < 1e-12);
 }
 
-TEST_CASE("rope: hand-computed rotation, inverse, norms, gradcheck, errors") {
+TEST_CASE("rope: hand-computed rotation, inverse, norms, float32, errors") {
   // x (1, 1, 2, 4) at positions 3 and 4 with base 100: pair 0 turns by p, pair 1 by p / 10.
   std::vector<double> xv{1, 2, 3, 4, -1, 0.5, 2, -3};
   Tensor x = from_vector(xv, {1, 1, 2, 4}, {DType::F64});
@@ -168,17 +155,12 @@ TEST_CASE("rope: hand-computed rotation, inverse, norms, gradcheck, errors") {
   auto zv = z.to_vector<double>(), rv = r.to_vector<double>();
   for (size_t i = 0; i < zv.size(); i += 2)
     CHECK(std::hypot(rv[i], rv[i + 1]) == doctest::Approx(std::hypot(zv[i], zv[i + 1])).epsilon(1e-13));
-  // float32 and a strided input agree with the float64 contiguous result.
+  // float32 agrees with the float64 result.
   CHECK(max_rel_diff(ops::rope(z.to(DType::F32), 7), r) < 1e-6);
-  Tensor zt = ops::permute(ops::contiguous(ops::permute(z, {0, 2, 1, 3})), {0, 2, 1, 3});
-  CHECK_FALSE(zt.is_contiguous());
-  CHECK(max_rel_diff(ops::rope(zt, 7), r) < 1e-15);
-
-  expect_gradcheck([](auto& in) { return nn::rope(in[0], 2, 50.0); }, {leaf({1, 2, 3, 6}, g)});
   check_error([] { ops::rope(zeros({1, 1, 2, 5}), 0); }, {"rope", "even", "[1, 1, 2, 5]"});
 }
 
-TEST_CASE("cross_entropy: matches log_softmax, ignores rows, gradcheck, errors") {
+TEST_CASE("cross_entropy: matches log_softmax, ignores rows, errors") {
   Generator g(12);
   const int64_t N = 6, V = 5;
   Tensor logits = normal({N, V}, 0, 2, g, {DType::F64});
@@ -198,13 +180,11 @@ TEST_CASE("cross_entropy: matches log_softmax, ignores rows, gradcheck, errors")
   CHECK(res32.loss.dtype() == DType::F32);
   CHECK(res32.loss.item() == doctest::Approx(expect).epsilon(1e-6));
 
-  // Gradient is zero on ignored rows; gradcheck through (B, T, V) logits.
+  // Gradient is zero on ignored rows.
   Tensor x = leaf({N, V}, g);
   autograd::backward(nn::cross_entropy(x, targets));
   auto gx = x.grad().to_vector<double>();
   for (int64_t j = 0; j < V; ++j) CHECK(gx[size_t(2 * V + j)] == 0.0);
-  Tensor t3 = from_vector<int32_t>({1, 7, 0, 2, 7, 6}, {2, 3}, {DType::I32});
-  expect_gradcheck([t3](auto& in) { return nn::cross_entropy(in[0], t3, 7); }, {leaf({2, 3, 8}, g)});
 
   // All targets ignored: loss 0, gradient 0.
   Tensor all_ignored = full({N}, -100, {DType::I32});

@@ -1,6 +1,6 @@
-// Mamba: gradchecks of the fused conv1d and selective scan, the scan against a naive
-// loop, the whole block (input and parameter gradients), decoding against the full
-// forward, parameter names and initialisation.
+// Mamba: the fused conv1d and the scan against their definitions (their gradchecks and
+// layout checks are op-table entries, tests/op_table.cpp), the whole block (input and parameter gradients), decoding
+// against the full forward, parameter names and initialisation.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -17,12 +17,6 @@ using sessa::test::expect_gradcheck;
 using sessa::test::leaf;
 
 namespace {
-Tensor uniform_leaf(const Shape& shape, double lo, double hi, Generator& g) {
-  Tensor t = uniform(shape, lo, hi, g, {DType::F64});
-  t.set_requires_grad();
-  return t;
-}
-
 // The scan written out directly from its definition, in float64.
 std::vector<double> naive_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
                                const Tensor& Cm, const Tensor& Dk) {
@@ -65,18 +59,6 @@ void perturb_parameters(nn::MambaBlock& block, Generator& g) {
 }
 }  // namespace
 
-TEST_CASE("gradcheck: causal_conv1d") {
-  Generator g(11);
-  for (int64_t T : {1, 5}) {
-    CAPTURE(T);
-    Tensor x = leaf({2, T, 3}, g), w = leaf({3, 4}, g), b = leaf({3}, g);
-    expect_gradcheck([](auto& in) { return nn::causal_conv1d(in[0], in[1], in[2]); }, {x, w, b});
-  }
-  // Non-contiguous input (a narrow view), as the mixer passes it.
-  Tensor xz = leaf({2, 5, 6}, g), w = leaf({3, 4}, g), b = leaf({3}, g);
-  expect_gradcheck([](auto& in) { return nn::causal_conv1d(narrow(in[0], 2, 3, 3), in[1], in[2]); }, {xz, w, b});
-}
-
 TEST_CASE("causal_conv1d matches its definition") {
   Generator g(12);
   const int64_t B = 2, T = 6, C = 3, K = 4;
@@ -96,21 +78,6 @@ TEST_CASE("causal_conv1d matches its definition") {
         worst = std::max(worst, std::abs(ref - y[size_t((bb * T + t) * C + c)]));
       }
   CHECK(worst < 1e-13);
-}
-
-TEST_CASE("gradcheck: selective_scan, all six inputs") {
-  Generator g(13);
-  const int64_t B = 2, T = 6, Di = 3, N = 4;
-  Tensor u = leaf({B, T, Di}, g), delta = uniform_leaf({B, T, Di}, 0.05, 1.0, g);
-  Tensor A = uniform_leaf({Di, N}, -2.0, -0.2, g), Bm = leaf({B, T, N}, g), Cm = leaf({B, T, N}, g);
-  Tensor Dk = leaf({Di}, g);
-  expect_gradcheck([](auto& in) { return nn::selective_scan(in[0], in[1], in[2], in[3], in[4], in[5]); },
-                   {u, delta, A, Bm, Cm, Dk});
-  // Through softplus / -exp, as the mixer uses it.
-  Tensor draw = leaf({B, T, Di}, g), alog = leaf({Di, N}, g, 0.5);
-  expect_gradcheck(
-      [](auto& in) { return nn::selective_scan(in[0], softplus(in[1]), -exp(in[2]), in[3], in[4], in[5]); },
-      {u, draw, alog, Bm, Cm, Dk});
 }
 
 TEST_CASE("selective_scan matches a naive loop; float32 agrees with float64") {
