@@ -117,7 +117,8 @@ int main(int argc, char** argv) {
     for (const Shape& s : c.shapes) {
       std::ostringstream o;
       o << s;
-      shapes += (shapes.empty() ? "" : " ") + o.str();
+      if (!shapes.empty()) shapes += ' ';
+      shapes += o.str();
     }
     std::printf("%-34s %-44s %10.3f %10.2f %12.3f\n", e.name.c_str(), shapes.substr(0, 44).c_str(), fwd,
                 bytes / (fwd * 1e6), both);

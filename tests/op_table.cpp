@@ -148,6 +148,7 @@ void add_matmul(std::vector<OpEntry>& t) {
     cases.push_back(mm(33, 64, 48, arg, {2, 5}, {}, kGpu));
   }
   cases.push_back(mm(13, 8, 13, 2, {2, 3}, {2, 3}, kGpu));  // q k^T per head (permuted in the Transposed layout)
+  cases.push_back(mm(8, 13, 8, 1, {2, 3}, {2, 3}, kGpu));   // q^T k per head
   cases.push_back(mm(512, 768, 1024, 0, {}, {}, kGpu));
   cases.push_back(mm(512, 768, 1024, 2, {}, {}, kGpu));
   t.push_back({"matmul",
@@ -421,19 +422,24 @@ void add_mamba(std::vector<OpEntry>& t) {
                kGradcheck});
 }
 
+struct Family {
+  const char* name;
+  void (*add)(std::vector<OpEntry>&);
+};
+const Family kFamilies[] = {
+    {"elementwise", add_elementwise}, {"reductions", add_reductions}, {"softmax", add_softmax},
+    {"matmul", add_matmul},           {"linear", add_linear},         {"rowops", add_rowops},
+    {"indexing", add_indexing},       {"views", add_views},           {"attention", add_attention},
+    {"feedback", add_feedback},       {"mamba", add_mamba},
+};
+
 std::vector<OpEntry> build() {
   std::vector<OpEntry> t;
-  add_elementwise(t);
-  add_reductions(t);
-  add_softmax(t);
-  add_matmul(t);
-  add_linear(t);
-  add_rowops(t);
-  add_indexing(t);
-  add_views(t);
-  add_attention(t);
-  add_feedback(t);
-  add_mamba(t);
+  for (const Family& f : kFamilies) {
+    const size_t first = t.size();
+    f.add(t);
+    for (size_t i = first; i < t.size(); ++i) t[i].family = f.name;
+  }
   return t;
 }
 
@@ -481,6 +487,12 @@ bool broadcastable(const InputSpec& s, const Tensor& x) { return !is_index(s) &&
 const std::vector<OpEntry>& op_table() {
   static const std::vector<OpEntry> table = build();
   return table;
+}
+
+std::vector<std::string> op_families() {
+  std::vector<std::string> names;
+  for (const Family& f : kFamilies) names.push_back(f.name);
+  return names;
 }
 
 const char* layout_name(Layout l) {

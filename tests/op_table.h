@@ -94,10 +94,12 @@ struct OpEntry {
   Tolerance tol{};       // outputs
   Tolerance grad_tol{};  // input gradients
   autograd::GradcheckOptions gradcheck{};
+  std::string family{};  // set by the table (one GPU test case each): "elementwise", "matmul", ...
 };
 
-// The table (built once).
+// The table (built once), and its families in order.
 const std::vector<OpEntry>& op_table();
+std::vector<std::string> op_families();
 
 // ---- running an entry (shared by the drivers) -----------------------------------------------
 
