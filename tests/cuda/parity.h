@@ -11,6 +11,7 @@
 namespace sessa::test {
 
 inline Device gpu() { return Device::cuda(0); }
+inline Tensor host(const Tensor& t) { return t.to(Device::cpu()); }
 
 // Exact float32 GEMMs inside a scope; TF32 (the default) again after it.
 struct NoTf32 {
@@ -26,10 +27,7 @@ inline Tensor cpu_randn(const Shape& shape, Generator& gen, double scale = 1.0) 
 
 // Compares a GPU result with the CPU reference (both brought to float64 on the host).
 inline void check_close(const Tensor& gpu_result, const Tensor& cpu_ref, DType dtype, const char* what) {
-  REQUIRE_MESSAGE(gpu_result.shape() == cpu_ref.shape(),
-                  what << ": shape " << gpu_result.shape() << " vs " << cpu_ref.shape());
-  double err = max_rel_diff(gpu_result.to(DType::F64), cpu_ref.to(DType::F64));
-  CHECK_MESSAGE(err <= tolerance(dtype), what << ": relative error " << err << " > " << tolerance(dtype));
+  expect_close(gpu_result, cpu_ref, tolerance(dtype), what);
 }
 
 }  // namespace sessa::test

@@ -1,0 +1,154 @@
+// GPU driver of the op table (tests/op_table.h): for every entry with kCuda and each of its
+// kGpu cases, the GPU result is compared with the CPU reference on the same values:
+//   dtypes   float32 with exact products, float32 with TF32 (kTf32), bfloat16 (kBf16), float64;
+//            the reference computes in float32 from the values rounded to the dtype under test
+//            (float64 for float64 runs and kRef64 entries);
+//   what     the differentiable output, the raw outputs (statistics) and every input gradient
+//            (from the same rounded upstream gradient), with their dtypes and device;
+//   layouts  contiguous, and for float32 and bfloat16 also padded, strided, transposed (kStrided)
+//            and broadcast (kBroadcast) inputs; ids on the device, and on the host (kHostIndex);
+//   repeats  kDeterministic entries run twice and must agree bit for bit.
+// Fresh device memory is poisoned (tests/cuda/main.cpp), so an unwritten output fails.
+// SESSA_OP=<substring> runs only the matching entries.
+#include <cstdlib>
+#include <optional>
+#include <string>
+
+#include "tests/cuda/parity.h"
+#include "tests/op_table.h"
+
+namespace sessa::test {
+namespace {
+
+bool selected(const OpEntry& e) {
+  const char* only = std::getenv("SESSA_OP");
+  return !only || e.name.find(only) != std::string::npos;
+}
+
+uint64_t seed_of(const OpEntry& e, size_t case_index) { return std::hash<std::string>{}(e.name) + 7919 * case_index; }
+
+bool bitwise_equal(const Tensor& a, const Tensor& b) {
+  if (!a.defined() || !b.defined()) return a.defined() == b.defined();
+  return host(a).to(DType::F64).to_vector<double>() == host(b).to(DType::F64).to_vector<double>();
+}
+
+struct Run {
+  DType dtype;
+  bool tf32;
+};
+
+// The CPU reference for a run (inputs with the Broadcast layout's values when broadcast).
+OpResult reference(const OpEntry& e, const OpCase& c, uint64_t seed, DType dtype, bool broadcast) {
+  const std::vector<Tensor> base = draw_inputs(e, c, seed);
+  const DType ref_t = dtype == DType::F64 || (e.flags & kRef64) ? DType::F64 : DType::F32;
+  return run_op(e, c, place_inputs(e, broadcast ? broadcast_values(e, base) : base, {dtype, ref_t}), seed + 1, dtype);
+}
+
+void check_entry_case(const OpEntry& e, const OpCase& c, uint64_t seed, Run run, Layout layout, bool host_ids,
+                      const OpResult& ref) {
+  const DType dtype = run.dtype;
+  const bool bf16 = dtype == DType::BF16;
+  const std::string what = case_name(e, c) + " " + dtype_name(dtype) + (run.tf32 ? " tf32" : "") + " " +
+                           layout_name(layout) + (host_ids ? " host ids" : "");
+  CAPTURE(what);
+  const std::vector<Tensor> base = draw_inputs(e, c, seed);
+  const Placement on_gpu{dtype, dtype, gpu(), host_ids ? Device::cpu() : gpu(), layout};
+  const std::vector<Tensor> in = place_inputs(e, base, on_gpu);
+  const OpResult got = run_op(e, c, in, seed + 1, dtype);
+  REQUIRE(got.outputs.size() == ref.outputs.size());
+  REQUIRE(got.grads.size() == ref.grads.size());
+
+  const double out_tol = bf16 ? e.tol.bf16 : dtype == DType::F64 ? e.tol.f64 : run.tf32 ? e.tol.tf32 : e.tol.f32;
+  for (size_t i = 0; i < got.outputs.size(); ++i) {
+    const Tensor& y = got.outputs[i];
+    const std::string name = what + (i == 0 ? " output" : " raw output " + std::to_string(i));
+    const bool f32_in_bf16 = bf16 && (i == 0 ? (e.flags & kOutF32) : (e.flags & kRawF32));
+    CHECK_MESSAGE(y.is_cuda(), name << " not on the GPU");
+    CHECK_MESSAGE(y.dtype() == (f32_in_bf16 ? DType::F32 : dtype), name << " dtype " << dtype_name(y.dtype()));
+    expect_close(y, ref.outputs[i], f32_in_bf16 ? e.tol.raw_bf16 : out_tol, name);
+  }
+  const double grad_tol = bf16                  ? e.grad_tol.bf16
+                          : dtype == DType::F64 ? e.grad_tol.f64
+                          : run.tf32            ? e.grad_tol.tf32
+                                                : e.grad_tol.f32;
+  for (size_t i = 0, k = 0; i < in.size(); ++i) {
+    if (!e.inputs[i].grad) continue;
+    const std::string name = what + " grad of input " + std::to_string(i);
+    const Tensor& g = got.grads[k];
+    REQUIRE_MESSAGE(g.defined() == ref.grads[k].defined(), name);
+    if (g.defined()) {
+      CHECK_MESSAGE(g.is_cuda(), name << " not on the GPU");
+      CHECK_MESSAGE(g.dtype() == in[i].dtype(), name << " dtype " << dtype_name(g.dtype()));
+    }
+    expect_close(g, ref.grads[k], bf16 && e.inputs[i].keep_f32 ? e.grad_tol.raw_bf16 : grad_tol, name);
+    ++k;
+  }
+
+  if ((e.flags & kDeterministic) && layout == Layout::Contiguous && !host_ids) {
+    const OpResult again = run_op(e, c, place_inputs(e, base, on_gpu), seed + 1, dtype);
+    for (size_t i = 0; i < got.outputs.size(); ++i)
+      CHECK_MESSAGE(bitwise_equal(got.outputs[i], again.outputs[i]),
+                    what << ": output " << i << " differs between runs");
+    for (size_t i = 0; i < got.grads.size(); ++i)
+      CHECK_MESSAGE(bitwise_equal(got.grads[i], again.grads[i]), what << ": grad " << i << " differs between runs");
+  }
+}
+
+void check_entry(const OpEntry& e) {
+  std::vector<Run> runs{{DType::F32, false}, {DType::F64, false}};
+  if (e.flags & kTf32) runs.push_back({DType::F32, true});
+  if (e.flags & kBf16) runs.push_back({DType::BF16, false});
+  for (size_t ci = 0; ci < e.cases.size(); ++ci) {
+    const OpCase& c = e.cases[ci];
+    if (!(c.where & kGpu)) continue;
+    for (const Run& run : runs) {
+      std::optional<NoTf32> exact;
+      if (!run.tf32) exact.emplace();
+      std::vector<Layout> layouts{Layout::Contiguous};
+      const bool views = run.dtype == DType::BF16 || (run.dtype == DType::F32 && !run.tf32);
+      if (views && (e.flags & kStrided))
+        layouts.insert(layouts.end(), {Layout::Padded, Layout::Strided, Layout::Transposed});
+      if (views && (e.flags & kBroadcast)) layouts.push_back(Layout::Broadcast);
+      const uint64_t seed = seed_of(e, ci);
+      const OpResult ref = reference(e, c, seed, run.dtype, false);
+      for (Layout layout : layouts)
+        check_entry_case(e, c, seed, run, layout, false,
+                         layout == Layout::Broadcast ? reference(e, c, seed, run.dtype, true) : ref);
+      if (e.flags & kHostIndex) check_entry_case(e, c, seed, run, Layout::Contiguous, true, ref);
+    }
+  }
+}
+
+// All kCuda entries of one family (one test case each, so each runs alone within a time limit).
+void check_family(const std::string& family) {
+  int entries = 0;
+  for (const OpEntry& e : op_table()) {
+    if (e.family != family || !(e.flags & kCuda) || !selected(e)) continue;
+    CAPTURE(e.name);
+    check_entry(e);
+    ++entries;
+  }
+  MESSAGE("op table: " << entries << " " << family << " entries checked on the GPU");
+}
+
+}  // namespace
+
+TEST_CASE("cuda op table: every family has a test case") {
+  const std::vector<std::string> here{"elementwise", "reductions", "softmax",   "matmul",   "linear", "rowops",
+                                      "indexing",    "views",      "attention", "feedback", "mamba"};
+  CHECK(op_families() == here);
+}
+
+TEST_CASE("cuda op table: elementwise and unary") { check_family("elementwise"); }
+TEST_CASE("cuda op table: reductions") { check_family("reductions"); }
+TEST_CASE("cuda op table: softmax and log_softmax") { check_family("softmax"); }
+TEST_CASE("cuda op table: matmul") { check_family("matmul"); }
+TEST_CASE("cuda op table: linear") { check_family("linear"); }
+TEST_CASE("cuda op table: layer_norm, cross_entropy, rope") { check_family("rowops"); }
+TEST_CASE("cuda op table: index_select and cat") { check_family("indexing"); }
+TEST_CASE("cuda op table: views") { check_family("views"); }
+TEST_CASE("cuda op table: attention") { check_family("attention"); }
+TEST_CASE("cuda op table: feedback solve") { check_family("feedback"); }
+TEST_CASE("cuda op table: Mamba conv and scan") { check_family("mamba"); }
+
+}  // namespace sessa::test
