@@ -22,6 +22,12 @@ uint64_t seed_of(const OpEntry& e, size_t case_index) { return std::hash<std::st
 
 TEST_CASE("op table: every entry has cases for what its flags ask") {
   CHECK(op_table().size() >= 40);
+  size_t cpu_cases = 0, gpu_cases = 0;
+  for (const OpEntry& e : op_table())
+    for (const OpCase& c : e.cases)
+      cpu_cases += (c.where & kCpu) != 0, gpu_cases += (c.where & kGpu) && (e.flags & kCuda);
+  MESSAGE("op table: " << op_table().size() << " entries, " << cpu_cases << " CPU cases, " << gpu_cases
+                       << " GPU cases");
   for (const OpEntry& e : op_table()) {
     CAPTURE(e.name);
     bool cpu = false, gpu = false;
