@@ -37,7 +37,8 @@ void add_elementwise(std::vector<OpEntry>& t) {
       {{{7}, {6, 129, 7}}, 0, kGpu},
       {{{2, 3, 1, 5}, {3, 4, 1}}, 0, kGpu},
       {{{1031, 517}, {517}}, 0, kGpu},
-      {{{1031, 1}, {517, 1031}}, 0, kGpu},
+      {{{1031}, {517, 1031}}, 0, kGpu},
+      {{{517, 1031}, {517, 1}}, 0, kGpu},
   };
   const std::vector<InputSpec> in{normal_in(), uniform_in(0.5, 2.0)};
   t.push_back({"add", in, cases, [](auto& x, int64_t) { return add(x[0], x[1]); }});
@@ -282,7 +283,7 @@ void add_views(std::vector<OpEntry>& t) {
                  return expand(narrow(x[0], 1, 0, 1), {x[0].size(0), 5, x[0].size(2)});
                }});
   t.push_back({"split", {normal_in()}, c, [](auto& x, int64_t) {
-                 auto parts = split(x[0], 2, {1, 3});
+                 auto parts = split(x[0], 2, {1, x[0].size(2) - 1});
                  return mul(parts[0], narrow(parts[1], 2, 0, 1));
                }});
 }
