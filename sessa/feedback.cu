@@ -30,14 +30,6 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw_data());
-}
-
-__device__ __forceinline__ float ex(float x) { return expf(x); }
-__device__ __forceinline__ double ex(double x) { return ::exp(x); }
-
 // ---- products through cuBLAS -------------------------------------------------------------
 // Row-major, batched C = alpha op(A) op(B) with C in the compute dtype A (float or double):
 // the column-major product C^T = op(B)^T op(A)^T. Operands may be bfloat16 (tensor cores,
@@ -105,10 +97,10 @@ __global__ void __launch_bounds__(256) causal_softmax_kernel(A* alpha, int T) {
   for (int s = threadIdx.x; s < t; s += blockDim.x) mx = max(mx, r[s]);
   mx = block_max(mx);
   A sum = 0;
-  for (int s = threadIdx.x; s < t; s += blockDim.x) sum += ex(r[s] - mx);
+  for (int s = threadIdx.x; s < t; s += blockDim.x) sum += math::exp(r[s] - mx);
   sum = block_sum(sum);
   const A inv = t > 0 ? A(1) / sum : A(0);
-  for (int s = threadIdx.x; s < T; s += blockDim.x) r[s] = s < t ? ex(r[s] - mx) * inv : A(0);
+  for (int s = threadIdx.x; s < T; s += blockDim.x) r[s] = s < t ? math::exp(r[s] - mx) * inv : A(0);
 }
 
 // ---- the two triangular solves --------------------------------------------------------
@@ -215,12 +207,9 @@ __global__ void __launch_bounds__(256)
     dgamma_kernel(const acc_t<X>* df, const acc_t<X>* ctx, acc_t<X>* dg, X* dg_out, int64_t rows, int D) {
   using A = acc_t<X>;
   const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
   if (row >= rows) return;  // whole warps leave together
-  A sum = 0;
-  for (int i = lane; i < D; i += 32) sum += df[row * D + i] * ctx[row * D + i];
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  if (lane == 0) {
+  const A sum = warp_dot(df + row * D, ctx + row * D, D);
+  if (threadIdx.x % 32 == 0) {
     dg[row] = sum;
     if constexpr (!std::is_same_v<X, A>) store(dg_out + row, sum);
   }
@@ -253,7 +242,7 @@ ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Te
       SESSA_CUDA_CHECK(
           cudaFuncSetAttribute(solve_forward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
           "feedback_solve");
-      const dim3 grid(unsigned((D + kCols - 1) / kCols), unsigned(B));
+      const dim3 grid(blocks_for(D, kCols), unsigned(B));
       const int64_t TD = int64_t(T) * D, TT = int64_t(T) * T;
       A *ctx = ptr<A>(out.ctx), *s = ptr<A>(s_acc);
       for (int t0 = 0; t0 < T; t0 += kRows) {
@@ -303,7 +292,7 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
       const size_t smem = kSolveSmem * sizeof(A);
       SESSA_CUDA_CHECK(
           cudaFuncSetAttribute(solve_backward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
-      const dim3 grid(unsigned((D + kCols - 1) / kCols), unsigned(B));
+      const dim3 grid(blocks_for(D, kCols), unsigned(B));
       A *pdf = ptr<A>(df), *pw = ptr<A>(w);
       for (int s1 = T; s1 > 0; s1 -= kRows) {
         const int s0 = std::max(0, s1 - kRows), nb = s1 - s0;

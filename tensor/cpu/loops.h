@@ -1,9 +1,11 @@
-// CPU loop helpers shared by the kernels: dtype dispatch and a parallel loop
+// CPU loop helpers shared by the kernels: float dtype dispatch, a parallel loop
 // over the elements of N strided tensors that share one (broadcast) shape.
 #pragma once
 #include <array>
 #include <cstdint>
+#include <utility>
 
+#include "tensor/dispatch.h"
 #include "tensor/tensor.h"
 
 namespace sessa::cpu {
@@ -11,35 +13,11 @@ namespace sessa::cpu {
 // Below this many elements a loop runs on one thread (thread start-up costs more).
 constexpr int64_t kParallelGrain = 1 << 15;
 
-// Calls f(T{}) with T the C++ type of a floating dtype (float or double).
+// Calls f(T{}) with T the C++ type of a floating dtype (float or double: the CPU has no
+// bfloat16 arithmetic). Any dtype: sessa::dispatch_dtype<bf16> (tensor/dispatch.h).
 template <class F>
 decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
-  switch (t) {
-    case DType::F32:
-      return f(float{});
-    case DType::F64:
-      return f(double{});
-    default:
-      SESSA_FAIL(op, "unsupported dtype " << dtype_name(t) << " on cpu (float32 or float64 expected)");
-  }
-}
-
-// Calls f(T{}) for any dtype.
-template <class F>
-decltype(auto) dispatch_any(DType t, F&& f) {
-  switch (t) {
-    case DType::F32:
-      return f(float{});
-    case DType::F64:
-      return f(double{});
-    case DType::BF16:
-      return f(bf16{});
-    case DType::I32:
-      return f(int32_t{});
-    case DType::U16:
-      return f(uint16_t{});
-  }
-  return f(float{});
+  return dispatch_float_dtype<void>(t, op, "cpu", std::forward<F>(f));
 }
 
 // For every index of `shape`, calls body(off) where off[k] is the element offset

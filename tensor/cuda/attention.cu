@@ -31,29 +31,15 @@ struct Dims {
   int B, H, Hkv, Tq, Tk, dh, group, q_offset;
 };
 
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw_data());
-}
-
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
-
-__device__ __forceinline__ float ex(float x) { return expf(x); }
-__device__ __forceinline__ double ex(double x) { return ::exp(x); }
-__device__ __forceinline__ float lg(float x) { return logf(x); }
-__device__ __forceinline__ double lg(double x) { return ::log(x); }
 
 // D_i = dout_i . out_i, one warp per row.
 template <class T>
 __global__ void __launch_bounds__(256) row_dot_kernel(const T* a, const T* b, acc_t<T>* out, int64_t rows, int n) {
-  using A = acc_t<T>;
   const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
   if (row >= rows) return;  // whole warps leave together
-  A sum = 0;
-  for (int i = lane; i < n; i += 32) sum += load(a + row * n + i) * load(b + row * n + i);
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  if (lane == 0) out[row] = sum;
+  const acc_t<T> sum = warp_dot(a + row * n, b + row * n, n);
+  if (threadIdx.x % 32 == 0) out[row] = sum;
 }
 
 // ==== SIMT kernels ======================================================================
@@ -122,16 +108,16 @@ __global__ void __launch_bounds__(256)
         s[i][j] = key <= pos && key < d.Tk ? s[i][j] * scale : A(-INFINITY);
         mx = max(mx, s[i][j]);
       }
-      for (int off = 8; off > 0; off >>= 1) mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      const A mn = max(m[i], mx), corr = ex(m[i] - mn);  // key 0 is always allowed: mn is finite
+      mx = warp_max<16>(mx);
+      const A mn = max(m[i], mx), corr = math::exp(m[i] - mn);  // key 0 is always allowed: mn is finite
       A rs = 0;
 #pragma unroll
       for (int j = 0; j < R; ++j) {
-        const A p = ex(s[i][j] - mn);
+        const A p = math::exp(s[i][j] - mn);
         Ps[(ty + 16 * i) * LP + tx + 16 * j] = p;
         rs += p;
       }
-      for (int off = 8; off > 0; off >>= 1) rs += __shfl_xor_sync(0xffffffffu, rs, off);
+      rs = warp_sum<16>(rs);
       l[i] = l[i] * corr + rs, m[i] = mn;
 #pragma unroll
       for (int c = 0; c < CJ; ++c) o[i][c] *= corr;
@@ -160,7 +146,7 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int c = 0; c < CJ; ++c)
       if (tx + 16 * c < d.dh) store(out + at * d.dh + tx + 16 * c, o[i][c] * inv);
-    if (tx == 0) lse[at] = m[i] + lg(l[i]);
+    if (tx == 0) lse[at] = m[i] + math::log(l[i]);
   }
 }
 
@@ -220,7 +206,7 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
       for (int j = 0; j < R; ++j) {
         const int key = n0 + tx + 16 * j, pos = d.q_offset + i0 + ty + 16 * i;
-        const A p = key <= pos && key < d.Tk ? ex(s[i][j] * scale - L[i]) : A(0);
+        const A p = key <= pos && key < d.Tk ? math::exp(s[i][j] * scale - L[i]) : A(0);
         dSs[(ty + 16 * i) * LP + tx + 16 * j] = p * (dp[i][j] - Dr[i]);
       }
     __syncthreads();
@@ -307,7 +293,7 @@ __global__ void __launch_bounds__(256)
         for (int j = 0; j < R; ++j) {
           const int key = n0 + ty + 16 * i, qi = i0 + tx + 16 * j;
           const bool ok = qi < d.Tq && key <= d.q_offset + qi && key < d.Tk;
-          const A p = ok ? ex(st[i][j] * scale - Ls[tx + 16 * j]) : A(0);
+          const A p = ok ? math::exp(st[i][j] * scale - Ls[tx + 16 * j]) : A(0);
           Ps[(ty + 16 * i) * LP + tx + 16 * j] = p;
           dSs[(ty + 16 * i) * LP + tx + 16 * j] = p * (dpt[i][j] - Ds[tx + 16 * j]);
         }
@@ -759,8 +745,6 @@ void allow_smem(Kernel* kernel, size_t bytes, const char* op) {
     SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
 }
 
-unsigned tiles(int n, int tile) { return unsigned((n + tile - 1) / tile); }
-
 }  // namespace
 
 ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int64_t q_offset,
@@ -782,7 +766,7 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
           constexpr int DH = decltype(dh_tag)::value;
           const size_t smem = mma_forward_smem<DH>();
           allow_smem(mma_forward<DH>, smem, op);
-          mma_forward<DH><<<dim3(unsigned(d.B * d.H), tiles(d.Tq, 64)), 128, smem, st>>>(
+          mma_forward<DH><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 64)), 128, smem, st>>>(
               ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(res.out), ptr<float>(res.lse), d,
               float(scale) * kLog2e, vec);
           SESSA_CUDA_LAUNCH_CHECK(op);
@@ -795,7 +779,7 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
       constexpr int DH = decltype(dh_tag)::value;
       const size_t smem = simt_forward_smem<T, DH, R>();
       allow_smem(simt_forward<T, DH, R>, smem, op);
-      simt_forward<T, DH, R><<<dim3(unsigned(d.B * d.H), tiles(d.Tq, 16 * R)), 256, smem, st>>>(
+      simt_forward<T, DH, R><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 16 * R)), 256, smem, st>>>(
           ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(res.out), ptr<A>(res.lse), d, A(scale));
       SESSA_CUDA_LAUNCH_CHECK(op);
     });
@@ -833,7 +817,7 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
           if (run_dq) {
             const size_t smem = mma_dq_smem<DH>();
             allow_smem(mma_backward_dq<DH>, smem, op);
-            mma_backward_dq<DH><<<dim3(unsigned(d.B * d.H), tiles(d.Tq, 64)), 128, smem, st>>>(
+            mma_backward_dq<DH><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 64)), 128, smem, st>>>(
                 ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
                 ptr<bf16_t>(g.dq), d, sl2, float(scale), vec);
             SESSA_CUDA_LAUNCH_CHECK(op);
@@ -841,7 +825,7 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
           if (run_dkdv) {
             const size_t smem = mma_dkdv_smem<DH>();
             allow_smem(mma_backward_dkdv<DH>, smem, op);
-            mma_backward_dkdv<DH><<<dim3(unsigned(d.B * d.Hkv), tiles(d.Tk, 64)), 128, smem, st>>>(
+            mma_backward_dkdv<DH><<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, 64)), 128, smem, st>>>(
                 ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
                 ptr<bf16_t>(g.dk), ptr<bf16_t>(g.dv), d, sl2, float(scale), vec);
             SESSA_CUDA_LAUNCH_CHECK(op);
@@ -856,14 +840,14 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
       if (run_dq) {
         const size_t smem = simt_dq_smem<T, DH, R>();
         allow_smem(simt_backward_dq<T, DH, R>, smem, op);
-        simt_backward_dq<T, DH, R><<<dim3(unsigned(d.B * d.H), tiles(d.Tq, 16 * R)), 256, smem, st>>>(
+        simt_backward_dq<T, DH, R><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 16 * R)), 256, smem, st>>>(
             ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(dout), ptr<A>(lse), ptr<A>(Dv), ptr<T>(g.dq), d, A(scale));
         SESSA_CUDA_LAUNCH_CHECK(op);
       }
       if (run_dkdv) {
         const size_t smem = simt_dkdv_smem<T, DH, R>();
         allow_smem(simt_backward_dkdv<T, DH, R>, smem, op);
-        simt_backward_dkdv<T, DH, R><<<dim3(unsigned(d.B * d.Hkv), tiles(d.Tk, 16 * R)), 256, smem, st>>>(
+        simt_backward_dkdv<T, DH, R><<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, 16 * R)), 256, smem, st>>>(
             ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(dout), ptr<A>(lse), ptr<A>(Dv), ptr<T>(g.dk), ptr<T>(g.dv), d,
             A(scale));
         SESSA_CUDA_LAUNCH_CHECK(op);

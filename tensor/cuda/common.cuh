@@ -1,32 +1,36 @@
-// Helpers shared by every CUDA kernel file: dtype dispatch (float32, bfloat16,
-// float64), float conversions, launch sizes, strided indexing, block reductions.
-// Every kernel runs on cuda::stream(device) and is followed by SESSA_CUDA_LAUNCH_CHECK.
+// Helpers shared by every CUDA kernel file: typed data pointers, dtype dispatch
+// (float32, bfloat16, float64), the compute dtype, float conversions, launch sizes,
+// strided indexing, warp and block reductions. Scalar math (exp, log, ..., the unary-op
+// table) is in tensor/scalar_math.h, shared with the CPU. Every kernel runs on
+// cuda::stream(device) and is followed by SESSA_CUDA_LAUNCH_CHECK.
 #pragma once
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <array>
+#include <utility>
 
 #include "tensor/cuda/check.h"
 #include "tensor/cuda/runtime.h"
+#include "tensor/dispatch.h"
+#include "tensor/scalar_math.h"
 #include "tensor/tensor.h"
 
 namespace sessa::cuda {
 
 using bf16_t = __nv_bfloat16;
 
-// Calls f(T{}) with T = float, __nv_bfloat16 or double for a floating dtype.
+// t's data as a T* (device memory; no dtype check: the caller dispatched on t's dtype).
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
+
+// Calls f(T{}) with T = float, __nv_bfloat16 or double for a floating dtype. Any dtype:
+// sessa::dispatch_dtype<bf16_t> (tensor/dispatch.h).
 template <class F>
 decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
-  switch (t) {
-    case DType::F32:
-      return f(float{});
-    case DType::BF16:
-      return f(bf16_t{});
-    case DType::F64:
-      return f(double{});
-    default:
-      SESSA_FAIL(op, "unsupported dtype " << dtype_name(t) << " on cuda");
-  }
+  return dispatch_float_dtype<bf16_t>(t, op, "cuda", std::forward<F>(f));
 }
 
 // Arithmetic happens in float (double for double); storage may be bfloat16.
@@ -40,6 +44,10 @@ struct Acc<double> {
 };
 template <class T>
 using acc_t = typename Acc<T>::type;
+
+// The dtype of acc_t for storage dtype t: float64 for float64, else float32. Statistics
+// (softmax and LayerNorm stats, log-sum-exp, losses) and partial sums are kept in it.
+inline DType acc_dtype(DType t) { return t == DType::F64 ? DType::F64 : DType::F32; }
 
 template <class T>
 __device__ __forceinline__ acc_t<T> load(const T* p) {
@@ -58,9 +66,31 @@ __device__ __forceinline__ void store(bf16_t* p, float v) {
   *p = __float2bfloat16(v);
 }
 
+// ---- launch sizes ------------------------------------------------------------------
+
 constexpr int kThreads = 256;
+// Blocks of `threads` (or tiles of that many items) covering n items; at least 1.
 inline unsigned blocks_for(int64_t n, int threads = kThreads) {
   return unsigned(std::max<int64_t>(1, (n + threads - 1) / threads));
+}
+
+// Grid for a grid-stride loop over n items: blocks_for(n), capped at kMaxGridStrideBlocks.
+constexpr unsigned kMaxGridStrideBlocks = 1u << 16;
+inline unsigned grid_stride_blocks(int64_t n) { return std::min(blocks_for(n), kMaxGridStrideBlocks); }
+
+// Threads for one block per row of `len` elements, two policies:
+// a power of two from 32 to 256, growing while a thread would get more than 4 elements
+// (softmax, row sums, amax/argmax) ...
+inline int row_threads_pow2(int64_t len) {
+  int t = 32;
+  while (t < 256 && int64_t(t) * 4 < len) t *= 2;
+  return t;
+}
+// ... or whole warps from 32 to 1024, about 4 elements per thread (LayerNorm, whose
+// backward keeps per-thread column partials in shared memory).
+inline int row_threads_warps(int64_t len) {
+  const int64_t t = (len + 3) / 4;
+  return int(std::min<int64_t>(1024, std::max<int64_t>(32, (t + 31) / 32 * 32)));
 }
 
 // Maps a linear index over `shape` to element offsets in N strided tensors
@@ -90,28 +120,54 @@ struct StridedIndexer {
   }
 };
 
-// Sum over a thread block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// ---- reductions ------------------------------------------------------------------
+
+// Sum (max) over each aligned group of W lanes (W a power of two, at most 32), lane
+// distance halving from W / 2 to 1; every lane of the group gets the result.
+template <int W = 32, class A>
+__device__ __forceinline__ A warp_sum(A v) {
+  for (int o = W / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+template <int W = 32, class A>
+__device__ __forceinline__ A warp_max(A v) {
+  for (int o = W / 2; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// The dot product of rows a and b of n elements by one warp (lane = threadIdx.x % 32)
+// in the compute type; every lane gets it.
+template <class T, class U>
+__device__ __forceinline__ acc_t<T> warp_dot(const T* a, const U* b, int n) {
+  acc_t<T> sum = 0;
+  for (int i = threadIdx.x % 32; i < n; i += 32) sum += load(a + i) * load(b + i);
+  return warp_sum(sum);
+}
+
+// Stores each warp's value v (lane 0's) in partial[warp] for the whole block to read.
+// Starts with a barrier, so partial may be reused.
 template <class A>
-__device__ A block_sum(A v) {
-  __shared__ A partial[32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+__device__ __forceinline__ void store_warp_partials(A v, A* partial) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   __syncthreads();
   if (lane == 0) partial[warp] = v;
   __syncthreads();
+}
+
+// Sum (max) over a thread block (blockDim.x a multiple of 32, at most 1024); every thread
+// gets the result. The warps' results are combined in warp order.
+template <class A>
+__device__ A block_sum(A v) {
+  __shared__ A partial[32];
+  store_warp_partials(warp_sum(v), partial);
   A total = 0;
   for (int w = 0; w < int(blockDim.x / 32); ++w) total += partial[w];
   return total;
 }
-
 template <class A>
 __device__ A block_max(A v) {
   __shared__ A partial[32];
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
+  store_warp_partials(warp_max(v), partial);
   A m = partial[0];
   for (int w = 1; w < int(blockDim.x / 32); ++w) m = max(m, partial[w]);
   return m;

@@ -19,11 +19,6 @@ namespace sessa::cuda {
 namespace {
 
 template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw_data());
-}
-
-template <class T>
 __global__ void cross_entropy_forward_kernel(const T* __restrict__ x, const int32_t* __restrict__ targets,
                                              acc_t<T>* __restrict__ lse, acc_t<T>* __restrict__ row_loss, int64_t V,
                                              int64_t ignore_index) {
@@ -38,14 +33,14 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ x, const int3
   for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
     const A v = load(xr + i);
     if (v > m)
-      s = s * exp(m - v) + A(1), m = v;
+      s = s * math::exp(m - v) + A(1), m = v;
     else
-      s += exp(v - m);
+      s += math::exp(v - m);
   }
   const A row_max = block_max(m);
-  const A total = block_sum(s * exp(m - row_max));  // a thread without elements adds 0 * 0
+  const A total = block_sum(s * math::exp(m - row_max));  // a thread without elements adds 0 * 0
   if (threadIdx.x == 0) {
-    const A l = row_max + log(total);
+    const A l = row_max + math::log(total);
     lse[r] = l;
     row_loss[r] = (t >= 0 && t < V) ? l - load(xr + t) : A(NAN);
   }
@@ -89,7 +84,7 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ x, const int
     return;
   }
   const A l = lse[r], g = *scale;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) store(dr + i, g * (exp(load(xr + i) - l) - A(i == t)));
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) store(dr + i, g * (math::exp(load(xr + i) - l) - A(i == t)));
 }
 
 constexpr int kReduceThreads = 1024;
@@ -100,7 +95,7 @@ ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_i
                                    int64_t count) {
   Tensor x = ops::contiguous(logits), targets = ops::contiguous(targets_in.to(logits.device()));
   const int64_t N = x.size(0), V = x.size(1);
-  const TensorOptions sopt{stat_dtype(x.dtype()), x.device()};
+  const TensorOptions sopt{acc_dtype(x.dtype()), x.device()};
   ops::CrossEntropyOut res{Tensor::empty(Shape{}, sopt), Tensor::empty({N}, sopt), count};
   Tensor row_loss = Tensor::empty({N}, sopt);
   cudaStream_t st = stream(x.device().index);
@@ -130,7 +125,7 @@ Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const T
   Tensor dx = Tensor::empty(x.shape(), x.options());
   if (dx.numel() == 0) return dx;
   const int64_t host_count = count;
-  Tensor scale = Tensor::empty(Shape{}, {stat_dtype(x.dtype()), x.device()});
+  Tensor scale = Tensor::empty(Shape{}, {acc_dtype(x.dtype()), x.device()});
   cudaStream_t st = stream(x.device().index);
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);

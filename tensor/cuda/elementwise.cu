@@ -14,7 +14,6 @@
 #include <cmath>
 #include <type_traits>
 
-#include "tensor/cpu/unary_math.h"
 #include "tensor/cuda/basic.h"
 #include "tensor/cuda/common.cuh"
 
@@ -22,14 +21,7 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw_data());
-}
-
 // ---- launching over strided tensors -------------------------------------------------
-
-constexpr unsigned kMaxBlocks = 1u << 16;  // grid-stride beyond this
 
 template <int N>
 struct Strided {
@@ -89,7 +81,7 @@ void launch(const char* op, Device device, const Shape& shape, const std::array<
     fits32 = fits32 && last <= INT32_MAX;
   }
   const StridedIndexer<N> ix(s.shape, s.strides);
-  const unsigned blocks = std::min(blocks_for(n), kMaxBlocks);
+  const unsigned blocks = grid_stride_blocks(n);
   cudaStream_t st = stream(device.index);
   if (fits32)
     strided_kernel<uint32_t, N><<<blocks, kThreads, 0, st>>>(uint32_t(n), ix, f);
@@ -99,23 +91,6 @@ void launch(const char* op, Device device, const Shape& shape, const std::array<
 }
 
 // ---- dtypes -------------------------------------------------------------------------------
-
-// Calls f(T{}) for any dtype.
-template <class F>
-void dispatch_any(DType t, F&& f) {
-  switch (t) {
-    case DType::F32:
-      return f(float{});
-    case DType::F64:
-      return f(double{});
-    case DType::BF16:
-      return f(bf16_t{});
-    case DType::I32:
-      return f(int32_t{});
-    case DType::U16:
-      return f(uint16_t{});
-  }
-}
 
 // The CPU's conversions (tensor/cpu/loops.h): bfloat16 goes through float, with
 // round-to-nearest-even; everything else is a C++ conversion.
@@ -193,84 +168,7 @@ struct AddFn {
   }
 };
 
-// ---- unary math: the table of tensor/cpu/unary_math.h, on the device --------------------
-
-__device__ __forceinline__ float f_exp(float x) { return expf(x); }
-__device__ __forceinline__ double f_exp(double x) { return exp(x); }
-__device__ __forceinline__ float f_log(float x) { return logf(x); }
-__device__ __forceinline__ double f_log(double x) { return log(x); }
-__device__ __forceinline__ float f_log1p(float x) { return log1pf(x); }
-__device__ __forceinline__ double f_log1p(double x) { return log1p(x); }
-__device__ __forceinline__ float f_sqrt(float x) { return sqrtf(x); }
-__device__ __forceinline__ double f_sqrt(double x) { return sqrt(x); }
-__device__ __forceinline__ float f_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double f_tanh(double x) { return tanh(x); }
-__device__ __forceinline__ float f_erf(float x) { return erff(x); }
-__device__ __forceinline__ double f_erf(double x) { return erf(x); }
-
-template <class A>
-__device__ __forceinline__ A sigmoid(A x) {
-  return A(1) / (A(1) + f_exp(-x));
-}
-
-template <ops::Unary op, class A>
-__device__ __forceinline__ A unary_value(A x) {
-  using ops::Unary;
-  if constexpr (op == Unary::Neg)
-    return -x;
-  else if constexpr (op == Unary::Exp)
-    return f_exp(x);
-  else if constexpr (op == Unary::Log)
-    return f_log(x);
-  else if constexpr (op == Unary::Sqrt)
-    return f_sqrt(x);
-  else if constexpr (op == Unary::Square)
-    return x * x;
-  else if constexpr (op == Unary::Tanh)
-    return f_tanh(x);
-  else if constexpr (op == Unary::Sigmoid)
-    return sigmoid(x);
-  else if constexpr (op == Unary::Relu)
-    return x > A(0) ? x : A(0);
-  else if constexpr (op == Unary::Gelu)
-    return A(0.5) * x * (A(1) + f_erf(x * A(M_SQRT1_2)));  // exact (erf) GELU
-  else if constexpr (op == Unary::Silu)
-    return x * sigmoid(x);
-  else if constexpr (op == Unary::Softplus)
-    return x > A(20) ? x : f_log1p(f_exp(x));
-}
-
-template <ops::Unary op, class A>
-__device__ __forceinline__ A unary_derivative(A x) {
-  using ops::Unary;
-  if constexpr (op == Unary::Neg)
-    return A(-1);
-  else if constexpr (op == Unary::Exp)
-    return f_exp(x);
-  else if constexpr (op == Unary::Log)
-    return A(1) / x;
-  else if constexpr (op == Unary::Sqrt)
-    return A(0.5) / f_sqrt(x);
-  else if constexpr (op == Unary::Square)
-    return A(2) * x;
-  else if constexpr (op == Unary::Tanh) {
-    const A t = f_tanh(x);
-    return A(1) - t * t;
-  } else if constexpr (op == Unary::Sigmoid) {
-    const A s = sigmoid(x);
-    return s * (A(1) - s);
-  } else if constexpr (op == Unary::Relu)
-    return x > A(0) ? A(1) : A(0);
-  else if constexpr (op == Unary::Gelu) {  // Phi(x) + x * phi(x)
-    const A cdf = A(0.5) * (A(1) + f_erf(x * A(M_SQRT1_2)));
-    const A pdf = f_exp(A(-0.5) * x * x) * A(0.3989422804014327);  // 1/sqrt(2 pi)
-    return cdf + x * pdf;
-  } else if constexpr (op == Unary::Silu) {
-    const A s = sigmoid(x);
-    return s * (A(1) + x * (A(1) - s));
-  } else if constexpr (op == Unary::Softplus)
-    return sigmoid(x);
-}
+// ---- unary math: the table of tensor/scalar_math.h, shared with the CPU ---------------------
 
 template <ops::Unary op, class T>
 struct UnaryFn {
@@ -278,7 +176,7 @@ struct UnaryFn {
   const T* x;
   template <class I>
   __device__ void operator()(const I* off) const {
-    store(y + off[0], unary_value<op>(load(x + off[1])));
+    store(y + off[0], math::unary_value<op>(load(x + off[1])));
   }
 };
 
@@ -288,7 +186,7 @@ struct UnaryBackwardFn {
   const T *x, *dy;
   template <class I>
   __device__ void operator()(const I* off) const {
-    store(dx + off[0], load(dy + off[2]) * unary_derivative<op>(load(x + off[1])));
+    store(dx + off[0], load(dy + off[2]) * math::unary_derivative<op>(load(x + off[1])));
   }
 };
 
@@ -309,9 +207,9 @@ void copy_(const Tensor& dst, const Tensor& src) {
     return;
   }
   const Shape src_strides = broadcast_strides(src.shape(), src.strides(), dst.shape());
-  dispatch_any(dst.dtype(), [&](auto dst_tag) {
+  dispatch_dtype<bf16_t>(dst.dtype(), [&](auto dst_tag) {
     using D = decltype(dst_tag);
-    dispatch_any(src.dtype(), [&](auto src_tag) {
+    dispatch_dtype<bf16_t>(src.dtype(), [&](auto src_tag) {
       using S = decltype(src_tag);
       launch<2>("copy_", dst.device(), dst.shape(), {dst.strides(), src_strides},
                 CopyFn<D, S>{ptr<D>(dst), ptr<const S>(src)});
@@ -327,7 +225,7 @@ void fill_(const Tensor& x, double value) {
           "fill_");
     return;
   }
-  dispatch_any(x.dtype(), [&](auto tag) {
+  dispatch_dtype<bf16_t>(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     launch<1>("fill_", x.device(), x.shape(), {x.strides()}, FillFn<T>{ptr<T>(x), value});
   });
@@ -384,7 +282,7 @@ Tensor unary(ops::Unary op, const Tensor& x) {
   Tensor out = empty_like(x);
   dispatch_float(x.dtype(), ops::unary_name(op), [&](auto tag) {
     using T = decltype(tag);
-    cpu::dispatch_unary(op, [&](auto op_tag) {
+    math::dispatch_unary(op, [&](auto op_tag) {
       launch<2>(ops::unary_name(op), x.device(), x.shape(), {out.strides(), x.strides()},
                 UnaryFn<decltype(op_tag)::value, T>{ptr<T>(out), ptr<const T>(x)});
     });
@@ -396,7 +294,7 @@ Tensor unary_backward(ops::Unary op, const Tensor& x, const Tensor& dy) {
   Tensor dx = empty_like(x);
   dispatch_float(x.dtype(), ops::unary_name(op), [&](auto tag) {
     using T = decltype(tag);
-    cpu::dispatch_unary(op, [&](auto op_tag) {
+    math::dispatch_unary(op, [&](auto op_tag) {
       launch<3>(ops::unary_name(op), x.device(), x.shape(), {dx.strides(), x.strides(), dy.strides()},
                 UnaryBackwardFn<decltype(op_tag)::value, T>{ptr<T>(dx), ptr<const T>(x), ptr<const T>(dy)});
     });

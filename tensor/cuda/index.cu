@@ -19,11 +19,6 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw_data());
-}
-
 // Block shape for rows of `len` elements: x along the row (a power of two up to 256),
 // y over rows, 256 threads in all.
 dim3 row_block(int64_t len) {

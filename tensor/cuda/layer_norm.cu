@@ -22,18 +22,7 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw_data());
-}
-
 constexpr int64_t kMaxPartials = 1024;  // backward blocks (row runs) at most
-
-// About four elements per thread, 32 to 1024 threads.
-int row_threads(int64_t D) {
-  const int64_t t = (D + 3) / 4;
-  return int(std::min<int64_t>(1024, std::max<int64_t>(32, (t + 31) / 32 * 32)));
-}
 
 template <class T, class W>
 __global__ void layer_norm_forward_kernel(const T* __restrict__ x, const W* __restrict__ w, const W* __restrict__ b,
@@ -51,7 +40,7 @@ __global__ void layer_norm_forward_kernel(const T* __restrict__ x, const W* __re
     const A d = load(xr + i) - m;
     ss += d * d;
   }
-  const A rs = A(1) / sqrt(block_sum(ss) / A(D) + eps);
+  const A rs = A(1) / math::sqrt(block_sum(ss) / A(D) + eps);
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
     store(yr + i, (load(xr + i) - m) * rs * A(load(w + i)) + A(load(b + i)));
   if (threadIdx.x == 0) mean[row] = m, rstd[row] = rs;
@@ -133,7 +122,7 @@ ops::LayerNormOut layer_norm(const Tensor& x_in, const Tensor& weight, const Ten
   Tensor x = ops::contiguous(x_in), w = ops::contiguous(weight), b = ops::contiguous(bias);
   const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
   const Shape stat_shape(x.shape().begin(), x.shape().end() - 1);
-  const TensorOptions stat_opt{stat_dtype(x.dtype()), x.device()};
+  const TensorOptions stat_opt{acc_dtype(x.dtype()), x.device()};
   ops::LayerNormOut out{empty_like(x), Tensor::empty(stat_shape, stat_opt), Tensor::empty(stat_shape, stat_opt)};
   if (rows == 0) return out;
   cudaStream_t st = stream(x.device().index);
@@ -142,7 +131,7 @@ ops::LayerNormOut layer_norm(const Tensor& x_in, const Tensor& weight, const Ten
     using A = acc_t<T>;
     dispatch_weight<T>(w.dtype(), [&](auto wtag) {
       using W = decltype(wtag);
-      layer_norm_forward_kernel<T, W><<<unsigned(rows), row_threads(D), 0, st>>>(
+      layer_norm_forward_kernel<T, W><<<unsigned(rows), row_threads_warps(D), 0, st>>>(
           ptr<T>(x), ptr<W>(w), ptr<W>(b), ptr<T>(out.y), ptr<A>(out.mean), ptr<A>(out.rstd), D, A(eps));
       SESSA_CUDA_LAUNCH_CHECK("layer_norm");
     });
@@ -154,7 +143,7 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in,
                                         const Tensor& mean_in, const Tensor& rstd_in) {
   const char* op = "layer_norm_backward";
   check_params(op, x_in, weight, weight);
-  const DType sdt = stat_dtype(x_in.dtype());
+  const DType sdt = acc_dtype(x_in.dtype());
   SESSA_CHECK(dy_in.dtype() == x_in.dtype() && dy_in.device() == x_in.device(), op,
               "gradient " << dy_in.str() << " does not match input " << x_in.str());
   SESSA_CHECK(mean_in.dtype() == sdt && rstd_in.dtype() == sdt && mean_in.device() == x_in.device() &&
@@ -196,9 +185,9 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in,
       }
       A* pdw = ptr<A>(parts);
       A* pdb = pdw + nparts * D;
-      kernel<<<unsigned(nparts), row_threads(D), smem, st>>>(ptr<T>(dy), ptr<T>(x), ptr<W>(w), ptr<A>(mean),
-                                                             ptr<A>(rstd), ptr<T>(g.dx), pdw, pdb, rows, D,
-                                                             rows_per_block);
+      kernel<<<unsigned(nparts), row_threads_warps(D), smem, st>>>(ptr<T>(dy), ptr<T>(x), ptr<W>(w), ptr<A>(mean),
+                                                                   ptr<A>(rstd), ptr<T>(g.dx), pdw, pdb, rows, D,
+                                                                   rows_per_block);
       SESSA_CUDA_LAUNCH_CHECK(op);
       layer_norm_param_grads_kernel<W, A>
           <<<unsigned((D + 31) / 32), dim3(32, 32), 0, st>>>(pdw, pdb, ptr<W>(g.dweight), ptr<W>(g.dbias), nparts, D);

@@ -11,14 +11,6 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw_data());
-}
-
-__device__ __forceinline__ float f_sqrt(float x) { return sqrtf(x); }
-__device__ __forceinline__ double f_sqrt(double x) { return sqrt(x); }
-
 template <class A>
 struct AdamWConst {
   A beta1, one_minus_beta1, beta2, one_minus_beta2, c1, c2, eps, lr, weight_decay;
@@ -33,7 +25,7 @@ __global__ void adamw_kernel(P* param, const G* grad, P* m, P* v, int64_t n, Ada
     const A vi = k.beta2 * load(v + i) + k.one_minus_beta2 * g * g;
     store(m + i, mi);
     store(v + i, vi);
-    const A update = (mi / k.c1) / (f_sqrt(vi / k.c2) + k.eps);
+    const A update = (mi / k.c1) / (math::sqrt(vi / k.c2) + k.eps);
     const A p = load(param + i);
     store(param + i, p - k.lr * (k.weight_decay * p + update));
   }
@@ -60,7 +52,7 @@ void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const
                           A(h.eps),
                           A(h.lr),
                           A(h.weight_decay)};
-    const unsigned blocks = std::min(blocks_for(n), 1u << 16);
+    const unsigned blocks = grid_stride_blocks(n);
     cudaStream_t st = stream(param.device().index);
     if (grad.dtype() == DType::BF16 && param.dtype() != DType::BF16)
       adamw_kernel<P, bf16_t>

@@ -27,27 +27,10 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw_data());
-}
-
-template <class A>
-DType acc_dtype() {
-  return std::is_same_v<A, double> ? DType::F64 : DType::F32;
-}
-
 int sm_count(int device) {
   int n = 0;
   SESSA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "reduce");
   return n;
-}
-
-// Threads for one block per row: enough that each has a few elements, 32..256.
-int row_threads(int64_t len) {
-  int t = 32;
-  while (t < 256 && int64_t(t) * 4 < len) t *= 2;
-  return t;
 }
 
 // x as (outer, len, inner) with the reduced elements along len.
@@ -187,7 +170,7 @@ void max_rows(const Tensor& x, int64_t dim, const Tensor* values, const Tensor* 
   if (rows == 0) return;
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
-    max_rows_kernel<T><<<unsigned(rows), row_threads(r.len), 0, stream(x.device().index)>>>(
+    max_rows_kernel<T><<<unsigned(rows), row_threads_pow2(r.len), 0, stream(x.device().index)>>>(
         ptr<const T>(r.x), r.len, values ? ptr<T>(*values) : nullptr, indices ? ptr<int32_t>(*indices) : nullptr);
     SESSA_CUDA_LAUNCH_CHECK(op);
   });
@@ -210,12 +193,12 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, const Shape& out_s
     const Split s =
         rows ? choose_split(r.outer, r.len, target, 2048) : choose_split(r.outer * col_blocks, r.len, target, 64);
     Tensor ws;
-    if (s.split > 1) ws = Tensor::empty({s.split, n_out}, {acc_dtype<A>(), x.device()});
+    if (s.split > 1) ws = Tensor::empty({s.split, n_out}, {dtype_of<A>(), x.device()});
     A* partial = s.split > 1 ? ptr<A>(ws) : nullptr;
     if (rows) {
       const dim3 grid(unsigned(r.outer), unsigned(s.split));
       sum_rows_kernel<T>
-          <<<grid, row_threads(s.chunk), 0, st>>>(ptr<const T>(r.x), r.len, s.chunk, ptr<T>(out), partial);
+          <<<grid, row_threads_pow2(s.chunk), 0, st>>>(ptr<const T>(r.x), r.len, s.chunk, ptr<T>(out), partial);
     } else {
       const dim3 grid(unsigned(r.outer * col_blocks), unsigned(s.split)), block(kColWidth, kColDepth);
       sum_cols_kernel<T>
@@ -257,7 +240,7 @@ Tensor sum_of_squares(const Tensor& x_in) {
     SESSA_CUDA_LAUNCH_CHECK("sum_of_squares");
   });
   sum_rows_kernel<double>
-      <<<1, row_threads(blocks), 0, st>>>(ptr<const double>(partial), blocks, blocks, ptr<double>(total), nullptr);
+      <<<1, row_threads_pow2(blocks), 0, st>>>(ptr<const double>(partial), blocks, blocks, ptr<double>(total), nullptr);
   SESSA_CUDA_LAUNCH_CHECK("sum_of_squares");
   return total;
 }

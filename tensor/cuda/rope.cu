@@ -10,11 +10,6 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw_data());
-}
-
 template <class A>
 __global__ void rope_table_kernel(A* __restrict__ cs, A* __restrict__ sn, int64_t T, int64_t half, int64_t pos_offset,
                                   double base, double sign) {
@@ -46,7 +41,7 @@ Tensor rope(const Tensor& x_in, int64_t pos_offset, double base, bool inverse) {
   const int64_t T = x.size(2), half = x.size(3) / 2, pairs = x.numel() / 2;
   Tensor y = empty_like(x);
   if (pairs == 0) return y;
-  const TensorOptions topt{stat_dtype(x.dtype()), x.device()};
+  const TensorOptions topt{acc_dtype(x.dtype()), x.device()};
   Tensor cs = Tensor::empty({T, half}, topt), sn = Tensor::empty({T, half}, topt);
   cudaStream_t st = stream(x.device().index);
   dispatch_float(x.dtype(), "rope", [&](auto tag) {

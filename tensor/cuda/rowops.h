@@ -2,13 +2,11 @@
 // tensor/ops/ check the arguments and dispatch here for CUDA tensors.
 //
 // Statistics (LayerNorm mean/rstd, cross-entropy log-sum-exp and loss) are float32 for
-// float32 and bfloat16 inputs and float64 for float64 inputs; stat_dtype says which.
+// float32 and bfloat16 inputs and float64 for float64 inputs (acc_dtype, common.cuh).
 #pragma once
 #include "tensor/ops.h"
 
 namespace sessa::cuda {
-
-inline DType stat_dtype(DType t) { return t == DType::F64 ? DType::F64 : DType::F32; }
 
 // LayerNorm over the last dim. weight/bias have x's dtype, or float32 when x is
 // bfloat16 (mixed precision). y and dx take x's dtype; dweight/dbias the weight's.

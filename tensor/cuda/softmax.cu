@@ -15,22 +15,6 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw_data());
-}
-
-__device__ __forceinline__ float f_exp(float x) { return expf(x); }
-__device__ __forceinline__ double f_exp(double x) { return exp(x); }
-__device__ __forceinline__ float f_log(float x) { return logf(x); }
-__device__ __forceinline__ double f_log(double x) { return log(x); }
-
-int row_threads(int64_t len) {
-  int t = 32;
-  while (t < 256 && int64_t(t) * 4 < len) t *= 2;
-  return t;
-}
-
 template <class T, bool kLog>
 __global__ void softmax_kernel(const T* x, int64_t len, T* y) {
   using A = acc_t<T>;
@@ -40,18 +24,18 @@ __global__ void softmax_kernel(const T* x, int64_t len, T* y) {
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
     const A e = load(in + i);
     if (e > m)
-      s = s * f_exp(m - e) + A(1), m = e;
+      s = s * math::exp(m - e) + A(1), m = e;
     else if (m != A(-INFINITY))
-      s += f_exp(e - m);  // skips -inf while m is still -inf (exp(nan))
+      s += math::exp(e - m);  // skips -inf while m is still -inf (exp(nan))
   }
   const A row_max = block_max(m);
-  const A total = block_sum(m == A(-INFINITY) ? A(0) : s * f_exp(m - row_max));
+  const A total = block_sum(m == A(-INFINITY) ? A(0) : s * math::exp(m - row_max));
   if constexpr (kLog) {
-    const A lse = row_max + f_log(total);
+    const A lse = row_max + math::log(total);
     for (int64_t i = threadIdx.x; i < len; i += blockDim.x) store(out + i, load(in + i) - lse);
   } else {
     const A inv = A(1) / total;
-    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) store(out + i, f_exp(load(in + i) - row_max) * inv);
+    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) store(out + i, math::exp(load(in + i) - row_max) * inv);
   }
 }
 
@@ -66,7 +50,7 @@ __global__ void softmax_backward_kernel(const T* y, const T* dy, int64_t len, T*
   const A c = block_sum(acc);
   for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
     const A yi = load(y + at + i), gi = load(dy + at + i);
-    store(dx + at + i, kLog ? gi - f_exp(yi) * c : yi * (gi - c));
+    store(dx + at + i, kLog ? gi - math::exp(yi) * c : yi * (gi - c));
   }
 }
 
@@ -79,7 +63,7 @@ Tensor forward(const Tensor& x_in, const char* op) {
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
     softmax_kernel<T, kLog>
-        <<<unsigned(rows), row_threads(len), 0, stream(x.device().index)>>>(ptr<const T>(x), len, ptr<T>(y));
+        <<<unsigned(rows), row_threads_pow2(len), 0, stream(x.device().index)>>>(ptr<const T>(x), len, ptr<T>(y));
     SESSA_CUDA_LAUNCH_CHECK(op);
   });
   return y;
@@ -95,7 +79,7 @@ Tensor backward(const Tensor& y_in, const Tensor& dy_in, const char* op) {
   if (rows == 0) return dx;
   dispatch_float(y.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
-    softmax_backward_kernel<T, kLog><<<unsigned(rows), row_threads(len), 0, stream(y.device().index)>>>(
+    softmax_backward_kernel<T, kLog><<<unsigned(rows), row_threads_pow2(len), 0, stream(y.device().index)>>>(
         ptr<const T>(y), ptr<const T>(dy), len, ptr<T>(dx));
     SESSA_CUDA_LAUNCH_CHECK(op);
   });

@@ -13,9 +13,9 @@ namespace {
 // dst[i] = convert(src[i]) on the host, src broadcast to dst's shape.
 void cpu_copy(const Tensor& dst, const Tensor& src) {
   Shape src_strides = broadcast_strides(src.shape(), src.strides(), dst.shape());
-  cpu::dispatch_any(dst.dtype(), [&](auto dst_tag) {
+  dispatch_dtype<bf16>(dst.dtype(), [&](auto dst_tag) {
     using D = decltype(dst_tag);
-    cpu::dispatch_any(src.dtype(), [&](auto src_tag) {
+    dispatch_dtype<bf16>(src.dtype(), [&](auto src_tag) {
       using S = decltype(src_tag);
       D* out = static_cast<D*>(dst.raw_data());
       const S* in = static_cast<const S*>(src.raw_data());
@@ -73,7 +73,7 @@ Tensor to_device(const Tensor& x, Device device) {
 
 void fill_(const Tensor& x, double value) {
   if (x.device().is_cpu()) {
-    cpu::dispatch_any(x.dtype(), [&](auto tag) {
+    dispatch_dtype<bf16>(x.dtype(), [&](auto tag) {
       using T = decltype(tag);
       T v = cpu::convert<T>(value);
       T* p = static_cast<T*>(x.raw_data());

@@ -1,10 +1,10 @@
 // Elementwise ops: binary arithmetic with broadcasting, affine maps, in-place
 // accumulation, and unary math with its derivative.
 #include "tensor/cpu/loops.h"
-#include "tensor/cpu/unary_math.h"
 #include "tensor/cuda/basic.h"
 #include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
+#include "tensor/scalar_math.h"
 
 namespace sessa::ops {
 
@@ -119,9 +119,9 @@ Tensor unary(Unary op, const Tensor& x) {
     using T = decltype(tag);
     T* y = out.data<T>();
     const T* px = x.data<T>();
-    cpu::dispatch_unary(op, [&](auto op_tag) {
+    math::dispatch_unary(op, [&](auto op_tag) {
       cpu::strided_loop<2>(out.shape(), {out.strides(), x.strides()},
-                           [&](const auto& o) { y[o[0]] = cpu::unary_value<op_tag.value>(px[o[1]]); });
+                           [&](const auto& o) { y[o[0]] = math::unary_value<op_tag.value>(px[o[1]]); });
     });
   });
   return out;
@@ -140,9 +140,10 @@ Tensor unary_backward(Unary op, const Tensor& x, const Tensor& dy) {
     T* g = dx.data<T>();
     const T* px = x.data<T>();
     const T* pdy = dy.data<T>();
-    cpu::dispatch_unary(op, [&](auto op_tag) {
-      cpu::strided_loop<3>(dx.shape(), {dx.strides(), x.strides(), dy.strides()},
-                           [&](const auto& o) { g[o[0]] = pdy[o[2]] * cpu::unary_derivative<op_tag.value>(px[o[1]]); });
+    math::dispatch_unary(op, [&](auto op_tag) {
+      cpu::strided_loop<3>(dx.shape(), {dx.strides(), x.strides(), dy.strides()}, [&](const auto& o) {
+        g[o[0]] = pdy[o[2]] * math::unary_derivative<op_tag.value>(px[o[1]]);
+      });
     });
   });
   return dx;
