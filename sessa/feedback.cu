@@ -15,9 +15,7 @@
 //     df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T], then the triangle; w = gamma df;
 //   dgamma    one warp per row: dgamma_t = df_t . ctx_t                                 (S7)
 //   dlogits   cuBLAS G = df s^T, then alpha gamma (G - dgamma) in place               (S8')
-//   dq, dk    cuBLAS dl k and dl^T q in float32 or TF32 (see blas_gemm)                 (S9)
-#include <cublas_v2.h>
-
+//   dq, dk    cuBLAS dl k and dl^T q in float32 or TF32 (see use_tf32)                  (S9)
 #include <cmath>
 #include <type_traits>
 
@@ -30,38 +28,13 @@ namespace sessa::cuda {
 
 namespace {
 
-// ---- products through cuBLAS -------------------------------------------------------------
-// Row-major, batched C = alpha op(A) op(B) with C in the compute dtype A (float or double):
-// the column-major product C^T = op(B)^T op(A)^T. Operands may be bfloat16 (tensor cores,
-// float accumulation) or the compute dtype. Float operands run in exact float32 unless
-// `tf32` (use_tf32): the solve's products and dq, dk use TF32 tensor cores for bfloat16
-// inputs (10 mantissa bits, more than the inputs carry) and, as every float32 matmul,
-// for float32 inputs while TF32 is allowed. G = df s^T is always exact, because dlogits
-// subtracts two close numbers (S8').
-template <class T>
-constexpr cudaDataType_t cuda_type() {
-  if constexpr (std::is_same_v<T, float>)
-    return CUDA_R_32F;
-  else if constexpr (std::is_same_v<T, double>)
-    return CUDA_R_64F;
-  else
-    return CUDA_R_16BF;
-}
-
-template <class A, class TA, class TB>
-void blas_gemm(int device, int batch, bool ta, bool tb, int M, int N, int K, A alpha, const TA* a, int64_t lda,
-               int64_t a_batch, const TB* b, int64_t ldb, int64_t b_batch, A* c, int64_t c_batch, const char* op,
-               bool tf32 = false) {
-  const A beta = 0;
-  const cublasComputeType_t compute = std::is_same_v<A, double> ? CUBLAS_COMPUTE_64F
-                                      : tf32                    ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                : CUBLAS_COMPUTE_32F;
-  SESSA_CUBLAS_CHECK(
-      cublasGemmStridedBatchedEx(cublas_handle(device), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                 N, M, K, &alpha, b, cuda_type<TB>(), int(ldb), b_batch, a, cuda_type<TA>(), int(lda),
-                                 a_batch, &beta, c, cuda_type<A>(), N, c_batch, batch, compute, CUBLAS_GEMM_DEFAULT),
-      op);
-}
+// ---- products through cuBLAS (cuda::gemm) ------------------------------------------------
+// Every product writes its result in the compute dtype A (float or double). Operands may be
+// bfloat16 (tensor cores, float accumulation) or A. Float operands run in exact float32
+// unless use_tf32 says otherwise: the solve's products and dq, dk use TF32 tensor cores for
+// bfloat16 inputs (10 mantissa bits, more than the inputs carry) and, as every float32
+// matmul, for float32 inputs while TF32 is allowed. G = df s^T is always exact, because
+// dlogits subtracts two close numbers (S8').
 
 // Whether the float products of the solve and of dq, dk use TF32 for inputs of dtype X:
 // always for bfloat16, for float32 when TF32 is allowed (cuda::allow_tf32, the default).
@@ -105,7 +78,7 @@ __global__ void __launch_bounds__(256) causal_softmax_kernel(A* alpha, int T) {
 
 // ---- the two triangular solves --------------------------------------------------------
 // Blocked as on the CPU, one row block of 64 per step: the host first adds everything the
-// other blocks contribute with one batched cuBLAS GEMM (see blas_gemm for its precision), then a kernel with
+// other blocks contribute with one batched cuBLAS GEMM (see use_tf32 for its precision), then a kernel with
 // one block of kSolveThreads per (32 columns, batch) solves the 64-row triangle. Shared
 // memory (in A elements): the diagonal alpha block Ad (64 x 65), the contribution of the
 // other blocks Cs and the right-hand side Fs (64 x 33 each), the solved rows Ss (64 x 40:
@@ -225,7 +198,8 @@ ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Te
   return dispatch_float(q.dtype(), "feedback_solve", [&](auto tag) {
     using X = decltype(tag);
     using A = acc_t<X>;
-    const TensorOptions acc_opt{dtype_of<A>(), dev};
+    const DType adt = dtype_of<A>();
+    const TensorOptions acc_opt{adt, dev};
     ops::FeedbackOut out{Tensor::empty({B, T, D}, q.options()), Tensor::empty({B, T, T}, acc_opt),
                          Tensor::empty({B, T, D}, acc_opt)};
     if (B == 0 || T == 0) return out;
@@ -233,8 +207,9 @@ ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Te
     const cudaStream_t st = stream(dev.index);
     A* alpha = ptr<A>(out.alpha);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
-    blas_gemm<A>(dev.index, B, false, true, T, T, D, scale, ptr<X>(q), D, int64_t(T) * D, ptr<X>(k), D, int64_t(T) * D,
-                 alpha, int64_t(T) * T, "feedback_solve");  // logits; the softmax masks s >= t
+    const int64_t TD = int64_t(T) * D, TT = int64_t(T) * T;
+    gemm(dev.index, B, T, T, D, scale, {q.raw_data(), q.dtype(), D, TD}, {k.raw_data(), k.dtype(), D, TD, true}, alpha,
+         adt, T, TT, false, "feedback_solve");  // logits; the softmax masks s >= t
     causal_softmax_kernel<A><<<unsigned(int64_t(B) * T), 256, 0, st>>>(alpha, T);
     SESSA_CUDA_LAUNCH_CHECK("feedback_solve");
     if (D > 0) {
@@ -243,13 +218,12 @@ ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Te
           cudaFuncSetAttribute(solve_forward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
           "feedback_solve");
       const dim3 grid(blocks_for(D, kCols), unsigned(B));
-      const int64_t TD = int64_t(T) * D, TT = int64_t(T) * T;
       A *ctx = ptr<A>(out.ctx), *s = ptr<A>(s_acc);
       for (int t0 = 0; t0 < T; t0 += kRows) {
         const int nb = std::min(kRows, T - t0);
         if (t0 > 0)  // ctx[t0:t0+nb] = alpha[t0:t0+nb, 0:t0] s[0:t0]
-          blas_gemm<A>(dev.index, B, false, false, nb, D, t0, A(1), alpha + int64_t(t0) * T, T, TT, s, D, TD,
-                       ctx + int64_t(t0) * D, TD, "feedback_solve", use_tf32<X>());
+          gemm(dev.index, B, nb, D, t0, 1.0, {alpha + int64_t(t0) * T, adt, T, TT}, {s, adt, D, TD},
+               ctx + int64_t(t0) * D, adt, D, TD, use_tf32<X>(), "feedback_solve");
         solve_forward_block<X>
             <<<grid, kSolveThreads, smem, st>>>(alpha, ptr<X>(gamma), ptr<X>(f), ctx, s, ptr<X>(out.s), T, D, t0);
         SESSA_CUDA_LAUNCH_CHECK("feedback_solve");
@@ -297,8 +271,8 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
       for (int s1 = T; s1 > 0; s1 -= kRows) {
         const int s0 = std::max(0, s1 - kRows), nb = s1 - s0;
         if (s1 < T)  // df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T]
-          blas_gemm<A>(dev.index, B, true, false, nb, D, T - s1, A(1), pa + int64_t(s1) * T + s0, T, TT,
-                       pw + int64_t(s1) * D, D, TD, pdf + int64_t(s0) * D, TD, op, use_tf32<X>());
+          gemm(dev.index, B, nb, D, T - s1, 1.0, {pa + int64_t(s1) * T + s0, adt, T, TT, true},
+               {pw + int64_t(s1) * D, adt, D, TD}, pdf + int64_t(s0) * D, adt, D, TD, use_tf32<X>(), op);
         solve_backward_block<X>
             <<<grid, kSolveThreads, smem, st>>>(pa, ptr<X>(gamma), ptr<X>(ds), pdf, ptr<X>(g.df), pw, T, D, s0, s1);
         SESSA_CUDA_LAUNCH_CHECK(op);
@@ -310,17 +284,18 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
     SESSA_CUDA_LAUNCH_CHECK(op);
     // Operands in the compute dtype: G exact; dq, dk as use_tf32 says.
     const Tensor s_a = ops::cast(s, adt), k_a = ops::cast(k, adt), q_a = ops::cast(q, adt);
-    blas_gemm<A>(dev.index, B, false, true, T, T, D, A(1), ptr<A>(df), D, TD, ptr<A>(s_a), D, TD, ptr<A>(dl), TT, op);
+    gemm(dev.index, B, T, T, D, 1.0, {df.raw_data(), adt, D, TD}, {s_a.raw_data(), adt, D, TD, true}, dl.raw_data(),
+         adt, T, TT, false, op);
     dlogits_kernel<X><<<blocks_for(int64_t(B) * TT), kThreads, 0, st>>>(ptr<A>(dl), pa, ptr<X>(gamma), ptr<A>(dg), T,
                                                                         int64_t(B) * TT);
     SESSA_CUDA_LAUNCH_CHECK(op);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt),
                  dk = same ? g.dk : Tensor::empty(k.shape(), acc_opt);
-    blas_gemm<A>(dev.index, B, false, false, T, D, T, scale, ptr<A>(dl), T, TT, ptr<A>(k_a), D, TD, ptr<A>(dq), TD, op,
-                 use_tf32<X>());
-    blas_gemm<A>(dev.index, B, true, false, T, D, T, scale, ptr<A>(dl), T, TT, ptr<A>(q_a), D, TD, ptr<A>(dk), TD, op,
-                 use_tf32<X>());
+    gemm(dev.index, B, T, D, T, scale, {dl.raw_data(), adt, T, TT}, {k_a.raw_data(), adt, D, TD}, dq.raw_data(), adt, D,
+         TD, use_tf32<X>(), op);
+    gemm(dev.index, B, T, D, T, scale, {dl.raw_data(), adt, T, TT, true}, {q_a.raw_data(), adt, D, TD}, dk.raw_data(),
+         adt, D, TD, use_tf32<X>(), op);
     if constexpr (!same) ops::copy_(g.dq, dq), ops::copy_(g.dk, dk);
     return g;
   });

@@ -9,8 +9,9 @@
 // collapse to a single stride (0 for a shared 2-D weight); a batch of row-major inputs
 // against a shared weight is one tall GEMM. Anything else is made contiguous first.
 //
-// Precision: float32 in/out with float32 accumulation (TF32 tensor cores when
-// allowed), bfloat16 in/out with float32 accumulation, float64 throughout.
+// Precision of ops::matmul: float32 in/out with float32 accumulation (TF32 tensor cores
+// when allowed), bfloat16 in/out with float32 accumulation, float64 throughout. gemm
+// serves other callers too (sessa/feedback.cu): mixed operand and output dtypes, any alpha.
 #include "tensor/cuda/blas.h"
 
 #include <cublas_v2.h>
@@ -22,6 +23,7 @@
 
 #include "tensor/cuda/check.h"
 #include "tensor/cuda/runtime.h"
+#include "tensor/gemm_view.h"
 #include "tensor/ops.h"
 
 namespace sessa::cuda {
@@ -38,24 +40,18 @@ struct BlasState {
   cublasHandle_t handle = nullptr;
 };
 
-// An operand as cuBLAS reads it: the last two dims (R x C) sit in memory either
-// row-major (row stride ld >= C) or transposed (memory holds C x R, row stride ld >= R),
-// and batch item i starts batch_stride * i elements after the first.
+// An operand as cuBLAS reads it: the last two dims as a GemmView (tensor/gemm_view.h),
+// batch item i starting batch_stride * i elements after the first.
 struct Operand {
-  Tensor t;
-  int64_t ld;
-  bool stored_transposed;
+  GemmView view;
   int64_t batch_stride;
 };
 
 std::optional<Operand> as_operand(const Tensor& x) {
-  const int64_t d = x.dim(), R = x.shape()[d - 2], C = x.shape()[d - 1];
-  const int64_t sr = x.strides()[d - 2], sc = x.strides()[d - 1];
-  const int64_t rmax = std::max<int64_t>(R, 1), cmax = std::max<int64_t>(C, 1);
   // The batch dims (size-1 dims skipped) must step by one stride: stride, stride * n, ...
   int64_t stride = 0, span = 1;
   bool first = true;
-  for (int64_t k = d - 3; k >= 0; --k) {
+  for (int64_t k = x.dim() - 3; k >= 0; --k) {
     const int64_t n = x.shape()[k];
     if (n == 1) continue;
     if (first)
@@ -64,14 +60,7 @@ std::optional<Operand> as_operand(const Tensor& x) {
       return std::nullopt;
     span *= n;
   }
-  if (sc == 1 || C == 1) {
-    const int64_t ld = R == 1 ? cmax : sr;
-    if (ld >= cmax) return Operand{x, ld, false, stride};
-  }
-  if (sr == 1 || R == 1) {
-    const int64_t ld = C == 1 ? rmax : sc;
-    if (ld >= rmax) return Operand{x, ld, true, stride};
-  }
+  if (auto v = gemm_view(x)) return Operand{*v, stride};
   return std::nullopt;
 }
 
@@ -80,9 +69,22 @@ Operand operand(const Tensor& x) {
   return *as_operand(ops::contiguous(x));
 }
 
-int as_int(int64_t v, const char* what) {
-  SESSA_CHECK(v <= INT_MAX, "matmul", what << " = " << v << " exceeds the 32-bit range of cuBLAS");
+int as_int(int64_t v, const char* what, const char* op) {
+  SESSA_CHECK(v <= INT_MAX, op, what << " = " << v << " exceeds the 32-bit range of cuBLAS");
   return int(v);
+}
+
+cudaDataType_t cuda_type(DType t, const char* op) {
+  switch (t) {
+    case DType::F32:
+      return CUDA_R_32F;
+    case DType::BF16:
+      return CUDA_R_16BF;
+    case DType::F64:
+      return CUDA_R_64F;
+    default:
+      SESSA_FAIL(op, "unsupported dtype " << dtype_name(t) << " on cuda (float32, bfloat16 or float64 expected)");
+  }
 }
 
 }  // namespace
@@ -107,6 +109,36 @@ cublasContext* cublas_handle(int device) {
   return s.handle;
 }
 
+void gemm(int device, int64_t batch, int64_t M, int64_t N, int64_t K, double alpha, const GemmOperand& a,
+          const GemmOperand& b, void* c, DType c_dtype, int64_t ldc, int64_t c_batch_stride, bool tf32,
+          const char* op) {
+  const bool f64 = c_dtype == DType::F64;
+  const cublasComputeType_t compute = f64    ? CUBLAS_COMPUTE_64F
+                                      : tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                             : CUBLAS_COMPUTE_32F;
+  const float alpha32 = float(alpha), beta32 = 0.f;
+  const double alpha64 = alpha, beta64 = 0.0;
+  const void* pa = f64 ? static_cast<const void*>(&alpha64) : &alpha32;
+  const void* pb = f64 ? static_cast<const void*>(&beta64) : &beta32;
+  // Column-major: C^T (N x M) = op(B)^T (N x K) op(A)^T (K x M), B first.
+  const int m = as_int(N, "N", op), n = as_int(M, "M", op), k = as_int(K, "K", op);
+  const int lda = as_int(a.ld, "lda", op), ldb = as_int(b.ld, "ldb", op), ldc32 = as_int(ldc, "ldc", op);
+  const int batches = as_int(batch, "batch", op);
+  const cublasOperation_t op_a = a.trans ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = b.trans ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cudaDataType_t ta = cuda_type(a.dtype, op), tb = cuda_type(b.dtype, op), tc = cuda_type(c_dtype, op);
+  cublasHandle_t h = cublas_handle(device);
+  if (batches == 1) {
+    SESSA_CUBLAS_CHECK(cublasGemmEx(h, op_b, op_a, m, n, k, pa, b.data, tb, ldb, a.data, ta, lda, pb, c, tc, ldc32,
+                                    compute, CUBLAS_GEMM_DEFAULT),
+                       op);
+  } else {
+    SESSA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, op_b, op_a, m, n, k, pa, b.data, tb, ldb, b.batch_stride, a.data,
+                                                  ta, lda, a.batch_stride, pb, c, tc, ldc32, c_batch_stride, batches,
+                                                  compute, CUBLAS_GEMM_DEFAULT),
+                       op);
+  }
+}
+
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   const int64_t M = a.size(trans_a ? -1 : -2), K = a.size(trans_a ? -2 : -1), N = b.size(trans_b ? -2 : -1);
   Shape out_shape(a.shape().begin(), a.shape().end() - 2);
@@ -129,43 +161,11 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
     if (auto flat = ops::try_view(a, {batch * M, K})) a_eff = *flat, a_batch = 1, M_eff = batch * M;
   }
   const Operand oa = operand(a_eff), ob = operand(b);
-  const cublasOperation_t op_a = (trans_a != oa.stored_transposed) ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cublasOperation_t op_b = (trans_b != ob.stored_transposed) ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const int m = as_int(N, "N"), n = as_int(M_eff, "rows of A"), k = as_int(K, "K");
-  const int lda = as_int(oa.ld, "lda"), ldb = as_int(ob.ld, "ldb"), batches = as_int(a_batch, "batch");
-  const int64_t stride_a = oa.batch_stride, stride_b = b.dim() == 2 ? 0 : ob.batch_stride, stride_c = M * N;
-
-  cudaDataType_t type;
-  cublasComputeType_t compute;
-  const float alpha32 = 1.f, beta32 = 0.f;
-  const double alpha64 = 1.0, beta64 = 0.0;
-  const void *alpha = &alpha32, *beta = &beta32;
-  switch (a.dtype()) {
-    case DType::F32:
-      type = CUDA_R_32F, compute = allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-      break;
-    case DType::BF16:
-      type = CUDA_R_16BF, compute = CUBLAS_COMPUTE_32F;
-      break;
-    case DType::F64:
-      type = CUDA_R_64F, compute = CUBLAS_COMPUTE_64F, alpha = &alpha64, beta = &beta64;
-      break;
-    default:
-      SESSA_FAIL("matmul", "unsupported dtype " << dtype_name(a.dtype()) << " on cuda");
-  }
-  cublasHandle_t h = cublas_handle(dev);
-  const void *pa = oa.t.raw_data(), *pb = ob.t.raw_data();
-  void* pc = out.raw_data();
-  if (batches == 1) {
-    SESSA_CUBLAS_CHECK(cublasGemmEx(h, op_b, op_a, m, n, k, alpha, pb, type, ldb, pa, type, lda, beta, pc, type, m,
-                                    compute, CUBLAS_GEMM_DEFAULT),
-                       "matmul");
-  } else {
-    SESSA_CUBLAS_CHECK(
-        cublasGemmStridedBatchedEx(h, op_b, op_a, m, n, k, alpha, pb, type, ldb, stride_b, pa, type, lda, stride_a,
-                                   beta, pc, type, m, stride_c, batches, compute, CUBLAS_GEMM_DEFAULT),
-        "matmul");
-  }
+  gemm(dev, a_batch, M_eff, N, K, 1.0,
+       {oa.view.t.raw_data(), a.dtype(), oa.view.ld, oa.batch_stride, trans_a != oa.view.stored_transposed},
+       {ob.view.t.raw_data(), b.dtype(), ob.view.ld, b.dim() == 2 ? 0 : ob.batch_stride,
+        trans_b != ob.view.stored_transposed},
+       out.raw_data(), out.dtype(), N, M * N, a.dtype() == DType::F32 && allow_tf32(), "matmul");
   return out;
 }
 

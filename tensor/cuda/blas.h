@@ -1,7 +1,8 @@
 // Matrix products on CUDA through cuBLAS: one handle per device, bound to
 // cuda::stream(device) with its own workspace. Row-major C = op(A) op(B) is computed
-// as the column-major product C^T = op(B)^T op(A)^T, so no operand is copied unless
-// its layout has no leading dimension or its batch has no uniform stride.
+// as the column-major product C^T = op(B)^T op(A)^T (in gemm, the only place), so no
+// operand is copied unless its layout has no leading dimension or its batch has no
+// uniform stride.
 #pragma once
 #include "tensor/tensor.h"
 
@@ -20,6 +21,26 @@ cublasContext* cublas_handle(int device);
 // ops::matmul for CUDA tensors (arguments already checked by ops::matmul):
 // op(a) @ op(b) over the last two dims; b is 2-D (shared by the batch) or has a's batch dims.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
+
+// One operand of gemm: `batch` row-major matrices in device memory, with row stride ld
+// and batch item i starting batch_stride * i elements after `data` (0: one matrix shared
+// by the batch); `trans` uses each matrix transposed. dtype float32, bfloat16 or float64.
+struct GemmOperand {
+  const void* data;
+  DType dtype;
+  int64_t ld;
+  int64_t batch_stride = 0;
+  bool trans = false;
+};
+
+// The one place that calls cuBLAS GEMMs (ops::matmul and the Sessa feedback solve use it):
+// row-major C = alpha op(A) op(B), M x N with inner dim K, for `batch` items, on
+// cuda::stream(device). C (c_dtype, row stride ldc, batch stride c_batch_stride) is written,
+// not accumulated into. Accumulation is float64 when C is float64, else float32, on TF32
+// tensor cores when `tf32` (float32 operands). One item is a plain GEMM, more a
+// strided-batched one. Every size must fit cuBLAS's 32-bit ints (a sessa::Error names `op`).
+void gemm(int device, int64_t batch, int64_t M, int64_t N, int64_t K, double alpha, const GemmOperand& a,
+          const GemmOperand& b, void* c, DType c_dtype, int64_t ldc, int64_t c_batch_stride, bool tf32, const char* op);
 
 }  // namespace sessa::cuda
 

@@ -1,39 +1,16 @@
 // Matrix products through the blocked CPU GEMM (tensor/cpu/gemm.h), or cuBLAS for CUDA
 // tensors (tensor/cuda/blas.cpp). Transposed views are passed to GEMM as transposed
 // operands instead of being copied.
-#include <optional>
-
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/loops.h"
 #include "tensor/cuda/blas.h"
 #include "tensor/cuda_hooks.h"
+#include "tensor/gemm_view.h"
 #include "tensor/ops.h"
 
 namespace sessa::ops {
 
 namespace {
-
-// How GEMM reads the last two dims (R x C) of a tensor without copying.
-struct GemmView {
-  Tensor t;
-  int64_t ld;
-  bool stored_transposed;  // memory holds the C x R transpose, row-major
-};
-
-std::optional<GemmView> gemm_view(const Tensor& x) {
-  const int64_t d = x.dim(), R = x.shape()[d - 2], C = x.shape()[d - 1];
-  const int64_t sr = x.strides()[d - 2], sc = x.strides()[d - 1];
-  const int64_t rmax = std::max<int64_t>(R, 1), cmax = std::max<int64_t>(C, 1);
-  if (sc == 1 || C == 1) {
-    int64_t ld = R == 1 ? cmax : sr;
-    if (ld >= cmax) return GemmView{x, ld, false};
-  }
-  if (sr == 1 || R == 1) {
-    int64_t ld = C == 1 ? rmax : sc;
-    if (ld >= rmax) return GemmView{x, ld, true};
-  }
-  return std::nullopt;
-}
 
 GemmView as_gemm_operand(const Tensor& x) {
   if (auto v = gemm_view(x)) return *v;
