@@ -3,21 +3,20 @@
 // query rows (or, for dk/dv, of keys) and streams the other side through shared memory;
 // the softmax statistics stay in float32 (float64 for float64) registers.
 //
-// Two implementations, both with head dims up to 128 (zero-padded to a tile width DH):
+// Two kernel families, chosen by dtype, both with head dims up to 128 (zero-padded to a tile width DH):
 // - bfloat16: tensor cores via mma.sync m16n8k16 (bf16 in, float32 accumulate). A block
 //   has 4 warps, each owning 16 rows of a 64-row tile; the score accumulators are turned
 //   into the A operand of the next product in registers (the C and A fragment layouts
 //   agree), so P never goes through shared memory.
-// - float32 / float64 (and bfloat16 when the environment sets SESSA_ATTENTION_SIMT, to
-//   cross-check the tensor-core path): SIMT tiles, 256 threads as 16 x 16, each thread
-//   owning R rows by R keys strided by 16 (R = 4 in float, 2 in double).
+// - float32 / float64: SIMT tiles (no tensor-core product keeps their precision), 256
+//   threads as 16 x 16, each thread owning R rows by R keys strided by 16 (R = 4 in float,
+//   2 in double).
 // Forward: a block per (64-row query tile, batch x head), keys in tiles of 64 with an
 // online softmax; saves lse = max + log(sum). Backward: D_i = dout_i . out_i first, then
 // two deterministic kernels that recompute P = exp(S - lse): dq (a block per query tile,
 // streaming keys) and dk/dv (a block per key tile, streaming the query tiles of every
 // query head of its kv group, so GQA needs no atomics and no reduction afterwards).
 #include <cmath>
-#include <cstdlib>
 #include <type_traits>
 
 #include "tensor/cuda/attention.h"
@@ -42,7 +41,7 @@ __global__ void __launch_bounds__(256) row_dot_kernel(const T* a, const T* b, ac
   if (threadIdx.x % 32 == 0) out[row] = sum;
 }
 
-// ==== SIMT kernels ======================================================================
+// ==== SIMT kernels (float32, float64) ===================================================
 // Tiles are BM = 16 R rows of DH values, stored as A with row stride DH + 1 (conflict-free
 // for the strided row ownership). Thread (ty, tx) owns rows ty + 16 i and keys (or output
 // columns) tx + 16 j.
@@ -713,15 +712,10 @@ Dims dims_of(const Tensor& q, const Tensor& k, int64_t q_offset, const char* op)
           int(q_offset)};
 }
 
-// bfloat16 uses tensor cores unless SESSA_ATTENTION_SIMT is set (read at every call).
-bool use_mma(DType t) {
-  const char* env = std::getenv("SESSA_ATTENTION_SIMT");
-  return t == DType::BF16 && !(env && *env && *env != '0');
-}
-
 bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; }
 
-// f(std::integral_constant<int, DH>) with the tile width DH for head dim dh.
+// f(std::integral_constant<int, DH>) with the tile width DH for head dim dh: SIMT
+// kernels (float32, float64), tensor-core kernels (bfloat16).
 template <class F>
 void with_simt_dh(int dh, F&& f) {
   if (dh <= 32)
@@ -760,29 +754,27 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
     if (int64_t(d.B) * d.H * d.Tq == 0) return res;
     const cudaStream_t st = stream(dev.index);
     if constexpr (std::is_same_v<T, bf16_t>) {
-      if (use_mma(q.dtype())) {
-        const bool vec = d.dh % 8 == 0 && aligned16(q) && aligned16(k) && aligned16(v);
-        with_mma_dh(d.dh, [&](auto dh_tag) {
-          constexpr int DH = decltype(dh_tag)::value;
-          const size_t smem = mma_forward_smem<DH>();
-          allow_smem(mma_forward<DH>, smem, op);
-          mma_forward<DH><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 64)), 128, smem, st>>>(
-              ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(res.out), ptr<float>(res.lse), d,
-              float(scale) * kLog2e, vec);
-          SESSA_CUDA_LAUNCH_CHECK(op);
-        });
-        return res;
-      }
+      const bool vec = d.dh % 8 == 0 && aligned16(q) && aligned16(k) && aligned16(v);
+      with_mma_dh(d.dh, [&](auto dh_tag) {
+        constexpr int DH = decltype(dh_tag)::value;
+        const size_t smem = mma_forward_smem<DH>();
+        allow_smem(mma_forward<DH>, smem, op);
+        mma_forward<DH><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 64)), 128, smem, st>>>(
+            ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(res.out), ptr<float>(res.lse), d,
+            float(scale) * kLog2e, vec);
+        SESSA_CUDA_LAUNCH_CHECK(op);
+      });
+    } else {
+      constexpr int R = sizeof(A) == 8 ? 2 : 4;
+      with_simt_dh(d.dh, [&](auto dh_tag) {
+        constexpr int DH = decltype(dh_tag)::value;
+        const size_t smem = simt_forward_smem<T, DH, R>();
+        allow_smem(simt_forward<T, DH, R>, smem, op);
+        simt_forward<T, DH, R><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 16 * R)), 256, smem, st>>>(
+            ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(res.out), ptr<A>(res.lse), d, A(scale));
+        SESSA_CUDA_LAUNCH_CHECK(op);
+      });
     }
-    constexpr int R = sizeof(A) == 8 ? 2 : 4;
-    with_simt_dh(d.dh, [&](auto dh_tag) {
-      constexpr int DH = decltype(dh_tag)::value;
-      const size_t smem = simt_forward_smem<T, DH, R>();
-      allow_smem(simt_forward<T, DH, R>, smem, op);
-      simt_forward<T, DH, R><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 16 * R)), 256, smem, st>>>(
-          ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(res.out), ptr<A>(res.lse), d, A(scale));
-      SESSA_CUDA_LAUNCH_CHECK(op);
-    });
     return res;
   });
 }
@@ -809,50 +801,48 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
     }
     const bool run_dq = rows > 0, run_dkdv = int64_t(d.B) * d.Hkv * d.Tk > 0;
     if constexpr (std::is_same_v<T, bf16_t>) {
-      if (use_mma(q.dtype())) {
-        const bool vec = d.dh % 8 == 0 && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout);
-        with_mma_dh(d.dh, [&](auto dh_tag) {
-          constexpr int DH = decltype(dh_tag)::value;
-          const float sl2 = float(scale) * kLog2e;
-          if (run_dq) {
-            const size_t smem = mma_dq_smem<DH>();
-            allow_smem(mma_backward_dq<DH>, smem, op);
-            mma_backward_dq<DH><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 64)), 128, smem, st>>>(
-                ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
-                ptr<bf16_t>(g.dq), d, sl2, float(scale), vec);
-            SESSA_CUDA_LAUNCH_CHECK(op);
-          }
-          if (run_dkdv) {
-            const size_t smem = mma_dkdv_smem<DH>();
-            allow_smem(mma_backward_dkdv<DH>, smem, op);
-            mma_backward_dkdv<DH><<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, 64)), 128, smem, st>>>(
-                ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
-                ptr<bf16_t>(g.dk), ptr<bf16_t>(g.dv), d, sl2, float(scale), vec);
-            SESSA_CUDA_LAUNCH_CHECK(op);
-          }
-        });
-        return g;
-      }
+      const bool vec = d.dh % 8 == 0 && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout);
+      with_mma_dh(d.dh, [&](auto dh_tag) {
+        constexpr int DH = decltype(dh_tag)::value;
+        const float sl2 = float(scale) * kLog2e;
+        if (run_dq) {
+          const size_t smem = mma_dq_smem<DH>();
+          allow_smem(mma_backward_dq<DH>, smem, op);
+          mma_backward_dq<DH><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 64)), 128, smem, st>>>(
+              ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
+              ptr<bf16_t>(g.dq), d, sl2, float(scale), vec);
+          SESSA_CUDA_LAUNCH_CHECK(op);
+        }
+        if (run_dkdv) {
+          const size_t smem = mma_dkdv_smem<DH>();
+          allow_smem(mma_backward_dkdv<DH>, smem, op);
+          mma_backward_dkdv<DH><<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, 64)), 128, smem, st>>>(
+              ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
+              ptr<bf16_t>(g.dk), ptr<bf16_t>(g.dv), d, sl2, float(scale), vec);
+          SESSA_CUDA_LAUNCH_CHECK(op);
+        }
+      });
+    } else {
+      constexpr int R = sizeof(A) == 8 ? 2 : 4;
+      with_simt_dh(d.dh, [&](auto dh_tag) {
+        constexpr int DH = decltype(dh_tag)::value;
+        if (run_dq) {
+          const size_t smem = simt_dq_smem<T, DH, R>();
+          allow_smem(simt_backward_dq<T, DH, R>, smem, op);
+          simt_backward_dq<T, DH, R><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 16 * R)), 256, smem, st>>>(
+              ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(dout), ptr<A>(lse), ptr<A>(Dv), ptr<T>(g.dq), d, A(scale));
+          SESSA_CUDA_LAUNCH_CHECK(op);
+        }
+        if (run_dkdv) {
+          const size_t smem = simt_dkdv_smem<T, DH, R>();
+          allow_smem(simt_backward_dkdv<T, DH, R>, smem, op);
+          simt_backward_dkdv<T, DH, R><<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, 16 * R)), 256, smem, st>>>(
+              ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(dout), ptr<A>(lse), ptr<A>(Dv), ptr<T>(g.dk), ptr<T>(g.dv), d,
+              A(scale));
+          SESSA_CUDA_LAUNCH_CHECK(op);
+        }
+      });
     }
-    constexpr int R = sizeof(A) == 8 ? 2 : 4;
-    with_simt_dh(d.dh, [&](auto dh_tag) {
-      constexpr int DH = decltype(dh_tag)::value;
-      if (run_dq) {
-        const size_t smem = simt_dq_smem<T, DH, R>();
-        allow_smem(simt_backward_dq<T, DH, R>, smem, op);
-        simt_backward_dq<T, DH, R><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 16 * R)), 256, smem, st>>>(
-            ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(dout), ptr<A>(lse), ptr<A>(Dv), ptr<T>(g.dq), d, A(scale));
-        SESSA_CUDA_LAUNCH_CHECK(op);
-      }
-      if (run_dkdv) {
-        const size_t smem = simt_dkdv_smem<T, DH, R>();
-        allow_smem(simt_backward_dkdv<T, DH, R>, smem, op);
-        simt_backward_dkdv<T, DH, R><<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, 16 * R)), 256, smem, st>>>(
-            ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(dout), ptr<A>(lse), ptr<A>(Dv), ptr<T>(g.dk), ptr<T>(g.dv), d,
-            A(scale));
-        SESSA_CUDA_LAUNCH_CHECK(op);
-      }
-    });
     return g;
   });
 }
