@@ -64,7 +64,7 @@ Tensor MambaMixer::forward(const Tensor& x) const {
               "input " << x.shape() << " should be (B, T, " << d_model << ")");
   const int64_t Di = d_inner, N = d_state, R = dt_rank;
   auto xz = split(matmul(compute(x), compute(in_proj_weight), false, true), 2, {Di, Di});
-  Tensor u = silu(causal_conv1d(xz[0], compute(conv_weight), compute(conv_bias)));
+  Tensor u = causal_conv1d(xz[0], compute(conv_weight), compute(conv_bias), /*silu=*/true);  // SiLU fused
   auto dbc = split(matmul(u, compute(x_proj_weight), false, true), 2, {R, N, N});
   Tensor delta = softplus(matmul(dbc[0], compute(dt_proj_weight), false, true) + compute(dt_proj_bias));
   Tensor A = compute(-exp(A_log));

@@ -1,7 +1,8 @@
 // Mamba's fused kernels: causal depthwise conv1d and the selective scan, forward and
 // backward, plus their autograd wrappers.
 //
-// causal_conv1d backward (x = 0 before t = 0, dy = 0 after t = T-1):
+// causal_conv1d backward (x = 0 before t = 0, dy = 0 after t = T-1; with SiLU, dy is
+// first replaced by dy * SiLU'(pre), pre the conv output recomputed from x, w and bias):
 //   dx[b,s,c]  = sum_j w[c,j] * dy[b, s+K-1-j, c]
 //   dw[c,j]    = sum_{b,t} dy[b,t,c] * x[b, t-K+1+j, c]
 //   dbias[c]   = sum_{b,t} dy[b,t,c]
@@ -17,11 +18,13 @@
 //   dBm_t[n]  = sum_c gh_t[n] * delta_t * u_t                (summed over channels)
 //   dCm_t[n]  = sum_c dy_t * h_t[n]                          (summed over channels)
 //   dD[c]     = sum_{b,t} dy_t * u_t
-// The backward kernel reruns the forward recurrence for one (b, c), keeping h_t and
+// The backward here reruns the forward recurrence for one (b, c), keeping h_t and
 // e_t for every step in a per-thread T*N buffer, then walks time backwards. (b, c)
 // pairs run in parallel; dA, dD (reduced over b) and dBm, dCm (reduced over c) go to
-// per-thread float64 accumulators that a second, parallel pass sums.
-// CUDA tensors go to the kernels in nn/mamba_ops.cu after the same argument checks.
+// per-thread float64 accumulators that a second, parallel pass sums. This CPU path is
+// the float64 parity reference of the CUDA kernels.
+// CUDA tensors go to the kernels in nn/mamba_conv.cu and nn/mamba_scan.cu after the same
+// argument checks.
 #include "nn/mamba_ops.h"
 
 #include <omp.h>
@@ -57,10 +60,10 @@ void check_conv(const char* op, const Tensor& x, const Tensor& w, const Tensor& 
 
 }  // namespace
 
-Tensor causal_conv1d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in) {
+Tensor causal_conv1d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, bool silu) {
   check_conv("causal_conv1d", x_in, w_in, bias_in);
   if (x_in.is_cuda()) {
-    SESSA_CUDA_CALL(return cuda::causal_conv1d(x_in, w_in, bias_in));
+    SESSA_CUDA_CALL(return cuda::causal_conv1d(x_in, w_in, bias_in, silu));
   }
   Tensor x = contiguous(x_in), w = contiguous(w_in), bias = contiguous(bias_in);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
@@ -82,10 +85,11 @@ Tensor causal_conv1d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_
       }
     }
   });
-  return y;
+  return silu ? unary(Unary::Silu, y) : y;
 }
 
-Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_in) {
+Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_in, const Tensor& bias,
+                                   bool silu) {
   const char* op = "causal_conv1d_backward";
   SESSA_CHECK(x_in.dim() == 3 && w_in.dim() == 2 && w_in.size(0) == x_in.size(2), op,
               "expects x (B, T, C) and w (C, K); got x " << x_in.shape() << ", w " << w_in.shape());
@@ -93,10 +97,12 @@ Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, cons
   SESSA_CHECK(dy_in.dtype() == x_in.dtype() && w_in.dtype() == x_in.dtype(), op,
               "dtype mismatch: " << dy_in.str() << ", " << x_in.str() << ", " << w_in.str());
   require_same_device(op, x_in, dy_in), require_same_device(op, w_in, dy_in);
+  if (silu) check_conv(op, x_in, w_in, bias);
   if (dy_in.is_cuda()) {
-    SESSA_CUDA_CALL(return cuda::causal_conv1d_backward(dy_in, x_in, w_in));
+    SESSA_CUDA_CALL(return cuda::causal_conv1d_backward(dy_in, x_in, w_in, bias, silu));
   }
-  Tensor x = contiguous(x_in), w = contiguous(w_in), dy = contiguous(dy_in);
+  Tensor x = contiguous(x_in), w = contiguous(w_in);
+  Tensor dy = silu ? unary_backward(Unary::Silu, causal_conv1d(x, w, bias), dy_in) : contiguous(dy_in);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
   Conv1dGrads g{empty_like(x), empty_like(w), Tensor::empty({C}, x.options())};
   const bool parallel = x.numel() * K >= cpu::kParallelGrain;
@@ -170,11 +176,12 @@ ScanDims check_scan(const char* op, const Tensor& u, const Tensor& delta, const 
 }  // namespace
 
 Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& A_in, const Tensor& Bm_in,
-                      const Tensor& Cm_in, const Tensor& D_in) {
+                      const Tensor& Cm_in, const Tensor& D_in, Tensor* checkpoints) {
   const ScanDims d = check_scan("selective_scan", u_in, delta_in, A_in, Bm_in, Cm_in, D_in);
   if (u_in.is_cuda()) {
-    SESSA_CUDA_CALL(return cuda::selective_scan(u_in, delta_in, A_in, Bm_in, Cm_in, D_in));
+    SESSA_CUDA_CALL(return cuda::selective_scan(u_in, delta_in, A_in, Bm_in, Cm_in, D_in, checkpoints));
   }
+  if (checkpoints) *checkpoints = Tensor();
   const int64_t B = d.B, T = d.T, Di = d.Di, N = d.N;
   Tensor u = contiguous(u_in), delta = contiguous(delta_in), A = contiguous(A_in), Bm = contiguous(Bm_in),
          Cm = contiguous(Cm_in), Dk = contiguous(D_in);
@@ -211,7 +218,7 @@ Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& 
 
 SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_in, const Tensor& delta_in,
                                            const Tensor& A_in, const Tensor& Bm_in, const Tensor& Cm_in,
-                                           const Tensor& D_in) {
+                                           const Tensor& D_in, const Tensor& checkpoints) {
   const char* op = "selective_scan_backward";
   const ScanDims d = check_scan(op, u_in, delta_in, A_in, Bm_in, Cm_in, D_in);
   const int64_t B = d.B, T = d.T, Di = d.Di, N = d.N;
@@ -219,7 +226,7 @@ SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_
               "gradient " << dy_in.str() << " does not match the output " << u_in.str());
   require_same_device(op, dy_in, u_in);
   if (u_in.is_cuda()) {
-    SESSA_CUDA_CALL(return cuda::selective_scan_backward(dy_in, u_in, delta_in, A_in, Bm_in, Cm_in, D_in));
+    SESSA_CUDA_CALL(return cuda::selective_scan_backward(dy_in, u_in, delta_in, A_in, Bm_in, Cm_in, D_in, checkpoints));
   }
   Tensor dy = contiguous(dy_in), u = contiguous(u_in), delta = contiguous(delta_in), A = contiguous(A_in),
          Bm = contiguous(Bm_in), Cm = contiguous(Cm_in), Dk = contiguous(D_in);
@@ -318,21 +325,24 @@ SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_
 
 namespace sessa::nn {
 
-Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias) {
-  return autograd::record("causal_conv1d", ops::causal_conv1d(x, w, bias), {x, w, bias},
-                          [x = x.detach(), w = w.detach()](const Tensor& g) {
-                            auto gr = ops::causal_conv1d_backward(g, x, w);
+Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, bool silu) {
+  return autograd::record(silu ? "causal_conv1d_silu" : "causal_conv1d", ops::causal_conv1d(x, w, bias, silu),
+                          {x, w, bias},
+                          [x = x.detach(), w = w.detach(), b = silu ? bias.detach() : Tensor(), silu](const Tensor& g) {
+                            auto gr = ops::causal_conv1d_backward(g, x, w, b, silu);
                             return std::vector<Tensor>{gr.dx, gr.dw, gr.dbias};
                           });
 }
 
 Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
                       const Tensor& Dskip) {
-  return autograd::record("selective_scan", ops::selective_scan(u, delta, A, Bm, Cm, Dskip),
-                          {u, delta, A, Bm, Cm, Dskip},
+  // The CUDA forward's chunk checkpoints are kept for the backward (undefined on the CPU).
+  Tensor ckpt;
+  Tensor y = ops::selective_scan(u, delta, A, Bm, Cm, Dskip, &ckpt);
+  return autograd::record("selective_scan", y, {u, delta, A, Bm, Cm, Dskip},
                           [u = u.detach(), delta = delta.detach(), A = A.detach(), Bm = Bm.detach(), Cm = Cm.detach(),
-                           Dk = Dskip.detach()](const Tensor& g) {
-                            auto gr = ops::selective_scan_backward(g, u, delta, A, Bm, Cm, Dk);
+                           Dk = Dskip.detach(), ckpt](const Tensor& g) {
+                            auto gr = ops::selective_scan_backward(g, u, delta, A, Bm, Cm, Dk, ckpt);
                             return std::vector<Tensor>{gr.du, gr.ddelta, gr.dA, gr.dB, gr.dC, gr.dD};
                           });
 }

@@ -2,7 +2,8 @@
 // side by side, and their differentiable wrappers (one autograd node each).
 //
 // causal_conv1d: a depthwise convolution over time that only looks back,
-//   y[b,t,c] = bias[c] + sum_{j=0}^{K-1} w[c,j] * x[b, t-K+1+j, c]   (x = 0 before t = 0).
+//   y[b,t,c] = bias[c] + sum_{j=0}^{K-1} w[c,j] * x[b, t-K+1+j, c]   (x = 0 before t = 0),
+//   optionally followed by SiLU (the mixer's u = SiLU(conv(x)) as one op).
 // selective_scan: the diagonal, input-dependent linear recurrence, per (b, c, n),
 //   h_t = exp(delta_t[c] * A[c,n]) * h_{t-1} + delta_t[c] * Bm_t[n] * u_t[c],   h_{-1} = 0,
 //   y_t[c] = sum_n Cm_t[n] * h_t[c,n] + Dskip[c] * u_t[c].
@@ -12,28 +13,34 @@
 
 namespace sessa::ops {
 
-// x: (B, T, C), w: (C, K), bias: (C) -> (B, T, C).
-Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias);
+// x: (B, T, C), w: (C, K), bias: (C) -> (B, T, C); SiLU of the result if `silu`.
+Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, bool silu = false);
 struct Conv1dGrads {
   Tensor dx, dw, dbias;
 };
-Conv1dGrads causal_conv1d_backward(const Tensor& dy, const Tensor& x, const Tensor& w);
+// With `silu`, the backward recomputes the pre-activation from x, w and bias (needed then).
+Conv1dGrads causal_conv1d_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& bias = {},
+                                   bool silu = false);
 
 // u, delta: (B, T, Di); A: (Di, N); Bm, Cm: (B, T, N); Dskip: (Di) -> y (B, T, Di).
+// On CUDA, `checkpoints` (if given) receives the states at the chunk boundaries of the
+// parallel scan, for selective_scan_backward to reuse; on the CPU it is left undefined.
 Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                      const Tensor& Dskip);
+                      const Tensor& Dskip, Tensor* checkpoints = nullptr);
 struct SelectiveScanGrads {
   Tensor du, ddelta, dA, dB, dC, dD;
 };
+// `checkpoints`: from selective_scan on the same inputs, or undefined (recomputed).
 SelectiveScanGrads selective_scan_backward(const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A,
-                                           const Tensor& Bm, const Tensor& Cm, const Tensor& Dskip);
+                                           const Tensor& Bm, const Tensor& Cm, const Tensor& Dskip,
+                                           const Tensor& checkpoints = {});
 
 }  // namespace sessa::ops
 
 namespace sessa::nn {
 
 // Differentiable versions (one autograd node each).
-Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias);
+Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, bool silu = false);
 Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
                       const Tensor& Dskip);
 

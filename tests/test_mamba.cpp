@@ -59,6 +59,19 @@ void perturb_parameters(nn::MambaBlock& block, Generator& g) {
 }
 }  // namespace
 
+TEST_CASE("gradcheck: causal_conv1d fused with SiLU; it equals SiLU of the conv") {
+  Generator g(20);
+  for (int64_t T : {1, 5}) {
+    CAPTURE(T);
+    Tensor x = leaf({2, T, 3}, g), w = leaf({3, 4}, g), b = leaf({3}, g);
+    expect_gradcheck([](auto& in) { return nn::causal_conv1d(in[0], in[1], in[2], /*silu=*/true); }, {x, w, b});
+    autograd::NoGradGuard no_grad;
+    Tensor fused = ops::causal_conv1d(x, w, b, true);
+    Tensor apart = ops::unary(ops::Unary::Silu, ops::causal_conv1d(x, w, b));
+    CHECK(test::max_rel_diff(fused, apart) == 0.0);
+  }
+}
+
 TEST_CASE("causal_conv1d matches its definition") {
   Generator g(12);
   const int64_t B = 2, T = 6, C = 3, K = 4;

@@ -1,0 +1,555 @@
+// CUDA selective scan (the math: nn/mamba_ops.h and .cpp), parallel over (batch, channel)
+// AND along the sequence. The recurrence h_t = e_t h_{t-1} + x_t (e_t = exp(delta_t A),
+// x_t = delta_t Bm_t u_t) is a composition of affine maps h -> e h + x, which is
+// associative: (e1, x1) then (e2, x2) = (e2 e1, e2 x1 + x2). So:
+//
+// Layout of the work. A block owns one batch row b and kWarps consecutive channels, one
+// warp per channel; time goes in chunks of kChunk = 32 * kItems steps. Within a chunk,
+// lane p of a warp holds the kItems consecutive steps p*kItems .. p*kItems+kItems-1 in
+// registers. Per state n (a loop; states are independent): each lane composes its own
+// steps into one map, a warp shuffle scan (5 rounds) turns these into prefix maps, the
+// chunk's carried state (shared memory, float32) enters through them, and each lane
+// replays its steps from its exact starting state. The carry then moves on to the next
+// chunk. Each channel's time axis lives in one warp, so no block-wide scan is needed;
+// shared memory stages the (time x channel) tiles so that global loads and stores stay
+// coalesced in the (B, T, Di) layout (channel fastest), and the Bm, Cm (time x state)
+// tiles that all warps of the block share. Tiles are stored with step t of lane p at
+// p*(kItems+1) + item (kItems even, so a lane's reads hit distinct banks) and a row
+// padding of one word (so the staging writes of different channels do too).
+//
+// Backward. With q_t = e_t * dL/dh_t, the adjoint obeys q_t = e_t q_{t+1} + e_t dy_t Cm_t,
+// the same kind of affine recurrence run backwards: the same scan with shuffles going
+// down, chunks visited last to first, the carry being q at the first step of the later
+// chunk. The forward states h_{t-1} a chunk needs are recomputed from the state at its
+// start: a checkpoint (B, Di, N, chunks) float32 that the forward kernel writes when asked
+// (nn::selective_scan keeps it for its backward) or that a first forward sweep of the
+// backward kernel writes (composition only, no outputs). Gradients, per (b, c, n):
+//   du_t += gh delta_t Bm_t,  ddelta_t += gh (A e_t h_{t-1} + Bm_t u_t)     (registers)
+//   dA   += gh delta_t e_t h_{t-1}  (warp sum per chunk, then one partial per (b, c))
+//   dBm_t = sum_c gh delta_t u_t, dCm_t = sum_c dy_t h_t (the block's channels summed in
+//          shared memory in a fixed order, one partial per channel group; a second kernel
+//          sums the groups), dD = sum dy u (lane registers, warp sum at the end).
+// No atomics: every sum has a fixed order, so results are bitwise reproducible.
+// Storage is float32, bfloat16 or float64; arithmetic is float32 (float64 for float64).
+// Scratch: checkpoints (B * Di * N * ceil(T / kChunk) floats) and the dBm/dCm partials
+// (ceil(Di / kWarps) * B * 2N * T floats).
+#include <algorithm>
+
+#include "nn/mamba_cuda.h"
+#include "tensor/cuda/common.cuh"
+#include "tensor/ops.h"
+
+namespace sessa::cuda {
+
+namespace {
+
+constexpr int kWarp = 32;
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kMaxState = 64;
+
+// Everything a scan kernel reads or writes; strides in elements. u, delta and dy are
+// (B, T, Di) with unit channel stride, Bm and Cm (B, T, N) with unit state stride, A
+// (Di, N) and D (Di) contiguous; y, du and ddelta are contiguous (B, T, Di).
+struct ScanParams {
+  int batch = 0, seqlen = 0, dim = 0, dstate = 0, chunks = 0;
+  int64_t u_bstride = 0, u_tstride = 0, delta_bstride = 0, delta_tstride = 0, dy_bstride = 0, dy_tstride = 0;
+  int64_t B_bstride = 0, B_tstride = 0, C_bstride = 0, C_tstride = 0;
+  const void *u = nullptr, *delta = nullptr, *A = nullptr, *Bm = nullptr, *Cm = nullptr, *D = nullptr, *dy = nullptr;
+  void *y = nullptr, *du = nullptr, *ddelta = nullptr;
+  void* ckpt = nullptr;     // (B, Di, N, chunks) acc: the state before each chunk
+  bool ckpt_ready = false;  // backward: ckpt already holds the forward's checkpoints
+  void* part_bc = nullptr;  // (channel groups, B, 2N, T) acc: [dBm | dCm] of one group
+  void* part_ad = nullptr;  // (B, N + 1, Di) acc: [dA | dD] of one batch row
+};
+
+// Compile-time shape of a scan kernel: storage type, warps (= channels) per block, steps
+// per lane. Shared memory (dynamic, in Acc words): `tiles` (time x channel) tiles of
+// kWarps rows, two (time x state) tiles (Bm, Cm) of N rows, `vecs` per-warp vectors of N.
+template <class F_, int kWarps_, int kItems_>
+struct ScanTraits {
+  using F = F_;
+  using Acc = acc_t<F>;
+  static constexpr int kWarps = kWarps_, kItems = kItems_;
+  static constexpr int kThreads = kWarps * kWarp;
+  static constexpr int kChunk = kWarp * kItems;          // time steps per chunk
+  static constexpr int kRow = kWarp * (kItems + 1) + 1;  // padded tile row
+  static_assert(kItems % 2 == 0, "kItems + 1 must be odd for conflict-free lane reads");
+  static __host__ __device__ int slot(int t) { return t / kItems * (kItems + 1) + t % kItems; }
+  static size_t smem_bytes(int tiles, int vecs, int N) {
+    return sizeof(Acc) * (size_t(tiles) * kWarps * kRow + size_t(2) * N * kRow + size_t(vecs) * kWarps * N);
+  }
+};
+
+template <class F>
+struct ScanConfig {
+  using type = ScanTraits<F, 16, 4>;  // 512 threads, chunks of 128 steps
+};
+template <>
+struct ScanConfig<double> {
+  using type = ScanTraits<double, 8, 2>;  // correctness path: smaller tiles of doubles
+};
+
+__device__ __forceinline__ float exp2_acc(float v) { return exp2f(v); }
+__device__ __forceinline__ double exp2_acc(double v) { return exp2(v); }
+constexpr double kLog2e = 1.4426950408889634;
+
+// Rows t0 .. t0+kChunk-1 of a (T, Di) slab (channel stride 1), channels c0 .. c0+kWarps-1,
+// into tile[channel][slot(t)]; zeros outside the tensor.
+template <class K>
+__device__ void load_channel_tile(typename K::Acc* tile, const typename K::F* __restrict__ p, int64_t tstride, int t0,
+                                  int T, int c0, int Di) {
+  for (int i = threadIdx.x; i < K::kChunk * K::kWarps; i += K::kThreads) {
+    const int t = i / K::kWarps, g = i % K::kWarps;
+    const bool ok = t0 + t < T && c0 + g < Di;
+    tile[g * K::kRow + K::slot(t)] = ok ? load(p + int64_t(t0 + t) * tstride + c0 + g) : typename K::Acc(0);
+  }
+}
+
+// The inverse for a contiguous (T, Di) output slab.
+template <class K>
+__device__ void store_channel_tile(const typename K::Acc* tile, typename K::F* __restrict__ p, int t0, int T, int c0,
+                                   int Di) {
+  for (int i = threadIdx.x; i < K::kChunk * K::kWarps; i += K::kThreads) {
+    const int t = i / K::kWarps, g = i % K::kWarps;
+    if (t0 + t < T && c0 + g < Di) store(p + int64_t(t0 + t) * Di + c0 + g, tile[g * K::kRow + K::slot(t)]);
+  }
+}
+
+// Rows t0 .. t0+kChunk-1 of a (T, N) slab (state stride 1) into tile[n][slot(t)].
+template <class K>
+__device__ void load_state_tile(typename K::Acc* tile, const typename K::F* __restrict__ p, int64_t tstride, int t0,
+                                int T, int N) {
+  for (int i = threadIdx.x; i < K::kChunk * N; i += K::kThreads) {
+    const int t = i / N, n = i % N;
+    tile[n * K::kRow + K::slot(t)] = t0 + t < T ? load(p + int64_t(t0 + t) * tstride + n) : typename K::Acc(0);
+  }
+}
+
+// Inclusive scan of affine maps (a, b): h -> a h + b over the lanes of a warp, earlier
+// lanes applied first: lane p ends with the composition of lanes 0 .. p.
+template <class Acc>
+__device__ __forceinline__ void warp_prefix(Acc& a, Acc& b, int lane) {
+#pragma unroll
+  for (int off = 1; off < kWarp; off *= 2) {
+    const Acc pa = __shfl_up_sync(kFull, a, off), pb = __shfl_up_sync(kFull, b, off);
+    if (lane >= off) b = a * pb + b, a = a * pa;
+  }
+}
+
+// The same from the other end: lane p ends with the composition of lanes 31 .. p
+// (lane 31's map applied first), for recurrences that run backwards in time.
+template <class Acc>
+__device__ __forceinline__ void warp_suffix(Acc& a, Acc& b, int lane) {
+#pragma unroll
+  for (int off = 1; off < kWarp; off *= 2) {
+    const Acc na = __shfl_down_sync(kFull, a, off), nb = __shfl_down_sync(kFull, b, off);
+    if (lane + off < kWarp) b = a * nb + b, a = a * na;
+  }
+}
+
+// Composition of all 32 lanes' maps (lane 0 first), in every lane: a butterfly in which
+// the lane whose partner is earlier applies its own map second. Both partners evaluate
+// the same expressions, so every lane holds bitwise the same result.
+template <class Acc>
+__device__ __forceinline__ void warp_compose_all(Acc& a, Acc& b, int lane) {
+#pragma unroll
+  for (int off = 1; off < kWarp; off *= 2) {
+    const Acc pa = __shfl_xor_sync(kFull, a, off), pb = __shfl_xor_sync(kFull, b, off);
+    if (lane & off)
+      b = a * pb + b, a = a * pa;  // partner earlier
+    else
+      b = pa * b + pb, a = pa * a;  // partner later
+  }
+}
+
+template <class Acc>
+__device__ __forceinline__ Acc warp_sum(Acc v) {
+#pragma unroll
+  for (int off = kWarp / 2; off >= 1; off /= 2) v += __shfl_xor_sync(kFull, v, off);
+  return v;
+}
+
+// ---- forward ------------------------------------------------------------------------
+
+// grid (ceil(Di / kWarps), B), block kThreads. Writes y, and the checkpoints if p.ckpt.
+template <class K>
+__global__ void __launch_bounds__(K::kThreads) scan_fwd_kernel(ScanParams p) {
+  using F = typename K::F;
+  using Acc = typename K::Acc;
+  constexpr int R = K::kItems, G = K::kWarps, kRow = K::kRow;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int N = p.dstate, T = p.seqlen, Di = p.dim;
+  Acc* sU = reinterpret_cast<Acc*>(smem_raw);  // u, then y
+  Acc* sDt = sU + G * kRow;
+  Acc* sB = sDt + G * kRow;
+  Acc* sC = sB + N * kRow;
+  Acc* sA = sC + N * kRow;   // (G, N)
+  Acc* sCarry = sA + G * N;  // (G, N): the state entering the current chunk
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, base = lane * (R + 1);
+  const int b = blockIdx.y, c0 = blockIdx.x * G, c = c0 + warp;
+  const bool active = c < Di;
+  for (int i = threadIdx.x; i < G * N; i += K::kThreads) {
+    sA[i] = c0 + i / N < Di ? load(static_cast<const F*>(p.A) + int64_t(c0) * N + i) : Acc(0);
+    sCarry[i] = 0;
+  }
+  const Acc d = active ? load(static_cast<const F*>(p.D) + c) : Acc(0);
+  const F* u = static_cast<const F*>(p.u) + b * p.u_bstride;
+  const F* delta = static_cast<const F*>(p.delta) + b * p.delta_bstride;
+  const F* Bm = static_cast<const F*>(p.Bm) + b * p.B_bstride;
+  const F* Cm = static_cast<const F*>(p.Cm) + b * p.C_bstride;
+  F* y = static_cast<F*>(p.y) + int64_t(b) * T * Di;
+  Acc* ck = p.ckpt && active ? static_cast<Acc*>(p.ckpt) + (int64_t(b) * Di + c) * N * p.chunks : nullptr;
+
+  for (int k = 0; k < p.chunks; ++k) {
+    const int t0 = k * K::kChunk;
+    __syncthreads();  // the previous chunk's tiles are consumed (and sA, sCarry are set)
+    load_channel_tile<K>(sU, u, p.u_tstride, t0, T, c0, Di);
+    load_channel_tile<K>(sDt, delta, p.delta_tstride, t0, T, c0, Di);
+    load_state_tile<K>(sB, Bm, p.B_tstride, t0, T, N);
+    load_state_tile<K>(sC, Cm, p.C_tstride, t0, T, N);
+    __syncthreads();
+    Acc xu[R], xdt[R], acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      xu[r] = sU[warp * kRow + base + r];
+      xdt[r] = sDt[warp * kRow + base + r];
+      acc[r] = d * xu[r];
+    }
+    for (int n = 0; n < N; ++n) {
+      const Acc a2 = sA[warp * N + n] * Acc(kLog2e);
+      const Acc *Bn = sB + n * kRow + base, *Cn = sC + n * kRow + base;
+      Acc e[R], x[R], ma = 1, mb = 0;  // this lane's steps, and their composition
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        e[r] = exp2_acc(xdt[r] * a2);
+        x[r] = xdt[r] * xu[r] * Bn[r];
+        mb = e[r] * mb + x[r], ma = e[r] * ma;
+      }
+      warp_prefix(ma, mb, lane);
+      Acc pa = __shfl_up_sync(kFull, ma, 1), pb = __shfl_up_sync(kFull, mb, 1);  // lanes before this one
+      if (lane == 0) pa = 1, pb = 0;
+      const Acc ta = __shfl_sync(kFull, ma, kWarp - 1), tb = __shfl_sync(kFull, mb, kWarp - 1);  // whole chunk
+      const Acc carry = sCarry[warp * N + n];
+      if (ck && lane == 0) ck[int64_t(n) * p.chunks + k] = carry;
+      Acc h = pa * carry + pb;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        h = e[r] * h + x[r];
+        acc[r] += Cn[r] * h;
+      }
+      __syncwarp();  // every lane has read the carry
+      if (lane == 0) sCarry[warp * N + n] = ta * carry + tb;
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) sU[warp * kRow + base + r] = acc[r];  // this lane's own slots
+    __syncthreads();
+    store_channel_tile<K>(sU, y, t0, T, c0, Di);
+  }
+}
+
+// ---- backward -----------------------------------------------------------------------
+
+// grid (ceil(Di / kWarps), B), block kThreads. Writes du, ddelta and the partials (and the
+// checkpoints, unless p.ckpt_ready).
+template <class K>
+__global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
+  using F = typename K::F;
+  using Acc = typename K::Acc;
+  constexpr int R = K::kItems, G = K::kWarps, kRow = K::kRow;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int N = p.dstate, T = p.seqlen, Di = p.dim, chunks = p.chunks;
+  Acc* sU = reinterpret_cast<Acc*>(smem_raw);  // u, then du
+  Acc* sDt = sU + G * kRow;                    // delta, then ddelta
+  Acc* sG = sDt + G * kRow;                    // dy
+  Acc* sRed = sG + G * kRow;                   // 2 x [dBm terms | dCm terms] per channel: double-buffered by state
+  Acc* sB = sRed + 4 * G * kRow;
+  Acc* sC = sB + N * kRow;
+  Acc* sA = sC + N * kRow;  // (G, N)
+  Acc* sH = sA + G * N;     // (G, N): forward state entering the chunk (sweep 1)
+  Acc* sQ = sH + G * N;     // (G, N): q at the first step of the later chunk (sweep 2)
+  Acc* sGA = sQ + G * N;    // (G, N): dA of this (b, c), summed over chunks
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, base = lane * (R + 1);
+  const int b = blockIdx.y, c0 = blockIdx.x * G, c = c0 + warp;
+  const bool active = c < Di;
+  for (int i = threadIdx.x; i < G * N; i += K::kThreads) {
+    sA[i] = c0 + i / N < Di ? load(static_cast<const F*>(p.A) + int64_t(c0) * N + i) : Acc(0);
+    sH[i] = 0, sQ[i] = 0, sGA[i] = 0;
+  }
+  const Acc d = active ? load(static_cast<const F*>(p.D) + c) : Acc(0);
+  const F* u = static_cast<const F*>(p.u) + b * p.u_bstride;
+  const F* delta = static_cast<const F*>(p.delta) + b * p.delta_bstride;
+  const F* dy = static_cast<const F*>(p.dy) + b * p.dy_bstride;
+  const F* Bm = static_cast<const F*>(p.Bm) + b * p.B_bstride;
+  const F* Cm = static_cast<const F*>(p.Cm) + b * p.C_bstride;
+  F* du = static_cast<F*>(p.du) + int64_t(b) * T * Di;
+  F* ddelta = static_cast<F*>(p.ddelta) + int64_t(b) * T * Di;
+  Acc* ck = active ? static_cast<Acc*>(p.ckpt) + (int64_t(b) * Di + c) * N * chunks : nullptr;
+  Acc* part = static_cast<Acc*>(p.part_bc) + (int64_t(blockIdx.x) * p.batch + b) * 2 * N * T;
+  __syncthreads();  // sA, sH, sQ, sGA are set
+
+  // Sweep 1 (no checkpoints from the forward): the state entering every chunk.
+  if (!p.ckpt_ready) {
+    for (int k = 0; k < chunks; ++k) {
+      if (ck && lane == 0)
+        for (int n = 0; n < N; ++n) ck[int64_t(n) * chunks + k] = sH[warp * N + n];  // lane 0 wrote these
+      if (k + 1 == chunks) break;  // the last chunk's own steps are not needed
+      const int t0 = k * K::kChunk;
+      __syncthreads();
+      load_channel_tile<K>(sU, u, p.u_tstride, t0, T, c0, Di);
+      load_channel_tile<K>(sDt, delta, p.delta_tstride, t0, T, c0, Di);
+      load_state_tile<K>(sB, Bm, p.B_tstride, t0, T, N);
+      __syncthreads();
+      Acc xu[R], xdt[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) xu[r] = sU[warp * kRow + base + r], xdt[r] = sDt[warp * kRow + base + r];
+      for (int n = 0; n < N; ++n) {
+        const Acc a2 = sA[warp * N + n] * Acc(kLog2e);
+        const Acc* Bn = sB + n * kRow + base;
+        Acc ma = 1, mb = 0;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const Acc e = exp2_acc(xdt[r] * a2);
+          mb = e * mb + xdt[r] * xu[r] * Bn[r], ma = e * ma;
+        }
+        warp_compose_all(ma, mb, lane);
+        if (lane == 0) sH[warp * N + n] = ma * sH[warp * N + n] + mb;  // only lane 0 touches sH
+      }
+    }
+  }
+
+  // Sweep 2: chunks from last to first.
+  Acc gD = 0;
+  for (int k = chunks - 1; k >= 0; --k) {
+    const int t0 = k * K::kChunk;
+    __syncthreads();  // the previous chunk's tiles are consumed; checkpoints are visible
+    load_channel_tile<K>(sU, u, p.u_tstride, t0, T, c0, Di);
+    load_channel_tile<K>(sDt, delta, p.delta_tstride, t0, T, c0, Di);
+    load_channel_tile<K>(sG, dy, p.dy_tstride, t0, T, c0, Di);
+    load_state_tile<K>(sB, Bm, p.B_tstride, t0, T, N);
+    load_state_tile<K>(sC, Cm, p.C_tstride, t0, T, N);
+    __syncthreads();
+    Acc xu[R], xdt[R], xg[R], gu[R], gdt[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      xu[r] = sU[warp * kRow + base + r];
+      xdt[r] = sDt[warp * kRow + base + r];
+      xg[r] = sG[warp * kRow + base + r];
+      gu[r] = xg[r] * d, gdt[r] = 0;
+      gD += xg[r] * xu[r];
+    }
+    for (int n = 0; n < N; ++n) {
+      const Acc a = sA[warp * N + n], a2 = a * Acc(kLog2e);
+      const Acc *Bn = sB + n * kRow + base, *Cn = sC + n * kRow + base;
+      // Forward again from the checkpoint: e_t, x_t and h_{t-1} of this lane's steps.
+      Acc e[R], x[R], hp[R], ma = 1, mb = 0;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        e[r] = exp2_acc(xdt[r] * a2);
+        x[r] = xdt[r] * xu[r] * Bn[r];
+        mb = e[r] * mb + x[r], ma = e[r] * ma;
+      }
+      warp_prefix(ma, mb, lane);
+      Acc pa = __shfl_up_sync(kFull, ma, 1), pb = __shfl_up_sync(kFull, mb, 1);
+      if (lane == 0) pa = 1, pb = 0;
+      Acc h = pa * (ck ? ck[int64_t(n) * chunks + k] : Acc(0)) + pb;
+#pragma unroll
+      for (int r = 0; r < R; ++r) hp[r] = h, h = e[r] * h + x[r];
+      // Adjoint: q_t = e_t q_{t+1} + e_t dy_t Cm_t, composed from this lane's last step back.
+      Acc ra = 1, rb = 0;
+#pragma unroll
+      for (int r = R - 1; r >= 0; --r) rb = e[r] * (rb + xg[r] * Cn[r]), ra = e[r] * ra;
+      warp_suffix(ra, rb, lane);
+      Acc na = __shfl_down_sync(kFull, ra, 1), nb = __shfl_down_sync(kFull, rb, 1);  // lanes after this one
+      if (lane == kWarp - 1) na = 1, nb = 0;
+      const Acc ta = __shfl_sync(kFull, ra, 0), tb = __shfl_sync(kFull, rb, 0);  // whole chunk
+      const Acc carry = sQ[warp * N + n];
+      Acc q = na * carry + nb;  // q_{t+1} for this lane's last step
+      Acc gA = 0;
+      Acc* const red = sRed + (n % 2) * 2 * G * kRow;  // this state's buffer: dBm terms, then dCm terms
+      Acc *rB = red + warp * kRow + base, *rC = rB + G * kRow;
+#pragma unroll
+      for (int r = R - 1; r >= 0; --r) {
+        const Acc gh = q + xg[r] * Cn[r];  // dL/dh_t
+        const Acc eh = e[r] * hp[r], bn = Bn[r];
+        gu[r] += gh * xdt[r] * bn;
+        gdt[r] += gh * (a * eh + bn * xu[r]);
+        gA += gh * xdt[r] * eh;
+        rB[r] = gh * xdt[r] * xu[r];
+        rC[r] = xg[r] * (eh + x[r]);  // dy_t h_t
+        q = e[r] * gh;
+      }
+      gA = warp_sum(gA);
+      __syncwarp();  // every lane has read the carry
+      if (lane == 0) sQ[warp * N + n] = ta * carry + tb, sGA[warp * N + n] += gA;
+      // One barrier per state: the buffer written next (state n + 1) was last read while
+      // summing state n - 1, which every thread finished before this barrier.
+      __syncthreads();  // rB, rC of every channel are written
+      // dBm (row n) and dCm (row N + n) of this channel group: sum the block's channels in order.
+      for (int i = threadIdx.x; i < 2 * K::kChunk; i += K::kThreads) {
+        const int t = i % K::kChunk, which = i / K::kChunk;
+        if (t0 + t >= T) continue;
+        const Acc* col = red + which * G * kRow + K::slot(t);
+        Acc s = 0;
+#pragma unroll
+        for (int g = 0; g < G; ++g) s += col[g * kRow];
+        part[int64_t(which * N + n) * T + t0 + t] = s;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) sU[warp * kRow + base + r] = gu[r], sDt[warp * kRow + base + r] = gdt[r];
+    __syncthreads();
+    store_channel_tile<K>(sU, du, t0, T, c0, Di);
+    store_channel_tile<K>(sDt, ddelta, t0, T, c0, Di);
+  }
+  gD = warp_sum(gD);
+  if (!active || lane != 0) return;
+  Acc* pad = static_cast<Acc*>(p.part_ad) + int64_t(b) * (N + 1) * Di + c;
+  for (int n = 0; n < N; ++n) pad[int64_t(n) * Di] = sGA[warp * N + n];  // lane 0 wrote these
+  pad[int64_t(N) * Di] = gD;
+}
+
+// dBm, dCm (B, T, N): sum the channel groups' partials (groups, B, 2N, T), t fastest.
+template <class F>
+__global__ void scan_dbc_finalize_kernel(const acc_t<F>* __restrict__ part, F* __restrict__ dB, F* __restrict__ dC,
+                                         int groups, int Bsz, int T, int N) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // (b, j, t)
+  const int64_t per_group = int64_t(Bsz) * 2 * N * T;
+  if (i >= per_group) return;
+  const int t = int(i % T), j = int(i / T % (2 * N)), b = int(i / (int64_t(T) * 2 * N));
+  acc_t<F> s = 0;
+  for (int k = 0; k < groups; ++k) s += part[k * per_group + i];
+  store((j < N ? dB : dC) + (int64_t(b) * T + t) * N + j % N, s);
+}
+
+// dA (Di, N) and dD (Di): sum the batch rows' partials (B, N + 1, Di).
+template <class F>
+__global__ void scan_dad_finalize_kernel(const acc_t<F>* __restrict__ part, F* __restrict__ dA, F* __restrict__ dD,
+                                         int Bsz, int Di, int N) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // (slot n, channel c)
+  if (i >= int64_t(N + 1) * Di) return;
+  const int n = int(i / Di), c = int(i % Di);
+  acc_t<F> s = 0;
+  for (int b = 0; b < Bsz; ++b) s += part[int64_t(b) * (N + 1) * Di + i];
+  store(n < N ? dA + int64_t(c) * N + n : dD + c, s);
+}
+
+// ---- host side ----------------------------------------------------------------------
+
+DType acc_dtype(DType t) { return t == DType::F64 ? DType::F64 : DType::F32; }
+
+// u, delta, dy may be any (B, T, Di) view with unit channel stride; Bm, Cm any (B, T, N)
+// view with unit state stride (the mixer's slices of the x_proj output). Others are copied.
+Tensor unit_last_stride(const Tensor& t) { return t.strides().back() == 1 ? t : ops::contiguous(t); }
+
+int64_t chunk_count(DType dtype, int64_t T) {
+  return dispatch_float(dtype, "selective_scan", [&](auto tag) -> int64_t {
+    using K = typename ScanConfig<decltype(tag)>::type;
+    return (T + K::kChunk - 1) / K::kChunk;
+  });
+}
+
+void check_scan_sizes(const char* op, int64_t B, int64_t T, int64_t Di, int64_t N) {
+  SESSA_CHECK(N <= kMaxState, op, "state size N = " << N << " is not supported on cuda (at most " << kMaxState << ")");
+  SESSA_CHECK(B <= 65535 && B * T * Di < (int64_t(1) << 31) && T < (int64_t(1) << 30), op,
+              "sizes too large for the cuda kernels (batch at most 65535, B*T*channels below 2^31); got B "
+                  << B << ", T " << T << ", channels " << Di);
+}
+
+ScanParams make_params(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
+                       const Tensor& Dk) {
+  ScanParams p;
+  p.batch = int(u.size(0)), p.seqlen = int(u.size(1)), p.dim = int(u.size(2)), p.dstate = int(A.size(1));
+  p.chunks = int(chunk_count(u.dtype(), u.size(1)));
+  p.u_bstride = u.strides()[0], p.u_tstride = u.strides()[1];
+  p.delta_bstride = delta.strides()[0], p.delta_tstride = delta.strides()[1];
+  p.B_bstride = Bm.strides()[0], p.B_tstride = Bm.strides()[1];
+  p.C_bstride = Cm.strides()[0], p.C_tstride = Cm.strides()[1];
+  p.u = u.raw_data(), p.delta = delta.raw_data(), p.A = A.raw_data(), p.Bm = Bm.raw_data(), p.Cm = Cm.raw_data();
+  p.D = Dk.raw_data();
+  return p;
+}
+
+// Launches kernel<K> with `bytes` of dynamic shared memory (opting in above 48 KiB).
+template <class K, class Kernel>
+void launch(Kernel kernel, const ScanParams& p, size_t bytes, cudaStream_t st, const char* op) {
+  if (bytes > 48 * 1024)
+    SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
+  const dim3 grid{unsigned((p.dim + K::kWarps - 1) / K::kWarps), unsigned(p.batch)};
+  kernel<<<grid, K::kThreads, bytes, st>>>(p);
+  SESSA_CUDA_LAUNCH_CHECK(op);
+}
+
+}  // namespace
+
+Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& A_in, const Tensor& Bm_in,
+                      const Tensor& Cm_in, const Tensor& D_in, Tensor* checkpoints) {
+  const char* op = "selective_scan";
+  Tensor u = unit_last_stride(u_in), delta = unit_last_stride(delta_in), A = ops::contiguous(A_in),
+         Bm = unit_last_stride(Bm_in), Cm = unit_last_stride(Cm_in), Dk = ops::contiguous(D_in);
+  const int64_t B = u.size(0), T = u.size(1), Di = u.size(2), N = A.size(1);
+  check_scan_sizes(op, B, T, Di, N);
+  Tensor y = Tensor::empty(u.shape(), u.options());
+  if (checkpoints) *checkpoints = Tensor();
+  if (y.numel() == 0) return y;
+  ScanParams p = make_params(u, delta, A, Bm, Cm, Dk);
+  p.y = y.raw_data();
+  if (checkpoints) {
+    *checkpoints = Tensor::empty({B, Di, N, p.chunks}, {acc_dtype(u.dtype()), u.device()});
+    p.ckpt = checkpoints->raw_data();
+  }
+  cudaStream_t st = stream(u.device().index);
+  dispatch_float(u.dtype(), op, [&](auto tag) {
+    using K = typename ScanConfig<decltype(tag)>::type;
+    launch<K>(scan_fwd_kernel<K>, p, K::smem_bytes(2, 2, int(N)), st, op);
+  });
+  return y;
+}
+
+ops::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_in, const Tensor& delta_in,
+                                                const Tensor& A_in, const Tensor& Bm_in, const Tensor& Cm_in,
+                                                const Tensor& D_in, const Tensor& checkpoints) {
+  const char* op = "selective_scan_backward";
+  Tensor dy = unit_last_stride(dy_in), u = unit_last_stride(u_in), delta = unit_last_stride(delta_in),
+         A = ops::contiguous(A_in), Bm = unit_last_stride(Bm_in), Cm = unit_last_stride(Cm_in),
+         Dk = ops::contiguous(D_in);
+  const int64_t B = u.size(0), T = u.size(1), Di = u.size(2), N = A.size(1);
+  check_scan_sizes(op, B, T, Di, N);
+  const TensorOptions opt = u.options(), acc{acc_dtype(u.dtype()), u.device()};
+  if (u.numel() == 0)
+    return {zeros(u.shape(), opt),  zeros(u.shape(), opt),  zeros(A.shape(), opt),
+            zeros(Bm.shape(), opt), zeros(Cm.shape(), opt), zeros(Dk.shape(), opt)};
+  ops::SelectiveScanGrads g{Tensor::empty(u.shape(), opt),  Tensor::empty(u.shape(), opt),
+                            Tensor::empty(A.shape(), opt),  Tensor::empty(Bm.shape(), opt),
+                            Tensor::empty(Cm.shape(), opt), Tensor::empty(Dk.shape(), opt)};
+  ScanParams p = make_params(u, delta, A, Bm, Cm, Dk);
+  p.dy = dy.raw_data(), p.dy_bstride = dy.strides()[0], p.dy_tstride = dy.strides()[1];
+  p.du = g.du.raw_data(), p.ddelta = g.ddelta.raw_data();
+  // Checkpoints from the forward if they fit this call; otherwise the kernel recomputes them.
+  const Shape ck_shape{B, Di, N, p.chunks};
+  Tensor ckpt = checkpoints;
+  p.ckpt_ready = ckpt.defined() && ckpt.shape() == ck_shape && ckpt.dtype() == acc.dtype &&
+                 ckpt.device() == u.device() && ckpt.is_contiguous();
+  if (!p.ckpt_ready) ckpt = Tensor::empty(ck_shape, acc);
+  p.ckpt = ckpt.raw_data();
+  cudaStream_t st = stream(u.device().index);
+  dispatch_float(u.dtype(), op, [&](auto tag) {
+    using F = decltype(tag);
+    using K = typename ScanConfig<F>::type;
+    using Acc = acc_t<F>;
+    const int64_t groups = (Di + K::kWarps - 1) / K::kWarps;
+    Tensor part_bc = Tensor::empty({groups, B, 2 * N, T}, acc), part_ad = Tensor::empty({B, N + 1, Di}, acc);
+    p.part_bc = part_bc.raw_data(), p.part_ad = part_ad.raw_data();
+    launch<K>(scan_bwd_kernel<K>, p, K::smem_bytes(7, 4, int(N)), st, op);
+    scan_dbc_finalize_kernel<F><<<blocks_for(B * 2 * N * T), kThreads, 0, st>>>(
+        static_cast<const Acc*>(part_bc.raw_data()), static_cast<F*>(g.dB.raw_data()), static_cast<F*>(g.dC.raw_data()),
+        int(groups), int(B), int(T), int(N));
+    SESSA_CUDA_LAUNCH_CHECK(op);
+    scan_dad_finalize_kernel<F><<<blocks_for((N + 1) * Di), kThreads, 0, st>>>(
+        static_cast<const Acc*>(part_ad.raw_data()), static_cast<F*>(g.dA.raw_data()), static_cast<F*>(g.dD.raw_data()),
+        int(B), int(Di), int(N));
+    SESSA_CUDA_LAUNCH_CHECK(op);
+  });
+  return g;
+}
+
+}  // namespace sessa::cuda
