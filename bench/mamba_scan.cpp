@@ -8,12 +8,14 @@
 // Bytes that must move (storage dtype s, float32 checkpoints not counted):
 //   forward  read u, delta (B T Di), Bm, Cm (B T N); write y              3 BTDi + 2 BTN
 //   backward read dy, u, delta, Bm, Cm; write du, ddelta, dBm, dCm        5 BTDi + 4 BTN
+//   gated by SiLU(z) (as the mixer runs it): + read z (forward, backward), write dz.
 // Usage: build/bench/bench_mamba_scan [--reps N]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -51,7 +53,7 @@ double max_rel(const Tensor& a, const Tensor& ref) {
 }
 
 struct Inputs {
-  Tensor u, delta, A, Bm, Cm, D, dy;
+  Tensor u, delta, A, Bm, Cm, D, dy, z;
 };
 
 // Like the mixer's: delta a softplus output, A = -exp(A_log), Bm and Cm slices of one
@@ -68,14 +70,16 @@ Inputs make_inputs(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, Dev
   in.Bm = ops::narrow(dbc, 2, 48, N), in.Cm = ops::narrow(dbc, 2, 48 + N, N);
   in.D = put(normal({Di}, 0, 1, gen, f32));
   in.dy = put(normal({B, T, Di}, 0, 1, gen, f32));
+  in.z = put(normal({B, T, Di}, 0, 1, gen, f32));
   return in;
 }
 
+// Gated by SiLU(z), as the mixer calls it.
 std::vector<Tensor> fwd_bwd(const Inputs& in) {
   Tensor ckpt;
-  Tensor y = ops::selective_scan(in.u, in.delta, in.A, in.Bm, in.Cm, in.D, &ckpt);
-  auto g = ops::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, ckpt);
-  return {y, g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD};
+  Tensor y = ops::selective_scan(in.u, in.delta, in.A, in.Bm, in.Cm, in.D, in.z, &ckpt);
+  auto g = ops::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, in.z, ckpt);
+  return {y, g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD, g.dz};
 }
 
 // The GPU against the CPU (float32 reference from the same rounded values) on a small shape.
@@ -83,10 +87,10 @@ bool validate(DType dtype) {
   const int64_t B = 2, T = 333, Di = 70, N = 16;
   const std::vector<Tensor> out = fwd_bwd(make_inputs(B, T, Di, N, dtype, Device::cuda(0), 7));
   Inputs ref_in = make_inputs(B, T, Di, N, dtype, Device::cpu(), 7);
-  for (Tensor* t : {&ref_in.u, &ref_in.delta, &ref_in.A, &ref_in.Bm, &ref_in.Cm, &ref_in.D, &ref_in.dy})
+  for (Tensor* t : {&ref_in.u, &ref_in.delta, &ref_in.A, &ref_in.Bm, &ref_in.Cm, &ref_in.D, &ref_in.dy, &ref_in.z})
     *t = t->to(DType::F32);
   const std::vector<Tensor> ref = fwd_bwd(ref_in);
-  const char* names[] = {"y", "du", "ddelta", "dA", "dBm", "dCm", "dD"};
+  const char* names[] = {"y", "du", "ddelta", "dA", "dBm", "dCm", "dD", "dz"};
   const double tol = dtype == DType::BF16 ? 3e-2 : 2e-5;
   bool ok = true;
   for (size_t i = 0; i < out.size(); ++i) {
@@ -125,16 +129,17 @@ double time_ms(Fn&& f, int reps) {
   return ms[ms.size() / 2];
 }
 
-void bench(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, int reps) {
+void bench(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, bool gate, int reps) {
   const Inputs in = make_inputs(B, T, Di, N, dtype, Device::cuda(0), 11);
+  const Tensor z = gate ? in.z : Tensor();
   const double s = double(dtype_size(dtype)), btd = double(B * T * Di), btn = double(B * T * N);
-  const double fwd_bytes = s * (3 * btd + 2 * btn), bwd_bytes = s * (5 * btd + 4 * btn);
+  const double fwd_bytes = s * ((3 + gate) * btd + 2 * btn), bwd_bytes = s * ((5 + 2 * gate) * btd + 4 * btn);
   Tensor ckpt;
-  const double fwd_ms = time_ms([&] { ops::selective_scan(in.u, in.delta, in.A, in.Bm, in.Cm, in.D, &ckpt); }, reps);
+  const double fwd_ms = time_ms([&] { ops::selective_scan(in.u, in.delta, in.A, in.Bm, in.Cm, in.D, z, &ckpt); }, reps);
   const double bwd_ms =
-      time_ms([&] { ops::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, ckpt); }, reps);
+      time_ms([&] { ops::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, z, ckpt); }, reps);
   const double recompute_ms =
-      time_ms([&] { ops::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D); }, reps);
+      time_ms([&] { ops::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, z); }, reps);
   // A device-to-device copy moving as many bytes (half read, half written).
   const size_t copy_size = size_t((fwd_bytes + bwd_bytes) / 2);
   void *src = nullptr, *dst = nullptr;
@@ -146,11 +151,11 @@ void bench(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, int reps) {
   const double total_ms = fwd_ms + bwd_ms, total_bytes = fwd_bytes + bwd_bytes;
   const double gbs = total_bytes / (total_ms * 1e6), copy_gbs = total_bytes / (copy_ms * 1e6);
   std::printf(
-      "%s B %lld T %lld Di %lld N %lld: fwd %.3f ms (%.1f MB), bwd %.3f ms (%.1f MB; %.3f ms recomputing "
+      "%s%s B %lld T %lld Di %lld N %lld: fwd %.3f ms (%.1f MB), bwd %.3f ms (%.1f MB; %.3f ms recomputing "
       "checkpoints), fwd+bwd %.3f ms, %.0f GB/s; copy of the same bytes %.3f ms, %.0f GB/s; "
       "%.0f%% of copy bandwidth\n",
-      dtype_name(dtype), (long long)B, (long long)T, (long long)Di, (long long)N, fwd_ms, fwd_bytes / 1e6, bwd_ms,
-      bwd_bytes / 1e6, recompute_ms, total_ms, gbs, copy_ms, copy_gbs, 100.0 * gbs / copy_gbs);
+      dtype_name(dtype), gate ? " gated" : "", (long long)B, (long long)T, (long long)Di, (long long)N, fwd_ms,
+      fwd_bytes / 1e6, bwd_ms, bwd_bytes / 1e6, recompute_ms, total_ms, gbs, copy_ms, copy_gbs, 100.0 * gbs / copy_gbs);
 }
 
 #endif
@@ -168,12 +173,18 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  bool ok = validate(DType::F32);
-  ok = validate(DType::BF16) && ok;
-  if (!ok) return 1;
-  for (DType dtype : {DType::BF16, DType::F32}) {
-    bench(16, 1024, 1536, 16, dtype, reps);
-    bench(4, 4096, 1536, 16, dtype, reps);
+  try {
+    bool ok = validate(DType::F32);
+    ok = validate(DType::BF16) && ok;
+    if (!ok) return 1;
+    for (DType dtype : {DType::BF16, DType::F32})
+      for (bool gate : {false, true}) {
+        bench(16, 1024, 1536, 16, dtype, gate, reps);
+        bench(4, 4096, 1536, 16, dtype, gate, reps);
+      }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_mamba_scan: %s\n", e.what());
+    return 1;
   }
   return 0;
 #else

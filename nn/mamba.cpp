@@ -68,8 +68,8 @@ Tensor MambaMixer::forward(const Tensor& x) const {
   auto dbc = split(matmul(u, compute(x_proj_weight), false, true), 2, {R, N, N});
   Tensor delta = softplus(matmul(dbc[0], compute(dt_proj_weight), false, true) + compute(dt_proj_bias));
   Tensor A = compute(-exp(A_log));
-  Tensor y = selective_scan(u, delta, A, dbc[1], dbc[2], compute(D));
-  return matmul(y * silu(xz[1]), compute(out_proj_weight), false, true);
+  Tensor y = selective_scan(u, delta, A, dbc[1], dbc[2], compute(D), /*z=*/xz[1]);  // gated by SiLU(z), fused
+  return matmul(y, compute(out_proj_weight), false, true);
 }
 
 Tensor MambaMixer::step(const Tensor& x, MambaState& st) const {

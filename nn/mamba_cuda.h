@@ -17,9 +17,9 @@ ops::Conv1dGrads causal_conv1d_backward(const Tensor& dy, const Tensor& x, const
                                         bool silu);
 
 Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                      const Tensor& Dskip, Tensor* checkpoints);
+                      const Tensor& Dskip, const Tensor& z, Tensor* checkpoints);
 ops::SelectiveScanGrads selective_scan_backward(const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A,
                                                 const Tensor& Bm, const Tensor& Cm, const Tensor& Dskip,
-                                                const Tensor& checkpoints);
+                                                const Tensor& z, const Tensor& checkpoints);
 
 }  // namespace sessa::cuda

@@ -18,6 +18,8 @@
 //   dBm_t[n]  = sum_c gh_t[n] * delta_t * u_t                (summed over channels)
 //   dCm_t[n]  = sum_c dy_t * h_t[n]                          (summed over channels)
 //   dD[c]     = sum_{b,t} dy_t * u_t
+// With the gate, out_t = y_t * SiLU(z_t): dz_t = dout_t * y_t * SiLU'(z_t), and the above
+// runs on dy_t = dout_t * SiLU(z_t) (here literally so, through the ungated op).
 // The backward here reruns the forward recurrence for one (b, c), keeping h_t and
 // e_t for every step in a per-thread T*N buffer, then walks time backwards. (b, c)
 // pairs run in parallel; dA, dD (reduced over b) and dBm, dCm (reduced over c) go to
@@ -157,7 +159,7 @@ struct ScanDims {
 };
 
 ScanDims check_scan(const char* op, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
-                    const Tensor& Cm, const Tensor& Dskip) {
+                    const Tensor& Cm, const Tensor& Dskip, const Tensor& z) {
   for (const Tensor* t : {&u, &delta, &A, &Bm, &Cm, &Dskip}) SESSA_CHECK(t->defined(), op, "an input is undefined");
   const bool ok = u.dim() == 3 && delta.shape() == u.shape() && A.dim() == 2 && A.size(0) == u.size(2) &&
                   Bm.dim() == 3 && Bm.size(0) == u.size(0) && Bm.size(1) == u.size(1) && Bm.size(2) == A.size(1) &&
@@ -170,18 +172,24 @@ ScanDims check_scan(const char* op, const Tensor& u, const Tensor& delta, const 
     SESSA_CHECK(t->dtype() == u.dtype(), op, "dtype mismatch: " << u.str() << " and " << t->str());
     require_same_device(op, *t, u);
   }
+  if (z.defined()) {
+    SESSA_CHECK(z.shape() == u.shape() && z.dtype() == u.dtype(), op,
+                "the gate z " << z.str() << " should match u " << u.str());
+    require_same_device(op, z, u);
+  }
   return {u.size(0), u.size(1), u.size(2), A.size(1)};
 }
 
 }  // namespace
 
 Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& A_in, const Tensor& Bm_in,
-                      const Tensor& Cm_in, const Tensor& D_in, Tensor* checkpoints) {
-  const ScanDims d = check_scan("selective_scan", u_in, delta_in, A_in, Bm_in, Cm_in, D_in);
+                      const Tensor& Cm_in, const Tensor& D_in, const Tensor& z, Tensor* checkpoints) {
+  const ScanDims d = check_scan("selective_scan", u_in, delta_in, A_in, Bm_in, Cm_in, D_in, z);
   if (u_in.is_cuda()) {
-    SESSA_CUDA_CALL(return cuda::selective_scan(u_in, delta_in, A_in, Bm_in, Cm_in, D_in, checkpoints));
+    SESSA_CUDA_CALL(return cuda::selective_scan(u_in, delta_in, A_in, Bm_in, Cm_in, D_in, z, checkpoints));
   }
   if (checkpoints) *checkpoints = Tensor();
+  if (z.defined()) return mul(selective_scan(u_in, delta_in, A_in, Bm_in, Cm_in, D_in), unary(Unary::Silu, z));
   const int64_t B = d.B, T = d.T, Di = d.Di, N = d.N;
   Tensor u = contiguous(u_in), delta = contiguous(delta_in), A = contiguous(A_in), Bm = contiguous(Bm_in),
          Cm = contiguous(Cm_in), Dk = contiguous(D_in);
@@ -218,19 +226,28 @@ Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& 
 
 SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_in, const Tensor& delta_in,
                                            const Tensor& A_in, const Tensor& Bm_in, const Tensor& Cm_in,
-                                           const Tensor& D_in, const Tensor& checkpoints) {
+                                           const Tensor& D_in, const Tensor& z, const Tensor& checkpoints) {
   const char* op = "selective_scan_backward";
-  const ScanDims d = check_scan(op, u_in, delta_in, A_in, Bm_in, Cm_in, D_in);
+  const ScanDims d = check_scan(op, u_in, delta_in, A_in, Bm_in, Cm_in, D_in, z);
   const int64_t B = d.B, T = d.T, Di = d.Di, N = d.N;
   SESSA_CHECK(dy_in.shape() == u_in.shape() && dy_in.dtype() == u_in.dtype(), op,
               "gradient " << dy_in.str() << " does not match the output " << u_in.str());
   require_same_device(op, dy_in, u_in);
   if (u_in.is_cuda()) {
-    SESSA_CUDA_CALL(return cuda::selective_scan_backward(dy_in, u_in, delta_in, A_in, Bm_in, Cm_in, D_in, checkpoints));
+    SESSA_CUDA_CALL(
+        return cuda::selective_scan_backward(dy_in, u_in, delta_in, A_in, Bm_in, Cm_in, D_in, z, checkpoints));
+  }
+  if (z.defined()) {  // out = y * SiLU(z): dz = dout * y * SiLU'(z), dy = dout * SiLU(z)
+    const Tensor y = selective_scan(u_in, delta_in, A_in, Bm_in, Cm_in, D_in);
+    SelectiveScanGrads g =
+        selective_scan_backward(mul(dy_in, unary(Unary::Silu, z)), u_in, delta_in, A_in, Bm_in, Cm_in, D_in);
+    g.dz = unary_backward(Unary::Silu, z, mul(dy_in, y));
+    return g;
   }
   Tensor dy = contiguous(dy_in), u = contiguous(u_in), delta = contiguous(delta_in), A = contiguous(A_in),
          Bm = contiguous(Bm_in), Cm = contiguous(Cm_in), Dk = contiguous(D_in);
-  SelectiveScanGrads g{empty_like(u), empty_like(u), empty_like(A), empty_like(Bm), empty_like(Cm), empty_like(Dk)};
+  SelectiveScanGrads g{empty_like(u),  empty_like(u),  empty_like(A), empty_like(Bm),
+                       empty_like(Cm), empty_like(Dk), Tensor()};
   const bool parallel = B * T * Di * N >= cpu::kParallelGrain;
   const int nthreads = parallel ? std::max(1, omp_get_max_threads()) : 1;
   const int64_t nBTN = B * T * N, nAD = Di * N + Di;
@@ -335,15 +352,19 @@ Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, bool 
 }
 
 Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                      const Tensor& Dskip) {
+                      const Tensor& Dskip, const Tensor& z) {
   // The CUDA forward's chunk checkpoints are kept for the backward (undefined on the CPU).
   Tensor ckpt;
-  Tensor y = ops::selective_scan(u, delta, A, Bm, Cm, Dskip, &ckpt);
-  return autograd::record("selective_scan", y, {u, delta, A, Bm, Cm, Dskip},
+  Tensor y = ops::selective_scan(u, delta, A, Bm, Cm, Dskip, z, &ckpt);
+  std::vector<Tensor> inputs{u, delta, A, Bm, Cm, Dskip};
+  if (z.defined()) inputs.push_back(z);
+  return autograd::record(z.defined() ? "selective_scan_gated" : "selective_scan", y, inputs,
                           [u = u.detach(), delta = delta.detach(), A = A.detach(), Bm = Bm.detach(), Cm = Cm.detach(),
-                           Dk = Dskip.detach(), ckpt](const Tensor& g) {
-                            auto gr = ops::selective_scan_backward(g, u, delta, A, Bm, Cm, Dk, ckpt);
-                            return std::vector<Tensor>{gr.du, gr.ddelta, gr.dA, gr.dB, gr.dC, gr.dD};
+                           Dk = Dskip.detach(), z = z.detach(), ckpt](const Tensor& g) {
+                            auto gr = ops::selective_scan_backward(g, u, delta, A, Bm, Cm, Dk, z, ckpt);
+                            std::vector<Tensor> grads{gr.du, gr.ddelta, gr.dA, gr.dB, gr.dC, gr.dD};
+                            if (z.defined()) grads.push_back(gr.dz);
+                            return grads;
                           });
 }
 

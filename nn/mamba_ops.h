@@ -6,7 +6,7 @@
 //   optionally followed by SiLU (the mixer's u = SiLU(conv(x)) as one op).
 // selective_scan: the diagonal, input-dependent linear recurrence, per (b, c, n),
 //   h_t = exp(delta_t[c] * A[c,n]) * h_{t-1} + delta_t[c] * Bm_t[n] * u_t[c],   h_{-1} = 0,
-//   y_t[c] = sum_n Cm_t[n] * h_t[c,n] + Dskip[c] * u_t[c].
+//   y_t[c] = sum_n Cm_t[n] * h_t[c,n] + Dskip[c] * u_t[c],   optionally times SiLU(z_t[c]).
 
 #pragma once
 #include "tensor/tensor.h"
@@ -23,17 +23,18 @@ Conv1dGrads causal_conv1d_backward(const Tensor& dy, const Tensor& x, const Tens
                                    bool silu = false);
 
 // u, delta: (B, T, Di); A: (Di, N); Bm, Cm: (B, T, N); Dskip: (Di) -> y (B, T, Di).
+// With z (B, T, Di) the output is gated, y * SiLU(z) (the mixer's gate, fused).
 // On CUDA, `checkpoints` (if given) receives the states at the chunk boundaries of the
 // parallel scan, for selective_scan_backward to reuse; on the CPU it is left undefined.
 Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                      const Tensor& Dskip, Tensor* checkpoints = nullptr);
+                      const Tensor& Dskip, const Tensor& z = {}, Tensor* checkpoints = nullptr);
 struct SelectiveScanGrads {
-  Tensor du, ddelta, dA, dB, dC, dD;
+  Tensor du, ddelta, dA, dB, dC, dD, dz;  // dz only with z
 };
 // `checkpoints`: from selective_scan on the same inputs, or undefined (recomputed).
 SelectiveScanGrads selective_scan_backward(const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A,
                                            const Tensor& Bm, const Tensor& Cm, const Tensor& Dskip,
-                                           const Tensor& checkpoints = {});
+                                           const Tensor& z = {}, const Tensor& checkpoints = {});
 
 }  // namespace sessa::ops
 
@@ -42,6 +43,6 @@ namespace sessa::nn {
 // Differentiable versions (one autograd node each).
 Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, bool silu = false);
 Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                      const Tensor& Dskip);
+                      const Tensor& Dskip, const Tensor& z = {});
 
 }  // namespace sessa::nn

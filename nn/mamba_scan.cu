@@ -29,6 +29,9 @@
 //   dBm_t = sum_c gh delta_t u_t, dCm_t = sum_c dy_t h_t (the block's channels summed in
 //          shared memory in a fixed order, one partial per channel group; a second kernel
 //          sums the groups), dD = sum dy u (lane registers, warp sum at the end).
+// The mixer's gate can be fused: the output is then y * SiLU(z), and the backward turns
+// dy into dy * SiLU(z) on loading it and rebuilds y (sum over n of Cm h, plus D u) along
+// the way for dz = dy * y * SiLU'(z).
 // No atomics: every sum has a fixed order, so results are bitwise reproducible.
 // Storage is float32, bfloat16 or float64; arithmetic is float32 (float64 for float64).
 // Scratch: checkpoints (B * Di * N * ceil(T / kChunk) floats) and the dBm/dCm partials
@@ -49,13 +52,15 @@ constexpr int kMaxState = 64;
 
 // Everything a scan kernel reads or writes; strides in elements. u, delta and dy are
 // (B, T, Di) with unit channel stride, Bm and Cm (B, T, N) with unit state stride, A
-// (Di, N) and D (Di) contiguous; y, du and ddelta are contiguous (B, T, Di).
+// (Di, N) and D (Di) contiguous, z like u; y, du, ddelta and dz are contiguous (B, T, Di).
 struct ScanParams {
   int batch = 0, seqlen = 0, dim = 0, dstate = 0, chunks = 0;
   int64_t u_bstride = 0, u_tstride = 0, delta_bstride = 0, delta_tstride = 0, dy_bstride = 0, dy_tstride = 0;
   int64_t B_bstride = 0, B_tstride = 0, C_bstride = 0, C_tstride = 0;
+  int64_t z_bstride = 0, z_tstride = 0;
   const void *u = nullptr, *delta = nullptr, *A = nullptr, *Bm = nullptr, *Cm = nullptr, *D = nullptr, *dy = nullptr;
-  void *y = nullptr, *du = nullptr, *ddelta = nullptr;
+  const void* z = nullptr;  // the gate: the output is y * SiLU(z) (null: no gate)
+  void *y = nullptr, *du = nullptr, *ddelta = nullptr, *dz = nullptr;
   void* ckpt = nullptr;     // (B, Di, N, chunks) acc: the state before each chunk
   bool ckpt_ready = false;  // backward: ckpt already holds the forward's checkpoints
   void* part_bc = nullptr;  // (channel groups, B, 2N, T) acc: [dBm | dCm] of one group
@@ -64,7 +69,8 @@ struct ScanParams {
 
 // Compile-time shape of a scan kernel: storage type, warps (= channels) per block, steps
 // per lane. Shared memory (dynamic, in Acc words): `tiles` (time x channel) tiles of
-// kWarps rows, two (time x state) tiles (Bm, Cm) of N rows, `vecs` per-warp vectors of N.
+// kWarps rows, two (time x state) tiles (Bm, Cm) of N rows, `vecs` per-warp vectors of N,
+// and with the gate one more (time x channel) tile for z (then dz) at the end.
 template <class F_, int kWarps_, int kItems_>
 struct ScanTraits {
   using F = F_;
@@ -75,8 +81,8 @@ struct ScanTraits {
   static constexpr int kRow = kWarp * (kItems + 1) + 1;  // padded tile row
   static_assert(kItems % 2 == 0, "kItems + 1 must be odd for conflict-free lane reads");
   static __host__ __device__ int slot(int t) { return t / kItems * (kItems + 1) + t % kItems; }
-  static size_t smem_bytes(int tiles, int vecs, int N) {
-    return sizeof(Acc) * (size_t(tiles) * kWarps * kRow + size_t(2) * N * kRow + size_t(vecs) * kWarps * N);
+  static size_t smem_bytes(int tiles, int vecs, int N, bool gate) {
+    return sizeof(Acc) * (size_t(tiles + gate) * kWarps * kRow + size_t(2) * N * kRow + size_t(vecs) * kWarps * N);
   }
 };
 
@@ -91,6 +97,8 @@ struct ScanConfig<double> {
 
 __device__ __forceinline__ float exp2_acc(float v) { return exp2f(v); }
 __device__ __forceinline__ double exp2_acc(double v) { return exp2(v); }
+__device__ __forceinline__ float sigmoid_acc(float v) { return 1.0f / (1.0f + expf(-v)); }
+__device__ __forceinline__ double sigmoid_acc(double v) { return 1.0 / (1.0 + exp(-v)); }
 constexpr double kLog2e = 1.4426950408889634;
 
 // Rows t0 .. t0+kChunk-1 of a (T, Di) slab (channel stride 1), channels c0 .. c0+kWarps-1,
@@ -185,6 +193,7 @@ __global__ void __launch_bounds__(K::kThreads) scan_fwd_kernel(ScanParams p) {
   Acc* sC = sB + N * kRow;
   Acc* sA = sC + N * kRow;   // (G, N)
   Acc* sCarry = sA + G * N;  // (G, N): the state entering the current chunk
+  Acc* sZ = sCarry + G * N;  // the gate z (only with p.z)
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, base = lane * (R + 1);
   const int b = blockIdx.y, c0 = blockIdx.x * G, c = c0 + warp;
   const bool active = c < Di;
@@ -197,6 +206,7 @@ __global__ void __launch_bounds__(K::kThreads) scan_fwd_kernel(ScanParams p) {
   const F* delta = static_cast<const F*>(p.delta) + b * p.delta_bstride;
   const F* Bm = static_cast<const F*>(p.Bm) + b * p.B_bstride;
   const F* Cm = static_cast<const F*>(p.Cm) + b * p.C_bstride;
+  const F* z = p.z ? static_cast<const F*>(p.z) + b * p.z_bstride : nullptr;
   F* y = static_cast<F*>(p.y) + int64_t(b) * T * Di;
   Acc* ck = p.ckpt && active ? static_cast<Acc*>(p.ckpt) + (int64_t(b) * Di + c) * N * p.chunks : nullptr;
 
@@ -207,6 +217,7 @@ __global__ void __launch_bounds__(K::kThreads) scan_fwd_kernel(ScanParams p) {
     load_channel_tile<K>(sDt, delta, p.delta_tstride, t0, T, c0, Di);
     load_state_tile<K>(sB, Bm, p.B_tstride, t0, T, N);
     load_state_tile<K>(sC, Cm, p.C_tstride, t0, T, N);
+    if (z) load_channel_tile<K>(sZ, z, p.z_tstride, t0, T, c0, Di);
     __syncthreads();
     Acc xu[R], xdt[R], acc[R];
 #pragma unroll
@@ -240,6 +251,13 @@ __global__ void __launch_bounds__(K::kThreads) scan_fwd_kernel(ScanParams p) {
       __syncwarp();  // every lane has read the carry
       if (lane == 0) sCarry[warp * N + n] = ta * carry + tb;
     }
+    if (z) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const Acc zr = sZ[warp * kRow + base + r];
+        acc[r] *= zr * sigmoid_acc(zr);
+      }
+    }
 #pragma unroll
     for (int r = 0; r < R; ++r) sU[warp * kRow + base + r] = acc[r];  // this lane's own slots
     __syncthreads();
@@ -265,9 +283,10 @@ __global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
   Acc* sB = sRed + 4 * G * kRow;
   Acc* sC = sB + N * kRow;
   Acc* sA = sC + N * kRow;  // (G, N)
-  Acc* sH = sA + G * N;     // (G, N): forward state entering the chunk (sweep 1)
+  Acc* sH = sA + G * N;     // (G, N): forward state entering the chunk
   Acc* sQ = sH + G * N;     // (G, N): q at the first step of the later chunk (sweep 2)
   Acc* sGA = sQ + G * N;    // (G, N): dA of this (b, c), summed over chunks
+  Acc* sZ = sGA + G * N;    // the gate z, then dz (only with p.z)
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, base = lane * (R + 1);
   const int b = blockIdx.y, c0 = blockIdx.x * G, c = c0 + warp;
   const bool active = c < Di;
@@ -281,8 +300,11 @@ __global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
   const F* dy = static_cast<const F*>(p.dy) + b * p.dy_bstride;
   const F* Bm = static_cast<const F*>(p.Bm) + b * p.B_bstride;
   const F* Cm = static_cast<const F*>(p.Cm) + b * p.C_bstride;
+  const F* z = p.z ? static_cast<const F*>(p.z) + b * p.z_bstride : nullptr;
   F* du = static_cast<F*>(p.du) + int64_t(b) * T * Di;
+  F* dz = static_cast<F*>(p.dz) + int64_t(b) * T * Di;
   F* ddelta = static_cast<F*>(p.ddelta) + int64_t(b) * T * Di;
+  const Acc* ck_block = static_cast<Acc*>(p.ckpt) + int64_t(b) * Di * N * chunks;  // (Di, N, chunks) of row b
   Acc* ck = active ? static_cast<Acc*>(p.ckpt) + (int64_t(b) * Di + c) * N * chunks : nullptr;
   Acc* part = static_cast<Acc*>(p.part_bc) + (int64_t(blockIdx.x) * p.batch + b) * 2 * N * T;
   __syncthreads();  // sA, sH, sQ, sGA are set
@@ -327,14 +349,22 @@ __global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
     load_channel_tile<K>(sG, dy, p.dy_tstride, t0, T, c0, Di);
     load_state_tile<K>(sB, Bm, p.B_tstride, t0, T, N);
     load_state_tile<K>(sC, Cm, p.C_tstride, t0, T, N);
+    if (z) load_channel_tile<K>(sZ, z, p.z_tstride, t0, T, c0, Di);
+    for (int i = threadIdx.x; i < G * N; i += K::kThreads)  // the states entering this chunk
+      sH[i] = c0 + i / N < Di ? ck_block[(int64_t(c0) * N + i) * chunks + k] : Acc(0);
     __syncthreads();
-    Acc xu[R], xdt[R], xg[R], gu[R], gdt[R];
+    // xg: dL/dy of the ungated output (dy * SiLU(z) with the gate); yo: that output, for dz.
+    Acc xu[R], xdt[R], xg[R], gu[R], gdt[R], yo[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       xu[r] = sU[warp * kRow + base + r];
       xdt[r] = sDt[warp * kRow + base + r];
       xg[r] = sG[warp * kRow + base + r];
-      gu[r] = xg[r] * d, gdt[r] = 0;
+      if (z) {
+        const Acc zr = sZ[warp * kRow + base + r];
+        xg[r] *= zr * sigmoid_acc(zr);
+      }
+      gu[r] = xg[r] * d, gdt[r] = 0, yo[r] = d * xu[r];
       gD += xg[r] * xu[r];
     }
     for (int n = 0; n < N; ++n) {
@@ -351,7 +381,7 @@ __global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
       warp_prefix(ma, mb, lane);
       Acc pa = __shfl_up_sync(kFull, ma, 1), pb = __shfl_up_sync(kFull, mb, 1);
       if (lane == 0) pa = 1, pb = 0;
-      Acc h = pa * (ck ? ck[int64_t(n) * chunks + k] : Acc(0)) + pb;
+      Acc h = pa * sH[warp * N + n] + pb;
 #pragma unroll
       for (int r = 0; r < R; ++r) hp[r] = h, h = e[r] * h + x[r];
       // Adjoint: q_t = e_t q_{t+1} + e_t dy_t Cm_t, composed from this lane's last step back.
@@ -376,6 +406,7 @@ __global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
         gA += gh * xdt[r] * eh;
         rB[r] = gh * xdt[r] * xu[r];
         rC[r] = xg[r] * (eh + x[r]);  // dy_t h_t
+        yo[r] += Cn[r] * (eh + x[r]);
         q = e[r] * gh;
       }
       gA = warp_sum(gA);
@@ -397,9 +428,18 @@ __global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) sU[warp * kRow + base + r] = gu[r], sDt[warp * kRow + base + r] = gdt[r];
+    if (z) {  // dz = dy * y * SiLU'(z), SiLU'(z) = s (1 + z (1 - s)); dy is still in sG
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        Acc& zr = sZ[warp * kRow + base + r];
+        const Acc s = sigmoid_acc(zr);
+        zr = sG[warp * kRow + base + r] * yo[r] * (s * (Acc(1) + zr * (Acc(1) - s)));
+      }
+    }
     __syncthreads();
     store_channel_tile<K>(sU, du, t0, T, c0, Di);
     store_channel_tile<K>(sDt, ddelta, t0, T, c0, Di);
+    if (z) store_channel_tile<K>(sZ, dz, t0, T, c0, Di);
   }
   gD = warp_sum(gD);
   if (!active || lane != 0) return;
@@ -482,7 +522,7 @@ void launch(Kernel kernel, const ScanParams& p, size_t bytes, cudaStream_t st, c
 }  // namespace
 
 Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& A_in, const Tensor& Bm_in,
-                      const Tensor& Cm_in, const Tensor& D_in, Tensor* checkpoints) {
+                      const Tensor& Cm_in, const Tensor& D_in, const Tensor& z_in, Tensor* checkpoints) {
   const char* op = "selective_scan";
   Tensor u = unit_last_stride(u_in), delta = unit_last_stride(delta_in), A = ops::contiguous(A_in),
          Bm = unit_last_stride(Bm_in), Cm = unit_last_stride(Cm_in), Dk = ops::contiguous(D_in);
@@ -493,6 +533,8 @@ Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& 
   if (y.numel() == 0) return y;
   ScanParams p = make_params(u, delta, A, Bm, Cm, Dk);
   p.y = y.raw_data();
+  Tensor z = z_in.defined() ? unit_last_stride(z_in) : Tensor();
+  if (z.defined()) p.z = z.raw_data(), p.z_bstride = z.strides()[0], p.z_tstride = z.strides()[1];
   if (checkpoints) {
     *checkpoints = Tensor::empty({B, Di, N, p.chunks}, {acc_dtype(u.dtype()), u.device()});
     p.ckpt = checkpoints->raw_data();
@@ -500,14 +542,14 @@ Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& 
   cudaStream_t st = stream(u.device().index);
   dispatch_float(u.dtype(), op, [&](auto tag) {
     using K = typename ScanConfig<decltype(tag)>::type;
-    launch<K>(scan_fwd_kernel<K>, p, K::smem_bytes(2, 2, int(N)), st, op);
+    launch<K>(scan_fwd_kernel<K>, p, K::smem_bytes(2, 2, int(N), p.z), st, op);
   });
   return y;
 }
 
 ops::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_in, const Tensor& delta_in,
                                                 const Tensor& A_in, const Tensor& Bm_in, const Tensor& Cm_in,
-                                                const Tensor& D_in, const Tensor& checkpoints) {
+                                                const Tensor& D_in, const Tensor& z_in, const Tensor& checkpoints) {
   const char* op = "selective_scan_backward";
   Tensor dy = unit_last_stride(dy_in), u = unit_last_stride(u_in), delta = unit_last_stride(delta_in),
          A = ops::contiguous(A_in), Bm = unit_last_stride(Bm_in), Cm = unit_last_stride(Cm_in),
@@ -515,15 +557,27 @@ ops::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tenso
   const int64_t B = u.size(0), T = u.size(1), Di = u.size(2), N = A.size(1);
   check_scan_sizes(op, B, T, Di, N);
   const TensorOptions opt = u.options(), acc{acc_dtype(u.dtype()), u.device()};
+  const bool gate = z_in.defined();
   if (u.numel() == 0)
-    return {zeros(u.shape(), opt),  zeros(u.shape(), opt),  zeros(A.shape(), opt),
-            zeros(Bm.shape(), opt), zeros(Cm.shape(), opt), zeros(Dk.shape(), opt)};
-  ops::SelectiveScanGrads g{Tensor::empty(u.shape(), opt),  Tensor::empty(u.shape(), opt),
-                            Tensor::empty(A.shape(), opt),  Tensor::empty(Bm.shape(), opt),
-                            Tensor::empty(Cm.shape(), opt), Tensor::empty(Dk.shape(), opt)};
+    return {zeros(u.shape(), opt),
+            zeros(u.shape(), opt),
+            zeros(A.shape(), opt),
+            zeros(Bm.shape(), opt),
+            zeros(Cm.shape(), opt),
+            zeros(Dk.shape(), opt),
+            gate ? zeros(u.shape(), opt) : Tensor()};
+  ops::SelectiveScanGrads g{Tensor::empty(u.shape(), opt),
+                            Tensor::empty(u.shape(), opt),
+                            Tensor::empty(A.shape(), opt),
+                            Tensor::empty(Bm.shape(), opt),
+                            Tensor::empty(Cm.shape(), opt),
+                            Tensor::empty(Dk.shape(), opt),
+                            gate ? Tensor::empty(u.shape(), opt) : Tensor()};
   ScanParams p = make_params(u, delta, A, Bm, Cm, Dk);
   p.dy = dy.raw_data(), p.dy_bstride = dy.strides()[0], p.dy_tstride = dy.strides()[1];
   p.du = g.du.raw_data(), p.ddelta = g.ddelta.raw_data();
+  Tensor z = gate ? unit_last_stride(z_in) : Tensor();
+  if (gate) p.z = z.raw_data(), p.z_bstride = z.strides()[0], p.z_tstride = z.strides()[1], p.dz = g.dz.raw_data();
   // Checkpoints from the forward if they fit this call; otherwise the kernel recomputes them.
   const Shape ck_shape{B, Di, N, p.chunks};
   Tensor ckpt = checkpoints;
@@ -539,7 +593,7 @@ ops::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tenso
     const int64_t groups = (Di + K::kWarps - 1) / K::kWarps;
     Tensor part_bc = Tensor::empty({groups, B, 2 * N, T}, acc), part_ad = Tensor::empty({B, N + 1, Di}, acc);
     p.part_bc = part_bc.raw_data(), p.part_ad = part_ad.raw_data();
-    launch<K>(scan_bwd_kernel<K>, p, K::smem_bytes(7, 4, int(N)), st, op);
+    launch<K>(scan_bwd_kernel<K>, p, K::smem_bytes(7, 4, int(N), gate), st, op);
     scan_dbc_finalize_kernel<F><<<blocks_for(B * 2 * N * T), kThreads, 0, st>>>(
         static_cast<const Acc*>(part_bc.raw_data()), static_cast<F*>(g.dB.raw_data()), static_cast<F*>(g.dC.raw_data()),
         int(groups), int(B), int(T), int(N));

@@ -93,6 +93,20 @@ TEST_CASE("causal_conv1d matches its definition") {
   CHECK(worst < 1e-13);
 }
 
+TEST_CASE("gradcheck: selective_scan gated by SiLU(z); it equals the scan times SiLU(z)") {
+  Generator g(21);
+  const int64_t B = 2, T = 5, Di = 3, N = 4;
+  Tensor u = leaf({B, T, Di}, g), delta = uniform_leaf({B, T, Di}, 0.05, 1.0, g);
+  Tensor A = uniform_leaf({Di, N}, -2.0, -0.2, g), Bm = leaf({B, T, N}, g), Cm = leaf({B, T, N}, g);
+  Tensor Dk = leaf({Di}, g), z = leaf({B, T, Di}, g);
+  expect_gradcheck([](auto& in) { return nn::selective_scan(in[0], in[1], in[2], in[3], in[4], in[5], in[6]); },
+                   {u, delta, A, Bm, Cm, Dk, z});
+  autograd::NoGradGuard no_grad;
+  Tensor fused = ops::selective_scan(u, delta, A, Bm, Cm, Dk, z);
+  Tensor apart = ops::mul(ops::selective_scan(u, delta, A, Bm, Cm, Dk), ops::unary(ops::Unary::Silu, z));
+  CHECK(test::max_rel_diff(fused, apart) == 0.0);
+}
+
 TEST_CASE("selective_scan matches a naive loop; float32 agrees with float64") {
   Generator g(14);
   const int64_t B = 3, T = 9, Di = 5, N = 6;

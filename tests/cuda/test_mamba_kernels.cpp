@@ -124,29 +124,38 @@ TEST_CASE("cuda causal_conv1d bfloat16 and float64") {
 // u, dy ~ N(0, 1); delta ~ U(0.01, 1) (softplus outputs); A ~ -U(0.1, 4) (A = -exp(A_log));
 // Bm, Cm ~ N(0, 1); D ~ N(0, 1). With `views`, Bm and Cm are slices of one
 // (B, T, 3 + 2N) tensor, like the x_proj output the mixer splits.
-void check_scan(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, uint64_t seed, bool views = false) {
-  const std::string what = name(views ? "selective_scan (views)" : "selective_scan", {B, T, Di, N}, dtype);
+// With `gate`, the output is gated by SiLU(z) inside the op (z ~ N(0, 2)).
+void check_scan(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, uint64_t seed, bool views = false,
+                bool gate = false) {
+  const std::string what = name(gate    ? "selective_scan (gated)"
+                                : views ? "selective_scan (views)"
+                                        : "selective_scan",
+                                {B, T, Di, N}, dtype);
   Generator gen(seed);
   Tensor u = cpu_randn({B, T, Di}, gen), delta = uniform({B, T, Di}, 0.01, 1.0, gen, {DType::F32});
   Tensor A = uniform({Di, N}, -4.0, -0.1, gen, {DType::F32});
   Tensor dbc = cpu_randn({B, T, 3 + 2 * N}, gen), D = cpu_randn({Di}, gen), dy = cpu_randn({B, T, Di}, gen);
   Tensor Bm = ops::contiguous(ops::narrow(dbc, 2, 3, N)), Cm = ops::contiguous(ops::narrow(dbc, 2, 3 + N, N));
-  Placed p = place({u, delta, A, views ? dbc : Bm, views ? dbc : Cm, D, dy}, dtype);
+  Tensor z = cpu_randn({B, T, Di}, gen, 2.0);
+  Placed p = place({u, delta, A, views ? dbc : Bm, views ? dbc : Cm, D, dy, z}, dtype);
   // y and the six gradients; the backward reuses the forward's checkpoints if `saved`.
   auto run = [&](const std::vector<Tensor>& t, bool saved) {
     const Tensor Bv = views ? ops::narrow(t[3], 2, 3, N) : t[3], Cv = views ? ops::narrow(t[4], 2, 3 + N, N) : t[4];
     Tensor ckpt;
-    Tensor y = ops::selective_scan(t[0], t[1], t[2], Bv, Cv, t[5], saved ? &ckpt : nullptr);
+    const Tensor zv = gate ? t[7] : Tensor();
+    Tensor y = ops::selective_scan(t[0], t[1], t[2], Bv, Cv, t[5], zv, saved ? &ckpt : nullptr);
     if (saved && t[0].is_cuda()) {
       const int64_t chunks = (T + 127) / 128, chunks64 = (T + 63) / 64;  // float/bf16, float64 chunking
-      CHECK_MESSAGE(ckpt.shape() == Shape{B, Di, N, dtype == DType::F64 ? chunks64 : chunks},
-                    what << ": checkpoints " << ckpt.shape());
+      const Shape want{B, Di, N, dtype == DType::F64 ? chunks64 : chunks};
+      CHECK_MESSAGE(ckpt.shape() == want, what << ": checkpoints " << ckpt.shape());
     }
-    auto g = ops::selective_scan_backward(t[6], t[0], t[1], t[2], Bv, Cv, t[5], ckpt);
-    return std::vector<Tensor>{y, g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD};
+    auto g = ops::selective_scan_backward(t[6], t[0], t[1], t[2], Bv, Cv, t[5], zv, ckpt);
+    std::vector<Tensor> r{y, g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD};
+    if (gate) r.push_back(g.dz);
+    return r;
   };
   const std::vector<Tensor> ref = run(p.cpu, false);
-  const char* names[] = {"y", "du", "ddelta", "dA", "dBm", "dCm", "dD"};
+  const char* names[] = {"y", "du", "ddelta", "dA", "dBm", "dCm", "dD", "dz"};
   for (bool saved : {false, true}) {
     const std::string how = what + (saved ? " (forward checkpoints)" : " (recomputed checkpoints)");
     const std::vector<Tensor> out = run(p.gpu, saved);
@@ -180,6 +189,15 @@ TEST_CASE("cuda selective_scan with strided Bm and Cm views") {
   check_scan(1, 65, 21, 16, DType::BF16, 43, true);
 }
 
+TEST_CASE("cuda selective_scan gated by SiLU(z)") {
+  check_scan(3, 1, 37, 16, DType::F32, 81, false, true);
+  check_scan(1, 65, 45, 16, DType::F32, 82, false, true);
+  check_scan(3, 1000, 37, 16, DType::F32, 83, false, true);
+  check_scan(2, 63, 21, 5, DType::F32, 84, true, true);
+  check_scan(1, 4097, 37, 16, DType::BF16, 85, false, true);
+  check_scan(3, 63, 37, 16, DType::F64, 86, false, true);
+}
+
 TEST_CASE("cuda selective_scan bfloat16") {
   check_scan(3, 65, 45, 16, DType::BF16, 51);
   check_scan(1, 4097, 37, 16, DType::BF16, 52);
@@ -196,7 +214,7 @@ TEST_CASE("cuda selective_scan float64") {
 }
 
 // The autograd node keeps the forward's checkpoints for its backward: gradients through
-// nn::selective_scan on the GPU match the CPU ones.
+// nn::selective_scan (gated, as the mixer calls it) on the GPU match the CPU ones.
 TEST_CASE("cuda nn::selective_scan backward through autograd matches the CPU") {
   Generator gen(71);
   const int64_t B = 2, T = 300, Di = 45, N = 16;
@@ -205,7 +223,8 @@ TEST_CASE("cuda nn::selective_scan backward through autograd matches the CPU") {
                          uniform({Di, N}, -4.0, -0.1, gen, {DType::F32}),
                          cpu_randn({B, T, N}, gen),
                          cpu_randn({B, T, N}, gen),
-                         cpu_randn({Di}, gen)};
+                         cpu_randn({Di}, gen),
+                         cpu_randn({B, T, Di}, gen)};
   Tensor w = cpu_randn({B, T, Di}, gen);
   auto grads = [&](Device dev) {
     std::vector<Tensor> leaves;
@@ -214,7 +233,7 @@ TEST_CASE("cuda nn::selective_scan backward through autograd matches the CPU") {
       l.set_requires_grad();
       leaves.push_back(l);
     }
-    Tensor y = nn::selective_scan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5]);
+    Tensor y = nn::selective_scan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], leaves[6]);
     autograd::backward(sum_all(mul(y, w.to(dev))));
     std::vector<Tensor> g;
     for (const Tensor& l : leaves) g.push_back(host(l.grad()));
