@@ -20,12 +20,6 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class F>
-F* ptr(const Tensor& t) {
-  return static_cast<F*>(t.raw_data());
-}
-DType acc_dtype(DType t) { return t == DType::F64 ? DType::F64 : DType::F32; }
-
 constexpr int kWarp = 32;
 
 // ---- causal conv1d -------------------------------------------------------------------

@@ -170,13 +170,6 @@ __device__ __forceinline__ void warp_compose_all(Acc& a, Acc& b, int lane) {
   }
 }
 
-template <class Acc>
-__device__ __forceinline__ Acc warp_sum(Acc v) {
-#pragma unroll
-  for (int off = kWarp / 2; off >= 1; off /= 2) v += __shfl_xor_sync(kFull, v, off);
-  return v;
-}
-
 // ---- forward ------------------------------------------------------------------------
 
 // grid (ceil(Di / kWarps), B), block kThreads. Writes y, and the checkpoints if p.ckpt.
@@ -474,8 +467,6 @@ __global__ void scan_dad_finalize_kernel(const acc_t<F>* __restrict__ part, F* _
 }
 
 // ---- host side ----------------------------------------------------------------------
-
-DType acc_dtype(DType t) { return t == DType::F64 ? DType::F64 : DType::F32; }
 
 // u, delta, dy may be any (B, T, Di) view with unit channel stride; Bm, Cm any (B, T, N)
 // view with unit state stride (the mixer's slices of the x_proj output). Others are copied.

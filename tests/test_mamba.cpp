@@ -17,6 +17,13 @@ using sessa::test::expect_gradcheck;
 using sessa::test::leaf;
 
 namespace {
+
+// A float64 leaf with uniform(lo, hi) entries (a positive step size, a negative decay).
+Tensor uniform_leaf(const Shape& shape, double lo, double hi, Generator& g) {
+  Tensor t = uniform(shape, lo, hi, g, {DType::F64});
+  t.set_requires_grad();
+  return t;
+}
 // The scan written out directly from its definition, in float64.
 std::vector<double> naive_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
                                const Tensor& Cm, const Tensor& Dk) {
