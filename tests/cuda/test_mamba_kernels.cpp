@@ -25,7 +25,6 @@
 namespace sessa::test {
 namespace {
 
-
 // Rounds a float32 CPU tensor to `dtype` and back, so CPU and GPU see the same values.
 Tensor rounded(const Tensor& x, DType dtype) { return x.to(dtype).to(DType::F32); }
 
