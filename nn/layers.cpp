@@ -1,5 +1,7 @@
 #include "nn/layers.h"
 
+#include <utility>
+
 #include "autograd/ops.h"
 
 namespace sessa::nn {
@@ -12,6 +14,16 @@ Linear::Linear(int64_t in, int64_t out, Generator& gen, LinearOptions opt, Tenso
     bias = zeros({out}, topt);
     register_parameter("bias", bias, false);
   }
+}
+
+Linear::Linear(Tensor weight_, Tensor bias_) : weight(std::move(weight_)), bias(std::move(bias_)) {
+  SESSA_CHECK(weight.dim() == 2 && (!bias.defined() || bias.shape() == Shape{weight.size(0)}), "Linear",
+              "weight " << weight.shape() << " must be (out, in) and bias (out), got bias "
+                        << (bias.defined() ? bias.shape() : Shape{}));
+  in_features = weight.size(1);
+  out_features = weight.size(0);
+  register_parameter("weight", weight, true);
+  if (bias.defined()) register_parameter("bias", bias, false);
 }
 
 namespace {

@@ -16,6 +16,9 @@ struct LinearOptions {
 class Linear : public Module {
  public:
   Linear(int64_t in, int64_t out, Generator& gen, LinearOptions opt = {}, TensorOptions topt = {});
+  // Adopts given initial values (for a layer with its own init, e.g. Mamba's dt_proj):
+  // weight (out, in) decays, bias (out) or undefined does not.
+  explicit Linear(Tensor weight, Tensor bias = {});
   Tensor forward(const Tensor& x) const;
   int64_t in_features, out_features;
   Tensor weight, bias;  // bias undefined when opt.bias is false

@@ -20,8 +20,8 @@ MambaMixer::MambaMixer(const MambaOptions& o, Generator& gen, TensorOptions topt
                   << ", n_layers " << o.n_layers);
   const int64_t Dm = d_model, Di = d_inner, N = d_state, K = d_conv, R = dt_rank;
 
-  in_proj_weight = normal({2 * Di, Dm}, 0.0, 0.02, gen, topt);
-  register_parameter("in_proj.weight", in_proj_weight, true);
+  // Drawn from `gen` in the order below (in_proj, conv1d, x_proj, dt_proj, out_proj).
+  in_proj = register_module("in_proj", std::make_shared<Linear>(Dm, 2 * Di, gen, LinearOptions{false, 0.02}, topt));
 
   const double conv_bound = 1.0 / std::sqrt(double(K));
   conv_weight = uniform({Di, K}, -conv_bound, conv_bound, gen, topt);
@@ -29,12 +29,10 @@ MambaMixer::MambaMixer(const MambaOptions& o, Generator& gen, TensorOptions topt
   conv_bias = zeros({Di}, topt);
   register_parameter("conv1d.bias", conv_bias, false);
 
-  x_proj_weight = normal({R + 2 * N, Di}, 0.0, 0.02, gen, topt);
-  register_parameter("x_proj.weight", x_proj_weight, true);
+  x_proj = register_module("x_proj", std::make_shared<Linear>(Di, R + 2 * N, gen, LinearOptions{false, 0.02}, topt));
 
   const double dt_bound = 1.0 / std::sqrt(double(R));
-  dt_proj_weight = uniform({Di, R}, -dt_bound, dt_bound, gen, topt);
-  register_parameter("dt_proj.weight", dt_proj_weight, true);
+  Tensor dt_weight = uniform({Di, R}, -dt_bound, dt_bound, gen, topt);
   // dt ~ log-uniform in [0.001, 0.1]; the bias is its inverse softplus, so that
   // softplus(bias) = dt at initialisation: bias = dt + log(1 - exp(-dt)).
   std::vector<double> bias_values =
@@ -43,8 +41,7 @@ MambaMixer::MambaMixer(const MambaOptions& o, Generator& gen, TensorOptions topt
     const double dt = std::exp(v);
     v = dt + std::log(-std::expm1(-dt));
   }
-  dt_proj_bias = from_vector(bias_values, {Di}, topt);
-  register_parameter("dt_proj.bias", dt_proj_bias, false);
+  dt_proj = register_module("dt_proj", std::make_shared<Linear>(dt_weight, from_vector(bias_values, {Di}, topt)));
 
   std::vector<double> a_log(size_t(Di * N));
   for (int64_t c = 0; c < Di; ++c)
@@ -55,44 +52,44 @@ MambaMixer::MambaMixer(const MambaOptions& o, Generator& gen, TensorOptions topt
   D = ones({Di}, topt);
   register_parameter("D", D, false);
 
-  out_proj_weight = normal({Dm, Di}, 0.0, 0.02 / std::sqrt(2.0 * double(o.n_layers)), gen, topt);
-  register_parameter("out_proj.weight", out_proj_weight, true);
+  const double out_std = 0.02 / std::sqrt(2.0 * double(o.n_layers));
+  out_proj = register_module("out_proj", std::make_shared<Linear>(Di, Dm, gen, LinearOptions{false, out_std}, topt));
 }
 
 Tensor MambaMixer::forward(const Tensor& x) const {
   SESSA_CHECK(x.dim() == 3 && x.size(2) == d_model, "MambaBlock",
               "input " << x.shape() << " should be (B, T, " << d_model << ")");
   const int64_t Di = d_inner, N = d_state, R = dt_rank;
-  auto xz = split(matmul(compute(x), compute(in_proj_weight), false, true), 2, {Di, Di});
+  auto xz = split(in_proj->forward(x), 2, {Di, Di});
   Tensor u = causal_conv1d(xz[0], compute(conv_weight), compute(conv_bias), /*silu=*/true);  // SiLU fused
-  auto dbc = split(matmul(u, compute(x_proj_weight), false, true), 2, {R, N, N});
-  Tensor delta = softplus(matmul(dbc[0], compute(dt_proj_weight), false, true) + compute(dt_proj_bias));
+  auto dbc = split(x_proj->forward(u), 2, {R, N, N});
+  Tensor delta = softplus(dt_proj->forward(dbc[0]));
   Tensor A = compute(-exp(A_log));
   Tensor y = selective_scan(u, delta, A, dbc[1], dbc[2], compute(D), /*z=*/xz[1]);  // gated by SiLU(z), fused
-  return matmul(y, compute(out_proj_weight), false, true);
+  return out_proj->forward(y);
 }
 
 Tensor MambaMixer::step(const Tensor& x, MambaState& st) const {
   using ops::Unary;
   const int64_t B = x.size(0), Di = d_inner, N = d_state, K = d_conv, R = dt_rank;
-  Tensor xz = ops::matmul(x, in_proj_weight, false, true);  // (B, 1, 2 Di)
+  Tensor xz = ops::linear(x, in_proj->weight, {});  // (B, 1, 2 Di)
   Tensor xs = ops::narrow(xz, 2, 0, Di), z = ops::narrow(xz, 2, Di, Di);
   // The conv over the window of the last K inputs; its last row is this position's output.
   Tensor window = K > 1 ? ops::cat({st.conv, xs}, 1) : ops::contiguous(xs);  // (B, K, Di)
   Tensor conv = ops::narrow(ops::causal_conv1d(window, conv_weight, conv_bias), 1, K - 1, 1);
   if (K > 1) st.conv = ops::contiguous(ops::narrow(window, 1, 1, K - 1));
   Tensor u = ops::reshape(ops::unary(Unary::Silu, conv), {B, Di});
-  Tensor dbc = ops::reshape(ops::matmul(u, x_proj_weight, false, true), {B, R + 2 * N});
+  Tensor dbc = ops::linear(u, x_proj->weight, {});  // (B, R + 2N)
   Tensor dt_low = ops::narrow(dbc, 1, 0, R);
   Tensor Bm = ops::unsqueeze(ops::narrow(dbc, 1, R, N), 1), Cm = ops::unsqueeze(ops::narrow(dbc, 1, R + N, N), 1);
-  Tensor delta = ops::unary(Unary::Softplus, ops::add(ops::matmul(dt_low, dt_proj_weight, false, true), dt_proj_bias));
+  Tensor delta = ops::unary(Unary::Softplus, ops::linear(dt_low, dt_proj->weight, dt_proj->bias));
   Tensor A = ops::unary(Unary::Neg, ops::unary(Unary::Exp, A_log));                        // (Di, N)
   Tensor delta_c = ops::unsqueeze(delta, 2), dtu = ops::unsqueeze(ops::mul(delta, u), 2);  // (B, Di, 1)
   // h = exp(delta A) h + (delta u) B;  y = sum_n C h + D u.
   st.ssm = ops::add(ops::mul(ops::unary(Unary::Exp, ops::mul(delta_c, A)), st.ssm), ops::mul(dtu, Bm));
   Tensor y = ops::add(ops::sum(ops::mul(st.ssm, Cm), {2}), ops::mul(u, D));  // (B, Di)
   Tensor gated = ops::mul(ops::reshape(y, {B, 1, Di}), ops::unary(Unary::Silu, z));
-  return ops::matmul(gated, out_proj_weight, false, true);
+  return ops::linear(gated, out_proj->weight, {});
 }
 
 MambaBlock::MambaBlock(const MambaOptions& opt, Generator& gen, TensorOptions topt) : options(opt) {

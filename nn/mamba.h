@@ -27,7 +27,8 @@ struct MambaState : DecodeState {
 
 // The mixer alone (no norm, no residual). Its parameters are named like the
 // reference implementation: in_proj.weight, conv1d.weight, conv1d.bias, x_proj.weight,
-// dt_proj.weight, dt_proj.bias, A_log, D, out_proj.weight.
+// dt_proj.weight, dt_proj.bias, A_log, D, out_proj.weight. The four projections are
+// nn::Linear layers (one node each; dt_proj's bias is added in the GEMM epilogue on CUDA).
 class MambaMixer : public Module {
  public:
   MambaMixer(const MambaOptions& opt, Generator& gen, TensorOptions topt = {});
@@ -36,13 +37,13 @@ class MambaMixer : public Module {
   Tensor step(const Tensor& x, MambaState& st) const;
 
   int64_t d_model, d_inner, d_state, d_conv, dt_rank;
-  Tensor in_proj_weight;                // (2 Di, D)
-  Tensor conv_weight, conv_bias;        // (Di, K), (Di)
-  Tensor x_proj_weight;                 // (R + 2N, Di)
-  Tensor dt_proj_weight, dt_proj_bias;  // (Di, R), (Di)
-  Tensor A_log;                         // (Di, N)
-  Tensor D;                             // (Di)
-  Tensor out_proj_weight;               // (D, Di)
+  std::shared_ptr<Linear> in_proj;   // D -> 2 Di, no bias
+  Tensor conv_weight, conv_bias;     // (Di, K), (Di)
+  std::shared_ptr<Linear> x_proj;    // Di -> R + 2N, no bias
+  std::shared_ptr<Linear> dt_proj;   // R -> Di, with bias
+  Tensor A_log;                      // (Di, N)
+  Tensor D;                          // (Di)
+  std::shared_ptr<Linear> out_proj;  // Di -> D, no bias
 };
 
 class MambaBlock : public Block {

@@ -56,13 +56,13 @@ nn::MambaOptions tiny_options() { return {.d_model = 8, .expand = 2, .d_state = 
 void perturb_parameters(nn::MambaBlock& block, Generator& g) {
   autograd::NoGradGuard no_grad;
   auto& m = *block.mixer;
-  ops::fill_(m.dt_proj_bias, 0.0);  // delta ~ softplus(0) ~ 0.7
+  ops::fill_(m.dt_proj->bias, 0.0);  // delta ~ softplus(0) ~ 0.7
   for (const auto& p : block.named_parameters()) {
     Tensor noise = normal(p.tensor->shape(), 0.0, 0.1, g, {DType::F64});
     ops::add_(*p.tensor, noise);
   }
-  ops::add_(m.x_proj_weight, normal(m.x_proj_weight.shape(), 0.0, 0.4, g, {DType::F64}));
-  ops::add_(m.out_proj_weight, normal(m.out_proj_weight.shape(), 0.0, 0.3, g, {DType::F64}));
+  ops::add_(m.x_proj->weight, normal(m.x_proj->weight.shape(), 0.0, 0.4, g, {DType::F64}));
+  ops::add_(m.out_proj->weight, normal(m.out_proj->weight.shape(), 0.0, 0.3, g, {DType::F64}));
 }
 }  // namespace
 
@@ -258,12 +258,11 @@ TEST_CASE("MambaBlock parameter names, count, weight decay and initialisation") 
   Generator g(19);
   nn::MambaBlock block({.d_model = 8}, g);  // expand 2, d_state 16, d_conv 4
   const std::vector<std::pair<std::string, bool>> expected{
-      {"norm.weight", false},         {"norm.bias", false},
-      {"mixer.in_proj.weight", true}, {"mixer.conv1d.weight", true},
-      {"mixer.conv1d.bias", false},   {"mixer.x_proj.weight", true},
-      {"mixer.dt_proj.weight", true}, {"mixer.dt_proj.bias", false},
-      {"mixer.A_log", false},         {"mixer.D", false},
-      {"mixer.out_proj.weight", true}};
+      // A module's own tensors come before its sub-modules' (the Linear projections).
+      {"norm.weight", false},         {"norm.bias", false},           {"mixer.conv1d.weight", true},
+      {"mixer.conv1d.bias", false},   {"mixer.A_log", false},         {"mixer.D", false},
+      {"mixer.in_proj.weight", true}, {"mixer.x_proj.weight", true},  {"mixer.dt_proj.weight", true},
+      {"mixer.dt_proj.bias", false},  {"mixer.out_proj.weight", true}};
   auto params = block.named_parameters();
   REQUIRE(params.size() == expected.size());
   for (size_t i = 0; i < params.size(); ++i) {
@@ -277,10 +276,10 @@ TEST_CASE("MambaBlock parameter names, count, weight decay and initialisation") 
   CHECK(count == 1312);
   CHECK(block.parameter_count() == count);
   CHECK(block.mixer->conv_weight.shape() == Shape{16, 4});
-  CHECK(block.mixer->dt_proj_weight.shape() == Shape{16, 1});
+  CHECK(block.mixer->dt_proj->weight.shape() == Shape{16, 1});
 
   // softplus(dt bias) lies in [0.001, 0.1].
-  for (double b : block.mixer->dt_proj_bias.to_vector<double>()) {
+  for (double b : block.mixer->dt_proj->bias.to_vector<double>()) {
     const double dt = std::log1p(std::exp(b));
     CHECK(dt >= 0.001 * (1 - 1e-6));
     CHECK(dt <= 0.1 * (1 + 1e-6));
@@ -291,7 +290,7 @@ TEST_CASE("MambaBlock parameter names, count, weight decay and initialisation") 
   for (double d : block.mixer->D.to_vector<double>()) CHECK(d == 1.0);
   for (double b : block.mixer->conv_bias.to_vector<double>()) CHECK(b == 0.0);
   for (double w : block.mixer->conv_weight.to_vector<double>()) CHECK(std::abs(w) <= 0.5);
-  for (double w : block.mixer->dt_proj_weight.to_vector<double>()) CHECK(std::abs(w) <= 1.0);
+  for (double w : block.mixer->dt_proj->weight.to_vector<double>()) CHECK(std::abs(w) <= 1.0);
 }
 
 TEST_CASE("Mamba ops report bad shapes") {
