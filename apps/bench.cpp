@@ -20,7 +20,7 @@ namespace {
 struct Flags {
   std::string model = "sessa", preset = "small", device = "auto", dtype = "fp32";
   int64_t batch = 16, seq_len = 1024, warmup = 3, steps = 10, layers = 0, vocab = 50304;
-  bool zero1 = false;
+  bool zero1 = false, count_params = false;
 };
 
 data::Batch random_batch(int64_t B, int64_t T, int64_t vocab, Generator& gen) {
@@ -35,11 +35,15 @@ data::Batch random_batch(int64_t B, int64_t T, int64_t vocab, Generator& gen) {
 }
 
 int run(const Flags& f, dist::World& world) {
+  nn::ModelConfig config = nn::preset(f.model, f.preset, f.vocab);
+  if (f.layers > 0) config.n_layers = f.layers;
+  if (f.count_params) {  // the exact count, e.g. for bench/torch_models.py --check-params
+    if (world.rank() == 0) std::printf("%ld\n", long(parameter_count(config)));
+    return 0;
+  }
   const Device device = dist::device_for_rank(world, f.device);
   const DType dtype = dtype_from_name(f.dtype);
   SESSA_CHECK(dtype == DType::F32 || device.is_cuda(), "--dtype", "bf16 mixed precision needs --device cuda");
-  nn::ModelConfig config = nn::preset(f.model, f.preset, f.vocab);
-  if (f.layers > 0) config.n_layers = f.layers;
   auto model = build_model(config, 1, {DType::F32, device});
   nn::TrainerOptions topt{.compute_dtype = dtype};
   dist::enable_data_parallel(topt, world, device, f.zero1);
@@ -59,7 +63,7 @@ int run(const Flags& f, dist::World& world) {
   const double median = ms[ms.size() / 2];
   const double tokens = double(f.batch * f.seq_len * world.size()), tps = tokens / (median / 1e3);
   const double peak = nn::device_peak_flops(device, dtype) * world.size();
-  const double mfu = peak > 0 ? nn::train_flops_per_token(config, f.seq_len) * tps / peak : 0;
+  const double mfu = peak > 0 ? train_flops_per_token(config, f.seq_len) * tps / peak : 0;
   double peak_gib = 0;
   if (device.is_cuda()) SESSA_CUDA_CALL(peak_gib = double(cuda::peak_memory(device.index)) / double(1ull << 30));
   if (world.rank() != 0) return 0;  // rank 0 reports for the job (its peak memory stands for each GPU)
@@ -78,8 +82,8 @@ int main(int argc, char** argv) {
   dist::World world(&argc, &argv);
   Flags f;
   CLI::App app{"Time full training steps of a model on random tokens."};
-  app.add_option("--model", f.model, "sessa, transformer or mamba")
-      ->check(CLI::IsMember({"sessa", "transformer", "mamba"}))
+  app.add_option("--model", f.model, "Model family, one of\n" + nn::family_help())
+      ->check(CLI::IsMember(nn::family_names()))
       ->capture_default_str();
   app.add_option("--preset", f.preset, "tiny, small or medium")
       ->check(CLI::IsMember(nn::preset_names()))
@@ -97,6 +101,7 @@ int main(int argc, char** argv) {
   app.add_option("--device", f.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", f.dtype, "fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
   app.add_flag("--zero1", f.zero1, "Under mpirun: shard the optimizer state over the ranks (ZeRO stage 1)");
+  app.add_flag("--count-params", f.count_params, "Print the model's exact parameter count and exit (no training)");
   CLI11_PARSE(app, argc, argv);
   return dist::run_reporting_errors(world, "bench", [&] { return run(f, world); });
 }

@@ -79,10 +79,11 @@ nn::ModelConfig config_from_flags(const Flags& f) {
   c.validate();
   if (!f.match_params.empty()) {
     nn::ModelConfig reference = c;
-    reference.family = f.match_params;
-    c = nn::match_parameters(c, nn::parameter_count(reference));
-    std::printf("matched to %s (%.2fM parameters): %ld layers\n", f.match_params.c_str(),
-                double(nn::parameter_count(reference)) / 1e6, long(c.n_layers));
+    reference.family = nn::family_from_name(f.match_params);
+    const int64_t target = parameter_count(reference);
+    c = match_parameters(c, target);
+    std::printf("matched to %s (%.2fM parameters): %ld layers\n", f.match_params.c_str(), double(target) / 1e6,
+                long(c.n_layers));
   }
   return c;
 }
@@ -261,7 +262,7 @@ int run(Flags f, const std::function<bool(const char*)>& given, dist::World& wor
   }
 
   const int64_t tokens_per_step = f.batch * f.seq_len * f.accum * world.size();
-  const double flops_per_step = nn::train_flops_per_token(config, f.seq_len) * double(tokens_per_step);
+  const double flops_per_step = train_flops_per_token(config, f.seq_len) * double(tokens_per_step);
   const double peak = nn::device_peak_flops(device, dtype) * world.size();
   std::printf("model   %s | %.2fM parameters | %s %s\n", config.summary().c_str(),
               double(model->parameter_count()) / 1e6, device.str().c_str(), dtype_name(dtype));
@@ -359,10 +360,10 @@ int main(int argc, char** argv) {
   // errors still reach stderr, naming the rank).
   if (world->rank() != 0 && !std::freopen("/dev/null", "w", stdout)) return 1;
   Flags f;
-  CLI::App app{"Train a Sessa, Transformer or Mamba language model on token shards (see README.md)."};
+  CLI::App app{"Train a language model (" + nn::family_list() + ") on token shards (see README.md)."};
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated flag: the last wins
-  app.add_option("--model", f.model, "Model family")
-      ->check(CLI::IsMember({"sessa", "transformer", "mamba"}))
+  app.add_option("--model", f.model, "Model family, one of\n" + nn::family_help())
+      ->check(CLI::IsMember(nn::family_names()))
       ->capture_default_str();
   app.add_option("--preset", f.preset, "Size preset: tiny, small (GPT-2 small scale), medium (~350M)")
       ->check(CLI::IsMember(nn::preset_names()))
@@ -373,9 +374,10 @@ int main(int argc, char** argv) {
   app.add_option("--kv-heads", f.kv_heads, "Key/value heads for grouped-query attention (0: same as --heads)");
   app.add_option("--vocab", f.vocab, "Vocabulary size (257 for byte-level data, 50304 for GPT-2 shards)")
       ->capture_default_str();
-  app.add_option("--match-params", f.match_params,
-                 "Pick the layer count to match this family's parameter count at the same preset")
-      ->check(CLI::IsMember({"sessa", "transformer", "mamba"}));
+  app.add_option(
+         "--match-params", f.match_params,
+         "Pick the layer count to match this family's parameter count at the same preset (" + nn::family_list() + ")")
+      ->check(CLI::IsMember(nn::family_names()));
   app.add_option("--data", f.data,
                  "Training shards: files, globs (comma-separated), or a directory holding train.bin/val.bin (required "
                  "unless --resume)");

@@ -53,31 +53,6 @@ class Config:
         return self.n_kv_heads if self.n_kv_heads > 0 else self.n_heads
 
 
-def expected_parameter_count(c):
-    """The closed form of nn::parameter_count (nn/config.cpp)."""
-    D, V = c.d_model, c.vocab_size
-    norm = 2 * D
-
-    def linear(i, o, bias):
-        return i * o + (o if bias else 0)
-
-    if c.family == "mamba":
-        Di, N, R = c.mamba_expand * D, c.mamba_d_state, (D + 15) // 16
-        per_layer = (norm + linear(D, 2 * Di, False) + Di * c.mamba_d_conv + Di + linear(Di, R + 2 * N, False)
-                     + linear(R, Di, True) + Di * N + Di + linear(Di, D, False))
-    else:
-        kv = c.kv_heads * (D // c.n_heads)
-        attn_in = linear(D, D, True) + 2 * linear(D, kv, True)
-        if c.family == "transformer":
-            per_layer = (2 * norm + attn_in + linear(D, D, True) + linear(D, 4 * D, True)
-                         + linear(4 * D, D, True))
-        else:
-            out_proj = linear(D, D, False) if c.n_heads > 1 else 0
-            per_layer = (norm + linear(D, 2 * D, True) + attn_in + out_proj + linear(D, 2 * D, True)
-                         + linear(D, 1, False) + 1 + linear(D, D, True))
-    return V * D + c.n_layers * per_layer + norm
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -425,7 +400,9 @@ def main():
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (default mode); compilation happens in the warm-up steps")
-    p.add_argument("--check-params", action="store_true", help="print the parameter count and exit (no GPU)")
+    p.add_argument("--check-params", type=int, metavar="EXPECTED", default=None,
+                   help="print the parameter count and exit (no GPU); fail unless it equals EXPECTED, the "
+                        "engine's exact count: build/apps/bench --count-params with the same --model/--preset/--layers")
     args = p.parse_args()
     if args.compile:
         args.warmup = max(args.warmup, 3)  # the first compiled steps compile (and may recompile once)
@@ -433,12 +410,11 @@ def main():
         p.error("--steps, --batch and --seq-len must be positive and --warmup non-negative")
 
     c = config_from_args(args)
-    if args.check_params:
+    if args.check_params is not None:
         n = sum(q.numel() for q in build_model(c).parameters())
         print(n)
-        want = expected_parameter_count(c)
-        if n != want:
-            print(f"torch_models: parameter count {n} differs from nn::parameter_count's {want}", file=sys.stderr)
+        if n != args.check_params:
+            print(f"torch_models: parameter count {n} differs from the engine's {args.check_params}", file=sys.stderr)
             return 1
         return 0
 

@@ -16,6 +16,10 @@ LanguageModel::LanguageModel(const ModelConfig& config, Generator& gen, const Bl
   norm_f = register_module("norm_f", std::make_shared<LayerNorm>(config.d_model, 1e-5, topt));
 }
 
+int64_t LanguageModel::own_parameter_count(const ModelConfig& c) {
+  return c.vocab_size * c.d_model + 2 * c.d_model;  // embedding (V, D); norm_f weight and bias (D)
+}
+
 void LanguageModel::check_ids(const Tensor& ids, const char* op) const {
   SESSA_CHECK(ids.dtype() == DType::I32, op, "token ids must be int32, got " << ids.str());
 }

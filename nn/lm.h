@@ -27,6 +27,9 @@ class LanguageModel : public Module {
   Tensor step(const Tensor& ids, std::vector<std::unique_ptr<DecodeState>>& states);  // (B) -> logits (B, V)
 
   const ModelConfig& config() const { return config_; }
+  // The parameters outside the blocks (embedding and final norm), as the constructor
+  // registers them; the blocks' are counted from a built block (sessa/model.h).
+  static int64_t own_parameter_count(const ModelConfig& config);
   Device device() const { return embedding.device(); }
 
   Tensor embedding;  // (V, D)

@@ -1,5 +1,10 @@
 #include "sessa/model.h"
 
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+
 #include "nn/mamba.h"
 #include "nn/transformer.h"
 #include "sessa/layer.h"
@@ -24,11 +29,9 @@ class SessaBlock : public nn::Block {
 };
 }  // namespace
 
-std::shared_ptr<nn::LanguageModel> build_model(const nn::ModelConfig& c, uint64_t seed, TensorOptions topt) {
-  c.validate();
-  Generator gen(seed);
-  nn::BlockFactory make_block = [&](int64_t) -> std::shared_ptr<nn::Block> {
-    if (c.family == "sessa")
+std::shared_ptr<nn::Block> build_block(const nn::ModelConfig& c, int64_t, Generator& gen, TensorOptions topt) {
+  switch (c.family) {
+    case nn::Family::sessa:
       return std::make_shared<SessaBlock>(SessaOptions{.d_model = c.d_model,
                                                        .n_heads = c.n_heads,
                                                        .n_kv_heads = c.n_kv_heads,
@@ -36,21 +39,65 @@ std::shared_ptr<nn::LanguageModel> build_model(const nn::ModelConfig& c, uint64_
                                                        .gamma_max = c.gamma_max,
                                                        .n_layers = c.n_layers},
                                           gen, topt);
-    if (c.family == "transformer")
+    case nn::Family::transformer:
       return std::make_shared<nn::TransformerBlock>(nn::TransformerOptions{.d_model = c.d_model,
                                                                            .n_heads = c.n_heads,
                                                                            .n_kv_heads = c.n_kv_heads,
                                                                            .rope = c.rope,
                                                                            .n_layers = c.n_layers},
                                                     gen, topt);
-    return std::make_shared<nn::MambaBlock>(nn::MambaOptions{.d_model = c.d_model,
-                                                             .expand = c.mamba_expand,
-                                                             .d_state = c.mamba_d_state,
-                                                             .d_conv = c.mamba_d_conv,
-                                                             .n_layers = c.n_layers},
-                                            gen, topt);
-  };
+    case nn::Family::mamba:
+      return std::make_shared<nn::MambaBlock>(nn::MambaOptions{.d_model = c.d_model,
+                                                               .expand = c.mamba_expand,
+                                                               .d_state = c.mamba_d_state,
+                                                               .d_conv = c.mamba_d_conv,
+                                                               .n_layers = c.n_layers},
+                                              gen, topt);
+  }
+  SESSA_FAIL("build_block", "no block for model family value " << int(c.family));
+}
+
+std::shared_ptr<nn::LanguageModel> build_model(const nn::ModelConfig& c, uint64_t seed, TensorOptions topt) {
+  c.validate();
+  Generator gen(seed);
+  nn::BlockFactory make_block = [&](int64_t layer) { return build_block(c, layer, gen, topt); };
   return std::make_shared<nn::LanguageModel>(c, gen, make_block, topt);
+}
+
+namespace {
+// Builds one block on the CPU and counts it (about 0.1 s at D = 1024). Remembered per
+// block shape, since --match-params, FLOP counts and logs ask for the same ones.
+int64_t block_parameter_count(nn::ModelConfig c) {
+  c.validate();
+  c.n_layers = 1, c.vocab_size = 1;  // neither changes a block's parameters
+  static std::mutex mutex;
+  static std::map<std::string, int64_t> counted;
+  const std::string key = c.to_json().dump();
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = counted.find(key);
+  if (it != counted.end()) return it->second;
+  Generator gen(0);
+  return counted[key] = build_block(c, 0, gen, {DType::F32, Device::cpu()})->parameter_count();
+}
+}  // namespace
+
+int64_t parameter_count(const nn::ModelConfig& c) {
+  return nn::LanguageModel::own_parameter_count(c) + c.n_layers * block_parameter_count(c);
+}
+
+nn::ModelConfig match_parameters(nn::ModelConfig c, int64_t target) {
+  const int64_t fixed = nn::LanguageModel::own_parameter_count(c), per_layer = block_parameter_count(c);
+  int64_t best = 1;
+  for (int64_t layers = 2; layers <= 512; ++layers)
+    if (std::abs(fixed + layers * per_layer - target) < std::abs(fixed + best * per_layer - target)) best = layers;
+  c.n_layers = best;
+  return c;
+}
+
+double train_flops_per_token(const nn::ModelConfig& c, int64_t seq_len) {
+  const double matrix_params = double(parameter_count(c));  // embedding counted once: as the head
+  const double attention = 6.0 * double(c.n_layers) * double(c.d_model) * double(seq_len);
+  return 6.0 * matrix_params + double(nn::family_info(c.family).attention_passes) * attention;
 }
 
 }  // namespace sessa

@@ -20,7 +20,7 @@ using sessa::test::max_rel_diff;
 
 namespace {
 
-const std::vector<std::string> kFamilies{"sessa", "transformer", "mamba"};
+const std::vector<std::string> kFamilies = nn::family_names();  // every row of nn/family.h
 
 nn::ModelConfig tiny(const std::string& family, int64_t vocab = 11) {
   nn::ModelConfig c = nn::preset(family, "tiny", vocab);
@@ -54,7 +54,7 @@ TEST_CASE("parameter names follow the module structure; counts match parameter_c
     for (auto& p : model->named_parameters()) names.push_back(p.name);
     CHECK(names.front() == "embedding.weight");
     CHECK(names.back() == "norm_f.bias");
-    CHECK(model->parameter_count() == nn::parameter_count(c));
+    CHECK(model->parameter_count() == parameter_count(c));
     auto has = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
     if (family == "sessa") {
       CHECK(has("layers.1.mixer.proj_fb.weight"));
@@ -68,11 +68,25 @@ TEST_CASE("parameter names follow the module structure; counts match parameter_c
   nn::ModelConfig small = nn::preset("transformer", "small", 50304);
   CHECK(small.n_layers == 12);
   CHECK(small.d_model == 768);
-  int64_t target = nn::parameter_count(small);
-  for (const auto& family : {"sessa", "mamba"}) {
-    nn::ModelConfig m = nn::match_parameters(nn::preset(family, "small", 50304), target);
-    CHECK(std::abs(double(nn::parameter_count(m) - target)) / double(target) < 0.05);
+  int64_t target = parameter_count(small);
+  CHECK(target == 123689472);  // docs/models.md's table
+  CHECK(parameter_count(nn::preset("sessa", "small", 50304)) == 102437388);
+  CHECK(parameter_count(nn::preset("mamba", "small", 50304)) == 83904000);
+  const std::map<std::string, int64_t> matched_layers{{"sessa", 16}, {"mamba", 23}};  // as docs/models.md says
+  for (const auto& [family, layers] : matched_layers) {
+    CAPTURE(family);
+    nn::ModelConfig m = match_parameters(nn::preset(family, "small", 50304), target);
+    CHECK(m.n_layers == layers);
+    CHECK(std::abs(double(parameter_count(m) - target)) / double(target) < 0.05);
   }
+}
+
+TEST_CASE("an unknown model family is refused, listing the valid ones") {
+  check_error([] { nn::preset("rnn", "tiny", 11); }, {"unknown model family 'rnn'", "sessa, transformer, mamba"});
+  data::Json j = tiny("sessa").to_json();
+  j["family"] = "lstm";
+  check_error([&] { nn::ModelConfig::from_json(j); }, {"'lstm'", "sessa, transformer, mamba"});
+  for (const auto& f : nn::families()) CHECK(nn::family_from_name(f.name) == f.id);
 }
 
 TEST_CASE("gradcheck: each whole tiny LM in float64") {
