@@ -152,7 +152,7 @@ Model checkpoint_model(const std::string& path, const Flags& f, TensorOptions to
   };
   fs::path run_path(path);
   if (run_path.filename().empty()) run_path = run_path.parent_path();  // "runs/x/"
-  std::string name = config.family + ":" + run_path.filename().string();
+  std::string name = std::string(nn::family_info(config.family).name) + ":" + run_path.filename().string();
   if (f.layer >= 0) name += ":layer" + std::to_string(f.layer);
   return {name, config.d_model, map, input, {}, "", model};
 }

@@ -105,17 +105,17 @@ MemoryConstruction mamba_decay(const MemoryConstructionOptions& o, TensorOptions
   assign(block->norm->weight, matrix(1, D, [](int64_t, int64_t c) { return c == 0 ? 0.0 : 1.0; }));
   assign(block->norm->bias, matrix(1, D, [](int64_t, int64_t c) { return c == 0 ? 1.0 : 0.0; }));
   // xs channel c < D reads LayerNorm channel c (channel 0: the constant 1); z = 1 everywhere.
-  assign(m.in_proj_weight,
+  assign(m.in_proj->weight,
          matrix(2 * Di, D, [Di](int64_t r, int64_t c) { return r < Di ? delta(r, c) : delta(c, 0); }));
   assign(m.conv_weight, matrix(Di, K, [K](int64_t, int64_t k) { return k == K - 1 ? 1.0 : 0.0; }));
   ops::fill_(m.conv_bias, 0.0);
   // u channel 0 = SiLU(1); B and C read it scaled to 1; dt reads nothing.
   const double u0 = 1.0 / (1.0 + std::exp(-1.0));
-  assign(m.x_proj_weight,
+  assign(m.x_proj->weight,
          matrix(R + 2, Di, [R, u0](int64_t r, int64_t c) { return r >= R && c == 0 ? 1.0 / u0 : 0.0; }));
-  ops::fill_(m.dt_proj_bias, std::log(std::expm1(1.0)));  // softplus(bias) = 1
-  ops::fill_(m.A_log, std::log(-std::log(o.decay)));      // A = -exp(A_log) = log(a)
-  assign(m.out_proj_weight, matrix(D, Di, delta));
+  ops::fill_(m.dt_proj->bias, std::log(std::expm1(1.0)));  // softplus(bias) = 1
+  ops::fill_(m.A_log, std::log(-std::log(o.decay)));       // A = -exp(A_log) = log(a)
+  assign(m.out_proj->weight, matrix(D, Di, delta));
   const double a = o.decay;
   return {"mamba-decay a=" + number(a), block, [a](int64_t i, int64_t j) { return std::pow(a, double(i - j)); },
           "a^l, a per-step factor of " + number(a)};
