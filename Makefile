@@ -10,7 +10,7 @@ BUILD ?= build
 JOBS  ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-DEB_PACKAGES := build-essential cmake clang-format doctest-dev libcli11-dev libopenmpi-dev openmpi-bin fortunes
+DEB_PACKAGES := build-essential cmake clang-format doctest-dev libcli11-dev nlohmann-json3-dev libopenmpi-dev openmpi-bin fortunes
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all build configure test deps demo format clean

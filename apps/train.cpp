@@ -154,23 +154,23 @@ class RunDir {
 // The flags that define a run, saved in every checkpoint so --resume continues
 // with the same schedule, batch and data unless a flag is given again.
 data::Json run_flags(const Flags& f) {
-  data::Json j = data::Json::Object{};
+  data::Json j = data::Json::object();
   j["data"] = f.data, j["val_data"] = f.val_data, j["batch"] = f.batch, j["seq_len"] = f.seq_len;
   j["steps"] = f.steps, j["warmup"] = f.warmup, j["accum"] = f.accum, j["lr"] = f.lr;
   j["weight_decay"] = f.weight_decay, j["grad_clip"] = f.grad_clip, j["seed"] = int64_t(f.seed);
   return j;
 }
 
-void restore_flags(Flags& f, const data::Json& saved, const std::function<bool(const char*)>& given) {
+void restore_flags(Flags& f, const data::JsonFields& saved, const std::function<bool(const char*)>& given) {
   auto take = [&](const char* key, const char* flag, auto& field) {
-    if (given(flag) || !saved.contains(key)) return;
+    if (given(flag) || !saved.has(key)) return;
     using T = std::decay_t<decltype(field)>;
     if constexpr (std::is_same_v<T, std::string>)
-      field = saved.at(key).as_string();
+      field = saved.string(key);
     else if constexpr (std::is_same_v<T, double>)
-      field = saved.at(key).as_double();
+      field = saved.number(key);
     else
-      field = T(saved.at(key).as_int());
+      field = T(saved.integer(key));
   };
   take("data", "--data", f.data), take("val_data", "--val-data", f.val_data), take("batch", "--batch", f.batch);
   take("seq_len", "--seq-len", f.seq_len), take("steps", "--steps", f.steps), take("warmup", "--warmup", f.warmup);
@@ -179,15 +179,15 @@ void restore_flags(Flags& f, const data::Json& saved, const std::function<bool(c
 }
 
 // The number of ranks a checkpoint was written with (1 before data parallelism).
-int64_t saved_world(const data::Json& training) {
-  return training.contains("data_world") ? training.at("data_world").as_int() : 1;
+int64_t saved_world(const data::JsonFields& training) {
+  return training.has("data_world") ? training.integer("data_world", 1) : 1;
 }
 
 // Where the data loader stands, counted in windows of the whole job, so a run can
 // resume with another number of ranks (or micro-batch) as long as it divides.
-int64_t resume_position(const data::Json& training, int64_t batch, int world) {
+int64_t resume_position(const data::JsonFields& training, int64_t batch, int world) {
   const int64_t windows =
-      training.at("data_position").as_int() * training.at("flags").at("batch").as_int() * saved_world(training);
+      training.integer("data_position", 0) * training.object("flags").integer("batch", 1) * saved_world(training);
   SESSA_CHECK(windows % (batch * world) == 0, "--resume",
               "the run consumed " << windows << " windows of its epoch, which do not split into batches of " << batch
                                   << " x " << world
@@ -213,7 +213,7 @@ int run(Flags f, const std::function<bool(const char*)>& given, dist::World& wor
   if (!f.resume.empty()) {
     ckpt = nn::read_checkpoint(nn::resolve_checkpoint(f.resume));
     if (!given("--out")) f.out = fs::is_directory(f.resume) ? f.resume : fs::path(f.resume).parent_path().string();
-    if (ckpt->training.contains("flags")) restore_flags(f, ckpt->training.at("flags"), given);
+    if (ckpt->training_fields().has("flags")) restore_flags(f, ckpt->training_fields().object("flags"), given);
   }
   SESSA_CHECK(!f.data.empty(), "--data", "no training data given");
   if (f.out.empty()) f.out = "runs/" + f.model + "-" + f.preset;
@@ -239,12 +239,13 @@ int run(Flags f, const std::function<bool(const char*)>& given, dist::World& wor
   if (ckpt) {
     nn::load_parameters(*ckpt, *model);
     trainer.load_optimizer_state(*ckpt);
-    start_step = ckpt->training.at("step").as_int();
-    train_loader.seek(uint64_t(ckpt->training.at("data_epoch").as_int()),
-                      uint64_t(resume_position(ckpt->training, f.batch, world.size())));
+    const data::JsonFields training = ckpt->training_fields();
+    start_step = training.integer("step", 0);
+    train_loader.seek(uint64_t(training.integer("data_epoch", 0)),
+                      uint64_t(resume_position(training, f.batch, world.size())));
     std::printf("resumed from %s at step %ld\n", ckpt->path.c_str(), long(start_step));
-    const data::Json& saved = ckpt->training.at("flags");
-    const int64_t saved_global = saved.at("batch").as_int() * saved.at("accum").as_int() * saved_world(ckpt->training);
+    const data::JsonFields saved = training.object("flags");
+    const int64_t saved_global = saved.integer("batch", 1) * saved.integer("accum", 1) * saved_world(training);
     if (saved_global != f.batch * f.accum * world.size())
       std::printf("note: the global batch changes from %ld to %ld sequences per step\n", long(saved_global),
                   long(f.batch * f.accum * world.size()));
@@ -274,7 +275,7 @@ int run(Flags f, const std::function<bool(const char*)>& given, dist::World& wor
   std::printf("output  %s\n", f.out.c_str());
 
   auto training_state = [&](int64_t step) {
-    data::Json t = data::Json::Object{};
+    data::Json t = data::Json::object();
     t["step"] = step;
     t["data_epoch"] = int64_t(train_loader.epoch());
     t["data_position"] = int64_t(train_loader.position());

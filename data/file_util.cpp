@@ -9,7 +9,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <stdexcept>
+
+#include "tensor/error.h"
 
 namespace sessa::data {
 
@@ -42,7 +43,7 @@ AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)), t
 AtomicFileWriter::~AtomicFileWriter() { discard(); }
 
 void AtomicFileWriter::fail(const std::string& action, int error_number) const {
-  throw std::runtime_error("cannot write '" + path_ + "': " + action + " failed: " + std::strerror(error_number));
+  throw Error("cannot write " + path_ + ": " + action + " failed: " + std::strerror(error_number));
 }
 
 void AtomicFileWriter::fail_and_discard(const std::string& action) {
@@ -59,7 +60,7 @@ void AtomicFileWriter::discard() {
 }
 
 void AtomicFileWriter::write(const void* data, size_t size) {
-  if (fd_ < 0) throw std::runtime_error("cannot write '" + path_ + "': writer is closed");
+  if (fd_ < 0) throw Error("cannot write " + path_ + ": writer is closed");
   const auto* bytes = static_cast<const char*>(data);
   while (size > 0) {
     const ssize_t written = ::write(fd_, bytes, size);
@@ -71,7 +72,7 @@ void AtomicFileWriter::write(const void* data, size_t size) {
 }
 
 void AtomicFileWriter::commit() {
-  if (fd_ < 0) throw std::runtime_error("cannot write '" + path_ + "': writer is closed");
+  if (fd_ < 0) throw Error("cannot write " + path_ + ": writer is closed");
   if (::fsync(fd_) != 0) fail_and_discard("fsync");
   const int fd = fd_;
   fd_ = -1;

@@ -10,8 +10,8 @@ namespace sessa::data {
 
 // Streams bytes into a temporary file; commit() publishes it at `path`.
 // If commit() is never reached (error or exception) the temporary file is
-// removed and `path` is left untouched. All errors throw std::runtime_error
-// naming `path`.
+// removed and `path` is left untouched. All errors throw sessa::Error naming
+// `path`.
 class AtomicFileWriter {
  public:
   explicit AtomicFileWriter(std::string path);

@@ -7,7 +7,8 @@
 #include <algorithm>
 #include <numeric>
 #include <random>
-#include <stdexcept>
+
+#include "tensor/error.h"
 
 namespace sessa::data {
 
@@ -39,10 +40,8 @@ void glob_into(const std::string& pattern, std::vector<std::string>& out) {
   const int rc = ::glob(pattern.c_str(), 0, nullptr, &g);
   if (rc == 0) out.insert(out.end(), g.gl_pathv, g.gl_pathv + g.gl_pathc);
   ::globfree(&g);
-  if (rc == GLOB_NOMATCH) {
-    throw std::runtime_error("no files match '" + pattern + "'");
-  }
-  if (rc != 0) throw std::runtime_error("glob failed for '" + pattern + "'");
+  SESSA_CHECK(rc != GLOB_NOMATCH, "data path", "no files match '" << pattern << "'");
+  SESSA_CHECK(rc == 0, "data path", "cannot expand '" << pattern << "' (glob error " << rc << ")");
 }
 
 // Unbiased integer in [0, n) by rejection sampling; spelled out (rather than
@@ -66,7 +65,8 @@ void fisher_yates(std::vector<uint64_t>& v, std::mt19937_64& rng) {
 
 std::vector<std::string> expand_paths(const std::string& spec) {
   const std::vector<std::string> items = split_commas(spec);
-  if (items.empty()) throw std::runtime_error("empty data path spec '" + spec + "'");
+  SESSA_CHECK(!items.empty(), "data path",
+              "'" << spec << "' names no files (expected files or globs, comma-separated)");
   std::vector<std::string> paths;
   for (const std::string& item : items) glob_into(item, paths);
   std::sort(paths.begin(), paths.end());
@@ -76,7 +76,7 @@ std::vector<std::string> expand_paths(const std::string& spec) {
 
 TokenLoader::TokenLoader(const std::vector<std::string>& paths, const LoaderConfig& config) : config_(config) {
   validate_config();
-  if (paths.empty()) throw std::runtime_error("TokenLoader: no shard paths given");
+  SESSA_CHECK(!paths.empty(), "TokenLoader", "no shard paths given");
   open_shards(paths);
   check_enough_windows();
   start_epoch(0);
@@ -84,14 +84,10 @@ TokenLoader::TokenLoader(const std::vector<std::string>& paths, const LoaderConf
 
 void TokenLoader::validate_config() const {
   const LoaderConfig& c = config_;
-  if (c.batch <= 0 || c.seq_len <= 0) {
-    throw std::runtime_error("TokenLoader: batch (" + std::to_string(c.batch) + ") and seq_len (" +
-                             std::to_string(c.seq_len) + ") must be positive");
-  }
-  if (c.world <= 0 || c.rank < 0 || c.rank >= c.world) {
-    throw std::runtime_error("TokenLoader: rank " + std::to_string(c.rank) +
-                             " is not in [0, world=" + std::to_string(c.world) + ")");
-  }
+  SESSA_CHECK(c.batch > 0 && c.seq_len > 0, "TokenLoader",
+              "batch (" << c.batch << ") and seq_len (" << c.seq_len << ") must be positive");
+  SESSA_CHECK(c.world > 0 && c.rank >= 0 && c.rank < c.world, "TokenLoader",
+              "rank " << c.rank << " is not in [0, world=" << c.world << ")");
 }
 
 // Window starts are multiples of T with start + T + 1 <= size, so a shard of
@@ -110,11 +106,10 @@ void TokenLoader::open_shards(const std::vector<std::string>& paths) {
 void TokenLoader::check_enough_windows() const {
   if (batches_per_epoch() > 0) return;
   const uint64_t B = uint64_t(config_.batch), W = uint64_t(config_.world);
-  throw std::runtime_error("TokenLoader: " + std::to_string(total_windows()) +
-                           " windows of seq_len+1=" + std::to_string(config_.seq_len + 1) + " tokens in " +
-                           std::to_string(shards_.size()) + " shard(s) give each of " + std::to_string(W) +
-                           " rank(s) " + std::to_string(total_windows() / W) + " window(s), but one batch needs " +
-                           std::to_string(B) + " per rank: at least " + std::to_string(B * W) + " windows are needed");
+  SESSA_FAIL("TokenLoader", total_windows() << " windows of seq_len+1=" << config_.seq_len + 1 << " tokens in "
+                                            << shards_.size() << " shard(s) give each of " << W << " rank(s) "
+                                            << total_windows() / W << " window(s), but one batch needs " << B
+                                            << " per rank: at least " << B * W << " windows are needed");
 }
 
 uint64_t TokenLoader::windows_per_rank() const {
@@ -150,10 +145,8 @@ void TokenLoader::start_epoch(uint64_t epoch) {
 }
 
 void TokenLoader::seek(uint64_t epoch, uint64_t position) {
-  if (position >= batches_per_epoch()) {
-    throw std::runtime_error("TokenLoader::seek: position " + std::to_string(position) +
-                             " is not below batches_per_epoch " + std::to_string(batches_per_epoch()));
-  }
+  SESSA_CHECK(position < batches_per_epoch(), "TokenLoader::seek",
+              "position " << position << " is not below batches_per_epoch " << batches_per_epoch());
   if (epoch != epoch_) start_epoch(epoch);
   position_ = position;
 }

@@ -8,12 +8,12 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
-#include <stdexcept>
 #include <string_view>
 #include <unordered_set>
 
 #include "data/file_util.h"
-#include "data/json.h"
+#include "data/json_fields.h"
+#include "tensor/error.h"
 
 namespace sessa::data {
 
@@ -42,6 +42,19 @@ constexpr std::array<std::pair<std::string_view, size_t>, 15> kDtypeSizes = {{
     {"F64", 8},
 }};
 
+std::optional<size_t> dtype_size_or_none(std::string_view dtype) {
+  for (const auto& [name, size] : kDtypeSizes) {
+    if (name == dtype) return size;
+  }
+  return std::nullopt;
+}
+
+std::string dtype_list() {
+  std::string list;
+  for (const auto& [name, size] : kDtypeSizes) list += (list.empty() ? "" : ", ") + std::string(name);
+  return list;
+}
+
 // Location and type of one tensor as described by the header.
 struct TensorDescriptor {
   std::string name;
@@ -51,8 +64,10 @@ struct TensorDescriptor {
   uint64_t end = 0;
 };
 
+std::string file_label(const std::string& path) { return "safetensors " + path; }
+
 [[noreturn]] void fail(const std::string& path, const std::string& message) {
-  throw std::runtime_error("safetensors '" + path + "': " + message);
+  throw Error(file_label(path) + ": " + message);
 }
 
 std::string tensor_label(std::string_view name) { return "tensor '" + std::string(name) + "'"; }
@@ -78,14 +93,17 @@ std::optional<uint64_t> byte_count(const std::vector<int64_t>& shape, size_t ele
   return count;
 }
 
-// Checks that `actual_bytes` matches shape and dtype; throws a plain message.
-void check_byte_count(const std::vector<int64_t>& shape, const std::string& dtype, uint64_t actual_bytes) {
-  const std::optional<uint64_t> expected = byte_count(shape, safetensors_dtype_size(dtype));
-  if (!expected) throw std::runtime_error("invalid shape " + shape_to_string(shape));
-  if (*expected != actual_bytes) {
-    throw std::runtime_error("has " + std::to_string(actual_bytes) + " bytes but shape " + shape_to_string(shape) +
-                             " of " + dtype + " needs " + std::to_string(*expected));
-  }
+// Checks that `actual_bytes` matches shape and dtype; `what` names the tensor.
+void check_byte_count(const std::string& what, const std::vector<int64_t>& shape, const std::string& dtype,
+                      uint64_t actual_bytes) {
+  const std::optional<size_t> element_size = dtype_size_or_none(dtype);
+  SESSA_CHECK(element_size, what,
+              "unknown safetensors dtype '" << dtype << "' (expected one of " << dtype_list() << ")");
+  const std::optional<uint64_t> expected = byte_count(shape, *element_size);
+  SESSA_CHECK(expected, what, "invalid shape " << shape_to_string(shape) << " (negative or too large)");
+  SESSA_CHECK(*expected == actual_bytes, what,
+              "has " << actual_bytes << " bytes but shape " << shape_to_string(shape) << " of " << dtype << " needs "
+                     << *expected);
 }
 
 // ---- writing ----
@@ -95,11 +113,7 @@ void validate_entries(const std::string& path, const std::vector<StEntry>& entri
   for (const StEntry& entry : entries) {
     if (entry.name == kMetadataKey) fail(path, "tensor name '__metadata__' is reserved");
     if (!names.insert(entry.name).second) fail(path, "duplicate " + tensor_label(entry.name));
-    try {
-      check_byte_count(entry.shape, entry.dtype, entry.bytes.size());
-    } catch (const std::runtime_error& error) {
-      fail(path, tensor_label(entry.name) + ": " + error.what());
-    }
+    check_byte_count(file_label(path) + ": " + tensor_label(entry.name), entry.shape, entry.dtype, entry.bytes.size());
   }
   std::unordered_set<std::string> keys;
   for (const auto& [key, value] : metadata) {
@@ -107,23 +121,19 @@ void validate_entries(const std::string& path, const std::vector<StEntry>& entri
   }
 }
 
-std::string build_header(const std::vector<StEntry>& entries, const StMetadata& metadata) {
-  Json::Object header;
+std::string build_header(const std::string& path, const std::vector<StEntry>& entries, const StMetadata& metadata) {
+  Json header = Json::object();
   if (!metadata.empty()) {
-    Json::Object metadata_object;
-    for (const auto& [key, value] : metadata) metadata_object.emplace_back(key, value);
-    header.emplace_back(std::string(kMetadataKey), std::move(metadata_object));
+    Json& metadata_object = header[std::string(kMetadataKey)] = Json::object();
+    for (const auto& [key, value] : metadata) metadata_object[key] = value;
   }
   uint64_t offset = 0;
   for (const StEntry& entry : entries) {
-    Json::Array shape(entry.shape.begin(), entry.shape.end());
     const uint64_t end = offset + entry.bytes.size();
-    header.emplace_back(
-        entry.name,
-        Json::Object{{"dtype", entry.dtype}, {"shape", std::move(shape)}, {"data_offsets", Json::Array{offset, end}}});
+    header[entry.name] = {{"dtype", entry.dtype}, {"shape", entry.shape}, {"data_offsets", {offset, end}}};
     offset = end;
   }
-  std::string text = Json(std::move(header)).dump();
+  std::string text = dump_json(header, file_label(path) + ": header");
   text.append((kHeaderAlignment - text.size() % kHeaderAlignment) % kHeaderAlignment, ' ');
   return text;
 }
@@ -142,41 +152,32 @@ uint64_t decode_u64_le(const std::array<uint8_t, kHeaderLengthBytes>& bytes) {
   return value;
 }
 
-StMetadata parse_metadata(const Json& json) {
+StMetadata parse_metadata(const JsonFields& fields, const Json& json) {
   StMetadata metadata;
-  for (const auto& [key, value] : json.as_object()) {
-    if (!value.is_string()) {
-      throw std::runtime_error("value of key '" + key + "' must be a string, got " + Json::type_name(value.type()));
-    }
-    metadata.emplace_back(key, value.as_string());
-  }
+  for (const auto& [key, value] : json.items()) metadata.emplace_back(key, fields.string(key));
   return metadata;
 }
 
-std::vector<int64_t> parse_shape(const Json& json) {
-  std::vector<int64_t> shape;
-  for (const Json& dim : json.as_array()) {
-    shape.push_back(dim.as_int());
-    if (shape.back() < 0) throw std::runtime_error("negative dimension in shape");
-  }
-  return shape;
-}
-
-TensorDescriptor parse_descriptor(const std::string& name, const Json& json, uint64_t data_size) {
-  TensorDescriptor tensor{name, json.at("dtype").as_string(), parse_shape(json.at("shape"))};
-  const Json& offsets = json.at("data_offsets");
-  if (offsets.size() != 2) throw std::runtime_error("data_offsets must have 2 elements");
-  const int64_t begin = offsets.at(0).as_int();
-  const int64_t end = offsets.at(1).as_int();
+// One tensor's entry of the header; errors name the file and the tensor.
+TensorDescriptor parse_descriptor(const std::string& path, const std::string& name, const Json& json,
+                                  uint64_t data_size) {
+  const std::string what = file_label(path) + ": " + tensor_label(name);
+  const JsonFields fields(json, what);
+  TensorDescriptor tensor{name, fields.string("dtype"), {}};
+  const Json& shape = fields.array("shape");
+  for (size_t d = 0; d < shape.size(); ++d)
+    tensor.shape.push_back(json_integer(shape[d], fields.label("shape") + " element " + std::to_string(d), 0));
+  const Json& offsets = fields.array("data_offsets");
+  if (offsets.size() != 2)
+    fields.fail("data_offsets", "has " + std::to_string(offsets.size()) + " elements, expected 2");
+  const int64_t begin = json_integer(offsets[0], fields.label("data_offsets") + " begin", 0);
+  const int64_t end = json_integer(offsets[1], fields.label("data_offsets") + " end", begin);
   const std::string range = "[" + std::to_string(begin) + ", " + std::to_string(end) + "]";
-  if (begin < 0 || end < begin) throw std::runtime_error("invalid data_offsets " + range);
   tensor.begin = static_cast<uint64_t>(begin);
   tensor.end = static_cast<uint64_t>(end);
-  if (tensor.end > data_size) {
-    throw std::runtime_error("data_offsets " + range + " exceed the data section of " + std::to_string(data_size) +
-                             " bytes (truncated file?)");
-  }
-  check_byte_count(tensor.shape, tensor.dtype, tensor.end - tensor.begin);
+  SESSA_CHECK(tensor.end <= data_size, what,
+              "data_offsets " << range << " exceed the data section of " << data_size << " bytes (truncated file?)");
+  check_byte_count(what, tensor.shape, tensor.dtype, tensor.end - tensor.begin);
   return tensor;
 }
 
@@ -207,29 +208,19 @@ Json read_header(const std::string& path, std::ifstream& in, uint64_t file_size)
   std::string text(header_size, '\0');
   in.read(text.data(), static_cast<std::streamsize>(header_size));
   if (!in) fail(path, "cannot read header");
-  Json header;
-  try {
-    header = Json::parse(text);
-  } catch (const std::runtime_error& error) {
-    fail(path, std::string("invalid header: ") + error.what());
-  }
-  if (!header.is_object()) fail(path, "header must be a JSON object");
+  Json header = parse_json(text, file_label(path) + ": header");
+  if (!header.is_object()) fail(path, "header must be a JSON object, got " + std::string(header.type_name()));
   return header;
 }
 
 std::vector<TensorDescriptor> parse_header(const std::string& path, const Json& header, uint64_t data_size,
                                            StMetadata& metadata) {
   std::vector<TensorDescriptor> tensors;
-  for (const auto& [key, value] : header.as_object()) {
-    try {
-      if (key == kMetadataKey) {
-        metadata = parse_metadata(value);
-      } else {
-        tensors.push_back(parse_descriptor(key, value, data_size));
-      }
-    } catch (const std::runtime_error& error) {
-      const std::string label = key == kMetadataKey ? key : tensor_label(key);
-      fail(path, label + ": " + error.what());
+  for (const auto& [key, value] : header.items()) {
+    if (key == kMetadataKey) {
+      metadata = parse_metadata(JsonFields(value, file_label(path) + ": header '__metadata__'"), value);
+    } else {
+      tensors.push_back(parse_descriptor(path, key, value, data_size));
     }
   }
   return tensors;
@@ -238,10 +229,9 @@ std::vector<TensorDescriptor> parse_header(const std::string& path, const Json& 
 }  // namespace
 
 size_t safetensors_dtype_size(const std::string& dtype) {
-  for (const auto& [name, size] : kDtypeSizes) {
-    if (name == dtype) return size;
-  }
-  throw std::runtime_error("unknown safetensors dtype '" + dtype + "'");
+  const std::optional<size_t> size = dtype_size_or_none(dtype);
+  SESSA_CHECK(size, "safetensors", "unknown dtype '" << dtype << "' (expected one of " << dtype_list() << ")");
+  return *size;
 }
 
 const StEntry* StFile::find(const std::string& name) const {
@@ -253,7 +243,7 @@ const StEntry* StFile::find(const std::string& name) const {
 
 void write_safetensors(const std::string& path, const std::vector<StEntry>& entries, const StMetadata& metadata) {
   validate_entries(path, entries, metadata);
-  const std::string header = build_header(entries, metadata);
+  const std::string header = build_header(path, entries, metadata);
   AtomicFileWriter writer(path);
   writer.write(encode_u64_le(header.size()).data(), kHeaderLengthBytes);
   writer.write(header.data(), header.size());

@@ -1,7 +1,10 @@
-// data/shard.cpp - parsing/validation of token shard files and atomic writing.
+// data/shard.cpp - parsing/validation of token shard files, reads from the
+// mapping guarded against SIGBUS (a file shrinking underneath), atomic writing.
 #include "data/shard.h"
 
 #include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,10 +13,11 @@
 #include <bit>
 #include <cerrno>
 #include <limits>
-#include <stdexcept>
+#include <mutex>
 #include <utility>
 
 #include "data/file_util.h"
+#include "tensor/error.h"
 
 namespace sessa::data {
 
@@ -23,7 +27,7 @@ static_assert(std::endian::native == std::endian::little, "sessa::data assumes a
 namespace {
 
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
-  throw std::runtime_error(path + ": " + what);
+  throw Error("token shard " + path + ": " + what);
 }
 
 std::string errno_text() { return std::strerror(errno); }
@@ -85,28 +89,93 @@ void write_tokens(AtomicFileWriter& out, const std::vector<uint32_t>& tokens, un
   }
 }
 
+// ---- SIGBUS guard: a read of a mapped page past the end of a file that shrank
+// faults with SIGBUS. While a thread runs MappedFile::guard_reads, a fault inside
+// that mapping jumps back there; any other SIGBUS goes to the previous handler.
+
+struct ReadGuard {
+  sigjmp_buf jump;
+  const unsigned char* begin;
+  size_t size;
+};
+thread_local ReadGuard* t_read_guard = nullptr;
+std::mutex g_sigbus_mutex;
+struct sigaction g_previous_sigbus {};
+
+void on_sigbus(int signal, siginfo_t* info, void*) {
+  const ReadGuard* guard = t_read_guard;
+  const auto* address = static_cast<const unsigned char*>(info->si_addr);
+  if (guard != nullptr && address >= guard->begin && address < guard->begin + guard->size)
+    siglongjmp(t_read_guard->jump, 1);
+  // Not a read we guard: hand the signal back. A fault repeats when the access is
+  // retried on return; a signal sent by another process is raised again.
+  ::sigaction(SIGBUS, &g_previous_sigbus, nullptr);
+  if (info->si_code <= 0) ::raise(signal);
+}
+
+// Installed at each guarded read, since a test framework or library may have
+// replaced the handler since the last one.
+void install_sigbus_handler() {
+  std::lock_guard<std::mutex> lock(g_sigbus_mutex);
+  struct sigaction current {};
+  ::sigaction(SIGBUS, nullptr, &current);
+  if ((current.sa_flags & SA_SIGINFO) != 0 && current.sa_sigaction == on_sigbus) return;
+  struct sigaction ours {};
+  ours.sa_sigaction = on_sigbus;
+  ours.sa_flags = SA_SIGINFO;
+  sigemptyset(&ours.sa_mask);
+  ::sigaction(SIGBUS, &ours, &g_previous_sigbus);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- MappedFile
 
-MappedFile::MappedFile(const std::string& path) : path_(path) {
+MappedFile::MappedFile(const std::string& path, std::string kind) : path_(path), kind_(std::move(kind)) {
+  auto fail_open = [&](const std::string& what) { throw Error(kind_ + " " + path + ": " + what); };
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path, "cannot open: " + errno_text());
+  if (fd < 0) fail_open("cannot open: " + errno_text());
   FdGuard guard{fd};
   struct stat st {};
-  if (::fstat(fd, &st) != 0) fail(path, "cannot stat: " + errno_text());
-  if (!S_ISREG(st.st_mode)) fail(path, "not a regular file");
+  if (::fstat(fd, &st) != 0) fail_open("cannot stat: " + errno_text());
+  if (!S_ISREG(st.st_mode)) fail_open("not a regular file");
   size_ = static_cast<size_t>(st.st_size);
   if (size_ == 0) return;  // mmap of length 0 is invalid; nothing to map
   void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  if (p == MAP_FAILED) fail(path, "mmap failed: " + errno_text());
+  if (p == MAP_FAILED) fail_open("mmap failed: " + errno_text());
   bytes_ = static_cast<const unsigned char*>(p);
+}
+
+void MappedFile::guard_reads(const std::function<void()>& read) const {
+  install_sigbus_handler();
+  ReadGuard guard{{}, bytes_, size_};
+  struct Restore {
+    ReadGuard* outer;
+    ~Restore() { t_read_guard = outer; }
+  } restore{t_read_guard};
+  // savemask 1: the jump out of the handler also unblocks SIGBUS again.
+  if (sigsetjmp(guard.jump, 1) != 0) {
+    t_read_guard = restore.outer;
+    fail_shrunk();
+  }
+  t_read_guard = &guard;
+  read();
+}
+
+void MappedFile::fail_shrunk() const {
+  struct stat st {};
+  const std::string now = ::stat(path_.c_str(), &st) == 0 ? "is now " + std::to_string(st.st_size) + " bytes"
+                                                          : "is gone (" + errno_text() + ")";
+  throw Error(kind_ + " " + path_ + ": the file changed on disk while in use: it was " + std::to_string(size_) +
+              " bytes when opened and " + now +
+              "; it was truncated or rewritten in place (write data to a new file and rename it instead)");
 }
 
 MappedFile::~MappedFile() { unmap(); }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
     : path_(std::move(other.path_)),
+      kind_(std::move(other.kind_)),
       bytes_(std::exchange(other.bytes_, nullptr)),
       size_(std::exchange(other.size_, 0)) {}
 
@@ -114,6 +183,7 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
     unmap();
     path_ = std::move(other.path_);
+    kind_ = std::move(other.kind_);
     bytes_ = std::exchange(other.bytes_, nullptr);
     size_ = std::exchange(other.size_, 0);
   }
@@ -128,7 +198,7 @@ void MappedFile::unmap() {
 
 // ---------------------------------------------------------------- TokenShard
 
-TokenShard::TokenShard(const std::string& path, uint64_t min_tokens) : file_(path) {
+TokenShard::TokenShard(const std::string& path, uint64_t min_tokens) : file_(path, "token shard") {
   parse_header();
   if (count_ < min_tokens) {
     fail(path, "holds " + std::to_string(count_) + " tokens, fewer than the " + std::to_string(min_tokens) +
@@ -187,31 +257,32 @@ uint64_t TokenShard::byte_offset(uint64_t index) const {
 
 void TokenShard::copy(uint64_t begin, uint64_t n, int32_t* out) const {
   if (begin > count_ || n > count_ - begin) {
-    throw std::out_of_range(path() + ": copy of tokens [" + std::to_string(begin) + ", " + std::to_string(begin + n) +
-                            ") exceeds " + std::to_string(count_) + " tokens");
+    fail(path(), "copy of tokens [" + std::to_string(begin) + ", " + std::to_string(begin + n) + ") exceeds its " +
+                     std::to_string(count_) + " tokens");
   }
-  if (width_ == 2) {
-    for (uint64_t i = 0; i < n; ++i) {
-      uint16_t v;
-      std::memcpy(&v, tokens_ + (begin + i) * 2, 2);
-      out[i] = v;
+  file_.guard_reads([&] {
+    if (width_ == 2) {
+      for (uint64_t i = 0; i < n; ++i) {
+        uint16_t v;
+        std::memcpy(&v, tokens_ + (begin + i) * 2, 2);
+        out[i] = v;
+      }
+    } else {
+      std::memcpy(out, tokens_ + begin * 4, n * 4);  // the same bits: ids are < 2^31
     }
-  } else {
-    for (uint64_t i = 0; i < n; ++i) {
-      uint32_t v;
-      std::memcpy(&v, tokens_ + (begin + i) * 4, 4);
-      out[i] = static_cast<int32_t>(v);
-    }
-  }
+  });
 }
 
 void TokenShard::validate_vocab(uint32_t vocab) const {
-  for (uint64_t i = 0; i < count_; ++i) {
-    const uint32_t t = token(i);
-    if (t >= vocab) {
-      fail(path(), "token id " + std::to_string(t) + " at token index " + std::to_string(i) + " (byte offset " +
-                       std::to_string(byte_offset(i)) + ") is >= vocab size " + std::to_string(vocab));
-    }
+  uint64_t bad = count_;
+  file_.guard_reads([&] {
+    for (uint64_t i = 0; i < count_ && bad == count_; ++i)
+      if (token(i) >= vocab) bad = i;
+  });
+  if (bad < count_) {
+    fail(path(), "token id " + std::to_string(token(bad)) + " at token index " + std::to_string(bad) +
+                     " (byte offset " + std::to_string(byte_offset(bad)) + ") is >= vocab size " +
+                     std::to_string(vocab));
   }
 }
 

@@ -1,12 +1,14 @@
 // data/shard.h - on-disk token shard formats: read-only memory-mapped access
 // (TokenShard), validation with path-and-offset error messages, and atomic
 // shard writing (write_shard). Formats are described in docs/data.md.
+// Every failure is a sessa::Error naming the file ("token shard <path>: ...").
 #pragma once
 
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -26,9 +28,10 @@ enum class ShardFormat {
 };
 
 // A whole file mapped read-only. Empty files are valid and map nothing.
+// `kind` names the file in errors ("token shard", "tokenizer file").
 class MappedFile {
  public:
-  explicit MappedFile(const std::string& path);
+  explicit MappedFile(const std::string& path, std::string kind = "file");
   ~MappedFile();
   MappedFile(MappedFile&& other) noexcept;
   MappedFile& operator=(MappedFile&& other) noexcept;
@@ -39,17 +42,26 @@ class MappedFile {
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 
+  // Runs `read`, which reads this mapping. If the file shrank since it was mapped
+  // (truncated or rewritten in place by another process), touching a page past
+  // its new end raises SIGBUS; that becomes a sessa::Error naming the file and its
+  // sizes instead of killing the process. `read` must hold nothing that needs
+  // unwinding (it is left by siglongjmp), only read the mapping and write to
+  // memory it was given.
+  void guard_reads(const std::function<void()>& read) const;
+
  private:
   void unmap();
+  [[noreturn]] void fail_shrunk() const;
 
-  std::string path_;
+  std::string path_, kind_;
   const unsigned char* bytes_ = nullptr;
   size_t size_ = 0;
 };
 
 // One token file, memory-mapped; tokens are read on demand, never copied
-// wholesale into RAM. Throws std::runtime_error (naming the path) when the file
-// is missing, malformed, or holds fewer than `min_tokens` tokens.
+// wholesale into RAM. Throws (naming the path) when the file is missing,
+// malformed, or holds fewer than `min_tokens` tokens.
 class TokenShard {
  public:
   explicit TokenShard(const std::string& path, uint64_t min_tokens = 0);
@@ -58,7 +70,7 @@ class TokenShard {
   ShardFormat format() const { return format_; }
   const std::string& path() const { return file_.path(); }
 
-  // Hot path: bounds are checked by assert only.
+  // Hot path: bounds are checked by assert only; unguarded (see copy()).
   uint32_t token(uint64_t i) const {
     assert(i < count_);
     if (width_ == 2) {
@@ -72,7 +84,8 @@ class TokenShard {
   }
 
   // Copies tokens [begin, begin + n) to `out` as int32 (ids must be < 2^31).
-  // Throws std::out_of_range if the range exceeds the shard.
+  // Throws if the range exceeds the shard, or if the file shrank on disk since
+  // it was opened (MappedFile::guard_reads).
   void copy(uint64_t begin, uint64_t n, int32_t* out) const;
 
   // Throws naming the file, token index and byte offset of the first id >= vocab.

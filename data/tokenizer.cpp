@@ -3,9 +3,9 @@
 #include "data/tokenizer.h"
 
 #include <cstring>
-#include <stdexcept>
 
 #include "data/shard.h"
+#include "tensor/error.h"
 
 namespace sessa::data {
 
@@ -15,7 +15,7 @@ constexpr size_t kHeaderInts = 256;
 constexpr size_t kHeaderBytes = kHeaderInts * sizeof(uint32_t);
 
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
-  throw std::runtime_error(path + ": " + what);
+  throw Error("tokenizer file " + path + ": " + what);
 }
 
 uint32_t read_u32(const unsigned char* p) {
@@ -47,13 +47,13 @@ std::vector<uint32_t> ByteTokenizer::encode(std::string_view text) const {
 std::string ByteTokenizer::decode(uint32_t id) const {
   if (id < kEndOfText) return std::string(1, static_cast<char>(id));
   if (id == kEndOfText) return std::string(kEndOfTextText);
-  throw std::runtime_error("ByteTokenizer: " + id_error(id, vocab_size()));
+  throw Error("ByteTokenizer: " + id_error(id, vocab_size()));
 }
 
 // --------------------------------------------------------------- Gpt2Decoder
 
 Gpt2Decoder::Gpt2Decoder(const std::string& path) {
-  const MappedFile file(path);
+  const MappedFile file(path, "tokenizer file");
   const unsigned char* bytes = file.bytes();
   const size_t size = file.size();
   if (size < kHeaderBytes) {
@@ -96,12 +96,12 @@ Gpt2Decoder::Gpt2Decoder(const std::string& path) {
 }
 
 std::vector<uint32_t> Gpt2Decoder::encode(std::string_view) const {
-  throw std::runtime_error("Gpt2Decoder: BPE encoding not supported, prepare data with the llm.c tools");
+  throw Error("Gpt2Decoder: BPE encoding not supported (decode only); prepare data with the llm.c tools");
 }
 
 std::string Gpt2Decoder::decode(uint32_t id) const {
   if (id >= pieces_.size()) {
-    throw std::runtime_error("Gpt2Decoder: " + id_error(id, vocab_size()));
+    throw Error("Gpt2Decoder: " + id_error(id, vocab_size()));
   }
   return pieces_[id];
 }

@@ -14,7 +14,7 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
   virtual std::vector<uint32_t> encode(std::string_view text) const = 0;
-  // Throws std::runtime_error naming `id` if id >= vocab_size().
+  // Throws (naming `id`) if id >= vocab_size().
   virtual std::string decode(uint32_t id) const = 0;
   std::string decode(const std::vector<uint32_t>& ids) const;
   virtual uint32_t vocab_size() const = 0;

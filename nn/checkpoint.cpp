@@ -58,7 +58,7 @@ void save_checkpoint(const std::string& path, const Module& model, const ModelCo
                      const OptimizerState* optimizer, const data::Json& training) {
   std::vector<data::StEntry> entries;
   for (const auto& p : model.named_parameters()) entries.push_back(to_entry(p.name, *p.tensor));
-  data::Json train = training;
+  data::Json train = training.is_null() ? data::Json::object() : training;
   if (optimizer) {
     for (const auto& [name, m] : optimizer->layout->views(optimizer->m))
       entries.push_back(to_entry("optimizer.m." + name, m));
@@ -66,25 +66,31 @@ void save_checkpoint(const std::string& path, const Module& model, const ModelCo
       entries.push_back(to_entry("optimizer.v." + name, v));
     train["optimizer_steps"] = optimizer->steps;
   }
-  data::write_safetensors(
-      path, entries, {{"format", kCheckpointFormat}, {"config", config.to_json().dump()}, {"training", train.dump()}});
+  const std::string where = "checkpoint " + path + ": metadata";
+  data::write_safetensors(path, entries,
+                          {{"format", kCheckpointFormat},
+                           {"config", data::dump_json(config.to_json(), where + " 'config'")},
+                           {"training", data::dump_json(train, where + " 'training'")}});
 }
 
 Checkpoint read_checkpoint(const std::string& path) {
-  Checkpoint c{path, {}, {}, data::read_safetensors(path)};
+  Checkpoint c{path, {}, data::Json::object(), data::read_safetensors(path)};
   const std::string* format = metadata(c.file, "format");
   SESSA_CHECK(
       format && *format == kCheckpointFormat, "checkpoint",
       path << ": not a sessa-engine checkpoint (metadata 'format' is " << (format ? *format : "missing") << ")");
   const std::string* config = metadata(c.file, "config");
   SESSA_CHECK(config != nullptr, "checkpoint", path << ": metadata has no model 'config'");
-  try {
-    c.config = ModelConfig::from_json(data::Json::parse(*config));
-    if (const std::string* training = metadata(c.file, "training")) c.training = data::Json::parse(*training);
-  } catch (const std::exception& e) {
-    SESSA_FAIL("checkpoint", path << ": bad metadata: " << e.what());
-  }
+  const std::string where = "checkpoint " + path + ": metadata";
+  c.config = ModelConfig::from_json(data::parse_json(*config, where + " 'config'"), where + " 'config'");
+  if (const std::string* training = metadata(c.file, "training"))
+    c.training = data::parse_json(*training, where + " 'training'");
+  c.training_fields();  // an object
   return c;
+}
+
+data::JsonFields Checkpoint::training_fields() const {
+  return data::JsonFields(training, "checkpoint " + path + ": metadata 'training'");
 }
 
 void load_parameters(const Checkpoint& ckpt, Module& model) {
@@ -92,10 +98,11 @@ void load_parameters(const Checkpoint& ckpt, Module& model) {
 }
 
 OptimizerState read_optimizer_state(const Checkpoint& ckpt, const ParameterBuffer& layout) {
-  const data::Json* steps = ckpt.training.is_object() ? ckpt.training.find("optimizer_steps") : nullptr;
-  SESSA_CHECK(steps != nullptr, "checkpoint", ckpt.path << ": no optimizer state (was it saved without one?)");
+  const data::JsonFields training = ckpt.training_fields();
+  SESSA_CHECK(training.has("optimizer_steps"), "checkpoint",
+              ckpt.path << ": no optimizer state (was it saved without one?)");
   OptimizerState state{&layout, zeros({layout.numel()}, layout.data().options()),
-                       zeros({layout.numel()}, layout.data().options()), steps->as_int()};
+                       zeros({layout.numel()}, layout.data().options()), training.integer("optimizer_steps", 0)};
   for (const auto& [name, m] : layout.views(state.m)) copy_entry(ckpt, "optimizer.m." + name, m);
   for (const auto& [name, v] : layout.views(state.v)) copy_entry(ckpt, "optimizer.v." + name, v);
   return state;

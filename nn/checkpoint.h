@@ -5,7 +5,7 @@
 #pragma once
 #include <string>
 
-#include "data/json.h"
+#include "data/json_fields.h"
 #include "data/safetensors.h"
 #include "nn/config.h"
 #include "nn/module.h"
@@ -31,8 +31,10 @@ void save_checkpoint(const std::string& path, const Module& model, const ModelCo
 struct Checkpoint {
   std::string path;
   ModelConfig config;
-  data::Json training;  // null when absent
+  data::Json training;  // an object ({} when absent)
   data::StFile file;
+  // Typed reads of `training`; errors name the file and the key.
+  data::JsonFields training_fields() const;
 };
 // Reads and validates the file and its metadata; errors name the file.
 Checkpoint read_checkpoint(const std::string& path);

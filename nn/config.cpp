@@ -7,7 +7,7 @@
 namespace sessa::nn {
 
 data::Json ModelConfig::to_json() const {
-  data::Json j = data::Json::Object{};
+  data::Json j = data::Json::object();
   j["family"] = family_info(family).name;
   j["vocab_size"] = vocab_size;
   j["d_model"] = d_model;
@@ -22,20 +22,26 @@ data::Json ModelConfig::to_json() const {
   return j;
 }
 
-ModelConfig ModelConfig::from_json(const data::Json& j) {
+ModelConfig ModelConfig::from_json(const data::Json& j, const std::string& where) {
+  const data::JsonFields fields(j, where);
   ModelConfig c;
-  c.family = family_from_name(j.at("family").as_string());
-  c.vocab_size = j.at("vocab_size").as_int();
-  c.d_model = j.at("d_model").as_int();
-  c.n_layers = j.at("n_layers").as_int();
-  c.n_heads = j.at("n_heads").as_int();
-  c.n_kv_heads = j.at("n_kv_heads").as_int();
-  c.rope = j.at("rope").as_bool();
-  c.gamma_max = j.at("gamma_max").as_double();
-  c.mamba_expand = j.at("mamba_expand").as_int();
-  c.mamba_d_state = j.at("mamba_d_state").as_int();
-  c.mamba_d_conv = j.at("mamba_d_conv").as_int();
-  c.validate();
+  const std::string family = fields.string("family");
+  c.vocab_size = fields.integer("vocab_size", 1);
+  c.d_model = fields.integer("d_model", 1);
+  c.n_layers = fields.integer("n_layers", 1);
+  c.n_heads = fields.integer("n_heads", 0);
+  c.n_kv_heads = fields.integer("n_kv_heads", 0);
+  c.rope = fields.boolean("rope");
+  c.gamma_max = fields.number("gamma_max");
+  c.mamba_expand = fields.integer("mamba_expand", 1);
+  c.mamba_d_state = fields.integer("mamba_d_state", 1);
+  c.mamba_d_conv = fields.integer("mamba_d_conv", 1);
+  try {
+    c.family = family_from_name(family);
+    c.validate();
+  } catch (const Error& e) {
+    throw Error(where + ": " + e.what());
+  }
   return c;
 }
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "data/json.h"
+#include "data/json_fields.h"
 #include "nn/family.h"
 
 namespace sessa::nn {
@@ -19,9 +19,10 @@ struct ModelConfig {
   int64_t mamba_expand = 2, mamba_d_state = 16, mamba_d_conv = 4;  // Mamba
 
   data::Json to_json() const;
-  static ModelConfig from_json(const data::Json& j);  // throws naming a missing/bad field
-  void validate() const;                              // throws naming the bad field
-  std::string summary() const;                        // one line for logs
+  // Throws naming `where` ("checkpoint X: metadata 'config'") and the missing/bad key.
+  static ModelConfig from_json(const data::Json& j, const std::string& where = "model config");
+  void validate() const;        // throws naming the bad field
+  std::string summary() const;  // one line for logs
 };
 
 // Named presets, one shape for every family: tiny (D 64, 2 layers, 4 heads),

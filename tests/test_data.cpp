@@ -11,13 +11,13 @@
 #include <functional>
 #include <numeric>
 #include <set>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "data/loader.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "tensor/error.h"
 
 namespace fs = std::filesystem;
 using namespace sessa::data;
@@ -65,14 +65,14 @@ std::vector<unsigned char> shard_header(int32_t magic, int32_t version, int32_t 
   return bytes;
 }
 
-// Runs `f`, which must throw std::runtime_error; returns its message.
+// Runs `f`, which must throw sessa::Error (any other exception fails the test); returns its message.
 std::string error_of(const std::function<void()>& f) {
   try {
     f();
-  } catch (const std::runtime_error& e) {
+  } catch (const sessa::Error& e) {
     return e.what();
   }
-  FAIL("expected std::runtime_error");
+  FAIL("expected sessa::Error");
   return "";
 }
 
@@ -121,7 +121,7 @@ TEST_CASE("llm.c uint16 shard round trip") {
   std::vector<int32_t> out(3);
   shard.copy(2, 3, out.data());
   CHECK(out == std::vector<int32_t>{50256, 65535, 7});
-  CHECK_THROWS_AS(shard.copy(3, 3, out.data()), std::out_of_range);
+  CHECK(contains(error_of([&] { shard.copy(3, 3, out.data()); }), "a.bin: copy of tokens [3, 6) exceeds its 5 tokens"));
 }
 
 TEST_CASE("uint32 variant shard round trip") {
@@ -403,6 +403,30 @@ TEST_CASE("seek/position resume reproduces the same batches") {
   CHECK(resumed.position() == position);
   CHECK(take_inputs(resumed, 30) == expected);
   CHECK_THROWS(resumed.seek(0, 16));
+}
+
+TEST_CASE("a shard truncated under the loader is an error naming the file, not SIGBUS") {
+  TempDir dir;
+  const std::string path = dir.file("shrinks.bin");
+  write_shard(path, iota_tokens(20000), ShardFormat::LlmcU16);  // 41 KB: several pages
+  TokenLoader loader({path}, config(4, 64));
+  Batch batch;
+  loader.next(batch);  // maps and reads pages
+  CHECK(batch.inputs[0] == int32_t(loader.rank_window_ids(0)[0] * 64));
+  fs::resize_file(path, 0);  // truncated in place: every mapped page is now past the end
+  const std::string msg = error_of([&] {
+    for (int i = 0; i < 8; ++i) loader.next(batch);
+  });
+  CHECK(contains(msg, "token shard " + path));
+  CHECK(contains(msg, "changed on disk"));
+  CHECK(contains(msg, "is now 0 bytes"));
+  // Unlinking is harmless: the mapping keeps the old file alive.
+  const std::string kept = dir.file("kept.bin");
+  write_shard(kept, iota_tokens(20000), ShardFormat::LlmcU16);
+  TokenLoader still({kept}, config(4, 64, 1, 0, 1));
+  fs::remove(kept);
+  still.next(batch);
+  CHECK(batch.targets[0] == batch.inputs[0] + 1);
 }
 
 TEST_CASE("too few windows for one batch per rank is a clear error") {

@@ -207,14 +207,14 @@ TEST_CASE("checkpoint: round trip gives identical outputs; resume gives the same
     nn::Trainer first_trainer(first, {.grad_clip = 0});
     train_steps(first_trainer, 2);
     std::string path = (dir / (family + ".safetensors")).string();
-    data::Json training = data::Json::Object{};
+    data::Json training = data::Json::object();
     training["step"] = 2;
     nn::OptimizerState state = first_trainer.optimizer_state();
     nn::save_checkpoint(path, *first, c, &state, training);
 
     nn::Checkpoint ckpt = nn::read_checkpoint(path);
     CHECK(ckpt.config.to_json() == c.to_json());
-    CHECK(ckpt.training.at("step").as_int() == 2);
+    CHECK(ckpt.training_fields().integer("step") == 2);
     auto second = build_model(ckpt.config, 99);  // different init, overwritten by the load
     nn::load_parameters(ckpt, *second);
     {
