@@ -2,6 +2,16 @@
 // its module name, the AdamW moments as "optimizer.m.<name>" / "optimizer.v.<name>",
 // and in __metadata__ the model config ("config", JSON), the training state
 // ("training", JSON: step, data position, ...) and "format". Writes are atomic.
+//
+// Loading trusts nothing: every error is a sessa::Error naming the file and the
+// tensor or metadata key ("checkpoint X: metadata 'training' key 'step' is -1,
+// expected an integer >= 0"). read_checkpoint checks the metadata: the config,
+// and in "training" (each key when present; apps/train writes them all)
+// step, optimizer_steps, data_epoch, data_position >= 0, data_world >= 1,
+// optimizer_steps <= step, and the run flags (flags.lr finite > 0, flags.batch,
+// seq_len, steps, accum >= 1, flags.warmup, seed >= 0, ...). load_parameters and
+// read_optimizer_state check each tensor's dtype (floating point where the model
+// has floats) and shape, that every value is finite, and that Adam's v >= 0.
 #pragma once
 #include <string>
 
@@ -39,7 +49,8 @@ struct Checkpoint {
 // Reads and validates the file and its metadata; errors name the file.
 Checkpoint read_checkpoint(const std::string& path);
 // Copies parameters into `model` (on its device, in its dtype). Every parameter must be
-// present with its exact shape; errors name the file and the parameter.
+// present with its exact shape and finite values, and every stored tensor (besides
+// the optimizer's) must be a parameter; errors name the file and the parameter.
 void load_parameters(const Checkpoint& ckpt, Module& model);
 // The stored AdamW state in `layout` (on its device); errors name the file and the parameter.
 OptimizerState read_optimizer_state(const Checkpoint& ckpt, const ParameterBuffer& layout);
