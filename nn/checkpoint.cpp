@@ -174,10 +174,15 @@ OptimizerState read_optimizer_state(const Checkpoint& ckpt, const ParameterBuffe
 
 std::string resolve_checkpoint(const std::string& file_or_dir) {
   namespace fs = std::filesystem;
-  SESSA_CHECK(fs::exists(file_or_dir), "checkpoint", "'" << file_or_dir << "' does not exist");
-  if (!fs::is_directory(file_or_dir)) return file_or_dir;
+  std::error_code error;  // the error_code overloads: no filesystem_error escapes
+  const fs::file_status status = fs::status(file_or_dir, error);
+  SESSA_CHECK(status.type() != fs::file_type::none, "checkpoint",
+              "cannot access '" << file_or_dir << "': " << error.message());
+  SESSA_CHECK(fs::exists(status), "checkpoint", "'" << file_or_dir << "' does not exist");
+  if (!fs::is_directory(status)) return file_or_dir;
   fs::path latest = fs::path(file_or_dir) / "latest.safetensors";
-  SESSA_CHECK(fs::exists(latest), "checkpoint", "run directory '" << file_or_dir << "' has no latest.safetensors");
+  SESSA_CHECK(fs::exists(latest, error), "checkpoint",
+              "run directory '" << file_or_dir << "' has no latest.safetensors");
   return latest.string();
 }
 
