@@ -172,11 +172,11 @@ TensorDescriptor parse_descriptor(const std::string& path, const std::string& na
     fields.fail("data_offsets", "has " + std::to_string(offsets.size()) + " elements, expected 2");
   const int64_t begin = json_integer(offsets[0], fields.label("data_offsets") + " begin", 0);
   const int64_t end = json_integer(offsets[1], fields.label("data_offsets") + " end", begin);
-  const std::string range = "[" + std::to_string(begin) + ", " + std::to_string(end) + "]";
   tensor.begin = static_cast<uint64_t>(begin);
   tensor.end = static_cast<uint64_t>(end);
   SESSA_CHECK(tensor.end <= data_size, what,
-              "data_offsets " << range << " exceed the data section of " << data_size << " bytes (truncated file?)");
+              "data_offsets [" << begin << ", " << end << "] exceed the data section of " << data_size
+                               << " bytes (truncated file?)");
   check_byte_count(what, tensor.shape, tensor.dtype, tensor.end - tensor.begin);
   return tensor;
 }
