@@ -28,7 +28,8 @@ StepResult Trainer::step(const std::vector<TokenBatch>& micro_batches, double lr
   AutocastScope autocast(options_.compute_dtype, options_.compute_dtype != model_->embedding.dtype());
   Tensor loss_sum;  // on the device: read once per step
   for (size_t i = 0; i < micro_batches.size(); ++i) {
-    Tensor loss = model_->loss(micro_batches[i].ids, micro_batches[i].targets);
+    const TokenBatch& mb = micro_batches[i];
+    Tensor loss = options_.loss ? options_.loss(*model_, mb) : model_->loss(mb.ids, mb.targets);
     // Gradients are communicated only once, during the backward of the last micro-batch.
     const bool last = i + 1 == micro_batches.size();
     autograd::backward(loss * scale, {}, sync_ && last ? sync_->on_gradient_ready() : autograd::LeafReadyHook{});

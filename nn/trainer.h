@@ -34,6 +34,9 @@ struct TrainerOptions {
   // Makes the data-parallel gradient synchronisation over the parameter buffer
   // (empty: a single process).
   std::function<std::unique_ptr<GradientSync>(ParameterBuffer&)> data_parallel{};
+  // The loss of one micro-batch (empty: model.loss(ids, targets), next-token cross-entropy);
+  // e.g. apps/symbolsoup scores only the label position and counts correct classes.
+  std::function<Tensor(LanguageModel&, const TokenBatch&)> loss{};
 };
 
 class Trainer {

@@ -1,0 +1,43 @@
+// model_flags.cpp - shared model-size flags.
+#include "apps/common/model_flags.h"
+
+#include <cstdio>
+
+namespace sessa::apps {
+
+void add_model_flags(CLI::App& app, ModelFlags& f) {
+  app.add_option("--model", f.model, "Model family")
+      ->check(CLI::IsMember({"sessa", "transformer", "mamba"}))
+      ->capture_default_str();
+  app.add_option("--preset", f.preset, "Size preset: tiny, small (GPT-2 small scale), medium (~350M)")
+      ->check(CLI::IsMember(nn::preset_names()))
+      ->capture_default_str();
+  app.add_option("--d-model", f.d_model, "Override the model width")->check(CLI::PositiveNumber);
+  app.add_option("--layers", f.layers, "Override the number of layers")->check(CLI::PositiveNumber);
+  app.add_option("--heads", f.heads, "Override the number of attention heads")->check(CLI::PositiveNumber);
+  app.add_option("--kv-heads", f.kv_heads, "Key/value heads for grouped-query attention (0: same as --heads)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--match-params", f.match_params,
+                 "Pick the layer count to match this family's parameter count at the same shape")
+      ->check(CLI::IsMember({"sessa", "transformer", "mamba"}));
+}
+
+nn::ModelConfig model_config(const ModelFlags& f, int64_t vocab) {
+  nn::ModelConfig c = nn::preset(f.model, f.preset, vocab);
+  if (f.d_model > 0) c.d_model = f.d_model;
+  if (f.layers > 0) c.n_layers = f.layers;
+  if (f.heads > 0) c.n_heads = f.heads;
+  if (f.kv_heads >= 0) c.n_kv_heads = f.kv_heads;
+  c.validate();
+  if (!f.match_params.empty()) {
+    nn::ModelConfig reference = c;
+    reference.family = f.match_params;
+    reference.validate();
+    c = nn::match_parameters(c, nn::parameter_count(reference));
+    std::printf("matched to %s (%.3fM parameters): %ld layers, %.3fM parameters\n", f.match_params.c_str(),
+                double(nn::parameter_count(reference)) / 1e6, long(c.n_layers), double(nn::parameter_count(c)) / 1e6);
+  }
+  return c;
+}
+
+}  // namespace sessa::apps

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# The matched SymbolSoup comparison (docs/symbolsoup.md): Sessa, Transformer and Mamba
+# at matched parameter count (the Transformer of D x LAYERS is the reference; the
+# others take the layer count closest to its size), identical data, steps and batch,
+# at two lengths (400-600 and 1,800-2,048 tokens).
+#   1. generate one data set per length (the same for every run);
+#   2. learning-rate sweep: every family x lr in LRS x length, seed 1;
+#   3. per family and length, the lr with the best validation accuracy (never test)
+#      is trained again with the other SEEDS;
+#   4. every run's final accuracies go to $OUT/results.tsv, then the table of test
+#      accuracy mean ± std over the seeds (per family and length) is printed last.
+# Up to JOBS runs share the device at once (background processes).
+#
+#   bench/symbolsoup_sweep.sh                      # GPU defaults (one H200: about 7 minutes)
+#   bench/symbolsoup_sweep.sh --quick              # CPU smoke run of the whole pipeline (minutes)
+#   JOBS=12 STEPS=800 bench/symbolsoup_sweep.sh    # any setting below can be overridden
+set -uo pipefail
+QUICK=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=1 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    *) echo "symbolsoup_sweep: unknown argument '$arg' (expected --quick)" >&2; exit 2 ;;
+  esac
+done
+
+BUILD=${BUILD:-build}
+APP="$BUILD/apps/symbolsoup"
+if [ $QUICK = 1 ]; then
+  : "${OUT:=runs/symbolsoup-quick}" "${DEVICE:=cpu}" "${DTYPE:=fp32}" "${JOBS:=2}" "${THREADS:=1}"
+  : "${D:=32}" "${LAYERS:=2}" "${HEADS:=2}" "${STEPS:=60}" "${BATCH:=16}" "${LRS:=1e-3 3e-3}" "${SEEDS:=1 2}"
+  : "${LENGTHS:=60-90 180-220}" "${TRAIN_N:=2000}" "${VAL_N:=200}" "${TEST_N:=200}" "${VAL_EXAMPLES:=200}"
+else
+  : "${OUT:=runs/symbolsoup-sweep}" "${DEVICE:=cuda}" "${DTYPE:=bf16}" "${JOBS:=9}" "${THREADS:=1}"
+  : "${D:=128}" "${LAYERS:=2}" "${HEADS:=4}" "${STEPS:=400}" "${BATCH:=16}" "${LRS:=1e-3 2e-3 4e-3}" "${SEEDS:=1 2 3}"
+  : "${LENGTHS:=400-600 1800-2048}" "${TRAIN_N:=20000}" "${VAL_N:=2000}" "${TEST_N:=2000}" "${VAL_EXAMPLES:=500}"
+fi
+FAMILIES=${FAMILIES:-sessa transformer mamba}
+WARMUP=${WARMUP:-$((STEPS / 10))}
+EVAL_EVERY=${EVAL_EVERY:-$((STEPS / 4))}
+DATA_SEED=${DATA_SEED:-1}
+
+[ -x "$APP" ] || { echo "symbolsoup_sweep: $APP not found: build it first (cmake --build $BUILD --target symbolsoup)" >&2; exit 1; }
+[ -e "$OUT/results.tsv" ] && { echo "symbolsoup_sweep: $OUT already holds a sweep; set OUT=... or remove it" >&2; exit 1; }
+mkdir -p "$OUT/runs" "$OUT/logs"
+RESULTS="$OUT/results.tsv"
+START=$(date +%s)
+elapsed() { echo $(( $(date +%s) - START )); }
+echo "sweep: device $DEVICE $DTYPE | Transformer D $D x $LAYERS layers (others matched) | $STEPS steps x batch $BATCH"
+echo "sweep: lengths $LENGTHS | lrs $LRS | seeds $SEEDS | $JOBS runs at a time -> $OUT"
+
+# ---- 1. data ---------------------------------------------------------------------------
+for len in $LENGTHS; do
+  "$APP" generate --out-dir "$OUT/data/$len" --train "$TRAIN_N" --val "$VAL_N" --test "$TEST_N" \
+    --min-tokens "${len%-*}" --max-tokens "${len#*-}" --seed "$DATA_SEED" > "$OUT/logs/generate-$len.log" 2>&1 &
+done
+wait || true
+for len in $LENGTHS; do
+  [ -s "$OUT/data/$len/test.tsv" ] || { echo "symbolsoup_sweep: generate failed:"; cat "$OUT/logs/generate-$len.log"; exit 1; }
+done
+echo "[$(elapsed)s] data written ($LENGTHS)"
+
+# ---- runs, JOBS at a time ----------------------------------------------------------------
+printf 'length\tfamily\tlr\tseed\tparameters\tlayers\tsteps\tbatch\tval_acc\ttest_acc\ttrain_s\trun\n' > "$RESULTS"
+# run LENGTH FAMILY LR SEED: trains one model and appends its line to results.tsv.
+run() {
+  local len=$1 family=$2 lr=$3 seed=$4
+  local name="$len-$family-lr$lr-s$seed"
+  local dir="$OUT/runs/$name" log="$OUT/logs/$name.log"
+  local match=()
+  [ "$family" != transformer ] && match=(--match-params transformer)
+  if ! "$APP" train --data "$OUT/data/$len" --model "$family" --preset tiny --d-model "$D" --layers "$LAYERS" \
+      --heads "$HEADS" "${match[@]}" --steps "$STEPS" --warmup "$WARMUP" --batch "$BATCH" --lr "$lr" --seed "$seed" \
+      --eval-every "$EVAL_EVERY" --val-examples "$VAL_EXAMPLES" --log-every 50 --device "$DEVICE" --dtype "$DTYPE" \
+      --threads "$THREADS" --out "$dir" > "$log" 2>&1; then
+    echo "[$(elapsed)s] FAILED $name: $(tail -1 "$log")"
+    return
+  fi
+  # result.json is one line of flat JSON; the final validation accuracy is the last row of log.csv.
+  local r; r=$(cat "$dir/result.json")
+  field() { sed -E "s/.*\"$1\": \"?([^,\"}]*).*/\1/" <<< "$r"; }
+  local val; val=$(awk -F, 'NR > 1 && $9 != "" {v = $9} END {print v}' "$dir/log.csv")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$len" "$family" "$lr" "$seed" "$(field parameters)" \
+    "$(field layers)" "$STEPS" "$BATCH" "$val" "$(field test_accuracy)" "$(field train_seconds)" "$name" >> "$RESULTS"
+  echo "[$(elapsed)s] $name: val $val test $(field test_accuracy) ($(field train_seconds)s training)"
+}
+# Starts `run "$@"` in the background once fewer than JOBS runs are going.
+submit() {
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  run "$@" &
+}
+
+# ---- 2. learning-rate sweep (first seed), the long length first (it takes longest) ------------
+FIRST_SEED=${SEEDS%% *}
+OTHER_SEEDS=${SEEDS#"$FIRST_SEED"}
+LENGTHS_LONG_FIRST=$(tr ' ' '\n' <<< "$LENGTHS" | tac | tr '\n' ' ')
+for len in $LENGTHS_LONG_FIRST; do
+  for family in $FAMILIES; do
+    for lr in $LRS; do submit "$len" "$family" "$lr" "$FIRST_SEED"; done
+  done
+done
+wait
+echo "[$(elapsed)s] learning-rate sweep done"
+
+# ---- 3. the other seeds at each family's best validation lr -----------------------------------
+best_lr() {  # LENGTH FAMILY -> the lr whose first-seed run has the highest validation accuracy
+  awk -F'\t' -v l="$1" -v f="$2" 'NR > 1 && $1 == l && $2 == f && (best == "" || $9 > bv) {best = $3; bv = $9}
+    END {print best}' "$RESULTS"
+}
+for len in $LENGTHS_LONG_FIRST; do
+  for family in $FAMILIES; do
+    lr=$(best_lr "$len" "$family")
+    [ -n "$lr" ] || continue
+    echo "[$(elapsed)s] $len $family: best lr $lr"
+    for seed in $OTHER_SEEDS; do submit "$len" "$family" "$lr" "$seed"; done
+  done
+done
+wait
+echo "[$(elapsed)s] all runs done: $RESULTS"
+
+# ---- 4. curves and the summary table ----------------------------------------------------------
+for len in $LENGTHS; do
+  curves=()
+  for family in $FAMILIES; do
+    lr=$(best_lr "$len" "$family")
+    [ -n "$lr" ] && curves+=("$OUT/runs/$len-$family-lr$lr-s$FIRST_SEED")
+  done
+  [ ${#curves[@]} -gt 0 ] && "$APP" plot --out "$OUT/curves-$len.svg" --title "SymbolSoup $len tokens: validation accuracy" \
+    "${curves[@]}" > /dev/null 2>&1 && echo "plot: $OUT/curves-$len.svg"
+done
+SUMMARY="$OUT/summary.md"
+{
+  echo "Test accuracy, mean ± std over seeds ($SEEDS) at each family's best validation lr;"
+  echo "$STEPS steps x batch $BATCH, Transformer D $D x $LAYERS layers, others matched; $DEVICE $DTYPE; $(elapsed) s in all."
+  echo
+  printf '| family | params |'; for len in $LENGTHS; do printf ' %s tokens (lr) |' "$len"; done; echo
+  printf '|---|---|'; for len in $LENGTHS; do printf '%s' '---|'; done; echo
+  for family in $FAMILIES; do
+    params=$(awk -F'\t' -v f="$family" 'NR > 1 && $2 == f {print $5; exit}' "$RESULTS")
+    printf '| %s | %s |' "$family" "$params"
+    for len in $LENGTHS; do
+      lr=$(best_lr "$len" "$family")
+      awk -F'\t' -v l="$len" -v f="$family" -v lr="$lr" '
+        NR > 1 && $1 == l && $2 == f && $3 == lr {n++; s += $10; ss += $10 * $10}
+        END {
+          if (n == 0) { printf " – |"; exit }
+          m = s / n; v = n > 1 ? (ss - n * m * m) / (n - 1) : 0; if (v < 0) v = 0
+          printf " %.3f ± %.3f (n=%d, %s) |", m, sqrt(v), n, lr
+        }' "$RESULTS"
+    done
+    echo
+  done
+} > "$SUMMARY"
+echo
+cat "$SUMMARY"

@@ -1,0 +1,336 @@
+// SymbolSoup (data/symbolsoup.h, apps/common/label_classifier.h): the generator's
+// statistics match the issue's distribution, TSV files round-trip and malformed ones
+// fail naming file and line, batches score only <label>, and a tiny model learns an
+// easy variant well above chance.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "apps/common/label_classifier.h"
+#include "data/symbolsoup.h"
+#include "nn/trainer.h"
+#include "sessa/model.h"
+#include "tests/helpers.h"
+
+using namespace sessa;
+namespace soup = sessa::data::symbolsoup;
+using sessa::test::check_error;
+
+namespace {
+
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    path = std::filesystem::temp_directory_path() / ("sessa_soup_" + std::to_string(getpid()));
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string file(const std::string& name, const std::string& content = "") const {
+    const std::string p = (path / name).string();
+    if (!content.empty()) std::ofstream(p, std::ios::binary) << content;
+    return p;
+  }
+};
+
+// The letters (0..15) of the text between the k-th "<sep1>\n" and the following "\n<sep2>".
+std::vector<int> stylised_letters(const std::string& text, int k) {
+  size_t at = 0;
+  for (int i = 0; i <= k; ++i) at = text.find("<sep1>\n", at) + 7;
+  const size_t end = text.find("\n<sep2>", at);
+  std::vector<int> out;
+  for (size_t i = at; i < end; ++i)
+    if (text[i] != ' ') out.push_back(text[i] - 'a');
+  return out;
+}
+
+// Letters of the example's left-style block.
+std::vector<int> left_block(const soup::Example& e) { return stylised_letters(e.text, e.layout.left_first ? 0 : 1); }
+
+}  // namespace
+
+TEST_CASE("an example has 2M + 13 tokens within the bounds, and its layout adds up") {
+  soup::Rng rng(7);
+  for (auto [lo, hi] : std::vector<std::pair<int64_t, int64_t>>{{400, 600}, {1800, 2048}, {20, 40}, {1, 2}}) {
+    CAPTURE(lo);
+    for (int i = 0; i < 200; ++i) {
+      const soup::Example e = soup::generate_example(i % soup::kClasses, lo, hi, rng);
+      const soup::Layout& l = e.layout;
+      const auto ids = soup::tokenize(e.text);
+      REQUIRE(int64_t(ids.size()) == 2 * l.letters + 13);
+      if (lo >= 23) CHECK((int64_t(ids.size()) >= lo && int64_t(ids.size()) <= hi));
+      CHECK(l.letters >= 5);
+      const int64_t noise = l.noise[0] + l.noise[1] + l.noise[2];
+      CHECK((noise >= 3 && noise <= l.letters - 2));
+      CHECK((l.noise[0] >= 1 && l.noise[1] >= 1 && l.noise[2] >= 1 && l.left >= 1 && l.right >= 1));
+      CHECK(noise + l.left + l.right == l.letters);
+      CHECK(int64_t(left_block(e).size()) == l.left);
+      CHECK(e.text.compare(0, 6, "<bos>\n") == 0);
+      CHECK(e.text.size() >= 14);
+      CHECK(e.text.substr(e.text.size() - 14) == "\n<sep> <label>");
+    }
+  }
+}
+
+TEST_CASE("splits are balanced over the classes, shuffled, and deterministic in the seed") {
+  const auto a = soup::generate_split(400, 60, 80, 11), b = soup::generate_split(400, 60, 80, 11),
+             c = soup::generate_split(400, 60, 80, 12);
+  std::map<int, int> count;
+  int in_cycle = 0, same_as_c = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ++count[a[i].label];
+    in_cycle += a[i].label == int(i % 20);
+    CHECK(a[i].text == b[i].text);
+    same_as_c += a[i].text == c[i].text;
+  }
+  CHECK(count.size() == 20);
+  for (auto [k, n] : count) CHECK(n == 20);
+  CHECK(in_cycle < 100);  // shuffled, not label = i mod 20
+  CHECK(same_as_c == 0);
+  CHECK(soup::split_seed(1, 0) != soup::split_seed(1, 1));
+  CHECK(soup::split_seed(1, 0) != soup::split_seed(2, 0));
+  // A subset of classes, still balanced.
+  std::map<int, int> two;
+  for (const auto& e : soup::generate_split(10, 60, 80, 3, {0, 19})) ++two[e.label];
+  CHECK(two == std::map<int, int>{{0, 5}, {19, 5}});
+}
+
+TEST_CASE("styles: 4 primaries (3), 4 secondaries (2), 8 others (1); preferred bigrams; motif weights") {
+  CHECK(soup::motifs().size() == 39);
+  CHECK(soup::left_styles().size() == 4);
+  CHECK(soup::right_styles().size() == 5);
+  CHECK(soup::left_styles()[0].order != soup::left_styles()[1].order);
+  CHECK(soup::left_styles()[0].order != soup::right_styles()[0].order);
+  for (const auto& s : soup::left_styles()) {
+    int threes = 0, twos = 0, ones = 0, preferred = 0;
+    for (double w : s.unigram) threes += w == 3, twos += w == 2, ones += w == 1;
+    CHECK((threes == 4 && twos == 4 && ones == 8));
+    for (const auto& row : s.preferred)
+      for (bool p : row) preferred += p;
+    CHECK(preferred == 4 + 4 + 4 + 8);  // p->p+1, p->p, s->s, p<->s
+    const int p0 = s.order[0], p1 = s.order[1], s0 = s.order[4];
+    CHECK((s.preferred[p0][p1] && s.preferred[p0][p0] && s.preferred[s0][s0] && s.preferred[p0][s0] &&
+           s.preferred[s0][p0] && !s.preferred[p1][p0]));
+    CHECK(s.step_weight[p0][p1] == 12.0);
+    for (size_t m = 0; m < soup::motifs().size(); ++m) {
+      double want = 1;
+      for (int l = soup::motifs()[m].first; l < soup::motifs()[m].first + soup::motifs()[m].length; ++l)
+        want += s.unigram[l] == 3 ? 0.9 : s.unigram[l] == 2 ? 0.5 : 0;
+      CHECK(s.motif_weight[m] == doctest::Approx(want));
+    }
+  }
+}
+
+TEST_CASE("per-style letter frequencies and bigram preferences are visible in generated examples") {
+  // 2000 examples of classes 0, 5, 10, 15 (left styles 0..3): the left blocks of each.
+  const auto examples = soup::generate_split(2000, 400, 600, 5, {0, 5, 10, 15});
+  for (int style = 0; style < soup::kLeftStyles; ++style) {
+    CAPTURE(style);
+    const soup::Style& s = soup::left_styles()[size_t(style)];
+    std::array<double, 16> freq{};
+    std::array<std::array<double, 16>, 16> pairs{};
+    double letters = 0;
+    for (const auto& e : examples) {
+      if (e.label / 5 != style) continue;
+      const auto block = left_block(e);
+      for (size_t i = 0; i < block.size(); ++i) {
+        freq[size_t(block[i])] += 1, letters += 1;
+        if (i > 0) pairs[size_t(block[i - 1])][size_t(block[i])] += 1;
+      }
+    }
+    REQUIRE(letters > 20000);
+    double primary = 0, secondary = 0, other = 0;
+    for (int l = 0; l < 16; ++l) (s.unigram[l] == 3 ? primary : s.unigram[l] == 2 ? secondary : other) += freq[l];
+    primary /= 4 * letters, secondary /= 4 * letters, other /= 8 * letters;
+    MESSAGE("style " << style << ": primary " << primary << " secondary " << secondary << " other " << other);
+    // Unigram weights 3 : 2 : 1, sharpened by the preferred bigrams among primaries and secondaries.
+    CHECK(primary > 1.5 * secondary);
+    CHECK(secondary > 1.4 * other);
+    // p_i -> p_(i+1) is preferred (x4), p_i -> p_(i+2) is not: both primaries, same unigram weight.
+    double pref = 0, plain = 0;
+    for (int i = 0; i < 4; ++i) {
+      pref += pairs[s.order[i]][s.order[(i + 1) % 4]];
+      plain += pairs[s.order[i]][s.order[(i + 2) % 4]];
+    }
+    MESSAGE("style " << style << ": preferred/plain bigram ratio " << pref / plain);
+    CHECK(pref > 2.5 * plain);
+  }
+  // Noise blocks are uniform: the first noise block of every example.
+  std::array<double, 16> noise{};
+  double n = 0;
+  for (const auto& e : examples) {
+    const size_t at = 6, end = e.text.find("\n<sep1>");
+    for (size_t i = at; i < end; i += 2) noise[size_t(e.text[i] - 'a')] += 1, n += 1;
+  }
+  for (double c : noise) CHECK(c / n == doctest::Approx(1.0 / 16).epsilon(0.15));
+}
+
+TEST_CASE("motifs are inserted at 30% of the decisions and letters substituted at 3%") {
+  soup::Rng rng(3);
+  soup::BlockStats st;
+  int64_t letters = 0;
+  for (int i = 0; i < 4000; ++i) {
+    const auto block = soup::stylised_block(soup::right_styles()[size_t(i % 5)], 50, rng, &st);
+    REQUIRE(block.size() == 50);
+    letters += 50;
+  }
+  const double motif_rate = double(st.motifs) / double(st.eligible_decisions);
+  MESSAGE("motif rate " << motif_rate << ", substitution rate " << double(st.substitutions) / double(letters));
+  CHECK(motif_rate == doctest::Approx(0.3).epsilon(0.03));
+  CHECK(double(st.substitutions) / double(letters) == doctest::Approx(0.03).epsilon(0.08));
+  CHECK(st.motif_letters + st.markov_steps == letters);
+  // Visible in the letters: runs of 3 consecutive alphabet letters are far more common
+  // in stylised blocks than in uniform noise (where the chance is 1/256 per position).
+  auto runs_of_three = [](const std::vector<int>& b) {
+    int64_t r = 0;
+    for (size_t i = 2; i < b.size(); ++i) r += b[i - 1] == b[i - 2] + 1 && b[i] == b[i - 1] + 1;
+    return r;
+  };
+  int64_t stylised_runs = 0, noise_runs = 0;
+  for (int i = 0; i < 1000; ++i) {
+    stylised_runs += runs_of_three(soup::stylised_block(soup::left_styles()[size_t(i % 4)], 50, rng));
+    noise_runs += runs_of_three(soup::noise_block(50, rng));
+  }
+  MESSAGE("runs of three: stylised " << stylised_runs << ", noise " << noise_runs);
+  CHECK(stylised_runs > 10 * noise_runs);
+}
+
+TEST_CASE("tokenizer: every character and special word is one token; unknown characters are errors") {
+  const auto ids = soup::tokenize("<bos>\na b\n<sep1>\n<sep2>\n<sep> <label><eos>[MASK]p");
+  const std::vector<uint8_t> want{soup::kBos,
+                                  soup::kNewline,
+                                  1,
+                                  soup::kSpace,
+                                  2,
+                                  soup::kNewline,
+                                  soup::kSep1,
+                                  soup::kNewline,
+                                  soup::kSep2,
+                                  soup::kNewline,
+                                  soup::kSep,
+                                  soup::kSpace,
+                                  soup::kLabel,
+                                  soup::kEos,
+                                  soup::kMask,
+                                  16};
+  CHECK(ids == want);
+  std::string round;
+  for (uint8_t id : ids) round += soup::token_text(id);
+  CHECK(round == "<bos>\na b\n<sep1>\n<sep2>\n<sep> <label><eos>[MASK]p");
+  CHECK(soup::token_text(soup::class_token(19)) == "CLASS_19");
+  CHECK(soup::kVocabSize == 46);
+  check_error([] { soup::tokenize("a q", "x.tsv:3"); }, {"x.tsv:3", "'q'", "character 2"});
+  check_error([] { soup::tokenize("<sep3>", "x.tsv:3"); }, {"x.tsv:3", "'<'"});
+  check_error([] { soup::parse_class("CLASS_20", "f:2"); }, {"f:2", "CLASS_20", "CLASS_19"});
+  check_error([] { soup::parse_class("cat", "f:2"); }, {"f:2", "'cat'"});
+  CHECK(soup::parse_class("CLASS_7", "f") == 7);
+}
+
+TEST_CASE("TSV files round-trip, and other writers' variants are read") {
+  TempDir dir;
+  const auto examples = soup::generate_split(60, 30, 90, 9);
+  const std::string path = dir.file("split.tsv");
+  soup::write_tsv(path, examples);
+  std::ifstream in(path);
+  std::string header;
+  std::getline(in, header);
+  CHECK(header == "Text\tAnswer");
+  const auto back = soup::read_tsv(path);
+  REQUIRE(back.size() == examples.size());
+  for (size_t i = 0; i < back.size(); ++i) {
+    CHECK(back[i].text == examples[i].text);
+    CHECK(back[i].label == examples[i].label);
+  }
+  // CRLF line ends (also inside the quoted field), an unquoted one-line Text, a blank line, no final newline.
+  const std::string other = dir.file(
+      "other.tsv", "Text\tAnswer\r\n\"<bos>\r\na b\r\n<sep> <label>\"\tCLASS_3\r\n\r\n<bos> c <sep> <label>\tCLASS_12");
+  const auto read = soup::read_tsv(other);
+  REQUIRE(read.size() == 2);
+  CHECK(read[0].text == "<bos>\na b\n<sep> <label>");
+  CHECK(read[0].label == 3);
+  CHECK(read[1].text == "<bos> c <sep> <label>");
+  CHECK(read[1].label == 12);
+}
+
+TEST_CASE("malformed TSV rows fail naming the file and the line") {
+  TempDir dir;
+  const std::string good = "\"<bos>\na\n<sep> <label>\"\tCLASS_1\n";
+  auto expect = [&](const std::string& name, const std::string& content, std::vector<std::string> fragments) {
+    CAPTURE(name);
+    const std::string path = dir.file(name, content);
+    fragments.insert(fragments.begin(), path);
+    check_error([&] { soup::read_tsv(path); }, fragments);
+  };
+  check_error([&] { soup::read_tsv((dir.path / "missing.tsv").string()); }, {"missing.tsv", "cannot open"});
+  expect("header.tsv", "text\tlabel\n" + good, {":1", "header Text<TAB>Answer"});
+  expect("fields.tsv", "Text\tAnswer\n" + good + "\"<bos> <label>\"\tCLASS_1\textra\n", {":5", "2 tab-separated"});
+  expect("class.tsv", "Text\tAnswer\n" + good + good + "\"a <label>\"\tCLASS_20\n", {":8", "CLASS_20"});
+  expect("char.tsv", "Text\tAnswer\n" + good + "\"<bos>\nx <label>\"\tCLASS_0\n", {":5", "'x'"});
+  expect("label.tsv", "Text\tAnswer\n\"<bos>\na b\"\tCLASS_0\n", {":2", "end with <label>"});
+  expect("quote.tsv", "Text\tAnswer\n" + good + "\"<bos>\na <label>\tCLASS_0\n", {":5", "never closed"});
+  expect("after.tsv", "Text\tAnswer\n\"a <label>\"x\tCLASS_0\n", {":2", "after a quoted field"});
+  expect("empty.tsv", "Text\tAnswer\n", {"no examples"});
+}
+
+TEST_CASE("label batches pad on the right and score only the <label> position") {
+  std::vector<soup::TokenizedExample> ex(2);
+  ex[0].ids = soup::tokenize("<bos> a <label>"), ex[0].label = 4;
+  ex[1].ids = soup::tokenize("<bos> a b c <label>"), ex[1].label = 17;
+  const data::Batch b = soup::label_batch(ex, {1, 0});
+  REQUIRE((b.B == 2 && b.T == 9));
+  CHECK(b.inputs[8] == soup::kLabel);
+  CHECK(b.targets[8] == soup::class_token(17));
+  CHECK(b.inputs[9 + 4] == soup::kLabel);
+  CHECK(b.targets[9 + 4] == soup::class_token(4));
+  for (int t = 9 + 5; t < 18; ++t) CHECK(b.inputs[size_t(t)] == soup::kPad);
+  int scored = 0;
+  for (int32_t t : b.targets) scored += t != -1;
+  CHECK(scored == 2);
+}
+
+TEST_CASE("label hits take the argmax over the class tokens only") {
+  // Rows: (B 1, T 2, V 46); position 1 is scored with target CLASS_2.
+  std::vector<float> logits(2 * soup::kVocabSize, 0.f);
+  logits[soup::kVocabSize + 0] = 9.f;                             // a non-class token wins overall...
+  logits[soup::kVocabSize + size_t(soup::class_token(2))] = 1.f;  // ...but CLASS_2 wins among classes
+  const Tensor l = from_vector(logits, {1, 2, soup::kVocabSize});
+  const Tensor t = from_vector(std::vector<int32_t>{-1, soup::class_token(2)}, {1, 2}, {DType::I32});
+  apps::LabelHits hits;
+  apps::count_label_hits(l, t, {}, hits);
+  CHECK((hits.correct == 1 && hits.total == 1));
+  apps::count_label_hits(l, from_vector(std::vector<int32_t>{-1, soup::class_token(3)}, {1, 2}, {DType::I32}), {},
+                         hits);
+  CHECK((hits.correct == 1 && hits.total == 2));
+}
+
+TEST_CASE("a tiny model learns an easy SymbolSoup variant well above chance") {
+  // Two classes whose left and right styles both differ, short examples: chance is 0.5.
+  const std::vector<int> classes{0, 18};
+  const auto train = soup::tokenize_all(soup::generate_split(2000, 60, 90, 21, classes));
+  const auto test = soup::tokenize_all(soup::generate_split(200, 60, 90, 22, classes));
+  nn::ModelConfig c = nn::preset("transformer", "tiny", soup::kVocabSize);
+  c.d_model = 32, c.n_heads = 2;
+  auto model = build_model(c, 1);
+  apps::LabelHits hits;
+  nn::Trainer trainer(model, {.adamw = {.lr = 3e-3, .weight_decay = 0.0}, .loss = apps::label_loss(&hits)});
+  soup::Rng rng(5);
+  const int64_t steps = 150, batch = 16;
+  double first_loss = 0, last_loss = 0;
+  for (int64_t step = 0; step < steps; ++step) {
+    std::vector<int64_t> rows;
+    for (int64_t i = 0; i < batch; ++i) rows.push_back(rng.uniform_int(0, int64_t(train.size()) - 1));
+    const double loss = trainer
+                            .step({nn::to_device(soup::label_batch(train, rows), model->device())},
+                                  nn::cosine_lr(step, 10, steps, 3e-3))
+                            .loss;
+    if (step < 10) first_loss += loss / 10;
+    if (step >= steps - 10) last_loss += loss / 10;
+  }
+  const apps::LabelEval eval = apps::evaluate_labels(*model, test, 50);
+  MESSAGE("loss " << first_loss << " -> " << last_loss << ", test accuracy " << eval.hits.accuracy());
+  CHECK(eval.hits.total == 200);
+  CHECK(last_loss < first_loss);
+  CHECK(eval.hits.accuracy() > 0.75);
+}
