@@ -28,12 +28,12 @@ BUILD=${BUILD:-build}
 APP="$BUILD/apps/symbolsoup"
 if [ $QUICK = 1 ]; then
   : "${OUT:=runs/symbolsoup-quick}" "${DEVICE:=cpu}" "${DTYPE:=fp32}" "${JOBS:=2}" "${THREADS:=1}"
-  : "${D:=32}" "${LAYERS:=2}" "${HEADS:=2}" "${STEPS:=60}" "${BATCH:=16}" "${LRS:=1e-3 3e-3}" "${SEEDS:=1 2}"
-  : "${LENGTHS:=60-90 180-220}" "${TRAIN_N:=2000}" "${VAL_N:=200}" "${TEST_N:=200}" "${VAL_EXAMPLES:=200}"
+  : "${D:=32}" "${LAYERS:=1}" "${HEADS:=2}" "${STEPS:=40}" "${BATCH:=16}" "${LRS:=5e-3 1e-2}" "${SEEDS:=1 2}"
+  : "${LENGTHS:=60-90 120-160}" "${TRAIN_N:=1000}" "${VAL_N:=100}" "${TEST_N:=100}" "${VAL_EXAMPLES:=100}"
 else
-  : "${OUT:=runs/symbolsoup-sweep}" "${DEVICE:=cuda}" "${DTYPE:=bf16}" "${JOBS:=9}" "${THREADS:=1}"
-  : "${D:=128}" "${LAYERS:=2}" "${HEADS:=4}" "${STEPS:=400}" "${BATCH:=16}" "${LRS:=1e-3 2e-3 4e-3}" "${SEEDS:=1 2 3}"
-  : "${LENGTHS:=400-600 1800-2048}" "${TRAIN_N:=20000}" "${VAL_N:=2000}" "${TEST_N:=2000}" "${VAL_EXAMPLES:=500}"
+  : "${OUT:=runs/symbolsoup-sweep}" "${DEVICE:=cuda}" "${DTYPE:=fp32}" "${JOBS:=9}" "${THREADS:=1}"
+  : "${D:=128}" "${LAYERS:=3}" "${HEADS:=4}" "${STEPS:=600}" "${BATCH:=16}" "${LRS:=2e-3 5e-3 1e-2}" "${SEEDS:=1 2 3}"
+  : "${LENGTHS:=400-600 1800-2048}" "${TRAIN_N:=20000}" "${VAL_N:=2000}" "${TEST_N:=2000}" "${VAL_EXAMPLES:=400}"
 fi
 FAMILIES=${FAMILIES:-sessa transformer mamba}
 WARMUP=${WARMUP:-$((STEPS / 10))}
@@ -100,7 +100,8 @@ for len in $LENGTHS_LONG_FIRST; do
   done
 done
 wait
-echo "[$(elapsed)s] learning-rate sweep done"
+PHASE1=$(elapsed)
+echo "[${PHASE1}s] learning-rate sweep done; the other seeds take about $(( PHASE1 * 2 / 3 )) s more"
 
 # ---- 3. the other seeds at each family's best validation lr -----------------------------------
 best_lr() {  # LENGTH FAMILY -> the lr whose first-seed run has the highest validation accuracy
