@@ -145,17 +145,27 @@ TEST_CASE("per-style letter frequencies and bigram preferences are visible in ge
     for (int l = 0; l < 16; ++l) (s.unigram[l] == 3 ? primary : s.unigram[l] == 2 ? secondary : other) += freq[l];
     primary /= 4 * letters, secondary /= 4 * letters, other /= 8 * letters;
     MESSAGE("style " << style << ": primary " << primary << " secondary " << secondary << " other " << other);
-    // Unigram weights 3 : 2 : 1, sharpened by the preferred bigrams among primaries and secondaries.
-    CHECK(primary > 1.5 * secondary);
-    CHECK(secondary > 1.4 * other);
-    // p_i -> p_(i+1) is preferred (x4), p_i -> p_(i+2) is not: both primaries, same unigram weight.
-    double pref = 0, plain = 0;
-    for (int i = 0; i < 4; ++i) {
-      pref += pairs[s.order[i]][s.order[(i + 1) % 4]];
-      plain += pairs[s.order[i]][s.order[(i + 2) % 4]];
-    }
-    MESSAGE("style " << style << ": preferred/plain bigram ratio " << pref / plain);
-    CHECK(pref > 2.5 * plain);
+    // Unigram weights 3 : 2 : 1, diluted by motifs (contiguous runs of the alphabet, about 60% of the
+    // letters) and substitutions; noise would give every letter 1/16.
+    CHECK(primary > 1.25 / 16);
+    CHECK(other < 0.85 / 16);
+    CHECK(primary > secondary);
+    CHECK(secondary > 1.15 * other);
+    // Bigram lift count(x, y) / expected under independence, over pairs that are not a motif's
+    // continuation (y = x + 1): the style's preferred pairs against all other pairs.
+    double lift_pref = 0, lift_plain = 0, n_pref = 0, n_plain = 0, bigrams = 0;
+    for (const auto& row : pairs)
+      for (double c : row) bigrams += c;
+    for (int x = 0; x < 16; ++x)
+      for (int y = 0; y < 16; ++y) {
+        if (y == x + 1) continue;
+        const double lift = pairs[x][y] * letters * letters / (bigrams * freq[x] * freq[y]);
+        (s.preferred[x][y] ? lift_pref : lift_plain) += lift;
+        (s.preferred[x][y] ? n_pref : n_plain) += 1;
+      }
+    lift_pref /= n_pref, lift_plain /= n_plain;
+    MESSAGE("style " << style << ": bigram lift preferred " << lift_pref << ", others " << lift_plain);
+    CHECK(lift_pref > 2 * lift_plain);
   }
   // Noise blocks are uniform: the first noise block of every example.
   std::array<double, 16> noise{};
@@ -306,31 +316,41 @@ TEST_CASE("label hits take the argmax over the class tokens only") {
 }
 
 TEST_CASE("a tiny model learns an easy SymbolSoup variant well above chance") {
-  // Two classes whose left and right styles both differ, short examples: chance is 0.5.
-  const std::vector<int> classes{0, 18};
-  const auto train = soup::tokenize_all(soup::generate_split(2000, 60, 90, 21, classes));
-  const auto test = soup::tokenize_all(soup::generate_split(200, 60, 90, 22, classes));
+  // The easy variant: one stylised block of 40 letters, no noise, left style 0 or 3
+  // (classes 0 and 15): the class is the block's style. Chance is 0.5. Models sit on a
+  // plateau at ln 2 before they find the letter statistics (docs/symbolsoup.md), so the
+  // learning rate is high. Measured when written: test accuracy 0.90, loss 0.21.
+  auto make = [](int64_t n, uint64_t seed) {
+    soup::Rng rng(seed);
+    std::vector<soup::Example> out(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      soup::Example& e = out[size_t(i)];
+      e.label = i % 2 == 0 ? 0 : 15;
+      e.text = "<bos>\n<sep1>\n";
+      const auto block = soup::stylised_block(soup::left_styles()[size_t(e.label / 5)], 40, rng);
+      for (size_t j = 0; j < block.size(); ++j) e.text += std::string(j ? " " : "") + char('a' + block[j]);
+      e.text += "\n<sep2>\n<sep> <label>";
+    }
+    return soup::tokenize_all(out);
+  };
+  const auto train_set = make(2000, 21), test_set = make(200, 22);
   nn::ModelConfig c = nn::preset("transformer", "tiny", soup::kVocabSize);
-  c.d_model = 32, c.n_heads = 2;
+  c.d_model = 32, c.n_heads = 2, c.n_layers = 1;
   auto model = build_model(c, 1);
   apps::LabelHits hits;
-  nn::Trainer trainer(model, {.adamw = {.lr = 3e-3, .weight_decay = 0.0}, .loss = apps::label_loss(&hits)});
+  nn::Trainer trainer(model, {.adamw = {.lr = 5e-3, .weight_decay = 0.0}, .loss = apps::label_loss(&hits)});
   soup::Rng rng(5);
-  const int64_t steps = 150, batch = 16;
-  double first_loss = 0, last_loss = 0;
+  const int64_t steps = 300, batch = 32;
   for (int64_t step = 0; step < steps; ++step) {
     std::vector<int64_t> rows;
-    for (int64_t i = 0; i < batch; ++i) rows.push_back(rng.uniform_int(0, int64_t(train.size()) - 1));
-    const double loss = trainer
-                            .step({nn::to_device(soup::label_batch(train, rows), model->device())},
-                                  nn::cosine_lr(step, 10, steps, 3e-3))
-                            .loss;
-    if (step < 10) first_loss += loss / 10;
-    if (step >= steps - 10) last_loss += loss / 10;
+    for (int64_t i = 0; i < batch; ++i) rows.push_back(rng.uniform_int(0, int64_t(train_set.size()) - 1));
+    trainer.step({nn::to_device(soup::label_batch(train_set, rows), model->device())},
+                 nn::cosine_lr(step, 10, steps, 5e-3));
   }
-  const apps::LabelEval eval = apps::evaluate_labels(*model, test, 50);
-  MESSAGE("loss " << first_loss << " -> " << last_loss << ", test accuracy " << eval.hits.accuracy());
+  CHECK(hits.total == steps * batch);  // the loss hook saw one scored position per row
+  const apps::LabelEval eval = apps::evaluate_labels(*model, test_set, 50);
+  MESSAGE("test accuracy " << eval.hits.accuracy() << ", loss " << eval.loss);
   CHECK(eval.hits.total == 200);
-  CHECK(last_loss < first_loss);
+  CHECK(eval.loss < 0.5);  // ln 2 = 0.69 is the prior
   CHECK(eval.hits.accuracy() > 0.75);
 }
