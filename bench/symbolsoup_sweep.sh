@@ -60,6 +60,60 @@ for len in $LENGTHS; do
 done
 echo "[$(elapsed)s] data written ($LENGTHS)"
 
+best_lr() {  # LENGTH FAMILY -> the lr whose first-seed run has the highest validation accuracy
+  awk -F'\t' -v l="$1" -v f="$2" 'NR > 1 && $1 == l && $2 == f && (best == "" || $9 > bv) {best = $3; bv = $9}
+    END {print best}' "$RESULTS"
+}
+FIRST_SEED=${SEEDS%% *}
+# The validation curves of the best-lr runs and the table of test accuracy (also on an early stop).
+summarize() {
+  for len in $LENGTHS; do
+    curves=()
+    for family in $FAMILIES; do
+      lr=$(best_lr "$len" "$family")
+      [ -n "$lr" ] && curves+=("$OUT/runs/$len-$family-lr$lr-s$FIRST_SEED")
+    done
+    [ ${#curves[@]} -gt 0 ] && "$APP" plot --out "$OUT/curves-$len.svg" --title "SymbolSoup $len tokens: validation accuracy" \
+      "${curves[@]}" > /dev/null 2>&1 && echo "plot: $OUT/curves-$len.svg"
+  done
+  SUMMARY="$OUT/summary.md"
+  {
+    echo "Test accuracy, mean ± std over seeds ($SEEDS) at each family's best validation lr;"
+    echo "$STEPS steps x batch $BATCH, Transformer D $D x $LAYERS layers, others matched; $DEVICE $DTYPE; $(elapsed) s in all."
+    echo
+    printf '| family | params |'; for len in $LENGTHS; do printf ' %s tokens (lr) |' "$len"; done; echo
+    printf '|---|---|'; for len in $LENGTHS; do printf '%s' '---|'; done; echo
+    for family in $FAMILIES; do
+      params=$(awk -F'\t' -v f="$family" 'NR > 1 && $2 == f {print $5; exit}' "$RESULTS")
+      printf '| %s | %s |' "$family" "$params"
+      for len in $LENGTHS; do
+        lr=$(best_lr "$len" "$family")
+        awk -F'\t' -v l="$len" -v f="$family" -v lr="$lr" '
+          NR > 1 && $1 == l && $2 == f && $3 == lr {n++; s += $10; ss += $10 * $10}
+          END {
+            if (n == 0) { printf " – |"; exit }
+            m = s / n; v = n > 1 ? (ss - n * m * m) / (n - 1) : 0; if (v < 0) v = 0
+            printf " %.3f ± %.3f (n=%d, %s) |", m, sqrt(v), n, lr
+          }' "$RESULTS"
+      done
+      echo
+    done
+  } > "$SUMMARY"
+  echo
+  cat "$SUMMARY"
+}
+
+# Stopped early (Ctrl-C, `timeout`): end the runs, then report those that finished.
+on_stop() {
+  trap - INT TERM
+  echo "[$(elapsed)s] stopped: the table covers the runs finished so far"
+  for pid in $(jobs -p); do pkill -TERM -P "$pid"; kill "$pid"; done 2> /dev/null
+  wait 2> /dev/null
+  summarize
+  exit 130
+}
+trap on_stop INT TERM
+
 # ---- runs, JOBS at a time ----------------------------------------------------------------
 printf 'length\tfamily\tlr\tseed\tparameters\tlayers\tsteps\tbatch\tval_acc\ttest_acc\ttrain_s\trun\n' > "$RESULTS"
 # run LENGTH FAMILY LR SEED: trains one model and appends its line to results.tsv.
@@ -91,7 +145,6 @@ submit() {
 }
 
 # ---- 2. learning-rate sweep (first seed), the long length first (it takes longest) ------------
-FIRST_SEED=${SEEDS%% *}
 OTHER_SEEDS=${SEEDS#"$FIRST_SEED"}
 LENGTHS_LONG_FIRST=$(tr ' ' '\n' <<< "$LENGTHS" | tac | tr '\n' ' ')
 for len in $LENGTHS_LONG_FIRST; do
@@ -104,10 +157,6 @@ PHASE1=$(elapsed)
 echo "[${PHASE1}s] learning-rate sweep done; the other seeds take about $(( PHASE1 * 2 / 3 )) s more"
 
 # ---- 3. the other seeds at each family's best validation lr -----------------------------------
-best_lr() {  # LENGTH FAMILY -> the lr whose first-seed run has the highest validation accuracy
-  awk -F'\t' -v l="$1" -v f="$2" 'NR > 1 && $1 == l && $2 == f && (best == "" || $9 > bv) {best = $3; bv = $9}
-    END {print best}' "$RESULTS"
-}
 for len in $LENGTHS_LONG_FIRST; do
   for family in $FAMILIES; do
     lr=$(best_lr "$len" "$family")
@@ -119,38 +168,5 @@ done
 wait
 echo "[$(elapsed)s] all runs done: $RESULTS"
 
-# ---- 4. curves and the summary table ----------------------------------------------------------
-for len in $LENGTHS; do
-  curves=()
-  for family in $FAMILIES; do
-    lr=$(best_lr "$len" "$family")
-    [ -n "$lr" ] && curves+=("$OUT/runs/$len-$family-lr$lr-s$FIRST_SEED")
-  done
-  [ ${#curves[@]} -gt 0 ] && "$APP" plot --out "$OUT/curves-$len.svg" --title "SymbolSoup $len tokens: validation accuracy" \
-    "${curves[@]}" > /dev/null 2>&1 && echo "plot: $OUT/curves-$len.svg"
-done
-SUMMARY="$OUT/summary.md"
-{
-  echo "Test accuracy, mean ± std over seeds ($SEEDS) at each family's best validation lr;"
-  echo "$STEPS steps x batch $BATCH, Transformer D $D x $LAYERS layers, others matched; $DEVICE $DTYPE; $(elapsed) s in all."
-  echo
-  printf '| family | params |'; for len in $LENGTHS; do printf ' %s tokens (lr) |' "$len"; done; echo
-  printf '|---|---|'; for len in $LENGTHS; do printf '%s' '---|'; done; echo
-  for family in $FAMILIES; do
-    params=$(awk -F'\t' -v f="$family" 'NR > 1 && $2 == f {print $5; exit}' "$RESULTS")
-    printf '| %s | %s |' "$family" "$params"
-    for len in $LENGTHS; do
-      lr=$(best_lr "$len" "$family")
-      awk -F'\t' -v l="$len" -v f="$family" -v lr="$lr" '
-        NR > 1 && $1 == l && $2 == f && $3 == lr {n++; s += $10; ss += $10 * $10}
-        END {
-          if (n == 0) { printf " – |"; exit }
-          m = s / n; v = n > 1 ? (ss - n * m * m) / (n - 1) : 0; if (v < 0) v = 0
-          printf " %.3f ± %.3f (n=%d, %s) |", m, sqrt(v), n, lr
-        }' "$RESULTS"
-    done
-    echo
-  done
-} > "$SUMMARY"
-echo
-cat "$SUMMARY"
+# ---- 4. curves and the summary table ---------------------------------------------------------
+summarize
