@@ -141,7 +141,8 @@ class RunLog {
 data::Json flags_json(const TrainFlags& f, const nn::ModelConfig& c) {
   data::Json j = data::Json::Object{};
   j["task"] = std::string("symbolsoup");
-  j["data"] = f.data, j["model"] = c.family, j["batch"] = f.batch, j["steps"] = f.steps, j["warmup"] = f.warmup;
+  j["data"] = f.data, j["model"] = std::string(nn::family_info(c.family).name), j["batch"] = f.batch,
+  j["steps"] = f.steps, j["warmup"] = f.warmup;
   j["lr"] = f.lr, j["weight_decay"] = f.weight_decay, j["grad_clip"] = f.grad_clip, j["seed"] = int64_t(f.seed);
   j["dtype"] = f.dtype;
   return j;
@@ -257,9 +258,9 @@ int train(TrainFlags f) {
                 "{\"model\": \"%s\", \"parameters\": %ld, \"d_model\": %ld, \"layers\": %ld, \"lr\": %g, "
                 "\"seed\": %lu, \"steps\": %ld, \"batch\": %ld, \"train_seconds\": %.2f, \"test_accuracy\": %.6f, "
                 "\"test_examples\": %ld}\n",
-                config.family.c_str(), long(model->parameter_count()), long(config.d_model), long(config.n_layers),
-                f.lr, (unsigned long)f.seed, long(f.steps), long(f.batch), train_seconds, test.hits.accuracy(),
-                long(test.hits.total));
+                nn::family_info(config.family).name, long(model->parameter_count()), long(config.d_model),
+                long(config.n_layers), f.lr, (unsigned long)f.seed, long(f.steps), long(f.batch), train_seconds,
+                test.hits.accuracy(), long(test.hits.total));
   data::write_text_file_atomic((fs::path(f.out) / "result.json").string(), result);
   std::printf(
       "done: %ld steps in %s, %.0f tok/s | checkpoint %s/latest.safetensors | log %s/log.csv, plot %s/accuracy.svg\n",

@@ -3,6 +3,8 @@
 
 #include <cstdio>
 
+#include "sessa/model.h"
+
 namespace sessa::apps {
 
 void add_model_flags(CLI::App& app, ModelFlags& f) {
@@ -31,11 +33,11 @@ nn::ModelConfig model_config(const ModelFlags& f, int64_t vocab) {
   c.validate();
   if (!f.match_params.empty()) {
     nn::ModelConfig reference = c;
-    reference.family = f.match_params;
+    reference.family = nn::family_from_name(f.match_params);
     reference.validate();
-    c = nn::match_parameters(c, nn::parameter_count(reference));
+    c = match_parameters(c, parameter_count(reference));
     std::printf("matched to %s (%.3fM parameters): %ld layers, %.3fM parameters\n", f.match_params.c_str(),
-                double(nn::parameter_count(reference)) / 1e6, long(c.n_layers), double(nn::parameter_count(c)) / 1e6);
+                double(parameter_count(reference)) / 1e6, long(c.n_layers), double(parameter_count(c)) / 1e6);
   }
   return c;
 }
