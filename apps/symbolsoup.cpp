@@ -139,7 +139,7 @@ class RunLog {
 };
 
 data::Json flags_json(const TrainFlags& f, const nn::ModelConfig& c) {
-  data::Json j = data::Json::Object{};
+  data::Json j = data::Json::object();
   j["task"] = std::string("symbolsoup");
   j["data"] = f.data, j["model"] = std::string(nn::family_info(c.family).name), j["batch"] = f.batch,
   j["steps"] = f.steps, j["warmup"] = f.warmup;
@@ -192,7 +192,7 @@ int train(TrainFlags f) {
     return v;
   };
   auto checkpoint = [&](int64_t step) {
-    data::Json training = data::Json::Object{};
+    data::Json training = data::Json::object();
     training["step"] = step;
     training["flags"] = flags_json(f, config);
     nn::OptimizerState opt = trainer.optimizer_state();
