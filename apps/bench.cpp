@@ -8,7 +8,10 @@
 #include <chrono>
 #include <cstdio>
 
+#include "apps/common/app.h"
+#include "apps/common/flags.h"
 #include "dist/data_parallel.h"
+#include "nn/family.h"
 #include "nn/trainer.h"
 #include "sessa/model.h"
 #include "tensor/cuda_hooks.h"
@@ -22,6 +25,32 @@ struct Flags {
   int64_t batch = 16, seq_len = 1024, warmup = 3, steps = 10, layers = 0, vocab = 50304;
   bool zero1 = false, count_params = false;
 };
+
+void add_flags(CLI::App& app, Flags& f) {
+  using namespace apps;
+  app.add_option("--model", f.model, "Model family, one of\n" + nn::family_help())
+      ->check(CLI::IsMember(nn::family_names()))
+      ->capture_default_str();
+  app.add_option("--preset", f.preset, "tiny, small or medium")
+      ->check(CLI::IsMember(nn::preset_names()))
+      ->capture_default_str();
+  app.add_option("--layers", f.layers, "Override the number of layers")->check(positive_int(4096));
+  app.add_option("--vocab", f.vocab, "Vocabulary size")->check(whole_number(2, 1 << 24))->capture_default_str();
+  app.add_option("--batch", f.batch, "Sequences per step (per rank under mpirun)")
+      ->check(positive_int(1 << 20))
+      ->capture_default_str();
+  app.add_option("--seq-len", f.seq_len, "Tokens per sequence")->check(positive_int(1 << 20))->capture_default_str();
+  app.add_option("--warmup", f.warmup, "Untimed steps first")
+      ->check(non_negative_int(1'000'000))
+      ->capture_default_str();
+  app.add_option("--steps", f.steps, "Timed steps (the median is reported)")
+      ->check(positive_int(1'000'000))
+      ->capture_default_str();
+  app.add_option("--device", f.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--dtype", f.dtype, "fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
+  app.add_flag("--zero1", f.zero1, "Under mpirun: shard the optimizer state over the ranks (ZeRO stage 1)");
+  app.add_flag("--count-params", f.count_params, "Print the model's exact parameter count and exit (no training)");
+}
 
 data::Batch random_batch(int64_t B, int64_t T, int64_t vocab, Generator& gen) {
   data::Batch b{B, T, {}, {}};
@@ -79,29 +108,8 @@ int run(const Flags& f, dist::World& world) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  dist::World world(&argc, &argv);
   Flags f;
   CLI::App app{"Time full training steps of a model on random tokens."};
-  app.add_option("--model", f.model, "Model family, one of\n" + nn::family_help())
-      ->check(CLI::IsMember(nn::family_names()))
-      ->capture_default_str();
-  app.add_option("--preset", f.preset, "tiny, small or medium")
-      ->check(CLI::IsMember(nn::preset_names()))
-      ->capture_default_str();
-  app.add_option("--layers", f.layers, "Override the number of layers");
-  app.add_option("--vocab", f.vocab, "Vocabulary size")->capture_default_str();
-  app.add_option("--batch", f.batch, "Sequences per step (per rank under mpirun)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  app.add_option("--seq-len", f.seq_len, "Tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--warmup", f.warmup, "Untimed steps first")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--steps", f.steps, "Timed steps (the median is reported)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  app.add_option("--device", f.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
-  app.add_option("--dtype", f.dtype, "fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
-  app.add_flag("--zero1", f.zero1, "Under mpirun: shard the optimizer state over the ranks (ZeRO stage 1)");
-  app.add_flag("--count-params", f.count_params, "Print the model's exact parameter count and exit (no training)");
-  CLI11_PARSE(app, argc, argv);
-  return dist::run_reporting_errors(world, "bench", [&] { return run(f, world); });
+  add_flags(app, f);
+  return apps::run_app("bench", app, argc, argv, [&](dist::World& world) { return run(f, world); });
 }

@@ -3,8 +3,11 @@
 //   train --model sessa --preset tiny --data runs/data --steps 1000 --out runs/sessa
 //
 // Prints a progress line per step, evaluates periodically, writes log.csv and
-// loss.svg, and checkpoints into --out (Ctrl-C checkpoints before exiting).
-// --resume DIR continues a run exactly where its latest checkpoint stopped.
+// loss.svg, and checkpoints into --out. --resume DIR continues a run exactly where
+// its latest checkpoint stopped. README.md "When things go wrong" covers the rest:
+// one process per run directory (run.lock), SIGINT/SIGTERM/SIGHUP/SIGUSR1
+// checkpoint before exiting, steps with a non-finite loss are skipped and too many
+// in a row stop the run, and no file of the run is left half-written.
 //
 // Data parallel: `mpirun -np N train ...` runs N ranks, each on its own slice of
 // the data (and its own GPU); --batch is per rank, gradients are averaged over the
@@ -14,17 +17,20 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <functional>
 #include <optional>
 
+#include "apps/common/app.h"
+#include "apps/common/flags.h"
+#include "apps/common/run_files.h"
+#include "apps/common/run_lock.h"
+#include "apps/common/signals.h"
 #include "apps/common/svg_plot.h"
 #include "data/file_util.h"
 #include "dist/data_parallel.h"
 #include "nn/checkpoint.h"
+#include "nn/family.h"
 #include "nn/trainer.h"
 #include "sessa/model.h"
 #include "tensor/cuda_hooks.h"
@@ -42,14 +48,87 @@ struct Flags {
   double lr = 3e-3, weight_decay = 0.1, grad_clip = 1.0;
   std::string device = "auto", dtype = "fp32";
   uint64_t seed = 1337;
-  int64_t ckpt_every = 500, eval_every = 100, eval_batches = 20, log_every = 10;
+  int64_t ckpt_every = 500, eval_every = 100, eval_batches = 20, log_every = 10, max_bad_steps = 3;
   int threads = 0;
   bool zero1 = false;
   double bucket_mb = 32;
 };
 
-volatile std::sig_atomic_t g_interrupted = 0;
-void on_stop_signal(int) { g_interrupted = 1; }
+void add_flags(CLI::App& app, Flags& f) {
+  using namespace apps;
+  constexpr int64_t kMaxSteps = 1'000'000'000'000, kMaxWidth = 1 << 16, kMaxCount = 4096;
+  app.add_option("--model", f.model, "Model family, one of\n" + nn::family_help())
+      ->check(CLI::IsMember(nn::family_names()))
+      ->capture_default_str();
+  app.add_option("--preset", f.preset, "Size preset: tiny, small (GPT-2 small scale), medium (~350M)")
+      ->check(CLI::IsMember(nn::preset_names()))
+      ->capture_default_str();
+  app.add_option("--d-model", f.d_model, "Override the model width")->check(positive_int(kMaxWidth));
+  app.add_option("--layers", f.layers, "Override the number of layers")->check(positive_int(kMaxCount));
+  app.add_option("--heads", f.heads, "Override the number of attention heads")->check(positive_int(kMaxCount));
+  app.add_option("--kv-heads", f.kv_heads, "Key/value heads for grouped-query attention (0: same as --heads)")
+      ->check(non_negative_int(kMaxCount));
+  app.add_option("--vocab", f.vocab, "Vocabulary size (257 for byte-level data, 50304 for GPT-2 shards)")
+      ->check(whole_number(2, 1 << 24))
+      ->capture_default_str();
+  app.add_option(
+         "--match-params", f.match_params,
+         "Pick the layer count to match this family's parameter count at the same preset (" + nn::family_list() + ")")
+      ->check(CLI::IsMember(nn::family_names()));
+  app.add_option("--data", f.data,
+                 "Training shards: files, globs (comma-separated), or a directory holding train.bin/val.bin (required "
+                 "unless --resume)");
+  app.add_option("--val-data", f.val_data, "Validation shards (default: val.bin beside --data when it is a directory)");
+  app.add_option("--batch", f.batch, "Sequences per micro-batch")->check(positive_int(1 << 20))->capture_default_str();
+  app.add_option("--seq-len", f.seq_len, "Tokens per sequence")->check(positive_int(1 << 20))->capture_default_str();
+  app.add_option("--steps", f.steps, "Optimizer steps in total")->check(positive_int(kMaxSteps))->capture_default_str();
+  app.add_option("--lr", f.lr, "Peak learning rate")->check(finite_positive(10))->capture_default_str();
+  app.add_option("--warmup", f.warmup, "Linear warm-up steps before the cosine decay")
+      ->check(non_negative_int(kMaxSteps))
+      ->capture_default_str();
+  app.add_option("--weight-decay", f.weight_decay, "AdamW decoupled weight decay (matrices only)")
+      ->check(finite_non_negative(100))
+      ->capture_default_str();
+  app.add_option("--grad-clip", f.grad_clip, "Clip the global gradient norm to this (0: off)")
+      ->check(finite_non_negative(1e6))
+      ->capture_default_str();
+  app.add_option("--accum", f.accum, "Gradient accumulation: micro-batches per optimizer step")
+      ->check(positive_int(1 << 16))
+      ->capture_default_str();
+  app.add_option("--device", f.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--dtype", f.dtype, "fp32, or bf16 mixed precision (CUDA)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
+  app.add_option("--seed", f.seed, "Seed of the initialisation and of the data order")
+      ->check(seed_number())
+      ->capture_default_str();
+  app.add_option("--out", f.out, "Run directory for checkpoints, log.csv and loss.svg (default runs/<model>-<preset>)");
+  app.add_option("--ckpt-every", f.ckpt_every, "Checkpoint every N steps (and always at the end; 0: only at the end)")
+      ->check(non_negative_int(kMaxSteps))
+      ->capture_default_str();
+  app.add_option("--resume", f.resume, "Continue the run in this directory (or from this checkpoint file)")
+      ->check(existing_path());
+  app.add_option("--eval-every", f.eval_every, "Validation every N steps (0: only at the end)")
+      ->check(non_negative_int(kMaxSteps))
+      ->capture_default_str();
+  app.add_option("--eval-batches", f.eval_batches, "Batches per validation")
+      ->check(positive_int(1'000'000))
+      ->capture_default_str();
+  app.add_option("--log-every", f.log_every, "Print a progress line every N steps (every step on a terminal)")
+      ->check(positive_int(kMaxSteps))
+      ->capture_default_str();
+  app.add_option("--max-bad-steps", f.max_bad_steps,
+                 "Stop the run after this many steps in a row with a non-finite loss or gradient norm (each is "
+                 "skipped without updating the weights)")
+      ->check(positive_int(1'000'000))
+      ->capture_default_str();
+  app.add_option("--threads", f.threads, "CPU threads (default: all cores)")->check(thread_count());
+  app.add_flag("--zero1", f.zero1, "Under mpirun: shard the optimizer state over the ranks (ZeRO stage 1)");
+  app.add_option("--bucket-mb", f.bucket_mb,
+                 "Under mpirun: gradients are reduced in buckets of about this many MiB, overlapping backward")
+      ->check(finite_positive(1 << 20))
+      ->capture_default_str();
+}
 
 std::string human_duration(double seconds) {
   char buf[32];
@@ -88,25 +167,55 @@ nn::ModelConfig config_from_flags(const Flags& f) {
   return c;
 }
 
-// The run directory: checkpoints, log.csv, loss.svg.
+// Refuses a configuration whose weights, gradients, AdamW moments and logits alone
+// (a lower bound of what training needs) exceed this machine's memory, naming the
+// flags, instead of failing later with an out-of-memory error.
+void check_fits_in_memory(const nn::ModelConfig& c, const Flags& f, Device device) {
+  const double params = double(parameter_count(c));
+  const double bytes = 16 * params + 8.0 * double(f.batch) * double(f.seq_len) * double(c.vocab_size);
+  SESSA_CHECK(params < 1e11, "--d-model/--layers/--vocab",
+              c.summary() << " has " << params / 1e9 << "B parameters: more than this engine trains (100B)");
+  if (device.is_cuda()) return;  // device memory is checked by the allocator, with its own message
+  const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  SESSA_CHECK(memory <= 0 || bytes < memory, "--d-model/--layers/--vocab/--batch/--seq-len",
+              c.summary() << " (" << params / 1e6 << "M parameters) at batch " << f.batch << " x " << f.seq_len
+                          << " tokens needs at least " << bytes / 1e9 << " GB for weights, gradients, AdamW moments "
+                          << "and logits, more than this machine's " << memory / 1e9 << " GB");
+}
+
+// The run directory: run.lock, checkpoints, log.csv, loss.svg. Only rank 0 has one.
 class RunDir {
  public:
-  RunDir(const std::string& path, bool resuming) : path_(path) {
-    fs::create_directories(path);
-    const fs::path csv = fs::path(path) / "log.csv";
-    const bool append = resuming && fs::exists(csv) && fs::file_size(csv) > 0;
-    log_.open(csv, append ? std::ios::app : std::ios::trunc);
-    if (!log_) throw Error("train: cannot write " + csv.string());
-    if (!append) log_ << "step,loss,lr,grad_norm,ms_per_step,tokens_per_s,val_loss\n";
+  static constexpr const char* kLogHeader = "step,loss,lr,grad_norm,ms_per_step,tokens_per_s,val_loss";
+
+  // Takes the directory's lock and clears temporaries left by a crashed process.
+  RunDir(const std::string& path, const std::string& flag) : path_(path), lock_(path, flag, "train") {
+    if (!lock_.reclaimed_from().empty())
+      apps::note("%s was left by a process that no longer runs (%s): reclaimed", lock_.path().c_str(),
+                 lock_.reclaimed_from().c_str());
+    for (const std::string& name : apps::remove_stale_temporaries(path))
+      apps::note("removed %s/%s, a temporary file left by a crashed run", path.c_str(), name.c_str());
+  }
+  // A fresh log.csv; when resuming, the rows up to the checkpoint's step are kept
+  // (later ones belong to steps the run will redo) and the curves reloaded.
+  void open_log(int64_t resumed_step) {
+    log_.emplace((fs::path(path_) / "log.csv").string(), kLogHeader, resumed_step);
+    for (const std::vector<std::string>& col : log_->kept_rows()) {
+      if (col.size() != 7) continue;
+      if (!col[1].empty()) train_.points.push_back({std::stod(col[0]), std::stod(col[1])});
+      if (!col[6].empty()) val_.points.push_back({std::stod(col[0]), std::stod(col[6])});
+    }
   }
   void log(int64_t step, const nn::StepResult& r, double lr, double ms, double tps) {
-    log_ << step << ',' << r.loss << ',' << lr << ',' << r.grad_norm << ',' << ms << ',' << tps << ",\n";
-    log_.flush();
+    char row[256];
+    std::snprintf(row, sizeof row, "%ld,%.9g,%.9g,%.9g,%.6g,%.6g,", long(step), r.loss, lr, r.grad_norm, ms, tps);
+    log_->append(row);
     train_.points.push_back({double(step), r.loss});
   }
   void log_val(int64_t step, double val_loss) {
-    log_ << step << ",,,,,," << val_loss << '\n';
-    log_.flush();
+    char row[64];
+    std::snprintf(row, sizeof row, "%ld,,,,,,%.9g", long(step), val_loss);
+    log_->append(row);
     val_.points.push_back({double(step), val_loss});
     plot();
   }
@@ -115,39 +224,29 @@ class RunDir {
         (fs::path(path_) / "loss.svg").string(),
         apps::svg_line_plot({train_, val_}, "loss", "step", "cross-entropy (nats/token)", true));
   }
-  // Writes ckpt_<step>.safetensors and points latest.safetensors at it.
-  std::string checkpoint(const nn::LanguageModel& model, const nn::OptimizerState& opt, const data::Json& training,
-                         int64_t step) {
+  // Writes ckpt_<step>.safetensors and points latest.safetensors at it; refuses
+  // (before writing anything) when a weight or a moment is not finite.
+  std::string checkpoint(const nn::LanguageModel& model, const nn::ParameterBuffer& weights,
+                         const nn::OptimizerState& opt, const data::Json& training, int64_t step) {
+    SESSA_CHECK(nn::all_finite(weights.data()) && nn::all_finite(opt.m) && nn::all_finite(opt.v), "checkpoint",
+                "step " << step << ": the weights or optimizer moments are not finite; no checkpoint written and "
+                        << "latest.safetensors left at the last good one");
     char name[64];
     std::snprintf(name, sizeof name, "ckpt_%07ld.safetensors", long(step));
-    fs::path file = fs::path(path_) / name, link = fs::path(path_) / "latest.safetensors",
-             tmp_link = fs::path(path_) / ".latest.tmp";
+    const fs::path file = fs::path(path_) / name, link = fs::path(path_) / "latest.safetensors",
+                   tmp_link = fs::path(path_) / ("latest.safetensors.tmp." + std::to_string(getpid()));
     nn::save_checkpoint(file.string(), model, model.config(), &opt, training);
+    log_->sync();
     fs::remove(tmp_link);
     fs::create_symlink(name, tmp_link);
     fs::rename(tmp_link, link);  // atomic switch of the pointer
     return file.string();
   }
-  // On resume, the curves so far come back from log.csv.
-  void reload_curves() {
-    std::ifstream in(fs::path(path_) / "log.csv");
-    std::string line;
-    std::getline(in, line);
-    while (std::getline(in, line)) {
-      std::vector<std::string> col;
-      size_t at = 0;
-      for (size_t next; (next = line.find(',', at)) != std::string::npos; at = next + 1)
-        col.push_back(line.substr(at, next - at));
-      col.push_back(line.substr(at));
-      if (col.size() != 7) continue;
-      if (!col[1].empty()) train_.points.push_back({std::stod(col[0]), std::stod(col[1])});
-      if (!col[6].empty()) val_.points.push_back({std::stod(col[0]), std::stod(col[6])});
-    }
-  }
 
  private:
   std::string path_;
-  std::ofstream log_;
+  apps::RunLock lock_;
+  std::optional<apps::CsvLog> log_;
   apps::Series train_{"train", "#1f77b4", {}}, val_{"validation", "#d62728", {}};
 };
 
@@ -161,9 +260,9 @@ data::Json run_flags(const Flags& f) {
   return j;
 }
 
-void restore_flags(Flags& f, const data::JsonFields& saved, const std::function<bool(const char*)>& given) {
+void restore_flags(Flags& f, const data::JsonFields& saved, const CLI::App& app) {
   auto take = [&](const char* key, const char* flag, auto& field) {
-    if (given(flag) || !saved.has(key)) return;
+    if (apps::given(app, flag) || !saved.has(key)) return;
     using T = std::decay_t<decltype(field)>;
     if constexpr (std::is_same_v<T, std::string>)
       field = saved.string(key);
@@ -195,240 +294,256 @@ int64_t resume_position(const data::JsonFields& training, int64_t batch, int wor
   return windows / (batch * world);
 }
 
-int run(Flags f, const std::function<bool(const char*)>& given, dist::World& world) {
-  if (f.threads > 0) omp_set_num_threads(f.threads);
-  const Device device = dist::device_for_rank(world, f.device);
-  const DType dtype = dtype_from_name(f.dtype);
-  SESSA_CHECK(dtype == DType::F32 || dtype == DType::BF16, "--dtype", "expected fp32 or bf16, got " << f.dtype);
-  SESSA_CHECK(dtype == DType::F32 || device.is_cuda(), "--dtype", "bf16 mixed precision needs --device cuda");
-  SESSA_CHECK(!f.zero1 || world.distributed(), "--zero1",
-              "shards the optimizer over ranks: launch with mpirun -np N (N > 1)");
-  const bool lead = world.rank() == 0;  // rank 0 reports and owns the run directory
-  // One progress line rewritten in place on a terminal; under mpirun (whose output
-  // may look like a terminal but is forwarded) a line per --log-every steps.
-  const bool tty = isatty(1) && !world.distributed();
-
-  // The model: from the checkpoint when resuming, else from the flags.
-  std::optional<nn::Checkpoint> ckpt;
-  if (!f.resume.empty()) {
-    ckpt = nn::read_checkpoint(nn::resolve_checkpoint(f.resume));
-    if (!given("--out")) f.out = fs::is_directory(f.resume) ? f.resume : fs::path(f.resume).parent_path().string();
-    if (ckpt->training_fields().has("flags")) restore_flags(f, ckpt->training_fields().object("flags"), given);
+// A token loader whose errors name the flag and the files it read.
+data::TokenLoader open_loader(const std::string& flag, const std::string& paths, const data::LoaderConfig& config,
+                              const char* what) {
+  try {
+    return data::TokenLoader(data::expand_paths(paths), config);
+  } catch (const std::exception& e) {
+    SESSA_FAIL(flag, "the " << what << " set '" << paths << "': " << e.what());
   }
-  SESSA_CHECK(!f.data.empty(), "--data", "no training data given");
-  if (f.out.empty()) f.out = "runs/" + f.model + "-" + f.preset;
-  SESSA_CHECK(ckpt || !fs::exists(fs::path(f.out) / "latest.safetensors"), "--out",
-              f.out << " already holds a run (latest.safetensors); continue it with --resume " << f.out
-                    << " or choose another --out");
-  nn::ModelConfig config = ckpt ? ckpt->config : config_from_flags(f);
-  auto model = build_model(config, f.seed, {DType::F32, device});
-  nn::TrainerOptions topt{.adamw = {.lr = f.lr, .weight_decay = f.weight_decay},
-                          .grad_clip = f.grad_clip,
-                          .compute_dtype = dtype,
-                          .layout = {.bucket_bytes = std::max<int64_t>(1, int64_t(f.bucket_mb * (1 << 20)))}};
-  dist::enable_data_parallel(topt, world, device, f.zero1);
-  nn::Trainer trainer(model, topt);
-  int64_t start_step = 0;
-  data::LoaderConfig lc{.batch = f.batch,
-                        .seq_len = f.seq_len,
-                        .seed = f.seed,
-                        .rank = world.rank(),
-                        .world = world.size(),
-                        .vocab = uint32_t(config.vocab_size)};
-  data::TokenLoader train_loader(data::expand_paths(f.data), lc);
-  if (ckpt) {
-    nn::load_parameters(*ckpt, *model);
-    trainer.load_optimizer_state(*ckpt);
-    const data::JsonFields training = ckpt->training_fields();
-    start_step = training.integer("step", 0);
-    train_loader.seek(uint64_t(training.integer("data_epoch", 0)),
-                      uint64_t(resume_position(training, f.batch, world.size())));
-    std::printf("resumed from %s at step %ld\n", ckpt->path.c_str(), long(start_step));
-    const data::JsonFields saved = training.object("flags");
-    const int64_t saved_global = saved.integer("batch", 1) * saved.integer("accum", 1) * saved_world(training);
-    if (saved_global != f.batch * f.accum * world.size())
-      std::printf("note: the global batch changes from %ld to %ld sequences per step\n", long(saved_global),
-                  long(f.batch * f.accum * world.size()));
-  }
-  std::optional<data::TokenLoader> val_loader;
-  if (!f.val_data.empty() && lead) {
-    data::LoaderConfig vc = lc;
-    vc.shuffle = false, vc.rank = 0, vc.world = 1;  // the same validation batches whatever the world size
-    val_loader.emplace(data::expand_paths(f.val_data), vc);
-  }
-  std::optional<RunDir> run_dir;
-  if (lead) {
-    run_dir.emplace(f.out, ckpt.has_value());
-    if (ckpt) run_dir->reload_curves();
-  }
-
-  const int64_t tokens_per_step = f.batch * f.seq_len * f.accum * world.size();
-  const double flops_per_step = train_flops_per_token(config, f.seq_len) * double(tokens_per_step);
-  const double peak = nn::device_peak_flops(device, dtype) * world.size();
-  std::printf("model   %s | %.2fM parameters | %s %s\n", config.summary().c_str(),
-              double(model->parameter_count()) / 1e6, device.str().c_str(), dtype_name(dtype));
-  std::printf("data    %s: %lu windows of %ld tokens\n", f.data.c_str(), (unsigned long)train_loader.total_windows(),
-              long(f.seq_len));
-  std::printf("batch   %ld per rank x %d rank(s) x accum %ld = global batch %ld sequences = %ld tokens/step%s\n",
-              long(f.batch), world.size(), long(f.accum), long(f.batch * world.size() * f.accum), long(tokens_per_step),
-              f.zero1 ? " | ZeRO-1 optimizer sharding" : "");
-  std::printf("output  %s\n", f.out.c_str());
-
-  auto training_state = [&](int64_t step) {
-    data::Json t = data::Json::object();
-    t["step"] = step;
-    t["data_epoch"] = int64_t(train_loader.epoch());
-    t["data_position"] = int64_t(train_loader.position());
-    t["data_world"] = int64_t(world.size());
-    t["flags"] = run_flags(f);
-    return t;
-  };
-  auto checkpoint = [&](int64_t step) {
-    nn::OptimizerState state = trainer.optimizer_state();  // every rank: a collective under ZeRO-1
-    return lead ? run_dir->checkpoint(*model, state, training_state(step), step) : std::string();
-  };
-  auto evaluate = [&](int64_t step) {
-    if (!val_loader) return;
-    val_loader->seek(0, 0);
-    double v = trainer.evaluate(*val_loader, f.eval_batches);
-    run_dir->log_val(step, v);
-    std::printf("%sstep %ld | validation loss %.4f\n", tty ? "\n" : "", long(step), v);
-  };
-
-  // Ctrl-C (SIGINT), SIGTERM or SIGUSR1 stop the run with a checkpoint; all ranks agree at each step.
-  for (int sig : {SIGINT, SIGTERM, SIGUSR1}) std::signal(sig, on_stop_signal);
-  using clock = std::chrono::steady_clock;
-  const auto t_start = clock::now();
-  std::vector<nn::TokenBatch> micro(size_t(f.accum));
-  data::Batch batch;
-  nn::StepResult last;
-  int64_t step = start_step;
-  bool interrupted = false;
-  while (step < f.steps && !(interrupted = world.any(g_interrupted != 0))) {
-    const auto t0 = clock::now();
-    for (auto& m : micro) {
-      train_loader.next(batch);
-      m = nn::to_device(batch, device);
-    }
-    const double lr = nn::cosine_lr(step, f.warmup, f.steps, f.lr);
-    last = trainer.step(micro, lr);  // reads the loss: the step has finished on the device
-    ++step;
-    const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
-    const double tps = double(tokens_per_step) / (ms / 1e3);
-    if (lead) run_dir->log(step, last, lr, ms, tps);
-    if (step % f.log_every == 0 || step == f.steps || tty) {
-      const double elapsed = std::chrono::duration<double>(clock::now() - t_start).count();
-      const double eta = elapsed / double(step - start_step) * double(f.steps - step);
-      char mfu[32] = "";
-      if (peak > 0) std::snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * flops_per_step / (ms / 1e3) / peak);
-      std::printf("%sstep %ld/%ld | loss %.4f | lr %.2e | gnorm %.3f | %.1f ms | %.0f tok/s%s | ETA %s%s",
-                  tty ? "\r" : "", long(step), long(f.steps), last.loss, lr, last.grad_norm, ms, tps, mfu,
-                  human_duration(eta).c_str(), tty ? "   " : "\n");
-      std::fflush(stdout);
-    }
-    if (f.eval_every > 0 && step % f.eval_every == 0) evaluate(step);
-    if (f.ckpt_every > 0 && step % f.ckpt_every == 0 && step < f.steps) checkpoint(step);
-  }
-  if (tty) std::printf("\n");
-  if (f.eval_every <= 0 || step % f.eval_every != 0) evaluate(step);
-  std::string saved = checkpoint(step);
-  if (lead) run_dir->plot();
-  const double total = std::chrono::duration<double>(clock::now() - t_start).count();
-  if (interrupted) {
-    std::printf("interrupted at step %ld: checkpoint %s (resume with --resume %s)\n", long(step), saved.c_str(),
-                f.out.c_str());
-    return 130;
-  }
-  std::printf(
-      "done: %ld steps in %s, %.0f tokens/s, final loss %.4f | checkpoint %s | log %s/log.csv, plot %s/loss.svg\n",
-      long(step - start_step), human_duration(total).c_str(),
-      double(tokens_per_step) * double(step - start_step) / std::max(total, 1e-9), last.loss, saved.c_str(),
-      f.out.c_str(), f.out.c_str());
-  return 0;
 }
+
+// One training run, in the order run() calls its steps.
+class Training {
+ public:
+  Training(Flags f, const CLI::App& app, dist::World& world) : f_(std::move(f)), app_(app), world_(world) {}
+
+  int run() {
+    configure_device();
+    open_run_directory();
+    build_model();
+    open_data();
+    print_summary();
+    const bool stopped = train_loop();
+    return finish(stopped);
+  }
+
+ private:
+  bool lead() const { return world_.rank() == 0; }  // rank 0 reports and owns the run directory
+
+  void configure_device() {
+    if (f_.threads > 0) omp_set_num_threads(f_.threads);
+    device_ = dist::device_for_rank(world_, f_.device);
+    dtype_ = dtype_from_name(f_.dtype);
+    SESSA_CHECK(dtype_ == DType::F32 || device_.is_cuda(), "--dtype", "bf16 mixed precision needs --device cuda");
+    SESSA_CHECK(!f_.zero1 || world_.distributed(), "--zero1",
+                "shards the optimizer over ranks: launch with mpirun -np N (N > 1)");
+  }
+
+  // --out (or the --resume directory): locked, cleaned, and for --resume the
+  // checkpoint read and the saved flags restored.
+  void open_run_directory() {
+    std::string ckpt_path;
+    if (!f_.resume.empty()) {
+      ckpt_path = apps::resolve_run_checkpoint(f_.resume, "--resume");
+      if (!apps::given(app_, "--out"))
+        f_.out = fs::is_directory(f_.resume) ? f_.resume : fs::path(ckpt_path).parent_path().string();
+    } else {
+      SESSA_CHECK(!f_.data.empty(), "--data", "no training data given");
+      config_ = config_from_flags(f_);
+      check_fits_in_memory(config_, f_, device_);  // before anything is written
+    }
+    if (f_.out.empty()) f_.out = "runs/" + f_.model + "-" + f_.preset;
+    const char* out_flag = apps::given(app_, "--out") || f_.resume.empty() ? "--out" : "--resume";
+    if (lead()) run_dir_.emplace(f_.out, out_flag);
+    if (f_.resume.empty()) {
+      SESSA_CHECK(!fs::exists(fs::path(f_.out) / "latest.safetensors") &&
+                      !fs::is_symlink(fs::path(f_.out) / "latest.safetensors"),
+                  "--out",
+                  f_.out << " already holds a run (latest.safetensors); continue it with --resume " << f_.out
+                         << " or choose another --out");
+      return;
+    }
+    ckpt_ = nn::read_checkpoint(ckpt_path);
+    config_ = ckpt_->config;
+    const data::JsonFields training = ckpt_->training_fields();
+    if (training.has("flags")) restore_flags(f_, training.object("flags"), app_);
+    start_step_ = training.integer("step", 0);
+    SESSA_CHECK(f_.steps > start_step_, (apps::given(app_, "--steps") ? "--steps" : "--resume"),
+                ckpt_->path << " is already at step " << start_step_ << (f_.steps == start_step_ ? ", the end" : "")
+                            << " of a " << f_.steps << "-step run: nothing to train; give --steps N with N > "
+                            << start_step_ << " to train further");
+    check_fits_in_memory(config_, f_, device_);
+  }
+
+  void build_model() {
+    model_ = build_model_for(config_);
+    nn::TrainerOptions topt{.adamw = {.lr = f_.lr, .weight_decay = f_.weight_decay},
+                            .grad_clip = f_.grad_clip,
+                            .compute_dtype = dtype_,
+                            .layout = {.bucket_bytes = std::max<int64_t>(1, int64_t(f_.bucket_mb * (1 << 20)))},
+                            .max_bad_steps = f_.max_bad_steps};
+    dist::enable_data_parallel(topt, world_, device_, f_.zero1);
+    trainer_.emplace(model_, topt);
+    if (!ckpt_) return;
+    nn::load_parameters(*ckpt_, *model_);
+    trainer_->load_optimizer_state(*ckpt_);
+  }
+  std::shared_ptr<nn::LanguageModel> build_model_for(const nn::ModelConfig& c) {
+    return sessa::build_model(c, f_.seed, {DType::F32, device_});
+  }
+
+  void open_data() {
+    SESSA_CHECK(!f_.data.empty(), "--data", "no training data given");
+    data::LoaderConfig lc{.batch = f_.batch,
+                          .seq_len = f_.seq_len,
+                          .seed = f_.seed,
+                          .rank = world_.rank(),
+                          .world = world_.size(),
+                          .vocab = uint32_t(config_.vocab_size)};
+    train_loader_.emplace(open_loader("--data", f_.data, lc, "training"));
+    if (ckpt_) {
+      const data::JsonFields training = ckpt_->training_fields();
+      train_loader_->seek(uint64_t(training.integer("data_epoch", 0)),
+                          uint64_t(resume_position(training, f_.batch, world_.size())));
+      std::printf("resumed from %s at step %ld\n", ckpt_->path.c_str(), long(start_step_));
+      const data::JsonFields saved = training.object("flags");
+      const int64_t saved_global = saved.integer("batch", 1) * saved.integer("accum", 1) * saved_world(training);
+      if (saved_global != f_.batch * f_.accum * world_.size())
+        apps::note("the global batch changes from %ld to %ld sequences per step", long(saved_global),
+                   long(f_.batch * f_.accum * world_.size()));
+    }
+    if (!f_.val_data.empty() && lead()) {
+      data::LoaderConfig vc = lc;
+      vc.shuffle = false, vc.rank = 0, vc.world = 1;  // the same validation batches whatever the world size
+      val_loader_.emplace(open_loader("--val-data", f_.val_data, vc, "validation"));
+    }
+    // Last: the run directory's log is only rewritten once everything above was accepted.
+    if (lead()) run_dir_->open_log(ckpt_ ? start_step_ : -1);
+  }
+
+  void print_summary() {
+    tokens_per_step_ = f_.batch * f_.seq_len * f_.accum * world_.size();
+    std::printf("model   %s | %.2fM parameters | %s %s\n", config_.summary().c_str(),
+                double(model_->parameter_count()) / 1e6, device_.str().c_str(), dtype_name(dtype_));
+    std::printf("data    %s: %lu windows of %ld tokens\n", f_.data.c_str(),
+                (unsigned long)train_loader_->total_windows(), long(f_.seq_len));
+    std::printf("batch   %ld per rank x %d rank(s) x accum %ld = global batch %ld sequences = %ld tokens/step%s\n",
+                long(f_.batch), world_.size(), long(f_.accum), long(f_.batch * world_.size() * f_.accum),
+                long(tokens_per_step_), f_.zero1 ? " | ZeRO-1 optimizer sharding" : "");
+    std::printf("output  %s\n", f_.out.c_str());
+    std::fflush(stdout);
+  }
+
+  // Returns true when a stop signal ended the loop early.
+  bool train_loop() {
+    // One progress line rewritten in place on a terminal; under mpirun (whose output
+    // may look like a terminal but is forwarded) a line per --log-every steps.
+    const bool tty = isatty(1) && !world_.distributed();
+    const double flops_per_step = train_flops_per_token(config_, f_.seq_len) * double(tokens_per_step_);
+    const double peak = nn::device_peak_flops(device_, dtype_) * world_.size();
+    apps::install_stop_signals();  // all ranks agree on stopping at each step
+    const auto t_start = clock::now();
+    std::vector<nn::TokenBatch> micro(size_t(f_.accum));
+    data::Batch batch;
+    step_ = start_step_;
+    bool stopped = false;
+    while (step_ < f_.steps && !(stopped = world_.any(apps::stop_requested()))) {
+      const auto t0 = clock::now();
+      for (auto& m : micro) {
+        train_loader_->next(batch);
+        m = nn::to_device(batch, device_);
+      }
+      const double lr = nn::cosine_lr(step_, f_.warmup, f_.steps, f_.lr);
+      try {
+        last_ = trainer_->step(micro, lr);  // reads the loss: the step has finished on the device
+      } catch (const Error& e) {
+        SESSA_FAIL("step " << step_ + 1, e.what());
+      }
+      ++step_;
+      const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+      const double tps = double(tokens_per_step_) / (ms / 1e3);
+      if (lead()) run_dir_->log(step_, last_, lr, ms, tps);
+      if (last_.skipped)
+        apps::note(
+            "step %ld: loss %g, gradient norm %g: not finite, update skipped (the run stops after %ld such "
+            "steps in a row)",
+            long(step_), last_.loss, last_.grad_norm, long(f_.max_bad_steps));
+      if (step_ % f_.log_every == 0 || step_ == f_.steps || tty) {
+        const double elapsed = std::chrono::duration<double>(clock::now() - t_start).count();
+        const double eta = elapsed / double(step_ - start_step_) * double(f_.steps - step_);
+        char mfu[32] = "";
+        if (peak > 0) std::snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * flops_per_step / (ms / 1e3) / peak);
+        std::printf("%sstep %ld/%ld | loss %.4f | lr %.2e | gnorm %.3f | %.1f ms | %.0f tok/s%s | ETA %s%s",
+                    tty ? "\r" : "", long(step_), long(f_.steps), last_.loss, lr, last_.grad_norm, ms, tps, mfu,
+                    human_duration(eta).c_str(), tty ? "   " : "\n");
+        std::fflush(stdout);  // fails quietly when the reader went away (SIGPIPE is ignored)
+      }
+      if (f_.eval_every > 0 && step_ % f_.eval_every == 0) evaluate(tty);
+      if (f_.ckpt_every > 0 && step_ % f_.ckpt_every == 0 && step_ < f_.steps) checkpoint();
+    }
+    if (tty) std::printf("\n");
+    train_seconds_ = std::chrono::duration<double>(clock::now() - t_start).count();
+    return stopped;
+  }
+
+  void evaluate(bool tty) {
+    if (!val_loader_) return;
+    val_loader_->seek(0, 0);
+    const double v = trainer_->evaluate(*val_loader_, f_.eval_batches);
+    run_dir_->log_val(step_, v);
+    std::printf("%sstep %ld | validation loss %.4f\n", tty ? "\n" : "", long(step_), v);
+  }
+
+  data::Json training_state() const {
+    data::Json t = data::Json::object();
+    t["step"] = step_;
+    t["data_epoch"] = int64_t(train_loader_->epoch());
+    t["data_position"] = int64_t(train_loader_->position());
+    t["data_world"] = int64_t(world_.size());
+    t["flags"] = run_flags(f_);
+    return t;
+  }
+
+  std::string checkpoint() {
+    nn::OptimizerState state = trainer_->optimizer_state();  // every rank: a collective under ZeRO-1
+    return lead() ? run_dir_->checkpoint(*model_, trainer_->parameters(), state, training_state(), step_)
+                  : std::string();
+  }
+
+  int finish(bool stopped) {
+    if (f_.eval_every <= 0 || step_ % f_.eval_every != 0) evaluate(false);
+    const std::string saved = checkpoint();
+    if (lead()) run_dir_->plot();
+    if (stopped) {
+      std::printf("stopped by %s at step %ld: checkpoint %s (resume with --resume %s)\n",
+                  apps::signal_name(apps::stop_signal()), long(step_), saved.c_str(), f_.out.c_str());
+      return 130;
+    }
+    std::printf(
+        "done: %ld steps in %s, %.0f tokens/s, final loss %.4f | checkpoint %s | log %s/log.csv, plot %s/loss.svg\n",
+        long(step_ - start_step_), human_duration(train_seconds_).c_str(),
+        double(tokens_per_step_) * double(step_ - start_step_) / std::max(train_seconds_, 1e-9), last_.loss,
+        saved.c_str(), f_.out.c_str(), f_.out.c_str());
+    return 0;
+  }
+
+  using clock = std::chrono::steady_clock;
+  Flags f_;
+  const CLI::App& app_;
+  dist::World& world_;
+  Device device_;
+  DType dtype_ = DType::F32;
+  nn::ModelConfig config_;
+  std::optional<nn::Checkpoint> ckpt_;
+  std::optional<RunDir> run_dir_;
+  std::shared_ptr<nn::LanguageModel> model_;
+  std::optional<nn::Trainer> trainer_;
+  std::optional<data::TokenLoader> train_loader_, val_loader_;
+  int64_t start_step_ = 0, step_ = 0, tokens_per_step_ = 0;
+  nn::StepResult last_;
+  double train_seconds_ = 0;
+};
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::optional<dist::World> world;
-  try {
-    world.emplace(&argc, &argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "train: error: %s\n", e.what());
-    return 1;
-  }
-  // Only rank 0 reports: the other ranks' standard output is discarded (their
-  // errors still reach stderr, naming the rank).
-  if (world->rank() != 0 && !std::freopen("/dev/null", "w", stdout)) return 1;
   Flags f;
   CLI::App app{"Train a language model (" + nn::family_list() + ") on token shards (see README.md)."};
-  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated flag: the last wins
-  app.add_option("--model", f.model, "Model family, one of\n" + nn::family_help())
-      ->check(CLI::IsMember(nn::family_names()))
-      ->capture_default_str();
-  app.add_option("--preset", f.preset, "Size preset: tiny, small (GPT-2 small scale), medium (~350M)")
-      ->check(CLI::IsMember(nn::preset_names()))
-      ->capture_default_str();
-  app.add_option("--d-model", f.d_model, "Override the model width");
-  app.add_option("--layers", f.layers, "Override the number of layers");
-  app.add_option("--heads", f.heads, "Override the number of attention heads");
-  app.add_option("--kv-heads", f.kv_heads, "Key/value heads for grouped-query attention (0: same as --heads)");
-  app.add_option("--vocab", f.vocab, "Vocabulary size (257 for byte-level data, 50304 for GPT-2 shards)")
-      ->capture_default_str();
-  app.add_option(
-         "--match-params", f.match_params,
-         "Pick the layer count to match this family's parameter count at the same preset (" + nn::family_list() + ")")
-      ->check(CLI::IsMember(nn::family_names()));
-  app.add_option("--data", f.data,
-                 "Training shards: files, globs (comma-separated), or a directory holding train.bin/val.bin (required "
-                 "unless --resume)");
-  app.add_option("--val-data", f.val_data, "Validation shards (default: val.bin beside --data when it is a directory)");
-  app.add_option("--batch", f.batch, "Sequences per micro-batch")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--seq-len", f.seq_len, "Tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--steps", f.steps, "Optimizer steps in total")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--lr", f.lr, "Peak learning rate")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--warmup", f.warmup, "Linear warm-up steps before the cosine decay")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  app.add_option("--weight-decay", f.weight_decay, "AdamW decoupled weight decay (matrices only)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  app.add_option("--grad-clip", f.grad_clip, "Clip the global gradient norm to this (0: off)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  app.add_option("--accum", f.accum, "Gradient accumulation: micro-batches per optimizer step")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  app.add_option("--device", f.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
-  app.add_option("--dtype", f.dtype, "fp32, or bf16 mixed precision (CUDA)")
-      ->check(CLI::IsMember({"fp32", "bf16"}))
-      ->capture_default_str();
-  app.add_option("--seed", f.seed, "Seed of the initialisation and of the data order")->capture_default_str();
-  app.add_option("--out", f.out, "Run directory for checkpoints, log.csv and loss.svg (default runs/<model>-<preset>)");
-  app.add_option("--ckpt-every", f.ckpt_every, "Checkpoint every N steps (and always at the end; 0: only at the end)")
-      ->capture_default_str();
-  app.add_option("--resume", f.resume, "Continue the run in this directory (or from this checkpoint file)");
-  app.add_option("--eval-every", f.eval_every, "Validation every N steps (0: only at the end)")->capture_default_str();
-  app.add_option("--eval-batches", f.eval_batches, "Batches per validation")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  app.add_option("--log-every", f.log_every, "Print a progress line every N steps (every step on a terminal)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  app.add_option("--threads", f.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  app.add_flag("--zero1", f.zero1, "Under mpirun: shard the optimizer state over the ranks (ZeRO stage 1)");
-  app.add_option("--bucket-mb", f.bucket_mb,
-                 "Under mpirun: gradients are reduced in buckets of about this many MiB, overlapping backward")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return world->rank() == 0 ? app.exit(e) : e.get_exit_code();
-  }
-  return dist::run_reporting_errors(*world, "train", [&] {
+  add_flags(app, f);
+  return apps::run_app("train", app, argc, argv, [&](dist::World& world) {
     resolve_data(f);
-    return run(
-        f, [&](const char* flag) { return app.count(flag) > 0; }, *world);
+    return Training(f, app, world).run();
   });
 }

@@ -4,6 +4,7 @@
 
 #include "autograd/ops.h"
 #include "tensor/cuda_hooks.h"
+#include "tensor/ops.h"
 
 namespace sessa::nn {
 
@@ -42,13 +43,27 @@ StepResult Trainer::step(const std::vector<TokenBatch>& micro_batches, double lr
   if (sync_) sync_->sum_over_shards_(squares);
   StepResult r;
   r.grad_norm = std::sqrt(squares.item());
+  r.loss = loss_sum.item() / double(micro_batches.size());
+  if (sync_) r.loss = sync_->average(r.loss);
+  if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
+    // Skip the update: the weights and the AdamW moments (and its step count) stay as they were.
+    r.skipped = true;
+    ++bad_steps_in_a_row_;
+    SESSA_CHECK(bad_steps_in_a_row_ < options_.max_bad_steps, "training diverged",
+                bad_steps_in_a_row_ << " steps in a row had a non-finite loss or gradient norm (last: loss " << r.loss
+                                    << ", gradient norm " << r.grad_norm
+                                    << "); their updates were skipped, so the weights are those of the last good "
+                                       "step. Resume from an earlier checkpoint with a lower --lr (or --grad-clip)");
+    return r;
+  }
+  bad_steps_in_a_row_ = 0;
   clip_to_norm(grads, r.grad_norm, options_.grad_clip);
   optimizer_->step(lr);
   if (sync_) sync_->after_step();
-  r.loss = loss_sum.item() / double(micro_batches.size());
-  if (sync_) r.loss = sync_->average(r.loss);
   return r;
 }
+
+bool all_finite(const Tensor& t) { return std::isfinite(ops::sum_of_squares(t).item()); }
 
 OptimizerState Trainer::optimizer_state() {
   auto full = [&](const Tensor& owned) { return sync_ ? sync_->gather_owned(owned) : owned; };

@@ -2,6 +2,12 @@
 // forward and backward of each micro-batch (loss / micro-steps, so gradients
 // accumulate to the mean), global-norm clipping, then AdamW. The parameters live
 // in one ParameterBuffer; with a GradientSync (dist/) the step is data-parallel.
+//
+// Divergence guard: a step whose loss or gradient norm is not finite is skipped
+// before the optimizer touches the weights or its moments (StepResult::skipped);
+// after TrainerOptions::max_bad_steps such steps in a row, step() throws. Both
+// numbers are the same on every replica (averaged / summed over them), so the
+// replicas always agree on skipping.
 #pragma once
 #include <functional>
 #include <memory>
@@ -23,6 +29,7 @@ TokenBatch to_device(const data::Batch& batch, Device device);
 struct StepResult {
   double loss = 0;       // mean over the micro-batches (and replicas)
   double grad_norm = 0;  // before clipping
+  bool skipped = false;  // loss or gradient norm not finite: no update was applied
 };
 
 struct TrainerOptions {
@@ -31,6 +38,8 @@ struct TrainerOptions {
   // bf16: mixed precision (float32 master weights, bf16 activations).
   DType compute_dtype = DType::F32;
   ParameterLayout layout{};  // buckets; shards = replicas for ZeRO-1
+  // Consecutive non-finite steps tolerated (each skipped) before step() throws.
+  int64_t max_bad_steps = 3;
   // Makes the data-parallel gradient synchronisation over the parameter buffer
   // (empty: a single process).
   std::function<std::unique_ptr<GradientSync>(ParameterBuffer&)> data_parallel{};
@@ -42,6 +51,7 @@ struct TrainerOptions {
 class Trainer {
  public:
   Trainer(std::shared_ptr<LanguageModel> model, TrainerOptions options);
+  // Throws sessa::Error after max_bad_steps consecutive skipped steps.
   StepResult step(const std::vector<TokenBatch>& micro_batches, double lr);
   // Mean loss over `batches` batches from `loader`, without gradients.
   double evaluate(data::TokenLoader& loader, int64_t batches);
@@ -60,7 +70,12 @@ class Trainer {
   std::unique_ptr<ParameterBuffer> buffer_;
   std::unique_ptr<GradientSync> sync_;
   std::unique_ptr<AdamW> optimizer_;
+  int64_t bad_steps_in_a_row_ = 0;
 };
+
+// True when every element of `t` is finite (one float64 sum of squares, which
+// cannot overflow for finite float32 or bf16 values). Checkpoints are checked with it.
+bool all_finite(const Tensor& t);
 
 // Dense peak FLOP/s of the device for matrix products in `dtype` (0 when unknown):
 // used to report model FLOPs utilisation (MFU).

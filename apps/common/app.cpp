@@ -1,0 +1,55 @@
+// app.cpp - run_app: the set-up, flag parse and error path every app shares (app.h).
+#include "apps/common/app.h"
+
+#include <csignal>
+#include <cstdarg>
+#include <cstdio>
+#include <optional>
+#include <string>
+
+#include "apps/common/flags.h"
+
+namespace sessa::apps {
+
+namespace {
+std::string g_app_name = "app";
+}
+
+void note(const char* format, ...) {
+  std::fprintf(stderr, "%s: note: ", g_app_name.c_str());
+  va_list args;
+  va_start(args, format);
+  std::vfprintf(stderr, format, args);
+  va_end(args);
+  std::fputc('\n', stderr);
+}
+
+bool given(const CLI::App& app, const char* flag) { return app.count(flag) > 0; }
+
+int run_app(const char* name, CLI::App& app, int argc, char** argv, const std::function<int(dist::World&)>& body) {
+  g_app_name = name;
+  std::signal(SIGPIPE, SIG_IGN);  // a closed stdout fails writes instead of killing the process
+  std::optional<dist::World> world;
+  try {
+    world.emplace(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", name, e.what());
+    return 1;
+  }
+  // Only rank 0 reports: the other ranks' standard output is discarded (their
+  // errors still reach stderr, naming the rank).
+  if (world->rank() != 0 && !std::freopen("/dev/null", "w", stdout)) return 1;
+  use_app_failure_message(app, name);
+  for (CLI::Option* option : app.get_options())  // a repeated single-value flag: the last one wins
+    if (option->get_expected_max() <= 1) option->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (world->rank() != 0) return e.get_exit_code() == 0 ? 0 : 2;
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  return dist::run_reporting_errors(*world, name, [&] { return body(*world); });
+}
+
+}  // namespace sessa::apps
