@@ -335,16 +335,17 @@ class Training {
   // checkpoint read and the saved flags restored.
   void open_run_directory() {
     std::string ckpt_path;
-    if (!f_.resume.empty()) {
-      ckpt_path = apps::resolve_run_checkpoint(f_.resume, "--resume");
-      if (!apps::given(app_, "--out"))
-        f_.out = fs::is_directory(f_.resume) ? f_.resume : fs::path(ckpt_path).parent_path().string();
-    } else {
+    const bool resume_dir = !f_.resume.empty() && fs::is_directory(f_.resume);
+    if (!f_.resume.empty() && !resume_dir) ckpt_path = apps::resolve_run_checkpoint(f_.resume, "--resume");
+    if (f_.resume.empty()) {
       SESSA_CHECK(!f_.data.empty(), "--data", "no training data given");
       config_ = config_from_flags(f_);
       check_fits_in_memory(config_, f_, device_);  // before anything is written
+    } else if (!apps::given(app_, "--out")) {
+      f_.out = resume_dir ? f_.resume : fs::path(ckpt_path).parent_path().string();
     }
     if (f_.out.empty()) f_.out = "runs/" + f_.model + "-" + f_.preset;
+    // The lock comes before reading the run's checkpoint: a running run may not have written one yet.
     const char* out_flag = apps::given(app_, "--out") || f_.resume.empty() ? "--out" : "--resume";
     if (lead()) run_dir_.emplace(f_.out, out_flag);
     if (f_.resume.empty()) {
@@ -355,15 +356,18 @@ class Training {
                          << " or choose another --out");
       return;
     }
+    if (resume_dir) ckpt_path = apps::resolve_run_checkpoint(f_.resume, "--resume");
     ckpt_ = nn::read_checkpoint(ckpt_path);
     config_ = ckpt_->config;
     const data::JsonFields training = ckpt_->training_fields();
     if (training.has("flags")) restore_flags(f_, training.object("flags"), app_);
     start_step_ = training.integer("step", 0);
     SESSA_CHECK(f_.steps > start_step_, (apps::given(app_, "--steps") ? "--steps" : "--resume"),
-                ckpt_->path << " is already at step " << start_step_ << (f_.steps == start_step_ ? ", the end" : "")
-                            << " of a " << f_.steps << "-step run: nothing to train; give --steps N with N > "
-                            << start_step_ << " to train further");
+                "the run is already at step " << start_step_ << " (" << ckpt_->path << "), "
+                                              << (apps::given(app_, "--steps") ? "past --steps " : "the end of its ")
+                                              << f_.steps << (apps::given(app_, "--steps") ? "" : " steps")
+                                              << ": nothing to train; give --steps N with N > " << start_step_
+                                              << " to train further");
     check_fits_in_memory(config_, f_, device_);
   }
 
@@ -496,7 +500,12 @@ class Training {
     return t;
   }
 
+  // No checkpoint right after a skipped step: `latest` stays at a state that trained.
   std::string checkpoint() {
+    if (last_.skipped) {
+      apps::note("step %ld: no checkpoint after a skipped step (latest.safetensors stays where it was)", long(step_));
+      return "(none: the last step was skipped)";
+    }
     nn::OptimizerState state = trainer_->optimizer_state();  // every rank: a collective under ZeRO-1
     return lead() ? run_dir_->checkpoint(*model_, trainer_->parameters(), state, training_state(), step_)
                   : std::string();

@@ -29,6 +29,7 @@ bool given(const CLI::App& app, const char* flag) { return app.count(flag) > 0; 
 int run_app(const char* name, CLI::App& app, int argc, char** argv, const std::function<int(dist::World&)>& body) {
   g_app_name = name;
   std::signal(SIGPIPE, SIG_IGN);  // a closed stdout fails writes instead of killing the process
+  std::signal(SIGXFSZ, SIG_IGN);  // a file past `ulimit -f` fails its write (an error naming it) instead
   std::optional<dist::World> world;
   try {
     world.emplace(&argc, &argv);

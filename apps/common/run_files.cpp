@@ -87,10 +87,11 @@ void CsvLog::append(const std::string& row) {
   // O_APPEND: one write(2) per row, so a crash never leaves half a row before a whole one.
   const ssize_t n = ::write(fd_, line.data(), line.size());
   if (n != ssize_t(line.size())) {
-    const int error = n < 0 ? errno : ENOSPC;
-    if (n > 0 && ftruncate(fd_, lseek(fd_, 0, SEEK_END) - n) != 0) { /* the reader drops a torn row */
+    const std::string why = n < 0 ? std::strerror(errno)
+                                  : "only part of it was written (the disk is full or the file reached its size limit)";
+    if (n > 0 && ftruncate(fd_, lseek(fd_, 0, SEEK_END) - n) != 0) { /* a torn row is dropped on the next resume */
     }
-    SESSA_FAIL(path_, "cannot append a row: " << std::strerror(error) << " (the rows before it are intact)");
+    SESSA_FAIL(path_, "cannot append a row: " << why << "; the rows before it are intact");
   }
   if (std::chrono::steady_clock::now() - last_sync_ > std::chrono::seconds(1)) sync();
 }

@@ -46,7 +46,7 @@ RunLock::RunLock(const std::string& dir, const std::string& flag, const std::str
     const std::string holder = read_all(fd_);
     ::close(fd_);
     fd_ = -1;
-    SESSA_CHECK(error != EWOULDBLOCK, flag, "cannot lock " << path_ << ": " << std::strerror(error));
+    SESSA_CHECK(error == EWOULDBLOCK, flag, "cannot lock " << path_ << ": " << std::strerror(error));
     // "pid host app": say it in words.
     std::string pid, host, holder_app;
     std::istringstream(holder) >> pid >> host >> holder_app;

@@ -2,7 +2,8 @@
 //
 // SIGINT (Ctrl-C), SIGTERM, SIGHUP (a closed terminal or ssh session) and SIGUSR1
 // (a batch scheduler's warning) only set a flag: the app finishes its step,
-// checkpoints and exits. SIGPIPE is ignored for every app (run_app does it): a
+// checkpoints and exits. SIGPIPE is ignored for every app (run_app does it, and
+// SIGXFSZ: a file past `ulimit -f` fails its write with an error instead): a
 // reader that goes away (`train ... | head`) makes writes to stdout fail instead
 // of killing the process.
 #pragma once
