@@ -10,8 +10,20 @@ OUT=${OUT:-runs/fortunes-sessa}
 DEVICE=${DEVICE:-auto}
 DATA=runs/fortunes-data
 
-echo "== 1/3 preparing the corpus (/usr/share/games/fortunes) -> $DATA"
-"$BUILD/apps/prepare" --input '/usr/share/games/fortunes/*' --separator % --out-dir "$DATA"
+FORTUNES=/usr/share/games/fortunes
+
+# The fortune text files themselves: not their *.dat indexes (binary) nor the
+# *.u8 links to the same files.
+shopt -s extglob nullglob
+inputs=("$FORTUNES"/!(*.dat|*.u8))
+shopt -u extglob nullglob
+if [ ${#inputs[@]} -eq 0 ]; then
+  echo "demo: no fortune files in $FORTUNES (install the 'fortunes' package: make deps)" >&2
+  exit 1
+fi
+
+echo "== 1/3 preparing the corpus (${#inputs[@]} files in $FORTUNES) -> $DATA"
+"$BUILD/apps/prepare" --input "${inputs[@]}" --separator % --out-dir "$DATA"
 
 echo "== 2/3 training a Sessa LM for $STEPS steps -> $OUT"
 if [ -e "$OUT/latest.safetensors" ]; then

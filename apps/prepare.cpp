@@ -79,10 +79,16 @@ struct Skipped {
   void report(bool verbose) const {
     const size_t files = binary.size() + duplicate.size() + directory.size();
     if (files == 0 && empty.empty()) return;
-    std::string line = "skipped " + std::to_string(files) + " input(s): " + std::to_string(binary.size()) +
-                       " binary (NUL bytes, e.g. fortune .dat indexes), " + std::to_string(duplicate.size()) +
-                       " repeated (the same file by another name), " + std::to_string(directory.size()) +
-                       " director(ies)";
+    std::string line = "skipped " + std::to_string(files) + " input(s):";
+    const char* sep = " ";
+    auto count = [&](size_t n, const char* what) {
+      if (n == 0) return;
+      line += sep + std::to_string(n) + " " + what;
+      sep = ", ";
+    };
+    count(binary.size(), "binary (NUL bytes, e.g. fortune .dat indexes)");
+    count(duplicate.size(), "repeated (the same file by another name)");
+    count(directory.size(), "directories");
     if (!empty.empty()) line += "; " + std::to_string(empty.size()) + " file(s) held no non-blank document";
     apps::note("%s%s", line.c_str(), verbose ? ":" : " (--verbose lists them)");
     if (!verbose) return;
