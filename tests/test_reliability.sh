@@ -47,7 +47,7 @@ expect_error "--weight-decay nan refused" "--weight-decay: expected a finite num
 expect_error "--batch 0 in words" "--batch: expected a whole number from 1 to" "${TRAIN[@]}" --batch 0 --out "$WORK/f"
 expect_error "--steps abc" "--steps: expected a whole number from 1 to" "${TRAIN[@]}" --steps abc --out "$WORK/f"
 expect_error "--steps past int64" "(too large)" "${TRAIN[@]}" --steps 99999999999999999999 --out "$WORK/f"
-expect_error "--threads bounded by the machine" "the cores of this machine" "${TRAIN[@]}" --threads 100000 --out "$WORK/f"
+expect_error "--threads bounded by the machine" "this machine's" "${TRAIN[@]}" --threads 100000 --out "$WORK/f"
 expect_error "--d-model -64 refused" "--d-model: expected a whole number from 1" "${TRAIN[@]}" --d-model -64 --out "$WORK/f"
 expect_error "--layers 0 refused" "--layers: expected a whole number from 1" "${TRAIN[@]}" --layers 0 --out "$WORK/f"
 expect_error "--heads -2 refused" "--heads: expected a whole number from 1" "${TRAIN[@]}" --heads -2 --out "$WORK/f"

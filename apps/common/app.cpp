@@ -4,6 +4,7 @@
 #include <csignal>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <string>
 
@@ -13,7 +14,20 @@ namespace sessa::apps {
 
 namespace {
 std::string g_app_name = "app";
+
+// OpenMP threads that spin at barriers (libgomp's default) keep a core busy while
+// the thread they wait for is descheduled: with one of two cores taken by another
+// process, a demo step went from 0.6 s to 6-26 s. Passive waiting sleeps instead
+// (docs/performance.md has the numbers). libgomp reads its environment in a
+// library constructor, before main(), so the default is set from the executable's
+// preinit array, which runs before any library's constructors. An explicit
+// OMP_WAIT_POLICY or GOMP_SPINCOUNT is left alone.
+void default_to_passive_wait(int, char**, char**) {
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
 }
+__attribute__((section(".preinit_array"), used)) void (*const g_preinit_wait_policy)(int, char**,
+                                                                                     char**) = default_to_passive_wait;
+}  // namespace
 
 void note(const char* format, ...) {
   std::fprintf(stderr, "%s: note: ", g_app_name.c_str());

@@ -99,15 +99,17 @@ CLI::Validator existing_path() {
 int machine_cores() { return std::max(1, int(std::thread::hardware_concurrency())); }
 
 CLI::Validator thread_count() {
-  const int cores = machine_cores();
-  CLI::Validator v = whole_number(0, cores);
-  const std::string words =
-      "a whole number from 0 (all cores) to " + std::to_string(cores) + " (the cores of this machine)";
+  // Up to 4 threads per core: oversubscription is allowed for experiments, but not
+  // the hundreds of thousands that crash the OpenMP runtime.
+  const int most = 4 * machine_cores();
+  CLI::Validator v = whole_number(0, most);
+  const std::string words = "a whole number from 0 (all cores) to " + std::to_string(most) + " (4 x this machine's " +
+                            std::to_string(machine_cores()) + " cores)";
   return CLI::Validator(
       [v, words](std::string& value) -> std::string {
         return v(value).empty() ? std::string() : "expected " + words + ", got '" + value + "'";
       },
-      "INT in [0, " + std::to_string(cores) + "]");
+      "INT in [0, " + std::to_string(most) + "]");
 }
 
 void use_app_failure_message(CLI::App& app, const std::string& app_name) {

@@ -31,7 +31,7 @@ inline CLI::Validator positive_fraction() { return real_number(0, 1, true, false
 // A path that must exist (file or directory).
 CLI::Validator existing_path();
 
-// --threads: 0 (all cores) up to the number of cores of this machine.
+// --threads: 0 (all cores) up to 4 threads per core of this machine.
 CLI::Validator thread_count();
 int machine_cores();
 
