@@ -25,6 +25,8 @@
 #include <iostream>
 #include <sstream>
 
+#include "apps/common/app.h"
+#include "apps/common/flags.h"
 #include "apps/common/svg_plot.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
@@ -311,12 +313,6 @@ int main(int argc, char** argv) {
   app.add_option("--seed", f.seed, "Seed of the inputs and probes")->capture_default_str();
   app.add_option("--device", f.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", f.dtype, "f64, f32, or auto (f64 on the CPU, f32 on a GPU)")->capture_default_str();
-  app.add_option("--threads", f.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  CLI11_PARSE(app, argc, argv);
-  try {
-    return run(f);
-  } catch (const std::exception& e) {
-    std::cerr << "influence: error: " << e.what() << "\n";
-    return 1;
-  }
+  app.add_option("--threads", f.threads, "CPU threads (default: all cores)")->check(apps::thread_count());
+  return apps::run_app("influence", app, argc, argv, [&](dist::World&) { return run(f); });
 }
