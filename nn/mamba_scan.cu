@@ -6,28 +6,29 @@
 // Layout of the work. A block owns one batch row b and kWarps consecutive channels, one
 // warp per channel; time goes in chunks of kChunk = 32 * kItems steps. Within a chunk,
 // lane p of a warp holds the kItems consecutive steps p*kItems .. p*kItems+kItems-1 in
-// registers. Per state n (a loop; states are independent): each lane composes its own
-// steps into one map, a warp shuffle scan (5 rounds) turns these into prefix maps, the
-// chunk's carried state (shared memory, float32) enters through them, and each lane
-// replays its steps from its exact starting state. The carry then moves on to the next
-// chunk. Each channel's time axis lives in one warp, so no block-wide scan is needed;
-// shared memory stages the (time x channel) tiles so that global loads and stores stay
-// coalesced in the (B, T, Di) layout (channel fastest), and the Bm, Cm (time x state)
-// tiles that all warps of the block share. Tiles are stored with step t of lane p at
-// p*(kItems+1) + item (kItems even, so a lane's reads hit distinct banks) and a row
-// padding of one word (so the staging writes of different channels do too).
+// registers. Per state n (states are independent; kStates of them side by side in one
+// pass, so that their shuffle and exp latencies overlap): each lane composes its own steps
+// into one map, lane 0 applies its map to the chunk's carried state (shared memory, float32),
+// a warp shuffle scan (5 rounds) then yields the state after every lane's steps, and each
+// lane replays its steps from its exact starting state. Lane 0 alone reads and writes the
+// carry, so the warp needs no barrier; the state after the chunk moves on to the next one. Each channel's time axis
+// lives in one warp, so no block-wide scan is needed; shared memory stages the (time x channel) tiles so that global
+// loads and stores stay coalesced in the (B, T, Di) layout (channel fastest), and the Bm, Cm (time x state) tiles that
+// all warps of the block share. Tiles are stored with step t of lane p at p*(kItems+1) + item (kItems even, so a lane's
+// reads hit distinct banks) and a row padding of one word (so the staging writes of different channels do too).
 //
 // Backward. With q_t = e_t * dL/dh_t, the adjoint obeys q_t = e_t q_{t+1} + e_t dy_t Cm_t,
 // the same kind of affine recurrence run backwards: the same scan with shuffles going
 // down, chunks visited last to first, the carry being q at the first step of the later
-// chunk. The forward states h_{t-1} a chunk needs are recomputed from the state at its
-// start: a checkpoint (B, Di, N, chunks) float32 that the forward kernel writes when asked
-// (nn::selective_scan keeps it for its backward) or that a first forward sweep of the
-// backward kernel writes (composition only, no outputs). Gradients, per (b, c, n):
+// chunk (entering through lane 31, which alone reads and writes it). The forward states h_{t-1} a chunk needs are
+// recomputed from the state at its start: a checkpoint (B, Di, N, chunks) float32 that the forward kernel writes when
+// asked (nn::selective_scan keeps it for its backward) or that a first forward sweep of the backward kernel writes
+// (composition only, no outputs). Gradients, per (b, c, n):
 //   du_t += gh delta_t Bm_t,  ddelta_t += gh (A e_t h_{t-1} + Bm_t u_t)     (registers)
 //   dA   += gh delta_t e_t h_{t-1}  (warp sum per chunk, then one partial per (b, c))
 //   dBm_t = sum_c gh delta_t u_t, dCm_t = sum_c dy_t h_t (the block's channels summed in
-//          shared memory in a fixed order, one partial per channel group; a second kernel
+//          shared memory in a fixed order after one barrier per pass of kStates states,
+//          one partial per channel group; a second kernel
 //          sums the groups), dD = sum dy u (lane registers, warp sum at the end).
 // The mixer's gate can be fused: the output is then y * SiLU(z), and the backward turns
 // dy into dy * SiLU(z) on loading it and rebuilds y (sum over n of Cm h, plus D u) along
@@ -68,14 +69,16 @@ struct ScanParams {
 };
 
 // Compile-time shape of a scan kernel: storage type, warps (= channels) per block, steps
-// per lane. Shared memory (dynamic, in Acc words): `tiles` (time x channel) tiles of
-// kWarps rows, two (time x state) tiles (Bm, Cm) of N rows, `vecs` per-warp vectors of N,
-// and with the gate one more (time x channel) tile for z (then dz) at the end.
-template <class F_, int kWarps_, int kItems_>
+// per lane, states per pass (kStates independent states are scanned side by side, so
+// their shuffle and exp latencies overlap; a pass past N repeats state N - 1 and discards
+// it). Shared memory (dynamic, in Acc words): `tiles` (time x channel) tiles of kWarps
+// rows, two (time x state) tiles (Bm, Cm) of N rows, `vecs` per-warp vectors of N, and
+// with the gate one more (time x channel) tile for z (then dz) at the end.
+template <class F_, int kWarps_, int kItems_, int kStates_>
 struct ScanTraits {
   using F = F_;
   using Acc = acc_t<F>;
-  static constexpr int kWarps = kWarps_, kItems = kItems_;
+  static constexpr int kWarps = kWarps_, kItems = kItems_, kStates = kStates_;
   static constexpr int kThreads = kWarps * kWarp;
   static constexpr int kChunk = kWarp * kItems;          // time steps per chunk
   static constexpr int kRow = kWarp * (kItems + 1) + 1;  // padded tile row
@@ -88,11 +91,11 @@ struct ScanTraits {
 
 template <class F>
 struct ScanConfig {
-  using type = ScanTraits<F, 16, 4>;  // 512 threads, chunks of 128 steps
+  using type = ScanTraits<F, 16, 4, 2>;  // 512 threads, chunks of 128 steps, 2 states a pass
 };
 template <>
 struct ScanConfig<double> {
-  using type = ScanTraits<double, 8, 2>;  // correctness path: smaller tiles of doubles
+  using type = ScanTraits<double, 8, 2, 2>;  // correctness path: smaller tiles of doubles
 };
 
 __device__ __forceinline__ float exp2_acc(float v) { return exp2f(v); }
@@ -134,50 +137,65 @@ __device__ void load_state_tile(typename K::Acc* tile, const typename K::F* __re
 }
 
 // Inclusive scan of affine maps (a, b): h -> a h + b over the lanes of a warp, earlier
-// lanes applied first: lane p ends with the composition of lanes 0 .. p.
-template <class Acc>
-__device__ __forceinline__ void warp_prefix(Acc& a, Acc& b, int lane) {
+// lanes applied first: lane p ends with the composition of lanes 0 .. p. S independent
+// scans side by side (one per state of a pass), their shuffles interleaved.
+template <int S, class Acc>
+__device__ __forceinline__ void warp_prefix(Acc (&a)[S], Acc (&b)[S], int lane) {
 #pragma unroll
   for (int off = 1; off < kWarp; off *= 2) {
-    const Acc pa = __shfl_up_sync(kFull, a, off), pb = __shfl_up_sync(kFull, b, off);
-    if (lane >= off) b = a * pb + b, a = a * pa;
+    Acc pa[S], pb[S];
+#pragma unroll
+    for (int s = 0; s < S; ++s) pa[s] = __shfl_up_sync(kFull, a[s], off), pb[s] = __shfl_up_sync(kFull, b[s], off);
+#pragma unroll
+    for (int s = 0; s < S; ++s)
+      if (lane >= off) b[s] = a[s] * pb[s] + b[s], a[s] = a[s] * pa[s];
   }
 }
 
 // The same from the other end: lane p ends with the composition of lanes 31 .. p
 // (lane 31's map applied first), for recurrences that run backwards in time.
-template <class Acc>
-__device__ __forceinline__ void warp_suffix(Acc& a, Acc& b, int lane) {
+template <int S, class Acc>
+__device__ __forceinline__ void warp_suffix(Acc (&a)[S], Acc (&b)[S], int lane) {
 #pragma unroll
   for (int off = 1; off < kWarp; off *= 2) {
-    const Acc na = __shfl_down_sync(kFull, a, off), nb = __shfl_down_sync(kFull, b, off);
-    if (lane + off < kWarp) b = a * nb + b, a = a * na;
+    Acc na[S], nb[S];
+#pragma unroll
+    for (int s = 0; s < S; ++s) na[s] = __shfl_down_sync(kFull, a[s], off), nb[s] = __shfl_down_sync(kFull, b[s], off);
+#pragma unroll
+    for (int s = 0; s < S; ++s)
+      if (lane + off < kWarp) b[s] = a[s] * nb[s] + b[s], a[s] = a[s] * na[s];
   }
 }
 
 // Composition of all 32 lanes' maps (lane 0 first), in every lane: a butterfly in which
 // the lane whose partner is earlier applies its own map second. Both partners evaluate
 // the same expressions, so every lane holds bitwise the same result.
-template <class Acc>
-__device__ __forceinline__ void warp_compose_all(Acc& a, Acc& b, int lane) {
+template <int S, class Acc>
+__device__ __forceinline__ void warp_compose_all(Acc (&a)[S], Acc (&b)[S], int lane) {
 #pragma unroll
   for (int off = 1; off < kWarp; off *= 2) {
-    const Acc pa = __shfl_xor_sync(kFull, a, off), pb = __shfl_xor_sync(kFull, b, off);
-    if (lane & off)
-      b = a * pb + b, a = a * pa;  // partner earlier
-    else
-      b = pa * b + pb, a = pa * a;  // partner later
+    Acc pa[S], pb[S];
+#pragma unroll
+    for (int s = 0; s < S; ++s) pa[s] = __shfl_xor_sync(kFull, a[s], off), pb[s] = __shfl_xor_sync(kFull, b[s], off);
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      if (lane & off)
+        b[s] = a[s] * pb[s] + b[s], a[s] = a[s] * pa[s];  // partner earlier
+      else
+        b[s] = pa[s] * b[s] + pb[s], a[s] = pa[s] * a[s];  // partner later
+    }
   }
 }
 
 // ---- forward ------------------------------------------------------------------------
 
 // grid (ceil(Di / kWarps), B), block kThreads. Writes y, and the checkpoints if p.ckpt.
+// Two blocks per SM (registers capped at 64 per thread at 512 threads) for latency hiding.
 template <class K>
-__global__ void __launch_bounds__(K::kThreads) scan_fwd_kernel(ScanParams p) {
+__global__ void __launch_bounds__(K::kThreads, 2) scan_fwd_kernel(ScanParams p) {
   using F = typename K::F;
   using Acc = typename K::Acc;
-  constexpr int R = K::kItems, G = K::kWarps, kRow = K::kRow;
+  constexpr int R = K::kItems, G = K::kWarps, kRow = K::kRow, S = K::kStates;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int N = p.dstate, T = p.seqlen, Di = p.dim;
   Acc* sU = reinterpret_cast<Acc*>(smem_raw);  // u, then y
@@ -185,7 +203,7 @@ __global__ void __launch_bounds__(K::kThreads) scan_fwd_kernel(ScanParams p) {
   Acc* sB = sDt + G * kRow;
   Acc* sC = sB + N * kRow;
   Acc* sA = sC + N * kRow;   // (G, N)
-  Acc* sCarry = sA + G * N;  // (G, N): the state entering the current chunk
+  Acc* sCarry = sA + G * N;  // (G, N): the state entering the current chunk (lane 0 of the warp only)
   Acc* sZ = sCarry + G * N;  // the gate z (only with p.z)
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, base = lane * (R + 1);
   const int b = blockIdx.y, c0 = blockIdx.x * G, c = c0 + warp;
@@ -212,37 +230,50 @@ __global__ void __launch_bounds__(K::kThreads) scan_fwd_kernel(ScanParams p) {
     load_state_tile<K>(sC, Cm, p.C_tstride, t0, T, N);
     if (z) load_channel_tile<K>(sZ, z, p.z_tstride, t0, T, c0, Di);
     __syncthreads();
-    Acc xu[R], xdt[R], acc[R];
+    Acc xu[R], dtu[R], xdt[R], acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       xu[r] = sU[warp * kRow + base + r];
       xdt[r] = sDt[warp * kRow + base + r];
+      dtu[r] = xdt[r] * xu[r];
       acc[r] = d * xu[r];
     }
-    for (int n = 0; n < N; ++n) {
-      const Acc a2 = sA[warp * N + n] * Acc(kLog2e);
-      const Acc *Bn = sB + n * kRow + base, *Cn = sC + n * kRow + base;
-      Acc e[R], x[R], ma = 1, mb = 0;  // this lane's steps, and their composition
+    for (int n0 = 0; n0 < N; n0 += S) {
+      Acc e[S][R], x[S][R], ma[S], mb[S], carry[S] = {};  // this lane's steps, their composition
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        e[r] = exp2_acc(xdt[r] * a2);
-        x[r] = xdt[r] * xu[r] * Bn[r];
-        mb = e[r] * mb + x[r], ma = e[r] * ma;
+      for (int s = 0; s < S; ++s) {
+        const int n = min(n0 + s, N - 1);
+        const Acc a2 = sA[warp * N + n] * Acc(kLog2e);
+        const Acc* Bn = sB + n * kRow + base;
+        ma[s] = 1, mb[s] = 0;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          e[s][r] = exp2_acc(xdt[r] * a2);
+          x[s][r] = dtu[r] * Bn[r];
+          mb[s] = e[s][r] * mb[s] + x[s][r], ma[s] = e[s][r] * ma[s];
+        }
+        // Lane 0 starts from the carried state, so the scan yields the states themselves: lane
+        // p's inclusive b is the state after its last step. Only lane 0 touches the carry.
+        if (lane == 0) carry[s] = sCarry[warp * N + n], mb[s] = ma[s] * carry[s] + mb[s];
       }
       warp_prefix(ma, mb, lane);
-      Acc pa = __shfl_up_sync(kFull, ma, 1), pb = __shfl_up_sync(kFull, mb, 1);  // lanes before this one
-      if (lane == 0) pa = 1, pb = 0;
-      const Acc ta = __shfl_sync(kFull, ma, kWarp - 1), tb = __shfl_sync(kFull, mb, kWarp - 1);  // whole chunk
-      const Acc carry = sCarry[warp * N + n];
-      if (ck && lane == 0) ck[int64_t(n) * p.chunks + k] = carry;
-      Acc h = pa * carry + pb;
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        h = e[r] * h + x[r];
-        acc[r] += Cn[r] * h;
+      for (int s = 0; s < S; ++s) {
+        const int n = n0 + s;
+        if (n >= N) break;  // a repeat of state N - 1 (uniform across the block)
+        const Acc before = __shfl_up_sync(kFull, mb[s], 1), after = __shfl_sync(kFull, mb[s], kWarp - 1);
+        if (lane == 0) {
+          if (ck) ck[int64_t(n) * p.chunks + k] = carry[s];
+          sCarry[warp * N + n] = after;  // the state after the whole chunk
+        }
+        const Acc* Cn = sC + n * kRow + base;
+        Acc h = lane == 0 ? carry[s] : before;  // the state before this lane's first step
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          h = e[s][r] * h + x[s][r];
+          acc[r] += Cn[r] * h;
+        }
       }
-      __syncwarp();  // every lane has read the carry
-      if (lane == 0) sCarry[warp * N + n] = ta * carry + tb;
     }
     if (z) {
 #pragma unroll
@@ -266,14 +297,14 @@ template <class K>
 __global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
   using F = typename K::F;
   using Acc = typename K::Acc;
-  constexpr int R = K::kItems, G = K::kWarps, kRow = K::kRow;
+  constexpr int R = K::kItems, G = K::kWarps, kRow = K::kRow, S = K::kStates;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int N = p.dstate, T = p.seqlen, Di = p.dim, chunks = p.chunks;
   Acc* sU = reinterpret_cast<Acc*>(smem_raw);  // u, then du
   Acc* sDt = sU + G * kRow;                    // delta, then ddelta
   Acc* sG = sDt + G * kRow;                    // dy
-  Acc* sRed = sG + G * kRow;                   // 2 x [dBm terms | dCm terms] per channel: double-buffered by state
-  Acc* sB = sRed + 4 * G * kRow;
+  Acc* sRed = sG + G * kRow;                   // 2 x S x [dBm terms | dCm terms] per channel: double-buffered by pass
+  Acc* sB = sRed + 4 * S * G * kRow;
   Acc* sC = sB + N * kRow;
   Acc* sA = sC + N * kRow;  // (G, N)
   Acc* sH = sA + G * N;     // (G, N): forward state entering the chunk
@@ -314,20 +345,27 @@ __global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
       load_channel_tile<K>(sDt, delta, p.delta_tstride, t0, T, c0, Di);
       load_state_tile<K>(sB, Bm, p.B_tstride, t0, T, N);
       __syncthreads();
-      Acc xu[R], xdt[R];
+      Acc dtu[R], xdt[R];
 #pragma unroll
-      for (int r = 0; r < R; ++r) xu[r] = sU[warp * kRow + base + r], xdt[r] = sDt[warp * kRow + base + r];
-      for (int n = 0; n < N; ++n) {
-        const Acc a2 = sA[warp * N + n] * Acc(kLog2e);
-        const Acc* Bn = sB + n * kRow + base;
-        Acc ma = 1, mb = 0;
+      for (int r = 0; r < R; ++r) xdt[r] = sDt[warp * kRow + base + r], dtu[r] = xdt[r] * sU[warp * kRow + base + r];
+      for (int n0 = 0; n0 < N; n0 += S) {
+        Acc ma[S], mb[S];
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const Acc e = exp2_acc(xdt[r] * a2);
-          mb = e * mb + xdt[r] * xu[r] * Bn[r], ma = e * ma;
+        for (int s = 0; s < S; ++s) {
+          const int n = min(n0 + s, N - 1);
+          const Acc a2 = sA[warp * N + n] * Acc(kLog2e);
+          const Acc* Bn = sB + n * kRow + base;
+          ma[s] = 1, mb[s] = 0;
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            const Acc e = exp2_acc(xdt[r] * a2);
+            mb[s] = e * mb[s] + dtu[r] * Bn[r], ma[s] = e * ma[s];
+          }
         }
         warp_compose_all(ma, mb, lane);
-        if (lane == 0) sH[warp * N + n] = ma * sH[warp * N + n] + mb;  // only lane 0 touches sH
+#pragma unroll
+        for (int s = 0; s < S; ++s)  // only lane 0 touches sH
+          if (lane == 0 && n0 + s < N) sH[warp * N + n0 + s] = ma[s] * sH[warp * N + n0 + s] + mb[s];
       }
     }
   }
@@ -360,63 +398,82 @@ __global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
       gu[r] = xg[r] * d, gdt[r] = 0, yo[r] = d * xu[r];
       gD += xg[r] * xu[r];
     }
-    for (int n = 0; n < N; ++n) {
-      const Acc a = sA[warp * N + n], a2 = a * Acc(kLog2e);
-      const Acc *Bn = sB + n * kRow + base, *Cn = sC + n * kRow + base;
-      // Forward again from the checkpoint: e_t, x_t and h_{t-1} of this lane's steps.
-      Acc e[R], x[R], hp[R], ma = 1, mb = 0;
+    for (int n0 = 0; n0 < N; n0 += S) {
+      // Forward again from the checkpoint: e_t, x_t and h_{t-1} of this lane's steps, for the
+      // S states of this pass side by side (state min(n, N - 1): a pass past N repeats N - 1).
+      Acc e[S][R], x[S][R], hp[S][R], ma[S], mb[S];
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        e[r] = exp2_acc(xdt[r] * a2);
-        x[r] = xdt[r] * xu[r] * Bn[r];
-        mb = e[r] * mb + x[r], ma = e[r] * ma;
+      for (int s = 0; s < S; ++s) {
+        const int n = min(n0 + s, N - 1);
+        const Acc a2 = sA[warp * N + n] * Acc(kLog2e);
+        const Acc* Bn = sB + n * kRow + base;
+        ma[s] = 1, mb[s] = 0;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          e[s][r] = exp2_acc(xdt[r] * a2);
+          x[s][r] = xdt[r] * xu[r] * Bn[r];
+          mb[s] = e[s][r] * mb[s] + x[s][r], ma[s] = e[s][r] * ma[s];
+        }
+        if (lane == 0) mb[s] = ma[s] * sH[warp * N + n] + mb[s];  // lane 0 starts from the checkpoint
       }
       warp_prefix(ma, mb, lane);
-      Acc pa = __shfl_up_sync(kFull, ma, 1), pb = __shfl_up_sync(kFull, mb, 1);
-      if (lane == 0) pa = 1, pb = 0;
-      Acc h = pa * sH[warp * N + n] + pb;
+      // Adjoint: q_t = e_t q_{t+1} + e_t dy_t Cm_t, composed from this lane's last step back;
+      // lane 31 starts from the carried q, so the suffix scan yields q itself. Only lane 31
+      // touches the carry sQ.
+      Acc ra[S], rb[S], carry[S] = {};
 #pragma unroll
-      for (int r = 0; r < R; ++r) hp[r] = h, h = e[r] * h + x[r];
-      // Adjoint: q_t = e_t q_{t+1} + e_t dy_t Cm_t, composed from this lane's last step back.
-      Acc ra = 1, rb = 0;
+      for (int s = 0; s < S; ++s) {
+        const int n = min(n0 + s, N - 1);
+        const Acc* Cn = sC + n * kRow + base;
+        const Acc before = __shfl_up_sync(kFull, mb[s], 1);
+        Acc h = lane == 0 ? sH[warp * N + n] : before;
 #pragma unroll
-      for (int r = R - 1; r >= 0; --r) rb = e[r] * (rb + xg[r] * Cn[r]), ra = e[r] * ra;
-      warp_suffix(ra, rb, lane);
-      Acc na = __shfl_down_sync(kFull, ra, 1), nb = __shfl_down_sync(kFull, rb, 1);  // lanes after this one
-      if (lane == kWarp - 1) na = 1, nb = 0;
-      const Acc ta = __shfl_sync(kFull, ra, 0), tb = __shfl_sync(kFull, rb, 0);  // whole chunk
-      const Acc carry = sQ[warp * N + n];
-      Acc q = na * carry + nb;  // q_{t+1} for this lane's last step
-      Acc gA = 0;
-      Acc* const red = sRed + (n % 2) * 2 * G * kRow;  // this state's buffer: dBm terms, then dCm terms
-      Acc *rB = red + warp * kRow + base, *rC = rB + G * kRow;
+        for (int r = 0; r < R; ++r) hp[s][r] = h, h = e[s][r] * h + x[s][r];
+        ra[s] = 1, rb[s] = 0;
 #pragma unroll
-      for (int r = R - 1; r >= 0; --r) {
-        const Acc gh = q + xg[r] * Cn[r];  // dL/dh_t
-        const Acc eh = e[r] * hp[r], bn = Bn[r];
-        gu[r] += gh * xdt[r] * bn;
-        gdt[r] += gh * (a * eh + bn * xu[r]);
-        gA += gh * xdt[r] * eh;
-        rB[r] = gh * xdt[r] * xu[r];
-        rC[r] = xg[r] * (eh + x[r]);  // dy_t h_t
-        yo[r] += Cn[r] * (eh + x[r]);
-        q = e[r] * gh;
+        for (int r = R - 1; r >= 0; --r) rb[s] = e[s][r] * (rb[s] + xg[r] * Cn[r]), ra[s] = e[s][r] * ra[s];
+        if (lane == kWarp - 1) carry[s] = sQ[warp * N + n], rb[s] = ra[s] * carry[s] + rb[s];
       }
-      gA = warp_sum(gA);
-      __syncwarp();  // every lane has read the carry
-      if (lane == 0) sQ[warp * N + n] = ta * carry + tb, sGA[warp * N + n] += gA;
-      // One barrier per state: the buffer written next (state n + 1) was last read while
-      // summing state n - 1, which every thread finished before this barrier.
+      warp_suffix(ra, rb, lane);
+      Acc* const red = sRed + (n0 / S % 2) * 2 * S * G * kRow;  // this pass's buffer: per state dBm, dCm terms
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        const int n = n0 + s;
+        if (n >= N) break;  // the repeat of state N - 1 (uniform across the block)
+        const Acc a = sA[warp * N + n];
+        const Acc *Bn = sB + n * kRow + base, *Cn = sC + n * kRow + base;
+        const Acc after = __shfl_down_sync(kFull, rb[s], 1), first = __shfl_sync(kFull, rb[s], 0);
+        Acc q = lane == kWarp - 1 ? carry[s] : after;  // q_{t+1} for this lane's last step
+        Acc gA = 0;
+        Acc *rB = red + 2 * s * G * kRow + warp * kRow + base, *rC = rB + G * kRow;
+#pragma unroll
+        for (int r = R - 1; r >= 0; --r) {
+          const Acc gh = q + xg[r] * Cn[r];  // dL/dh_t
+          const Acc eh = e[s][r] * hp[s][r], bn = Bn[r];
+          gu[r] += gh * xdt[r] * bn;
+          gdt[r] += gh * (a * eh + bn * xu[r]);
+          gA += gh * xdt[r] * eh;
+          rB[r] = gh * xdt[r] * xu[r];
+          rC[r] = xg[r] * (eh + x[s][r]);  // dy_t h_t
+          yo[r] += Cn[r] * (eh + x[s][r]);
+          q = e[s][r] * gh;
+        }
+        gA = warp_sum(gA);
+        if (lane == kWarp - 1) sQ[warp * N + n] = first;  // q at the chunk's first step
+        if (lane == 0) sGA[warp * N + n] += gA;
+      }
+      // One barrier per pass: the buffer written next (pass + 1) was last read while summing
+      // pass - 1, which every thread finished before this barrier.
       __syncthreads();  // rB, rC of every channel are written
       // dBm (row n) and dCm (row N + n) of this channel group: sum the block's channels in order.
-      for (int i = threadIdx.x; i < 2 * K::kChunk; i += K::kThreads) {
-        const int t = i % K::kChunk, which = i / K::kChunk;
-        if (t0 + t >= T) continue;
+      for (int i = threadIdx.x; i < 2 * S * K::kChunk; i += K::kThreads) {
+        const int t = i % K::kChunk, which = i / K::kChunk, n = n0 + which / 2;
+        if (t0 + t >= T || n >= N) continue;
         const Acc* col = red + which * G * kRow + K::slot(t);
         Acc s = 0;
 #pragma unroll
         for (int g = 0; g < G; ++g) s += col[g * kRow];
-        part[int64_t(which * N + n) * T + t0 + t] = s;
+        part[int64_t((which % 2) * N + n) * T + t0 + t] = s;
       }
     }
 #pragma unroll
@@ -500,11 +557,15 @@ ScanParams make_params(const Tensor& u, const Tensor& delta, const Tensor& A, co
   return p;
 }
 
-// Launches kernel<K> with `bytes` of dynamic shared memory (opting in above 48 KiB).
+// Launches kernel<K> with `bytes` of dynamic shared memory (opting in above 48 KiB), with
+// the SM's unified L1 split towards shared memory (so two forward blocks fit on one SM).
 template <class K, class Kernel>
 void launch(Kernel kernel, const ScanParams& p, size_t bytes, cudaStream_t st, const char* op) {
   if (bytes > 48 * 1024)
     SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
+  SESSA_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared)),
+      op);
   const dim3 grid{unsigned((p.dim + K::kWarps - 1) / K::kWarps), unsigned(p.batch)};
   kernel<<<grid, K::kThreads, bytes, st>>>(p);
   SESSA_CUDA_LAUNCH_CHECK(op);
@@ -584,7 +645,7 @@ ops::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tenso
     const int64_t groups = (Di + K::kWarps - 1) / K::kWarps;
     Tensor part_bc = Tensor::empty({groups, B, 2 * N, T}, acc), part_ad = Tensor::empty({B, N + 1, Di}, acc);
     p.part_bc = part_bc.raw_data(), p.part_ad = part_ad.raw_data();
-    launch<K>(scan_bwd_kernel<K>, p, K::smem_bytes(7, 4, int(N), gate), st, op);
+    launch<K>(scan_bwd_kernel<K>, p, K::smem_bytes(3 + 4 * K::kStates, 4, int(N), gate), st, op);
     scan_dbc_finalize_kernel<F><<<blocks_for(B * 2 * N * T), kThreads, 0, st>>>(
         static_cast<const Acc*>(part_bc.raw_data()), static_cast<F*>(g.dB.raw_data()), static_cast<F*>(g.dC.raw_data()),
         int(groups), int(B), int(T), int(N));

@@ -204,6 +204,14 @@ TEST_CASE("cuda selective_scan bfloat16") {
   check_scan(1, 1000, 70, 16, DType::BF16, 54);
 }
 
+// Small enough for compute-sanitizer racecheck/memcheck (the cases above take minutes
+// under racecheck): two chunks, the last partial; channels over three blocks, the last
+// partial; both the forward's and the recomputed checkpoints; gated; strided Bm, Cm.
+TEST_CASE("cuda selective_scan sanitizer-sized: B 2, T 300, channels 40, N 16, gated") {
+  check_scan(2, 300, 40, 16, DType::F32, 91, false, true);
+  check_scan(2, 300, 40, 16, DType::BF16, 92, true, true);
+}
+
 TEST_CASE("cuda selective_scan float64") {
   check_scan(3, 63, 37, 16, DType::F64, 61);
   check_scan(1, 65, 35, 5, DType::F64, 62);
