@@ -401,17 +401,20 @@ __global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
     for (int n0 = 0; n0 < N; n0 += S) {
       // Forward again from the checkpoint: e_t, x_t and h_{t-1} of this lane's steps, for the
       // S states of this pass side by side (state min(n, N - 1): a pass past N repeats N - 1).
-      Acc e[S][R], x[S][R], hp[S][R], ma[S], mb[S];
+      // Bm_t, Cm_t in registers: read once from shared memory (the rB, rC stores below could
+      // alias them as far as the compiler knows, which would force reloads).
+      Acc e[S][R], x[S][R], hp[S][R], bm[S][R], cm[S][R], ma[S], mb[S];
 #pragma unroll
       for (int s = 0; s < S; ++s) {
         const int n = min(n0 + s, N - 1);
         const Acc a2 = sA[warp * N + n] * Acc(kLog2e);
-        const Acc* Bn = sB + n * kRow + base;
+        const Acc *Bn = sB + n * kRow + base, *Cn = sC + n * kRow + base;
         ma[s] = 1, mb[s] = 0;
 #pragma unroll
         for (int r = 0; r < R; ++r) {
+          bm[s][r] = Bn[r], cm[s][r] = Cn[r];
           e[s][r] = exp2_acc(xdt[r] * a2);
-          x[s][r] = xdt[r] * xu[r] * Bn[r];
+          x[s][r] = xdt[r] * xu[r] * bm[s][r];
           mb[s] = e[s][r] * mb[s] + x[s][r], ma[s] = e[s][r] * ma[s];
         }
         if (lane == 0) mb[s] = ma[s] * sH[warp * N + n] + mb[s];  // lane 0 starts from the checkpoint
@@ -424,14 +427,13 @@ __global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
 #pragma unroll
       for (int s = 0; s < S; ++s) {
         const int n = min(n0 + s, N - 1);
-        const Acc* Cn = sC + n * kRow + base;
         const Acc before = __shfl_up_sync(kFull, mb[s], 1);
         Acc h = lane == 0 ? sH[warp * N + n] : before;
 #pragma unroll
         for (int r = 0; r < R; ++r) hp[s][r] = h, h = e[s][r] * h + x[s][r];
         ra[s] = 1, rb[s] = 0;
 #pragma unroll
-        for (int r = R - 1; r >= 0; --r) rb[s] = e[s][r] * (rb[s] + xg[r] * Cn[r]), ra[s] = e[s][r] * ra[s];
+        for (int r = R - 1; r >= 0; --r) rb[s] = e[s][r] * (rb[s] + xg[r] * cm[s][r]), ra[s] = e[s][r] * ra[s];
         if (lane == kWarp - 1) carry[s] = sQ[warp * N + n], rb[s] = ra[s] * carry[s] + rb[s];
       }
       warp_suffix(ra, rb, lane);
@@ -441,21 +443,20 @@ __global__ void __launch_bounds__(K::kThreads) scan_bwd_kernel(ScanParams p) {
         const int n = n0 + s;
         if (n >= N) break;  // the repeat of state N - 1 (uniform across the block)
         const Acc a = sA[warp * N + n];
-        const Acc *Bn = sB + n * kRow + base, *Cn = sC + n * kRow + base;
         const Acc after = __shfl_down_sync(kFull, rb[s], 1), first = __shfl_sync(kFull, rb[s], 0);
         Acc q = lane == kWarp - 1 ? carry[s] : after;  // q_{t+1} for this lane's last step
         Acc gA = 0;
         Acc *rB = red + 2 * s * G * kRow + warp * kRow + base, *rC = rB + G * kRow;
 #pragma unroll
         for (int r = R - 1; r >= 0; --r) {
-          const Acc gh = q + xg[r] * Cn[r];  // dL/dh_t
-          const Acc eh = e[s][r] * hp[s][r], bn = Bn[r];
+          const Acc gh = q + xg[r] * cm[s][r];  // dL/dh_t
+          const Acc eh = e[s][r] * hp[s][r], bn = bm[s][r];
           gu[r] += gh * xdt[r] * bn;
           gdt[r] += gh * (a * eh + bn * xu[r]);
           gA += gh * xdt[r] * eh;
           rB[r] = gh * xdt[r] * xu[r];
           rC[r] = xg[r] * (eh + x[s][r]);  // dy_t h_t
-          yo[r] += Cn[r] * (eh + x[s][r]);
+          yo[r] += cm[s][r] * (eh + x[s][r]);
           q = e[s][r] * gh;
         }
         gA = warp_sum(gA);
