@@ -28,18 +28,23 @@ Tensor LanguageModel::head(const Tensor& h) const {
   return matmul(norm_f->forward(h), compute(embedding), false, true);
 }
 
-Tensor LanguageModel::forward(const Tensor& ids) {
+Tensor LanguageModel::hidden(const Tensor& ids) {
   check_ids(ids, "LanguageModel::forward");
   SESSA_CHECK(ids.dim() == 2, "LanguageModel::forward", "expected token ids (B, T), got " << ids.shape());
   Tensor h = compute(index_select(embedding, 0, ids.to(device())));
   for (auto& layer : layers) h = layer->forward(h);
-  return head(h);
+  return h;
 }
+
+Tensor LanguageModel::forward(const Tensor& ids) { return head(hidden(ids)); }
 
 Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index) {
   SESSA_CHECK(targets.shape() == ids.shape(), "LanguageModel::loss",
               "targets " << targets.shape() << " vs ids " << ids.shape());
-  return cross_entropy(forward(ids), targets.to(device()), ignore_index);
+  // The embedding goes in as stored (float32 master weights beside bfloat16 activations): the
+  // fused head casts it once and returns its gradient in float32. Targets stay where they are
+  // (the head counts them on the host).
+  return head_cross_entropy(norm_f->forward(hidden(ids)), embedding, targets, ignore_index, loss_chunk_rows);
 }
 
 std::vector<std::unique_ptr<DecodeState>> LanguageModel::new_decode_states(int64_t batch, int64_t max_len) const {

@@ -1,5 +1,7 @@
 // One language-model wrapper for every family:
 //   token embedding (V, D) -> N blocks -> final LayerNorm -> head tied to the embedding.
+// forward()/step() return logits (sampling, evaluation that needs them); loss() fuses the head
+// with the cross-entropy (nn/head_loss.h) and never holds more than loss_chunk_rows rows of logits.
 // Parameter names: embedding.weight, layers.<i>.<block parameters>, norm_f.weight/bias.
 #pragma once
 #include <functional>
@@ -8,6 +10,7 @@
 
 #include "nn/block.h"
 #include "nn/config.h"
+#include "nn/head_loss.h"
 #include "nn/layers.h"
 
 namespace sessa::nn {
@@ -19,7 +22,8 @@ class LanguageModel : public Module {
   LanguageModel(const ModelConfig& config, Generator& gen, const BlockFactory& make_block, TensorOptions topt = {});
 
   Tensor forward(const Tensor& ids);  // int32 (B, T) -> logits (B, T, V)
-  // Mean next-token cross-entropy of forward(ids) against int32 targets (B, T).
+  // Mean next-token cross-entropy of forward(ids) against int32 targets (B, T), computed by the
+  // chunked fused head (nn::head_cross_entropy) without materialising the (B, T, V) logits.
   Tensor loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index = -1);
 
   // Incremental decoding: one cache per layer; step() consumes one token per sequence.
@@ -35,8 +39,10 @@ class LanguageModel : public Module {
   Tensor embedding;  // (V, D)
   std::vector<std::shared_ptr<Block>> layers;
   std::shared_ptr<LayerNorm> norm_f;
+  int64_t loss_chunk_rows = kHeadLossChunkRows;  // rows of logits loss() holds at once
 
  private:
+  Tensor hidden(const Tensor& ids);    // int32 (B, T) -> final hidden states (B, T, D), before norm_f
   Tensor head(const Tensor& h) const;  // final norm + tied projection to the vocabulary
   void check_ids(const Tensor& ids, const char* op) const;
   ModelConfig config_;

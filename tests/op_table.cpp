@@ -10,6 +10,7 @@
 
 #include "autograd/ops.h"
 #include "nn/functional.h"
+#include "nn/head_loss.h"
 #include "nn/layers.h"
 #include "nn/mamba_ops.h"
 #include "sessa/feedback.h"
@@ -233,6 +234,27 @@ void add_rowops(std::vector<OpEntry>& t) {
                },
                kDefault | kHostIndex | kOutF32 | kRawF32};
   t.push_back(xent);
+
+  // The LM head fused with the cross-entropy (nn/head_loss.h): h (..., D), weight (V, D), targets
+  // with h's leading shape; arg = rows per chunk. Chunks that split N unevenly, chunks of one row
+  // (some wholly ignored), one chunk larger than N; on the GPU up to a vocabulary of 50304. The
+  // weight stays float32 beside bfloat16 h (the LM's master weights); the loss is float32.
+  auto head = [](Shape h, int64_t V, int64_t chunk, unsigned where) {
+    Shape rows(h.begin(), h.end() - 1);
+    return OpCase{{h, {V, h.back()}, rows}, chunk, where};
+  };
+  OpEntry fused{
+      "head_cross_entropy",
+      {normal_in(), f32_in(normal_in(0.5)), ids_in(1, 0, 0.3)},
+      {head({5, 4}, 7, 2, kCpu), head({2, 3, 4}, 6, 4, kCpu), head({4, 3}, 5, 1, kCpu), head({3, 4}, 5, 8, kCpu),
+       head({1, 8}, 1, 1, kGpu), head({37, 64}, 257, 16, kGpu), head({130, 33}, 70, 1000, kGpu),
+       head({2, 65, 64}, 5003, 64, kGpu), head({300, 96}, 1000, 7, kGpu), head({1000, 128}, 50304, 384, kGpu)},
+      [](auto& x, int64_t chunk) { return nn::head_cross_entropy(x[0], x[1], x[2], -100, chunk); },
+      {},
+      kDefault | kHostIndex | kOutF32};
+  fused.tol.raw_bf16 = 2e-2;  // the loss from bfloat16 logits against float32 ones
+  fused.grad_tol.bf16 = fused.grad_tol.raw_bf16 = 3e-2;
+  t.push_back(fused);
 
   // RoPE at position offset arg (the backward is the inverse rotation).
   std::vector<OpCase> rope{{{{1, 2, 3, 6}}, 2},

@@ -10,6 +10,8 @@
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
 #include "nn/checkpoint.h"
+#include "nn/functional.h"
+#include "nn/head_loss.h"
 #include "nn/trainer.h"
 #include "sessa/model.h"
 #include "tests/helpers.h"
@@ -247,4 +249,63 @@ TEST_CASE("gradient accumulation: two half batches equal one full batch") {
   }
   auto pf = full->parameters(), pa = accum->parameters();
   for (size_t i = 0; i < pf.size(); ++i) CHECK(max_rel_diff(pa[i].grad(), pf[i].grad()) < 1e-5);
+}
+
+TEST_CASE("the fused chunked head loss equals cross_entropy(forward(ids)), loss and every gradient") {
+  // Chunks of 3 rows over B * T = 10 (the last chunk short), with ignored targets, one chunk of
+  // all 10 rows and the default; float64 to 1e-12 and float32 to 1e-5.
+  for (const auto& family : kFamilies) {
+    for (DType dtype : {DType::F64, DType::F32}) {
+      for (int64_t chunk : {int64_t(3), int64_t(10), nn::kHeadLossChunkRows}) {
+        CAPTURE(family);
+        CAPTURE(dtype_name(dtype));
+        CAPTURE(chunk);
+        nn::ModelConfig c = tiny(family);
+        c.n_layers = 1;
+        Generator gen(11);
+        auto fused = build_model(c, 5, {dtype}), plain = build_model(c, 5, {dtype});
+        scale_up(*fused, gen);
+        for (size_t i = 0; i < fused->parameters().size(); ++i)
+          ops::copy_(plain->parameters()[i], fused->parameters()[i]);
+        fused->loss_chunk_rows = chunk;
+        Tensor ids = random_ids(2, 5, c.vocab_size, gen), targets = random_ids(2, 5, c.vocab_size, gen);
+        std::vector<int32_t> t = targets.to_vector<int32_t>();
+        t[1] = t[2] = t[3] = t[7] = -100;  // the second chunk of 3 wholly ignored
+        targets = from_vector(t, {2, 5}, {DType::I32});
+        Tensor a = fused->loss(ids, targets, -100);
+        Tensor b = nn::cross_entropy(plain->forward(ids), targets, -100);
+        const double tol = dtype == DType::F64 ? 1e-12 : 1e-5;
+        CHECK(max_rel_diff(a, b) < tol);
+        autograd::backward(a * 0.75);  // a scaled upstream gradient
+        autograd::backward(b * 0.75);
+        auto pf = fused->parameters(), pp = plain->parameters();
+        for (size_t i = 0; i < pf.size(); ++i) {
+          CAPTURE(i);
+          REQUIRE(pf[i].grad().defined());
+          CHECK(max_rel_diff(pf[i].grad(), pp[i].grad()) < tol);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("head_cross_entropy: errors name the op and the shape at fault") {
+  Tensor h = zeros({4, 3}), w = zeros({5, 3}), t = zeros({4}, {DType::I32});
+  check_error([&] { nn::head_cross_entropy(h, zeros({5, 2}), t); }, {"head_cross_entropy", "[4, 3]", "[5, 2]"});
+  check_error([&] { nn::head_cross_entropy(h, w, zeros({3}, {DType::I32})); }, {"head_cross_entropy", "int32", "[3]"});
+  check_error([&] { nn::head_cross_entropy(h, w.to(DType::F64), t); }, {"head_cross_entropy", "dtype"});
+  check_error([&] { nn::head_cross_entropy(h, w, t, -1, 0); }, {"head_cross_entropy", "chunk_rows"});
+  check_error(
+      [&] {
+        nn::head_cross_entropy(h, w, from_vector<int32_t>({0, 1, 5, 2}, {4}, {DType::I32}));
+      },
+      {"head_cross_entropy", "target 5", "row 2", "[0, 5)"});
+  // Every target ignored: loss 0 and zero gradients, like nn::cross_entropy.
+  Tensor hx = ones({4, 3}), wx = ones({5, 3});
+  hx.set_requires_grad(), wx.set_requires_grad();
+  Tensor loss = nn::head_cross_entropy(hx, wx, from_vector<int32_t>({-1, -1, -1, -1}, {4}, {DType::I32}), -1, 3);
+  CHECK(loss.item() == 0.0);
+  autograd::backward(loss);
+  CHECK(ops::sum_of_squares(hx.grad()).item() == 0.0);
+  CHECK(ops::sum_of_squares(wx.grad()).item() == 0.0);
 }

@@ -1,0 +1,124 @@
+// The language-model head fused with its cross-entropy, chunked over rows (nn/head_loss.h).
+//
+// With h (N, D), W (V, D), targets y (N) and n the number of counted rows (y_r != ignore_index):
+//   loss = (1/n) sum_r [lse_r - z_{r, y_r}],   z_r = h_r W^T (V),   lse_r = log sum_j exp z_rj.
+// The logits z (N, V) are the largest tensor of a language model (N = 64k rows x V = 50304 are
+// 13 GB in float32), so they are never built whole. For each chunk c of at most chunk_rows rows:
+//   z_c  = h_c W^T                             ops::matmul (cuBLAS on CUDA, float32 accumulation)
+//   loss += (n_c / n) * mean CE of the chunk   ops::cross_entropy (float32 lse, or float64)
+//   dz_c = (softmax(z_c) - onehot(y_c)) / n    ops::cross_entropy_backward with dloss = 1, count n
+//   dh_c = dz_c W,   dW += dz_c^T h_c          ops::matmul; dW summed in float32 (float64 for float64)
+// and z_c, dz_c are freed before the next chunk. Only dh (N, D) and dW (V, D) outlive the forward.
+//
+// Why the gradient may be computed in the forward: the loss is a scalar, so the node's backward
+// receives a 0-d dloss g, and d(loss)/dh = g * dh, d(loss)/dW = g * dW for the dh, dW computed
+// with g = 1. The map from g to the gradients is linear, so scaling afterwards is exact for any g:
+// when the loss is the graph's output (g = 1) and when it is scaled or summed with other terms
+// first (gradient accumulation over micro-batches, weighted losses). The price: a forward with
+// grad enabled does the two gradient GEMMs even if no backward follows (evaluate under a
+// NoGradGuard, as nn::Trainer does, and they are skipped).
+//
+// Precision: the chunk's logits and gradient take h's dtype (bfloat16 in mixed precision, as the
+// unfused head's logits do), softmax statistics and the loss are float32 (float64 for float64),
+// and dW is accumulated over chunks in float32. A float32 weight beside bfloat16 h is cast to
+// bfloat16 once per call (what nn::compute does for the unfused head) and gets a float32 gradient.
+#include "nn/head_loss.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "autograd/node.h"
+#include "tensor/ops.h"
+
+namespace sessa::nn {
+
+namespace {
+
+struct TargetCounts {
+  int64_t total = 0;
+  std::vector<int64_t> per_chunk;  // counted rows of each chunk
+};
+
+// Counts the targets that are not ignore_index, per chunk, and checks the rest are in [0, V).
+TargetCounts count_targets(const Tensor& host_targets, int64_t V, int64_t ignore_index, int64_t chunk_rows) {
+  const int64_t N = host_targets.numel();
+  const int32_t* t = host_targets.data<int32_t>();
+  TargetCounts c;
+  for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
+    int64_t n = 0;
+    for (int64_t r = r0; r < std::min(N, r0 + chunk_rows); ++r) {
+      if (int64_t(t[r]) == ignore_index) continue;
+      SESSA_CHECK(t[r] >= 0 && t[r] < V, "head_cross_entropy",
+                  "target " << t[r] << " in row " << r << " is outside [0, " << V << ")");
+      ++n;
+    }
+    c.per_chunk.push_back(n);
+    c.total += n;
+  }
+  return c;
+}
+
+}  // namespace
+
+Tensor head_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& targets, int64_t ignore_index,
+                          int64_t chunk_rows) {
+  const char* op = "head_cross_entropy";
+  SESSA_CHECK(h.dim() >= 1 && weight.dim() == 2 && weight.size(1) == h.size(-1) && weight.size(0) >= 1, op,
+              "expects h (..., D) and weight (V, D) with V >= 1, got " << h.shape() << " and " << weight.shape());
+  const int64_t D = h.size(-1), V = weight.size(0), N = numel(Shape(h.shape().begin(), h.shape().end() - 1));
+  SESSA_CHECK(targets.dtype() == DType::I32 && targets.numel() == N, op,
+              "needs int32 targets with one element per row of h " << h.shape() << ", got " << targets.str());
+  SESSA_CHECK(
+      weight.dtype() == h.dtype() || (h.dtype() == DType::BF16 && weight.dtype() == DType::F32), op,
+      "weight " << weight.str() << " must have the dtype of h " << h.str() << " (or float32 beside bfloat16 h)");
+  SESSA_CHECK(weight.device() == h.device(), op, "weight " << weight.str() << " is not on the device of h " << h.str());
+  SESSA_CHECK(targets.device().is_cpu() || targets.device() == h.device(), op,
+              "targets " << targets.str() << " are neither on the host nor on the device of h " << h.str());
+  SESSA_CHECK(chunk_rows >= 1, op, "chunk_rows must be at least 1, got " << chunk_rows);
+
+  // The mean divides by the whole batch's count, so the targets are counted first, on the host.
+  const Tensor flat_targets = ops::reshape(targets, {N});
+  const Tensor host_targets = ops::contiguous(flat_targets.to(Device::cpu()));
+  const TargetCounts counts = count_targets(host_targets, V, ignore_index, chunk_rows);
+  const Tensor t = flat_targets.device() == h.device() ? flat_targets : host_targets.to(h.device());
+
+  const Tensor x = ops::reshape(h, {N, D});                                              // (N, D)
+  const Tensor w = weight.dtype() == h.dtype() ? weight : ops::cast(weight, h.dtype());  // (V, D)
+  const DType stat = h.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  const DType acc = weight.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  const bool grad = autograd::grad_enabled() && (h.requires_grad() || weight.requires_grad());
+  const bool need_dh = grad && h.requires_grad(), need_dw = grad && weight.requires_grad();
+
+  Tensor loss = zeros({}, {stat, h.device()});
+  Tensor dh = need_dh ? Tensor::empty({N, D}, x.options()) : Tensor{};  // (N, D)
+  Tensor dw = need_dw ? zeros({V, D}, {acc, h.device()}) : Tensor{};    // (V, D)
+  const Tensor one = scalar(1.0, {stat, h.device()});
+  for (int64_t r0 = 0, i = 0; r0 < N; r0 += chunk_rows, ++i) {
+    const int64_t rows = std::min(chunk_rows, N - r0), n_c = counts.per_chunk[size_t(i)];
+    if (n_c == 0) {  // every row ignored: no loss, zero gradient
+      if (need_dh) ops::fill_(ops::narrow(dh, 0, r0, rows), 0.0);
+      continue;
+    }
+    const Tensor x_c = ops::narrow(x, 0, r0, rows), t_c = ops::narrow(t, 0, r0, rows);
+    const Tensor logits = ops::matmul(x_c, w, false, true);         // (rows, V)
+    const auto ce = ops::cross_entropy(logits, t_c, ignore_index);  // mean over the chunk's n_c rows
+    ops::add_(loss, ce.loss, double(n_c) / double(counts.total));
+    if (!grad) continue;
+    const Tensor dlogits = ops::cross_entropy_backward(one, logits, t_c, ce.lse, ignore_index, counts.total);
+    if (need_dh) ops::copy_(ops::narrow(dh, 0, r0, rows), ops::matmul(dlogits, w));  // (rows, D)
+    if (need_dw) {
+      const Tensor dw_c = ops::matmul(dlogits, x_c, true, false);  // (V, D)
+      ops::add_(dw, dw_c.dtype() == acc ? dw_c : ops::cast(dw_c, acc));
+    }
+  }
+  if (dw.defined() && dw.dtype() != weight.dtype()) dw = ops::cast(dw, weight.dtype());
+
+  // The backward only scales the stored gradients by the incoming 0-d dloss g.
+  return autograd::record("head_cross_entropy", loss, {h, weight}, [dh, dw, h_shape = h.shape()](const Tensor& g) {
+    auto scaled = [&g](const Tensor& d) { return d.defined() ? ops::mul(d, ops::cast(g, d.dtype())) : Tensor{}; };
+    const Tensor gh = scaled(dh);
+    return std::vector<Tensor>{gh.defined() ? ops::reshape(gh, h_shape) : gh, scaled(dw)};
+  });
+}
+
+}  // namespace sessa::nn
