@@ -100,11 +100,12 @@ Tensor head_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& t
       continue;
     }
     const Tensor x_c = ops::narrow(x, 0, r0, rows), t_c = ops::narrow(t, 0, r0, rows);
-    const Tensor logits = ops::matmul(x_c, w, false, true);         // (rows, V)
+    Tensor logits = ops::matmul(x_c, w, false, true);               // (rows, V)
     const auto ce = ops::cross_entropy(logits, t_c, ignore_index);  // mean over the chunk's n_c rows
     ops::add_(loss, ce.loss, double(n_c) / double(counts.total));
     if (!grad) continue;
     const Tensor dlogits = ops::cross_entropy_backward(one, logits, t_c, ce.lse, ignore_index, counts.total);
+    logits = Tensor{};  // freed before the gradient GEMMs: at most two (rows, V) tensors at a time
     if (need_dh) ops::copy_(ops::narrow(dh, 0, r0, rows), ops::matmul(dlogits, w));  // (rows, D)
     if (need_dw) {
       const Tensor dw_c = ops::matmul(dlogits, x_c, true, false);  // (V, D)
