@@ -144,7 +144,7 @@ TEST_CASE("cuda op table: reductions") { check_family("reductions"); }
 TEST_CASE("cuda op table: softmax and log_softmax") { check_family("softmax"); }
 TEST_CASE("cuda op table: matmul") { check_family("matmul"); }
 TEST_CASE("cuda op table: linear") { check_family("linear"); }
-TEST_CASE("cuda op table: layer_norm, cross_entropy, rope") { check_family("rowops"); }
+TEST_CASE("cuda op table: layer_norm, cross_entropy, head_cross_entropy, rope") { check_family("rowops"); }
 TEST_CASE("cuda op table: index_select and cat") { check_family("indexing"); }
 TEST_CASE("cuda op table: views") { check_family("views"); }
 TEST_CASE("cuda op table: attention") { check_family("attention"); }
