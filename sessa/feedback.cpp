@@ -2,9 +2,14 @@
 // taken in blocks of kBlock; everything a block needs from earlier (forward) or
 // later (backward) blocks arrives as one GEMM, and only the small triangle inside
 // the block is substituted row by row. The CUDA kernels follow the same plan.
+// Memory: only s, ctx and the row statistic lse are saved (O(T D)). This is the
+// float64 reference for small T, so each batch element's alpha (and dlogits) is a
+// transient (T, T) buffer of the call, rebuilt in the backward from lse; the CUDA
+// code works in bounded row/column panels instead (docs/sessa.md "Memory-linear solve").
 #include "sessa/feedback.h"
 
 #include <cmath>
+#include <vector>
 
 #include "autograd/node.h"
 #include "sessa/feedback_cuda.h"
@@ -30,9 +35,10 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& gamma, const T
                 "inputs differ in dtype or device: " << q.str() << " vs " << t->str());
 }
 
-// alpha = causal softmax of q k^T * scale over s < t, for one batch element (S3).
+// alpha = causal softmax of q k^T * scale over s < t, for one batch element (S3);
+// lse[t] = log sum_{s<t} exp(logit[t, s]) (0 for row 0), what the backward rebuilds alpha from.
 template <class T>
-void feedback_probabilities(const T* q, const T* k, T* alpha, int64_t n, int64_t d) {
+void feedback_probabilities(const T* q, const T* k, T* alpha, T* lse, int64_t n, int64_t d) {
   const T scale = T(1.0 / std::sqrt(double(d)));
   cpu::gemm<T>(false, true, n, n, d, scale, q, d, k, d, T(0), alpha, n);
   for (int64_t t = 0; t < n; ++t) {
@@ -44,7 +50,17 @@ void feedback_probabilities(const T* q, const T* k, T* alpha, int64_t n, int64_t
     const T inv = t > 0 ? T(1.0 / total) : T(0);
     for (int64_t s = 0; s < t; ++s) row[s] *= inv;
     for (int64_t s = t; s < n; ++s) row[s] = T(0);
+    lse[t] = t > 0 ? T(mx + std::log(total)) : T(0);
   }
+}
+
+// alpha again from the saved statistic: exp(logit[t, s] - lse[t]) for s < t, else 0.
+template <class T>
+void rebuild_probabilities(const T* q, const T* k, const T* lse, T* alpha, int64_t n, int64_t d) {
+  const T scale = T(1.0 / std::sqrt(double(d)));
+  cpu::gemm<T>(false, true, n, n, d, scale, q, d, k, d, T(0), alpha, n);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t s = 0; s < n; ++s) alpha[t * n + s] = s < t ? std::exp(alpha[t * n + s] - lse[t]) : T(0);
 }
 
 // Forward substitution (S5) for one batch element: ctx and s, (n, d) row-major.
@@ -101,15 +117,16 @@ FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Tensor&
   }
   Tensor q = contiguous(q_in), k = contiguous(k_in), gamma = contiguous(gamma_in), f = contiguous(f_in);
   const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
-  FeedbackOut out{empty_like(f), Tensor::empty({B, n, n}, q.options()), empty_like(f)};
+  FeedbackOut out{empty_like(f), empty_like(f), Tensor::empty({B, n}, q.options())};
   cpu::dispatch_float(q.dtype(), "feedback_solve", [&](auto tag) {
     using T = decltype(tag);
 #pragma omp parallel for if (B > 1)
     for (int64_t b = 0; b < B; ++b) {
-      T* alpha = out.alpha.data<T>() + b * n * n;
-      feedback_probabilities(q.data<T>() + b * n * d, k.data<T>() + b * n * d, alpha, n, d);
-      forward_substitution(alpha, gamma.data<T>() + b * n, f.data<T>() + b * n * d, out.ctx.data<T>() + b * n * d,
-                           out.s.data<T>() + b * n * d, n, d);
+      std::vector<T> alpha(size_t(n * n));  // (n, n), this batch element only
+      feedback_probabilities(q.data<T>() + b * n * d, k.data<T>() + b * n * d, alpha.data(), out.lse.data<T>() + b * n,
+                             n, d);
+      forward_substitution(alpha.data(), gamma.data<T>() + b * n, f.data<T>() + b * n * d,
+                           out.ctx.data<T>() + b * n * d, out.s.data<T>() + b * n * d, n, d);
     }
   });
   return out;
@@ -127,19 +144,21 @@ FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_in, c
   Tensor ds = contiguous(ds_in), q = contiguous(q_in), k = contiguous(k_in), gamma = contiguous(gamma_in);
   const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
   FeedbackGrads g{empty_like(q), empty_like(k), empty_like(gamma), empty_like(ds)};
-  Tensor w = empty_like(ds), dlogits = Tensor::empty({B, n, n}, q.options());
+  Tensor w = empty_like(ds);
   cpu::dispatch_float(q.dtype(), "feedback_solve_backward", [&](auto tag) {
     using T = decltype(tag);
     const T scale = T(1.0 / std::sqrt(double(d)));
 #pragma omp parallel for if (B > 1)
     for (int64_t b = 0; b < B; ++b) {
       const int64_t at = b * n * d;
-      const T* alpha = saved.alpha.data<T>() + b * n * n;
+      std::vector<T> alpha_buf(size_t(n * n)), dl_buf(size_t(n * n));  // (n, n), this batch element only
+      const T* alpha = alpha_buf.data();
+      rebuild_probabilities(q.data<T>() + at, k.data<T>() + at, saved.lse.data<T>() + b * n, alpha_buf.data(), n, d);
       const T* gam = gamma.data<T>() + b * n;
       const T *s = saved.s.data<T>() + at, *ctx = saved.ctx.data<T>() + at;
       T* df = g.df.data<T>() + at;
       T* dgam = g.dgamma.data<T>() + b * n;
-      T* dl = dlogits.data<T>() + b * n * n;
+      T* dl = dl_buf.data();
       backward_substitution(alpha, gam, ds.data<T>() + at, df, w.data<T>() + at, n, d);
       for (int64_t t = 0; t < n; ++t) {
         double dot = 0;
@@ -163,7 +182,7 @@ namespace sessa {
 
 Tensor feedback_solve(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f) {
   ops::FeedbackOut out = ops::feedback_solve(q, k, gamma, f);
-  ops::FeedbackOut saved{out.s.detach(), out.alpha, out.ctx};  // detached: the node must not own its output
+  ops::FeedbackOut saved{out.s.detach(), out.ctx, out.lse};  // detached: the node must not own its output
   return autograd::record("feedback_solve", out.s, {q, k, gamma, f},
                           [q = q.detach(), k = k.detach(), gamma = gamma.detach(), saved](const Tensor& ds) {
                             auto g = ops::feedback_solve_backward(ds, q, k, gamma, saved);

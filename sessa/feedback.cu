@@ -1,21 +1,26 @@
-// The Sessa feedback solve on CUDA (docs/sessa.md, S3-S9), on the plan of the CPU code
-// in sessa/feedback.cpp. X is the input dtype and A = acc_t<X> the compute dtype (float
-// for float32 and bfloat16, double for float64). alpha, ctx and every internal buffer are
-// A, so bfloat16 inputs are rounded only on the way in and out; s is returned in X.
+// The Sessa feedback solve on CUDA (docs/sessa.md, S3-S9 and "Memory-linear solve"), on
+// the plan of the CPU code in sessa/feedback.cpp. X is the input dtype and A = acc_t<X> the
+// compute dtype (float for float32 and bfloat16, double for float64). ctx, lse and every
+// internal buffer are A, so bfloat16 inputs are rounded only on the way in and out; s is
+// returned in X. No (B, T, T) tensor exists: alpha lives in panels of P rows (forward) or
+// P columns (backward), P a multiple of 64 chosen so the panel buffers stay within
+// kPanelBytes, and only s, ctx and the row statistic lse are saved.
 //
-// Forward:
-//   logits = q k^T / sqrt(D)   cuBLAS (bf16 tensor cores with float output for bf16 inputs);
-//   alpha  = causal softmax    one block per row: softmax over s < t, zeros elsewhere;
-//   solve, per row block [t0, t0 + 64):
+// Forward, per row panel [p0, p1):
+//   logits = q[p0:p1] k[0:p1]^T / sqrt(D)  cuBLAS (bf16 tensor cores, float output, for bf16);
+//   alpha  = causal softmax                 one block per row; lse_t = log sum_{s<t} exp(logit);
+//   solve, per row block [t0, t0 + 64) of the panel:
 //     ctx[t0:t1] = alpha[t0:t1, 0:t0] s[0:t0]   one batched cuBLAS GEMM (float32; TF32 for bf16 inputs);
 //     the 64-row triangle                        one block per (batch, 32 columns of D), rows
 //                                                in order, 4 threads per column (warp shuffles).
-// Backward:
-//   the transposed solve (S6') backwards in time, the same way: per row block, one GEMM
+// Backward, per column panel [c0, c1), from the last panel to the first:
+//   alpha[c0:T, c0:c1] = exp(q k^T / sqrt(D) - lse_t), masked to s < t (rebuilt, not saved);
+//   the transposed solve (S6') for rows c0..c1 backwards in time, per 64-row block: one GEMM
 //     df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T], then the triangle; w = gamma df;
-//   dgamma    one warp per row: dgamma_t = df_t . ctx_t                                 (S7)
-//   dlogits   cuBLAS G = df s^T, then alpha gamma (G - dgamma) in place               (S8')
-//   dq, dk    cuBLAS dl k and dl^T q in float32 or TF32 (see use_tf32)                  (S9)
+//   dgamma    one warp per row of the panel: dgamma_t = df_t . ctx_t                 (S7)
+//   dlogits   cuBLAS G = df[c0:T] s[c0:c1]^T, then alpha gamma (G - dgamma)          (S8')
+//   dq, dk    dk[c0:c1] = dl^T q[c0:T] complete; dq[c0:T] += dl k[c0:c1]              (S9)
+//             (float32 or TF32, see use_tf32).
 #include <cmath>
 #include <type_traits>
 
@@ -48,24 +53,66 @@ bool use_tf32() {
     return false;
 }
 
+// The alpha blocks the kernels read, in a panel buffer: element (t, s) of batch item b at
+// p[b * batch_stride + (t - row0) * ld + (s - col0)].
+template <class A>
+struct AlphaView {
+  const A* p;
+  int64_t batch_stride;
+  int ld, row0, col0;
+  __device__ A at(int64_t b, int t, int s) const { return p[b * batch_stride + int64_t(t - row0) * ld + (s - col0)]; }
+};
+
+// Element e of the region rows [c0, T) x columns [0, cw) of a column panel (B, T, ld):
+// batch item b, time t (the row), column j (time c0 + j) and the offset in the panel.
+struct PanelIndex {
+  int64_t b, off;
+  int t, j;
+};
+__device__ inline PanelIndex panel_index(int64_t e, int T, int c0, int cw, int ld) {
+  const int64_t rows = T - c0, per = rows * cw, b = e / per, rem = e % per;
+  const int r = int(rem / cw), j = int(rem % cw);
+  return {b, (b * T + r) * ld + j, c0 + r, j};
+}
+
+// alpha[t, c0 + j] = exp(logit - lse_t) for c0 + j < t, else 0, in place over the logits.
+template <class A>
+__global__ void rebuild_alpha_kernel(A* panel, const A* lse, int T, int c0, int cw, int ld, int64_t n) {
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= n) return;
+  const PanelIndex i = panel_index(e, T, c0, cw, ld);
+  panel[i.off] = c0 + i.j < i.t ? math::exp(panel[i.off] - lse[i.b * T + i.t]) : A(0);
+}
+
 // (S8') in place over G = df s^T: dl[t, s] = alpha[t, s] gamma_t (G[t, s] - dgamma_t) for s < t, else 0.
 template <class X>
 __global__ void dlogits_kernel(acc_t<X>* g, const acc_t<X>* alpha, const X* gamma, const acc_t<X>* dgamma, int T,
-                               int64_t n) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const int64_t row = i / T;
-  const int t = int(row % T), s = int(i % T);
-  g[i] = s < t ? alpha[i] * load(gamma + row) * (g[i] - dgamma[row]) : acc_t<X>(0);
+                               int c0, int cw, int ld, int64_t n) {
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= n) return;
+  const PanelIndex i = panel_index(e, T, c0, cw, ld);
+  const int64_t row = i.b * T + i.t;
+  g[i.off] = c0 + i.j < i.t ? alpha[i.off] * load(gamma + row) * (g[i.off] - dgamma[row]) : acc_t<X>(0);
+}
+
+// dst[b, c0:T, :] += src[b, c0:T, :] over (B, T, D) tensors: dq's share from one column panel.
+template <class A>
+__global__ void add_rows_kernel(A* dst, const A* src, int T, int D, int c0, int64_t n) {
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= n) return;
+  const int64_t per = int64_t(T - c0) * D, o = (e / per) * T * D + int64_t(c0) * D + e % per;
+  dst[o] += src[o];
 }
 
 // ---- probabilities (S3) -------------------------------------------------------------
-// Row t of alpha (one block per (batch, t)): softmax of the logits over s < t, zero for s >= t.
+// Row r of a row panel (B, P, T) holding the logits of rows [p0, p1), columns [0, p1); one
+// block per (r, batch). Row t = p0 + r becomes the softmax over s < t (zero for t <= s < p1),
+// and lse_t = log sum_{s<t} exp(logit[t, s]) (0 for row 0) is saved for the backward.
 template <class A>
-__global__ void __launch_bounds__(256) causal_softmax_kernel(A* alpha, int T) {
-  const int64_t row = blockIdx.x;
-  const int t = int(row % T);
-  A* r = alpha + row * T;
+__global__ void __launch_bounds__(256) panel_softmax_kernel(A* panel, A* lse, int T, int P, int p0, int p1) {
+  const int64_t b = blockIdx.y;
+  const int t = p0 + int(blockIdx.x);
+  A* r = panel + (b * P + blockIdx.x) * int64_t(T);
   A mx = A(-INFINITY);
   for (int s = threadIdx.x; s < t; s += blockDim.x) mx = max(mx, r[s]);
   mx = block_max(mx);
@@ -73,7 +120,8 @@ __global__ void __launch_bounds__(256) causal_softmax_kernel(A* alpha, int T) {
   for (int s = threadIdx.x; s < t; s += blockDim.x) sum += math::exp(r[s] - mx);
   sum = block_sum(sum);
   const A inv = t > 0 ? A(1) / sum : A(0);
-  for (int s = threadIdx.x; s < T; s += blockDim.x) r[s] = s < t ? math::exp(r[s] - mx) * inv : A(0);
+  for (int s = threadIdx.x; s < p1; s += blockDim.x) r[s] = s < t ? math::exp(r[s] - mx) * inv : A(0);
+  if (threadIdx.x == 0) lse[b * T + t] = t > 0 ? mx + math::log(sum) : A(0);
 }
 
 // ---- the two triangular solves --------------------------------------------------------
@@ -90,11 +138,11 @@ constexpr int kAd = 0, kCs = kAd + kRows * 65, kFs = kCs + kRows * 33, kSs = kFs
 // Loads the diagonal block alpha[r0:r0+nb, r0:r0+nb], the other blocks' contribution
 // (rows of `carry`, or zero), the right-hand side rows and gamma.
 template <class A, class X>
-__device__ void load_block(A* sm, const A* alpha, const A* carry, bool has_carry, const X* rhs, const X* gamma, int r0,
-                           int nb, int T, int D, int c0, int ncols) {
+__device__ void load_block(A* sm, const AlphaView<A>& alpha, int64_t b, const A* carry, bool has_carry, const X* rhs,
+                           const X* gamma, int r0, int nb, int T, int D, int c0, int ncols) {
   for (int e = threadIdx.x; e < kRows * kRows; e += kSolveThreads) {
     const int r = e / kRows, j = e % kRows;
-    sm[kAd + r * 65 + j] = r < nb && j < nb ? alpha[int64_t(r0 + r) * T + r0 + j] : A(0);
+    sm[kAd + r * 65 + j] = r < nb && j < nb ? alpha.at(b, r0 + r, r0 + j) : A(0);
   }
   for (int e = threadIdx.x; e < kRows * kCols; e += kSolveThreads) {
     const int r = e / kCols, c = e % kCols;
@@ -111,16 +159,16 @@ __device__ void load_block(A* sm, const A* alpha, const A* carry, bool has_carry
 // s_out (X) when X is not A.
 template <class X>
 __global__ void __launch_bounds__(kSolveThreads)
-    solve_forward_block(const acc_t<X>* alpha, const X* gamma, const X* f, acc_t<X>* ctx, acc_t<X>* s, X* s_out, int T,
-                        int D, int t0) {
+    solve_forward_block(const AlphaView<acc_t<X>> alpha, const X* gamma, const X* f, acc_t<X>* ctx, acc_t<X>* s,
+                        X* s_out, int T, int D, int t0) {
   using A = acc_t<X>;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   A* sm = reinterpret_cast<A*>(smem_bytes);
   const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0), nb = min(kRows, T - t0);
   const int64_t bd = int64_t(b) * T * D;
-  alpha += int64_t(b) * T * T, gamma += int64_t(b) * T, f += bd, ctx += bd, s += bd, s_out += bd;
+  gamma += int64_t(b) * T, f += bd, ctx += bd, s += bd, s_out += bd;
   const int col = threadIdx.x / 4, part = threadIdx.x % 4;  // column col, terms j = part mod 4
-  load_block(sm, alpha, ctx, t0 > 0, f, gamma, t0, nb, T, D, c0, ncols);
+  load_block(sm, alpha, b, ctx, t0 > 0, f, gamma, t0, nb, T, D, c0, ncols);
   __syncthreads();
   for (int r = 0; r < nb; ++r) {  // the triangle, row by row
     A p = 0;
@@ -145,16 +193,16 @@ __global__ void __launch_bounds__(kSolveThreads)
 // df_out (X) when X is not A.
 template <class X>
 __global__ void __launch_bounds__(kSolveThreads)
-    solve_backward_block(const acc_t<X>* alpha, const X* gamma, const X* ds, acc_t<X>* df, X* df_out, acc_t<X>* w,
-                         int T, int D, int s0, int s1) {
+    solve_backward_block(const AlphaView<acc_t<X>> alpha, const X* gamma, const X* ds, acc_t<X>* df, X* df_out,
+                         acc_t<X>* w, int T, int D, int s0, int s1) {
   using A = acc_t<X>;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   A* sm = reinterpret_cast<A*>(smem_bytes);
   const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0), nb = s1 - s0;
   const int64_t bd = int64_t(b) * T * D;
-  alpha += int64_t(b) * T * T, gamma += int64_t(b) * T, ds += bd, df += bd, df_out += bd, w += bd;
+  gamma += int64_t(b) * T, ds += bd, df += bd, df_out += bd, w += bd;
   const int col = threadIdx.x / 4, part = threadIdx.x % 4;
-  load_block(sm, alpha, df, s1 < T, ds, gamma, s0, nb, T, D, c0, ncols);
+  load_block(sm, alpha, b, df, s1 < T, ds, gamma, s0, nb, T, D, c0, ncols);
   __syncthreads();
   for (int r = nb - 1; r >= 0; --r) {  // the triangle, from the last row up
     A p = 0;
@@ -174,13 +222,15 @@ __global__ void __launch_bounds__(kSolveThreads)
   }
 }
 
-// (S7): dgamma_t = df_t . ctx_t, one warp per row; dg (A) and dg_out (X, when X is not A).
+// (S7) for rows [c0, c0 + cw) of each batch item: dgamma_t = df_t . ctx_t, one warp per row;
+// dg (A) and dg_out (X, when X is not A).
 template <class X>
-__global__ void __launch_bounds__(256)
-    dgamma_kernel(const acc_t<X>* df, const acc_t<X>* ctx, acc_t<X>* dg, X* dg_out, int64_t rows, int D) {
+__global__ void __launch_bounds__(256) dgamma_kernel(const acc_t<X>* df, const acc_t<X>* ctx, acc_t<X>* dg, X* dg_out,
+                                                     int64_t B, int T, int D, int c0, int cw) {
   using A = acc_t<X>;
-  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  if (row >= rows) return;  // whole warps leave together
+  const int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (i >= B * cw) return;  // whole warps leave together
+  const int64_t row = (i / cw) * T + c0 + i % cw;
   const A sum = warp_dot(df + row * D, ctx + row * D, D);
   if (threadIdx.x % 32 == 0) {
     dg[row] = sum;
@@ -188,45 +238,68 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// Rows per panel: a multiple of 64 (the solve block) with `buffers` panels of (B, P, T)
+// elements of `elem` bytes within kPanelBytes (at least 64 rows), no more than T needs.
+constexpr int64_t kPanelBytes = int64_t(256) << 20;
+int forced_panel_rows = 0;  // set_feedback_panel_rows
+
+int panel_rows(int B, int T, int buffers, size_t elem) {
+  const int64_t whole = (int64_t(T) + kRows - 1) / kRows * kRows;
+  int64_t p = forced_panel_rows > 0 ? forced_panel_rows
+                                    : kPanelBytes / (int64_t(buffers) * B * T * int64_t(elem)) / kRows * kRows;
+  return int(std::min(whole, std::max<int64_t>(kRows, p)));
+}
+
 }  // namespace
 
+void set_feedback_panel_rows(int rows) {
+  SESSA_CHECK(rows >= 0 && rows % kRows == 0, "set_feedback_panel_rows",
+              "expected 0 (from the memory budget) or a multiple of " << kRows << " rows, got " << rows);
+  forced_panel_rows = rows;
+}
+
 ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Tensor& gamma_in, const Tensor& f_in) {
+  const char* op = "feedback_solve";
   const Tensor q = ops::contiguous(q_in), k = ops::contiguous(k_in), gamma = ops::contiguous(gamma_in),
                f = ops::contiguous(f_in);
   const int B = int(q.size(0)), T = int(q.size(1)), D = int(q.size(2));
   const Device dev = q.device();
-  return dispatch_float(q.dtype(), "feedback_solve", [&](auto tag) {
+  return dispatch_float(q.dtype(), op, [&](auto tag) {
     using X = decltype(tag);
     using A = acc_t<X>;
     const DType adt = dtype_of<A>();
     const TensorOptions acc_opt{adt, dev};
-    ops::FeedbackOut out{Tensor::empty({B, T, D}, q.options()), Tensor::empty({B, T, T}, acc_opt),
-                         Tensor::empty({B, T, D}, acc_opt)};
+    ops::FeedbackOut out{Tensor::empty({B, T, D}, q.options()), Tensor::empty({B, T, D}, acc_opt),
+                         Tensor::empty({B, T}, acc_opt)};
     if (B == 0 || T == 0) return out;
     const Tensor s_acc = std::is_same_v<X, A> ? out.s : Tensor::empty({B, T, D}, acc_opt);
     const cudaStream_t st = stream(dev.index);
-    A* alpha = ptr<A>(out.alpha);
+    const int P = panel_rows(B, T, 1, sizeof(A));
+    const Tensor panel = Tensor::empty({B, P, T}, acc_opt);  // alpha[p0:p1, 0:p1], row stride T
+    A *pa = ptr<A>(panel), *ctx = ptr<A>(out.ctx), *s = ptr<A>(s_acc);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
-    const int64_t TD = int64_t(T) * D, TT = int64_t(T) * T;
-    gemm(dev.index, B, T, T, D, scale, {q.raw_data(), q.dtype(), D, TD}, {k.raw_data(), k.dtype(), D, TD, true}, alpha,
-         adt, T, TT, false, "feedback_solve");  // logits; the softmax masks s >= t
-    causal_softmax_kernel<A><<<unsigned(int64_t(B) * T), 256, 0, st>>>(alpha, T);
-    SESSA_CUDA_LAUNCH_CHECK("feedback_solve");
-    if (D > 0) {
-      const size_t smem = kSolveSmem * sizeof(A);
+    const int64_t TD = int64_t(T) * D, PT = int64_t(P) * T;
+    const size_t smem = kSolveSmem * sizeof(A);
+    if (D > 0)
       SESSA_CUDA_CHECK(
-          cudaFuncSetAttribute(solve_forward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-          "feedback_solve");
-      const dim3 grid(blocks_for(D, kCols), unsigned(B));
-      A *ctx = ptr<A>(out.ctx), *s = ptr<A>(s_acc);
-      for (int t0 = 0; t0 < T; t0 += kRows) {
+          cudaFuncSetAttribute(solve_forward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
+    const dim3 grid(blocks_for(D, kCols), unsigned(B));
+    for (int p0 = 0; p0 < T; p0 += P) {
+      const int p1 = std::min(T, p0 + P);
+      gemm(dev.index, B, p1 - p0, p1, D, scale, {ptr<X>(q) + int64_t(p0) * D, q.dtype(), D, TD},
+           {k.raw_data(), k.dtype(), D, TD, true}, pa, adt, T, PT, false, op);  // logits; the softmax masks s >= t
+      panel_softmax_kernel<A><<<dim3(unsigned(p1 - p0), unsigned(B)), 256, 0, st>>>(pa, ptr<A>(out.lse), T, P, p0, p1);
+      SESSA_CUDA_LAUNCH_CHECK(op);
+      if (D == 0) continue;
+      const AlphaView<A> alpha{pa, PT, T, p0, 0};
+      for (int t0 = p0; t0 < p1; t0 += kRows) {
         const int nb = std::min(kRows, T - t0);
         if (t0 > 0)  // ctx[t0:t0+nb] = alpha[t0:t0+nb, 0:t0] s[0:t0]
-          gemm(dev.index, B, nb, D, t0, 1.0, {alpha + int64_t(t0) * T, adt, T, TT}, {s, adt, D, TD},
-               ctx + int64_t(t0) * D, adt, D, TD, use_tf32<X>(), "feedback_solve");
+          gemm(dev.index, B, nb, D, t0, 1.0, {pa + int64_t(t0 - p0) * T, adt, T, PT}, {s, adt, D, TD},
+               ctx + int64_t(t0) * D, adt, D, TD, use_tf32<X>(), op);
         solve_forward_block<X>
             <<<grid, kSolveThreads, smem, st>>>(alpha, ptr<X>(gamma), ptr<X>(f), ctx, s, ptr<X>(out.s), T, D, t0);
-        SESSA_CUDA_LAUNCH_CHECK("feedback_solve");
+        SESSA_CUDA_LAUNCH_CHECK(op);
       }
     }
     return out;
@@ -245,57 +318,76 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
     using A = acc_t<X>;
     const DType adt = dtype_of<A>();
     SESSA_CHECK(
-        saved.alpha.dtype() == adt && saved.ctx.dtype() == adt && saved.s.dtype() == q.dtype() &&
-            saved.alpha.shape() == Shape({B, T, T}) && saved.ctx.shape() == q.shape() && saved.s.shape() == q.shape() &&
-            saved.alpha.device() == dev && saved.ctx.device() == dev && saved.s.device() == dev,
+        saved.lse.dtype() == adt && saved.ctx.dtype() == adt && saved.s.dtype() == q.dtype() &&
+            saved.lse.shape() == gamma.shape() && saved.ctx.shape() == q.shape() && saved.s.shape() == q.shape() &&
+            saved.lse.device() == dev && saved.ctx.device() == dev && saved.s.device() == dev,
         op,
-        "saved tensors do not come from feedback_solve on " << q.str() << ": alpha " << saved.alpha.str() << ", ctx "
+        "saved tensors do not come from feedback_solve on " << q.str() << ": lse " << saved.lse.str() << ", ctx "
                                                             << saved.ctx.str() << ", s " << saved.s.str());
-    const Tensor alpha = ops::contiguous(saved.alpha), ctx = ops::contiguous(saved.ctx), s = ops::contiguous(saved.s);
+    const Tensor lse = ops::contiguous(saved.lse), ctx = ops::contiguous(saved.ctx);
     ops::FeedbackGrads g{Tensor::empty(q.shape(), q.options()), Tensor::empty(k.shape(), k.options()),
                          Tensor::empty(gamma.shape(), gamma.options()), Tensor::empty(ds.shape(), ds.options())};
     if (B == 0 || T == 0) return g;
     const TensorOptions acc_opt{adt, dev};
     constexpr bool same = std::is_same_v<X, A>;
     const Tensor df = same ? g.df : Tensor::empty({B, T, D}, acc_opt), w = Tensor::empty({B, T, D}, acc_opt);
-    const Tensor dg = same ? g.dgamma : Tensor::empty({B, T}, acc_opt), dl = Tensor::empty({B, T, T}, acc_opt);
-    const cudaStream_t st = stream(dev.index);
-    const A* pa = ptr<A>(alpha);
-    const int64_t TD = int64_t(T) * D, TT = int64_t(T) * T;
-    if (D > 0) {
-      const size_t smem = kSolveSmem * sizeof(A);
-      SESSA_CUDA_CHECK(
-          cudaFuncSetAttribute(solve_backward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
-      const dim3 grid(blocks_for(D, kCols), unsigned(B));
-      A *pdf = ptr<A>(df), *pw = ptr<A>(w);
-      for (int s1 = T; s1 > 0; s1 -= kRows) {
-        const int s0 = std::max(0, s1 - kRows), nb = s1 - s0;
-        if (s1 < T)  // df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T]
-          gemm(dev.index, B, nb, D, T - s1, 1.0, {pa + int64_t(s1) * T + s0, adt, T, TT, true},
-               {pw + int64_t(s1) * D, adt, D, TD}, pdf + int64_t(s0) * D, adt, D, TD, use_tf32<X>(), op);
-        solve_backward_block<X>
-            <<<grid, kSolveThreads, smem, st>>>(pa, ptr<X>(gamma), ptr<X>(ds), pdf, ptr<X>(g.df), pw, T, D, s0, s1);
-        SESSA_CUDA_LAUNCH_CHECK(op);
-      }
-    }
-    const int64_t rows = int64_t(B) * T;
-    dgamma_kernel<X>
-        <<<blocks_for(rows * 32), kThreads, 0, st>>>(ptr<A>(df), ptr<A>(ctx), ptr<A>(dg), ptr<X>(g.dgamma), rows, D);
-    SESSA_CUDA_LAUNCH_CHECK(op);
-    // Operands in the compute dtype: G exact; dq, dk as use_tf32 says.
-    const Tensor s_a = ops::cast(s, adt), k_a = ops::cast(k, adt), q_a = ops::cast(q, adt);
-    gemm(dev.index, B, T, T, D, 1.0, {df.raw_data(), adt, D, TD}, {s_a.raw_data(), adt, D, TD, true}, dl.raw_data(),
-         adt, T, TT, false, op);
-    dlogits_kernel<X><<<blocks_for(int64_t(B) * TT), kThreads, 0, st>>>(ptr<A>(dl), pa, ptr<X>(gamma), ptr<A>(dg), T,
-                                                                        int64_t(B) * TT);
-    SESSA_CUDA_LAUNCH_CHECK(op);
-    const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
+    const Tensor dg = same ? g.dgamma : Tensor::empty({B, T}, acc_opt);
     const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt),
                  dk = same ? g.dk : Tensor::empty(k.shape(), acc_opt);
-    gemm(dev.index, B, T, D, T, scale, {dl.raw_data(), adt, T, TT}, {k_a.raw_data(), adt, D, TD}, dq.raw_data(), adt, D,
-         TD, use_tf32<X>(), op);
-    gemm(dev.index, B, T, D, T, scale, {dl.raw_data(), adt, T, TT, true}, {q_a.raw_data(), adt, D, TD}, dk.raw_data(),
-         adt, D, TD, use_tf32<X>(), op);
+    const Tensor dq_part = Tensor::empty(q.shape(), acc_opt);  // one column panel's share of dq
+    // Operands in the compute dtype: G exact; dq, dk as use_tf32 says.
+    const Tensor s_a = ops::cast(saved.s, adt), k_a = ops::cast(k, adt), q_a = ops::cast(q, adt);
+    const int P = panel_rows(B, T, 2, sizeof(A));
+    // Column panels (B, T, P): rows t - c0 for t in [c0, T), columns s - c0 for s in [c0, c1).
+    const Tensor alpha_panel = Tensor::empty({B, T, P}, acc_opt), dl_panel = Tensor::empty({B, T, P}, acc_opt);
+    A *pal = ptr<A>(alpha_panel), *pdl = ptr<A>(dl_panel), *pdf = ptr<A>(df), *pw = ptr<A>(w), *pdg = ptr<A>(dg);
+    const cudaStream_t st = stream(dev.index);
+    const int64_t TD = int64_t(T) * D, TP = int64_t(T) * P;
+    const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
+    SESSA_CUDA_CHECK(cudaMemsetAsync(dq.raw_data(), 0, size_t(B) * TD * sizeof(A), st), op);
+    const size_t smem = kSolveSmem * sizeof(A);
+    if (D > 0)
+      SESSA_CUDA_CHECK(
+          cudaFuncSetAttribute(solve_backward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
+    const dim3 grid(blocks_for(D, kCols), unsigned(B));
+    for (int c1 = T; c1 > 0; c1 -= P) {
+      const int c0 = std::max(0, c1 - P), cw = c1 - c0;
+      const int64_t cells = int64_t(B) * (T - c0) * cw;
+      // alpha[c0:T, c0:c1] from the logits and lse.
+      gemm(dev.index, B, T - c0, cw, D, scale, {ptr<X>(q) + int64_t(c0) * D, q.dtype(), D, TD},
+           {ptr<X>(k) + int64_t(c0) * D, k.dtype(), D, TD, true}, pal, adt, P, TP, false, op);
+      rebuild_alpha_kernel<A><<<blocks_for(cells), kThreads, 0, st>>>(pal, ptr<A>(lse), T, c0, cw, P, cells);
+      SESSA_CUDA_LAUNCH_CHECK(op);
+      if (D > 0) {
+        const AlphaView<A> alpha{pal, TP, P, c0, c0};
+        for (int s1 = c1; s1 > c0; s1 -= kRows) {
+          const int s0 = std::max(c0, s1 - kRows), nb = s1 - s0;
+          if (s1 < T)  // df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T]
+            gemm(dev.index, B, nb, D, T - s1, 1.0, {pal + int64_t(s1 - c0) * P + (s0 - c0), adt, P, TP, true},
+                 {pw + int64_t(s1) * D, adt, D, TD}, pdf + int64_t(s0) * D, adt, D, TD, use_tf32<X>(), op);
+          solve_backward_block<X><<<grid, kSolveThreads, smem, st>>>(alpha, ptr<X>(gamma), ptr<X>(ds), pdf,
+                                                                     ptr<X>(g.df), pw, T, D, s0, s1);
+          SESSA_CUDA_LAUNCH_CHECK(op);
+        }
+      }
+      dgamma_kernel<X><<<blocks_for(int64_t(B) * cw * 32), kThreads, 0, st>>>(pdf, ptr<A>(ctx), pdg, ptr<X>(g.dgamma),
+                                                                              B, T, D, c0, cw);
+      SESSA_CUDA_LAUNCH_CHECK(op);
+      // dl[c0:T, c0:c1]: G = df[c0:T] s[c0:c1]^T (exact), then (S8'); every row it needs is solved.
+      gemm(dev.index, B, T - c0, cw, D, 1.0, {pdf + int64_t(c0) * D, adt, D, TD},
+           {ptr<A>(s_a) + int64_t(c0) * D, adt, D, TD, true}, pdl, adt, P, TP, false, op);
+      dlogits_kernel<X><<<blocks_for(cells), kThreads, 0, st>>>(pdl, pal, ptr<X>(gamma), pdg, T, c0, cw, P, cells);
+      SESSA_CUDA_LAUNCH_CHECK(op);
+      if (D == 0) continue;
+      // (S9): dk[c0:c1] = dl^T q[c0:T] (complete), dq[c0:T] += dl k[c0:c1].
+      gemm(dev.index, B, cw, D, T - c0, scale, {pdl, adt, P, TP, true}, {ptr<A>(q_a) + int64_t(c0) * D, adt, D, TD},
+           ptr<A>(dk) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op);
+      gemm(dev.index, B, T - c0, D, cw, scale, {pdl, adt, P, TP}, {ptr<A>(k_a) + int64_t(c0) * D, adt, D, TD},
+           ptr<A>(dq_part) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op);
+      const int64_t n = int64_t(B) * (T - c0) * D;
+      add_rows_kernel<A><<<blocks_for(n), kThreads, 0, st>>>(ptr<A>(dq), ptr<A>(dq_part), T, D, c0, n);
+      SESSA_CUDA_LAUNCH_CHECK(op);
+    }
     if constexpr (!same) ops::copy_(g.dq, dq), ops::copy_(g.dk, dk);
     return g;
   });

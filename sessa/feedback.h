@@ -2,6 +2,9 @@
 //   alpha[t, s] = softmax_{s < t}(q[t] . k[s] / sqrt(D))   (row 0 all zero)      (S3)
 //   s_t = f_t + gamma_t * ctx_t,  ctx_t = sum_{s < t} alpha[t, s] s_s            (S5)
 // i.e. the unit lower-triangular system (I - diag(gamma) alpha) s = f per batch row.
+// Memory-linear (docs/sessa.md "Memory-linear solve"): alpha is never kept. The forward
+// saves the row log-sum-exp of the logits, and the backward rebuilds the alpha blocks it
+// needs as exp(q[t] . k[s] / sqrt(D) - lse[t]).
 #pragma once
 #include "tensor/tensor.h"
 
@@ -9,7 +12,8 @@ namespace sessa::ops {
 
 // q, k, f: (B, T, D); gamma: (B, T). Returns s and what backward needs.
 struct FeedbackOut {
-  Tensor s, alpha, ctx;  // alpha: (B, T, T) strictly lower triangular; ctx: (B, T, D)
+  Tensor s, ctx;  // (B, T, D): the states and ctx_t = sum_{s<t} alpha[t, s] s_s
+  Tensor lse;     // (B, T): log sum_{s<t} exp(logit[t, s]), the softmax row statistic; 0 for row 0
 };
 FeedbackOut feedback_solve(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f);
 

@@ -1,8 +1,8 @@
 // The feedback solve on CUDA (sessa/feedback.cu); ops::feedback_solve and
 // ops::feedback_solve_backward dispatch here for CUDA tensors after their checks.
-// For bfloat16 inputs, alpha and ctx come back in float32 (the solve is sensitive
+// For bfloat16 inputs, ctx and lse come back in float32 (the solve is sensitive
 // to rounding) while s has the input dtype; the backward expects saved tensors
-// of exactly these dtypes.
+// of exactly these dtypes. alpha is kept only in panels of a bounded workspace.
 #pragma once
 #include "sessa/feedback.h"
 
@@ -11,5 +11,9 @@ namespace sessa::cuda {
 ops::FeedbackOut feedback_solve(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f);
 ops::FeedbackGrads feedback_solve_backward(const Tensor& ds, const Tensor& q, const Tensor& k, const Tensor& gamma,
                                            const ops::FeedbackOut& saved);
+
+// Tests: force panels of `rows` rows/columns (a multiple of 64), so that small T crosses
+// panel boundaries; 0 (the default) sizes panels from the workspace budget.
+void set_feedback_panel_rows(int rows);
 
 }  // namespace sessa::cuda

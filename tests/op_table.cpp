@@ -360,16 +360,19 @@ void add_feedback(std::vector<OpEntry>& t) {
   for (int64_t T : {1, 2, 9}) cases.push_back(c(2, T, 3, kCpu));
   cases.push_back(c(1, 64, 4, kCpu));
   cases.push_back(c(1, 130, 4, kCpu));
-  for (auto [B, T, D] : std::vector<std::array<int64_t, 3>>{
-           {1, 1, 8}, {2, 5, 8}, {1, 64, 33}, {3, 130, 70}, {2, 200, 40}, {1, 300, 96}, {2, 130, 24}})
-    cases.push_back(c(B, T, D, kGpu));
+  // GPU: T around the 64-row solve block, and T = 1000 across several panels when the panel
+  // size is forced small (tests/cuda/test_ops.cpp).
+  const std::vector<std::array<int64_t, 3>> gpu{{1, 1, 8},    {2, 5, 8},     {1, 63, 16},  {2, 64, 33},
+                                                {1, 65, 16},  {3, 130, 70},  {2, 200, 40}, {1, 300, 96},
+                                                {2, 130, 24}, {1, 1000, 16}, {2, 1000, 40}};
+  for (auto [B, T, D] : gpu) cases.push_back(c(B, T, D, kGpu));
   OpEntry e{"feedback_solve",
             {normal_in(), normal_in(), uniform_in(0.989, 0.999), normal_in()},
             cases,
             [](auto& x, int64_t) { return feedback_solve(x[0], x[1], x[2], x[3]); },
             [](auto& x, int64_t) {
               auto r = ops::feedback_solve(x[0], x[1], x[2], x[3]);
-              return std::vector<Tensor>{r.alpha, r.ctx};
+              return std::vector<Tensor>{r.lse, r.ctx};  // what the backward keeps, besides s
             },
             kDefault | kRef64 | kTf32 | kRawF32};
   e.tol = {1e-4, 3e-2, 1e-12, 3e-2, 3e-2};
@@ -384,6 +387,20 @@ void add_feedback(std::vector<OpEntry>& t) {
                e.raw,
                kGradcheck | kStrided | kBroadcast};
   t.push_back(half);
+  // gamma near 0: the solve is nearly s = f, the softmax gradient nearly vanishes.
+  std::vector<OpCase> small;
+  for (int64_t T : {1, 63, 64, 65}) small.push_back(c(1, T, 4, kBoth));
+  small.push_back(c(1, 1000, 16, kGpu));
+  OpEntry zero{"feedback_solve (gamma near 0)",
+               {normal_in(), normal_in(), uniform_in(0.0, 0.01), normal_in()},
+               small,
+               e.call,
+               e.raw,
+               e.flags};
+  zero.tol = e.tol;
+  zero.grad_tol = e.grad_tol;
+  zero.gradcheck.max_checks_per_input = 40;
+  t.push_back(zero);
 }
 
 void add_mamba(std::vector<OpEntry>& t) {

@@ -70,14 +70,18 @@ TEST_CASE("feedback solve: row 0 is f, and gamma = 0 gives s = f") {
   Tensor q = leaf({1, 6, 3}, gen), k = leaf({1, 6, 3}, gen), f = leaf({1, 6, 3}, gen);
   Tensor s = ops::feedback_solve(q, k, zeros({1, 6}, {DType::F64}), f).s;
   CHECK(s.to_vector<double>() == f.to_vector<double>());
-  auto alpha = ops::feedback_solve(q, k, ones({1, 6}, {DType::F64}), f).alpha.to_vector<double>();
-  for (int64_t t = 0; t < 6; ++t) {
-    double row = 0;
-    for (int64_t j = 0; j < 6; ++j) {
-      row += alpha[size_t(t * 6 + j)];
-      if (j >= t) CHECK(alpha[size_t(t * 6 + j)] == 0);  // strictly causal
+  // The saved row statistic: lse[t] = log sum_{s<t} exp(q_t . k_s / sqrt(D)), 0 for row 0.
+  auto lse = ops::feedback_solve(q, k, ones({1, 6}, {DType::F64}), f).lse.to_vector<double>();
+  auto vq = q.to_vector<double>(), vk = k.to_vector<double>();
+  CHECK(lse[0] == 0);
+  for (int64_t t = 1; t < 6; ++t) {
+    double total = 0;
+    for (int64_t j = 0; j < t; ++j) {
+      double dot = 0;
+      for (int64_t i = 0; i < 3; ++i) dot += vq[size_t(t * 3 + i)] * vk[size_t(j * 3 + i)];
+      total += std::exp(dot / std::sqrt(3.0));
     }
-    CHECK(row == doctest::Approx(t == 0 ? 0.0 : 1.0));
+    CHECK(lse[size_t(t)] == doctest::Approx(std::log(total)).epsilon(1e-14));
   }
 }
 

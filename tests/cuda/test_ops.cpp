@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 
+#include "sessa/feedback_cuda.h"
 #include "tests/cuda/parity.h"
 #include "tests/op_table.h"
 
@@ -149,6 +150,16 @@ TEST_CASE("cuda op table: index_select and cat") { check_family("indexing"); }
 TEST_CASE("cuda op table: views") { check_family("views"); }
 TEST_CASE("cuda op table: attention") { check_family("attention"); }
 TEST_CASE("cuda op table: feedback solve") { check_family("feedback"); }
+TEST_CASE("cuda op table: feedback solve in small panels (many panel boundaries)") {
+  for (int rows : {64, 128}) {
+    CAPTURE(rows);
+    cuda::set_feedback_panel_rows(rows);
+    struct Reset {
+      ~Reset() { cuda::set_feedback_panel_rows(0); }
+    } reset;
+    check_family("feedback");
+  }
+}
 TEST_CASE("cuda op table: Mamba conv and scan") { check_family("mamba"); }
 
 }  // namespace sessa::test
