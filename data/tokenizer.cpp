@@ -74,6 +74,12 @@ Gpt2Decoder::Gpt2Decoder(const std::string& path) {
     fail(path,
          "end-of-text id " + std::to_string(eot_) + " is >= vocab size " + std::to_string(vocab) + " (byte offset 8)");
   }
+  // Each token takes at least its length byte: refuse a vocabulary the file cannot
+  // hold before reserving room for it (a corrupt size would allocate gigabytes).
+  if (vocab > size - kHeaderBytes) {
+    fail(path, "vocab size " + std::to_string(vocab) + " (byte offset 8) needs at least " + std::to_string(vocab) +
+                   " bytes after the header, the file has " + std::to_string(size - kHeaderBytes));
+  }
   size_t offset = kHeaderBytes;
   pieces_.reserve(vocab);
   for (uint32_t i = 0; i < vocab; ++i) {

@@ -57,7 +57,11 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
     const Reduction r = reduction(x, dims, keepdim, "sum");
     SESSA_CUDA_CALL(return cuda::sum(x, r.dims, r.out_shape));
   }
-  auto [rows, out_shape] = to_rows(x, dims, keepdim, "sum");
+  // Named members, not a structured binding: clang 14 (the sanitizer build) cannot
+  // capture bindings in the lambda below.
+  const RowLayout layout = to_rows(x, dims, keepdim, "sum");
+  const Tensor& rows = layout.rows;
+  const Shape& out_shape = layout.out_shape;
   Tensor out = Tensor::empty(out_shape, x.options());
   cpu::dispatch_float(x.dtype(), "sum", [&](auto tag) {
     using T = decltype(tag);
@@ -90,7 +94,9 @@ namespace {
 // Shared by amax and argmax: the max of each row and where it is.
 template <class Emit>
 Tensor max_rows(const Tensor& x, int64_t dim, bool keepdim, DType out_dtype, const char* op, Emit emit) {
-  auto [rows, out_shape] = to_rows(x, {dim}, keepdim, op);
+  const RowLayout layout = to_rows(x, {dim}, keepdim, op);  // no structured binding: see sum()
+  const Tensor& rows = layout.rows;
+  const Shape& out_shape = layout.out_shape;
   SESSA_CHECK(rows.size(1) > 0, op, "reduction over an empty dimension of " << x.shape());
   Tensor out = Tensor::empty(out_shape, {out_dtype, x.device()});
   cpu::dispatch_float(x.dtype(), op, [&](auto tag) {
