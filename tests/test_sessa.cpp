@@ -92,7 +92,8 @@ SessaOptions tiny_options(int64_t heads, int64_t kv_heads) {
 }  // namespace
 
 TEST_CASE("gradcheck: the whole Sessa layer (input and every parameter)") {
-  for (auto [heads, kv] : {std::pair<int64_t, int64_t>{1, 1}, {2, 1}}) {
+  for (const auto& shape : {std::pair<int64_t, int64_t>{1, 1}, {2, 1}}) {
+    const int64_t heads = shape.first, kv = shape.second;  // not a structured binding: CAPTURE under clang 14
     CAPTURE(heads);
     Generator gen(4);
     SessaLayer layer(tiny_options(heads, kv), gen, {DType::F64});
@@ -114,7 +115,9 @@ TEST_CASE("gradcheck: the whole Sessa layer (input and every parameter)") {
 }
 
 TEST_CASE("incremental decoding equals the full forward (float64, 1e-10)") {
-  for (auto [heads, kv, rope] : {std::tuple<int64_t, int64_t, bool>{1, 1, true}, {4, 2, true}, {2, 2, false}}) {
+  for (const auto& shape : {std::tuple<int64_t, int64_t, bool>{1, 1, true}, {4, 2, true}, {2, 2, false}}) {
+    const auto [heads_value, kv_value, rope] = shape;
+    const int64_t heads = heads_value, kv = kv_value;  // CAPTURE cannot take bindings under clang 14
     CAPTURE(heads);
     CAPTURE(kv);
     Generator gen(5);
