@@ -24,9 +24,10 @@ for target in "$fuzz_dir"/fuzz_*; do
   mkdir -p "$corpus"
   log=$fuzz_dir/logs/$name.log
   echo "fuzz: $name for ${seconds}s (log: $log)"
+  dirs=("$corpus" "$fuzz_dir/seeds/$name")
+  [ -d "$source_dir/corpus/$name" ] && dirs+=("$source_dir/corpus/$name")  # libFuzzer stops at a missing folder
   "$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="$fuzz_dir/crashes/$name-" "$corpus" "$fuzz_dir/seeds/$name" "$source_dir/corpus/$name" \
-    >"$log" 2>&1
+    -artifact_prefix="$fuzz_dir/crashes/$name-" "${dirs[@]}" >"$log" 2>&1
   status=$?
   done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1)
   execs=$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}')
