@@ -15,6 +15,7 @@
 #include "tests/helpers.h"
 
 using namespace sessa;
+using sessa::test::check_error;
 namespace fs = std::filesystem;
 
 namespace {

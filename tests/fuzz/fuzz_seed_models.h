@@ -9,7 +9,7 @@ namespace sessa::fuzz {
 // A tiny Sessa model: a checkpoint of it is a few kilobytes.
 inline nn::ModelConfig tiny_checkpoint_config() {
   nn::ModelConfig c;
-  c.family = "sessa";
+  c.family = nn::Family::sessa;
   c.vocab_size = 7;
   c.d_model = 4;
   c.n_layers = 1;
