@@ -13,6 +13,7 @@
 
 #include "data/safetensors.h"
 #include "data/shard.h"
+#include "data/symbolsoup.h"
 #include "nn/checkpoint.h"
 #include "nn/trainer.h"
 #include "sessa/model.h"
@@ -136,6 +137,16 @@ void tokenizer_seeds() {
   put("fuzz_tokenizer", "header_only", truncated(v2, 1024));
 }
 
+void symbolsoup_tsv_seeds(const fs::path& tmp) {
+  const fs::path path = tmp / "t.tsv";
+  data::symbolsoup::write_tsv(path.string(), data::symbolsoup::generate_split(3, 23, 40, 7));
+  const Bytes valid = read_bytes(path);
+  put("fuzz_symbolsoup_tsv", "valid", valid);
+  put("fuzz_symbolsoup_tsv", "truncated", truncated(valid, valid.size() - 5));
+  const std::string crlf = "Text\tAnswer\r\n\"<bos>\na\n<sep> <label>\"\tCLASS_3\r\n";
+  put("fuzz_symbolsoup_tsv", "crlf_short", Bytes(crlf.begin(), crlf.end()));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -150,6 +161,7 @@ int main(int argc, char** argv) {
   checkpoint_seeds(tmp);
   shard_seeds(tmp);
   tokenizer_seeds();
+  symbolsoup_tsv_seeds(tmp);
   fs::remove_all(tmp);
   return 0;
 }
