@@ -171,12 +171,18 @@ nn::ModelConfig config_from_flags(const Flags& f) {
 // (a lower bound of what training needs) exceed this machine's memory, naming the
 // flags, instead of failing later with an out-of-memory error.
 void check_fits_in_memory(const nn::ModelConfig& c, const Flags& f, Device device) {
+  // Counting the parameters builds one block on the CPU (sessa/model.h); refuse widths where that
+  // block alone would not fit: no family has more than 16 D^2 float32 weights per layer.
+  const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  const double block_bytes = 64.0 * double(c.d_model) * double(c.d_model);
+  SESSA_CHECK(memory <= 0 || block_bytes < 0.5 * memory, "--d-model/--layers/--vocab",
+              "--d-model " << c.d_model << " is too wide: one layer alone needs up to " << block_bytes / 1e9
+                           << " GB, more than half of this machine's " << memory / 1e9 << " GB");
   const double params = double(parameter_count(c));
   const double bytes = 16 * params + 8.0 * double(f.batch) * double(f.seq_len) * double(c.vocab_size);
   SESSA_CHECK(params < 1e11, "--d-model/--layers/--vocab",
               c.summary() << " has " << params / 1e9 << "B parameters: more than this engine trains (100B)");
   if (device.is_cuda()) return;  // device memory is checked by the allocator, with its own message
-  const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
   SESSA_CHECK(memory <= 0 || bytes < memory, "--d-model/--layers/--vocab/--batch/--seq-len",
               c.summary() << " (" << params / 1e6 << "M parameters) at batch " << f.batch << " x " << f.seq_len
                           << " tokens needs at least " << bytes / 1e9 << " GB for weights, gradients, AdamW moments "
