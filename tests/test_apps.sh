@@ -3,24 +3,9 @@
 # exact resume, and bad flags / bad files exiting non-zero with a message.
 # Usage: tests/test_apps.sh BUILD_DIR
 set -uo pipefail
-APPS="$1/apps"
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-failures=0
-pass() { echo "ok   - $1"; }
-fail() { echo "FAIL - $1"; failures=$((failures + 1)); }
-# expect_error "what" "text the message must contain" command...
-expect_error() {
-  local what=$1 needle=$2; shift 2
-  local out
-  out=$("$@" 2>&1) && { fail "$what: exited 0"; return; }
-  grep -qF -- "$needle" <<<"$out" && pass "$what" || fail "$what: message lacks '$needle': $out"
-}
+source "$(dirname "$0")/app_helpers.sh" "$1"
 
-# A small corpus with structure to learn: documents separated by '%' lines.
-for i in $(seq 1 400); do
-  echo "the cat sat on the mat number $((i % 7)) and the dog ran to the log"; echo "%"
-done > "$WORK/corpus.txt"
+write_corpus "$WORK/corpus.txt"
 
 "$APPS/prepare" --input "$WORK/corpus.txt" --separator % --out-dir "$WORK/data" > "$WORK/prepare.log" 2>&1 \
   && grep -q "train:" "$WORK/prepare.log" && [ -s "$WORK/data/train.bin" ] && [ -s "$WORK/data/val.bin" ] \
@@ -79,5 +64,4 @@ expect_error "sample: missing checkpoint names it" "no_such_run" "$APPS/sample" 
 expect_error "sample: bad temperature" "temperature" "$APPS/sample" --checkpoint "$WORK/run" --temperature -1
 [ -s "$WORK/data/train.bin" ] && pass "failed runs left the dataset intact" || fail "dataset lost"
 
-if [ "$failures" -eq 0 ]; then echo "test_apps: all checks passed"; else echo "test_apps: $failures check(s) failed"; fi
-exit $((failures > 0))
+finish test_apps

@@ -7,24 +7,7 @@
 # all-or-nothing shards and its one-line skip summary. CPU only, well under a minute.
 # Usage: tests/test_reliability.sh BUILD_DIR
 set -uo pipefail
-APPS="$1/apps"
-WORK=$(mktemp -d)
-BG=()
-cleanup() {
-  for p in "${BG[@]}"; do kill -9 "$p" 2>/dev/null; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-failures=0
-pass() { echo "ok   - $1"; }
-fail() { echo "FAIL - $1"; failures=$((failures + 1)); }
-# expect_error "what" "text the message must contain" command...
-expect_error() {
-  local what=$1 needle=$2; shift 2
-  local out
-  out=$("$@" 2>&1) && { fail "$what: exited 0"; return; }
-  grep -qF -- "$needle" <<<"$out" && pass "$what" || fail "$what: message lacks '$needle': $out"
-}
+source "$(dirname "$0")/app_helpers.sh" "$1"
 # wait_for SECONDS command...: polls until the command succeeds.
 wait_for() {
   local deadline=$((SECONDS + $1)); shift
@@ -32,9 +15,7 @@ wait_for() {
 }
 steps_in_log() { awk -F, 'NR > 1 && $2 != "" {print $1}' "$1"; }
 
-for i in $(seq 1 400); do
-  echo "the cat sat on the mat number $((i % 7)) and the dog ran to the log"; echo "%"
-done > "$WORK/corpus.txt"
+write_corpus "$WORK/corpus.txt"
 "$APPS/prepare" --input "$WORK/corpus.txt" --separator % --out-dir "$WORK/data" > /dev/null 2>&1 || fail "prepare"
 
 TRAIN=("$APPS/train" --model sessa --preset tiny --d-model 32 --heads 2 --data "$WORK/data" --batch 8 --seq-len 32
@@ -153,5 +134,4 @@ out=$("$APPS/prepare" --input "$WORK/corpus.txt" "$WORK/corpus.u8" "$WORK/x.dat"
 out=$("$APPS/prepare" --verbose --input "$WORK/corpus.txt" "$WORK/corpus.u8" "$WORK/x.dat" --separator % --out-dir "$WORK/d1" 2>&1 >/dev/null)
 grep -q "x.dat" <<<"$out" && grep -q "corpus.u8" <<<"$out" && pass "prepare --verbose lists them" || fail "--verbose: $out"
 
-if [ "$failures" -eq 0 ]; then echo "test_reliability: all checks passed"; else echo "test_reliability: $failures check(s) failed"; fi
-exit $((failures > 0))
+finish test_reliability
