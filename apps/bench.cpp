@@ -10,8 +10,8 @@
 
 #include "apps/common/app.h"
 #include "apps/common/flags.h"
+#include "apps/common/model_flags.h"
 #include "dist/data_parallel.h"
-#include "nn/family.h"
 #include "nn/trainer.h"
 #include "sessa/model.h"
 #include "tensor/cuda_hooks.h"
@@ -21,20 +21,16 @@ using namespace sessa;
 namespace {
 
 struct Flags {
-  std::string model = "sessa", preset = "small", device = "auto", dtype = "fp32";
-  int64_t batch = 16, seq_len = 1024, warmup = 3, steps = 10, layers = 0, vocab = 50304;
+  apps::ModelFlags model;  // --model, --preset (default small here), --d-model, --layers, ...
+  std::string device = "auto", dtype = "fp32";
+  int64_t batch = 16, seq_len = 1024, warmup = 3, steps = 10, vocab = 50304;
   bool zero1 = false, count_params = false;
 };
 
 void add_flags(CLI::App& app, Flags& f) {
   using namespace apps;
-  app.add_option("--model", f.model, "Model family, one of\n" + nn::family_help())
-      ->check(CLI::IsMember(nn::family_names()))
-      ->capture_default_str();
-  app.add_option("--preset", f.preset, "tiny, small or medium")
-      ->check(CLI::IsMember(nn::preset_names()))
-      ->capture_default_str();
-  app.add_option("--layers", f.layers, "Override the number of layers")->check(positive_int(4096));
+  f.model.preset = "small";  // bench times a GPT-2-small-sized model unless told otherwise
+  add_model_flags(app, f.model);
   app.add_option("--vocab", f.vocab, "Vocabulary size")->check(whole_number(2, 1 << 24))->capture_default_str();
   app.add_option("--batch", f.batch, "Sequences per step (per rank under mpirun)")
       ->check(positive_int(1 << 20))
@@ -64,8 +60,7 @@ data::Batch random_batch(int64_t B, int64_t T, int64_t vocab, Generator& gen) {
 }
 
 int run(const Flags& f, dist::World& world) {
-  nn::ModelConfig config = nn::preset(f.model, f.preset, f.vocab);
-  if (f.layers > 0) config.n_layers = f.layers;
+  const nn::ModelConfig config = apps::model_config(f.model, f.vocab);
   if (f.count_params) {  // the exact count, e.g. for bench/torch_models.py --check-params
     if (world.rank() == 0) std::printf("%ld\n", long(parameter_count(config)));
     return 0;
@@ -99,9 +94,9 @@ int run(const Flags& f, dist::World& world) {
   std::printf(
       "%-11s %-6s %3ld layers  B=%-3ld T=%-5ld %-5s %-7s x%d%s | %9.2f ms/step (min %.2f, max %.2f) | %9.0f tok/s | "
       "MFU %5.1f%% | peak %6.2f GiB | %.1fM params\n",
-      f.model.c_str(), f.preset.c_str(), long(config.n_layers), long(f.batch), long(f.seq_len), f.dtype.c_str(),
-      device.str().c_str(), world.size(), f.zero1 ? " zero1" : "", median, ms.front(), ms.back(), tps, 100 * mfu,
-      peak_gib, double(model->parameter_count()) / 1e6);
+      f.model.model.c_str(), f.model.preset.c_str(), long(config.n_layers), long(f.batch), long(f.seq_len),
+      f.dtype.c_str(), device.str().c_str(), world.size(), f.zero1 ? " zero1" : "", median, ms.front(), ms.back(), tps,
+      100 * mfu, peak_gib, double(model->parameter_count()) / 1e6);
   return 0;
 }
 

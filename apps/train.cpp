@@ -23,6 +23,7 @@
 
 #include "apps/common/app.h"
 #include "apps/common/flags.h"
+#include "apps/common/model_flags.h"
 #include "apps/common/run_files.h"
 #include "apps/common/run_lock.h"
 #include "apps/common/signals.h"
@@ -41,8 +42,8 @@ using namespace sessa;
 namespace {
 
 struct Flags {
-  std::string model = "sessa", preset = "tiny", match_params;
-  int64_t d_model = 0, layers = 0, heads = 0, kv_heads = -1, vocab = 257;
+  apps::ModelFlags model;  // --model, --preset, --d-model, --layers, --heads, --kv-heads, --match-params
+  int64_t vocab = 257;
   std::string data, val_data, out, resume;
   int64_t batch = 16, seq_len = 128, steps = 1000, warmup = 50, accum = 1;
   double lr = 3e-3, weight_decay = 0.1, grad_clip = 1.0;
@@ -56,25 +57,11 @@ struct Flags {
 
 void add_flags(CLI::App& app, Flags& f) {
   using namespace apps;
-  constexpr int64_t kMaxSteps = 1'000'000'000'000, kMaxWidth = 1 << 16, kMaxCount = 4096;
-  app.add_option("--model", f.model, "Model family, one of\n" + nn::family_help())
-      ->check(CLI::IsMember(nn::family_names()))
-      ->capture_default_str();
-  app.add_option("--preset", f.preset, "Size preset: tiny, small (GPT-2 small scale), medium (~350M)")
-      ->check(CLI::IsMember(nn::preset_names()))
-      ->capture_default_str();
-  app.add_option("--d-model", f.d_model, "Override the model width")->check(positive_int(kMaxWidth));
-  app.add_option("--layers", f.layers, "Override the number of layers")->check(positive_int(kMaxCount));
-  app.add_option("--heads", f.heads, "Override the number of attention heads")->check(positive_int(kMaxCount));
-  app.add_option("--kv-heads", f.kv_heads, "Key/value heads for grouped-query attention (0: same as --heads)")
-      ->check(non_negative_int(kMaxCount));
+  constexpr int64_t kMaxSteps = 1'000'000'000'000;
+  add_model_flags(app, f.model);
   app.add_option("--vocab", f.vocab, "Vocabulary size (257 for byte-level data, 50304 for GPT-2 shards)")
       ->check(whole_number(2, 1 << 24))
       ->capture_default_str();
-  app.add_option(
-         "--match-params", f.match_params,
-         "Pick the layer count to match this family's parameter count at the same preset (" + nn::family_list() + ")")
-      ->check(CLI::IsMember(nn::family_names()));
   app.add_option("--data", f.data,
                  "Training shards: files, globs (comma-separated), or a directory holding train.bin/val.bin (required "
                  "unless --resume)");
@@ -147,24 +134,6 @@ void resolve_data(Flags& f) {
       f.val_data = (fs::path(f.data) / "val.bin").string();
     f.data = (fs::path(f.data) / "train.bin").string();
   }
-}
-
-nn::ModelConfig config_from_flags(const Flags& f) {
-  nn::ModelConfig c = nn::preset(f.model, f.preset, f.vocab);
-  if (f.d_model > 0) c.d_model = f.d_model;
-  if (f.layers > 0) c.n_layers = f.layers;
-  if (f.heads > 0) c.n_heads = f.heads;
-  if (f.kv_heads >= 0) c.n_kv_heads = f.kv_heads;
-  c.validate();
-  if (!f.match_params.empty()) {
-    nn::ModelConfig reference = c;
-    reference.family = nn::family_from_name(f.match_params);
-    const int64_t target = parameter_count(reference);
-    c = match_parameters(c, target);
-    std::printf("matched to %s (%.2fM parameters): %ld layers\n", f.match_params.c_str(), double(target) / 1e6,
-                long(c.n_layers));
-  }
-  return c;
 }
 
 // Refuses a configuration whose weights, gradients, AdamW moments and logits alone
@@ -345,12 +314,12 @@ class Training {
     if (!f_.resume.empty() && !resume_dir) ckpt_path = apps::resolve_run_checkpoint(f_.resume, "--resume");
     if (f_.resume.empty()) {
       SESSA_CHECK(!f_.data.empty(), "--data", "no training data given");
-      config_ = config_from_flags(f_);
+      config_ = apps::model_config(f_.model, f_.vocab);
       check_fits_in_memory(config_, f_, device_);  // before anything is written
     } else if (!apps::given(app_, "--out")) {
       f_.out = resume_dir ? f_.resume : fs::path(ckpt_path).parent_path().string();
     }
-    if (f_.out.empty()) f_.out = "runs/" + f_.model + "-" + f_.preset;
+    if (f_.out.empty()) f_.out = "runs/" + f_.model.model + "-" + f_.model.preset;
     // The lock comes before reading the run's checkpoint: a running run may not have written one yet.
     const char* out_flag = apps::given(app_, "--out") || f_.resume.empty() ? "--out" : "--resume";
     if (lead()) run_dir_.emplace(f_.out, out_flag);
