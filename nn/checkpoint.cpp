@@ -13,25 +13,9 @@ namespace sessa::nn {
 
 namespace {
 
-const char* st_dtype(DType t) {
-  switch (t) {
-    case DType::F32:
-      return "F32";
-    case DType::F64:
-      return "F64";
-    case DType::BF16:
-      return "BF16";
-    case DType::I32:
-      return "I32";
-    case DType::U16:
-      return "U16";
-  }
-  return "?";
-}
-
 data::StEntry to_entry(const std::string& name, const Tensor& t) {
   Tensor host = ops::contiguous(t.detach().to(Device::cpu()));
-  data::StEntry e{name, st_dtype(host.dtype()), host.shape(), {}};
+  data::StEntry e{name, safetensors_dtype_name(host.dtype()), host.shape(), {}};
   e.bytes.resize(size_t(host.numel()) * dtype_size(host.dtype()));
   if (!e.bytes.empty()) std::memcpy(e.bytes.data(), host.raw_data(), e.bytes.size());
   return e;
@@ -43,9 +27,10 @@ std::string label(const std::string& path) { return "checkpoint " + path; }
 // (converted on load), the exact dtype otherwise.
 DType stored_dtype(const Checkpoint& ckpt, const data::StEntry& e, const Tensor& dst) {
   const bool float_ok = e.dtype == "F32" || e.dtype == "F64" || e.dtype == "BF16";
-  const bool ok = is_floating(dst.dtype()) ? float_ok : e.dtype == st_dtype(dst.dtype());
+  const bool ok = is_floating(dst.dtype()) ? float_ok : e.dtype == safetensors_dtype_name(dst.dtype());
   SESSA_CHECK(ok, label(ckpt.path),
-              "tensor '" << e.name << "' is stored as " << e.dtype << ", expected " << st_dtype(dst.dtype())
+              "tensor '" << e.name << "' is stored as " << e.dtype << ", expected "
+                         << safetensors_dtype_name(dst.dtype())
                          << (is_floating(dst.dtype()) ? " (or another floating-point dtype: F64, BF16)" : "")
                          << " for the model's " << dtype_name(dst.dtype()) << " tensor");
   return dtype_from_name(e.dtype);

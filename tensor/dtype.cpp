@@ -1,47 +1,52 @@
+// dtype.cpp - one table of what each DType is called and how large it is; every
+// lookup below reads it, so a new dtype is one row.
 #include "tensor/dtype.h"
+
+#include <iterator>
 
 #include "tensor/error.h"
 
 namespace sessa {
 
-size_t dtype_size(DType t) {
-  switch (t) {
-    case DType::F32:
-      return 4;
-    case DType::F64:
-      return 8;
-    case DType::BF16:
-      return 2;
-    case DType::I32:
-      return 4;
-    case DType::U16:
-      return 2;
-  }
-  return 0;
+namespace {
+
+struct DTypeInfo {
+  DType dtype;
+  size_t size;
+  const char* name;        // dtype_name
+  const char* short_name;  // accepted by dtype_from_name ("fp32"), as is st_name
+  const char* st_name;     // safetensors' name
+};
+
+// In enum order: kInfo[size_t(t)] describes t.
+constexpr DTypeInfo kInfo[] = {
+    {DType::F32, 4, "float32", "fp32", "F32"},    {DType::F64, 8, "float64", "fp64", "F64"},
+    {DType::BF16, 2, "bfloat16", "bf16", "BF16"}, {DType::I32, 4, "int32", "int32", "I32"},
+    {DType::U16, 2, "uint16", "uint16", "U16"},
+};
+
+static_assert(
+    [] {
+      for (size_t i = 0; i < std::size(kInfo); ++i)
+        if (size_t(kInfo[i].dtype) != i) return false;
+      return true;
+    }(),
+    "kInfo rows must follow the DType enum order");
+
+const DTypeInfo& info(DType t) {
+  SESSA_CHECK(size_t(t) < std::size(kInfo), "dtype", "unknown dtype value " << int(t));
+  return kInfo[size_t(t)];
 }
 
-const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::F32:
-      return "float32";
-    case DType::F64:
-      return "float64";
-    case DType::BF16:
-      return "bfloat16";
-    case DType::I32:
-      return "int32";
-    case DType::U16:
-      return "uint16";
-  }
-  return "?";
-}
+}  // namespace
+
+size_t dtype_size(DType t) { return info(t).size; }
+const char* dtype_name(DType t) { return info(t).name; }
+const char* safetensors_dtype_name(DType t) { return info(t).st_name; }
 
 DType dtype_from_name(const std::string& n) {
-  if (n == "float32" || n == "fp32" || n == "F32") return DType::F32;
-  if (n == "float64" || n == "fp64" || n == "F64") return DType::F64;
-  if (n == "bfloat16" || n == "bf16" || n == "BF16") return DType::BF16;
-  if (n == "int32" || n == "I32") return DType::I32;
-  if (n == "uint16" || n == "U16") return DType::U16;
+  for (const DTypeInfo& i : kInfo)
+    if (n == i.name || n == i.short_name || n == i.st_name) return i.dtype;
   SESSA_FAIL("dtype", "unknown dtype name '" << n << "'");
 }
 

@@ -11,7 +11,8 @@ enum class DType : uint8_t { F32, F64, BF16, I32, U16 };
 
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);                 // "float32", ...
-DType dtype_from_name(const std::string& name);  // accepts "float32"/"fp32"/..., throws otherwise
+const char* safetensors_dtype_name(DType t);     // "F32", "BF16", ... (data/safetensors.h)
+DType dtype_from_name(const std::string& name);  // accepts "float32"/"fp32"/"F32"/..., throws otherwise
 bool is_floating(DType t);
 
 // bfloat16: the upper 16 bits of an IEEE float32. Conversion rounds to nearest even.
