@@ -8,11 +8,12 @@
 // from the K rows that read x[b, s, c]); dw and dbias (the bias is "tap K") reduce over
 // the B*T rows: a thread owns one channel and up to kTaps taps over a contiguous run of
 // rows, a block sums its 8 runs in shared memory and writes one partial per (split,
-// tap, channel); a second kernel sums the splits in a fixed order, so the result is
-// bitwise reproducible.
+// tap, channel); nn/mamba_partials.cuh sums the splits in a fixed order, so the result
+// is bitwise reproducible.
 #include <algorithm>
 
 #include "nn/mamba_cuda.h"
+#include "nn/mamba_partials.cuh"
 #include "tensor/cuda/common.cuh"
 #include "tensor/ops.h"
 
@@ -108,17 +109,6 @@ __global__ void conv_dw_partial_kernel(const F* __restrict__ dy, const F* __rest
   partial[(int64_t(blockIdx.z) * (K + 1) + j) * C + c] = s;
 }
 
-template <class F>
-__global__ void conv_dw_finalize_kernel(const acc_t<F>* __restrict__ partial, F* __restrict__ dw, F* __restrict__ dbias,
-                                        int splits, int C, int K) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // (tap j, channel c)
-  if (i >= int64_t(K + 1) * C) return;
-  const int j = int(i / C), c = int(i % C);
-  acc_t<F> s = 0;
-  for (int z = 0; z < splits; ++z) s += partial[int64_t(z) * (K + 1) * C + i];
-  store(j < K ? dw + int64_t(c) * K + j : dbias + c, s);
-}
-
 void check_sizes(const char* op, int64_t B, int64_t rows_x_width) {
   SESSA_CHECK(B <= 65535 && rows_x_width < (int64_t(1) << 31), op,
               "sizes too large for the cuda kernels (batch at most 65535, B*T*channels below 2^31)");
@@ -174,10 +164,8 @@ ops::Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in,
     conv_dw_partial_kernel<F>
         <<<grid, block, 0, st>>>(ptr<F>(dy), ptr<F>(x), ptr<Acc>(partial), rows, run, int(T), int(C), int(K));
     SESSA_CUDA_LAUNCH_CHECK(op);
-    conv_dw_finalize_kernel<F><<<blocks_for((K + 1) * C), kThreads, 0, st>>>(
-        ptr<Acc>(partial), ptr<F>(g.dw), ptr<F>(g.dbias), int(splits), int(C), int(K));
+    sum_split_partials<F>(ptr<Acc>(partial), ptr<F>(g.dw), ptr<F>(g.dbias), int(splits), int(C), int(K), st, op);
   });
-  SESSA_CUDA_LAUNCH_CHECK(op);
   return g;
 }
 

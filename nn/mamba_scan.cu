@@ -40,6 +40,7 @@
 #include <algorithm>
 
 #include "nn/mamba_cuda.h"
+#include "nn/mamba_partials.cuh"
 #include "tensor/cuda/common.cuh"
 #include "tensor/ops.h"
 
@@ -512,18 +513,6 @@ __global__ void scan_dbc_finalize_kernel(const acc_t<F>* __restrict__ part, F* _
   store((j < N ? dB : dC) + (int64_t(b) * T + t) * N + j % N, s);
 }
 
-// dA (Di, N) and dD (Di): sum the batch rows' partials (B, N + 1, Di).
-template <class F>
-__global__ void scan_dad_finalize_kernel(const acc_t<F>* __restrict__ part, F* __restrict__ dA, F* __restrict__ dD,
-                                         int Bsz, int Di, int N) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // (slot n, channel c)
-  if (i >= int64_t(N + 1) * Di) return;
-  const int n = int(i / Di), c = int(i % Di);
-  acc_t<F> s = 0;
-  for (int b = 0; b < Bsz; ++b) s += part[int64_t(b) * (N + 1) * Di + i];
-  store(n < N ? dA + int64_t(c) * N + n : dD + c, s);
-}
-
 // ---- host side ----------------------------------------------------------------------
 
 // u, delta, dy may be any (B, T, Di) view with unit channel stride; Bm, Cm any (B, T, N)
@@ -651,10 +640,9 @@ ops::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tenso
         static_cast<const Acc*>(part_bc.raw_data()), static_cast<F*>(g.dB.raw_data()), static_cast<F*>(g.dC.raw_data()),
         int(groups), int(B), int(T), int(N));
     SESSA_CUDA_LAUNCH_CHECK(op);
-    scan_dad_finalize_kernel<F><<<blocks_for((N + 1) * Di), kThreads, 0, st>>>(
-        static_cast<const Acc*>(part_ad.raw_data()), static_cast<F*>(g.dA.raw_data()), static_cast<F*>(g.dD.raw_data()),
-        int(B), int(Di), int(N));
-    SESSA_CUDA_LAUNCH_CHECK(op);
+    // dA (Di, N) and dD (Di): the batch rows' partials (B, N + 1, Di) summed.
+    sum_split_partials<F>(static_cast<const Acc*>(part_ad.raw_data()), static_cast<F*>(g.dA.raw_data()),
+                          static_cast<F*>(g.dD.raw_data()), int(B), int(Di), int(N), st, op);
   });
   return g;
 }
