@@ -77,8 +77,8 @@ Inputs make_inputs(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, Dev
 // Gated by SiLU(z), as the mixer calls it.
 std::vector<Tensor> fwd_bwd(const Inputs& in) {
   Tensor ckpt;
-  Tensor y = ops::selective_scan(in.u, in.delta, in.A, in.Bm, in.Cm, in.D, in.z, &ckpt);
-  auto g = ops::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, in.z, ckpt);
+  Tensor y = nn::selective_scan_forward(in.u, in.delta, in.A, in.Bm, in.Cm, in.D, in.z, &ckpt);
+  auto g = nn::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, in.z, ckpt);
   return {y, g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD, g.dz};
 }
 
@@ -135,11 +135,12 @@ void bench(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, bool gate, 
   const double s = double(dtype_size(dtype)), btd = double(B * T * Di), btn = double(B * T * N);
   const double fwd_bytes = s * ((3 + gate) * btd + 2 * btn), bwd_bytes = s * ((5 + 2 * gate) * btd + 4 * btn);
   Tensor ckpt;
-  const double fwd_ms = time_ms([&] { ops::selective_scan(in.u, in.delta, in.A, in.Bm, in.Cm, in.D, z, &ckpt); }, reps);
+  const double fwd_ms =
+      time_ms([&] { nn::selective_scan_forward(in.u, in.delta, in.A, in.Bm, in.Cm, in.D, z, &ckpt); }, reps);
   const double bwd_ms =
-      time_ms([&] { ops::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, z, ckpt); }, reps);
+      time_ms([&] { nn::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, z, ckpt); }, reps);
   const double recompute_ms =
-      time_ms([&] { ops::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, z); }, reps);
+      time_ms([&] { nn::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, z); }, reps);
   // A device-to-device copy moving as many bytes (half read, half written).
   const size_t copy_size = size_t((fwd_bytes + bwd_bytes) / 2);
   void *src = nullptr, *dst = nullptr;

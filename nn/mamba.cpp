@@ -76,7 +76,7 @@ Tensor MambaMixer::step(const Tensor& x, MambaState& st) const {
   Tensor xs = ops::narrow(xz, 2, 0, Di), z = ops::narrow(xz, 2, Di, Di);
   // The conv over the window of the last K inputs; its last row is this position's output.
   Tensor window = K > 1 ? ops::cat({st.conv, xs}, 1) : ops::contiguous(xs);  // (B, K, Di)
-  Tensor conv = ops::narrow(ops::causal_conv1d(window, conv_weight, conv_bias), 1, K - 1, 1);
+  Tensor conv = ops::narrow(nn::causal_conv1d_forward(window, conv_weight, conv_bias), 1, K - 1, 1);
   if (K > 1) st.conv = ops::contiguous(ops::narrow(window, 1, 1, K - 1));
   Tensor u = ops::reshape(ops::unary(Unary::Silu, conv), {B, Di});
   Tensor dbc = ops::linear(u, x_proj->weight, {});  // (B, R + 2N)

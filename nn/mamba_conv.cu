@@ -132,14 +132,14 @@ Tensor causal_conv1d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_
   return y;
 }
 
-ops::Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_in,
-                                        const Tensor& bias_in, bool silu) {
+nn::Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_in,
+                                       const Tensor& bias_in, bool silu) {
   const char* op = "causal_conv1d_backward";
   Tensor dy = ops::contiguous(dy_in), x = ops::contiguous(x_in), w = ops::contiguous(w_in);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1), n = x.numel(), rows = B * T;
   check_sizes(op, 1, n);
-  ops::Conv1dGrads g{Tensor::empty(x.shape(), x.options()), Tensor::empty(w.shape(), x.options()),
-                     Tensor::empty({C}, x.options())};
+  nn::Conv1dGrads g{Tensor::empty(x.shape(), x.options()), Tensor::empty(w.shape(), x.options()),
+                    Tensor::empty({C}, x.options())};
   // Splits of the row range: about 512 blocks in all, runs of at least 32 rows.
   const int64_t cblocks = std::max<int64_t>(1, (C + kWarp - 1) / kWarp), tgroups = (K + 1 + kTaps - 1) / kTaps;
   const int64_t max_splits = std::max<int64_t>(1, (rows + kRowRuns * 32 - 1) / (kRowRuns * 32));

@@ -41,7 +41,7 @@
 #include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
-namespace sessa::ops {
+namespace sessa::nn {
 
 namespace {
 
@@ -62,12 +62,12 @@ void check_conv(const char* op, const Tensor& x, const Tensor& w, const Tensor& 
 
 }  // namespace
 
-Tensor causal_conv1d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, bool silu) {
+Tensor causal_conv1d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, bool silu) {
   check_conv("causal_conv1d", x_in, w_in, bias_in);
   if (x_in.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::causal_conv1d(x_in, w_in, bias_in, silu));
   }
-  Tensor x = contiguous(x_in), w = contiguous(w_in), bias = contiguous(bias_in);
+  Tensor x = ops::contiguous(x_in), w = ops::contiguous(w_in), bias = ops::contiguous(bias_in);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
   Tensor y = empty_like(x);
   cpu::dispatch_float(x.dtype(), "causal_conv1d", [&](auto tag) {
@@ -87,7 +87,7 @@ Tensor causal_conv1d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_
       }
     }
   });
-  return silu ? unary(Unary::Silu, y) : y;
+  return silu ? ops::unary(ops::Unary::Silu, y) : y;
 }
 
 Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& w_in, const Tensor& bias,
@@ -103,8 +103,9 @@ Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, cons
   if (dy_in.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::causal_conv1d_backward(dy_in, x_in, w_in, bias, silu));
   }
-  Tensor x = contiguous(x_in), w = contiguous(w_in);
-  Tensor dy = silu ? unary_backward(Unary::Silu, causal_conv1d(x, w, bias), dy_in) : contiguous(dy_in);
+  Tensor x = ops::contiguous(x_in), w = ops::contiguous(w_in);
+  Tensor dy =
+      silu ? ops::unary_backward(ops::Unary::Silu, causal_conv1d_forward(x, w, bias), dy_in) : ops::contiguous(dy_in);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
   Conv1dGrads g{empty_like(x), empty_like(w), Tensor::empty({C}, x.options())};
   const bool parallel = x.numel() * K >= cpu::kParallelGrain;
@@ -182,17 +183,18 @@ ScanDims check_scan(const char* op, const Tensor& u, const Tensor& delta, const 
 
 }  // namespace
 
-Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& A_in, const Tensor& Bm_in,
-                      const Tensor& Cm_in, const Tensor& D_in, const Tensor& z, Tensor* checkpoints) {
+Tensor selective_scan_forward(const Tensor& u_in, const Tensor& delta_in, const Tensor& A_in, const Tensor& Bm_in,
+                              const Tensor& Cm_in, const Tensor& D_in, const Tensor& z, Tensor* checkpoints) {
   const ScanDims d = check_scan("selective_scan", u_in, delta_in, A_in, Bm_in, Cm_in, D_in, z);
   if (u_in.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::selective_scan(u_in, delta_in, A_in, Bm_in, Cm_in, D_in, z, checkpoints));
   }
   if (checkpoints) *checkpoints = Tensor();
-  if (z.defined()) return mul(selective_scan(u_in, delta_in, A_in, Bm_in, Cm_in, D_in), unary(Unary::Silu, z));
+  if (z.defined())
+    return ops::mul(selective_scan_forward(u_in, delta_in, A_in, Bm_in, Cm_in, D_in), ops::unary(ops::Unary::Silu, z));
   const int64_t B = d.B, T = d.T, Di = d.Di, N = d.N;
-  Tensor u = contiguous(u_in), delta = contiguous(delta_in), A = contiguous(A_in), Bm = contiguous(Bm_in),
-         Cm = contiguous(Cm_in), Dk = contiguous(D_in);
+  Tensor u = ops::contiguous(u_in), delta = ops::contiguous(delta_in), A = ops::contiguous(A_in),
+         Bm = ops::contiguous(Bm_in), Cm = ops::contiguous(Cm_in), Dk = ops::contiguous(D_in);
   Tensor y = empty_like(u);
   cpu::dispatch_float(u.dtype(), "selective_scan", [&](auto tag) {
     using F = decltype(tag);
@@ -238,14 +240,15 @@ SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_
         return cuda::selective_scan_backward(dy_in, u_in, delta_in, A_in, Bm_in, Cm_in, D_in, z, checkpoints));
   }
   if (z.defined()) {  // out = y * SiLU(z): dz = dout * y * SiLU'(z), dy = dout * SiLU(z)
-    const Tensor y = selective_scan(u_in, delta_in, A_in, Bm_in, Cm_in, D_in);
-    SelectiveScanGrads g =
-        selective_scan_backward(mul(dy_in, unary(Unary::Silu, z)), u_in, delta_in, A_in, Bm_in, Cm_in, D_in);
-    g.dz = unary_backward(Unary::Silu, z, mul(dy_in, y));
+    const Tensor y = selective_scan_forward(u_in, delta_in, A_in, Bm_in, Cm_in, D_in);
+    SelectiveScanGrads g = selective_scan_backward(ops::mul(dy_in, ops::unary(ops::Unary::Silu, z)), u_in, delta_in,
+                                                   A_in, Bm_in, Cm_in, D_in);
+    g.dz = ops::unary_backward(ops::Unary::Silu, z, ops::mul(dy_in, y));
     return g;
   }
-  Tensor dy = contiguous(dy_in), u = contiguous(u_in), delta = contiguous(delta_in), A = contiguous(A_in),
-         Bm = contiguous(Bm_in), Cm = contiguous(Cm_in), Dk = contiguous(D_in);
+  Tensor dy = ops::contiguous(dy_in), u = ops::contiguous(u_in), delta = ops::contiguous(delta_in),
+         A = ops::contiguous(A_in), Bm = ops::contiguous(Bm_in), Cm = ops::contiguous(Cm_in),
+         Dk = ops::contiguous(D_in);
   SelectiveScanGrads g{empty_like(u),  empty_like(u),  empty_like(A), empty_like(Bm),
                        empty_like(Cm), empty_like(Dk), Tensor()};
   const bool parallel = B * T * Di * N >= cpu::kParallelGrain;
@@ -338,15 +341,11 @@ SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_
   return g;
 }
 
-}  // namespace sessa::ops
-
-namespace sessa::nn {
-
 Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, bool silu) {
-  return autograd::record(silu ? "causal_conv1d_silu" : "causal_conv1d", ops::causal_conv1d(x, w, bias, silu),
+  return autograd::record(silu ? "causal_conv1d_silu" : "causal_conv1d", causal_conv1d_forward(x, w, bias, silu),
                           {x, w, bias},
                           [x = x.detach(), w = w.detach(), b = silu ? bias.detach() : Tensor(), silu](const Tensor& g) {
-                            auto gr = ops::causal_conv1d_backward(g, x, w, b, silu);
+                            auto gr = causal_conv1d_backward(g, x, w, b, silu);
                             return std::vector<Tensor>{gr.dx, gr.dw, gr.dbias};
                           });
 }
@@ -355,13 +354,13 @@ Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, con
                       const Tensor& Dskip, const Tensor& z) {
   // The CUDA forward's chunk checkpoints are kept for the backward (undefined on the CPU).
   Tensor ckpt;
-  Tensor y = ops::selective_scan(u, delta, A, Bm, Cm, Dskip, z, &ckpt);
+  Tensor y = selective_scan_forward(u, delta, A, Bm, Cm, Dskip, z, &ckpt);
   std::vector<Tensor> inputs{u, delta, A, Bm, Cm, Dskip};
   if (z.defined()) inputs.push_back(z);
   return autograd::record(z.defined() ? "selective_scan_gated" : "selective_scan", y, inputs,
                           [u = u.detach(), delta = delta.detach(), A = A.detach(), Bm = Bm.detach(), Cm = Cm.detach(),
                            Dk = Dskip.detach(), z = z.detach(), ckpt](const Tensor& g) {
-                            auto gr = ops::selective_scan_backward(g, u, delta, A, Bm, Cm, Dk, z, ckpt);
+                            auto gr = selective_scan_backward(g, u, delta, A, Bm, Cm, Dk, z, ckpt);
                             std::vector<Tensor> grads{gr.du, gr.ddelta, gr.dA, gr.dB, gr.dC, gr.dD};
                             if (z.defined()) grads.push_back(gr.dz);
                             return grads;

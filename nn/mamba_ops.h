@@ -11,10 +11,13 @@
 #pragma once
 #include "tensor/tensor.h"
 
-namespace sessa::ops {
+namespace sessa::nn {
+
+// The raw kernels (no autograd) are name_forward / name_backward; the differentiable
+// ops at the end keep the plain names.
 
 // x: (B, T, C), w: (C, K), bias: (C) -> (B, T, C); SiLU of the result if `silu`.
-Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, bool silu = false);
+Tensor causal_conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, bool silu = false);
 struct Conv1dGrads {
   Tensor dx, dw, dbias;
 };
@@ -26,19 +29,15 @@ Conv1dGrads causal_conv1d_backward(const Tensor& dy, const Tensor& x, const Tens
 // With z (B, T, Di) the output is gated, y * SiLU(z) (the mixer's gate, fused).
 // On CUDA, `checkpoints` (if given) receives the states at the chunk boundaries of the
 // parallel scan, for selective_scan_backward to reuse; on the CPU it is left undefined.
-Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                      const Tensor& Dskip, const Tensor& z = {}, Tensor* checkpoints = nullptr);
+Tensor selective_scan_forward(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
+                              const Tensor& Dskip, const Tensor& z = {}, Tensor* checkpoints = nullptr);
 struct SelectiveScanGrads {
   Tensor du, ddelta, dA, dB, dC, dD, dz;  // dz only with z
 };
-// `checkpoints`: from selective_scan on the same inputs, or undefined (recomputed).
+// `checkpoints`: from selective_scan_forward on the same inputs, or undefined (recomputed).
 SelectiveScanGrads selective_scan_backward(const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A,
                                            const Tensor& Bm, const Tensor& Cm, const Tensor& Dskip,
                                            const Tensor& z = {}, const Tensor& checkpoints = {});
-
-}  // namespace sessa::ops
-
-namespace sessa::nn {
 
 // Differentiable versions (one autograd node each).
 Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, bool silu = false);

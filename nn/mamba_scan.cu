@@ -589,9 +589,9 @@ Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& 
   return y;
 }
 
-ops::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_in, const Tensor& delta_in,
-                                                const Tensor& A_in, const Tensor& Bm_in, const Tensor& Cm_in,
-                                                const Tensor& D_in, const Tensor& z_in, const Tensor& checkpoints) {
+nn::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_in, const Tensor& delta_in,
+                                               const Tensor& A_in, const Tensor& Bm_in, const Tensor& Cm_in,
+                                               const Tensor& D_in, const Tensor& z_in, const Tensor& checkpoints) {
   const char* op = "selective_scan_backward";
   Tensor dy = unit_last_stride(dy_in), u = unit_last_stride(u_in), delta = unit_last_stride(delta_in),
          A = ops::contiguous(A_in), Bm = unit_last_stride(Bm_in), Cm = unit_last_stride(Cm_in),
@@ -608,13 +608,13 @@ ops::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tenso
             zeros(Cm.shape(), opt),
             zeros(Dk.shape(), opt),
             gate ? zeros(u.shape(), opt) : Tensor()};
-  ops::SelectiveScanGrads g{Tensor::empty(u.shape(), opt),
-                            Tensor::empty(u.shape(), opt),
-                            Tensor::empty(A.shape(), opt),
-                            Tensor::empty(Bm.shape(), opt),
-                            Tensor::empty(Cm.shape(), opt),
-                            Tensor::empty(Dk.shape(), opt),
-                            gate ? Tensor::empty(u.shape(), opt) : Tensor()};
+  nn::SelectiveScanGrads g{Tensor::empty(u.shape(), opt),
+                           Tensor::empty(u.shape(), opt),
+                           Tensor::empty(A.shape(), opt),
+                           Tensor::empty(Bm.shape(), opt),
+                           Tensor::empty(Cm.shape(), opt),
+                           Tensor::empty(Dk.shape(), opt),
+                           gate ? Tensor::empty(u.shape(), opt) : Tensor()};
   ScanParams p = make_params(u, delta, A, Bm, Cm, Dk);
   p.dy = dy.raw_data(), p.dy_bstride = dy.strides()[0], p.dy_tstride = dy.strides()[1];
   p.du = g.du.raw_data(), p.ddelta = g.ddelta.raw_data();

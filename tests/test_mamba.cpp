@@ -73,8 +73,8 @@ TEST_CASE("gradcheck: causal_conv1d fused with SiLU; it equals SiLU of the conv"
     Tensor x = leaf({2, T, 3}, g), w = leaf({3, 4}, g), b = leaf({3}, g);
     expect_gradcheck([](auto& in) { return nn::causal_conv1d(in[0], in[1], in[2], /*silu=*/true); }, {x, w, b});
     autograd::NoGradGuard no_grad;
-    Tensor fused = ops::causal_conv1d(x, w, b, true);
-    Tensor apart = ops::unary(ops::Unary::Silu, ops::causal_conv1d(x, w, b));
+    Tensor fused = nn::causal_conv1d_forward(x, w, b, true);
+    Tensor apart = ops::unary(ops::Unary::Silu, nn::causal_conv1d_forward(x, w, b));
     CHECK(test::max_rel_diff(fused, apart) == 0.0);
   }
 }
@@ -84,7 +84,7 @@ TEST_CASE("causal_conv1d matches its definition") {
   const int64_t B = 2, T = 6, C = 3, K = 4;
   Tensor x = normal({B, T, C}, 0, 1, g, {DType::F64}), w = normal({C, K}, 0, 1, g, {DType::F64});
   Tensor b = normal({C}, 0, 1, g, {DType::F64});
-  auto y = ops::causal_conv1d(x, w, b).to_vector<double>();
+  auto y = nn::causal_conv1d_forward(x, w, b).to_vector<double>();
   auto vx = x.to_vector<double>(), vw = w.to_vector<double>(), vb = b.to_vector<double>();
   double worst = 0;
   for (int64_t bb = 0; bb < B; ++bb)
@@ -109,8 +109,8 @@ TEST_CASE("gradcheck: selective_scan gated by SiLU(z); it equals the scan times 
   expect_gradcheck([](auto& in) { return nn::selective_scan(in[0], in[1], in[2], in[3], in[4], in[5], in[6]); },
                    {u, delta, A, Bm, Cm, Dk, z});
   autograd::NoGradGuard no_grad;
-  Tensor fused = ops::selective_scan(u, delta, A, Bm, Cm, Dk, z);
-  Tensor apart = ops::mul(ops::selective_scan(u, delta, A, Bm, Cm, Dk), ops::unary(ops::Unary::Silu, z));
+  Tensor fused = nn::selective_scan_forward(u, delta, A, Bm, Cm, Dk, z);
+  Tensor apart = ops::mul(nn::selective_scan_forward(u, delta, A, Bm, Cm, Dk), ops::unary(ops::Unary::Silu, z));
   CHECK(test::max_rel_diff(fused, apart) == 0.0);
 }
 
@@ -121,17 +121,17 @@ TEST_CASE("selective_scan matches a naive loop; float32 agrees with float64") {
   Tensor u = normal({B, T, Di}, 0, 1, g, f64), delta = uniform({B, T, Di}, 0.01, 1.5, g, f64);
   Tensor A = uniform({Di, N}, -3.0, -0.1, g, f64), Bm = normal({B, T, N}, 0, 1, g, f64);
   Tensor Cm = normal({B, T, N}, 0, 1, g, f64), Dk = normal({Di}, 0, 1, g, f64);
-  Tensor y = ops::selective_scan(u, delta, A, Bm, Cm, Dk);
+  Tensor y = nn::selective_scan_forward(u, delta, A, Bm, Cm, Dk);
   Tensor ref = from_vector(naive_scan(u, delta, A, Bm, Cm, Dk), {B, T, Di}, f64);
   CHECK(test::max_rel_diff(y, ref) < 1e-13);
   auto f32 = [](const Tensor& t) { return t.to(DType::F32); };
-  Tensor y32 = ops::selective_scan(f32(u), f32(delta), f32(A), f32(Bm), f32(Cm), f32(Dk));
+  Tensor y32 = nn::selective_scan_forward(f32(u), f32(delta), f32(A), f32(Bm), f32(Cm), f32(Dk));
   CHECK(y32.dtype() == DType::F32);
   CHECK(test::max_rel_diff(y32.to(DType::F64), ref) < 1e-5);
   // float32 backward against float64 backward.
   Tensor dy = normal({B, T, Di}, 0, 1, g, f64);
-  auto g64 = ops::selective_scan_backward(dy, u, delta, A, Bm, Cm, Dk);
-  auto g32 = ops::selective_scan_backward(f32(dy), f32(u), f32(delta), f32(A), f32(Bm), f32(Cm), f32(Dk));
+  auto g64 = nn::selective_scan_backward(dy, u, delta, A, Bm, Cm, Dk);
+  auto g32 = nn::selective_scan_backward(f32(dy), f32(u), f32(delta), f32(A), f32(Bm), f32(Cm), f32(Dk));
   CHECK(test::max_rel_diff(g32.du.to(DType::F64), g64.du) < 1e-5);
   CHECK(test::max_rel_diff(g32.ddelta.to(DType::F64), g64.ddelta) < 1e-5);
   CHECK(test::max_rel_diff(g32.dA.to(DType::F64), g64.dA) < 1e-5);
@@ -151,8 +151,8 @@ TEST_CASE("selective_scan: large enough to run in parallel, gradients match a se
   Tensor A = uniform({Di, N}, -3.0, -0.1, g, f64), Bm = normal({B, T, N}, 0, 1, g, f64);
   Tensor Cm = normal({B, T, N}, 0, 1, g, f64), Dk = normal({Di}, 0, 1, g, f64);
   Tensor dy = normal({B, T, Di}, 0, 1, g, f64);
-  auto gr = ops::selective_scan_backward(dy, u, delta, A, Bm, Cm, Dk);
-  auto loss = [&] { return ops::sum_all(ops::mul(ops::selective_scan(u, delta, A, Bm, Cm, Dk), dy)).item(); };
+  auto gr = nn::selective_scan_backward(dy, u, delta, A, Bm, Cm, Dk);
+  auto loss = [&] { return ops::sum_all(ops::mul(nn::selective_scan_forward(u, delta, A, Bm, Cm, Dk), dy)).item(); };
   auto fd = [&](const Tensor& t, int64_t i) {
     double* p = t.data<double>();
     const double saved = p[i], h = 1e-6;
@@ -295,7 +295,7 @@ TEST_CASE("MambaBlock parameter names, count, weight decay and initialisation") 
 
 TEST_CASE("Mamba ops report bad shapes") {
   Tensor x = zeros({2, 5, 3}, {DType::F64}), w = zeros({4, 4}, {DType::F64}), b = zeros({3}, {DType::F64});
-  test::check_error([&] { ops::causal_conv1d(x, w, b); }, {"causal_conv1d", "[4, 4]"});
+  test::check_error([&] { nn::causal_conv1d_forward(x, w, b); }, {"causal_conv1d", "[4, 4]"});
   Tensor A = zeros({3, 4}, {DType::F64}), Bm = zeros({2, 5, 5}, {DType::F64}), D = ones({3}, {DType::F64});
-  test::check_error([&] { ops::selective_scan(x, x, A, Bm, Bm, D); }, {"selective_scan", "[2, 5, 5]"});
+  test::check_error([&] { nn::selective_scan_forward(x, x, A, Bm, Bm, D); }, {"selective_scan", "[2, 5, 5]"});
 }

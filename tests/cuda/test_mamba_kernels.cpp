@@ -73,9 +73,9 @@ void check_conv(int64_t B, int64_t T, int64_t C, int64_t K, DType dtype, uint64_
   Placed p = place(
       {cpu_randn({B, T, C}, gen), cpu_randn({C, K}, gen, 0.5), cpu_randn({C}, gen), cpu_randn({B, T, C}, gen)}, dtype);
   auto run = [silu](const std::vector<Tensor>& t) {
-    auto g = silu ? ops::causal_conv1d_backward(t[3], t[0], t[1], t[2], true)
-                  : ops::causal_conv1d_backward(t[3], t[0], t[1]);
-    return std::vector<Tensor>{ops::causal_conv1d(t[0], t[1], t[2], silu), g.dx, g.dw, g.dbias};
+    auto g =
+        silu ? nn::causal_conv1d_backward(t[3], t[0], t[1], t[2], true) : nn::causal_conv1d_backward(t[3], t[0], t[1]);
+    return std::vector<Tensor>{nn::causal_conv1d_forward(t[0], t[1], t[2], silu), g.dx, g.dw, g.dbias};
   };
   const std::vector<Tensor> ref = run(p.cpu), out = run(p.gpu);
   const char* names[] = {"y", "dx", "dw", "dbias"};
@@ -142,13 +142,13 @@ void check_scan(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, uint64
     const Tensor Bv = views ? ops::narrow(t[3], 2, 3, N) : t[3], Cv = views ? ops::narrow(t[4], 2, 3 + N, N) : t[4];
     Tensor ckpt;
     const Tensor zv = gate ? t[7] : Tensor();
-    Tensor y = ops::selective_scan(t[0], t[1], t[2], Bv, Cv, t[5], zv, saved ? &ckpt : nullptr);
+    Tensor y = nn::selective_scan_forward(t[0], t[1], t[2], Bv, Cv, t[5], zv, saved ? &ckpt : nullptr);
     if (saved && t[0].is_cuda()) {
       const int64_t chunks = (T + 127) / 128, chunks64 = (T + 63) / 64;  // float/bf16, float64 chunking
       const Shape want{B, Di, N, dtype == DType::F64 ? chunks64 : chunks};
       CHECK_MESSAGE(ckpt.shape() == want, what << ": checkpoints " << ckpt.shape());
     }
-    auto g = ops::selective_scan_backward(t[6], t[0], t[1], t[2], Bv, Cv, t[5], zv, ckpt);
+    auto g = nn::selective_scan_backward(t[6], t[0], t[1], t[2], Bv, Cv, t[5], zv, ckpt);
     std::vector<Tensor> r{y, g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD};
     if (gate) r.push_back(g.dz);
     return r;
@@ -257,7 +257,7 @@ TEST_CASE("cuda selective_scan rejects a state larger than 64") {
   Generator gen(51);
   Tensor u = cpu_randn({1, 2, 3}, gen).to(gpu()), A = cpu_randn({3, 65}, gen).to(gpu());
   Tensor Bm = cpu_randn({1, 2, 65}, gen).to(gpu()), D = cpu_randn({3}, gen).to(gpu());
-  check_error([&] { ops::selective_scan(u, u, A, Bm, Bm, D); }, {"selective_scan", "64"});
+  check_error([&] { nn::selective_scan_forward(u, u, A, Bm, Bm, D); }, {"selective_scan", "64"});
 }
 
 }  // namespace
