@@ -62,13 +62,13 @@ data::Batch random_batch(int64_t B, int64_t T, int64_t vocab, Generator& gen) {
 int run(const Flags& f, dist::World& world) {
   const nn::ModelConfig config = apps::model_config(f.model, f.vocab);
   if (f.count_params) {  // the exact count, e.g. for bench/torch_models.py --check-params
-    if (world.rank() == 0) std::printf("%ld\n", long(parameter_count(config)));
+    if (world.rank() == 0) std::printf("%ld\n", long(layer::parameter_count(config)));
     return 0;
   }
   const Device device = dist::device_for_rank(world, f.device);
   const DType dtype = dtype_from_name(f.dtype);
   SESSA_CHECK(dtype == DType::F32 || device.is_cuda(), "--dtype", "bf16 mixed precision needs --device cuda");
-  auto model = build_model(config, 1, {DType::F32, device});
+  auto model = layer::build_model(config, 1, {DType::F32, device});
   nn::TrainerOptions topt{.compute_dtype = dtype};
   dist::enable_data_parallel(topt, world, device, f.zero1);
   nn::Trainer trainer(model, topt);
@@ -87,7 +87,7 @@ int run(const Flags& f, dist::World& world) {
   const double median = ms[ms.size() / 2];
   const double tokens = double(f.batch * f.seq_len * world.size()), tps = tokens / (median / 1e3);
   const double peak = nn::device_peak_flops(device, dtype) * world.size();
-  const double mfu = peak > 0 ? train_flops_per_token(config, f.seq_len) * tps / peak : 0;
+  const double mfu = peak > 0 ? layer::train_flops_per_token(config, f.seq_len) * tps / peak : 0;
   double peak_gib = 0;
   if (device.is_cuda()) SESSA_CUDA_CALL(peak_gib = double(cuda::peak_memory(device.index)) / double(1ull << 30));
   if (world.rank() != 0) return 0;  // rank 0 reports for the job (its peak memory stands for each GPU)

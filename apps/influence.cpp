@@ -38,6 +38,7 @@
 
 namespace fs = std::filesystem;
 using namespace sessa;
+using namespace sessa::layer;  // sessa/: build_model, SessaLayer, the feedback solve, influence, memory
 
 namespace {
 

@@ -139,7 +139,7 @@ int run(const Flags& f) {
 
   // ---- model ----
   const auto t_load = Clock::now();
-  auto model = sessa::build_model(l.ckpt.config, 0, TensorOptions{DType::F32, device});
+  auto model = sessa::layer::build_model(l.ckpt.config, 0, TensorOptions{DType::F32, device});
   nn::load_parameters(l.ckpt, *model);
   std::fprintf(stderr, "model: %s from %s on %s (loaded in %.3f s)\n", l.ckpt.config.summary().c_str(),
                l.ckpt.path.c_str(), device.str().c_str(), seconds_since(t_load));

@@ -170,7 +170,7 @@ int train(TrainFlags f) {
   const auto test_set = load_split(fs::path(f.data) / "test.tsv");
   fs::create_directories(f.out);
 
-  auto model = build_model(config, f.seed, {DType::F32, device});
+  auto model = layer::build_model(config, f.seed, {DType::F32, device});
   apps::LabelHits window_hits;  // training hits since the last progress line
   nn::TrainerOptions topt{.adamw = {.lr = f.lr, .weight_decay = f.weight_decay},
                           .grad_clip = f.grad_clip,
@@ -288,7 +288,7 @@ int eval(const EvalFlags& f) {
   SESSA_CHECK(ckpt.config.vocab_size == soup::kVocabSize, "--checkpoint",
               ckpt.path << " is not a SymbolSoup model (vocabulary " << ckpt.config.vocab_size << ", expected "
                         << int(soup::kVocabSize) << "): train one with symbolsoup train");
-  auto model = build_model(ckpt.config, 0, {DType::F32, device});
+  auto model = layer::build_model(ckpt.config, 0, {DType::F32, device});
   nn::load_parameters(ckpt, *model);
   const auto examples = load_split(f.test);
   const apps::LabelEval v = apps::evaluate_labels(*model, examples, f.batch, dtype);

@@ -147,7 +147,7 @@ void check_fits_in_memory(const nn::ModelConfig& c, const Flags& f, Device devic
   SESSA_CHECK(memory <= 0 || block_bytes < 0.5 * memory, "--d-model/--layers/--vocab",
               "--d-model " << c.d_model << " is too wide: one layer alone needs up to " << block_bytes / 1e9
                            << " GB, more than half of this machine's " << memory / 1e9 << " GB");
-  const double params = double(parameter_count(c));
+  const double params = double(layer::parameter_count(c));
   const double bytes = 16 * params + 8.0 * double(f.batch) * double(f.seq_len) * double(c.vocab_size);
   SESSA_CHECK(params < 1e11, "--d-model/--layers/--vocab",
               c.summary() << " has " << params / 1e9 << "B parameters: more than this engine trains (100B)");
@@ -360,7 +360,7 @@ class Training {
     trainer_->load_optimizer_state(*ckpt_);
   }
   std::shared_ptr<nn::LanguageModel> build_model_for(const nn::ModelConfig& c) {
-    return sessa::build_model(c, f_.seed, {DType::F32, device_});
+    return layer::build_model(c, f_.seed, {DType::F32, device_});
   }
 
   void open_data() {
@@ -410,7 +410,7 @@ class Training {
     // One progress line rewritten in place on a terminal; under mpirun (whose output
     // may look like a terminal but is forwarded) a line per --log-every steps.
     const bool tty = isatty(1) && !world_.distributed();
-    const double flops_per_step = train_flops_per_token(config_, f_.seq_len) * double(tokens_per_step_);
+    const double flops_per_step = layer::train_flops_per_token(config_, f_.seq_len) * double(tokens_per_step_);
     const double peak = nn::device_peak_flops(device_, dtype_) * world_.size();
     apps::install_stop_signals();  // all ranks agree on stopping at each step
     const auto t_start = clock::now();

@@ -5,7 +5,7 @@
 // sessa/model.cpp (build_block), the one place that sees nn/ and sessa/ layers.
 //
 // Adding a family: add its enum value and its row in nn/family.cpp, its case in
-// sessa::build_block (-Wswitch flags a missing one), and its row in docs/models.md.
+// sessa::layer::build_block (-Wswitch flags a missing one), and its row in docs/models.md.
 #pragma once
 #include <string>
 #include <vector>

@@ -18,7 +18,7 @@
 #include "tensor/cuda_hooks.h"
 #include "tensor/ops.h"
 
-namespace sessa::ops {
+namespace sessa::layer {
 
 namespace {
 
@@ -110,12 +110,13 @@ void backward_substitution(const T* alpha, const T* gamma, const T* ds, T* df, T
 
 }  // namespace
 
-FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Tensor& gamma_in, const Tensor& f_in) {
+FeedbackOut feedback_solve_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& gamma_in, const Tensor& f_in) {
   check_inputs(q_in, k_in, gamma_in, f_in);
   if (q_in.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::feedback_solve(q_in, k_in, gamma_in, f_in));
   }
-  Tensor q = contiguous(q_in), k = contiguous(k_in), gamma = contiguous(gamma_in), f = contiguous(f_in);
+  Tensor q = ops::contiguous(q_in), k = ops::contiguous(k_in), gamma = ops::contiguous(gamma_in),
+         f = ops::contiguous(f_in);
   const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
   FeedbackOut out{empty_like(f), empty_like(f), Tensor::empty({B, n}, q.options())};
   cpu::dispatch_float(q.dtype(), "feedback_solve", [&](auto tag) {
@@ -141,7 +142,8 @@ FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_in, c
   if (q_in.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::feedback_solve_backward(ds_in, q_in, k_in, gamma_in, saved));
   }
-  Tensor ds = contiguous(ds_in), q = contiguous(q_in), k = contiguous(k_in), gamma = contiguous(gamma_in);
+  Tensor ds = ops::contiguous(ds_in), q = ops::contiguous(q_in), k = ops::contiguous(k_in),
+         gamma = ops::contiguous(gamma_in);
   const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
   FeedbackGrads g{empty_like(q), empty_like(k), empty_like(gamma), empty_like(ds)};
   Tensor w = empty_like(ds);
@@ -176,18 +178,14 @@ FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_in, c
   return g;
 }
 
-}  // namespace sessa::ops
-
-namespace sessa {
-
 Tensor feedback_solve(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f) {
-  ops::FeedbackOut out = ops::feedback_solve(q, k, gamma, f);
-  ops::FeedbackOut saved{out.s.detach(), out.ctx, out.lse};  // detached: the node must not own its output
+  FeedbackOut out = feedback_solve_forward(q, k, gamma, f);
+  FeedbackOut saved{out.s.detach(), out.ctx, out.lse};  // detached: the node must not own its output
   return autograd::record("feedback_solve", out.s, {q, k, gamma, f},
                           [q = q.detach(), k = k.detach(), gamma = gamma.detach(), saved](const Tensor& ds) {
-                            auto g = ops::feedback_solve_backward(ds, q, k, gamma, saved);
+                            auto g = feedback_solve_backward(ds, q, k, gamma, saved);
                             return std::vector<Tensor>{g.dq, g.dk, g.dgamma, g.df};
                           });
 }
 
-}  // namespace sessa
+}  // namespace sessa::layer

@@ -258,7 +258,7 @@ void set_feedback_panel_rows(int rows) {
   forced_panel_rows = rows;
 }
 
-ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Tensor& gamma_in, const Tensor& f_in) {
+layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Tensor& gamma_in, const Tensor& f_in) {
   const char* op = "feedback_solve";
   const Tensor q = ops::contiguous(q_in), k = ops::contiguous(k_in), gamma = ops::contiguous(gamma_in),
                f = ops::contiguous(f_in);
@@ -269,8 +269,8 @@ ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Te
     using A = acc_t<X>;
     const DType adt = dtype_of<A>();
     const TensorOptions acc_opt{adt, dev};
-    ops::FeedbackOut out{Tensor::empty({B, T, D}, q.options()), Tensor::empty({B, T, D}, acc_opt),
-                         Tensor::empty({B, T}, acc_opt)};
+    layer::FeedbackOut out{Tensor::empty({B, T, D}, q.options()), Tensor::empty({B, T, D}, acc_opt),
+                           Tensor::empty({B, T}, acc_opt)};
     if (B == 0 || T == 0) return out;
     const Tensor s_acc = std::is_same_v<X, A> ? out.s : Tensor::empty({B, T, D}, acc_opt);
     const cudaStream_t st = stream(dev.index);
@@ -306,8 +306,8 @@ ops::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Te
   });
 }
 
-ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_in, const Tensor& k_in,
-                                           const Tensor& gamma_in, const ops::FeedbackOut& saved) {
+layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_in, const Tensor& k_in,
+                                             const Tensor& gamma_in, const layer::FeedbackOut& saved) {
   const char* op = "feedback_solve_backward";
   const Tensor ds = ops::contiguous(ds_in), q = ops::contiguous(q_in), k = ops::contiguous(k_in),
                gamma = ops::contiguous(gamma_in);
@@ -325,8 +325,8 @@ ops::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_
         "saved tensors do not come from feedback_solve on " << q.str() << ": lse " << saved.lse.str() << ", ctx "
                                                             << saved.ctx.str() << ", s " << saved.s.str());
     const Tensor lse = ops::contiguous(saved.lse), ctx = ops::contiguous(saved.ctx);
-    ops::FeedbackGrads g{Tensor::empty(q.shape(), q.options()), Tensor::empty(k.shape(), k.options()),
-                         Tensor::empty(gamma.shape(), gamma.options()), Tensor::empty(ds.shape(), ds.options())};
+    layer::FeedbackGrads g{Tensor::empty(q.shape(), q.options()), Tensor::empty(k.shape(), k.options()),
+                           Tensor::empty(gamma.shape(), gamma.options()), Tensor::empty(ds.shape(), ds.options())};
     if (B == 0 || T == 0) return g;
     const TensorOptions acc_opt{adt, dev};
     constexpr bool same = std::is_same_v<X, A>;

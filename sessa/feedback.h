@@ -8,14 +8,17 @@
 #pragma once
 #include "tensor/tensor.h"
 
-namespace sessa::ops {
+namespace sessa::layer {
+
+// The raw kernels (no autograd), feedback_solve_forward / _backward; the differentiable
+// op at the end keeps the plain name.
 
 // q, k, f: (B, T, D); gamma: (B, T). Returns s and what backward needs.
 struct FeedbackOut {
   Tensor s, ctx;  // (B, T, D): the states and ctx_t = sum_{s<t} alpha[t, s] s_s
   Tensor lse;     // (B, T): log sum_{s<t} exp(logit[t, s]), the softmax row statistic; 0 for row 0
 };
-FeedbackOut feedback_solve(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f);
+FeedbackOut feedback_solve_forward(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f);
 
 struct FeedbackGrads {
   Tensor dq, dk, dgamma, df;
@@ -23,11 +26,7 @@ struct FeedbackGrads {
 FeedbackGrads feedback_solve_backward(const Tensor& ds, const Tensor& q, const Tensor& k, const Tensor& gamma,
                                       const FeedbackOut& saved);
 
-}  // namespace sessa::ops
-
-namespace sessa {
-
 // Differentiable: one autograd node over (q, k, gamma, f).
 Tensor feedback_solve(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f);
 
-}  // namespace sessa
+}  // namespace sessa::layer

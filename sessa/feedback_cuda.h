@@ -1,5 +1,6 @@
-// The feedback solve on CUDA (sessa/feedback.cu); ops::feedback_solve and
-// ops::feedback_solve_backward dispatch here for CUDA tensors after their checks.
+// The feedback solve on CUDA (sessa/feedback.cu), in sessa::cuda with every CUDA entry
+// point; layer::feedback_solve_forward and layer::feedback_solve_backward dispatch here
+// for CUDA tensors after their checks.
 // For bfloat16 inputs, ctx and lse come back in float32 (the solve is sensitive
 // to rounding) while s has the input dtype; the backward expects saved tensors
 // of exactly these dtypes. alpha is kept only in panels of a bounded workspace.
@@ -8,9 +9,9 @@
 
 namespace sessa::cuda {
 
-ops::FeedbackOut feedback_solve(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f);
-ops::FeedbackGrads feedback_solve_backward(const Tensor& ds, const Tensor& q, const Tensor& k, const Tensor& gamma,
-                                           const ops::FeedbackOut& saved);
+layer::FeedbackOut feedback_solve(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f);
+layer::FeedbackGrads feedback_solve_backward(const Tensor& ds, const Tensor& q, const Tensor& k, const Tensor& gamma,
+                                             const layer::FeedbackOut& saved);
 
 // Tests: force panels of `rows` rows/columns (a multiple of 64), so that small T crosses
 // panel boundaries; 0 (the default) sizes panels from the workspace budget.

@@ -10,7 +10,7 @@
 #include "autograd/node.h"
 #include "tensor/ops.h"
 
-namespace sessa {
+namespace sessa::layer {
 
 namespace {
 
@@ -192,4 +192,4 @@ double loglinear_slope(const std::vector<int64_t>& lags, const std::vector<doubl
   return fit(lags, values, from, to, false);
 }
 
-}  // namespace sessa
+}  // namespace sessa::layer

@@ -18,7 +18,7 @@
 #include "tensor/random.h"
 #include "tensor/tensor.h"
 
-namespace sessa {
+namespace sessa::layer {
 
 // A causal sequence map (B, T, D) -> (B, T, D), differentiable through autograd.
 using SequenceMap = std::function<Tensor(const Tensor&)>;
@@ -53,4 +53,4 @@ CurveSummary summarize(const std::vector<std::vector<double>>& samples_by_lag); 
 double loglog_slope(const std::vector<int64_t>& lags, const std::vector<double>& values, int64_t from, int64_t to);
 double loglinear_slope(const std::vector<int64_t>& lags, const std::vector<double>& values, int64_t from, int64_t to);
 
-}  // namespace sessa
+}  // namespace sessa::layer

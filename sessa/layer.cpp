@@ -5,7 +5,7 @@
 #include "autograd/ops.h"
 #include "sessa/feedback.h"
 
-namespace sessa {
+namespace sessa::layer {
 
 namespace {
 // Decoding cache: the forward branch's keys/values, and the feedback branch's past
@@ -83,4 +83,4 @@ Tensor SessaLayer::step(const Tensor& x, nn::DecodeState& state) {
   return x + proj_out->forward(s_t * br.g);
 }
 
-}  // namespace sessa
+}  // namespace sessa::layer

@@ -12,7 +12,7 @@
 #include "nn/block.h"
 #include "nn/layers.h"
 
-namespace sessa {
+namespace sessa::layer {
 
 struct SessaOptions {
   int64_t d_model = 0, n_heads = 1, n_kv_heads = 0;  // n_kv_heads 0: same as n_heads
@@ -41,4 +41,4 @@ class SessaLayer : public nn::Block {
   SessaOptions opt_;
 };
 
-}  // namespace sessa
+}  // namespace sessa::layer

@@ -11,7 +11,7 @@
 #include "sessa/layer.h"
 #include "tensor/ops.h"
 
-namespace sessa {
+namespace sessa::layer {
 
 namespace {
 
@@ -172,4 +172,4 @@ void freeze_parameters(nn::Module& m) {
   for (const nn::NamedParameter& p : m.named_parameters()) p.tensor->set_requires_grad(false);
 }
 
-}  // namespace sessa
+}  // namespace sessa::layer

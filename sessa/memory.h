@@ -16,7 +16,7 @@
 
 #include "nn/block.h"
 
-namespace sessa {
+namespace sessa::layer {
 
 struct MemoryConstructionOptions {
   int64_t d_model = 4;  // >= 2
@@ -48,4 +48,4 @@ double sessa_uniform_profile(double gamma, int64_t target, int64_t source);
 // needs gradients with respect to the input only).
 void freeze_parameters(nn::Module& m);
 
-}  // namespace sessa
+}  // namespace sessa::layer

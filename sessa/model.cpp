@@ -9,7 +9,7 @@
 #include "nn/transformer.h"
 #include "sessa/layer.h"
 
-namespace sessa {
+namespace sessa::layer {
 
 namespace {
 // Puts the Sessa layer (which carries its own norm and residual) under the name
@@ -100,4 +100,4 @@ double train_flops_per_token(const nn::ModelConfig& c, int64_t seq_len) {
   return 6.0 * matrix_params + double(nn::family_info(c.family).attention_passes) * attention;
 }
 
-}  // namespace sessa
+}  // namespace sessa::layer

@@ -7,7 +7,7 @@
 
 #include "nn/lm.h"
 
-namespace sessa {
+namespace sessa::layer {
 
 // One block (layer `layer_index` of config.n_layers) of the config's family.
 std::shared_ptr<nn::Block> build_block(const nn::ModelConfig& config, int64_t layer_index, Generator& gen,
@@ -31,4 +31,4 @@ nn::ModelConfig match_parameters(nn::ModelConfig config, int64_t target);
 // (nn::FamilyInfo::attention_passes: Sessa adds the feedback scores and solve).
 double train_flops_per_token(const nn::ModelConfig& config, int64_t seq_len);
 
-}  // namespace sessa
+}  // namespace sessa::layer

@@ -369,9 +369,9 @@ void add_feedback(std::vector<OpEntry>& t) {
   OpEntry e{"feedback_solve",
             {normal_in(), normal_in(), uniform_in(0.989, 0.999), normal_in()},
             cases,
-            [](auto& x, int64_t) { return feedback_solve(x[0], x[1], x[2], x[3]); },
+            [](auto& x, int64_t) { return layer::feedback_solve(x[0], x[1], x[2], x[3]); },
             [](auto& x, int64_t) {
-              auto r = ops::feedback_solve(x[0], x[1], x[2], x[3]);
+              auto r = layer::feedback_solve_forward(x[0], x[1], x[2], x[3]);
               return std::vector<Tensor>{r.lse, r.ctx};  // what the backward keeps, besides s
             },
             kDefault | kRef64 | kTf32 | kRawF32};

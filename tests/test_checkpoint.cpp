@@ -61,7 +61,7 @@ struct Fixture {
   fs::path dir = fs::temp_directory_path() / ("sessa_checkpoint_test_" + std::to_string(::getpid()));
   std::string good = (dir / "good.safetensors").string(), bad = (dir / "bad.safetensors").string();
   nn::ModelConfig config = tiny_config();
-  std::shared_ptr<nn::LanguageModel> model = build_model(config, 3);
+  std::shared_ptr<nn::LanguageModel> model = layer::build_model(config, 3);
 
   Fixture() {
     fs::create_directories(dir);
@@ -100,7 +100,7 @@ struct Fixture {
   std::string load_error() const {
     return error_of([&] {
       nn::Checkpoint ckpt = nn::read_checkpoint(bad);
-      auto fresh = build_model(ckpt.config, 1);
+      auto fresh = layer::build_model(ckpt.config, 1);
       nn::load_parameters(ckpt, *fresh);
       nn::Trainer trainer(fresh, {});
       trainer.load_optimizer_state(ckpt);
@@ -118,7 +118,7 @@ TEST_CASE("checkpoint: a good checkpoint loads with its training state") {
   CHECK(ckpt.config.to_json() == fx.config.to_json());
   CHECK(ckpt.training_fields().integer("optimizer_steps") == 1);
   CHECK(ckpt.training_fields().object("flags").number("lr") == 1e-2);
-  auto fresh = build_model(ckpt.config, 1);
+  auto fresh = layer::build_model(ckpt.config, 1);
   nn::load_parameters(ckpt, *fresh);
   CHECK(fresh->embedding.to_vector<float>() == fx.model->embedding.to_vector<float>());
   // A missing training key is named when it is asked for.

@@ -13,6 +13,7 @@
 #include "tensor/ops.h"
 
 using namespace sessa;
+using namespace sessa::layer;  // sessa/: build_model, SessaLayer, the feedback solve, influence, memory
 
 namespace {
 

@@ -17,6 +17,7 @@
 #include "tests/helpers.h"
 
 using namespace sessa;
+using namespace sessa::layer;  // sessa/: build_model, SessaLayer, the feedback solve, influence, memory
 using sessa::test::check_error;
 using sessa::test::max_rel_diff;
 

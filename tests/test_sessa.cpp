@@ -11,6 +11,7 @@
 #include "tests/helpers.h"
 
 using namespace sessa;
+using namespace sessa::layer;  // sessa/: build_model, SessaLayer, the feedback solve, influence, memory
 using sessa::test::check_error;
 using sessa::test::expect_gradcheck;
 using sessa::test::leaf;
@@ -57,21 +58,21 @@ TEST_CASE("feedback solve equals a dense solve, across block boundaries") {
   for (int64_t T : {1, 7, 64, 150}) {
     CAPTURE(T);
     Tensor q = leaf({2, T, 5}, gen), k = leaf({2, T, 5}, gen), f = leaf({2, T, 5}, gen), g = gammas({2, T}, 0.99, gen);
-    Tensor s = ops::feedback_solve(q, k, g, f).s;
+    Tensor s = layer::feedback_solve_forward(q, k, g, f).s;
     CHECK(max_rel_diff(s, dense_feedback(q, k, g, f)) < 1e-12);
     // The same in float32 stays close to the float64 answer.
     auto f32 = [](const Tensor& t) { return t.to(DType::F32); };
-    CHECK(max_rel_diff(ops::feedback_solve(f32(q), f32(k), f32(g), f32(f)).s.to(DType::F64), s) < 1e-4);
+    CHECK(max_rel_diff(layer::feedback_solve_forward(f32(q), f32(k), f32(g), f32(f)).s.to(DType::F64), s) < 1e-4);
   }
 }
 
 TEST_CASE("feedback solve: row 0 is f, and gamma = 0 gives s = f") {
   Generator gen(2);
   Tensor q = leaf({1, 6, 3}, gen), k = leaf({1, 6, 3}, gen), f = leaf({1, 6, 3}, gen);
-  Tensor s = ops::feedback_solve(q, k, zeros({1, 6}, {DType::F64}), f).s;
+  Tensor s = layer::feedback_solve_forward(q, k, zeros({1, 6}, {DType::F64}), f).s;
   CHECK(s.to_vector<double>() == f.to_vector<double>());
   // The saved row statistic: lse[t] = log sum_{s<t} exp(q_t . k_s / sqrt(D)), 0 for row 0.
-  auto lse = ops::feedback_solve(q, k, ones({1, 6}, {DType::F64}), f).lse.to_vector<double>();
+  auto lse = layer::feedback_solve_forward(q, k, ones({1, 6}, {DType::F64}), f).lse.to_vector<double>();
   auto vq = q.to_vector<double>(), vk = k.to_vector<double>();
   CHECK(lse[0] == 0);
   for (int64_t t = 1; t < 6; ++t) {

@@ -336,7 +336,7 @@ TEST_CASE("a tiny model learns an easy SymbolSoup variant well above chance") {
   const auto train_set = make(2000, 21), test_set = make(200, 22);
   nn::ModelConfig c = nn::preset("transformer", "tiny", soup::kVocabSize);
   c.d_model = 32, c.n_heads = 2, c.n_layers = 1;
-  auto model = build_model(c, 1);
+  auto model = layer::build_model(c, 1);
   apps::LabelHits hits;
   nn::Trainer trainer(model, {.adamw = {.lr = 5e-3, .weight_decay = 0.0}, .loss = apps::label_loss(&hits)});
   soup::Rng rng(5);

@@ -22,7 +22,7 @@ struct Fixture {
   Fixture() {
     nn::ModelConfig c = nn::preset("sessa", "tiny", 11);
     c.d_model = 16, c.n_heads = 2;
-    model = build_model(c, 3);
+    model = layer::build_model(c, 3);
     trainer = std::make_unique<nn::Trainer>(model, nn::TrainerOptions{.max_bad_steps = 3});
     std::vector<int32_t> a, b;
     for (int i = 0; i < 12; ++i) a.push_back(i % 11), b.push_back((i * 7 + 3) % 11);

@@ -38,10 +38,10 @@ nn::ModelConfig model_config(const ModelFlags& f, int64_t vocab) {
     nn::ModelConfig reference = c;
     reference.family = nn::family_from_name(f.match_params);
     reference.validate();
-    const int64_t target = parameter_count(reference);
-    c = match_parameters(c, target);
+    const int64_t target = layer::parameter_count(reference);
+    c = layer::match_parameters(c, target);
     std::printf("matched to %s (%.3fM parameters): %ld layers, %.3fM parameters\n", f.match_params.c_str(),
-                double(target) / 1e6, long(c.n_layers), double(parameter_count(c)) / 1e6);
+                double(target) / 1e6, long(c.n_layers), double(layer::parameter_count(c)) / 1e6);
   }
   return c;
 }

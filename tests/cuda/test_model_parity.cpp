@@ -9,6 +9,7 @@
 #include "tests/cuda/parity.h"
 
 using namespace sessa;
+using namespace sessa::layer;  // sessa/: build_model, SessaLayer, the feedback solve, influence, memory
 using sessa::test::gpu;
 using sessa::test::max_rel_diff;
 
