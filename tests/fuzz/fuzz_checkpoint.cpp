@@ -21,7 +21,7 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static sessa::fuzz::InputFile input("checkpoint");
-  static sessa::nn::Trainer trainer(sessa::build_model(sessa::fuzz::tiny_checkpoint_config(), 1), {});
+  static sessa::nn::Trainer trainer(sessa::layer::build_model(sessa::fuzz::tiny_checkpoint_config(), 1), {});
   const auto* nul = static_cast<const uint8_t*>(std::memchr(data, 0, size));
   if (nul == nullptr) return 0;
   const uint64_t header_size = uint64_t(nul - data);

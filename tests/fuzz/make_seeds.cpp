@@ -78,7 +78,7 @@ void safetensors_seeds(const fs::path& tmp) {
 
 void checkpoint_seeds(const fs::path& tmp) {
   const nn::ModelConfig config = fuzz::tiny_checkpoint_config();
-  nn::Trainer trainer(build_model(config, 3), {});
+  nn::Trainer trainer(layer::build_model(config, 3), {});
   nn::OptimizerState state = trainer.optimizer_state();
   data::Json training;
   training["step"] = 2;
