@@ -76,10 +76,11 @@ TEST_CASE("parameter names follow the module structure; counts match parameter_c
   CHECK(parameter_count(nn::preset("sessa", "small", 50304)) == 102437388);
   CHECK(parameter_count(nn::preset("mamba", "small", 50304)) == 83904000);
   const std::map<std::string, int64_t> matched_layers{{"sessa", 16}, {"mamba", 23}};  // as docs/models.md says
-  for (const auto& [family, layers] : matched_layers) {
+  for (const auto& match : matched_layers) {  // a named pair: clang 14 cannot CAPTURE a structured binding
+    const std::string& family = match.first;
     CAPTURE(family);
     nn::ModelConfig m = match_parameters(nn::preset(family, "small", 50304), target);
-    CHECK(m.n_layers == layers);
+    CHECK(m.n_layers == match.second);
     CHECK(std::abs(double(parameter_count(m) - target)) / double(target) < 0.05);
   }
 }

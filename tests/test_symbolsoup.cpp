@@ -53,7 +53,8 @@ std::vector<int> left_block(const soup::Example& e) { return stylised_letters(e.
 
 TEST_CASE("an example has 2M + 13 tokens within the bounds, and its layout adds up") {
   soup::Rng rng(7);
-  for (auto [lo, hi] : std::vector<std::pair<int64_t, int64_t>>{{400, 600}, {1800, 2048}, {20, 40}, {1, 2}}) {
+  for (auto bounds : std::vector<std::pair<int64_t, int64_t>>{{400, 600}, {1800, 2048}, {20, 40}, {1, 2}}) {
+    const int64_t lo = bounds.first, hi = bounds.second;  // not a structured binding: clang 14 cannot CAPTURE one
     CAPTURE(lo);
     for (int i = 0; i < 200; ++i) {
       const soup::Example e = soup::generate_example(i % soup::kClasses, lo, hi, rng);
