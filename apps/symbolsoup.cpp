@@ -24,6 +24,8 @@
 #include <numeric>
 #include <sstream>
 
+#include "apps/common/app.h"
+#include "apps/common/flags.h"
 #include "apps/common/label_classifier.h"
 #include "apps/common/model_flags.h"
 #include "apps/common/svg_plot.h"
@@ -335,76 +337,87 @@ int main(int argc, char** argv) {
   CLI::App app{
       "SymbolSoup: generate the long-context classification benchmark, train and evaluate on it "
       "(docs/symbolsoup.md)."};
+  constexpr int64_t kMaxSteps = 1'000'000'000'000, kMaxExamples = 100'000'000, kMaxTokens = 1 << 20;
   app.require_subcommand(1);
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 
   GenerateFlags g;
   CLI::App* gen = app.add_subcommand("generate", "Write DIR/{train,val,test}.tsv");
   gen->add_option("--out-dir", g.out_dir, "Output directory")->required();
-  gen->add_option("--train", g.train, "Training examples")->check(CLI::NonNegativeNumber)->capture_default_str();
-  gen->add_option("--val", g.val, "Validation examples")->check(CLI::NonNegativeNumber)->capture_default_str();
-  gen->add_option("--test", g.test, "Test examples")->check(CLI::NonNegativeNumber)->capture_default_str();
+  gen->add_option("--train", g.train, "Training examples")
+      ->check(apps::non_negative_int(kMaxExamples))
+      ->capture_default_str();
+  gen->add_option("--val", g.val, "Validation examples")
+      ->check(apps::non_negative_int(kMaxExamples))
+      ->capture_default_str();
+  gen->add_option("--test", g.test, "Test examples")
+      ->check(apps::non_negative_int(kMaxExamples))
+      ->capture_default_str();
   gen->add_option("--min-tokens", g.min_tokens, "Shortest example (tokens)")
-      ->check(CLI::PositiveNumber)
+      ->check(apps::positive_int(kMaxTokens))
       ->capture_default_str();
   gen->add_option("--max-tokens", g.max_tokens, "Longest example (tokens)")
-      ->check(CLI::PositiveNumber)
+      ->check(apps::positive_int(kMaxTokens))
       ->capture_default_str();
-  gen->add_option("--seed", g.seed, "Seed of the examples (the styles are fixed)")->capture_default_str();
+  gen->add_option("--seed", g.seed, "Seed of the examples (the styles are fixed)")
+      ->check(apps::seed_number())
+      ->capture_default_str();
   gen->add_option("--classes", g.classes, "Only these classes, e.g. 0,18 (an easier variant; default all 20)")
       ->delimiter(',')
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
-      ->check(CLI::Range(0, soup::kClasses - 1));
+      ->check(apps::whole_number(0, soup::kClasses - 1));
 
   TrainFlags t;
   CLI::App* tr = app.add_subcommand("train", "Train a classifier on DIR/train.tsv; validate; report test accuracy");
   apps::add_model_flags(*tr, t.model);
   tr->add_option("--data", t.data, "Directory with train.tsv, val.tsv, test.tsv")->required();
   tr->add_option("--out", t.out, "Run directory (default runs/symbolsoup-<model>)");
-  tr->add_option("--batch", t.batch, "Examples per step")->check(CLI::PositiveNumber)->capture_default_str();
-  tr->add_option("--steps", t.steps, "Optimizer steps")->check(CLI::PositiveNumber)->capture_default_str();
-  tr->add_option("--lr", t.lr, "Peak learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+  tr->add_option("--batch", t.batch, "Examples per step")->check(apps::positive_int(1 << 20))->capture_default_str();
+  tr->add_option("--steps", t.steps, "Optimizer steps")->check(apps::positive_int(kMaxSteps))->capture_default_str();
+  tr->add_option("--lr", t.lr, "Peak learning rate")->check(apps::finite_positive(10))->capture_default_str();
   tr->add_option("--warmup", t.warmup, "Warm-up steps before the cosine decay")
-      ->check(CLI::NonNegativeNumber)
+      ->check(apps::non_negative_int(kMaxSteps))
       ->capture_default_str();
   tr->add_option("--weight-decay", t.weight_decay, "AdamW weight decay")
-      ->check(CLI::NonNegativeNumber)
+      ->check(apps::finite_non_negative(100))
       ->capture_default_str();
   tr->add_option("--grad-clip", t.grad_clip, "Global gradient-norm clip (0: off)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(apps::finite_non_negative(1e6))
       ->capture_default_str();
   tr->add_option("--eval-every", t.eval_every, "Validation every N steps (0: only at the end)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(apps::non_negative_int(kMaxSteps))
       ->capture_default_str();
   tr->add_option("--val-examples", t.val_examples, "Validation examples used (0: all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(apps::non_negative_int(kMaxExamples))
       ->capture_default_str();
   tr->add_option("--eval-batch", t.eval_batch, "Examples per evaluation batch")
-      ->check(CLI::PositiveNumber)
+      ->check(apps::positive_int(1 << 20))
       ->capture_default_str();
   tr->add_option("--ckpt-every", t.ckpt_every, "Checkpoint every N steps (always at the end)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(apps::non_negative_int(kMaxSteps))
       ->capture_default_str();
   tr->add_option("--log-every", t.log_every, "Progress line every N steps")
-      ->check(CLI::PositiveNumber)
+      ->check(apps::positive_int(kMaxSteps))
       ->capture_default_str();
   tr->add_option("--device", t.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   tr->add_option("--dtype", t.dtype, "fp32, or bf16 mixed precision (CUDA)")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
-  tr->add_option("--seed", t.seed, "Seed of the initialisation and the data order")->capture_default_str();
-  tr->add_option("--threads", t.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  tr->add_option("--seed", t.seed, "Seed of the initialisation and the data order")
+      ->check(apps::seed_number())
+      ->capture_default_str();
+  tr->add_option("--threads", t.threads, "CPU threads (default: all cores)")->check(apps::thread_count());
 
   EvalFlags e;
   CLI::App* ev = app.add_subcommand("eval", "Accuracy of a trained run on a TSV file (last line: accuracy ...)");
   ev->add_option("--checkpoint", e.checkpoint, "Run directory or checkpoint file")->required();
   ev->add_option("--test", e.test, "TSV file (Text<TAB>Answer)")->required();
-  ev->add_option("--batch", e.batch, "Examples per batch")->check(CLI::PositiveNumber)->capture_default_str();
+  ev->add_option("--batch", e.batch, "Examples per batch")->check(apps::positive_int(1 << 20))->capture_default_str();
   ev->add_option("--device", e.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   ev->add_option("--dtype", e.dtype, "fp32, or bf16 (CUDA)")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
-  ev->add_option("--threads", e.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  ev->add_option("--threads", e.threads, "CPU threads (default: all cores)")->check(apps::thread_count());
 
   PlotFlags p;
   CLI::App* pl = app.add_subcommand("plot", "Validation-accuracy curves of several train runs in one SVG");
@@ -414,15 +427,10 @@ int main(int argc, char** argv) {
       ->required()
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 
-  CLI11_PARSE(app, argc, argv);
-  try {
+  return apps::run_app("symbolsoup", app, argc, argv, [&](dist::World&) {
     if (gen->parsed()) return generate(g);
     if (tr->parsed()) return train(t);
     if (pl->parsed()) return plot(p);
     return eval(e);
-  } catch (const std::exception& ex) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "symbolsoup: error: %s\n", ex.what());
-    return 1;
-  }
+  });
 }

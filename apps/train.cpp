@@ -28,6 +28,7 @@
 #include "apps/common/run_lock.h"
 #include "apps/common/signals.h"
 #include "apps/common/svg_plot.h"
+#include "apps/train_flags.h"
 #include "data/file_util.h"
 #include "dist/data_parallel.h"
 #include "nn/checkpoint.h"
@@ -38,84 +39,11 @@
 
 namespace fs = std::filesystem;
 using namespace sessa;
+using apps::train::add_flags;
+using apps::train::check_fits_in_memory;
+using apps::train::Flags;
 
 namespace {
-
-struct Flags {
-  apps::ModelFlags model;  // --model, --preset, --d-model, --layers, --heads, --kv-heads, --match-params
-  int64_t vocab = 257;
-  std::string data, val_data, out, resume;
-  int64_t batch = 16, seq_len = 128, steps = 1000, warmup = 50, accum = 1;
-  double lr = 3e-3, weight_decay = 0.1, grad_clip = 1.0;
-  std::string device = "auto", dtype = "fp32";
-  uint64_t seed = 1337;
-  int64_t ckpt_every = 500, eval_every = 100, eval_batches = 20, log_every = 10, max_bad_steps = 3;
-  int threads = 0;
-  bool zero1 = false;
-  double bucket_mb = 32;
-};
-
-void add_flags(CLI::App& app, Flags& f) {
-  using namespace apps;
-  constexpr int64_t kMaxSteps = 1'000'000'000'000;
-  add_model_flags(app, f.model);
-  app.add_option("--vocab", f.vocab, "Vocabulary size (257 for byte-level data, 50304 for GPT-2 shards)")
-      ->check(whole_number(2, 1 << 24))
-      ->capture_default_str();
-  app.add_option("--data", f.data,
-                 "Training shards: files, globs (comma-separated), or a directory holding train.bin/val.bin (required "
-                 "unless --resume)");
-  app.add_option("--val-data", f.val_data, "Validation shards (default: val.bin beside --data when it is a directory)");
-  app.add_option("--batch", f.batch, "Sequences per micro-batch")->check(positive_int(1 << 20))->capture_default_str();
-  app.add_option("--seq-len", f.seq_len, "Tokens per sequence")->check(positive_int(1 << 20))->capture_default_str();
-  app.add_option("--steps", f.steps, "Optimizer steps in total")->check(positive_int(kMaxSteps))->capture_default_str();
-  app.add_option("--lr", f.lr, "Peak learning rate")->check(finite_positive(10))->capture_default_str();
-  app.add_option("--warmup", f.warmup, "Linear warm-up steps before the cosine decay")
-      ->check(non_negative_int(kMaxSteps))
-      ->capture_default_str();
-  app.add_option("--weight-decay", f.weight_decay, "AdamW decoupled weight decay (matrices only)")
-      ->check(finite_non_negative(100))
-      ->capture_default_str();
-  app.add_option("--grad-clip", f.grad_clip, "Clip the global gradient norm to this (0: off)")
-      ->check(finite_non_negative(1e6))
-      ->capture_default_str();
-  app.add_option("--accum", f.accum, "Gradient accumulation: micro-batches per optimizer step")
-      ->check(positive_int(1 << 16))
-      ->capture_default_str();
-  app.add_option("--device", f.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
-  app.add_option("--dtype", f.dtype, "fp32, or bf16 mixed precision (CUDA)")
-      ->check(CLI::IsMember({"fp32", "bf16"}))
-      ->capture_default_str();
-  app.add_option("--seed", f.seed, "Seed of the initialisation and of the data order")
-      ->check(seed_number())
-      ->capture_default_str();
-  app.add_option("--out", f.out, "Run directory for checkpoints, log.csv and loss.svg (default runs/<model>-<preset>)");
-  app.add_option("--ckpt-every", f.ckpt_every, "Checkpoint every N steps (and always at the end; 0: only at the end)")
-      ->check(non_negative_int(kMaxSteps))
-      ->capture_default_str();
-  app.add_option("--resume", f.resume, "Continue the run in this directory (or from this checkpoint file)")
-      ->check(existing_path());
-  app.add_option("--eval-every", f.eval_every, "Validation every N steps (0: only at the end)")
-      ->check(non_negative_int(kMaxSteps))
-      ->capture_default_str();
-  app.add_option("--eval-batches", f.eval_batches, "Batches per validation")
-      ->check(positive_int(1'000'000))
-      ->capture_default_str();
-  app.add_option("--log-every", f.log_every, "Print a progress line every N steps (every step on a terminal)")
-      ->check(positive_int(kMaxSteps))
-      ->capture_default_str();
-  app.add_option("--max-bad-steps", f.max_bad_steps,
-                 "Stop the run after this many steps in a row with a non-finite loss or gradient norm (each is "
-                 "skipped without updating the weights)")
-      ->check(positive_int(1'000'000))
-      ->capture_default_str();
-  app.add_option("--threads", f.threads, "CPU threads (default: all cores)")->check(thread_count());
-  app.add_flag("--zero1", f.zero1, "Under mpirun: shard the optimizer state over the ranks (ZeRO stage 1)");
-  app.add_option("--bucket-mb", f.bucket_mb,
-                 "Under mpirun: gradients are reduced in buckets of about this many MiB, overlapping backward")
-      ->check(finite_positive(1 << 20))
-      ->capture_default_str();
-}
 
 std::string human_duration(double seconds) {
   char buf[32];
@@ -134,28 +62,6 @@ void resolve_data(Flags& f) {
       f.val_data = (fs::path(f.data) / "val.bin").string();
     f.data = (fs::path(f.data) / "train.bin").string();
   }
-}
-
-// Refuses a configuration whose weights, gradients, AdamW moments and logits alone
-// (a lower bound of what training needs) exceed this machine's memory, naming the
-// flags, instead of failing later with an out-of-memory error.
-void check_fits_in_memory(const nn::ModelConfig& c, const Flags& f, Device device) {
-  // Counting the parameters builds one block on the CPU (sessa/model.h); refuse widths where that
-  // block alone would not fit: no family has more than 16 D^2 float32 weights per layer.
-  const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
-  const double block_bytes = 64.0 * double(c.d_model) * double(c.d_model);
-  SESSA_CHECK(memory <= 0 || block_bytes < 0.5 * memory, "--d-model/--layers/--vocab",
-              "--d-model " << c.d_model << " is too wide: one layer alone needs up to " << block_bytes / 1e9
-                           << " GB, more than half of this machine's " << memory / 1e9 << " GB");
-  const double params = double(layer::parameter_count(c));
-  const double bytes = 16 * params + 8.0 * double(f.batch) * double(f.seq_len) * double(c.vocab_size);
-  SESSA_CHECK(params < 1e11, "--d-model/--layers/--vocab",
-              c.summary() << " has " << params / 1e9 << "B parameters: more than this engine trains (100B)");
-  if (device.is_cuda()) return;  // device memory is checked by the allocator, with its own message
-  SESSA_CHECK(memory <= 0 || bytes < memory, "--d-model/--layers/--vocab/--batch/--seq-len",
-              c.summary() << " (" << params / 1e6 << "M parameters) at batch " << f.batch << " x " << f.seq_len
-                          << " tokens needs at least " << bytes / 1e9 << " GB for weights, gradients, AdamW moments "
-                          << "and logits, more than this machine's " << memory / 1e9 << " GB");
 }
 
 // The run directory: run.lock, checkpoints, log.csv, loss.svg. Only rank 0 has one.
@@ -334,6 +240,7 @@ class Training {
     if (resume_dir) ckpt_path = apps::resolve_run_checkpoint(f_.resume, "--resume");
     ckpt_ = nn::read_checkpoint(ckpt_path);
     config_ = ckpt_->config;
+    check_model_flags_agree();
     const data::JsonFields training = ckpt_->training_fields();
     if (training.has("flags")) restore_flags(f_, training.object("flags"), app_);
     start_step_ = training.integer("step", 0);
@@ -344,6 +251,32 @@ class Training {
                                               << ": nothing to train; give --steps N with N > " << start_step_
                                               << " to train further");
     check_fits_in_memory(config_, f_, device_);
+  }
+
+  // The architecture of a resumed run is the checkpoint's: a model flag given again
+  // must describe it (repeating the original command line is fine), else refused.
+  void check_model_flags_agree() const {
+    const nn::ModelConfig& c = config_;
+    const apps::ModelFlags& m = f_.model;
+    const int64_t kv = c.n_kv_heads > 0 ? c.n_kv_heads : c.n_heads;
+    const nn::ModelConfig p = nn::preset(nn::family_info(c.family).name, m.preset, c.vocab_size);
+    const bool same[] = {nn::family_from_name(m.model) == c.family,
+                         (apps::given(app_, "--d-model") || p.d_model == c.d_model) &&
+                             (apps::given(app_, "--layers") || p.n_layers == c.n_layers) &&
+                             (apps::given(app_, "--heads") || p.n_heads == c.n_heads),
+                         m.d_model == c.d_model,
+                         m.layers == c.n_layers,
+                         m.heads == c.n_heads,
+                         (m.kv_heads > 0 ? m.kv_heads
+                          : m.heads > 0  ? m.heads
+                                         : c.n_heads) == kv,
+                         f_.vocab == c.vocab_size};
+    const char* flags[] = {"--model", "--preset", "--d-model", "--layers", "--heads", "--kv-heads", "--vocab"};
+    for (size_t i = 0; i < std::size(flags); ++i)
+      SESSA_CHECK(!apps::given(app_, flags[i]) || same[i], flags[i],
+                  "differs from the checkpoint being resumed (" << ckpt_->path << ": " << c.summary()
+                                                                << "); a resumed run keeps its architecture: drop "
+                                                                << flags[i] << ", or start a new run in another --out");
   }
 
   void build_model() {

@@ -4,7 +4,8 @@
 # process refused, a dead holder's lock reclaimed), stop signals (SIGHUP checkpoints),
 # a closed stdout (SIGPIPE), the divergence guard, resume past the end, a dangling
 # latest link, a too-small validation set, a full disk (ulimit -f), prepare's
-# all-or-nothing shards and its one-line skip summary. CPU only, well under a minute.
+# all-or-nothing shards and its one-line skip summary; a resumed run keeping its
+# architecture and symbolsoup's flags (docs/reliability.md). CPU only, well under a minute.
 # Usage: tests/test_reliability.sh BUILD_DIR
 set -uo pipefail
 source "$(dirname "$0")/app_helpers.sh" "$1"
@@ -133,5 +134,28 @@ out=$("$APPS/prepare" --input "$WORK/corpus.txt" "$WORK/corpus.u8" "$WORK/x.dat"
   && pass "prepare: skipped files summarised in one line" || fail "prepare summary: $out"
 out=$("$APPS/prepare" --verbose --input "$WORK/corpus.txt" "$WORK/corpus.u8" "$WORK/x.dat" --separator % --out-dir "$WORK/d1" 2>&1 >/dev/null)
 grep -q "x.dat" <<<"$out" && grep -q "corpus.u8" <<<"$out" && pass "prepare --verbose lists them" || fail "--verbose: $out"
+
+# ---- 8. audit (docs/reliability.md): a resumed run keeps its architecture; symbolsoup's flags ----
+expect_error "--resume refuses another --model" "--model: differs from the checkpoint being resumed" \
+  "$APPS/train" --resume "$WORK/run" --model transformer --steps 60 --threads 1
+expect_error "--resume refuses another --d-model" "--d-model: differs from the checkpoint" \
+  "$APPS/train" --resume "$WORK/run" --d-model 64 --steps 60 --threads 1
+expect_error "--match-params on a too-wide model (hung building one block)" "--d-model 32768 is too wide" \
+  "${TRAIN[@]}" --match-params transformer --d-model 32768 --heads 1 --out "$WORK/f"
+[ "$(readlink "$WORK/run/latest.safetensors")" = ckpt_0000040.safetensors ] \
+  && pass "a refused resume moved nothing" || fail "a refused resume moved latest: $(ls "$WORK/run")"
+cp -r "$WORK/run" "$WORK/same"
+"$APPS/train" --resume "$WORK/same" --model sessa --preset tiny --d-model 32 --heads 2 --steps 42 --threads 1 \
+  > /dev/null 2>&1 && pass "--resume with the original model flags repeated" || fail "--resume with the same model flags refused"
+"$APPS/symbolsoup" generate --out-dir "$WORK/soup" --train 16 --val 4 --test 4 --min-tokens 20 --max-tokens 30 > /dev/null 2>&1
+SOUP=("$APPS/symbolsoup" train --data "$WORK/soup" --d-model 32 --heads 2 --device cpu --out "$WORK/soup_run")
+expect_error "symbolsoup --threads bounded (was SIGSEGV)" "--threads: expected a whole number from 0" "${SOUP[@]}" --threads 100000
+expect_error "symbolsoup --lr nan refused" "--lr: expected a finite number greater than 0" "${SOUP[@]}" --lr nan
+expect_error "symbolsoup --grad-clip nan refused" "--grad-clip: expected a finite number" "${SOUP[@]}" --grad-clip nan
+expect_error "symbolsoup --steps past int64" "(too large)" "${SOUP[@]}" --steps 99999999999999999999
+expect_error "symbolsoup --classes out of range in words" "--classes: expected a whole number from 0 to 19" \
+  "$APPS/symbolsoup" generate --out-dir "$WORK/soup2" --classes 25
+[ ! -e "$WORK/soup_run" ] && [ ! -e "$WORK/soup2" ] && pass "symbolsoup: refused flags wrote nothing" \
+  || fail "symbolsoup: a refused run wrote $(ls -d "$WORK"/soup_run "$WORK"/soup2 2>/dev/null)"
 
 finish test_reliability

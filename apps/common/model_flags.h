@@ -20,4 +20,9 @@ void add_model_flags(CLI::App& app, ModelFlags& f);
 // (printed). Throws naming the flag at fault.
 nn::ModelConfig model_config(const ModelFlags& f, int64_t vocab);
 
+// Counting parameters builds one block on the CPU (sessa/model.h): refuses a width
+// whose single block would not fit (no family has more than 16 D^2 float32 weights
+// per layer), naming --d-model. model_config runs it before --match-params counts.
+void check_block_fits(const nn::ModelConfig& c);
+
 }  // namespace sessa::apps

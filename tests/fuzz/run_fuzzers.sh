@@ -26,8 +26,10 @@ for target in "$fuzz_dir"/fuzz_*; do
   echo "fuzz: $name for ${seconds}s (log: $log)"
   dirs=("$corpus" "$fuzz_dir/seeds/$name")
   [ -d "$source_dir/corpus/$name" ] && dirs+=("$source_dir/corpus/$name")  # libFuzzer stops at a missing folder
+  dict=()
+  [ -f "$source_dir/$name.dict" ] && dict=(-dict="$source_dir/$name.dict")  # tokens worth trying (flag names)
   "$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="$fuzz_dir/crashes/$name-" "${dirs[@]}" >"$log" 2>&1
+    -artifact_prefix="$fuzz_dir/crashes/$name-" "${dict[@]}" "${dirs[@]}" >"$log" 2>&1
   status=$?
   done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1)
   execs=$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}')
