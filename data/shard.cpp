@@ -260,6 +260,7 @@ void TokenShard::copy(uint64_t begin, uint64_t n, int32_t* out) const {
     fail(path(), "copy of tokens [" + std::to_string(begin) + ", " + std::to_string(begin + n) + ") exceeds its " +
                      std::to_string(count_) + " tokens");
   }
+  if (n == 0) return;  // nothing to copy (and `out` or the mapping may be null: memcpy must not see them)
   file_.guard_reads([&] {
     if (width_ == 2) {
       for (uint64_t i = 0; i < n; ++i) {

@@ -24,8 +24,9 @@ for target in "$fuzz_dir"/fuzz_*; do
   mkdir -p "$corpus"
   log=$fuzz_dir/logs/$name.log
   echo "fuzz: $name for ${seconds}s (log: $log)"
-  dirs=("$corpus" "$fuzz_dir/seeds/$name")
-  [ -d "$source_dir/corpus/$name" ] && dirs+=("$source_dir/corpus/$name")  # libFuzzer stops at a missing folder
+  dirs=("$corpus")  # libFuzzer stops at a missing folder: add the others only where they exist
+  [ -d "$fuzz_dir/seeds/$name" ] && dirs+=("$fuzz_dir/seeds/$name")  # generated seeds (make_seeds)
+  [ -d "$source_dir/corpus/$name" ] && dirs+=("$source_dir/corpus/$name")  # hand-made seeds and past crashes
   dict=()
   [ -f "$source_dir/$name.dict" ] && dict=(-dict="$source_dir/$name.dict")  # tokens worth trying (flag names)
   "$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
