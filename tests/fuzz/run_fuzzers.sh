@@ -4,7 +4,8 @@
 # grows in BUILD_DIR/fuzz/corpus/<target> (kept between runs), seeded from the
 # generated seeds and tests/fuzz/corpus/<target>; a crashing input is saved as
 # BUILD_DIR/fuzz/crashes/<target>-crash-<sha1>. Prints one summary line per target
-# (executions, coverage) and fails if any target crashed.
+# (executions, coverage) and fails if any target crashed. FUZZ_SEED fixes libFuzzer's
+# random seed (CI uses 1, so a run explores the same inputs each time; 0 = random).
 #
 # A crash becomes a regression: copy the input into tests/fuzz/corpus/<target>/
 # (the suite replays it), fix the parser, and add a doctest case for the message.
@@ -29,7 +30,7 @@ for target in "$fuzz_dir"/fuzz_*; do
   [ -d "$source_dir/corpus/$name" ] && dirs+=("$source_dir/corpus/$name")  # hand-made seeds and past crashes
   dict=()
   [ -f "$source_dir/$name.dict" ] && dict=(-dict="$source_dir/$name.dict")  # tokens worth trying (flag names)
-  "$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+  "$target" -seed="${FUZZ_SEED:-0}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$fuzz_dir/crashes/$name-" "${dict[@]}" "${dirs[@]}" >"$log" 2>&1
   status=$?
   done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1)
