@@ -333,6 +333,11 @@ void add_attention(std::vector<OpEntry>& t) {
       c(2, 2, 2, 33, 33, 20, 0, kGpu),      // dh not a multiple of 8
       c(2, 12, 12, 300, 300, 64, 0, kGpu),  // larger
       c(1, 2, 1, 3, 90, 128, 87, kGpu),
+      c(1, 12, 4, 63, 63, 64, 0, kGpu),       // GQA 12/4, T = 63
+      c(2, 12, 1, 65, 65, 128, 0, kGpu),      // GQA 12/1, T = 65, dh 128
+      c(1, 12, 4, 1000, 1000, 128, 0, kGpu),  // T = 1000
+      c(1, 4, 2, 1000, 1000, 64, 0, kGpu),
+      c(1, 2, 2, 130, 300, 64, 170, kGpu),  // queries at the end of a cache, offset inside a tile
   };
   OpEntry e{
       "attention",

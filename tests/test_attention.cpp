@@ -105,6 +105,8 @@ TEST_CASE("attention rejects bad shapes") {
   check_error([&] { ops::attention(q, k, k, 1, 1.0); }, {"attention", "q_offset 1"});
   check_error([&] { ops::attention(zeros({4, 3, 8}), k, k, 0, 1.0); }, {"attention", "[4, 3, 8]"});
   check_error([&] { ops::attention(q, k.to(DType::F64), k, 0, 1.0); }, {"attention", "float64"});
+  check_error([&] { ops::attention(q, k, k, 0, 0.0); }, {"attention", "scale 0"});
+  check_error([&] { ops::attention(q, k, k, 0, -0.5); }, {"attention", "scale -0.5", "positive"});
 }
 
 TEST_CASE("attention backward matches autograd through composed ops (parallel, several blocks)") {

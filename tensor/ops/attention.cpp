@@ -31,7 +31,10 @@ struct Dims {
   int64_t B, H, Hkv, Tq, Tk, dh, group;
 };
 
-Dims check_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset) {
+Dims check_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset,
+                     double scale) {
+  // The kernels take row maxima of unscaled scores, which needs scale > 0.
+  SESSA_CHECK(scale > 0 && std::isfinite(scale), op, "scale " << scale << " must be positive and finite");
   SESSA_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op,
               "expects q (B, H, Tq, dh) and k, v (B, Hkv, Tk, dh), got q " << q.shape() << ", k " << k.shape() << ", v "
                                                                            << v.shape());
@@ -87,7 +90,7 @@ void block_probs(const T* qh, const T* kh, int64_t i0, int64_t n, int64_t kn, in
 }  // namespace
 
 AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int64_t q_offset, double scale) {
-  const Dims d = check_attention("attention", q_in, k_in, v_in, q_offset);
+  const Dims d = check_attention("attention", q_in, k_in, v_in, q_offset, scale);
   if (q_in.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::attention(q_in, k_in, v_in, q_offset, scale));
   }
@@ -122,7 +125,7 @@ AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_i
 AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                   const Tensor& out_in, const Tensor& lse_in, int64_t q_offset, double scale) {
   const char* op = "attention_backward";
-  const Dims d = check_attention(op, q_in, k_in, v_in, q_offset);
+  const Dims d = check_attention(op, q_in, k_in, v_in, q_offset, scale);
   SESSA_CHECK(dout_in.shape() == q_in.shape() && out_in.shape() == q_in.shape(), op,
               "dout " << dout_in.shape() << " and out " << out_in.shape() << " must have q's shape " << q_in.shape());
   SESSA_CHECK(lse_in.shape() == Shape({d.B, d.H, d.Tq}), op,

@@ -1,0 +1,381 @@
+// bfloat16 causal attention on tensor cores (mma.sync m16n8k16, float32 accumulate), in
+// the FlashAttention-2 order; the math is in tensor/ops/attention.cpp, the fragment
+// helpers in tensor/cuda/mma.cuh, host-side dispatch in tensor/cuda/attention.cu.
+//
+// Forward: a block of 4 warps owns BM = 128 query rows (32 per warp, two 16-row MMA
+// tiles) of one (batch, head) and streams the keys in tiles of BN = 64 through a
+// double-buffered cp.async pipeline (tile j + 1 is in flight while tile j is multiplied).
+// S = Q K^T and O += P V both run on tensor cores; P goes from the accumulators of the
+// first product straight into the A operand of the second (mma::c_to_a). The online
+// softmax keeps the running max m (in log2 units: scores are scaled by scale * log2 e)
+// and sum l per row in float32. Only tiles that cross the diagonal or the end of the keys
+// pay for the mask; a warp skips tiles whose keys all lie beyond its rows. Saves
+// lse = (m + log2 l) ln 2 per row.
+//
+// Backward: D_i = dout_i . out_i first (attention.cu), then one kernel with a block per
+// tile of BN = 64 keys of one kv head (16 keys per warp), walking the query tiles of every
+// query head of its group (so GQA needs no reduction for dk, dv). Per query tile, with P
+// rebuilt from lse: S^T = K Q^T and dP^T = V dout^T, dS^T = P^T (dP^T - D), then
+// dv += P^T dout and dk += dS^T Q from registers; dS^T goes through shared memory once so
+// the block can form dq_tile = dS K, which is added into a float32 (B, H, Tq, dh) buffer
+// with atomics (the sum over key tiles is therefore not bitwise reproducible run to run)
+// and scaled and rounded to bf16 by a last pass. dk, dv are written once at the end.
+#pragma once
+#include <cuda_bf16.h>
+
+#include "tensor/cuda/attention_params.cuh"
+#include "tensor/cuda/mma.cuh"
+
+namespace sessa::cuda::attn {
+
+using bf16_t = __nv_bfloat16;
+
+// Forward tile sizes for tile width DH (head dim rounded up to 64 or 128).
+template <int DH>
+struct ForwardTile {
+  static constexpr int kWarps = 4, BM = 128, BN = DH > 64 ? 32 : 64, MT = BM / (16 * kWarps), LD = DH + 8;
+  static constexpr int kMinBlocks = DH > 64 ? 2 : 3;  // per SM: caps the registers at 255 / 168
+  static constexpr size_t smem_bytes = size_t(BM + 4 * BN) * LD * sizeof(bf16_t);  // Q, 2 x (K, V)
+};
+
+// grid (B * H, query tiles, heaviest first), 128 threads.
+template <int DH>
+__global__ void __launch_bounds__(128, ForwardTile<DH>::kMinBlocks)
+    mma_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, Dims d, float scale_log2,
+                bool vec) {
+  using namespace mma;
+  using Tile = ForwardTile<DH>;
+  constexpr int BM = Tile::BM, BN = Tile::BN, MT = Tile::MT, LD = Tile::LD;
+  constexpr int KS = DH / 16, NT = BN / 8, DT = DH / 8;
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  bf16_t* Qs = reinterpret_cast<bf16_t*>(smem_bytes);  // (BM, LD)
+  bf16_t* Ks = Qs + BM * LD;                           // 2 x (BN, LD)
+  bf16_t* Vs = Ks + 2 * BN * LD;                       // 2 x (BN, LD)
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, c = lane % 4;
+  const int b = blockIdx.x / d.H, h = blockIdx.x % d.H, hk = h / d.group;
+  const int i0 = (gridDim.y - 1 - blockIdx.y) * BM;
+  const bf16_t* kb = k + offset(d.k, b, hk, 0);
+  const bf16_t* vb = v + offset(d.v, b, hk, 0);
+  load_tile<BM, DH>(Qs, LD, q + offset(d.q, b, h, i0), d.q.t, d.Tq - i0, d.dh, vec);
+  auto load_kv = [&](int j) {
+    const int n0 = j * BN;
+    load_tile<BN, DH>(Ks + j % 2 * BN * LD, LD, kb + n0 * d.k.t, d.k.t, d.Tk - n0, d.dh, vec);
+    load_tile<BN, DH>(Vs + j % 2 * BN * LD, LD, vb + n0 * d.v.t, d.v.t, d.Tk - n0, d.dh, vec);
+  };
+  load_kv(0);
+  cp_async_commit();  // group 0: Q and the first key tile
+
+  const int row0 = d.q_offset + i0 + w * 16 * MT;  // position of this warp's first row
+  const int tiles = min(d.Tk - 1, d.q_offset + i0 + BM - 1) / BN + 1;
+  float o[MT][DT][4] = {}, m[MT][2], l[MT][2] = {};
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = -INFINITY;
+
+  for (int j = 0; j < tiles; ++j) {
+    if (j + 1 < tiles) {
+      load_kv(j + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int n0 = j * BN;
+    if (n0 <= row0 + 16 * MT - 1) {  // else every key of the tile is after every row of this warp
+      const bf16_t* Kt = Ks + j % 2 * BN * LD;
+      const bf16_t* Vt = Vs + j % 2 * BN * LD;
+      float s[MT][NT][4] = {};  // (16 MT rows, BN keys) of S = Q K^T
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) load_a(a[mt], Qs, LD, w * 16 * MT + mt * 16, ks * 16, lane);
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+          uint32_t bk[4];
+          load_b_pair(bk, Kt, LD, np * 16, ks * 16, lane);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma_bf16(s[mt][2 * np], a[mt], bk[0], bk[1]);
+            mma_bf16(s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
+          }
+        }
+      }
+      if (n0 + BN - 1 > row0 || n0 + BN > d.Tk) {  // the tile crosses this warp's diagonal or the last key
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int key = n0 + nt * 8 + 2 * c + (e & 1), pos = row0 + mt * 16 + g + 8 * (e / 2);
+              if (key > pos || key >= d.Tk) s[mt][nt][e] = -INFINITY;
+            }
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          // Key 0 is in the first tile and visible to every row, so m is finite from then on.
+          const float mn = fmaxf(m[mt][r], mx * scale_log2), corr = exp2f(m[mt][r] - mn);
+          m[mt][r] = mn;
+          float sum = 0.f;
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 2 * r; e < 2 * r + 2; ++e) {
+              s[mt][nt][e] = exp2f(fmaf(s[mt][nt][e], scale_log2, -mn));
+              sum += s[mt][nt][e];
+            }
+          l[mt][r] = l[mt][r] * corr + sum;
+#pragma unroll
+          for (int dt = 0; dt < DT; ++dt) o[mt][dt][2 * r] *= corr, o[mt][dt][2 * r + 1] *= corr;
+        }
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {  // O += P V
+        uint32_t pa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) c_to_a(pa[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
+#pragma unroll
+        for (int dp = 0; dp < DT / 2; ++dp) {
+          uint32_t bv[4];
+          load_b_pair_trans(bv, Vt, LD, dp * 16, kk * 16, lane);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma_bf16(o[mt][2 * dp], pa[mt], bv[0], bv[1]);
+            mma_bf16(o[mt][2 * dp + 1], pa[mt], bv[2], bv[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the buffer of tile j is refilled by the next iteration's prefetch
+  }
+
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sum = l[mt][r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int row = i0 + w * 16 * MT + mt * 16 + g + 8 * r;
+      if (row >= d.Tq) continue;
+      const float inv = 1.f / sum;
+      bf16_t* dst = out + offset(d.out, b, h, row);
+#pragma unroll
+      for (int dt = 0; dt < DT; ++dt) {
+        const int col = dt * 8 + 2 * c;
+        if (vec) {
+          if (col < d.dh)
+            *reinterpret_cast<uint32_t*>(dst + col) = pack_bf16(o[mt][dt][2 * r] * inv, o[mt][dt][2 * r + 1] * inv);
+        } else {
+          if (col < d.dh) dst[col] = __float2bfloat16(o[mt][dt][2 * r] * inv);
+          if (col + 1 < d.dh) dst[col + 1] = __float2bfloat16(o[mt][dt][2 * r + 1] * inv);
+        }
+      }
+      if (c == 0) lse[(int64_t(b) * d.H + h) * d.Tq + row] = (m[mt][r] + log2f(sum)) * kLn2;
+    }
+}
+
+// Backward tile sizes: BN keys per block (16 per warp), BQ queries per step (fewer for
+// head dim 128, whose dk and dv accumulators take twice the registers).
+template <int DH>
+struct BackwardTile {
+  static constexpr int kWarps = 4, BN = 64, BQ = DH > 64 ? 32 : 64, LD = DH + 8, LDS = BQ + 8;
+  static constexpr int kMinBlocks = DH > 64 ? 2 : 3;
+  // dq = dS K: the (BQ, DH) tile split over the warps as WR row tiles x WC column parts.
+  static constexpr int WR = BQ / 16, WC = kWarps / WR, CN = DH / WC;
+  static_assert(WR * WC == kWarps && CN % 16 == 0, "dq tile split");
+  // K, V; 2 x (Q, dout); dS^T; 2 x (lse, D)
+  static constexpr size_t smem_bytes =
+      size_t(2 * BN + 4 * BQ) * LD * sizeof(bf16_t) + size_t(BN) * LDS * sizeof(bf16_t) + 4 * BQ * sizeof(float);
+};
+
+// grid (B * Hkv, key tiles), 128 threads. dq_acc: float32 (B, H, Tq, dh), zeroed.
+template <int DH>
+__global__ void __launch_bounds__(128, BackwardTile<DH>::kMinBlocks)
+    mma_backward(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
+                 const float* Dv, float* dq_acc, bf16_t* dk, bf16_t* dv, Dims d, float scale_log2, float scale,
+                 bool vec) {
+  using namespace mma;
+  using Tile = BackwardTile<DH>;
+  constexpr int BN = Tile::BN, BQ = Tile::BQ, LD = Tile::LD, LDS = Tile::LDS, CN = Tile::CN;
+  constexpr int KS = DH / 16, QT = BQ / 8, DT = DH / 8;
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  bf16_t* Ks = reinterpret_cast<bf16_t*>(smem_bytes);   // (BN, LD)
+  bf16_t* Vs = Ks + BN * LD;                            // (BN, LD)
+  bf16_t* Qs = Vs + BN * LD;                            // 2 x (BQ, LD)
+  bf16_t* Gs = Qs + 2 * BQ * LD;                        // 2 x (BQ, LD): dout
+  bf16_t* Ss = Gs + 2 * BQ * LD;                        // (BN, LDS): dS^T
+  float* Ls = reinterpret_cast<float*>(Ss + BN * LDS);  // 2 x BQ: lse
+  float* Ds = Ls + 2 * BQ;                              // 2 x BQ: D
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, c = lane % 4;
+  const int b = blockIdx.x / d.Hkv, hk = blockIdx.x % d.Hkv, n0 = blockIdx.y * BN;
+  load_tile<BN, DH>(Ks, LD, k + offset(d.k, b, hk, n0), d.k.t, d.Tk - n0, d.dh, vec);
+  load_tile<BN, DH>(Vs, LD, v + offset(d.v, b, hk, n0), d.v.t, d.Tk - n0, d.dh, vec);
+
+  // The steps: query tiles i0 >= i_start (earlier queries see none of these keys) of each
+  // query head of the group.
+  const int i_start = max(0, n0 - d.q_offset) / BQ * BQ;
+  const int per_head = i_start < d.Tq ? (d.Tq - i_start + BQ - 1) / BQ : 0, steps = per_head * d.group;
+  auto head_of = [&](int step) { return hk * d.group + step / per_head; };
+  auto start_of = [&](int step) { return i_start + step % per_head * BQ; };
+  auto load_step = [&](int step) {
+    const int h = head_of(step), i0 = start_of(step), buf = step % 2;
+    load_tile<BQ, DH>(Qs + buf * BQ * LD, LD, q + offset(d.q, b, h, i0), d.q.t, d.Tq - i0, d.dh, vec);
+    load_tile<BQ, DH>(Gs + buf * BQ * LD, LD, dout + offset(d.dout, b, h, i0), d.dout.t, d.Tq - i0, d.dh, vec);
+    if (threadIdx.x < BQ) {
+      const int i = i0 + threadIdx.x;
+      const int64_t at = (int64_t(b) * d.H + h) * d.Tq + min(i, d.Tq - 1);
+      cp_async4(Ls + buf * BQ + threadIdx.x, lse + at, i < d.Tq);
+      cp_async4(Ds + buf * BQ + threadIdx.x, Dv + at, i < d.Tq);
+    }
+  };
+  if (steps > 0) load_step(0);
+  cp_async_commit();
+
+  const int key0 = n0 + w * 16;  // this warp's keys: key0 + g and key0 + g + 8
+  float gk[DT][4] = {}, gv[DT][4] = {};
+  // dq part of this warp: rows dq_r0.., columns dq_c0..dq_c0+CN-1 of the query tile.
+  const int dq_r0 = w % Tile::WR * 16, dq_c0 = w / Tile::WR * CN;
+  for (int step = 0; step < steps; ++step) {
+    if (step + 1 < steps) {
+      load_step(step + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int h = head_of(step), i0 = start_of(step), buf = step % 2;
+    const bf16_t* Qt = Qs + buf * BQ * LD;
+    const bf16_t* Gt = Gs + buf * BQ * LD;
+    const float* Lt = Ls + buf * BQ;
+    const float* Dt = Ds + buf * BQ;
+    if (key0 <= d.q_offset + i0 + BQ - 1) {   // else no query of the tile sees this warp's keys
+      float st[QT][4] = {}, dpt[QT][4] = {};  // (16 keys, BQ queries) of S^T and dP^T
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t ak[4], av[4];
+        load_a(ak, Ks, LD, w * 16, ks * 16, lane);
+        load_a(av, Vs, LD, w * 16, ks * 16, lane);
+#pragma unroll
+        for (int np = 0; np < QT / 2; ++np) {
+          uint32_t bq[4], bg[4];
+          load_b_pair(bq, Qt, LD, np * 16, ks * 16, lane);
+          load_b_pair(bg, Gt, LD, np * 16, ks * 16, lane);
+          mma_bf16(st[2 * np], ak, bq[0], bq[1]);
+          mma_bf16(st[2 * np + 1], ak, bq[2], bq[3]);
+          mma_bf16(dpt[2 * np], av, bg[0], bg[1]);
+          mma_bf16(dpt[2 * np + 1], av, bg[2], bg[3]);
+        }
+      }
+      // st becomes P^T, dpt becomes dS^T. Masked: keys after a query, queries past Tq, keys past Tk.
+      const bool masked = d.q_offset + i0 < key0 + 15 || i0 + BQ > d.Tq || key0 + 16 > d.Tk;
+#pragma unroll
+      for (int nt = 0; nt < QT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int ql = nt * 8 + 2 * c + (e & 1), key = key0 + g + 8 * (e / 2);
+          const bool ok = !masked || (i0 + ql < d.Tq && key <= d.q_offset + i0 + ql && key < d.Tk);
+          const float p = ok ? exp2f(fmaf(st[nt][e], scale_log2, -Lt[ql] * kLog2e)) : 0.f;
+          st[nt][e] = p;
+          dpt[nt][e] = p * (dpt[nt][e] - Dt[ql]);
+        }
+#pragma unroll
+      for (int kk = 0; kk < BQ / 16; ++kk) {  // dv += P^T dout, dk += dS^T Q
+        uint32_t pa[4], da[4];
+        c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
+        c_to_a(da, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+        for (int dp = 0; dp < DT / 2; ++dp) {
+          uint32_t bg[4], bq[4];
+          load_b_pair_trans(bg, Gt, LD, dp * 16, kk * 16, lane);
+          load_b_pair_trans(bq, Qt, LD, dp * 16, kk * 16, lane);
+          mma_bf16(gv[2 * dp], pa, bg[0], bg[1]);
+          mma_bf16(gv[2 * dp + 1], pa, bg[2], bg[3]);
+          mma_bf16(gk[2 * dp], da, bq[0], bq[1]);
+          mma_bf16(gk[2 * dp + 1], da, bq[2], bq[3]);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < QT; ++nt) {
+        uint32_t* lo = reinterpret_cast<uint32_t*>(Ss + (w * 16 + g) * LDS + nt * 8 + 2 * c);
+        uint32_t* hi = reinterpret_cast<uint32_t*>(Ss + (w * 16 + g + 8) * LDS + nt * 8 + 2 * c);
+        *lo = pack_bf16(dpt[nt][0], dpt[nt][1]);
+        *hi = pack_bf16(dpt[nt][2], dpt[nt][3]);
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < QT; ++nt) {
+        *reinterpret_cast<uint32_t*>(Ss + (w * 16 + g) * LDS + nt * 8 + 2 * c) = 0u;
+        *reinterpret_cast<uint32_t*>(Ss + (w * 16 + g + 8) * LDS + nt * 8 + 2 * c) = 0u;
+      }
+    }
+    __syncthreads();
+    // dq rows of this tile += dS K, summed over the block's keys, added into dq_acc.
+    float acc[CN / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t a[4];
+      load_a_trans(a, Ss, LDS, dq_r0, kk * 16, lane);
+#pragma unroll
+      for (int dp = 0; dp < CN / 16; ++dp) {
+        uint32_t bk[4];
+        load_b_pair_trans(bk, Ks, LD, dq_c0 + dp * 16, kk * 16, lane);
+        mma_bf16(acc[2 * dp], a, bk[0], bk[1]);
+        mma_bf16(acc[2 * dp + 1], a, bk[2], bk[3]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = i0 + dq_r0 + g + 8 * r;
+      if (row >= d.Tq) continue;
+      float* dst = dq_acc + ((int64_t(b) * d.H + h) * d.Tq + row) * d.dh;
+#pragma unroll
+      for (int nt = 0; nt < CN / 8; ++nt) {
+        const int col = dq_c0 + nt * 8 + 2 * c;
+        if (vec) {
+          if (col < d.dh)
+            atomicAdd(reinterpret_cast<float2*>(dst + col), make_float2(acc[nt][2 * r], acc[nt][2 * r + 1]));
+        } else {
+          if (col < d.dh) atomicAdd(dst + col, acc[nt][2 * r]);
+          if (col + 1 < d.dh) atomicAdd(dst + col + 1, acc[nt][2 * r + 1]);
+        }
+      }
+    }
+    __syncthreads();  // the buffers of this step and dS^T are refilled next
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = key0 + g + 8 * r;
+    if (key >= d.Tk) continue;
+    const int64_t at = ((int64_t(b) * d.Hkv + hk) * d.Tk + key) * d.dh;
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) {
+      const int col = dt * 8 + 2 * c;
+      if (col < d.dh) {
+        dk[at + col] = __float2bfloat16(gk[dt][2 * r] * scale);
+        dv[at + col] = __float2bfloat16(gv[dt][2 * r]);
+      }
+      if (col + 1 < d.dh) {
+        dk[at + col + 1] = __float2bfloat16(gk[dt][2 * r + 1] * scale);
+        dv[at + col + 1] = __float2bfloat16(gv[dt][2 * r + 1]);
+      }
+    }
+  }
+}
+
+// dq = scale * dq_acc, rounded to bf16 (both contiguous).
+__global__ void scale_to_bf16_kernel(const float* src, bf16_t* dst, float scale, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = __float2bfloat16(src[i] * scale);
+}
+
+}  // namespace sessa::cuda::attn

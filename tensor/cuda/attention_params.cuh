@@ -1,0 +1,27 @@
+// What every causal-attention kernel (tensor/cuda/attention_simt.cuh, attention_mma.cuh)
+// is told about its operands: the shapes, and for the tensor-core kernels the element
+// strides of q, k, v, out and dout, each a (B, heads, T, dh) view whose head dim is
+// contiguous (so the (B, T, heads, dh) projections need no copy to enter or leave).
+// The SIMT kernels take contiguous operands (the host makes them so) and ignore strides.
+#pragma once
+#include <cstdint>
+
+namespace sessa::cuda::attn {
+
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+struct Strides {
+  int64_t b = 0, h = 0, t = 0;  // elements; the head dim has stride 1
+};
+
+struct Dims {
+  int B, H, Hkv, Tq, Tk, dh, group, q_offset;  // group = H / Hkv query heads per kv head
+  Strides q, k, v, out, dout;
+};
+
+// Element offset of row t of head h of batch b.
+__host__ __device__ __forceinline__ int64_t offset(const Strides& s, int b, int h, int t) {
+  return b * s.b + h * s.h + t * s.t;
+}
+
+}  // namespace sessa::cuda::attn
