@@ -17,7 +17,8 @@
 // Before any measuring, each model's memory is estimated from the flags (the input,
 // the per-lag results and the largest forward/backward pass; constants measured on
 // the CPU, docs/memory.md "Limits") and a run that would not fit in this machine's
-// memory is refused naming --seq-len; a long run prints where it stands on stderr
+// memory is refused naming --seq-len (on the CPU; a GPU's allocator reports its own
+// out-of-memory); a long run prints where it stands on stderr
 // every --progress-every seconds.
 #include "sessa/influence.h"
 
@@ -286,8 +287,8 @@ int run(const Flags& f) {
   SESSA_CHECK(fit_from >= 1 && fit_from < fit_to, "--fit-from",
               "must satisfy 1 <= --fit-from < --fit-to, got " << fit_from << " and " << fit_to);
 
-  SESSA_CHECK(std::isfinite(f.progress_every) && f.progress_every > 0, "--progress-every",
-              "expected a finite number of seconds greater than 0, got " << f.progress_every);
+  SESSA_CHECK(std::isfinite(f.progress_every) && f.progress_every >= 0.01, "--progress-every",
+              "expected a finite number of seconds, at least 0.01, got " << f.progress_every);
 
   // ---- models, and whether their measurement fits in memory ----
   std::vector<Model> models;
@@ -299,7 +300,8 @@ int run(const Flags& f) {
   for (const Model& m : models) {
     const int64_t probes = f.probes >= 0 ? f.probes : (m.width <= 16 ? 0 : 8);
     needs.push_back(estimate_bytes(m, f, T, probes, topt.dtype));
-    if (memory <= 0 || needs.back() < budget) continue;
+    // On a GPU the passes live in device memory, whose allocator reports its own out-of-memory.
+    if (device.is_cuda() || memory <= 0 || needs.back() < budget) continue;
     const int64_t largest = largest_seq_len(m, f, probes, topt.dtype, budget);
     SESSA_FAIL("--seq-len", m.name << " at --seq-len " << T << " needs about " << gb(needs.back()) << " (" << n_lags
                                    << " lags, the largest pass over all " << T << " positions"
@@ -331,8 +333,8 @@ int run(const Flags& f) {
     std::cout << "model " << m.name << ": width " << m.width << ", T " << T << ", " << f.samples
               << " samples, sources 0.." << f.sources - 1 << ", " << iopt.lags.size() << " lags, "
               << (iopt.probes == 0 ? "exact Jacobian blocks" : std::to_string(iopt.probes) + " random probes") << ", "
-              << dtype_name(topt.dtype) << " on " << device.str() << ", about " << gb(needs[mi]) << " of memory"
-              << std::endl;
+              << dtype_name(topt.dtype) << " on " << device.str() << ", about " << gb(needs[mi])
+              << " of memory (estimate)" << std::endl;
     std::vector<std::vector<double>> per_sample;      // [sample][lag], averaged over sources
     std::vector<double> closed(iopt.lags.size(), 0);  // the closed form scaled per (sample, source)
     for (int64_t s = 0; s < f.samples; ++s) {
