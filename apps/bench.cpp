@@ -3,13 +3,17 @@
 //
 //   bench --model sessa --preset small --batch 16 --seq-len 1024 --dtype bf16
 //   mpirun -np 2 bench ...   data parallel: --batch per rank, tokens/s of the whole job
+// On the CPU a model and batch past the machine's memory are refused before any work,
+// naming the flags (apps/common/memory_check.h, the bound train uses).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <string>
 
 #include "apps/common/app.h"
 #include "apps/common/flags.h"
+#include "apps/common/memory_check.h"
 #include "apps/common/model_flags.h"
 #include "dist/data_parallel.h"
 #include "nn/trainer.h"
@@ -68,13 +72,19 @@ int run(const Flags& f, dist::World& world) {
   const Device device = dist::device_for_rank(world, f.device);
   const DType dtype = dtype_from_name(f.dtype);
   SESSA_CHECK(dtype == DType::F32 || device.is_cuda(), "--dtype", "bf16 mixed precision needs --device cuda");
+  apps::check_fits_in_memory(config, f.batch, f.seq_len, device);  // refused naming the flags, before building
+  apps::set_activity("building the model");
   auto model = layer::build_model(config, 1, {DType::F32, device});
   nn::TrainerOptions topt{.compute_dtype = dtype};
   dist::enable_data_parallel(topt, world, device, f.zero1);
   nn::Trainer trainer(model, topt);
   Generator gen(7 + uint64_t(world.rank()));  // each rank its own tokens
+  apps::set_activity("making a batch of " + std::to_string(f.batch) + " x " + std::to_string(f.seq_len) +
+                     " random tokens");
   std::vector<nn::TokenBatch> batch{nn::to_device(random_batch(f.batch, f.seq_len, f.vocab, gen), device)};
 
+  apps::set_activity("running training steps at batch " + std::to_string(f.batch) + " x " + std::to_string(f.seq_len) +
+                     " tokens");
   std::vector<double> ms;
   for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
     if (i == f.warmup && device.is_cuda()) SESSA_CUDA_CALL(cuda::reset_peak_memory(device.index));

@@ -13,6 +13,13 @@
 // (lag,mean,q10,q50,q90,closed_form,model) and DIR/influence.svg (log-log), prints
 // the fitted log-log slope per model, and as its last line `slope S1 [S2 ...]`
 // (one value per model, in the order given: constructions, then checkpoints).
+//
+// Before any measuring, each model's memory is estimated from the flags (the input,
+// the per-lag results and the largest forward/backward pass; constants measured on
+// the CPU, docs/memory.md "Limits") and a run that would not fit in this machine's
+// memory is refused naming --seq-len (on the CPU; a GPU's allocator reports its own
+// out-of-memory); a long run prints where it stands on stderr
+// every --progress-every seconds.
 #include "sessa/influence.h"
 
 #include <omp.h>
@@ -20,13 +27,17 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "apps/common/app.h"
 #include "apps/common/flags.h"
+#include "apps/common/memory_check.h"
 #include "apps/common/svg_plot.h"
 #include "autograd/node.h"
 #include "autograd/ops.h"
@@ -50,6 +61,7 @@ struct Flags {
   std::string out, data, device = "auto", dtype = "auto";
   uint64_t seed = 1234;
   int threads = 0;
+  double progress_every = 5;
 };
 
 // One curve: a map, where its inputs come from, and (constructions) the closed form.
@@ -61,6 +73,51 @@ struct Model {
   std::function<double(int64_t target, int64_t source)> profile;  // empty for checkpoints
   std::string expected;
   std::shared_ptr<nn::Module> owner;  // keeps the parameters alive
+  // For the memory estimate: layers the map runs through and the (L, L) matrices
+  // per layer and batch element (the heads of a Sessa layer; attention runs in tiles).
+  int64_t layers = 1, square_matrices = 0;
+};
+
+// Prints `text` (where the measurement stands) and the seconds since it was set, on
+// stderr, every `seconds` while the text stays the same: a long pass is never silent.
+class Heartbeat {
+ public:
+  explicit Heartbeat(double seconds) : seconds_(seconds), thread_([this] { loop(); }) {}
+  ~Heartbeat() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_one();
+    thread_.join();
+  }
+  // A new phase: its start time is now.
+  void phase(std::string text) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    text_ = std::move(text);
+    start_ = std::chrono::steady_clock::now();
+  }
+  // The same phase, further on.
+  void update(std::string text) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    text_ = std::move(text);
+  }
+
+ private:
+  void loop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!wake_.wait_for(lock, std::chrono::duration<double>(seconds_), [this] { return stop_; }))
+      if (!text_.empty())
+        std::fprintf(stderr, "  %s (%.1f s)\n", text_.c_str(),
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+  }
+  double seconds_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  std::string text_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::thread thread_;  // last: starts once the rest is set up
 };
 
 std::string num(double v, int precision = 6) {
@@ -91,7 +148,9 @@ Model construction_model(const std::string& name, const Flags& f, TensorOptions 
           },
           c.profile,
           c.expected,
-          block};
+          block,
+          1,
+          name == "sessa-uniform" ? 1 : 0};
 }
 
 // Token windows for a checkpoint: uniform random ids, or windows of --data.
@@ -157,7 +216,46 @@ Model checkpoint_model(const std::string& path, const Flags& f, TensorOptions to
   if (run_path.filename().empty()) run_path = run_path.parent_path();  // "runs/x/"
   std::string name = std::string(nn::family_info(config.family).name) + ":" + run_path.filename().string();
   if (f.layer >= 0) name += ":layer" + std::to_string(f.layer);
-  return {name, config.d_model, map, input, {}, "", model};
+  const int64_t heads = config.family == nn::Family::sessa ? config.n_heads : 0;
+  return {name, config.d_model, map, input, {}, "", model, last - first, heads};
+}
+
+// Lags lag_grid(max_lag, per_decade) returns, counted without making them.
+int64_t lag_count(int64_t max_lag, int64_t per_decade) {
+  if (per_decade == 0) return max_lag;
+  return std::min<int64_t>(max_lag, int64_t(std::ceil(std::log10(double(max_lag)) * double(per_decade))) + 2);
+}
+
+// Bytes one model's measurement needs at most, from the peak memory measured on the
+// CPU (docs/memory.md "Limits"; f64 numbers, scaled by the element size):
+//   the input and its seeds              (1 + n) T D elements
+//   the results                          ~300 bytes per lag, plus 8 per lag, sample and source
+//   the largest pass (n probes, L = T)   64 n L D elements per layer (activations; measured
+//                                        <= 45 for mamba-decay), plus (2 + n) L^2 per layer and
+//                                        Sessa head (the feedback matrices; measured 15 + 4.5 n
+//                                        bytes in f64)
+double estimate_bytes(const Model& m, const Flags& f, int64_t seq_len, int64_t probes, DType dtype) {
+  const int64_t n_lags = lag_count(seq_len - f.sources, f.lags_per_decade);
+  const double T = double(seq_len), D = double(m.width), e = double(dtype_size(dtype));
+  const int64_t per_position = probes == 0 ? m.width : probes;
+  const double n = double(std::min<int64_t>(influence_batch(seq_len, m.width, f.batch), per_position * n_lags));
+  const double input = (1 + n) * T * D * e + 8 * T;
+  const double results = double(n_lags) * (300 + 8.0 * double(f.samples + f.sources));
+  const double pass = double(m.layers) * (64 * n * T * D + double(m.square_matrices) * (2 + n) * T * T) * e;
+  return input + results + pass;
+}
+
+std::string gb(double bytes) { return num(bytes / 1e9, 3) + " GB"; }
+
+// The largest --seq-len whose estimate stays under `budget` bytes (the other flags as
+// given), or 0 when none does.
+int64_t largest_seq_len(const Model& m, const Flags& f, int64_t probes, DType dtype, double budget) {
+  int64_t lo = f.sources, hi = f.seq_len;  // estimate(lo) is not known to fit; estimate(hi) does not
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (estimate_bytes(m, f, mid, probes, dtype) < budget ? lo : hi) = mid;
+  }
+  return lo > f.sources ? lo : 0;
 }
 
 int run(const Flags& f) {
@@ -189,10 +287,30 @@ int run(const Flags& f) {
   SESSA_CHECK(fit_from >= 1 && fit_from < fit_to, "--fit-from",
               "must satisfy 1 <= --fit-from < --fit-to, got " << fit_from << " and " << fit_to);
 
-  // ---- models ----
+  SESSA_CHECK(std::isfinite(f.progress_every) && f.progress_every >= 0.01, "--progress-every",
+              "expected a finite number of seconds, at least 0.01, got " << f.progress_every);
+
+  // ---- models, and whether their measurement fits in memory ----
   std::vector<Model> models;
   for (const std::string& c : f.constructions) models.push_back(construction_model(c, f, topt, T));
   for (const std::string& c : f.checkpoints) models.push_back(checkpoint_model(c, f, topt, T));
+  const int64_t n_lags = lag_count(max_lag, f.lags_per_decade);
+  const double memory = apps::host_memory_bytes(), budget = 0.8 * memory;
+  std::vector<double> needs;
+  for (const Model& m : models) {
+    const int64_t probes = f.probes >= 0 ? f.probes : (m.width <= 16 ? 0 : 8);
+    needs.push_back(estimate_bytes(m, f, T, probes, topt.dtype));
+    // On a GPU the passes live in device memory, whose allocator reports its own out-of-memory.
+    if (device.is_cuda() || memory <= 0 || needs.back() < budget) continue;
+    const int64_t largest = largest_seq_len(m, f, probes, topt.dtype, budget);
+    SESSA_FAIL("--seq-len", m.name << " at --seq-len " << T << " needs about " << gb(needs.back()) << " (" << n_lags
+                                   << " lags, the largest pass over all " << T << " positions"
+                                   << (f.batch > 0 ? " at --batch " + std::to_string(f.batch) : "") << ", "
+                                   << dtype_name(topt.dtype) << "), more than 80% of this machine's " << gb(memory)
+                                   << (m.square_matrices > 0 ? " (Sessa's feedback matrices grow as T^2)" : "")
+                                   << "; with these flags --seq-len " << largest << " at most fits"
+                                   << (largest == 0 ? " (lower --batch or --samples)" : ""));
+  }
   // Fail before measuring anything when the output directory cannot be made.
   std::error_code ec;
   fs::create_directories(f.out, ec);
@@ -204,21 +322,34 @@ int run(const Flags& f) {
   iopt.lags = lag_grid(max_lag, f.lags_per_decade);
   iopt.batch = f.batch;
 
+  Heartbeat heartbeat(f.progress_every);
   std::string csv = "lag,mean,q10,q50,q90,closed_form,model\n";
   std::vector<apps::Series> series;
   std::vector<double> slopes;
   Generator probe_gen(f.seed ^ 0x9e3779b97f4a7c15ULL);
-  for (const Model& m : models) {
+  for (size_t mi = 0; mi < models.size(); ++mi) {
+    const Model& m = models[mi];
     iopt.probes = f.probes >= 0 ? f.probes : (m.width <= 16 ? 0 : 8);
     std::cout << "model " << m.name << ": width " << m.width << ", T " << T << ", " << f.samples
               << " samples, sources 0.." << f.sources - 1 << ", " << iopt.lags.size() << " lags, "
               << (iopt.probes == 0 ? "exact Jacobian blocks" : std::to_string(iopt.probes) + " random probes") << ", "
-              << dtype_name(topt.dtype) << " on " << device.str() << "\n";
+              << dtype_name(topt.dtype) << " on " << device.str() << ", about " << gb(needs[mi])
+              << " of memory (estimate)" << std::endl;
     std::vector<std::vector<double>> per_sample;      // [sample][lag], averaged over sources
     std::vector<double> closed(iopt.lags.size(), 0);  // the closed form scaled per (sample, source)
     for (int64_t s = 0; s < f.samples; ++s) {
       const auto t0 = std::chrono::steady_clock::now();
-      auto by_source = measure_influence(m.map, m.input(s), iopt, probe_gen);
+      const std::string sample = "sample " + std::to_string(s + 1) + "/" + std::to_string(f.samples);
+      apps::set_activity("measuring " + m.name + " at --seq-len " + std::to_string(T) + ", " + sample);
+      heartbeat.phase(sample + ": making the input");
+      const Tensor x = m.input(s);
+      heartbeat.phase(sample + ": measuring");
+      iopt.progress = [&](const InfluenceProgress& p) {
+        heartbeat.update(sample + ": " + std::to_string(p.outputs_done) + " of " + std::to_string(p.outputs_total) +
+                         " output positions measured (the last pass over " + std::to_string(p.length) + " positions)");
+      };
+      auto by_source = measure_influence(m.map, x, iopt, probe_gen);
+      heartbeat.phase("");
       std::vector<double> curve(iopt.lags.size(), 0);
       for (size_t j = 0; j < by_source.size(); ++j) {
         const int64_t src = iopt.sources[j];
@@ -290,7 +421,10 @@ int main(int argc, char** argv) {
   app.add_option("--gamma", f.gamma, "sessa-uniform: the constant feedback gain, in (0, 0.999)")->capture_default_str();
   app.add_option("--decay", f.decay, "mamba-decay: the per-step decay a, in (0, 1)")->capture_default_str();
   app.add_option("--width", f.width, "Constructions: model width D (>= 2)")->capture_default_str();
-  app.add_option("--seq-len", f.seq_len, "Sequence length T (>= 2); lags 1 .. T - --sources")->required();
+  app.add_option("--seq-len", f.seq_len,
+                 "Sequence length T (>= 2); lags 1 .. T - --sources. Refused when the measurement's memory estimate "
+                 "exceeds 80% of this machine's (docs/memory.md \"Limits\")")
+      ->required();
   app.add_option("--out", f.out, "Output directory for influence.csv and influence.svg (created if missing)")
       ->required();
   app.add_option("--fit-from", f.fit_from, "First lag of the slope fit (default: --fit-to / 10, the last decade)");
@@ -315,5 +449,8 @@ int main(int argc, char** argv) {
   app.add_option("--device", f.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", f.dtype, "f64, f32, or auto (f64 on the CPU, f32 on a GPU)")->capture_default_str();
   app.add_option("--threads", f.threads, "CPU threads (default: all cores)")->check(apps::thread_count());
+  app.add_option("--progress-every", f.progress_every,
+                 "Print where a long measurement stands on stderr every this many seconds")
+      ->capture_default_str();
   return apps::run_app("influence", app, argc, argv, [&](dist::World&) { return run(f); });
 }

@@ -23,6 +23,7 @@
 
 #include "apps/common/app.h"
 #include "apps/common/flags.h"
+#include "apps/common/memory_check.h"
 #include "apps/common/model_flags.h"
 #include "apps/common/run_files.h"
 #include "apps/common/run_lock.h"
@@ -40,7 +41,6 @@
 namespace fs = std::filesystem;
 using namespace sessa;
 using apps::train::add_flags;
-using apps::train::check_fits_in_memory;
 using apps::train::Flags;
 
 namespace {
@@ -221,7 +221,7 @@ class Training {
     if (f_.resume.empty()) {
       SESSA_CHECK(!f_.data.empty(), "--data", "no training data given");
       config_ = apps::model_config(f_.model, f_.vocab);
-      check_fits_in_memory(config_, f_, device_);  // before anything is written
+      apps::check_fits_in_memory(config_, f_.batch, f_.seq_len, device_);  // before anything is written
     } else if (!apps::given(app_, "--out")) {
       f_.out = resume_dir ? f_.resume : fs::path(ckpt_path).parent_path().string();
     }
@@ -250,7 +250,7 @@ class Training {
                                               << f_.steps << (apps::given(app_, "--steps") ? "" : " steps")
                                               << ": nothing to train; give --steps N with N > " << start_step_
                                               << " to train further");
-    check_fits_in_memory(config_, f_, device_);
+    apps::check_fits_in_memory(config_, f_.batch, f_.seq_len, device_);
   }
 
   // The architecture of a resumed run is the checkpoint's: a model flag given again

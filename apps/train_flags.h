@@ -1,20 +1,14 @@
-// apps/train_flags.h - The flags of apps/train and the check it runs on them before
-// any work beyond apps::model_config: CLI11 options with their validators
-// (apps/common/flags.h, model_flags.h) and the memory bound. Shared by apps/train.cpp
-// and the CLI fuzz target (tests/fuzz/fuzz_train_flags.cpp).
+// apps/train_flags.h - The flags of apps/train: CLI11 options with their validators
+// (apps/common/flags.h, model_flags.h). Shared by apps/train.cpp and the CLI fuzz
+// target (tests/fuzz/fuzz_train_flags.cpp), which both then run apps::model_config
+// and the memory bound (apps/common/memory_check.h).
 #pragma once
-
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <string>
 
 #include "apps/common/flags.h"
 #include "apps/common/model_flags.h"
-#include "nn/family.h"
-#include "sessa/model.h"
-#include "tensor/device.h"
-#include "tensor/error.h"
 
 namespace sessa::apps::train {
 
@@ -91,23 +85,6 @@ inline void add_flags(CLI::App& app, Flags& f) {
                  "Under mpirun: gradients are reduced in buckets of about this many MiB, overlapping backward")
       ->check(finite_positive(1 << 20))
       ->capture_default_str();
-}
-
-// Refuses a configuration whose weights, gradients, AdamW moments and logits alone
-// (a lower bound of what training needs) exceed this machine's memory, naming the
-// flags, instead of failing later with an out-of-memory error.
-inline void check_fits_in_memory(const nn::ModelConfig& c, const Flags& f, Device device) {
-  check_block_fits(c);
-  const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
-  const double params = double(layer::parameter_count(c));
-  const double bytes = 16 * params + 8.0 * double(f.batch) * double(f.seq_len) * double(c.vocab_size);
-  SESSA_CHECK(params < 1e11, "--d-model/--layers/--vocab",
-              c.summary() << " has " << params / 1e9 << "B parameters: more than this engine trains (100B)");
-  if (device.is_cuda()) return;  // device memory is checked by the allocator, with its own message
-  SESSA_CHECK(memory <= 0 || bytes < memory, "--d-model/--layers/--vocab/--batch/--seq-len",
-              c.summary() << " (" << params / 1e6 << "M parameters) at batch " << f.batch << " x " << f.seq_len
-                          << " tokens needs at least " << bytes / 1e9 << " GB for weights, gradients, AdamW moments "
-                          << "and logits, more than this machine's " << memory / 1e9 << " GB");
 }
 
 }  // namespace sessa::apps::train

@@ -32,15 +32,15 @@ void check_options(const Tensor& x, const InfluenceOptions& opt) {
               "probes and batch must be >= 0, got " << opt.probes << " and " << opt.batch);
 }
 
-// Probes per pass when not given: keeps the (n, L, L) attention/feedback matrices
-// under ~2^26 elements and the activations (n, L, D) under ~2^21 elements per tensor.
-int64_t auto_batch(int64_t length, int64_t width) {
-  const int64_t by_scores = (int64_t(1) << 26) / (length * length);
-  const int64_t by_activations = (int64_t(1) << 21) / (length * width);
-  return std::clamp<int64_t>(std::min(by_scores, by_activations), 1, 512);
-}
-
 }  // namespace
+
+int64_t influence_batch(int64_t length, int64_t width, int64_t batch) {
+  if (batch > 0) return batch;
+  const double L = double(std::max<int64_t>(1, length)), D = double(std::max<int64_t>(1, width));
+  const double by_scores = std::floor(double(int64_t(1) << 26) / (L * L));
+  const double by_activations = std::floor(double(int64_t(1) << 21) / (L * D));
+  return int64_t(std::clamp(std::min(by_scores, by_activations), 1.0, 512.0));
+}
 
 std::vector<std::vector<double>> measure_influence(const SequenceMap& map, const Tensor& x, const InfluenceOptions& opt,
                                                    Generator& gen) {
@@ -68,7 +68,7 @@ std::vector<std::vector<double>> measure_influence(const SequenceMap& map, const
     int64_t t1 = t0 + 1;
     while (t1 < n_tasks) {
       const int64_t length = outputs[size_t(t1 / per_position)] + 1;
-      const int64_t cap = opt.batch > 0 ? opt.batch : auto_batch(length, D);
+      const int64_t cap = influence_batch(length, D, opt.batch);
       if (t1 - t0 >= cap) break;
       ++t1;
     }
@@ -110,6 +110,7 @@ std::vector<std::vector<double>> measure_influence(const SequenceMap& map, const
       }
     }
     t0 = t1;
+    if (opt.progress) opt.progress({t1 / per_position, int64_t(outputs.size()), length});
   }
   for (auto& row : squares)
     for (double& v : row) v = std::sqrt(v / double(D));

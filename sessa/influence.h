@@ -23,12 +23,25 @@ namespace sessa::layer {
 // A causal sequence map (B, T, D) -> (B, T, D), differentiable through autograd.
 using SequenceMap = std::function<Tensor(const Tensor&)>;
 
+// Where a measurement stands, after each forward/backward pass: the output positions
+// finished (of those the lags need) and the prefix length of the pass just done.
+struct InfluenceProgress {
+  int64_t outputs_done = 0, outputs_total = 0, length = 0;
+};
+
 struct InfluenceOptions {
   std::vector<int64_t> sources{0};  // source positions j, ascending
   std::vector<int64_t> lags;        // lags l >= 1 to measure, ascending; need max(sources) + max(lags) < T
   int64_t probes = 0;               // 0: exact (D basis probes); > 0: that many Gaussian probes
-  int64_t batch = 0;                // probes per forward/backward pass; 0: chosen from T (see influence.cpp)
+  int64_t batch = 0;                // probes per forward/backward pass; 0: influence_batch's choice
+  std::function<void(const InfluenceProgress&)> progress;  // called after each pass, when set
 };
+
+// Probes per forward/backward pass over a prefix of `length` positions of width
+// `width`: `batch` when > 0, else chosen so that the (n, L, L) attention/feedback
+// matrices stay under ~2^26 elements and each (n, L, D) activation under ~2^21
+// (1 at least, 512 at most).
+int64_t influence_batch(int64_t length, int64_t width, int64_t batch);
 
 // For one input x (1, T, D): result[s][k] = influence of x at sources[s] on the
 // output at sources[s] + lags[k]. Parameters of `map` should not require grad

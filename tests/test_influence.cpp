@@ -184,3 +184,25 @@ TEST_CASE("influence: lag grids, summaries and bad options") {
   CHECK_THROWS_WITH_AS(build_construction("mamba-decay", {.decay = 0.0}), doctest::Contains("--decay"), Error);
   CHECK_THROWS_WITH_AS(build_construction("rnn", {}), doctest::Contains("--construction"), Error);
 }
+
+TEST_CASE("influence: the batch per pass and the progress reports") {
+  CHECK(influence_batch(100, 4, 7) == 7);                     // given
+  CHECK(influence_batch(100, 4, 0) == 512);                   // small passes: the cap
+  CHECK(influence_batch(1000, 4, 0) == 67);                   // 2^26 / 1000^2 score elements
+  CHECK(influence_batch(100000, 4, 0) == 1);                  // at least one probe
+  CHECK(influence_batch(int64_t(1) << 40, 1 << 20, 0) == 1);  // no overflow at absurd sizes
+
+  MemoryConstruction c = build_construction("mamba-decay", {}, kF64);
+  Generator gen(3);
+  const Tensor x = normal({1, 40, 4}, 0.0, 1.0, gen, kF64);
+  std::vector<InfluenceProgress> reports;
+  InfluenceOptions opt{.sources = {0, 1}, .lags = {1, 5, 30}, .probes = 0, .batch = 3};
+  opt.progress = [&](const InfluenceProgress& p) { reports.push_back(p); };
+  measure_influence([&](const Tensor& v) { return c.block->forward(v); }, x, opt, gen);
+  // Outputs 1, 2, 5, 6, 30, 31 with 4 basis probes each: 24 tasks, 8 passes of 3.
+  REQUIRE(reports.size() == 8);
+  for (size_t k = 1; k < reports.size(); ++k) CHECK(reports[k].outputs_done >= reports[k - 1].outputs_done);
+  CHECK(reports.back().outputs_done == 6);
+  CHECK(reports.back().outputs_total == 6);
+  CHECK(reports.back().length == 32);
+}

@@ -5,7 +5,8 @@
 # a closed stdout (SIGPIPE), the divergence guard, resume past the end, a dangling
 # latest link, a too-small validation set, a full disk (ulimit -f), prepare's
 # all-or-nothing shards and its one-line skip summary; a resumed run keeping its
-# architecture and symbolsoup's flags (docs/reliability.md). CPU only, well under a minute.
+# architecture and symbolsoup's flags; bench and influence refusing what would not fit in
+# memory, and influence reporting progress (docs/reliability.md). CPU only, well under a minute.
 # Usage: tests/test_reliability.sh BUILD_DIR
 set -uo pipefail
 source "$(dirname "$0")/app_helpers.sh" "$1"
@@ -157,5 +158,20 @@ expect_error "symbolsoup --classes out of range in words" "--classes: expected a
   "$APPS/symbolsoup" generate --out-dir "$WORK/soup2" --classes 25
 [ ! -e "$WORK/soup_run" ] && [ ! -e "$WORK/soup2" ] && pass "symbolsoup: refused flags wrote nothing" \
   || fail "symbolsoup: a refused run wrote $(ls -d "$WORK"/soup_run "$WORK"/soup2 2>/dev/null)"
+
+# ---- 9. memory bounds: refused up front naming the flags; a long influence run is never silent ----
+expect_error "bench far past memory names the flags and the estimate (was a bare std::bad_alloc)" \
+  "--d-model/--layers/--vocab/--batch/--seq-len: sessa d_model=1024 layers=24" \
+  "$APPS/bench" --device cpu --preset medium --seq-len 1048576 --batch 1048576
+for c in sessa-uniform mamba-decay; do  # timeout: before the bound, this ran silently for minutes
+  expect_error "influence --construction $c --seq-len 1e8 refused with the estimate" "with these flags --seq-len" \
+    timeout 20 "$APPS/influence" --construction $c --seq-len 100000000 --out "$WORK/inf_huge"
+done
+[ ! -e "$WORK/inf_huge" ] && pass "influence: a refused --seq-len wrote nothing" || fail "influence wrote $WORK/inf_huge"
+out=$(timeout 60 "$APPS/influence" --construction mamba-decay --seq-len 60000 --lags-per-decade 1 --samples 1 \
+  --threads 1 --progress-every 0.1 --out "$WORK/inf_long" 2>&1) && rc=0 || rc=$?
+[ $rc -eq 0 ] && grep -q "sample 1/1: .* output positions measured (the last pass over 60000 positions)" <<<"$out" \
+  && tail -1 <<<"$out" | grep -q '^slope' && pass "influence: a long measurement prints where it stands" \
+  || fail "influence progress: rc $rc: $(tail -3 <<<"$out")"
 
 finish test_reliability

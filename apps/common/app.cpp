@@ -5,15 +5,19 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <new>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "apps/common/flags.h"
+#include "tensor/error.h"
 
 namespace sessa::apps {
 
 namespace {
 std::string g_app_name = "app";
+std::string g_activity;  // set_activity's; empty: "running <app>"
 
 // OpenMP threads that spin at barriers (libgomp's default) keep a core busy while
 // the thread they wait for is descheduled: with one of two cores taken by another
@@ -37,6 +41,8 @@ void note(const char* format, ...) {
   va_end(args);
   std::fputc('\n', stderr);
 }
+
+void set_activity(std::string what) { g_activity = std::move(what); }
 
 bool given(const CLI::App& app, const char* flag) { return app.count(flag) > 0; }
 
@@ -64,7 +70,15 @@ int run_app(const char* name, CLI::App& app, int argc, char** argv, const std::f
     const int code = app.exit(e);
     return code == 0 ? 0 : 2;
   }
-  return dist::run_reporting_errors(*world, name, [&] { return body(*world); });
+  return dist::run_reporting_errors(*world, name, [&] {
+    try {
+      return body(*world);
+    } catch (const std::bad_alloc&) {  // what() is only "std::bad_alloc": say what ran out and what to do
+      SESSA_FAIL("out of host memory while " << (g_activity.empty() ? "running " + g_app_name : g_activity),
+                 "reduce --batch, --seq-len or the model size (--d-model, --layers, --preset), "
+                 "or free memory taken by other processes");
+    }
+  });
 }
 
 }  // namespace sessa::apps

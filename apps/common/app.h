@@ -12,11 +12,13 @@
 // stderr as "<app>: note: ..." / "<app>: error: ...". A bad flag exits with status
 // 2, any other error with 1 (an app may return its own codes, e.g. 130 when
 // stopped by a signal); under mpirun only rank 0 prints and an error on any rank
-// ends the job.
+// ends the job. Host memory running out (std::bad_alloc) is reported as "out of host
+// memory while <activity>" with what to reduce, never as a bare std::bad_alloc.
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
 
 #include "dist/world.h"
 
@@ -26,6 +28,10 @@ namespace sessa::apps {
 // World, parses `app` (bad flags: "<name>: error: --flag: ..." on rank 0), then runs
 // `body` through dist::run_reporting_errors. Returns main's exit status.
 int run_app(const char* name, CLI::App& app, int argc, char** argv, const std::function<int(dist::World&)>& body);
+
+// What the app is doing now, for the out-of-host-memory message: "while <what>"
+// (default "running <app>"). Set it before each step that allocates a lot.
+void set_activity(std::string what);
 
 // "<app>: note: <text>" on stderr (the app name is the one given to run_app).
 void note(const char* format, ...) __attribute__((format(printf, 1, 2)));

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/common/memory_check.h"
 #include "apps/train_flags.h"
 #include "tests/fuzz/fuzz_util.h"
 
@@ -58,7 +59,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (f.model.d_model > 2048) return 0;
   sessa::fuzz::expect_clean("train's checks of the flags", [&] {
     const sessa::nn::ModelConfig c = sessa::apps::model_config(f.model, f.vocab);
-    check_fits_in_memory(c, f, sessa::Device::cpu());
+    sessa::apps::check_fits_in_memory(c, f.batch, f.seq_len, sessa::Device::cpu());
   });
   return 0;
 }
