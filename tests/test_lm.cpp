@@ -311,3 +311,25 @@ TEST_CASE("head_cross_entropy: errors name the op and the shape at fault") {
   CHECK(ops::sum_of_squares(hx.grad()).item() == 0.0);
   CHECK(ops::sum_of_squares(wx.grad()).item() == 0.0);
 }
+
+TEST_CASE("head_cross_entropy's pieces: the sum reduction and 1/count, 0 when every target is ignored") {
+  Tensor some = from_vector<int32_t>({0, -1, 4, -1, 2, 3, 3, -1}, {2, 4}, {DType::I32});
+  for (DType dtype : {DType::F32, DType::F64}) {
+    CAPTURE(dtype_name(dtype));
+    Tensor inv = ops::inverse_target_count(some, -1, dtype);
+    CHECK(inv.dtype() == dtype);
+    CHECK(inv.dim() == 0);
+    CHECK(inv.item() == (dtype == DType::F32 ? double(0.2f) : 0.2));  // 5 counted targets (any shape)
+    CHECK(ops::inverse_target_count(full({4}, -1, {DType::I32}), -1, dtype).item() == 0.0);
+    CHECK(ops::inverse_target_count(Tensor::empty({0}, {DType::I32}), -1, dtype).item() == 0.0);
+  }
+  check_error([&] { ops::inverse_target_count(some, -1, DType::BF16); }, {"inverse_target_count", "bfloat16"});
+  check_error([&] { ops::inverse_target_count(zeros({3}), -1, DType::F32); }, {"inverse_target_count", "int32"});
+  // Sum = count * mean, and the sum of an all-ignored batch is 0 (so 0 * 1/count stays 0).
+  Generator gen(3);
+  Tensor x = normal({8, 5}, 0, 1, gen, {DType::F64}), flat = ops::reshape(some, {8});
+  const auto mean = ops::cross_entropy(x, flat, -1), sum = ops::cross_entropy(x, flat, -1, ops::LossReduction::Sum);
+  CHECK(mean.count == 5);
+  CHECK(sum.loss.item() == doctest::Approx(5 * mean.loss.item()).epsilon(1e-14));
+  CHECK(ops::cross_entropy(x, full({8}, -1, {DType::I32}), -1, ops::LossReduction::Sum).loss.item() == 0.0);
+}
