@@ -97,7 +97,6 @@ inline void add_flags(CLI::App& app, Flags& f) {
 // (a lower bound of what training needs) exceed this machine's memory, naming the
 // flags, instead of failing later with an out-of-memory error.
 inline void check_fits_in_memory(const nn::ModelConfig& c, const Flags& f, Device device) {
-  check_block_fits(c);
   const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
   const double params = double(layer::parameter_count(c));
   const double bytes = 16 * params + 8.0 * double(f.batch) * double(f.seq_len) * double(c.vocab_size);
