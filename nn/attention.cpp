@@ -7,9 +7,14 @@
 
 namespace sessa::nn {
 
+namespace {
+int64_t kv_heads(const AttentionOptions& opt) { return opt.n_kv_heads > 0 ? opt.n_kv_heads : opt.n_heads; }
+bool has_out_proj(const AttentionOptions& opt) { return opt.n_heads > 1 || !opt.out_proj_one_head; }
+}  // namespace
+
 Attention::Attention(const AttentionOptions& opt, Generator& gen, TensorOptions topt) : opt_(opt) {
   n_heads = opt.n_heads;
-  n_kv_heads = opt.n_kv_heads > 0 ? opt.n_kv_heads : opt.n_heads;
+  n_kv_heads = kv_heads(opt);
   SESSA_CHECK(n_heads > 0 && opt.d_model % n_heads == 0, "Attention",
               "d_model " << opt.d_model << " is not divisible by the head count " << n_heads);
   SESSA_CHECK(n_heads % n_kv_heads == 0, "Attention", "kv heads " << n_kv_heads << " must divide heads " << n_heads);
@@ -19,9 +24,15 @@ Attention::Attention(const AttentionOptions& opt, Generator& gen, TensorOptions 
   q_proj = register_module("q_proj", std::make_shared<Linear>(D, D, gen, LinearOptions{}, topt));
   k_proj = register_module("k_proj", std::make_shared<Linear>(D, kv, gen, LinearOptions{}, topt));
   v_proj = register_module("v_proj", std::make_shared<Linear>(D, kv, gen, LinearOptions{}, topt));
-  if (n_heads > 1 || !opt.out_proj_one_head)
+  if (has_out_proj(opt))
     out_proj = register_module(
         "out_proj", std::make_shared<Linear>(D, D, gen, LinearOptions{opt.out_bias, opt.out_init_std}, topt));
+}
+
+int64_t Attention::parameter_count(const AttentionOptions& opt) {
+  const int64_t D = opt.d_model, kv = kv_heads(opt) * (D / opt.n_heads);
+  return Linear::parameter_count(D, D, true) + 2 * Linear::parameter_count(D, kv, true) +
+         (has_out_proj(opt) ? Linear::parameter_count(D, D, opt.out_bias) : 0);
 }
 
 Tensor Attention::heads(const Tensor& x, const Linear& proj, int64_t count, int64_t pos) const {

@@ -28,7 +28,7 @@ struct ModelConfig {
 // Named presets, one shape for every family: tiny (D 64, 2 layers, 4 heads),
 // small (GPT-2 small scale: D 768, 12 layers, 12 heads), medium (~350M scale:
 // D 1024, 24 layers, 16 heads). `family` by name (an unknown one throws, listing them).
-// Parameter counts, matched sizes and FLOPs need the built blocks: sessa/model.h.
+// Parameter counts, matched sizes and FLOPs (from the shapes, nothing built): sessa/model.h.
 const std::vector<std::string>& preset_names();
 ModelConfig preset(const std::string& family, const std::string& name, int64_t vocab_size);
 

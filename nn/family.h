@@ -4,8 +4,10 @@
 // this table or switches on `Family`; the block each family builds is in
 // sessa/model.cpp (build_block), the one place that sees nn/ and sessa/ layers.
 //
-// Adding a family: add its enum value and its row in nn/family.cpp, its case in
-// sessa::layer::build_block (-Wswitch flags a missing one), and its row in docs/models.md.
+// Adding a family: add its enum value and its row in nn/family.cpp, its cases in
+// sessa::layer::build_block and block_parameter_count (-Wswitch flags a missing one; the
+// block's static parameter_count goes beside its constructor, and tests/test_lm.cpp checks
+// it against the built block), and its row in docs/models.md.
 #pragma once
 #include <string>
 #include <vector>

@@ -3,12 +3,16 @@
 // With h (N, D), W (V, D), targets y (N) and n the number of counted rows (y_r != ignore_index):
 //   loss = (1/n) sum_r [lse_r - z_{r, y_r}],   z_r = h_r W^T (V),   lse_r = log sum_j exp z_rj.
 // The logits z (N, V) are the largest tensor of a language model (N = 64k rows x V = 50304 are
-// 13 GB in float32), so they are never built whole. For each chunk c of at most chunk_rows rows:
+// 13 GB in float32), so they are never built whole. With w = 1/n (0 when n = 0), a 0-d tensor
+// counted where the targets live (ops::inverse_target_count: on the GPU for GPU targets, so the
+// training step never waits for a host read), for each chunk c of at most chunk_rows rows:
 //   z_c  = h_c W^T                             ops::matmul (cuBLAS on CUDA, float32 accumulation)
-//   loss += (n_c / n) * mean CE of the chunk   ops::cross_entropy (float32 lse, or float64)
-//   dz_c = (softmax(z_c) - onehot(y_c)) / n    ops::cross_entropy_backward with dloss = 1, count n
+//   S   += sum of the chunk's row losses       ops::cross_entropy, LossReduction::Sum (float32 lse)
+//   dz_c = w (softmax(z_c) - onehot(y_c))      ops::cross_entropy_backward with dloss = w, count 1
 //   dh_c = dz_c W,   dW += dz_c^T h_c          ops::matmul; dW summed in float32 (float64 for float64)
-// and z_c, dz_c are freed before the next chunk. Only dh (N, D) and dW (V, D) outlive the forward.
+// then loss = w S. z_c and dz_c are freed before the next chunk; only dh (N, D) and dW (V, D)
+// outlive the forward. Ignored rows have zero row loss and zero dz, so n = 0 gives loss 0 and
+// zero gradients.
 //
 // Why the gradient may be computed in the forward: the loss is a scalar, so the node's backward
 // receives a 0-d dloss g, and d(loss)/dh = g * dh, d(loss)/dW = g * dW for the dh, dW computed
@@ -34,28 +38,15 @@ namespace sessa::nn {
 
 namespace {
 
-struct TargetCounts {
-  int64_t total = 0;
-  std::vector<int64_t> per_chunk;  // counted rows of each chunk
-};
-
-// Counts the targets that are not ignore_index, per chunk, and checks the rest are in [0, V).
-TargetCounts count_targets(const Tensor& host_targets, int64_t V, int64_t ignore_index, int64_t chunk_rows) {
-  const int64_t N = host_targets.numel();
-  const int32_t* t = host_targets.data<int32_t>();
-  TargetCounts c;
-  for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
-    int64_t n = 0;
-    for (int64_t r = r0; r < std::min(N, r0 + chunk_rows); ++r) {
-      if (int64_t(t[r]) == ignore_index) continue;
-      SESSA_CHECK(t[r] >= 0 && t[r] < V, "head_cross_entropy",
-                  "target " << t[r] << " in row " << r << " is outside [0, " << V << ")");
-      ++n;
-    }
-    c.per_chunk.push_back(n);
-    c.total += n;
-  }
-  return c;
+// Host targets are checked here, where reading them is free: each is ignore_index or in [0, V).
+// (GPU targets are not read back: the data loader checks token ids against the vocabulary, and
+// a target out of range gives a NaN loss on the GPU.)
+void check_host_targets(const Tensor& targets, int64_t V, int64_t ignore_index) {
+  const Tensor packed = ops::contiguous(targets);  // named: a temporary's pointer would dangle
+  const int32_t* t = packed.data<int32_t>();
+  for (int64_t r = 0; r < packed.numel(); ++r)
+    SESSA_CHECK(int64_t(t[r]) == ignore_index || (t[r] >= 0 && t[r] < V), "head_cross_entropy",
+                "target " << t[r] << " in row " << r << " is outside [0, " << V << ")");
 }
 
 }  // namespace
@@ -76,11 +67,9 @@ Tensor head_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& t
               "targets " << targets.str() << " are neither on the host nor on the device of h " << h.str());
   SESSA_CHECK(chunk_rows >= 1, op, "chunk_rows must be at least 1, got " << chunk_rows);
 
-  // The mean divides by the whole batch's count, so the targets are counted first, on the host.
   const Tensor flat_targets = ops::reshape(targets, {N});
-  const Tensor host_targets = ops::contiguous(flat_targets.to(Device::cpu()));
-  const TargetCounts counts = count_targets(host_targets, V, ignore_index, chunk_rows);
-  const Tensor t = flat_targets.device() == h.device() ? flat_targets : host_targets.to(h.device());
+  if (flat_targets.device().is_cpu()) check_host_targets(flat_targets, V, ignore_index);
+  const Tensor t = flat_targets.to(h.device());  // (N), int32
 
   const Tensor x = ops::reshape(h, {N, D});                                              // (N, D)
   const Tensor w = weight.dtype() == h.dtype() ? weight : ops::cast(weight, h.dtype());  // (V, D)
@@ -89,22 +78,19 @@ Tensor head_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& t
   const bool grad = autograd::grad_enabled() && (h.requires_grad() || weight.requires_grad());
   const bool need_dh = grad && h.requires_grad(), need_dw = grad && weight.requires_grad();
 
-  Tensor loss = zeros({}, {stat, h.device()});
+  const Tensor inverse_count = ops::inverse_target_count(t, ignore_index, stat);  // 0-d: 1/n, or 0 when n = 0
+  Tensor loss_sum = zeros({}, {stat, h.device()});
   Tensor dh = need_dh ? Tensor::empty({N, D}, x.options()) : Tensor{};  // (N, D)
   Tensor dw = need_dw ? zeros({V, D}, {acc, h.device()}) : Tensor{};    // (V, D)
-  const Tensor one = scalar(1.0, {stat, h.device()});
-  for (int64_t r0 = 0, i = 0; r0 < N; r0 += chunk_rows, ++i) {
-    const int64_t rows = std::min(chunk_rows, N - r0), n_c = counts.per_chunk[size_t(i)];
-    if (n_c == 0) {  // every row ignored: no loss, zero gradient
-      if (need_dh) ops::fill_(ops::narrow(dh, 0, r0, rows), 0.0);
-      continue;
-    }
+  for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, N - r0);
     const Tensor x_c = ops::narrow(x, 0, r0, rows), t_c = ops::narrow(t, 0, r0, rows);
-    Tensor logits = ops::matmul(x_c, w, false, true);               // (rows, V)
-    const auto ce = ops::cross_entropy(logits, t_c, ignore_index);  // mean over the chunk's n_c rows
-    ops::add_(loss, ce.loss, double(n_c) / double(counts.total));
+    Tensor logits = ops::matmul(x_c, w, false, true);                                        // (rows, V)
+    const auto ce = ops::cross_entropy(logits, t_c, ignore_index, ops::LossReduction::Sum);  // the chunk's sum
+    ops::add_(loss_sum, ce.loss);
     if (!grad) continue;
-    const Tensor dlogits = ops::cross_entropy_backward(one, logits, t_c, ce.lse, ignore_index, counts.total);
+    // dloss = 1/n with count 1: every chunk's gradient is divided by the whole batch's count.
+    const Tensor dlogits = ops::cross_entropy_backward(inverse_count, logits, t_c, ce.lse, ignore_index, 1);
     logits = Tensor{};  // freed before the gradient GEMMs: at most two (rows, V) tensors at a time
     if (need_dh) ops::copy_(ops::narrow(dh, 0, r0, rows), ops::matmul(dlogits, w));  // (rows, D)
     if (need_dw) {
@@ -112,6 +98,7 @@ Tensor head_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& t
       ops::add_(dw, dw_c.dtype() == acc ? dw_c : ops::cast(dw_c, acc));
     }
   }
+  const Tensor loss = ops::mul(loss_sum, inverse_count);
   if (dw.defined() && dw.dtype() != weight.dtype()) dw = ops::cast(dw, weight.dtype());
 
   // The backward only scales the stored gradients by the incoming 0-d dloss g.

@@ -18,8 +18,9 @@ constexpr int64_t kHeadLossChunkRows = 4096;
 //   h       (..., D)   float32, float64 or bfloat16
 //   weight  (V, D)     h's dtype, or float32 beside bfloat16 h (master weights: cast once per
 //                      call, gradient returned in float32)
-//   targets int32 with one element per row of h (any shape), on the host or h's device. GPU
-//           targets are copied to the host once per call to count them (one sync).
+//   targets int32 with one element per row of h (any shape), on h's device (counted there: no
+//           host read, so a training step never waits on it) or on the host (range-checked
+//           there, then copied to the device).
 // One autograd node with inputs h and weight. It records the gradient during the forward, so
 // calling it with grad enabled and an input requiring grad costs the two extra GEMMs then.
 Tensor head_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& targets, int64_t ignore_index = -1,

@@ -43,7 +43,7 @@ Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets, int64_t ign
               "targets " << targets.shape() << " vs ids " << ids.shape());
   // The embedding goes in as stored (float32 master weights beside bfloat16 activations): the
   // fused head casts it once and returns its gradient in float32. Targets stay where they are
-  // (the head counts them on the host).
+  // (the head counts them on their device, without a host read).
   return head_cross_entropy(norm_f->forward(hidden(ids)), embedding, targets, ignore_index, loss_chunk_rows);
 }
 

@@ -8,12 +8,12 @@
 
 namespace sessa::nn {
 
+namespace {
+int64_t dt_rank_of(const MambaOptions& o) { return (o.d_model + 15) / 16; }  // R = ceil(D / 16)
+}  // namespace
+
 MambaMixer::MambaMixer(const MambaOptions& o, Generator& gen, TensorOptions topt)
-    : d_model(o.d_model),
-      d_inner(o.expand * o.d_model),
-      d_state(o.d_state),
-      d_conv(o.d_conv),
-      dt_rank((o.d_model + 15) / 16) {
+    : d_model(o.d_model), d_inner(o.expand * o.d_model), d_state(o.d_state), d_conv(o.d_conv), dt_rank(dt_rank_of(o)) {
   SESSA_CHECK(o.d_model > 0 && o.expand > 0 && o.d_state > 0 && o.d_conv > 0 && o.n_layers > 0, "MambaBlock",
               "d_model, expand, d_state, d_conv and n_layers must be positive; got d_model "
                   << o.d_model << ", expand " << o.expand << ", d_state " << o.d_state << ", d_conv " << o.d_conv
@@ -56,6 +56,13 @@ MambaMixer::MambaMixer(const MambaOptions& o, Generator& gen, TensorOptions topt
   out_proj = register_module("out_proj", std::make_shared<Linear>(Di, Dm, gen, LinearOptions{false, out_std}, topt));
 }
 
+int64_t MambaMixer::parameter_count(const MambaOptions& o) {
+  const int64_t Dm = o.d_model, Di = o.expand * o.d_model, N = o.d_state, K = o.d_conv, R = dt_rank_of(o);
+  return Linear::parameter_count(Dm, 2 * Di, false) + Di * K + Di  // in_proj, conv1d weight and bias
+         + Linear::parameter_count(Di, R + 2 * N, false) + Linear::parameter_count(R, Di, true)  // x_proj, dt_proj
+         + Di * N + Di + Linear::parameter_count(Di, Dm, false);                                 // A_log, D, out_proj
+}
+
 Tensor MambaMixer::forward(const Tensor& x) const {
   SESSA_CHECK(x.dim() == 3 && x.size(2) == d_model, "MambaBlock",
               "input " << x.shape() << " should be (B, T, " << d_model << ")");
@@ -95,6 +102,10 @@ Tensor MambaMixer::step(const Tensor& x, MambaState& st) const {
 MambaBlock::MambaBlock(const MambaOptions& opt, Generator& gen, TensorOptions topt) : options(opt) {
   norm = register_module("norm", std::make_shared<LayerNorm>(opt.d_model, 1e-5, topt));
   mixer = register_module("mixer", std::make_shared<MambaMixer>(opt, gen, topt));
+}
+
+int64_t MambaBlock::parameter_count(const MambaOptions& opt) {
+  return LayerNorm::parameter_count(opt.d_model) + MambaMixer::parameter_count(opt);
 }
 
 Tensor MambaBlock::forward(const Tensor& x) { return x + mixer->forward(norm->forward(x)); }

@@ -19,24 +19,35 @@ struct MlpModule : Module {
     register_module("fc_out", std::move(out));
   }
 };
+
+double residual_init_std(const TransformerOptions& opt) { return 0.02 / std::sqrt(2.0 * double(opt.n_layers)); }
+
+AttentionOptions attention_options(const TransformerOptions& opt) {
+  return {.d_model = opt.d_model,
+          .n_heads = opt.n_heads,
+          .n_kv_heads = opt.n_kv_heads,
+          .rope = opt.rope,
+          .out_bias = true,
+          .out_proj_one_head = false,
+          .out_init_std = residual_init_std(opt)};
+}
 }  // namespace
 
 TransformerBlock::TransformerBlock(const TransformerOptions& opt, Generator& gen, TensorOptions topt) {
   const int64_t D = opt.d_model;
-  const double out_std = 0.02 / std::sqrt(2.0 * double(opt.n_layers));
+  const double out_std = residual_init_std(opt);
   norm = register_module("norm", std::make_shared<LayerNorm>(D, 1e-5, topt));
-  AttentionOptions aopt{.d_model = D,
-                        .n_heads = opt.n_heads,
-                        .n_kv_heads = opt.n_kv_heads,
-                        .rope = opt.rope,
-                        .out_bias = true,
-                        .out_proj_one_head = false,
-                        .out_init_std = out_std};
-  mixer = register_module("mixer", std::make_shared<Attention>(aopt, gen, topt));
+  mixer = register_module("mixer", std::make_shared<Attention>(attention_options(opt), gen, topt));
   mlp_norm = register_module("mlp_norm", std::make_shared<LayerNorm>(D, 1e-5, topt));
   fc_in = std::make_shared<Linear>(D, 4 * D, gen, LinearOptions{}, topt);
   fc_out = std::make_shared<Linear>(4 * D, D, gen, LinearOptions{true, out_std}, topt);
   register_module("mlp", std::make_shared<MlpModule>(fc_in, fc_out));
+}
+
+int64_t TransformerBlock::parameter_count(const TransformerOptions& opt) {
+  const int64_t D = opt.d_model;
+  return 2 * LayerNorm::parameter_count(D) + Attention::parameter_count(attention_options(opt)) +
+         Linear::parameter_count(D, 4 * D, true) + Linear::parameter_count(4 * D, D, true);
 }
 
 Tensor TransformerBlock::mlp(const Tensor& h) const {

@@ -14,6 +14,17 @@ struct SessaState : nn::DecodeState {
   nn::KVCache kv;
   Tensor k_b, s;  // (B, max_len, D)
 };
+
+// The forward branch (S2): no bias on out_proj, and none at all with one head.
+nn::AttentionOptions attention_options(const SessaOptions& opt) {
+  return {.d_model = opt.d_model,
+          .n_heads = opt.n_heads,
+          .n_kv_heads = opt.n_kv_heads,
+          .rope = opt.rope,
+          .out_bias = false,
+          .out_proj_one_head = true,
+          .out_init_std = 0.02};
+}
 }  // namespace
 
 SessaLayer::SessaLayer(const SessaOptions& opt, Generator& gen, TensorOptions topt) : opt_(opt) {
@@ -23,14 +34,7 @@ SessaLayer::SessaLayer(const SessaOptions& opt, Generator& gen, TensorOptions to
   const double out_std = 0.02 / std::sqrt(2.0 * double(opt.n_layers));
   norm = register_module("norm", std::make_shared<nn::LayerNorm>(D, 1e-5, topt));
   proj_in = register_module("proj_in", std::make_shared<nn::Linear>(D, 2 * D, gen, nn::LinearOptions{}, topt));
-  nn::AttentionOptions aopt{.d_model = D,
-                            .n_heads = opt.n_heads,
-                            .n_kv_heads = opt.n_kv_heads,
-                            .rope = opt.rope,
-                            .out_bias = false,
-                            .out_proj_one_head = true,
-                            .out_init_std = 0.02};
-  attn = register_module("attn", std::make_shared<nn::Attention>(aopt, gen, topt));
+  attn = register_module("attn", std::make_shared<nn::Attention>(attention_options(opt), gen, topt));
   proj_fb = register_module("proj_fb", std::make_shared<nn::Linear>(D, 2 * D, gen, nn::LinearOptions{}, topt));
   gamma_proj =
       register_module("gamma_proj", std::make_shared<nn::Linear>(D, 1, gen, nn::LinearOptions{false, 0.02}, topt));
@@ -38,6 +42,15 @@ SessaLayer::SessaLayer(const SessaOptions& opt, Generator& gen, TensorOptions to
   register_parameter("gamma_bias", gamma_bias, false);
   proj_out =
       register_module("proj_out", std::make_shared<nn::Linear>(D, D, gen, nn::LinearOptions{true, out_std}, topt));
+}
+
+int64_t SessaLayer::parameter_count(const SessaOptions& opt) {
+  using nn::Linear;
+  const int64_t D = opt.d_model;
+  return nn::LayerNorm::parameter_count(D) + Linear::parameter_count(D, 2 * D, true)           // norm, proj_in
+         + nn::Attention::parameter_count(attention_options(opt))                              // attn
+         + Linear::parameter_count(D, 2 * D, true) + Linear::parameter_count(D, 1, false) + 1  // proj_fb, gamma
+         + Linear::parameter_count(D, D, true);                                                // proj_out
 }
 
 SessaLayer::Branches SessaLayer::branches(const Tensor& x) const {

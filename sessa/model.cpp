@@ -1,9 +1,6 @@
 #include "sessa/model.h"
 
 #include <cstdlib>
-#include <map>
-#include <mutex>
-#include <string>
 
 #include "nn/mamba.h"
 #include "nn/transformer.h"
@@ -27,34 +24,52 @@ class SessaBlock : public nn::Block {
  private:
   std::shared_ptr<SessaLayer> mixer_;
 };
+
+// Each family's block options from the config: shared by build_block and block_parameter_count.
+SessaOptions sessa_options(const nn::ModelConfig& c) {
+  return {.d_model = c.d_model,
+          .n_heads = c.n_heads,
+          .n_kv_heads = c.n_kv_heads,
+          .rope = c.rope,
+          .gamma_max = c.gamma_max,
+          .n_layers = c.n_layers};
+}
+nn::TransformerOptions transformer_options(const nn::ModelConfig& c) {
+  return {
+      .d_model = c.d_model, .n_heads = c.n_heads, .n_kv_heads = c.n_kv_heads, .rope = c.rope, .n_layers = c.n_layers};
+}
+nn::MambaOptions mamba_options(const nn::ModelConfig& c) {
+  return {.d_model = c.d_model,
+          .expand = c.mamba_expand,
+          .d_state = c.mamba_d_state,
+          .d_conv = c.mamba_d_conv,
+          .n_layers = c.n_layers};
+}
 }  // namespace
 
 std::shared_ptr<nn::Block> build_block(const nn::ModelConfig& c, int64_t, Generator& gen, TensorOptions topt) {
   switch (c.family) {
     case nn::Family::sessa:
-      return std::make_shared<SessaBlock>(SessaOptions{.d_model = c.d_model,
-                                                       .n_heads = c.n_heads,
-                                                       .n_kv_heads = c.n_kv_heads,
-                                                       .rope = c.rope,
-                                                       .gamma_max = c.gamma_max,
-                                                       .n_layers = c.n_layers},
-                                          gen, topt);
+      return std::make_shared<SessaBlock>(sessa_options(c), gen, topt);
     case nn::Family::transformer:
-      return std::make_shared<nn::TransformerBlock>(nn::TransformerOptions{.d_model = c.d_model,
-                                                                           .n_heads = c.n_heads,
-                                                                           .n_kv_heads = c.n_kv_heads,
-                                                                           .rope = c.rope,
-                                                                           .n_layers = c.n_layers},
-                                                    gen, topt);
+      return std::make_shared<nn::TransformerBlock>(transformer_options(c), gen, topt);
     case nn::Family::mamba:
-      return std::make_shared<nn::MambaBlock>(nn::MambaOptions{.d_model = c.d_model,
-                                                               .expand = c.mamba_expand,
-                                                               .d_state = c.mamba_d_state,
-                                                               .d_conv = c.mamba_d_conv,
-                                                               .n_layers = c.n_layers},
-                                              gen, topt);
+      return std::make_shared<nn::MambaBlock>(mamba_options(c), gen, topt);
   }
   SESSA_FAIL("build_block", "no block for model family value " << int(c.family));
+}
+
+int64_t block_parameter_count(const nn::ModelConfig& c) {
+  c.validate();
+  switch (c.family) {
+    case nn::Family::sessa:
+      return SessaLayer::parameter_count(sessa_options(c));  // SessaBlock adds none of its own
+    case nn::Family::transformer:
+      return nn::TransformerBlock::parameter_count(transformer_options(c));
+    case nn::Family::mamba:
+      return nn::MambaBlock::parameter_count(mamba_options(c));
+  }
+  SESSA_FAIL("block_parameter_count", "no block for model family value " << int(c.family));
 }
 
 std::shared_ptr<nn::LanguageModel> build_model(const nn::ModelConfig& c, uint64_t seed, TensorOptions topt) {
@@ -63,23 +78,6 @@ std::shared_ptr<nn::LanguageModel> build_model(const nn::ModelConfig& c, uint64_
   nn::BlockFactory make_block = [&](int64_t layer) { return build_block(c, layer, gen, topt); };
   return std::make_shared<nn::LanguageModel>(c, gen, make_block, topt);
 }
-
-namespace {
-// Builds one block on the CPU and counts it (about 0.1 s at D = 1024). Remembered per
-// block shape, since --match-params, FLOP counts and logs ask for the same ones.
-int64_t block_parameter_count(nn::ModelConfig c) {
-  c.validate();
-  c.n_layers = 1, c.vocab_size = 1;  // neither changes a block's parameters
-  static std::mutex mutex;
-  static std::map<std::string, int64_t> counted;
-  const std::string key = c.to_json().dump();
-  std::lock_guard<std::mutex> lock(mutex);
-  auto it = counted.find(key);
-  if (it != counted.end()) return it->second;
-  Generator gen(0);
-  return counted[key] = build_block(c, 0, gen, {DType::F32, Device::cpu()})->parameter_count();
-}
-}  // namespace
 
 int64_t parameter_count(const nn::ModelConfig& c) {
   return nn::LanguageModel::own_parameter_count(c) + c.n_layers * block_parameter_count(c);

@@ -1,7 +1,9 @@
 // Builds a language model of any family from its ModelConfig: the one place that
 // knows all three block types (Sessa, Transformer, Mamba), one case per row of the
-// family registry (nn/family.h). Parameter counts come from built blocks, so they
-// cannot drift from the constructors.
+// family registry (nn/family.h). Parameter counts are pure functions of the config
+// (each block's static parameter_count, beside its constructor): nothing is built or
+// allocated, so any width is counted at once; tests/test_lm.cpp checks them against
+// built models of every family.
 #pragma once
 #include <memory>
 
@@ -16,9 +18,12 @@ std::shared_ptr<nn::Block> build_block(const nn::ModelConfig& config, int64_t la
 // Parameters initialised from `seed` (identically on every device).
 std::shared_ptr<nn::LanguageModel> build_model(const nn::ModelConfig& config, uint64_t seed, TensorOptions topt = {});
 
+// The parameters of one block of the config's family (every layer of a family has the
+// same), from the shapes alone: one case per family, beside build_block.
+int64_t block_parameter_count(const nn::ModelConfig& config);
+
 // The exact parameter count of the model `config` describes: the embedding and final
-// norm (nn::LanguageModel::own_parameter_count) plus n_layers times the count of one
-// block, built once on the CPU (every layer of a family has the same parameters).
+// norm (nn::LanguageModel::own_parameter_count) plus n_layers times block_parameter_count.
 int64_t parameter_count(const nn::ModelConfig& config);
 
 // `config` with the layer count (1..512) whose parameter count is closest to `target`,

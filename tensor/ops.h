@@ -137,14 +137,21 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
 Tensor rope(const Tensor& x, int64_t pos_offset, double base = 10000.0, bool inverse = false);
 
 // Mean cross-entropy of logits (N, V) against int32 targets (N), skipping targets equal to
-// ignore_index; log-sum-exp per row is returned for backward. loss is 0-d.
+// ignore_index (LossReduction::Sum: their sum instead, whose backward passes count = 1); log-sum-exp
+// per row is returned for backward. loss is 0-d.
+enum class LossReduction { Mean, Sum };
 struct CrossEntropyOut {
   Tensor loss, lse;
-  int64_t count;  // targets that were not ignored
+  int64_t count;  // targets that were not ignored (-1 for targets on a GPU: counted there)
 };
-CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index);
+CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                              LossReduction reduction = LossReduction::Mean);
 // dlogits = dloss * (softmax(logits) - onehot(target)) / count, zero on ignored rows.
 Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets, const Tensor& lse,
                               int64_t ignore_index, int64_t count);
+// 1 / (the number of targets (any shape) that are not ignore_index), 0 when every target is
+// ignored: the factor that turns a sum of row losses into their mean. A 0-d `dtype` tensor on the
+// targets' device, counted there (no host read for GPU targets).
+Tensor inverse_target_count(const Tensor& targets, int64_t ignore_index, DType dtype);
 
 }  // namespace sessa::ops

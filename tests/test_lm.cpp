@@ -311,3 +311,54 @@ TEST_CASE("head_cross_entropy: errors name the op and the shape at fault") {
   CHECK(ops::sum_of_squares(hx.grad()).item() == 0.0);
   CHECK(ops::sum_of_squares(wx.grad()).item() == 0.0);
 }
+
+TEST_CASE("head_cross_entropy's pieces: the sum reduction and 1/count, 0 when every target is ignored") {
+  Tensor some = from_vector<int32_t>({0, -1, 4, -1, 2, 3, 3, -1}, {2, 4}, {DType::I32});
+  for (DType dtype : {DType::F32, DType::F64}) {
+    CAPTURE(dtype_name(dtype));
+    Tensor inv = ops::inverse_target_count(some, -1, dtype);
+    CHECK(inv.dtype() == dtype);
+    CHECK(inv.dim() == 0);
+    CHECK(inv.item() == (dtype == DType::F32 ? double(0.2f) : 0.2));  // 5 counted targets (any shape)
+    CHECK(ops::inverse_target_count(full({4}, -1, {DType::I32}), -1, dtype).item() == 0.0);
+    CHECK(ops::inverse_target_count(Tensor::empty({0}, {DType::I32}), -1, dtype).item() == 0.0);
+  }
+  check_error([&] { ops::inverse_target_count(some, -1, DType::BF16); }, {"inverse_target_count", "bfloat16"});
+  check_error([&] { ops::inverse_target_count(zeros({3}), -1, DType::F32); }, {"inverse_target_count", "int32"});
+  // Sum = count * mean, and the sum of an all-ignored batch is 0 (so 0 * 1/count stays 0).
+  Generator gen(3);
+  Tensor x = normal({8, 5}, 0, 1, gen, {DType::F64}), flat = ops::reshape(some, {8});
+  const auto mean = ops::cross_entropy(x, flat, -1), sum = ops::cross_entropy(x, flat, -1, ops::LossReduction::Sum);
+  CHECK(mean.count == 5);
+  CHECK(sum.loss.item() == doctest::Approx(5 * mean.loss.item()).epsilon(1e-14));
+  CHECK(ops::cross_entropy(x, full({8}, -1, {DType::I32}), -1, ops::LossReduction::Sum).loss.item() == 0.0);
+}
+
+TEST_CASE("parameter counts from shapes equal the built models' for every family") {
+  // Several shapes per family: one head (Sessa without out_proj), grouped kv heads, odd widths
+  // (Mamba's dt rank ceil(D / 16) = 1, 2, 3), expand / d_state / d_conv off their defaults.
+  struct ShapeCase {
+    int64_t d_model, heads, kv_heads, layers, vocab, expand, d_state, d_conv;
+  };
+  const std::vector<ShapeCase> shapes{{8, 1, 0, 1, 5, 1, 1, 2},    {16, 2, 1, 2, 11, 2, 4, 4},
+                                      {24, 4, 2, 3, 300, 3, 5, 3}, {40, 4, 0, 1, 7, 2, 16, 4},
+                                      {34, 1, 0, 2, 9, 1, 3, 2},   {48, 8, 4, 1, 3, 2, 2, 5}};
+  for (const auto& family : kFamilies) {
+    for (const ShapeCase& s : shapes) {
+      CAPTURE(family);
+      CAPTURE(s.d_model);
+      nn::ModelConfig c = nn::preset(family, "tiny", s.vocab);
+      c.d_model = s.d_model, c.n_heads = s.heads, c.n_kv_heads = s.kv_heads, c.n_layers = s.layers;
+      c.mamba_expand = s.expand, c.mamba_d_state = s.d_state, c.mamba_d_conv = s.d_conv;
+      auto model = build_model(c, 1);
+      for (const auto& block : model->layers) CHECK(block->parameter_count() == block_parameter_count(c));
+      CHECK(model->parameter_count() == parameter_count(c));
+    }
+  }
+  // Nothing is built to count: a model far larger than this machine is counted at once.
+  // A Transformer block has 12 D^2 + 13 D parameters (Q, K, V, O with biases, the 4D MLP, two norms).
+  nn::ModelConfig huge = nn::preset("transformer", "tiny", 50304);
+  huge.d_model = 65536, huge.n_heads = 1, huge.n_layers = 4096;
+  const int64_t D = huge.d_model;
+  CHECK(parameter_count(huge) == 50304 * D + 2 * D + 4096 * (12 * D * D + 13 * D));
+}

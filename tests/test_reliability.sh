@@ -141,7 +141,8 @@ expect_error "--resume refuses another --model" "--model: differs from the check
   "$APPS/train" --resume "$WORK/run" --model transformer --steps 60 --threads 1
 expect_error "--resume refuses another --d-model" "--d-model: differs from the checkpoint" \
   "$APPS/train" --resume "$WORK/run" --d-model 64 --steps 60 --threads 1
-expect_error "--match-params on a too-wide model (hung building one block)" "--d-model 32768 is too wide" \
+expect_error "--match-params on a too-wide model (hung building one block; now counted from shapes)" \
+  "GB for weights, gradients, AdamW moments" \
   "${TRAIN[@]}" --match-params transformer --d-model 32768 --heads 1 --out "$WORK/f"
 [ "$(readlink "$WORK/run/latest.safetensors")" = ckpt_0000040.safetensors ] \
   && pass "a refused resume moved nothing" || fail "a refused resume moved latest: $(ls "$WORK/run")"

@@ -3,7 +3,6 @@
 
 #include <unistd.h>
 
-#include "apps/common/model_flags.h"
 #include "sessa/model.h"
 #include "tensor/error.h"
 
@@ -15,7 +14,6 @@ double host_memory_bytes() {
 }
 
 void check_fits_in_memory(const nn::ModelConfig& c, int64_t batch, int64_t seq_len, Device device) {
-  check_block_fits(c);  // counting parameters builds one block
   const double memory = host_memory_bytes();
   const double params = double(layer::parameter_count(c));
   const double bytes = 16 * params + 8.0 * double(batch) * double(seq_len) * double(c.vocab_size);

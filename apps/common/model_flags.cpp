@@ -1,8 +1,6 @@
 // model_flags.cpp - shared model-size flags (see model_flags.h).
 #include "apps/common/model_flags.h"
 
-#include <unistd.h>
-
 #include <cstdio>
 
 #include "apps/common/flags.h"
@@ -30,14 +28,6 @@ void add_model_flags(CLI::App& app, ModelFlags& f) {
       ->check(CLI::IsMember(nn::family_names()));
 }
 
-void check_block_fits(const nn::ModelConfig& c) {
-  const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
-  const double block_bytes = 64.0 * double(c.d_model) * double(c.d_model);
-  SESSA_CHECK(memory <= 0 || block_bytes < 0.5 * memory, "--d-model/--layers/--vocab",
-              "--d-model " << c.d_model << " is too wide: one layer alone needs up to " << block_bytes / 1e9
-                           << " GB, more than half of this machine's " << memory / 1e9 << " GB");
-}
-
 nn::ModelConfig model_config(const ModelFlags& f, int64_t vocab) {
   nn::ModelConfig c = nn::preset(f.model, f.preset, vocab);
   if (f.d_model > 0) c.d_model = f.d_model;
@@ -45,7 +35,6 @@ nn::ModelConfig model_config(const ModelFlags& f, int64_t vocab) {
   if (f.heads > 0) c.n_heads = f.heads;
   if (f.kv_heads >= 0) c.n_kv_heads = f.kv_heads;
   c.validate();
-  check_block_fits(c);
   if (!f.match_params.empty()) {
     nn::ModelConfig reference = c;
     reference.family = nn::family_from_name(f.match_params);

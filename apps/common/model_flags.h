@@ -17,12 +17,8 @@ void add_model_flags(CLI::App& app, ModelFlags& f);
 
 // The preset of the family with the overrides; with --match-params FAMILY, the layer
 // count whose parameter count is closest to that family's model of the same shape
-// (printed). Throws naming the flag at fault.
+// (printed; counting allocates nothing, so any width is fine). Throws naming the flag
+// at fault. Whether the model fits in memory is the app's check (train: check_fits_in_memory).
 nn::ModelConfig model_config(const ModelFlags& f, int64_t vocab);
-
-// Counting parameters builds one block on the CPU (sessa/model.h): refuses a width
-// whose single block would not fit (no family has more than 16 D^2 float32 weights
-// per layer), naming --d-model. model_config runs it before --match-params counts.
-void check_block_fits(const nn::ModelConfig& c);
 
 }  // namespace sessa::apps

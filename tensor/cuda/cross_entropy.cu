@@ -5,7 +5,8 @@
 // rescaled when m grows); the block merges them into the row max M and
 //   lse_r = M + log sum_threads s * exp(m - M),   loss_r = lse_r - x_{r,t}.
 // A second, single-block kernel sums loss_r in a fixed order (deterministic) and divides
-// by the count of non-ignored targets (the host's count, or counted there). Ignored rows
+// by the count of non-ignored targets (the host's count, or counted there; not for
+// LossReduction::Sum). inverse_target_count counts in one block too. Ignored rows
 // skip the row and store lse = loss = 0. A target outside [0, V) gives a NaN row loss
 // instead of reading out of bounds.
 // Backward: a one-block kernel computes g = dloss / count on the device (no host sync);
@@ -56,12 +57,24 @@ __device__ int64_t counted_targets(const int32_t* targets, int64_t N, int64_t ig
 
 template <class A>
 __global__ void cross_entropy_mean_kernel(const A* __restrict__ row_loss, const int32_t* __restrict__ targets,
-                                          int64_t N, int64_t ignore_index, int64_t host_count, A* __restrict__ loss) {
+                                          int64_t N, int64_t ignore_index, int64_t host_count, bool sum,
+                                          A* __restrict__ loss) {
   A s = 0;
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) s += row_loss[i];
   s = block_sum(s);
+  if (sum) {
+    if (threadIdx.x == 0) *loss = s;
+    return;
+  }
   const int64_t count = counted_targets(targets, N, ignore_index, host_count);
   if (threadIdx.x == 0) *loss = count > 0 ? s / A(count) : A(0);
+}
+
+template <class A>
+__global__ void inverse_target_count_kernel(const int32_t* __restrict__ targets, int64_t N, int64_t ignore_index,
+                                            A* __restrict__ out) {
+  const int64_t count = counted_targets(targets, N, ignore_index, -1);
+  if (threadIdx.x == 0) *out = count > 0 ? A(1) / A(count) : A(0);
 }
 
 template <class D, class A>
@@ -91,8 +104,8 @@ constexpr int kReduceThreads = 1024;
 
 }  // namespace
 
-ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_in, int64_t ignore_index,
-                                   int64_t count) {
+ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_in, int64_t ignore_index, int64_t count,
+                                   ops::LossReduction reduction) {
   Tensor x = ops::contiguous(logits), targets = ops::contiguous(targets_in.to(logits.device()));
   const int64_t N = x.size(0), V = x.size(1);
   const TensorOptions sopt{acc_dtype(x.dtype()), x.device()};
@@ -108,10 +121,26 @@ ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_i
       SESSA_CUDA_LAUNCH_CHECK("cross_entropy");
     }
     cross_entropy_mean_kernel<A><<<1, kReduceThreads, 0, st>>>(ptr<A>(row_loss), ptr<int32_t>(targets), N, ignore_index,
-                                                               count, ptr<A>(res.loss));
+                                                               count, reduction == ops::LossReduction::Sum,
+                                                               ptr<A>(res.loss));
     SESSA_CUDA_LAUNCH_CHECK("cross_entropy");
   });
   return res;
+}
+
+Tensor inverse_target_count(const Tensor& targets_in, int64_t ignore_index, DType dtype) {
+  const Tensor targets = ops::contiguous(targets_in);
+  Tensor out = Tensor::empty(Shape{}, {dtype, targets.device()});
+  cudaStream_t st = stream(targets.device().index);
+  const int64_t N = targets.numel();
+  if (dtype == DType::F64)  // float32 or float64 (checked in tensor/ops/cross_entropy.cpp)
+    inverse_target_count_kernel<double>
+        <<<1, kReduceThreads, 0, st>>>(ptr<int32_t>(targets), N, ignore_index, ptr<double>(out));
+  else
+    inverse_target_count_kernel<float>
+        <<<1, kReduceThreads, 0, st>>>(ptr<int32_t>(targets), N, ignore_index, ptr<float>(out));
+  SESSA_CUDA_LAUNCH_CHECK("inverse_target_count");
+  return out;
 }
 
 Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets_in, const Tensor& lse_in,

@@ -18,10 +18,15 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const
 // caller counted them on the host, or -1 when the targets live on the GPU: then the
 // GPU counts them (no host sync) and the returned CrossEntropyOut::count is -1 too.
 // A target outside [0, V) that is not ignore_index makes its row's loss NaN.
-ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, int64_t count);
+// LossReduction::Sum returns the sum of the row losses (no count needed).
+ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, int64_t count,
+                                   ops::LossReduction reduction);
 // dloss is read on the device (any float dtype, one element).
 Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets, const Tensor& lse,
                               int64_t ignore_index, int64_t count);
+
+// ops::inverse_target_count for targets on the GPU: one block counts them.
+Tensor inverse_target_count(const Tensor& targets, int64_t ignore_index, DType dtype);
 
 Tensor rope(const Tensor& x, int64_t pos_offset, double base, bool inverse);
 

@@ -1,6 +1,8 @@
 // Mean cross-entropy over rows of logits (N, V) against int32 targets (N).
 // For each counted row r (target y_r != ignore_index), in double with the row max m_r subtracted:
 //   lse_r = m_r + log sum_j exp(x_rj - m_r),   loss = (1 / count) sum_r (lse_r - x_{r, y_r}).
+// LossReduction::Sum leaves out the division (a caller dividing by a count of its own, as the chunked
+// head of nn/head_loss.cpp does with inverse_target_count, passes count = 1 to the backward).
 // Backward: dx_rj = dloss * (exp(x_rj - lse_r) - [j == y_r]) / count on counted rows, 0 on
 // ignored rows (and everywhere when count == 0, where the loss is defined as 0).
 // CUDA logits run tensor/cuda/cross_entropy.cu (lse and loss float32 for bfloat16 logits).
@@ -39,10 +41,11 @@ int64_t check_cross_entropy(const char* op, const Tensor& logits, const Tensor& 
 
 }  // namespace
 
-CrossEntropyOut cross_entropy(const Tensor& logits_in, const Tensor& targets_in, int64_t ignore_index) {
+CrossEntropyOut cross_entropy(const Tensor& logits_in, const Tensor& targets_in, int64_t ignore_index,
+                              LossReduction reduction) {
   const int64_t count = check_cross_entropy("cross_entropy", logits_in, targets_in, ignore_index);
   if (logits_in.is_cuda()) {
-    SESSA_CUDA_CALL(return cuda::cross_entropy(logits_in, targets_in, ignore_index, count));
+    SESSA_CUDA_CALL(return cuda::cross_entropy(logits_in, targets_in, ignore_index, count, reduction));
   }
   Tensor x = contiguous(logits_in), targets = contiguous(targets_in);
   const int64_t N = x.size(0), V = x.size(1);
@@ -68,8 +71,24 @@ CrossEntropyOut cross_entropy(const Tensor& logits_in, const Tensor& targets_in,
   });
   double total = 0;
   for (double l : row_loss) total += l;
-  res.loss = scalar(count > 0 ? total / double(count) : 0.0, x.options());
+  const double mean = count > 0 ? total / double(count) : 0.0;
+  res.loss = scalar(reduction == LossReduction::Sum ? total : mean, x.options());
   return res;
+}
+
+Tensor inverse_target_count(const Tensor& targets_in, int64_t ignore_index, DType dtype) {
+  SESSA_CHECK(targets_in.dtype() == DType::I32, "inverse_target_count",
+              "targets must be int32, got " << targets_in.str());
+  SESSA_CHECK(dtype == DType::F32 || dtype == DType::F64, "inverse_target_count",
+              "the result is float32 or float64, got " << dtype_name(dtype));
+  if (targets_in.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::inverse_target_count(targets_in, ignore_index, dtype));
+  }
+  const Tensor targets = contiguous(targets_in);
+  const int32_t* t = targets.data<int32_t>();
+  int64_t count = 0;
+  for (int64_t r = 0; r < targets.numel(); ++r) count += int64_t(t[r]) != ignore_index;
+  return scalar(count > 0 ? 1.0 / double(count) : 0.0, {dtype, targets.device()});
 }
 
 Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits_in, const Tensor& targets_in,

@@ -65,4 +65,23 @@ TEST_CASE("cuda cross_entropy: count, all rows ignored, invalid device target") 
   check_error([&] { ops::cross_entropy(x, bad, -1); }, {"cross_entropy", "target 11", "row 2"});
 }
 
+TEST_CASE("cuda cross_entropy: the sum reduction and inverse_target_count, counted on the GPU") {
+  Generator gen(304);
+  Tensor x = cpu_randn({6, 11}, gen);
+  Tensor some = from_vector<int32_t>({0, -100, 10, -100, 3, 4}, {6}, {DType::I32});
+  const double sum = ops::cross_entropy(x, some, -100, ops::LossReduction::Sum).loss.item();
+  CHECK(sum == doctest::Approx(4 * ops::cross_entropy(x, some, -100).loss.item()).epsilon(1e-6));
+  CHECK(host(ops::cross_entropy(x.to(gpu()), some.to(gpu()), -100, ops::LossReduction::Sum).loss).item() ==
+        doctest::Approx(sum).epsilon(1e-5));
+  for (DType dtype : {DType::F32, DType::F64}) {
+    Tensor inv = ops::inverse_target_count(some.to(gpu()), -100, dtype);
+    CHECK(inv.is_cuda());
+    CHECK(inv.dtype() == dtype);
+    CHECK(host(inv).item() == 0.25);
+    CHECK(host(ops::inverse_target_count(full({3000}, -100, {DType::I32}).to(gpu()), -100, dtype)).item() == 0.0);
+    CHECK(host(ops::inverse_target_count(zeros({3000}, {DType::I32}).to(gpu()), -100, dtype)).item() ==
+          doctest::Approx(1.0 / 3000));
+  }
+}
+
 }  // namespace sessa::test

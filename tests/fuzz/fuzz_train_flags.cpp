@@ -53,10 +53,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   sessa::fuzz::require(std::isfinite(f.grad_clip) && f.grad_clip >= 0, "--grad-clip is finite");
   sessa::fuzz::require(std::isfinite(f.bucket_mb) && f.bucket_mb > 0, "--bucket-mb is finite and positive");
   sessa::fuzz::require(f.threads >= 0, "--threads is not negative");
-  // Counting parameters builds one block on the CPU (64 D^2 bytes at most); above D = 2048 that
-  // passes libFuzzer's 2 GB RSS limit though train allows it (up to half the machine's memory).
-  // The wide-model refusals are checked by tests/test_reliability.sh (a huge model names the flags).
-  if (f.model.d_model > 2048) return 0;
   sessa::fuzz::expect_clean("train's checks of the flags", [&] {
     const sessa::nn::ModelConfig c = sessa::apps::model_config(f.model, f.vocab);
     sessa::apps::check_fits_in_memory(c, f.batch, f.seq_len, sessa::Device::cpu());
