@@ -27,6 +27,7 @@
 #include "apps/common/app.h"
 #include "apps/common/flags.h"
 #include "apps/common/label_classifier.h"
+#include "apps/common/memory_check.h"
 #include "apps/common/model_flags.h"
 #include "apps/common/svg_plot.h"
 #include "data/file_util.h"
@@ -170,6 +171,11 @@ int train(TrainFlags f) {
   auto val_set = load_split(fs::path(f.data) / "val.tsv");
   if (f.val_examples > 0 && int64_t(val_set.size()) > f.val_examples) val_set.resize(size_t(f.val_examples));
   const auto test_set = load_split(fs::path(f.data) / "test.tsv");
+  size_t longest = 1;
+  for (const auto& e : train_set) longest = std::max(longest, e.ids.size());
+  for (const auto& e : val_set) longest = std::max(longest, e.ids.size());
+  for (const auto& e : test_set) longest = std::max(longest, e.ids.size());
+  apps::check_fits_in_memory(config, f.batch, int64_t(longest), device);  // before anything is written
   fs::create_directories(f.out);
 
   auto model = layer::build_model(config, f.seed, {DType::F32, device});

@@ -29,10 +29,10 @@ Attention::Attention(const AttentionOptions& opt, Generator& gen, TensorOptions 
         "out_proj", std::make_shared<Linear>(D, D, gen, LinearOptions{opt.out_bias, opt.out_init_std}, topt));
 }
 
-int64_t Attention::parameter_count(const AttentionOptions& opt) {
+int64_t Attention::count_parameters(const AttentionOptions& opt) {
   const int64_t D = opt.d_model, kv = kv_heads(opt) * (D / opt.n_heads);
-  return Linear::parameter_count(D, D, true) + 2 * Linear::parameter_count(D, kv, true) +
-         (has_out_proj(opt) ? Linear::parameter_count(D, D, opt.out_bias) : 0);
+  return Linear::count_parameters(D, D, true) + 2 * Linear::count_parameters(D, kv, true) +
+         (has_out_proj(opt) ? Linear::count_parameters(D, D, opt.out_bias) : 0);
 }
 
 Tensor Attention::heads(const Tensor& x, const Linear& proj, int64_t count, int64_t pos) const {

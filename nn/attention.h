@@ -26,7 +26,7 @@ class Attention : public Module {
  public:
   Attention(const AttentionOptions& opt, Generator& gen, TensorOptions topt = {});
   // The parameters the constructor registers, from the options alone (nothing built).
-  static int64_t parameter_count(const AttentionOptions& opt);
+  static int64_t count_parameters(const AttentionOptions& opt);
   Tensor forward(const Tensor& x);  // (B, T, D) -> (B, T, D)
   KVCache new_cache(int64_t batch, int64_t max_len) const;
   // x (B, 1, D) at `position`: appends its key/value to the cache, attends over it.

@@ -6,7 +6,7 @@
 //
 // Adding a family: add its enum value and its row in nn/family.cpp, its cases in
 // sessa::layer::build_block and block_parameter_count (-Wswitch flags a missing one; the
-// block's static parameter_count goes beside its constructor, and tests/test_lm.cpp checks
+// block's static count_parameters goes beside its constructor, and tests/test_lm.cpp checks
 // it against the built block), and its row in docs/models.md.
 #pragma once
 #include <string>

@@ -21,7 +21,7 @@ class Linear : public Module {
   explicit Linear(Tensor weight, Tensor bias = {});
   Tensor forward(const Tensor& x) const;
   // The parameters the first constructor registers, from the shapes alone (nothing built).
-  static int64_t parameter_count(int64_t in, int64_t out, bool bias) { return out * in + (bias ? out : 0); }
+  static int64_t count_parameters(int64_t in, int64_t out, bool bias) { return out * in + (bias ? out : 0); }
   int64_t in_features, out_features;
   Tensor weight, bias;  // bias undefined when opt.bias is false
 };
@@ -30,7 +30,7 @@ class LayerNorm : public Module {
  public:
   explicit LayerNorm(int64_t dim, double eps = 1e-5, TensorOptions topt = {});
   Tensor forward(const Tensor& x) const;
-  static int64_t parameter_count(int64_t dim) { return 2 * dim; }  // weight and bias (dim)
+  static int64_t count_parameters(int64_t dim) { return 2 * dim; }  // weight and bias (dim)
   double eps;
   Tensor weight, bias;
 };

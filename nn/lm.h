@@ -32,7 +32,7 @@ class LanguageModel : public Module {
 
   const ModelConfig& config() const { return config_; }
   // The parameters outside the blocks (embedding and final norm), as the constructor
-  // registers them; the blocks' by their own static parameter_count (sessa/model.h).
+  // registers them; the blocks' by their own static count_parameters (sessa/model.h).
   static int64_t own_parameter_count(const ModelConfig& config);
   Device device() const { return embedding.device(); }
 

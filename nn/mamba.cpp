@@ -56,11 +56,11 @@ MambaMixer::MambaMixer(const MambaOptions& o, Generator& gen, TensorOptions topt
   out_proj = register_module("out_proj", std::make_shared<Linear>(Di, Dm, gen, LinearOptions{false, out_std}, topt));
 }
 
-int64_t MambaMixer::parameter_count(const MambaOptions& o) {
+int64_t MambaMixer::count_parameters(const MambaOptions& o) {
   const int64_t Dm = o.d_model, Di = o.expand * o.d_model, N = o.d_state, K = o.d_conv, R = dt_rank_of(o);
-  return Linear::parameter_count(Dm, 2 * Di, false) + Di * K + Di  // in_proj, conv1d weight and bias
-         + Linear::parameter_count(Di, R + 2 * N, false) + Linear::parameter_count(R, Di, true)  // x_proj, dt_proj
-         + Di * N + Di + Linear::parameter_count(Di, Dm, false);                                 // A_log, D, out_proj
+  return Linear::count_parameters(Dm, 2 * Di, false) + Di * K + Di  // in_proj, conv1d weight and bias
+         + Linear::count_parameters(Di, R + 2 * N, false) + Linear::count_parameters(R, Di, true)  // x_proj, dt_proj
+         + Di * N + Di + Linear::count_parameters(Di, Dm, false);                                  // A_log, D, out_proj
 }
 
 Tensor MambaMixer::forward(const Tensor& x) const {
@@ -104,8 +104,8 @@ MambaBlock::MambaBlock(const MambaOptions& opt, Generator& gen, TensorOptions to
   mixer = register_module("mixer", std::make_shared<MambaMixer>(opt, gen, topt));
 }
 
-int64_t MambaBlock::parameter_count(const MambaOptions& opt) {
-  return LayerNorm::parameter_count(opt.d_model) + MambaMixer::parameter_count(opt);
+int64_t MambaBlock::count_parameters(const MambaOptions& opt) {
+  return LayerNorm::count_parameters(opt.d_model) + MambaMixer::count_parameters(opt);
 }
 
 Tensor MambaBlock::forward(const Tensor& x) { return x + mixer->forward(norm->forward(x)); }

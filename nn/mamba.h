@@ -33,7 +33,7 @@ class MambaMixer : public Module {
  public:
   MambaMixer(const MambaOptions& opt, Generator& gen, TensorOptions topt = {});
   // The parameters the constructor registers, from the options alone (nothing built).
-  static int64_t parameter_count(const MambaOptions& opt);
+  static int64_t count_parameters(const MambaOptions& opt);
   Tensor forward(const Tensor& x) const;  // (B, T, D) -> (B, T, D)
   // One token (B, 1, D), no autograd; advances st.conv and st.ssm.
   Tensor step(const Tensor& x, MambaState& st) const;
@@ -51,7 +51,7 @@ class MambaMixer : public Module {
 class MambaBlock : public Block {
  public:
   MambaBlock(const MambaOptions& opt, Generator& gen, TensorOptions topt = {});
-  static int64_t parameter_count(const MambaOptions& opt);  // as MambaMixer::parameter_count
+  static int64_t count_parameters(const MambaOptions& opt);  // as MambaMixer::count_parameters
   Tensor forward(const Tensor& x) override;
   std::unique_ptr<DecodeState> new_state(int64_t batch, int64_t max_len) const override;
   Tensor step(const Tensor& x, DecodeState& state) override;

@@ -44,10 +44,10 @@ TransformerBlock::TransformerBlock(const TransformerOptions& opt, Generator& gen
   register_module("mlp", std::make_shared<MlpModule>(fc_in, fc_out));
 }
 
-int64_t TransformerBlock::parameter_count(const TransformerOptions& opt) {
+int64_t TransformerBlock::count_parameters(const TransformerOptions& opt) {
   const int64_t D = opt.d_model;
-  return 2 * LayerNorm::parameter_count(D) + Attention::parameter_count(attention_options(opt)) +
-         Linear::parameter_count(D, 4 * D, true) + Linear::parameter_count(4 * D, D, true);
+  return 2 * LayerNorm::count_parameters(D) + Attention::count_parameters(attention_options(opt)) +
+         Linear::count_parameters(D, 4 * D, true) + Linear::count_parameters(4 * D, D, true);
 }
 
 Tensor TransformerBlock::mlp(const Tensor& h) const {

@@ -15,7 +15,7 @@ class TransformerBlock : public Block {
  public:
   TransformerBlock(const TransformerOptions& opt, Generator& gen, TensorOptions topt = {});
   // The parameters the constructor registers, from the options alone (nothing built).
-  static int64_t parameter_count(const TransformerOptions& opt);
+  static int64_t count_parameters(const TransformerOptions& opt);
   Tensor forward(const Tensor& x) override;
   std::unique_ptr<DecodeState> new_state(int64_t batch, int64_t max_len) const override;
   Tensor step(const Tensor& x, DecodeState& state) override;

@@ -44,13 +44,13 @@ SessaLayer::SessaLayer(const SessaOptions& opt, Generator& gen, TensorOptions to
       register_module("proj_out", std::make_shared<nn::Linear>(D, D, gen, nn::LinearOptions{true, out_std}, topt));
 }
 
-int64_t SessaLayer::parameter_count(const SessaOptions& opt) {
+int64_t SessaLayer::count_parameters(const SessaOptions& opt) {
   using nn::Linear;
   const int64_t D = opt.d_model;
-  return nn::LayerNorm::parameter_count(D) + Linear::parameter_count(D, 2 * D, true)           // norm, proj_in
-         + nn::Attention::parameter_count(attention_options(opt))                              // attn
-         + Linear::parameter_count(D, 2 * D, true) + Linear::parameter_count(D, 1, false) + 1  // proj_fb, gamma
-         + Linear::parameter_count(D, D, true);                                                // proj_out
+  return nn::LayerNorm::count_parameters(D) + Linear::count_parameters(D, 2 * D, true)           // norm, proj_in
+         + nn::Attention::count_parameters(attention_options(opt))                               // attn
+         + Linear::count_parameters(D, 2 * D, true) + Linear::count_parameters(D, 1, false) + 1  // proj_fb, gamma
+         + Linear::count_parameters(D, D, true);                                                 // proj_out
 }
 
 SessaLayer::Branches SessaLayer::branches(const Tensor& x) const {

@@ -25,7 +25,7 @@ class SessaLayer : public nn::Block {
  public:
   SessaLayer(const SessaOptions& opt, Generator& gen, TensorOptions topt = {});
   // The parameters the constructor registers, from the options alone (nothing built).
-  static int64_t parameter_count(const SessaOptions& opt);
+  static int64_t count_parameters(const SessaOptions& opt);
   Tensor forward(const Tensor& x) override;
   std::unique_ptr<nn::DecodeState> new_state(int64_t batch, int64_t max_len) const override;
   Tensor step(const Tensor& x, nn::DecodeState& state) override;

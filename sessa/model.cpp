@@ -63,11 +63,11 @@ int64_t block_parameter_count(const nn::ModelConfig& c) {
   c.validate();
   switch (c.family) {
     case nn::Family::sessa:
-      return SessaLayer::parameter_count(sessa_options(c));  // SessaBlock adds none of its own
+      return SessaLayer::count_parameters(sessa_options(c));  // SessaBlock adds none of its own
     case nn::Family::transformer:
-      return nn::TransformerBlock::parameter_count(transformer_options(c));
+      return nn::TransformerBlock::count_parameters(transformer_options(c));
     case nn::Family::mamba:
-      return nn::MambaBlock::parameter_count(mamba_options(c));
+      return nn::MambaBlock::count_parameters(mamba_options(c));
   }
   SESSA_FAIL("block_parameter_count", "no block for model family value " << int(c.family));
 }

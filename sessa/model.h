@@ -1,7 +1,7 @@
 // Builds a language model of any family from its ModelConfig: the one place that
 // knows all three block types (Sessa, Transformer, Mamba), one case per row of the
 // family registry (nn/family.h). Parameter counts are pure functions of the config
-// (each block's static parameter_count, beside its constructor): nothing is built or
+// (each block's static count_parameters, beside its constructor): nothing is built or
 // allocated, so any width is counted at once; tests/test_lm.cpp checks them against
 // built models of every family.
 #pragma once
