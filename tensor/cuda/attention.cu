@@ -14,6 +14,7 @@
 #include "tensor/cuda/attention_mma.cuh"
 #include "tensor/cuda/attention_simt.cuh"
 #include "tensor/cuda/common.cuh"
+#include "tensor/cuda/heads_layout.h"
 
 namespace sessa::cuda {
 
@@ -34,10 +35,10 @@ __global__ void __launch_bounds__(256) row_dot_kernel(const T* dout, const T* ou
 
 Strides strides_of(const Tensor& t) { return {t.strides()[0], t.strides()[1], t.strides()[2]}; }
 
-// Shapes of q (B, H, Tq, dh) and k (B, Hkv, Tk, dh); strides of q, k, v (and out, dout
-// when given).
-Dims dims_of(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* out, const Tensor* dout, int64_t q_offset,
-             const char* op) {
+// Shapes of q (B, H, Tq, dh) and k (B, Hkv, Tk, dh); strides of q, k, v (and of out,
+// dout and the gradients when given).
+Dims dims_of(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* out, const Tensor* dout,
+             const ops::AttentionGrads* grads, int64_t q_offset, const char* op) {
   SESSA_CHECK(q.size(3) <= 128, op, "head dim " << q.size(3) << " of " << q.str() << " is above 128, the CUDA limit");
   Dims d;
   d.B = int(q.size(0)), d.H = int(q.size(1)), d.Hkv = int(k.size(1)), d.Tq = int(q.size(2));
@@ -45,6 +46,7 @@ Dims dims_of(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* ou
   d.q = strides_of(q), d.k = strides_of(k), d.v = strides_of(v);
   if (out) d.out = strides_of(*out);
   if (dout) d.dout = strides_of(*dout);
+  if (grads) d.dq = strides_of(grads->dq), d.dk = strides_of(grads->dk), d.dv = strides_of(grads->dv);
   return d;
 }
 
@@ -98,9 +100,9 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
     const Tensor q = kMma ? unit_head_dim(q_in) : ops::contiguous(q_in);
     const Tensor k = kMma ? unit_head_dim(k_in) : ops::contiguous(k_in);
     const Tensor v = kMma ? unit_head_dim(v_in) : ops::contiguous(v_in);
-    ops::AttentionOut res{Tensor::empty(q.shape(), q.options()),
+    ops::AttentionOut res{kMma ? empty_heads_like(q, q.dtype()) : Tensor::empty(q.shape(), q.options()),
                           Tensor::empty({q.size(0), q.size(1), q.size(2)}, {dtype_of<A>(), dev})};
-    const Dims d = dims_of(q, k, v, &res.out, nullptr, q_offset, op);
+    const Dims d = dims_of(q, k, v, &res.out, nullptr, nullptr, q_offset, op);
     if (int64_t(d.B) * d.H * d.Tq == 0) return res;
     const cudaStream_t st = stream(dev.index);
     if constexpr (kMma) {
@@ -141,9 +143,10 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
     auto prepare = [&](const Tensor& t) { return kMma ? unit_head_dim(t) : ops::contiguous(t); };
     const Tensor q = prepare(q_in), k = prepare(k_in), v = prepare(v_in), dout = prepare(dout_in),
                  out = prepare(out_in), lse = ops::contiguous(lse_in);
-    ops::AttentionGrads g{Tensor::empty(q.shape(), q.options()), Tensor::empty(k.shape(), k.options()),
-                          Tensor::empty(v.shape(), v.options())};
-    const Dims d = dims_of(q, k, v, &out, &dout, q_offset, op);
+    // Gradients in the layout of their inputs (bfloat16), contiguous for the SIMT kernels.
+    auto grad_like = [&](const Tensor& t) { return kMma ? empty_heads_like(t, t.dtype()) : empty_like(t); };
+    ops::AttentionGrads g{grad_like(q), grad_like(k), grad_like(v)};
+    const Dims d = dims_of(q, k, v, &out, &dout, &g, q_offset, op);
     const cudaStream_t st = stream(dev.index);
     const int64_t rows = int64_t(d.B) * d.H * d.Tq;
     const Tensor Dv = Tensor::empty({d.B, d.H, d.Tq}, {dtype_of<A>(), dev});
@@ -155,7 +158,7 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
     if constexpr (kMma) {
       if (!run_dkdv) return g;
       // dq is summed over key tiles in float32, then scaled and rounded.
-      const Tensor dq_acc = Tensor::empty(q.shape(), {DType::F32, dev});
+      const Tensor dq_acc = empty_heads_like(q, DType::F32);  // strides d.dq, like g.dq
       SESSA_CUDA_CHECK(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * sizeof(float), st), op);
       const bool vec = vectorizable(d.dh, {&q, &k, &v, &dout});
       with_mma_dh(d.dh, [&](auto dh_tag) {

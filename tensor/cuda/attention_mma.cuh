@@ -17,7 +17,7 @@
 // query head of its group (so GQA needs no reduction for dk, dv). Per query tile, with P
 // rebuilt from lse: S^T = K Q^T and dP^T = V dout^T, dS^T = P^T (dP^T - D), then
 // dv += P^T dout and dk += dS^T Q from registers; dS^T goes through shared memory once so
-// the block can form dq_tile = dS K, which is added into a float32 (B, H, Tq, dh) buffer
+// the block can form dq_tile = dS K, which is added into a float32 buffer shaped like dq
 // with atomics (the sum over key tiles is therefore not bitwise reproducible run to run)
 // and scaled and rounded to bf16 by a last pass. dk, dv are written once at the end.
 #pragma once
@@ -196,7 +196,7 @@ struct BackwardTile {
       size_t(2 * BN + 4 * BQ) * LD * sizeof(bf16_t) + size_t(BN) * LDS * sizeof(bf16_t) + 4 * BQ * sizeof(float);
 };
 
-// grid (B * Hkv, key tiles), 128 threads. dq_acc: float32 (B, H, Tq, dh), zeroed.
+// grid (B * Hkv, key tiles), 128 threads. dq_acc: float32 like dq (strides d.dq), zeroed.
 template <int DH>
 __global__ void __launch_bounds__(128, BackwardTile<DH>::kMinBlocks)
     mma_backward(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
@@ -336,7 +336,7 @@ __global__ void __launch_bounds__(128, BackwardTile<DH>::kMinBlocks)
     for (int r = 0; r < 2; ++r) {
       const int row = i0 + dq_r0 + g + 8 * r;
       if (row >= d.Tq) continue;
-      float* dst = dq_acc + ((int64_t(b) * d.H + h) * d.Tq + row) * d.dh;
+      float* dst = dq_acc + offset(d.dq, b, h, row);
 #pragma unroll
       for (int nt = 0; nt < CN / 8; ++nt) {
         const int col = dq_c0 + nt * 8 + 2 * c;
@@ -356,23 +356,24 @@ __global__ void __launch_bounds__(128, BackwardTile<DH>::kMinBlocks)
   for (int r = 0; r < 2; ++r) {
     const int key = key0 + g + 8 * r;
     if (key >= d.Tk) continue;
-    const int64_t at = ((int64_t(b) * d.Hkv + hk) * d.Tk + key) * d.dh;
+    bf16_t* dk_row = dk + offset(d.dk, b, hk, key);
+    bf16_t* dv_row = dv + offset(d.dv, b, hk, key);
 #pragma unroll
     for (int dt = 0; dt < DT; ++dt) {
       const int col = dt * 8 + 2 * c;
       if (col < d.dh) {
-        dk[at + col] = __float2bfloat16(gk[dt][2 * r] * scale);
-        dv[at + col] = __float2bfloat16(gv[dt][2 * r]);
+        dk_row[col] = __float2bfloat16(gk[dt][2 * r] * scale);
+        dv_row[col] = __float2bfloat16(gv[dt][2 * r]);
       }
       if (col + 1 < d.dh) {
-        dk[at + col + 1] = __float2bfloat16(gk[dt][2 * r + 1] * scale);
-        dv[at + col + 1] = __float2bfloat16(gv[dt][2 * r + 1]);
+        dk_row[col + 1] = __float2bfloat16(gk[dt][2 * r + 1] * scale);
+        dv_row[col + 1] = __float2bfloat16(gv[dt][2 * r + 1]);
       }
     }
   }
 }
 
-// dq = scale * dq_acc, rounded to bf16 (both contiguous).
+// dq = scale * dq_acc, rounded to bf16 (both dense with the same strides).
 __global__ void scale_to_bf16_kernel(const float* src, bf16_t* dst, float scale, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     dst[i] = __float2bfloat16(src[i] * scale);

@@ -1,8 +1,9 @@
 // What every causal-attention kernel (tensor/cuda/attention_simt.cuh, attention_mma.cuh)
 // is told about its operands: the shapes, and for the tensor-core kernels the element
-// strides of q, k, v, out and dout, each a (B, heads, T, dh) view whose head dim is
-// contiguous (so the (B, T, heads, dh) projections need no copy to enter or leave).
-// The SIMT kernels take contiguous operands (the host makes them so) and ignore strides.
+// strides of q, k, v, out, dout and the gradients, each a (B, heads, T, dh) view whose
+// head dim is contiguous (so the (B, T, heads, dh) projections need no copy to enter or
+// leave). The SIMT kernels take contiguous operands (the host makes them so) and ignore
+// strides.
 #pragma once
 #include <cstdint>
 
@@ -16,7 +17,7 @@ struct Strides {
 
 struct Dims {
   int B, H, Hkv, Tq, Tk, dh, group, q_offset;  // group = H / Hkv query heads per kv head
-  Strides q, k, v, out, dout;
+  Strides q, k, v, out, dout, dq, dk, dv;      // dq: also of the float32 buffer it is summed in
 };
 
 // Element offset of row t of head h of batch b.

@@ -1,9 +1,12 @@
-// Rotary position embedding on CUDA for x: (B, H, T, dh), dh even (see tensor/ops/rope.cpp).
+// Rotary position embedding on CUDA for x: (B, H, T, dh), dh even (see tensor/ops/rope.cpp),
+// contiguous or token-major (tensor/cuda/heads_layout.h); y comes out in x's layout.
 // A first kernel tabulates cos/sin (T, dh/2) of theta = (pos_offset + t) * base^(-2i/dh),
 // computed in double and stored as float (double for float64); inverse negates sin.
-// Then one thread per pair (x[2i], x[2i+1]) of every row reads the table:
+// Then one thread per pair (x[2i], x[2i+1]) of every row (in memory order; a row's
+// position is row / heads_inner % T, heads_inner = H when token-major, else 1) reads the table:
 //   y[2i] = x[2i] cos - x[2i+1] sin,   y[2i+1] = x[2i] sin + x[2i+1] cos.
 #include "tensor/cuda/common.cuh"
+#include "tensor/cuda/heads_layout.h"
 #include "tensor/cuda/rowops.h"
 
 namespace sessa::cuda {
@@ -24,11 +27,11 @@ __global__ void rope_table_kernel(A* __restrict__ cs, A* __restrict__ sn, int64_
 
 template <class T>
 __global__ void rope_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ cs, const acc_t<T>* __restrict__ sn,
-                            T* __restrict__ y, int64_t pairs, int64_t T_len, int64_t half) {
+                            T* __restrict__ y, int64_t pairs, int64_t T_len, int64_t half, int64_t heads_inner) {
   using A = acc_t<T>;
   const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // pair index over all rows
   if (k >= pairs) return;
-  const int64_t j = (k / half % T_len) * half + k % half;  // table entry (t, i)
+  const int64_t j = (k / half / heads_inner % T_len) * half + k % half;  // table entry (t, i)
   const A x0 = load(x + 2 * k), x1 = load(x + 2 * k + 1), c = cs[j], s = sn[j];
   store(y + 2 * k, x0 * c - x1 * s);
   store(y + 2 * k + 1, x0 * s + x1 * c);
@@ -37,9 +40,10 @@ __global__ void rope_kernel(const T* __restrict__ x, const acc_t<T>* __restrict_
 }  // namespace
 
 Tensor rope(const Tensor& x_in, int64_t pos_offset, double base, bool inverse) {
-  Tensor x = ops::contiguous(x_in);
-  const int64_t T = x.size(2), half = x.size(3) / 2, pairs = x.numel() / 2;
-  Tensor y = empty_like(x);
+  const bool tm = token_major(x_in);
+  const Tensor x = tm ? x_in : ops::contiguous(x_in);
+  const int64_t T = x.size(2), half = x.size(3) / 2, pairs = x.numel() / 2, heads_inner = tm ? x.size(1) : 1;
+  Tensor y = empty_heads_like(x, x.dtype());
   if (pairs == 0) return y;
   const TensorOptions topt{acc_dtype(x.dtype()), x.device()};
   Tensor cs = Tensor::empty({T, half}, topt), sn = Tensor::empty({T, half}, topt);
@@ -50,8 +54,8 @@ Tensor rope(const Tensor& x_in, int64_t pos_offset, double base, bool inverse) {
     rope_table_kernel<A><<<blocks_for(T * half), kThreads, 0, st>>>(ptr<A>(cs), ptr<A>(sn), T, half, pos_offset, base,
                                                                     inverse ? -1.0 : 1.0);
     SESSA_CUDA_LAUNCH_CHECK("rope");
-    rope_kernel<TT>
-        <<<blocks_for(pairs), kThreads, 0, st>>>(ptr<TT>(x), ptr<A>(cs), ptr<A>(sn), ptr<TT>(y), pairs, T, half);
+    rope_kernel<TT><<<blocks_for(pairs), kThreads, 0, st>>>(ptr<TT>(x), ptr<A>(cs), ptr<A>(sn), ptr<TT>(y), pairs, T,
+                                                            half, heads_inner);
     SESSA_CUDA_LAUNCH_CHECK("rope");
   });
   return y;

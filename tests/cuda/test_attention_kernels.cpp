@@ -1,0 +1,61 @@
+// The bfloat16 tensor-core attention kernels (tensor/cuda/attention_mma.cuh) on shapes
+// small enough for compute-sanitizer memcheck and racecheck, each against the float64
+// CPU op: partial query and key tiles, GQA, queries at the end of a cache (the mask
+// inside a tile), head dims padded to the tile width, and (B, T, H, dh) projections
+// entering as permuted views (the strided path, no copy). The op table
+// (tests/op_table.cpp, "attention") covers the larger and awkward shapes.
+#include <cmath>
+
+#include "tests/cuda/parity.h"
+
+using namespace sessa;
+using namespace sessa::test;
+
+namespace {
+
+// q (B, H, Tq, dh), k, v (B, Hkv, Tk, dh); `permuted` stores them as (B, T, heads, dh).
+void check_attention_kernels(int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t Tk, int64_t dh, bool permuted,
+                             uint64_t seed) {
+  CAPTURE(B);
+  CAPTURE(H);
+  CAPTURE(Hkv);
+  CAPTURE(Tq);
+  CAPTURE(Tk);
+  CAPTURE(dh);
+  CAPTURE(permuted);
+  Generator gen(seed);
+  // Stored (B, heads, T, dh), or (B, T, heads, dh) and viewed as (B, heads, T, dh).
+  auto make = [&](int64_t heads, int64_t T) {
+    return cpu_randn(permuted ? Shape{B, T, heads, dh} : Shape{B, heads, T, dh}, gen).to(DType::BF16);
+  };
+  auto view = [&](const Tensor& t) { return permuted ? ops::permute(t, {0, 2, 1, 3}) : t; };
+  const Tensor q = make(H, Tq), k = make(Hkv, Tk), v = make(Hkv, Tk), dout = make(H, Tq);
+  const int64_t q_offset = Tk - Tq;
+  const double scale = 1.0 / std::sqrt(double(dh));
+  auto f64 = [&](const Tensor& t) { return view(t).to(DType::F64); };
+  const ops::AttentionOut ref = ops::attention(f64(q), f64(k), f64(v), q_offset, scale);
+  const ops::AttentionGrads ref_g =
+      ops::attention_backward(f64(dout), f64(q), f64(k), f64(v), ref.out, ref.lse, q_offset, scale);
+
+  auto dev = [&](const Tensor& t) { return view(t.to(gpu())); };
+  const Tensor qd = dev(q), kd = dev(k), vd = dev(v);
+  CHECK(qd.is_contiguous() == !permuted);
+  const ops::AttentionOut got = ops::attention(qd, kd, vd, q_offset, scale);
+  const ops::AttentionGrads got_g = ops::attention_backward(dev(dout), qd, kd, vd, got.out, got.lse, q_offset, scale);
+  check_close(host(got.out), ref.out, DType::BF16, "out");
+  check_close(host(got.lse), ref.lse, DType::F32, "lse");
+  check_close(host(got_g.dq), ref_g.dq, DType::BF16, "dq");
+  check_close(host(got_g.dk), ref_g.dk, DType::BF16, "dk");
+  check_close(host(got_g.dv), ref_g.dv, DType::BF16, "dv");
+}
+
+}  // namespace
+
+TEST_CASE("cuda attention bf16 sanitizer-sized: partial tiles, GQA, cache offsets, padded head dims, permuted views") {
+  check_attention_kernels(1, 4, 2, 70, 70, 64, false, 1);  // a partial query tile; two key tiles, one partial
+  check_attention_kernels(2, 2, 1, 33, 130, 64, true, 2);  // queries at the end of a cache, permuted views
+  check_attention_kernels(1, 3, 3, 40, 40, 128, true, 3);  // dh 128
+  check_attention_kernels(1, 2, 2, 20, 50, 40, false, 4);  // dh 40 padded to 64, offset inside a tile
+  check_attention_kernels(1, 2, 1, 1, 1, 64, false, 5);    // T = 1
+  check_attention_kernels(1, 2, 2, 17, 17, 20, true, 6);   // dh not a multiple of 8: the scalar path
+}
