@@ -1,23 +1,36 @@
-// CUDA selective scan (the math: nn/mamba_ops.h and .cpp), parallel over (batch, channel)
-// AND along the sequence. The recurrence h_t = e_t h_{t-1} + x_t (e_t = exp(delta_t A),
-// x_t = delta_t Bm_t u_t) is a composition of affine maps h -> e h + x, which is
-// associative: (e1, x1) then (e2, x2) = (e2 e1, e2 x1 + x2). So:
+// CUDA selective scan (the math: nn/mamba_ops.h and .cpp). The recurrence per (b, c, n),
+// h_t = e_t h_{t-1} + x_t with e_t = exp(delta_t A) and x_t = delta_t Bm_t u_t, is a
+// composition of affine maps h -> e h + x, which is associative:
+// (e1, x1) then (e2, x2) = (e2 e1, e2 x1 + x2).
 //
-// Layout of the work. A block owns one batch row b and kWarps consecutive channels, one
-// warp per channel; time goes in chunks of kChunk = 32 * kItems steps. Within a chunk,
-// lane p of a warp holds the kItems consecutive steps p*kItems .. p*kItems+kItems-1 in
-// registers. Per state n (states are independent; kStates of them side by side in one
-// pass, so that their shuffle and exp latencies overlap): each lane composes its own steps
-// into one map, lane 0 applies its map to the chunk's carried state (shared memory, float32),
-// a warp shuffle scan (5 rounds) then yields the state after every lane's steps, and each
-// lane replays its steps from its exact starting state. Lane 0 alone reads and writes the
-// carry, so the warp needs no barrier; the state after the chunk moves on to the next one. Each channel's time axis
-// lives in one warp, so no block-wide scan is needed; shared memory stages the (time x channel) tiles so that global
-// loads and stores stay coalesced in the (B, T, Di) layout (channel fastest), and the Bm, Cm (time x state) tiles that
-// all warps of the block share. Tiles are stored with step t of lane p at p*(kItems+1) + item (kItems even, so a lane's
-// reads hit distinct banks) and a row padding of one word (so the staging writes of different channels do too).
+// Forward: one thread per (b, channel c), walking the steps in order with all N states in
+// registers (N rounded up to 16, or to 64 above 16; padded states have A = Bm = Cm = 0 and
+// stay 0). Per (t, n) that is the floor of the math: one MUFU.EX2 (A pre-scaled by log2 e,
+// exp2 in one ex2.approx.ftz instruction), one FMUL + FFMA for h, one FFMA for y, and half
+// of a 16-byte shared-memory broadcast for Bm_t[n], Cm_t[n] (a block is 128 consecutive
+// channels of one batch row, so every thread needs the same Bm_t, Cm_t: staged per tile of
+// steps in shared memory as [step][Bm | Cm]); the N independent recurrences give the
+// instruction-level parallelism. u, delta (and z) loads are coalesced across channels and
+// issued 8 steps at a time. When B * Di threads would leave SMs idle (fewer than
+// kFwdThreadsPerSM per SM), time is split into chunks too: pass 1 runs chunks 0 .. K-2 from
+// a zero state and keeps each chunk's map (product of e, end state), a small kernel
+// composes the maps in order into the state entering each chunk, and pass 2 reruns every
+// chunk from its true entering state and writes y (gated by SiLU(z) when z is given, plus
+// the D skip). Pass 2 also writes the checkpoints the backward uses, the state entering
+// every kChunk steps (ScanConfig below), when asked.
 //
-// Backward. With q_t = e_t * dL/dh_t, the adjoint obeys q_t = e_t q_{t+1} + e_t dy_t Cm_t,
+// Backward (still the earlier design: to be moved to the per-thread scheme too). A block
+// owns one batch row b and kWarps consecutive channels, one warp per channel; time goes in
+// chunks of kChunk = 32 * kItems steps. Within a chunk, lane p of a warp holds the kItems
+// consecutive steps p*kItems .. p*kItems+kItems-1 in registers. Per state n (kStates of
+// them side by side in one pass, so that their shuffle and exp latencies overlap) each
+// lane composes its own steps into one map, a warp shuffle scan (5 rounds) combines the
+// lanes, and each lane replays its steps from its exact starting state. Shared memory
+// stages the (time x channel) tiles so that global loads and stores stay coalesced in the
+// (B, T, Di) layout (channel fastest), and the Bm, Cm (time x state) tiles that all warps
+// of the block share. Tiles are stored with step t of lane p at p*(kItems+1) + item
+// (kItems even, so a lane's reads hit distinct banks) and a row padding of one word.
+// With q_t = e_t * dL/dh_t, the adjoint obeys q_t = e_t q_{t+1} + e_t dy_t Cm_t,
 // the same kind of affine recurrence run backwards: the same scan with shuffles going
 // down, chunks visited last to first, the carry being q at the first step of the later
 // chunk (entering through lane 31, which alone reads and writes it). The forward states h_{t-1} a chunk needs are
@@ -30,14 +43,15 @@
 //          shared memory in a fixed order after one barrier per pass of kStates states,
 //          one partial per channel group; a second kernel
 //          sums the groups), dD = sum dy u (lane registers, warp sum at the end).
-// The mixer's gate can be fused: the output is then y * SiLU(z), and the backward turns
-// dy into dy * SiLU(z) on loading it and rebuilds y (sum over n of Cm h, plus D u) along
-// the way for dz = dy * y * SiLU'(z).
+// With the gate, the backward turns dy into dy * SiLU(z) on loading it and rebuilds y
+// (sum over n of Cm h, plus D u) along the way for dz = dy * y * SiLU'(z).
 // No atomics: every sum has a fixed order, so results are bitwise reproducible.
 // Storage is float32, bfloat16 or float64; arithmetic is float32 (float64 for float64).
-// Scratch: checkpoints (B * Di * N * ceil(T / kChunk) floats) and the dBm/dCm partials
+// Scratch: checkpoints (B * Di * N * ceil(T / kChunk) floats), the forward's chunk maps
+// (3 * B * Di * N * chunks floats, only when time is split) and the dBm/dCm partials
 // (ceil(Di / kWarps) * B * 2N * T floats).
 #include <algorithm>
+#include <type_traits>
 
 #include "nn/mamba_cuda.h"
 #include "nn/mamba_partials.cuh"
@@ -190,103 +204,152 @@ __device__ __forceinline__ void warp_compose_all(Acc (&a)[S], Acc (&b)[S], int l
 
 // ---- forward ------------------------------------------------------------------------
 
-// grid (ceil(Di / kWarps), B), block kThreads. Writes y, and the checkpoints if p.ckpt.
-// Two blocks per SM (registers capped at 64 per thread at 512 threads) for latency hiding.
-template <class K>
-__global__ void __launch_bounds__(K::kThreads, 2) scan_fwd_kernel(ScanParams p) {
-  using F = typename K::F;
-  using Acc = typename K::Acc;
-  constexpr int R = K::kItems, G = K::kWarps, kRow = K::kRow, S = K::kStates;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int N = p.dstate, T = p.seqlen, Di = p.dim;
-  Acc* sU = reinterpret_cast<Acc*>(smem_raw);  // u, then y
-  Acc* sDt = sU + G * kRow;
-  Acc* sB = sDt + G * kRow;
-  Acc* sC = sB + N * kRow;
-  Acc* sA = sC + N * kRow;   // (G, N)
-  Acc* sCarry = sA + G * N;  // (G, N): the state entering the current chunk (lane 0 of the warp only)
-  Acc* sZ = sCarry + G * N;  // the gate z (only with p.z)
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, base = lane * (R + 1);
-  const int b = blockIdx.y, c0 = blockIdx.x * G, c = c0 + warp;
-  const bool active = c < Di;
-  for (int i = threadIdx.x; i < G * N; i += K::kThreads) {
-    sA[i] = c0 + i / N < Di ? load(static_cast<const F*>(p.A) + int64_t(c0) * N + i) : Acc(0);
-    sCarry[i] = 0;
+// One thread per (b, channel c), walking its steps one after the other with all states in
+// registers (see the header comment). kS: states held per thread (N rounded up to 16 or
+// 64; the padded states have A = Bm = Cm = 0, so they stay 0 and add nothing).
+constexpr int kFwdThreads = 128;       // channels per block
+constexpr int kFwdSub = 8;             // steps whose u, delta (and z) loads are issued together
+constexpr int kFwdThreadsPerSM = 256;  // below this many (b, c) threads per SM, time is split too
+
+// Where the forward's time chunks come from and go. Chunk k covers steps
+// [k * len, min((k + 1) * len, T)); len is a multiple of the checkpoint spacing `every`.
+template <class Acc>
+struct FwdChunks {
+  int len = 0, count = 1, every = 1;
+  Acc* ends = nullptr;          // (B, Di, N, count): pass 1's state after chunk k, started from 0
+  Acc* prods = nullptr;         // (B, Di, N, count): pass 1's product of e over chunk k
+  const Acc* starts = nullptr;  // (B, Di, N, count): the true state entering chunk k (null: 0)
+};
+
+// exp2 in one instruction for float (MUFU.EX2, relative error ~2^-22; results below 2^-126
+// flush to 0, which the recurrence's decay makes harmless); the full exp2 for double.
+__device__ __forceinline__ float exp2_fast(float v) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+}
+__device__ __forceinline__ double exp2_fast(double v) { return exp2(v); }
+
+// 16 bytes of Acc values: one shared-memory load instruction.
+template <class Acc>
+struct Vec16;
+template <>
+struct Vec16<float> {
+  using type = float4;
+  static constexpr int n = 4;
+  static __device__ __forceinline__ void unpack(float4 v, float* out) {
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
   }
-  const Acc d = active ? load(static_cast<const F*>(p.D) + c) : Acc(0);
-  const F* u = static_cast<const F*>(p.u) + b * p.u_bstride;
-  const F* delta = static_cast<const F*>(p.delta) + b * p.delta_bstride;
+};
+template <>
+struct Vec16<double> {
+  using type = double2;
+  static constexpr int n = 2;
+  static __device__ __forceinline__ void unpack(double2 v, double* out) { out[0] = v.x, out[1] = v.y; }
+};
+
+// grid (ceil(Di / kFwdThreads), B, chunks), block kFwdThreads. kFinal: start from
+// fc.starts (or 0), write y and the checkpoints (if p.ckpt). Otherwise (pass 1, chunks
+// 0 .. count-2 only): start from 0 and write the chunk's end state and product of e.
+template <class F, int kS, bool kFinal>
+__global__ void __launch_bounds__(kFwdThreads) scan_fwd_kernel(ScanParams p, FwdChunks<acc_t<F>> fc) {
+  using Acc = acc_t<F>;
+  constexpr int kTile = kS <= 16 ? 128 : 32;        // steps of Bm, Cm staged at a time
+  __shared__ __align__(16) Acc sBC[kTile][2 * kS];  // [step][Bm_0 .. Bm_kS-1, Cm_0 .. Cm_kS-1]
+  const int N = p.dstate, T = p.seqlen, Di = p.dim;
+  const int b = blockIdx.y, k = blockIdx.z, c = blockIdx.x * kFwdThreads + threadIdx.x;
+  const bool active = c < Di;
+  const int tbeg = k * fc.len, tend = min(T, tbeg + fc.len);
+  const int64_t state0 = (int64_t(b) * Di + c) * N;  // (b, c, n = 0) in a (B, Di, N, ...) table
+  Acc a2[kS], h[kS], prod[kS];
+#pragma unroll
+  for (int n = 0; n < kS; ++n) {
+    a2[n] = active && n < N ? load(static_cast<const F*>(p.A) + int64_t(c) * N + n) * Acc(kLog2e) : Acc(0);
+    h[n] = kFinal && fc.starts && active && n < N ? fc.starts[(state0 + n) * fc.count + k] : Acc(0);
+    prod[n] = 1;
+  }
+  const Acc d = kFinal && active ? load(static_cast<const F*>(p.D) + c) : Acc(0);
+  const F* u = static_cast<const F*>(p.u) + b * p.u_bstride + c;
+  const F* delta = static_cast<const F*>(p.delta) + b * p.delta_bstride + c;
   const F* Bm = static_cast<const F*>(p.Bm) + b * p.B_bstride;
   const F* Cm = static_cast<const F*>(p.Cm) + b * p.C_bstride;
-  const F* z = p.z ? static_cast<const F*>(p.z) + b * p.z_bstride : nullptr;
-  F* y = static_cast<F*>(p.y) + int64_t(b) * T * Di;
-  Acc* ck = p.ckpt && active ? static_cast<Acc*>(p.ckpt) + (int64_t(b) * Di + c) * N * p.chunks : nullptr;
+  const F* z = kFinal && p.z ? static_cast<const F*>(p.z) + b * p.z_bstride + c : nullptr;
+  F* y = static_cast<F*>(p.y) + int64_t(b) * T * Di + c;
+  Acc* ck = kFinal && p.ckpt && active ? static_cast<Acc*>(p.ckpt) + state0 * p.chunks : nullptr;  // (N, chunks)
 
-  for (int k = 0; k < p.chunks; ++k) {
-    const int t0 = k * K::kChunk;
-    __syncthreads();  // the previous chunk's tiles are consumed (and sA, sCarry are set)
-    load_channel_tile<K>(sU, u, p.u_tstride, t0, T, c0, Di);
-    load_channel_tile<K>(sDt, delta, p.delta_tstride, t0, T, c0, Di);
-    load_state_tile<K>(sB, Bm, p.B_tstride, t0, T, N);
-    load_state_tile<K>(sC, Cm, p.C_tstride, t0, T, N);
-    if (z) load_channel_tile<K>(sZ, z, p.z_tstride, t0, T, c0, Di);
+  for (int t0 = tbeg; t0 < tend; t0 += kTile) {
+    const int nt = min(kTile, tend - t0);
+    __syncthreads();  // the previous tile is consumed
+    for (int i = threadIdx.x; i < kTile * 2 * kS; i += kFwdThreads) {
+      const int t = i / (2 * kS), j = i % (2 * kS), n = j % kS;
+      const F* src = j < kS ? Bm + int64_t(t0 + t) * p.B_tstride : Cm + int64_t(t0 + t) * p.C_tstride;
+      sBC[t][j] = t < nt && n < N ? load(src + n) : Acc(0);
+    }
     __syncthreads();
-    Acc xu[R], dtu[R], xdt[R], acc[R];
+    for (int s0 = 0; s0 < nt; s0 += kFwdSub) {
+      const int ns = min(kFwdSub, nt - s0);
+      const int64_t ts = t0 + s0;      // the sub-tile's first step
+      if (ck && ts % fc.every == 0) {  // a checkpoint: the state entering step ts
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      xu[r] = sU[warp * kRow + base + r];
-      xdt[r] = sDt[warp * kRow + base + r];
-      dtu[r] = xdt[r] * xu[r];
-      acc[r] = d * xu[r];
-    }
-    for (int n0 = 0; n0 < N; n0 += S) {
-      Acc e[S][R], x[S][R], ma[S], mb[S], carry[S] = {};  // this lane's steps, their composition
-#pragma unroll
-      for (int s = 0; s < S; ++s) {
-        const int n = min(n0 + s, N - 1);
-        const Acc a2 = sA[warp * N + n] * Acc(kLog2e);
-        const Acc* Bn = sB + n * kRow + base;
-        ma[s] = 1, mb[s] = 0;
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          e[s][r] = exp2_acc(xdt[r] * a2);
-          x[s][r] = dtu[r] * Bn[r];
-          mb[s] = e[s][r] * mb[s] + x[s][r], ma[s] = e[s][r] * ma[s];
-        }
-        // Lane 0 starts from the carried state, so the scan yields the states themselves: lane
-        // p's inclusive b is the state after its last step. Only lane 0 touches the carry.
-        if (lane == 0) carry[s] = sCarry[warp * N + n], mb[s] = ma[s] * carry[s] + mb[s];
+        for (int n = 0; n < kS; ++n)  // (unrolled, so that h stays in registers)
+          if (n < N) ck[int64_t(n) * p.chunks + ts / fc.every] = h[n];
       }
-      warp_prefix(ma, mb, lane);
+      Acc xu[kFwdSub], xd[kFwdSub], xz[kFwdSub];
 #pragma unroll
-      for (int s = 0; s < S; ++s) {
-        const int n = n0 + s;
-        if (n >= N) break;  // a repeat of state N - 1 (uniform across the block)
-        const Acc before = __shfl_up_sync(kFull, mb[s], 1), after = __shfl_sync(kFull, mb[s], kWarp - 1);
-        if (lane == 0) {
-          if (ck) ck[int64_t(n) * p.chunks + k] = carry[s];
-          sCarry[warp * N + n] = after;  // the state after the whole chunk
+      for (int i = 0; i < kFwdSub; ++i) {  // all loads of the sub-tile first, so they overlap
+        const bool ok = active && i < ns;
+        xu[i] = ok ? load(u + (ts + i) * p.u_tstride) : Acc(0);
+        xd[i] = ok ? load(delta + (ts + i) * p.delta_tstride) : Acc(0);
+        xz[i] = ok && z ? load(z + (ts + i) * p.z_tstride) : Acc(0);
+      }
+#pragma unroll
+      for (int i = 0; i < kFwdSub; ++i) {
+        if (i >= ns) break;
+        const Acc dtu = xd[i] * xu[i];
+        Acc bc[2 * kS];  // Bm_t, Cm_t: the same for every thread, read as 16-byte broadcasts
+        using V = typename Vec16<Acc>::type;
+#pragma unroll
+        for (int j = 0; j < 2 * kS; j += Vec16<Acc>::n) {
+          const V v = *reinterpret_cast<const V*>(&sBC[s0 + i][j]);
+          Vec16<Acc>::unpack(v, bc + j);
         }
-        const Acc* Cn = sC + n * kRow + base;
-        Acc h = lane == 0 ? carry[s] : before;  // the state before this lane's first step
+        Acc yv = d * xu[i];
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-          h = e[s][r] * h + x[s][r];
-          acc[r] += Cn[r] * h;
+        for (int n = 0; n < kS; ++n) {
+          const Acc e = exp2_fast(xd[i] * a2[n]);  // exp(delta_t A[c, n])
+          h[n] = e * h[n] + dtu * bc[n];
+          if (kFinal)
+            yv += bc[kS + n] * h[n];
+          else
+            prod[n] *= e;
+        }
+        if (kFinal && active) {
+          if (z) yv *= xz[i] * sigmoid_acc(xz[i]);
+          store(y + (ts + i) * Di, yv);
         }
       }
     }
-    if (z) {
+  }
+  if (!kFinal && active) {
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const Acc zr = sZ[warp * kRow + base + r];
-        acc[r] *= zr * sigmoid_acc(zr);
-      }
+    for (int n = 0; n < kS; ++n) {
+      if (n >= N) break;
+      fc.ends[(state0 + n) * fc.count + k] = h[n];
+      fc.prods[(state0 + n) * fc.count + k] = prod[n];
     }
-#pragma unroll
-    for (int r = 0; r < R; ++r) sU[warp * kRow + base + r] = acc[r];  // this lane's own slots
-    __syncthreads();
-    store_channel_tile<K>(sU, y, t0, T, c0, Di);
+  }
+}
+
+// Pass 1.5: per (b, c, n), the state entering every chunk, composed from the chunks' own
+// maps h -> prod * h + end in order (the same affine composition as the recurrence).
+template <class Acc>
+__global__ void scan_fwd_carry_kernel(FwdChunks<Acc> fc, Acc* starts, int64_t rows) {
+  const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // (b, c, n)
+  if (r >= rows) return;
+  Acc h = 0;
+  for (int k = 0; k < fc.count; ++k) {
+    starts[r * fc.count + k] = h;
+    if (k + 1 < fc.count) h = fc.prods[r * fc.count + k] * h + fc.ends[r * fc.count + k];
   }
 }
 
@@ -517,6 +580,12 @@ __global__ void scan_dbc_finalize_kernel(const acc_t<F>* __restrict__ part, F* _
 
 // u, delta, dy may be any (B, T, Di) view with unit channel stride; Bm, Cm any (B, T, N)
 // view with unit state stride (the mixer's slices of the x_proj output). Others are copied.
+int sm_count(int device) {
+  int n = 0;
+  SESSA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "selective_scan");
+  return n;
+}
+
 Tensor unit_last_stride(const Tensor& t) { return t.strides().back() == 1 ? t : ops::contiguous(t); }
 
 int64_t chunk_count(DType dtype, int64_t T) {
@@ -581,10 +650,45 @@ Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& 
     *checkpoints = Tensor::empty({B, Di, N, p.chunks}, {acc_dtype(u.dtype()), u.device()});
     p.ckpt = checkpoints->raw_data();
   }
-  cudaStream_t st = stream(u.device().index);
+  const int device = u.device().index;
+  cudaStream_t st = stream(device);
   dispatch_float(u.dtype(), op, [&](auto tag) {
-    using K = typename ScanConfig<decltype(tag)>::type;
-    launch<K>(scan_fwd_kernel<K>, p, K::smem_bytes(2, 2, int(N), p.z), st, op);
+    using F = decltype(tag);
+    using Acc = acc_t<F>;
+    using K = typename ScanConfig<F>::type;  // the backward's chunking: the checkpoint spacing
+    // Split time into chunks only when the (b, c) threads alone would leave the GPU idle;
+    // chunk lengths are whole checkpoint spans.
+    FwdChunks<Acc> fc;
+    fc.every = K::kChunk;
+    const int64_t spans = p.chunks, threads = B * ((Di + kFwdThreads - 1) / kFwdThreads) * kFwdThreads;
+    const int64_t want = (int64_t(kFwdThreadsPerSM) * sm_count(device) + threads - 1) / threads;
+    const int64_t per_chunk = (spans + std::clamp<int64_t>(want, 1, spans) - 1) / std::clamp<int64_t>(want, 1, spans);
+    fc.len = int(per_chunk * fc.every), fc.count = int((spans + per_chunk - 1) / per_chunk);
+    const dim3 grid{unsigned((Di + kFwdThreads - 1) / kFwdThreads), unsigned(B), unsigned(fc.count)};
+    auto run = [&](auto kS) {
+      constexpr int S = decltype(kS)::value;
+      Tensor ends, prods, starts;
+      if (fc.count > 1) {  // pass 1 on chunks 0 .. count-2, then the carries
+        const TensorOptions acc{acc_dtype(u.dtype()), u.device()};
+        const Shape shape{B, Di, N, fc.count};
+        ends = Tensor::empty(shape, acc), prods = Tensor::empty(shape, acc), starts = Tensor::empty(shape, acc);
+        fc.ends = static_cast<Acc*>(ends.raw_data()), fc.prods = static_cast<Acc*>(prods.raw_data());
+        scan_fwd_kernel<F, S, false><<<dim3{grid.x, grid.y, grid.z - 1}, kFwdThreads, 0, st>>>(p, fc);
+        SESSA_CUDA_LAUNCH_CHECK(op);
+        if (N > 0) {
+          scan_fwd_carry_kernel<Acc>
+              <<<blocks_for(B * Di * N), kThreads, 0, st>>>(fc, static_cast<Acc*>(starts.raw_data()), B * Di * N);
+          SESSA_CUDA_LAUNCH_CHECK(op);
+        }
+        fc.starts = static_cast<const Acc*>(starts.raw_data());
+      }
+      scan_fwd_kernel<F, S, true><<<grid, kFwdThreads, 0, st>>>(p, fc);
+      SESSA_CUDA_LAUNCH_CHECK(op);
+    };
+    if (N <= 16)
+      run(std::integral_constant<int, 16>{});
+    else
+      run(std::integral_constant<int, kMaxState>{});
   });
   return y;
 }

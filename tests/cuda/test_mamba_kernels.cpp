@@ -2,7 +2,8 @@
 // depthwise conv1d and the selective scan, forward and every backward output, against the
 // CPU ops, with fresh device memory poisoned (tests/cuda/main.cpp) so that an output the
 // kernels leave unwritten fails. Shapes cover T = 1 (and T < K), T around the scan's
-// chunk of 128 steps and its lanes of 4 (3, 63, 65, 127, 129, 1000, 4097), batches of 1
+// chunk of 128 steps and its lanes of 4 (3, 63, 65, 127, 129, 1000, 4097; the forward
+// splits time at multiples of 128 when few channels leave SMs idle), batches of 1
 // and 3, channel counts that are not a multiple of the 16-channel blocks or 32-lane warps,
 // K = 1 and K = 9 (two tap groups in the dw reduction), state sizes N = 1, 4, 5, 16, 32,
 // 64, and Bm/Cm given as strided views (as the mixer passes them). The scan's backward
@@ -180,6 +181,13 @@ TEST_CASE("cuda selective_scan float32: forward and backward match the CPU") {
   check_scan(2, 150, 40, 32, DType::F32, 32);   // N = 32
   check_scan(2, 140, 33, 64, DType::F32, 33);   // the largest state supported
   check_scan(2, 1000, 256, 16, DType::F32, 34);
+}
+
+// The forward splits time into chunks only when batch x channels leaves SMs idle (as in
+// every case above); with enough channels (40k threads: one chunk on GPUs of up to ~150
+// SMs) it walks the whole sequence, checkpoints included, in one pass.
+TEST_CASE("cuda selective_scan with many channels: forward in one pass over time") {
+  check_scan(2, 300, 20000, 16, DType::F32, 35);
 }
 
 TEST_CASE("cuda selective_scan with strided Bm and Cm views") {
