@@ -31,18 +31,18 @@
 // chunk from its true q. Within a chunk, checkpoint segments (kEvery steps) go from last
 // to first: walk forward from the segment's checkpoint, leaving the state entering each
 // of its kSubs sub-segments of S = 64 / kS steps in global scratch (L2-resident); then
-// sub-segments from last to first: walk forward S steps keeping h_{t-1} in the thread's
-// row of shared memory, then walk them backwards, per (t, n):
+// sub-segments from last to first: walk forward S steps keeping h_{t-1} and e_t in the
+// thread's row of shared memory, then walk them backwards, per (t, n):
 //   g = q + gy Cm_t,  du_t += g delta_t Bm_t (via S1 = sum_n g Bm_t),
 //   ddelta_t += g (A e_t h_{t-1} + Bm_t u_t),  dA += g delta_t e_t h_{t-1},  q = e_t g,
 //   and the channel sums' terms dBm_t = g delta_t u_t, dCm_t = gy h_t (in the row, over
-//   h_{t-1} once read), plus y_t = sum_n Cm_t h_t + D u_t for dz = dy y SiLU'(z).
+//   h_{t-1} and e_t once read), plus y_t = sum_n Cm_t h_t + D u_t for dz = dy y SiLU'(z).
 // After each sub-segment (one barrier) thread v of the block sums value v of all 128 rows
 // (S * 2 kS = 128 values: one per thread, conflict-free) into the block's partial of dBm,
 // dCm; a second kernel sums the channel groups. dA and dD stay in registers, one partial
 // per (b, chunk, c), summed by the second pass in nn/mamba_partials.cuh. Backward cost per
-// (t, n): ~3 EX2 (segment walk, sub-segment walk, reverse), ~16 FP instructions, ~1
-// shared access, 2 adds of the channel sums.
+// (t, n), counted in the PTX: ~2 EX2 (segment walk, sub-segment walk), ~17 other FP
+// instructions, ~1.3 shared accesses, and 2 loads + 2 adds of the channel sums: ~25.
 // No atomics: every sum has a fixed order, so results are bitwise reproducible.
 // Storage is float32, bfloat16 or float64; arithmetic is float32 (float64 for float64).
 #include <algorithm>
@@ -422,31 +422,33 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kS == 16 ? 3 : 1)
         xz[i] = ok && z ? load(z + t * p.z_tstride) : Acc(0);
         xg[i] = gated(xy[i], xz[i], z);
       }
-      // Forward over the sub-segment: h_{t-1} of each step into this thread's row.
+      // Forward over the sub-segment: h_{t-1} and e_t of each step into this thread's row.
 #pragma unroll
       for (int i = 0; i < S; ++i) {
         if (i >= rs) break;
-        write_row(mine + i * 2 * kS, h);
-        if (i + 1 < rs) {
-          Acc bm[kS];
-          read_row(sBC[r0 + i], bm);
-          const Acc dtu = xd[i] * xu[i];
+        Acc bm[kS], e[kS];
+        read_row(sBC[r0 + i], bm);
+        const Acc dtu = xd[i] * xu[i];
 #pragma unroll
-          for (int n = 0; n < kS; ++n) h[n] = exp2_fast(xd[i] * a2[n]) * h[n] + dtu * bm[n];
-        }
+        for (int n = 0; n < kS; ++n) e[n] = exp2_fast(xd[i] * a2[n]);
+        write_row(mine + i * 2 * kS, h);
+        write_row(mine + i * 2 * kS + kS, e);
+#pragma unroll
+        for (int n = 0; n < kS; ++n) h[n] = e[n] * h[n] + dtu * bm[n];
       }
       // Backwards over it.
 #pragma unroll
       for (int i = S - 1; i >= 0; --i) {
         if (i >= rs) continue;
-        Acc hp[kS], bc[2 * kS];
+        Acc hp[kS], ep[kS], bc[2 * kS];
         read_row(mine + i * 2 * kS, hp);
+        read_row(mine + i * 2 * kS + kS, ep);
         read_row(sBC[r0 + i], bc);
         const Acc dtu = xd[i] * xu[i];
         Acc s1 = 0, s2 = 0, yo = d * xu[i];
 #pragma unroll
         for (int n = 0; n < kS; ++n) {
-          const Acc e = exp2_fast(xd[i] * a2[n]);
+          const Acc e = ep[n];
           const Acc eh = e * hp[n], ht = eh + dtu * bc[n];  // e_t h_{t-1}, h_t
           const Acc g = q[n] + xg[i] * bc[kS + n];          // dL/dh_t
           const Acc w = g * eh;
