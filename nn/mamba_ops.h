@@ -27,7 +27,7 @@ Conv1dGrads causal_conv1d_backward(const Tensor& dy, const Tensor& x, const Tens
 
 // u, delta: (B, T, Di); A: (Di, N); Bm, Cm: (B, T, N); Dskip: (Di) -> y (B, T, Di).
 // With z (B, T, Di) the output is gated, y * SiLU(z) (the mixer's gate, fused).
-// On CUDA, `checkpoints` (if given) receives the states at the chunk boundaries of the
+// On CUDA, `checkpoints` (if given) receives the states at the segment boundaries of the
 // parallel scan, for selective_scan_backward to reuse; on the CPU it is left undefined.
 Tensor selective_scan_forward(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
                               const Tensor& Dskip, const Tensor& z = {}, Tensor* checkpoints = nullptr);

@@ -2,8 +2,10 @@
 // depthwise conv1d and the selective scan, forward and every backward output, against the
 // CPU ops, with fresh device memory poisoned (tests/cuda/main.cpp) so that an output the
 // kernels leave unwritten fails. Shapes cover T = 1 (and T < K), T around the scan's
-// chunk of 128 steps and its lanes of 4 (3, 63, 65, 127, 129, 1000, 4097), batches of 1
-// and 3, channel counts that are not a multiple of the 16-channel blocks or 32-lane warps,
+// checkpoint segments of 64 steps (16 for N > 16) and sub-segments of 4 (3, 63, 65, 127,
+// 129, 1000, 4097; with few channels time is also split into chunks of whole segments,
+// which every case below but the "many channels" one does), batches of 1 and 3, channel
+// counts that are not a multiple of the scan's 128-channel blocks or the conv's blocks,
 // K = 1 and K = 9 (two tap groups in the dw reduction), state sizes N = 1, 4, 5, 16, 32,
 // 64, and Bm/Cm given as strided views (as the mixer passes them). The scan's backward
 // runs both with the forward's chunk checkpoints and without (recomputed). bfloat16 runs
@@ -144,8 +146,8 @@ void check_scan(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, uint64
     const Tensor zv = gate ? t[7] : Tensor();
     Tensor y = nn::selective_scan_forward(t[0], t[1], t[2], Bv, Cv, t[5], zv, saved ? &ckpt : nullptr);
     if (saved && t[0].is_cuda()) {
-      const int64_t chunks = (T + 127) / 128, chunks64 = (T + 63) / 64;  // float/bf16, float64 chunking
-      const Shape want{B, Di, N, dtype == DType::F64 ? chunks64 : chunks};
+      const int64_t every = N <= 16 ? 64 : 16;  // the checkpoint spacing (nn/mamba_scan.cu)
+      const Shape want{B, Di, N, (T + every - 1) / every};
       CHECK_MESSAGE(ckpt.shape() == want, what << ": checkpoints " << ckpt.shape());
     }
     auto g = nn::selective_scan_backward(t[6], t[0], t[1], t[2], Bv, Cv, t[5], zv, ckpt);
@@ -166,21 +168,27 @@ void check_scan(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, uint64
 }
 
 TEST_CASE("cuda selective_scan float32: forward and backward match the CPU") {
-  check_scan(3, 1, 37, 16, DType::F32, 21);     // T = 1: one lane holds the only step
-  check_scan(1, 3, 37, 16, DType::F32, 22);     // T = 3 < one lane's 4 steps
-  check_scan(3, 63, 45, 16, DType::F32, 23);    // part of a chunk, lanes partly empty
-  check_scan(1, 65, 70, 16, DType::F32, 24);    // C over three 16-channel blocks, last one partial
-  check_scan(3, 127, 19, 16, DType::F32, 25);   // one step short of a chunk
-  check_scan(1, 129, 37, 16, DType::F32, 26);   // one step past a chunk
-  check_scan(3, 1000, 45, 16, DType::F32, 27);  // 8 chunks, last one partial
-  check_scan(1, 4097, 37, 16, DType::F32, 28);  // 33 chunks, the last of one step
+  check_scan(3, 1, 37, 16, DType::F32, 21);     // T = 1: one step, one sub-segment
+  check_scan(1, 3, 37, 16, DType::F32, 22);     // T = 3 < a sub-segment's 4 steps
+  check_scan(3, 63, 45, 16, DType::F32, 23);    // one step short of a 64-step segment
+  check_scan(1, 65, 70, 16, DType::F32, 24);    // one step past a segment
+  check_scan(3, 127, 19, 16, DType::F32, 25);   // one step short of two segments
+  check_scan(1, 129, 37, 16, DType::F32, 26);   // one step past two segments
+  check_scan(3, 1000, 45, 16, DType::F32, 27);  // 16 segments, the last partial
+  check_scan(1, 4097, 37, 16, DType::F32, 28);  // 65 segments, the last of one step
   check_scan(2, 300, 45, 4, DType::F32, 29);    // N = 4
   check_scan(3, 7, 37, 5, DType::F32, 30);      // N = 5
   check_scan(1, 20, 33, 1, DType::F32, 31);     // N = 1
   check_scan(2, 150, 40, 32, DType::F32, 32);   // N = 32
   check_scan(2, 140, 33, 64, DType::F32, 33);   // the largest state supported
   check_scan(2, 1000, 256, 16, DType::F32, 34);
+  check_scan(2, 129, 300, 16, DType::F32, 36);  // channels over three 128-channel blocks, last partial
 }
+
+// Time is split into chunks only when batch x channels leaves SMs idle (as in every case
+// above); with 60k (b, channel) threads (one chunk forward and backward on GPUs of up to
+// ~150 SMs) each thread walks the whole sequence.
+TEST_CASE("cuda selective_scan with many channels: one time chunk") { check_scan(3, 200, 20000, 16, DType::F32, 35); }
 
 TEST_CASE("cuda selective_scan with strided Bm and Cm views") {
   check_scan(3, 7, 37, 16, DType::F32, 41, true);
