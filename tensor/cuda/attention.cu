@@ -111,7 +111,7 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
         constexpr int DH = decltype(dh_tag)::value;
         using Tile = attn::ForwardTile<DH>;
         allow_smem(attn::mma_forward<DH>, Tile::smem_bytes, op);
-        attn::mma_forward<DH><<<unsigned(d.B * d.H) * blocks_for(d.Tq, Tile::BM), 128, Tile::smem_bytes, st>>>(
+        attn::mma_forward<DH><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, Tile::BM)), 128, Tile::smem_bytes, st>>>(
             ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(res.out), ptr<float>(res.lse), d,
             float(scale) * attn::kLog2e, vec);
         SESSA_CUDA_LAUNCH_CHECK(op);
@@ -165,7 +165,7 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
         constexpr int DH = decltype(dh_tag)::value;
         using Tile = attn::BackwardTile<DH>;
         allow_smem(attn::mma_backward<DH>, Tile::smem_bytes, op);
-        attn::mma_backward<DH><<<unsigned(d.B * d.Hkv) * blocks_for(d.Tk, Tile::BN), 128, Tile::smem_bytes, st>>>(
+        attn::mma_backward<DH><<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, Tile::BN)), 128, Tile::smem_bytes, st>>>(
             ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
             ptr<float>(dq_acc), ptr<bf16_t>(g.dk), ptr<bf16_t>(g.dv), d, float(scale) * attn::kLog2e, float(scale),
             vec);
