@@ -49,6 +49,17 @@ Tensor Linear::forward(const Tensor& x) const {
   return linear(compute(x), compute(weight), bias.defined() ? compute(bias) : Tensor{});
 }
 
+std::vector<Tensor> Linear::forward_parts(const Tensor& x, const std::vector<int64_t>& sizes) const {
+  SESSA_CHECK(x.size(-1) == in_features, "Linear",
+              "input " << x.shape() << " has last dim " << x.size(-1) << ", layer expects " << in_features);
+  const Tensor xc = compute(x);
+  const std::vector<Tensor> w = split(compute(weight), 0, sizes);
+  const std::vector<Tensor> b = bias.defined() ? split(compute(bias), 0, sizes) : std::vector<Tensor>(sizes.size());
+  std::vector<Tensor> parts;
+  for (size_t i = 0; i < sizes.size(); ++i) parts.push_back(linear(xc, w[i], b[i]));
+  return parts;
+}
+
 LayerNorm::LayerNorm(int64_t dim, double eps_, TensorOptions topt) : eps(eps_) {
   weight = ones({dim}, topt);
   bias = zeros({dim}, topt);

@@ -20,6 +20,10 @@ class Linear : public Module {
   // weight (out, in) decays, bias (out) or undefined does not.
   explicit Linear(Tensor weight, Tensor bias = {});
   Tensor forward(const Tensor& x) const;
+  // The values of split(forward(x), -1, sizes), each part computed from its own block of
+  // weight rows: the parts come out contiguous, and the backward needs no full-width
+  // zero gradient per part (the narrow of an activation) but only one of the weight.
+  std::vector<Tensor> forward_parts(const Tensor& x, const std::vector<int64_t>& sizes) const;
   // The parameters the first constructor registers, from the shapes alone (nothing built).
   static int64_t count_parameters(int64_t in, int64_t out, bool bias) { return out * in + (bias ? out : 0); }
   int64_t in_features, out_features;

@@ -67,9 +67,9 @@ Tensor MambaMixer::forward(const Tensor& x) const {
   SESSA_CHECK(x.dim() == 3 && x.size(2) == d_model, "MambaBlock",
               "input " << x.shape() << " should be (B, T, " << d_model << ")");
   const int64_t Di = d_inner, N = d_state, R = dt_rank;
-  auto xz = split(in_proj->forward(x), 2, {Di, Di});
+  auto xz = in_proj->forward_parts(x, {Di, Di});
   Tensor u = causal_conv1d(xz[0], compute(conv_weight), compute(conv_bias), /*silu=*/true);  // SiLU fused
-  auto dbc = split(x_proj->forward(u), 2, {R, N, N});
+  auto dbc = split(x_proj->forward(u), 2, {R, N, N});  // narrow (R + 2N wide): one GEMM beats three
   Tensor delta = softplus(dt_proj->forward(dbc[0]));
   Tensor A = compute(-exp(A_log));
   Tensor y = selective_scan(u, delta, A, dbc[1], dbc[2], compute(D), /*z=*/xz[1]);  // gated by SiLU(z), fused

@@ -34,7 +34,7 @@ struct InfluenceOptions {
   std::vector<int64_t> lags;        // lags l >= 1 to measure, ascending; need max(sources) + max(lags) < T
   int64_t probes = 0;               // 0: exact (D basis probes); > 0: that many Gaussian probes
   int64_t batch = 0;                // probes per forward/backward pass; 0: influence_batch's choice
-  std::function<void(const InfluenceProgress&)> progress;  // called after each pass, when set
+  std::function<void(const InfluenceProgress&)> progress = {};  // called after each pass, when set
 };
 
 // Probes per forward/backward pass over a prefix of `length` positions of width

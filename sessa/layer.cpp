@@ -56,9 +56,9 @@ int64_t SessaLayer::count_parameters(const SessaOptions& opt) {
 SessaLayer::Branches SessaLayer::branches(const Tensor& x) const {
   const int64_t D = opt_.d_model;
   SESSA_CHECK(x.dim() == 3 && x.size(2) == D, "SessaLayer", "expected input (B, T, " << D << "), got " << x.shape());
-  auto ag = split(proj_in->forward(norm->forward(x)), -1, {D, D});
+  auto ag = proj_in->forward_parts(norm->forward(x), {D, D});
   Tensor abar = gelu(ag[0]);
-  auto qk = split(proj_fb->forward(abar), -1, {D, D});
+  auto qk = proj_fb->forward_parts(abar, {D, D});
   Tensor gate_logit = squeeze(gamma_proj->forward(abar), -1) + nn::compute(gamma_bias);
   return {abar, ag[1], qk[0], qk[1], tanh(gate_logit) * opt_.gamma_max};
 }

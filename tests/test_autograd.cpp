@@ -35,6 +35,30 @@ TEST_CASE("linear: wrong shapes give an error naming them") {
   test::check_error([&] { layer.forward(zeros({2, 5})); }, {"Linear", "[2, 5]", "expects 3"});
 }
 
+TEST_CASE("Linear::forward_parts equals split(forward) in values and gradients") {
+  Generator g(9);
+  for (bool bias : {true, false}) {
+    CAPTURE(bias);
+    nn::Linear layer(5, 7, g, nn::LinearOptions{bias, 0.5}, TensorOptions{DType::F64});
+    Tensor x = leaf({2, 3, 5}, g), w = normal({2, 3, 7}, 0, 1, g, {DType::F64});
+    auto loss_grads = [&](bool parts_path) {
+      for (const Tensor& t : {x, layer.weight, layer.bias})
+        if (t.defined()) t.set_grad(Tensor{});
+      std::vector<Tensor> parts = parts_path ? layer.forward_parts(x, {3, 4}) : split(layer.forward(x), -1, {3, 4});
+      CHECK(parts.size() == 2);
+      if (parts_path) CHECK((parts[0].is_contiguous() && parts[1].is_contiguous()));
+      Tensor y = cat({parts[0] * 2.0, parts[1]}, -1);  // the parts enter the loss differently
+      autograd::backward(sum_all(y * w));
+      std::vector<Tensor> out{y.detach(), x.grad(), layer.weight.grad()};
+      if (bias) out.push_back(layer.bias.grad());
+      return out;
+    };
+    const std::vector<Tensor> ref = loss_grads(false), got = loss_grads(true);
+    for (size_t i = 0; i < ref.size(); ++i) CHECK(test::max_rel_diff(got[i], ref[i]) < 1e-12);
+  }
+  test::check_error([&] { nn::Linear(3, 4, g).forward_parts(zeros({2, 3}), {1, 2}); }, {"split", "add up to 3"});
+}
+
 TEST_CASE("gradcheck detects a wrong backward") {
   Generator g(5);
   Tensor x = leaf({3}, g);
