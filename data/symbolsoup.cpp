@@ -437,4 +437,17 @@ Batch label_batch(const std::vector<TokenizedExample>& examples, const std::vect
   return b;
 }
 
+std::vector<int32_t> next_token_targets(const std::vector<int32_t>& inputs, int64_t B, int64_t T) {
+  SESSA_CHECK(B >= 0 && T >= 0 && int64_t(inputs.size()) == B * T, "next_token_targets",
+              "inputs hold " << inputs.size() << " tokens, expected B * T = " << B << " * " << T);
+  std::vector<int32_t> targets(inputs.size(), -1);
+  for (int64_t r = 0; r < B; ++r) {
+    const int32_t* row = inputs.data() + r * T;
+    const int64_t label = std::find(row, row + T, int32_t(kLabel)) - row;
+    SESSA_CHECK(label < T, "next_token_targets", "row " << r << " of the batch has no <label> token");
+    std::copy(row + 1, row + label + 1, targets.begin() + r * T);  // t < label predicts row[t + 1]
+  }
+  return targets;
+}
+
 }  // namespace sessa::data::symbolsoup

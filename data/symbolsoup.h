@@ -127,5 +127,11 @@ std::vector<TokenizedExample> tokenize_all(const std::vector<Example>& examples)
 // everywhere but at each row's <label>, whose target is its class token. Attention and
 // scans are causal, so the padding after <label> never reaches the scored position.
 Batch label_batch(const std::vector<TokenizedExample>& examples, const std::vector<int64_t>& indices);
+// The full-sequence language-model targets of a batch's inputs (B, T) (train --lm-weight):
+// in each row, position t before the first <label> predicts the next token inputs[t + 1];
+// the <label> position itself (scored by the class target), everything after it (padding)
+// and a row without <label> (an error) are -1. Tokens up to <label> are all real: padding
+// only follows it.
+std::vector<int32_t> next_token_targets(const std::vector<int32_t>& inputs, int64_t B, int64_t T);
 
 }  // namespace sessa::data::symbolsoup

@@ -1,16 +1,18 @@
 // SymbolSoup (data/symbolsoup.h, apps/common/label_classifier.h): the generator's
 // statistics match the distribution, TSV files round-trip and malformed ones
-// fail naming file and line, batches score only <label>, and a tiny model learns an
-// easy variant well above chance.
+// fail naming file and line, batches score only <label>, the optional next-token targets
+// are exactly the next real tokens, and a tiny model learns an easy variant well above chance.
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
 
 #include "apps/common/label_classifier.h"
 #include "data/symbolsoup.h"
+#include "nn/functional.h"
 #include "nn/trainer.h"
 #include "sessa/model.h"
 #include "tests/helpers.h"
@@ -299,6 +301,60 @@ TEST_CASE("label batches pad on the right and score only the <label> position") 
   int scored = 0;
   for (int32_t t : b.targets) scored += t != -1;
   CHECK(scored == 2);
+}
+
+TEST_CASE("next-token targets: the next token before <label>, ignored at <label>, after it, and in padding") {
+  std::vector<soup::TokenizedExample> ex(2);
+  ex[0].ids = soup::tokenize("<bos> a <label>"), ex[0].label = 4;
+  ex[1].ids = soup::tokenize("<bos> a b c <label>"), ex[1].label = 17;
+  const data::Batch b = soup::label_batch(ex, {1, 0});
+  REQUIRE((b.B == 2 && b.T == 9));
+  const std::vector<int32_t> next = soup::next_token_targets(b.inputs, b.B, b.T);
+  REQUIRE(next.size() == b.inputs.size());
+  const int64_t length[2] = {9, 5};  // row 0 is example 1 (no padding), row 1 example 0
+  for (int64_t r = 0; r < 2; ++r)
+    for (int64_t t = 0; t < b.T; ++t) {
+      const size_t i = size_t(r * b.T + t);
+      CAPTURE(r);
+      CAPTURE(t);
+      CHECK(next[i] == (t + 1 < length[r] ? b.inputs[i + 1] : -1));
+    }
+  CHECK(next[7] == soup::kLabel);  // the token before <label> predicts it
+  // Nothing after a row's first <label> is scored, even if tokens other than padding follow.
+  std::vector<int32_t> odd = {soup::kBos, soup::kLabel, soup::kFirstLetter, soup::kLabel};
+  CHECK(soup::next_token_targets(odd, 1, 4) == std::vector<int32_t>{soup::kLabel, -1, -1, -1});
+  check_error([] { soup::next_token_targets({soup::kBos, soup::kPad}, 1, 2); }, {"next_token_targets", "no <label>"});
+  check_error([] { soup::next_token_targets({soup::kLabel}, 1, 2); }, {"next_token_targets", "B * T"});
+}
+
+TEST_CASE("label_loss: weight 0 is the label loss bit for bit; weight W adds W x the next-token loss") {
+  nn::ModelConfig c = nn::preset("transformer", "tiny", soup::kVocabSize);
+  c.d_model = 16, c.n_heads = 2, c.n_layers = 1;
+  auto model = layer::build_model(c, 3);
+  std::vector<soup::TokenizedExample> ex(2);
+  ex[0].ids = soup::tokenize("<bos>\na b\n<sep> <label>"), ex[0].label = 4;
+  ex[1].ids = soup::tokenize("<bos>\nc d e f\n<sep> <label>"), ex[1].label = 17;
+  const data::Batch host = soup::label_batch(ex, {0, 1});
+  const nn::TokenBatch b = nn::to_device(host, model->device());
+  autograd::NoGradGuard no_grad;
+  const Tensor logits = model->forward(b.ids);
+  const double label = nn::cross_entropy(logits, b.targets, -1).item();  // the loss before --lm-weight existed
+  const double lm =
+      nn::cross_entropy(
+          logits, from_vector(soup::next_token_targets(host.inputs, host.B, host.T), {host.B, host.T}, {DType::I32}),
+          -1)
+          .item();
+  CHECK(apps::label_loss(nullptr)(*model, b).item() == label);  // bitwise
+  CHECK(apps::label_loss(nullptr, {}, 0.0)(*model, b).item() == label);
+  apps::LossTerms terms;
+  const double total = apps::label_loss(nullptr, {}, 0.25, &terms)(*model, b).item();
+  CHECK(total == doctest::Approx(label + 0.25 * lm).epsilon(1e-6));
+  CHECK(terms.batches == 1);
+  CHECK(terms.label == label);
+  CHECK(terms.lm == doctest::Approx(lm).epsilon(1e-6));
+  CHECK(lm > 1.0);  // an untrained model: about ln 46 per token, not 0 (the targets are real tokens)
+  check_error([] { apps::label_loss(nullptr, {}, -1.0); }, {"label_loss", "lm_weight", "-1"});
+  check_error([] { apps::label_loss(nullptr, {}, std::nan("")); }, {"label_loss", "lm_weight"});
 }
 
 TEST_CASE("label hits take the argmax over the class tokens only") {

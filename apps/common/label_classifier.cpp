@@ -1,6 +1,8 @@
 // label_classifier.cpp - loss, hits and evaluation of a language model classifying at one position.
 #include "apps/common/label_classifier.h"
 
+#include <cmath>
+
 #include "autograd/ops.h"
 #include "nn/functional.h"
 
@@ -31,11 +33,22 @@ void count_label_hits(const Tensor& logits, const Tensor& targets, ClassTokens c
   }
 }
 
-std::function<Tensor(nn::LanguageModel&, const nn::TokenBatch&)> label_loss(LabelHits* hits, ClassTokens classes) {
-  return [hits, classes](nn::LanguageModel& model, const nn::TokenBatch& b) {
+std::function<Tensor(nn::LanguageModel&, const nn::TokenBatch&)> label_loss(LabelHits* hits, ClassTokens classes,
+                                                                            double lm_weight, LossTerms* terms) {
+  SESSA_CHECK(std::isfinite(lm_weight) && lm_weight >= 0, "label_loss",
+              "lm_weight must be finite and >= 0, got " << lm_weight);
+  return [hits, classes, lm_weight, terms](nn::LanguageModel& model, const nn::TokenBatch& b) {
     Tensor logits = model.forward(b.ids);  // (B, T, V)
     if (hits) count_label_hits(logits, b.targets, classes, *hits);
-    return nn::cross_entropy(logits, b.targets, -1);
+    const Tensor label = nn::cross_entropy(logits, b.targets, -1);
+    if (lm_weight == 0 && !terms) return label;
+    // The next-token targets (B, T) of the same rows: the ids come to the host (count_label_hits
+    // reads the targets already), the targets go back to the device.
+    const std::vector<int32_t> next =
+        data::symbolsoup::next_token_targets(b.ids.to_vector<int32_t>(), b.ids.size(0), b.ids.size(1));
+    const Tensor lm = nn::cross_entropy(logits, from_vector(next, b.ids.shape(), {DType::I32, b.ids.device()}), -1);
+    if (terms) terms->label += label.item(), terms->lm += lm.item(), ++terms->batches;
+    return lm_weight == 0 ? label : label + lm * lm_weight;
   };
 }
 
