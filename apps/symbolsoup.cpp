@@ -5,7 +5,8 @@
 //   symbolsoup eval --checkpoint RUN --test DIR/test.tsv        # last line: accuracy <fraction> on <n> examples
 //
 // train: a language model reads each example and predicts its class token at the
-// <label> position (the loss there alone, through the cross-entropy ignore index);
+// <label> position (the loss there, through the cross-entropy ignore index; with
+// --lm-weight W > 0 also W times the next-token loss over the example's tokens);
 // the optimisation step is nn::Trainer's. It prints a progress line, validation
 // accuracy every --eval-every steps, writes log.csv, accuracy.svg, loss.svg and
 // latest.safetensors (a checkpoint apps/sample and eval read), and ends with the
@@ -87,7 +88,7 @@ struct TrainFlags {
   std::string data, out, device = "auto", dtype = "fp32";
   int64_t batch = 16, steps = 1000, warmup = 50, eval_every = 100, val_examples = 500, eval_batch = 32, ckpt_every = 0,
           log_every = 10;
-  double lr = 1e-3, weight_decay = 0.1, grad_clip = 1.0;
+  double lr = 1e-3, weight_decay = 0.1, grad_clip = 1.0, lm_weight = 0;
   uint64_t seed = 1;
   int threads = 0;
 };
@@ -105,14 +106,22 @@ std::vector<soup::TokenizedExample> load_split(const fs::path& path) {
 // log.csv, loss.svg and accuracy.svg of a run; every write replaces the file atomically.
 class RunLog {
  public:
-  explicit RunLog(fs::path dir) : dir_(std::move(dir)) {
-    csv_ = "step,loss,train_acc,lr,grad_norm,ms_per_step,tokens_per_s,val_loss,val_acc\n";
+  // with_lm: the run has a next-token term (--lm-weight > 0); its loss is a last column, lm_loss.
+  RunLog(fs::path dir, bool with_lm) : dir_(std::move(dir)), with_lm_(with_lm) {
+    csv_ = "step,loss,train_acc,lr,grad_norm,ms_per_step,tokens_per_s,val_loss,val_acc";
+    csv_ += with_lm ? ",lm_loss\n" : "\n";
   }
-  void step(int64_t step, double loss, double acc, double lr, double gnorm, double ms, double tps) {
+  // loss: at the label positions; lm_loss: the next-token term (read only when with_lm).
+  void step(int64_t step, double loss, double acc, double lr, double gnorm, double ms, double tps, double lm_loss) {
     char line[256];
-    std::snprintf(line, sizeof line, "%ld,%.6g,%.4f,%.6g,%.6g,%.4g,%.6g,,\n", long(step), loss, acc, lr, gnorm, ms,
-                  tps);
+    std::snprintf(line, sizeof line, "%ld,%.6g,%.4f,%.6g,%.6g,%.4g,%.6g,,", long(step), loss, acc, lr, gnorm, ms, tps);
     csv_ += line;
+    if (with_lm_) {
+      std::snprintf(line, sizeof line, ",%.6g", lm_loss);
+      csv_ += line;
+      train_lm_loss_.points.push_back({double(step), lm_loss});
+    }
+    csv_ += "\n";
     train_loss_.points.push_back({double(step), loss});
     train_acc_.points.push_back({double(step), acc});
   }
@@ -126,9 +135,12 @@ class RunLog {
   }
   void write() const {
     data::write_text_file_atomic((dir_ / "log.csv").string(), csv_);
-    data::write_text_file_atomic((dir_ / "loss.svg").string(),
-                                 apps::svg_line_plot({train_loss_, val_loss_}, "SymbolSoup loss", "step",
-                                                     "cross-entropy at <label> (nats)", true));
+    std::vector<apps::Series> losses = {train_loss_, val_loss_};
+    if (with_lm_) losses.push_back(train_lm_loss_);
+    data::write_text_file_atomic(
+        (dir_ / "loss.svg").string(),
+        apps::svg_line_plot(losses, "SymbolSoup loss", "step",
+                            with_lm_ ? "cross-entropy (nats)" : "cross-entropy at <label> (nats)", true));
     data::write_text_file_atomic(
         (dir_ / "accuracy.svg").string(),
         apps::svg_line_plot({train_acc_, val_acc_}, "SymbolSoup accuracy", "step", "class accuracy", false));
@@ -136,8 +148,10 @@ class RunLog {
 
  private:
   fs::path dir_;
+  bool with_lm_ = false;
   std::string csv_;
   apps::Series train_loss_{"train (per logged window)", "#1f77b4", {}}, val_loss_{"validation", "#d62728", {}};
+  apps::Series train_lm_loss_{"train next-token (per logged window)", "#2ca02c", {}};
   apps::Series train_acc_{"train (per logged window)", "#1f77b4", {}}, val_acc_{"validation", "#d62728", {}};
 };
 
@@ -147,7 +161,7 @@ data::Json flags_json(const TrainFlags& f, const nn::ModelConfig& c) {
   j["data"] = f.data, j["model"] = std::string(nn::family_info(c.family).name), j["batch"] = f.batch,
   j["steps"] = f.steps, j["warmup"] = f.warmup;
   j["lr"] = f.lr, j["weight_decay"] = f.weight_decay, j["grad_clip"] = f.grad_clip, j["seed"] = int64_t(f.seed);
-  j["dtype"] = f.dtype;
+  j["dtype"] = f.dtype, j["lm_weight"] = f.lm_weight;
   return j;
 }
 
@@ -179,18 +193,22 @@ int train(TrainFlags f) {
   fs::create_directories(f.out);
 
   auto model = layer::build_model(config, f.seed, {DType::F32, device});
-  apps::LabelHits window_hits;  // training hits since the last progress line
+  apps::LabelHits window_hits;   // training hits since the last progress line
+  apps::LossTerms window_terms;  // the label and next-token terms since then (--lm-weight > 0 only)
+  const bool with_lm = f.lm_weight > 0;
   nn::TrainerOptions topt{.adamw = {.lr = f.lr, .weight_decay = f.weight_decay},
                           .grad_clip = f.grad_clip,
                           .compute_dtype = dtype,
-                          .loss = apps::label_loss(&window_hits)};
+                          .loss = apps::label_loss(&window_hits, {}, f.lm_weight, with_lm ? &window_terms : nullptr)};
   nn::Trainer trainer(model, topt);
   std::printf("model   %s | %ld parameters | %s %s\n", config.summary().c_str(), long(model->parameter_count()),
               device.str().c_str(), dtype_name(dtype));
   std::printf("train   %ld steps x batch %ld, lr %.2e (warm-up %ld, cosine), seed %lu -> %s\n", long(f.steps),
               long(f.batch), f.lr, long(f.warmup), (unsigned long)f.seed, f.out.c_str());
+  if (with_lm)
+    std::printf("loss    cross-entropy at <label> + %g x next-token cross-entropy over the example\n", f.lm_weight);
 
-  RunLog log(f.out);
+  RunLog log(f.out, with_lm);
   auto evaluate = [&](int64_t step, const std::vector<soup::TokenizedExample>& set, const char* name) {
     const auto t0 = Clock::now();
     apps::LabelEval v = apps::evaluate_labels(*model, set, f.eval_batch, dtype);
@@ -227,7 +245,7 @@ int train(TrainFlags f) {
 
   const bool tty = isatty(1);
   const auto t_start = Clock::now();
-  double window_loss = 0, tokens_total = 0;
+  double window_loss = 0, tokens_total = 0, last_label_loss = 0, last_lm_loss = 0;
   int64_t window_steps = 0;
   for (int64_t step = 0; step < f.steps;) {
     const auto t0 = Clock::now();
@@ -241,13 +259,21 @@ int train(TrainFlags f) {
     SESSA_CHECK(std::isfinite(r.loss), "train", "the loss is " << r.loss << " at step " << step << " (lower --lr)");
     if (step % f.log_every == 0 || step == f.steps) {
       const double elapsed = seconds_since(t_start);
-      const double loss = window_loss / double(window_steps), acc = window_hits.accuracy();
-      log.step(step, loss, acc, lr, r.grad_norm, ms, tokens / (ms / 1e3));
-      std::printf("%sstep %ld/%ld | loss %.4f | acc %.3f | lr %.2e | gnorm %.3f | %.1f ms | %.0f tok/s | ETA %s%s",
-                  tty ? "\r" : "", long(step), long(f.steps), loss, acc, lr, r.grad_norm, ms, tokens_total / elapsed,
+      // Without the next-token term the step loss is the label loss; with it, its terms are apart.
+      const double acc = window_hits.accuracy(), terms = double(std::max<int64_t>(1, window_terms.batches));
+      last_label_loss = with_lm ? window_terms.label / terms : window_loss / double(window_steps);
+      last_lm_loss = with_lm ? window_terms.lm / terms : 0.0;
+      log.step(step, last_label_loss, acc, lr, r.grad_norm, ms, tokens / (ms / 1e3), last_lm_loss);
+      char losses[96];
+      if (with_lm)
+        std::snprintf(losses, sizeof losses, "label loss %.4f | lm loss %.4f", last_label_loss, last_lm_loss);
+      else
+        std::snprintf(losses, sizeof losses, "loss %.4f", last_label_loss);
+      std::printf("%sstep %ld/%ld | %s | acc %.3f | lr %.2e | gnorm %.3f | %.1f ms | %.0f tok/s | ETA %s%s",
+                  tty ? "\r" : "", long(step), long(f.steps), losses, acc, lr, r.grad_norm, ms, tokens_total / elapsed,
                   human_duration(elapsed / double(step) * double(f.steps - step)).c_str(), tty ? "   " : "\n");
       std::fflush(stdout);
-      window_hits = {}, window_loss = 0, window_steps = 0;
+      window_hits = {}, window_terms = {}, window_loss = 0, window_steps = 0;
     }
     if (f.eval_every > 0 && step % f.eval_every == 0 && step < f.steps) {
       if (tty) std::printf("\n");
@@ -261,14 +287,17 @@ int train(TrainFlags f) {
   checkpoint(f.steps);
   const apps::LabelEval test = evaluate(f.steps, test_set, "test");
 
-  char result[512];
+  // The train losses are the last progress line's (its window of steps); train_lm_loss only with --lm-weight > 0.
+  char lm_fields[96] = "";
+  if (with_lm) std::snprintf(lm_fields, sizeof lm_fields, ", \"train_lm_loss\": %.6g", last_lm_loss);
+  char result[768];
   std::snprintf(result, sizeof result,
                 "{\"model\": \"%s\", \"parameters\": %ld, \"d_model\": %ld, \"layers\": %ld, \"lr\": %g, "
-                "\"seed\": %lu, \"steps\": %ld, \"batch\": %ld, \"train_seconds\": %.2f, \"test_accuracy\": %.6f, "
-                "\"test_examples\": %ld}\n",
+                "\"seed\": %lu, \"steps\": %ld, \"batch\": %ld, \"lm_weight\": %g, \"train_seconds\": %.2f, "
+                "\"train_label_loss\": %.6g%s, \"test_accuracy\": %.6f, \"test_examples\": %ld}\n",
                 nn::family_info(config.family).name, long(model->parameter_count()), long(config.d_model),
-                long(config.n_layers), f.lr, (unsigned long)f.seed, long(f.steps), long(f.batch), train_seconds,
-                test.hits.accuracy(), long(test.hits.total));
+                long(config.n_layers), f.lr, (unsigned long)f.seed, long(f.steps), long(f.batch), f.lm_weight,
+                train_seconds, last_label_loss, lm_fields, test.hits.accuracy(), long(test.hits.total));
   data::write_text_file_atomic((fs::path(f.out) / "result.json").string(), result);
   std::printf(
       "done: %ld steps in %s, %.0f tok/s | checkpoint %s/latest.safetensors | log %s/log.csv, plot %s/accuracy.svg\n",
@@ -328,7 +357,7 @@ int plot(const PlotFlags& f) {
       std::vector<std::string> col;
       std::stringstream ss(line);
       for (std::string c; std::getline(ss, c, ',');) col.push_back(c);
-      if (col.size() == 9 && !col[8].empty()) s.points.push_back({std::stod(col[0]), std::stod(col[8])});
+      if (col.size() >= 9 && !col[8].empty()) s.points.push_back({std::stod(col[0]), std::stod(col[8])});
     }
     series.push_back(std::move(s));
   }
@@ -388,6 +417,10 @@ int main(int argc, char** argv) {
       ->check(apps::finite_non_negative(100))
       ->capture_default_str();
   tr->add_option("--grad-clip", t.grad_clip, "Global gradient-norm clip (0: off)")
+      ->check(apps::finite_non_negative(1e6))
+      ->capture_default_str();
+  tr->add_option("--lm-weight", t.lm_weight,
+                 "Weight of the next-token loss over each example's tokens beside the <label> loss (0: label only)")
       ->check(apps::finite_non_negative(1e6))
       ->capture_default_str();
   tr->add_option("--eval-every", t.eval_every, "Validation every N steps (0: only at the end)")

@@ -5,8 +5,9 @@
 # a closed stdout (SIGPIPE), the divergence guard, resume past the end, a dangling
 # latest link, a too-small validation set, a full disk (ulimit -f), prepare's
 # all-or-nothing shards and its one-line skip summary; a resumed run keeping its
-# architecture and symbolsoup's flags; bench and influence refusing what would not fit in
-# memory, and influence reporting progress (docs/reliability.md). CPU only, well under a minute.
+# architecture and symbolsoup's flags (and a --lm-weight run); bench and influence
+# refusing what would not fit in memory, and influence reporting progress
+# (docs/reliability.md). CPU only, well under a minute.
 # Usage: tests/test_reliability.sh BUILD_DIR
 set -uo pipefail
 source "$(dirname "$0")/app_helpers.sh" "$1"
@@ -155,10 +156,18 @@ expect_error "symbolsoup --threads bounded (was SIGSEGV)" "--threads: expected a
 expect_error "symbolsoup --lr nan refused" "--lr: expected a finite number greater than 0" "${SOUP[@]}" --lr nan
 expect_error "symbolsoup --grad-clip nan refused" "--grad-clip: expected a finite number" "${SOUP[@]}" --grad-clip nan
 expect_error "symbolsoup --steps past int64" "(too large)" "${SOUP[@]}" --steps 99999999999999999999
+expect_error "symbolsoup --lm-weight -1 refused" "--lm-weight: expected a finite number" "${SOUP[@]}" --lm-weight -1
+expect_error "symbolsoup --lm-weight nan refused" "--lm-weight: expected a finite number" "${SOUP[@]}" --lm-weight nan
 expect_error "symbolsoup --classes out of range in words" "--classes: expected a whole number from 0 to 19" \
   "$APPS/symbolsoup" generate --out-dir "$WORK/soup2" --classes 25
 [ ! -e "$WORK/soup_run" ] && [ ! -e "$WORK/soup2" ] && pass "symbolsoup: refused flags wrote nothing" \
   || fail "symbolsoup: a refused run wrote $(ls -d "$WORK"/soup_run "$WORK"/soup2 2>/dev/null)"
+out=$("${SOUP[@]}" --lm-weight 0.5 --steps 4 --batch 4 --log-every 2 --eval-every 0 --val-examples 4 --threads 1 \
+  --out "$WORK/soup_lm" 2>&1)
+grep -Eq "step 4/4 \| label loss [0-9.]+ \| lm loss [0-9.]+ \|" <<<"$out" \
+  && head -1 "$WORK/soup_lm/log.csv" | grep -q ',val_acc,lm_loss$' && grep -q '"train_lm_loss": ' "$WORK/soup_lm/result.json" \
+  && grep -q "^test accuracy" <<<"$out" && pass "symbolsoup --lm-weight 0.5: both losses in the progress line, log.csv, result.json" \
+  || fail "symbolsoup --lm-weight run: $out"
 
 # ---- 9. memory bounds: refused up front naming the flags; a long influence run is never silent ----
 expect_error "bench far past memory names the flags and the estimate (was a bare std::bad_alloc)" \
