@@ -14,12 +14,13 @@
 #   bench/symbolsoup_sweep.sh                      # GPU defaults (one H200: about 7 minutes)
 #   bench/symbolsoup_sweep.sh --quick              # CPU smoke run of the whole pipeline (minutes)
 #   JOBS=12 STEPS=800 bench/symbolsoup_sweep.sh    # any setting below can be overridden
+#   LM_WEIGHT=0.5 bench/symbolsoup_sweep.sh        # add 0.5 x the next-token loss (train --lm-weight; default 0)
 set -uo pipefail
 QUICK=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,18p "$0"; exit 0 ;;
     *) echo "symbolsoup_sweep: unknown argument '$arg' (expected --quick)" >&2; exit 2 ;;
   esac
 done
@@ -39,6 +40,7 @@ FAMILIES=${FAMILIES:-sessa transformer mamba}
 WARMUP=${WARMUP:-$((STEPS / 10))}
 EVAL_EVERY=${EVAL_EVERY:-$((STEPS / 4))}
 DATA_SEED=${DATA_SEED:-1}
+LM_WEIGHT=${LM_WEIGHT:-0}
 
 [ -x "$APP" ] || { echo "symbolsoup_sweep: $APP not found: build it first (cmake --build $BUILD --target symbolsoup)" >&2; exit 1; }
 [ -e "$OUT/results.tsv" ] && { echo "symbolsoup_sweep: $OUT already holds a sweep; set OUT=... or remove it" >&2; exit 1; }
@@ -47,7 +49,7 @@ RESULTS="$OUT/results.tsv"
 START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
 echo "sweep: device $DEVICE $DTYPE | Transformer D $D x $LAYERS layers (others matched) | $STEPS steps x batch $BATCH"
-echo "sweep: lengths $LENGTHS | lrs $LRS | seeds $SEEDS | $JOBS runs at a time -> $OUT"
+echo "sweep: lengths $LENGTHS | lrs $LRS | seeds $SEEDS | lm weight $LM_WEIGHT | $JOBS runs at a time -> $OUT"
 
 # ---- 1. data ---------------------------------------------------------------------------
 for len in $LENGTHS; do
@@ -79,7 +81,7 @@ summarize() {
   SUMMARY="$OUT/summary.md"
   {
     echo "Test accuracy, mean ± std over seeds ($SEEDS) at each family's best validation lr;"
-    echo "$STEPS steps x batch $BATCH, Transformer D $D x $LAYERS layers, others matched; $DEVICE $DTYPE; $(elapsed) s in all."
+    echo "$STEPS steps x batch $BATCH, Transformer D $D x $LAYERS layers, others matched; lm weight $LM_WEIGHT; $DEVICE $DTYPE; $(elapsed) s in all."
     echo
     printf '| family | params |'; for len in $LENGTHS; do printf ' %s tokens (lr) |' "$len"; done; echo
     printf '|---|---|'; for len in $LENGTHS; do printf '%s' '---|'; done; echo
@@ -126,7 +128,7 @@ run() {
   if ! "$APP" train --data "$OUT/data/$len" --model "$family" --preset tiny --d-model "$D" --layers "$LAYERS" \
       --heads "$HEADS" "${match[@]}" --steps "$STEPS" --warmup "$WARMUP" --batch "$BATCH" --lr "$lr" --seed "$seed" \
       --eval-every "$EVAL_EVERY" --val-examples "$VAL_EXAMPLES" --log-every 50 --device "$DEVICE" --dtype "$DTYPE" \
-      --threads "$THREADS" --out "$dir" > "$log" 2>&1; then
+      --lm-weight "$LM_WEIGHT" --threads "$THREADS" --out "$dir" > "$log" 2>&1; then
     echo "[$(elapsed)s] FAILED $name: $(tail -1 "$log")"
     return
   fi
