@@ -9,14 +9,15 @@
 // Forward, per row panel [p0, p1):
 //   logits = q[p0:p1] k[0:p1]^T / sqrt(D)  cuBLAS (bf16 tensor cores, float output, for bf16);
 //   alpha  = causal softmax                 one block per row; lse_t = log sum_{s<t} exp(logit);
+//   L_i^-1 = (I - Gamma A_i)^-1 for every 64-row diagonal block A_i of the panel, all at once;
 //   solve, per row block [t0, t0 + 64) of the panel:
 //     ctx[t0:t1] = alpha[t0:t1, 0:t0] s[0:t0]   one batched cuBLAS GEMM (float32; TF32 for bf16 inputs);
-//     the 64-row triangle                        one block per (batch, 32 columns of D), rows
-//                                                in order, 4 threads per column (warp shuffles).
+//     the 64-row triangle                        s = L^-1 (f + Gamma ctx), ctx += A s: dense
+//                                                64 x 64 products, one block per (64 columns, batch).
 // Backward, per column panel [c0, c1), from the last panel to the first:
 //   alpha[c0:T, c0:c1] = exp(q k^T / sqrt(D) - lse_t), masked to s < t (rebuilt, not saved);
 //   the transposed solve (S6') for rows c0..c1 backwards in time, per 64-row block: one GEMM
-//     df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T], then the triangle; w = gamma df;
+//     df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T], then the triangle df = L^-T (ds + df); w = gamma df;
 //   dgamma    one warp per row of the panel: dgamma_t = df_t . ctx_t                 (S7)
 //   dlogits   cuBLAS G = df[c0:T] s[c0:c1]^T, then alpha gamma (G - dgamma)          (S8')
 //   dq, dk    dk[c0:c1] = dl^T q[c0:T] complete; dq[c0:T] += dl k[c0:c1]              (S9)
@@ -38,8 +39,9 @@ namespace {
 // bfloat16 (tensor cores, float accumulation) or A. Float operands run in exact float32
 // unless use_tf32 says otherwise: the solve's products and dq, dk use TF32 tensor cores for
 // bfloat16 inputs (10 mantissa bits, more than the inputs carry) and, as every float32
-// matmul, for float32 inputs while TF32 is allowed. G = df s^T is always exact, because
-// dlogits subtracts two close numbers (S8').
+// matmul, for float32 inputs while TF32 is allowed. G = df s^T, from which dlogits subtracts
+// a close number (S8'), is exact for float32 inputs and TF32 only for bfloat16 inputs, whose
+// s is already rounded to 8 bits (flash attention forms its dP = dO V^T in bfloat16 alike).
 
 // Whether the float products of the solve and of dq, dk use TF32 for inputs of dtype X:
 // always for bfloat16, for float32 when TF32 is allowed (cuda::allow_tf32, the default).
@@ -95,15 +97,6 @@ __global__ void dlogits_kernel(acc_t<X>* g, const acc_t<X>* alpha, const X* gamm
   g[i.off] = c0 + i.j < i.t ? alpha[i.off] * load(gamma + row) * (g[i.off] - dgamma[row]) : acc_t<X>(0);
 }
 
-// dst[b, c0:T, :] += src[b, c0:T, :] over (B, T, D) tensors: dq's share from one column panel.
-template <class A>
-__global__ void add_rows_kernel(A* dst, const A* src, int T, int D, int c0, int64_t n) {
-  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= n) return;
-  const int64_t per = int64_t(T - c0) * D, o = (e / per) * T * D + int64_t(c0) * D + e % per;
-  dst[o] += src[o];
-}
-
 // ---- probabilities (S3) -------------------------------------------------------------
 // Row r of a row panel (B, P, T) holding the logits of rows [p0, p1), columns [0, p1); one
 // block per (r, batch). Row t = p0 + r becomes the softmax over s < t (zero for t <= s < p1),
@@ -125,101 +118,163 @@ __global__ void __launch_bounds__(256) panel_softmax_kernel(A* panel, A* lse, in
 }
 
 // ---- the two triangular solves --------------------------------------------------------
-// Blocked as on the CPU, one row block of 64 per step: the host first adds everything the
-// other blocks contribute with one batched cuBLAS GEMM (see use_tf32 for its precision), then a kernel with
-// one block of kSolveThreads per (32 columns, batch) solves the 64-row triangle. Shared
-// memory (in A elements): the diagonal alpha block Ad (64 x 65), the contribution of the
-// other blocks Cs and the right-hand side Fs (64 x 33 each), the solved rows Ss (64 x 40:
-// the 4 threads of a column read 4 distinct banks), gamma Gs.
-constexpr int kRows = 64, kCols = 32, kSolveThreads = 128;
-constexpr int kAd = 0, kCs = kAd + kRows * 65, kFs = kCs + kRows * 33, kSs = kFs + kRows * 33, kGs = kSs + kRows * 40,
-              kSolveSmem = kGs + kRows;
+// Blocked as on the CPU, one row block of kRows = 64 per step: the host first adds everything
+// the other blocks contribute with one batched cuBLAS GEMM (see use_tf32 for its precision).
+// What is left inside a block is the triangle (I - Gamma A) s = rhs, where A is the diagonal
+// alpha block and Gamma = diag(gamma) of its rows. Substituting it row by row would make 64
+// dependent steps per block; instead L^-1 = (I - Gamma A)^-1 does not depend on s, so every
+// block's inverse is computed at once per panel (invert_diagonal_blocks: all blocks and batch
+// items in parallel), and each step applies it as a small dense product:
+//   forward   s = L^-1 (f + Gamma ctx_prev),  ctx = ctx_prev + A s           (S5)
+//   backward  df = L^-T (ds + carry),         w = Gamma df                   (S6'), since
+//             (I - A^T Gamma) = (I - Gamma A)^T
+// (docs/sessa.md "Memory-linear solve"). L^-1 is well conditioned: |gamma| < 1 and the rows
+// of A sum to at most 1, so ||Gamma A||_inf < 1.
+constexpr int kRows = 64;
+constexpr int kBlockElems = kRows * kRows;  // one inverse, row-major (64, 64)
+constexpr int kLd = kRows + 1;              // padded row stride of 64 x 64 tiles in shared memory
 
-// Loads the diagonal block alpha[r0:r0+nb, r0:r0+nb], the other blocks' contribution
-// (rows of `carry`, or zero), the right-hand side rows and gamma.
-template <class A, class X>
-__device__ void load_block(A* sm, const AlphaView<A>& alpha, int64_t b, const A* carry, bool has_carry, const X* rhs,
-                           const X* gamma, int r0, int nb, int T, int D, int c0, int ncols) {
-  for (int e = threadIdx.x; e < kRows * kRows; e += kSolveThreads) {
+// Row block i of the panel rows [lo, hi): [lo + 64 i, min(hi, lo + 64 (i + 1))).
+__host__ __device__ inline int block_rows(int lo, int hi, int i) { return min(kRows, hi - (lo + kRows * i)); }
+
+// inv[b, i] = (I - Gamma A)^-1 for the diagonal block i of rows [lo, hi), one block of 256
+// threads per (i, batch item). Solves L X = I column-parallel: 4 threads per column c split
+// the sum over j (warp shuffles), rows in order,
+//   X[r, c] = [r == c] + gamma_r sum_{j<r} A[r, j] X[j, c].
+// Shared memory: A (64 x kLd), X (64 x 72: the 4 threads of a column hit 4 distinct bank groups).
+constexpr int kInvThreads = 256, kXLd = 72;
+template <class X>
+__global__ void __launch_bounds__(kInvThreads)
+    invert_diagonal_blocks(const AlphaView<acc_t<X>> alpha, const X* gamma, acc_t<X>* inv, int T, int lo, int hi) {
+  using A = acc_t<X>;
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  A *As = reinterpret_cast<A*>(smem_bytes), *Xs = As + kRows * kLd, *Gs = Xs + kRows * kXLd;
+  const int i = blockIdx.x, b = blockIdx.y, r0 = lo + kRows * i, nb = block_rows(lo, hi, i);
+  for (int e = threadIdx.x; e < kRows * kRows; e += kInvThreads) {
     const int r = e / kRows, j = e % kRows;
-    sm[kAd + r * 65 + j] = r < nb && j < nb ? alpha.at(b, r0 + r, r0 + j) : A(0);
+    As[r * kLd + j] = j < r && r < nb ? alpha.at(b, r0 + r, r0 + j) : A(0);
+    Xs[r * kXLd + j] = A(0);
   }
-  for (int e = threadIdx.x; e < kRows * kCols; e += kSolveThreads) {
-    const int r = e / kCols, c = e % kCols;
+  if (threadIdx.x < kRows)
+    Gs[threadIdx.x] = int(threadIdx.x) < nb ? load(gamma + int64_t(b) * T + r0 + threadIdx.x) : A(0);
+  __syncthreads();
+  const int col = threadIdx.x / 4, part = threadIdx.x % 4;  // the 4 threads of a column share a warp
+  for (int r = 0; r < nb; ++r) {
+    A p = 0;
+    for (int j = part; j < r; j += 4) p += As[r * kLd + j] * Xs[j * kXLd + col];
+    p += __shfl_xor_sync(0xffffffffu, p, 1);
+    p += __shfl_xor_sync(0xffffffffu, p, 2);
+    if (part == 0) Xs[r * kXLd + col] = A(r == col) + Gs[r] * p;
+    __syncwarp();
+  }
+  __syncthreads();
+  A* out = inv + (int64_t(b) * gridDim.x + i) * kBlockElems;
+  for (int e = threadIdx.x; e < kBlockElems; e += kInvThreads) out[e] = Xs[(e / kRows) * kXLd + e % kRows];
+}
+
+// One 64 x 64 output tile of a product of two 64 x 64 shared tiles, 4 x 4 per thread:
+// thread (ty, tx) = (tid / 16, tid % 16) owns rows ty + 16 m and columns tx + 16 n.
+// acc[m][n] += sum_k M(row, k) V[k, col] with M(row, k) = M[row * kLd + k], or M[k * kLd + row]
+// when Transposed.
+constexpr int kApplyThreads = 256;
+template <bool Transposed, class A>
+__device__ void tile_product(const A* M, const A* V, A (&acc)[4][4]) {
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  for (int k = 0; k < kRows; ++k) {
+    A m[4], v[4];
+    for (int a = 0; a < 4; ++a) {
+      const int row = ty + 16 * a;
+      m[a] = Transposed ? M[k * kLd + row] : M[row * kLd + k];
+      v[a] = V[k * kLd + tx + 16 * a];
+    }
+    for (int a = 0; a < 4; ++a)
+      for (int c = 0; c < 4; ++c) acc[a][c] += m[a] * v[c];
+  }
+}
+
+// Loads inv[b, i] into Ls (64 x kLd).
+template <class A>
+__device__ void load_inverse(A* Ls, const A* inv, int64_t block) {
+  const A* src = inv + block * kBlockElems;
+  for (int e = threadIdx.x; e < kBlockElems; e += kApplyThreads) Ls[(e / kRows) * kLd + e % kRows] = src[e];
+}
+
+// (S5) for the row block [t0, t0 + nb) (block i of its panel), columns [c0, c0 + 64) of one
+// batch item: ctx already holds the earlier blocks' part ctx_prev (when has_prev);
+// s = L^-1 (f + Gamma ctx_prev), then ctx = ctx_prev + A s. Writes ctx and s (A), and s_out
+// (X) when X is not A. Shared memory: L^-1, A, the right-hand side (then s), gamma.
+template <class X>
+__global__ void __launch_bounds__(kApplyThreads)
+    solve_forward_block(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, int i, int blocks, const X* gamma,
+                        const X* f, acc_t<X>* ctx, acc_t<X>* s, X* s_out, int T, int D, int t0, int nb, bool has_prev) {
+  using A = acc_t<X>;
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  A *Ls = reinterpret_cast<A*>(smem_bytes), *As = Ls + kRows * kLd, *Rs = As + kRows * kLd, *Gs = Rs + kRows * kLd;
+  const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0);
+  const int64_t base = (int64_t(b) * T + t0) * D + c0;  // element (t0, c0) of batch item b
+  load_inverse(Ls, inv, int64_t(b) * blocks + i);
+  if (threadIdx.x < kRows)
+    Gs[threadIdx.x] = int(threadIdx.x) < nb ? load(gamma + int64_t(b) * T + t0 + threadIdx.x) : A(0);
+  __syncthreads();
+  for (int e = threadIdx.x; e < kRows * kRows; e += kApplyThreads) {
+    const int r = e / kRows, c = e % kRows;
     const bool in = r < nb && c < ncols;
-    const int64_t o = int64_t(r0 + r) * D + c0 + c;
-    sm[kFs + r * 33 + c] = in ? load(rhs + o) : A(0);
-    sm[kCs + r * 33 + c] = in && has_carry ? carry[o] : A(0);
+    const int64_t o = base + int64_t(r) * D + c;
+    As[r * kLd + c] = c < r && r < nb ? alpha.at(b, t0 + r, t0 + c) : A(0);
+    Rs[r * kLd + c] = in ? load(f + o) + Gs[r] * (has_prev ? ctx[o] : A(0)) : A(0);
   }
-  if (threadIdx.x < kRows) sm[kGs + threadIdx.x] = int(threadIdx.x) < nb ? load(gamma + r0 + threadIdx.x) : A(0);
+  __syncthreads();
+  A acc[4][4] = {};
+  tile_product<false>(Ls, Rs, acc);
+  __syncthreads();  // everyone has read the right-hand side: s takes its place
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  for (int a = 0; a < 4; ++a)
+    for (int c = 0; c < 4; ++c) Rs[(ty + 16 * a) * kLd + tx + 16 * c] = acc[a][c];
+  __syncthreads();
+  A cacc[4][4] = {};
+  tile_product<false>(As, Rs, cacc);
+  for (int a = 0; a < 4; ++a)
+    for (int c = 0; c < 4; ++c) {
+      const int r = ty + 16 * a, col = tx + 16 * c;
+      if (r >= nb || col >= ncols) continue;
+      const int64_t o = base + int64_t(r) * D + col;
+      ctx[o] = (has_prev ? ctx[o] : A(0)) + cacc[a][c];
+      s[o] = acc[a][c];
+      if constexpr (!std::is_same_v<X, A>) store(s_out + o, acc[a][c]);
+    }
 }
 
-// (S5) for rows [t0, t0 + nb): s_t = f_t + gamma_t ctx_t, where ctx already holds the
-// earlier blocks' part of ctx_t = sum_{j<t} alpha[t, j] s_j. Writes ctx and s (A), and
-// s_out (X) when X is not A.
+// (S6') for the row block [s0, s0 + nb) (block i of its panel), columns [c0, c0 + 64) of one
+// batch item: df already holds the later blocks' part (when has_carry);
+// df = L^-T (ds + carry), w = Gamma df. Writes df and w (A), and df_out (X) when X is not A.
 template <class X>
-__global__ void __launch_bounds__(kSolveThreads)
-    solve_forward_block(const AlphaView<acc_t<X>> alpha, const X* gamma, const X* f, acc_t<X>* ctx, acc_t<X>* s,
-                        X* s_out, int T, int D, int t0) {
+__global__ void __launch_bounds__(kApplyThreads)
+    solve_backward_block(const acc_t<X>* inv, int i, int blocks, const X* gamma, const X* ds, acc_t<X>* df, X* df_out,
+                         acc_t<X>* w, int T, int D, int s0, int nb, bool has_carry) {
   using A = acc_t<X>;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A* sm = reinterpret_cast<A*>(smem_bytes);
-  const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0), nb = min(kRows, T - t0);
-  const int64_t bd = int64_t(b) * T * D;
-  gamma += int64_t(b) * T, f += bd, ctx += bd, s += bd, s_out += bd;
-  const int col = threadIdx.x / 4, part = threadIdx.x % 4;  // column col, terms j = part mod 4
-  load_block(sm, alpha, b, ctx, t0 > 0, f, gamma, t0, nb, T, D, c0, ncols);
-  __syncthreads();
-  for (int r = 0; r < nb; ++r) {  // the triangle, row by row
-    A p = 0;
-    for (int j = part; j < r; j += 4) p += sm[kAd + r * 65 + j] * sm[kSs + j * 40 + col];
-    p += __shfl_xor_sync(0xffffffffu, p, 1);
-    p += __shfl_xor_sync(0xffffffffu, p, 2);
-    if (part == 0) {
-      const A c = sm[kCs + r * 33 + col] + p, v = sm[kFs + r * 33 + col] + sm[kGs + r] * c;
-      sm[kSs + r * 40 + col] = v;
-      if (col < ncols) {
-        const int64_t o = int64_t(t0 + r) * D + c0 + col;
-        ctx[o] = c, s[o] = v;
-        if constexpr (!std::is_same_v<X, A>) store(s_out + o, v);
-      }
-    }
-    __syncwarp();
+  A *Ls = reinterpret_cast<A*>(smem_bytes), *Rs = Ls + kRows * kLd;
+  const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0);
+  const int64_t base = (int64_t(b) * T + s0) * D + c0;
+  load_inverse(Ls, inv, int64_t(b) * blocks + i);
+  for (int e = threadIdx.x; e < kRows * kRows; e += kApplyThreads) {
+    const int r = e / kRows, c = e % kRows;
+    const int64_t o = base + int64_t(r) * D + c;
+    Rs[r * kLd + c] = r < nb && c < ncols ? load(ds + o) + (has_carry ? df[o] : A(0)) : A(0);
   }
-}
-
-// (S6') for rows [s0, s1): df_j = ds_j + sum_{t>j} alpha[t, j] w_t with w_t = gamma_t df_t,
-// where df already holds the later blocks' part of the sum. Writes df and w (A), and
-// df_out (X) when X is not A.
-template <class X>
-__global__ void __launch_bounds__(kSolveThreads)
-    solve_backward_block(const AlphaView<acc_t<X>> alpha, const X* gamma, const X* ds, acc_t<X>* df, X* df_out,
-                         acc_t<X>* w, int T, int D, int s0, int s1) {
-  using A = acc_t<X>;
-  extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A* sm = reinterpret_cast<A*>(smem_bytes);
-  const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0), nb = s1 - s0;
-  const int64_t bd = int64_t(b) * T * D;
-  gamma += int64_t(b) * T, ds += bd, df += bd, df_out += bd, w += bd;
-  const int col = threadIdx.x / 4, part = threadIdx.x % 4;
-  load_block(sm, alpha, b, df, s1 < T, ds, gamma, s0, nb, T, D, c0, ncols);
   __syncthreads();
-  for (int r = nb - 1; r >= 0; --r) {  // the triangle, from the last row up
-    A p = 0;
-    for (int t = r + 1 + part; t < nb; t += 4) p += sm[kAd + t * 65 + r] * sm[kSs + t * 40 + col];
-    p += __shfl_xor_sync(0xffffffffu, p, 1);
-    p += __shfl_xor_sync(0xffffffffu, p, 2);
-    if (part == 0) {
-      const A g = sm[kFs + r * 33 + col] + sm[kCs + r * 33 + col] + p, wv = sm[kGs + r] * g;
-      sm[kSs + r * 40 + col] = wv;
-      if (col < ncols) {
-        const int64_t o = int64_t(s0 + r) * D + c0 + col;
-        df[o] = g, w[o] = wv;
-        if constexpr (!std::is_same_v<X, A>) store(df_out + o, g);
-      }
+  A acc[4][4] = {};
+  tile_product<true>(Ls, Rs, acc);
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  for (int a = 0; a < 4; ++a)
+    for (int c = 0; c < 4; ++c) {
+      const int r = ty + 16 * a, col = tx + 16 * c;
+      if (r >= nb || col >= ncols) continue;
+      const int64_t o = base + int64_t(r) * D + col;
+      df[o] = acc[a][c];
+      w[o] = load(gamma + int64_t(b) * T + s0 + r) * acc[a][c];
+      if constexpr (!std::is_same_v<X, A>) store(df_out + o, acc[a][c]);
     }
-    __syncwarp();
-  }
 }
 
 // (S7) for rows [c0, c0 + cw) of each batch item: dgamma_t = df_t . ctx_t, one warp per row;
@@ -248,6 +303,24 @@ int panel_rows(int B, int T, int buffers, size_t elem) {
   int64_t p = forced_panel_rows > 0 ? forced_panel_rows
                                     : kPanelBytes / (int64_t(buffers) * B * T * int64_t(elem)) / kRows * kRows;
   return int(std::min(whole, std::max<int64_t>(kRows, p)));
+}
+
+// Opts a kernel into `bytes` of dynamic shared memory (above the 48 KB default).
+template <class Kernel>
+void set_shared_memory(Kernel kernel, size_t bytes, const char* op) {
+  SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
+}
+
+// inv[b, i] = (I - Gamma A_i)^-1 for every 64-row block i of the panel rows [lo, hi).
+template <class X>
+void invert_blocks(const AlphaView<acc_t<X>>& alpha, const X* gamma, acc_t<X>* inv, int B, int T, int lo, int hi,
+                   cudaStream_t st, const char* op) {
+  using A = acc_t<X>;
+  const size_t smem = (kRows * kLd + kRows * kXLd + kRows) * sizeof(A);
+  set_shared_memory(invert_diagonal_blocks<X>, smem, op);
+  const unsigned blocks = unsigned((hi - lo + kRows - 1) / kRows);
+  invert_diagonal_blocks<X><<<dim3(blocks, unsigned(B)), kInvThreads, smem, st>>>(alpha, gamma, inv, T, lo, hi);
+  SESSA_CUDA_LAUNCH_CHECK(op);
 }
 
 }  // namespace
@@ -279,26 +352,29 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
     A *pa = ptr<A>(panel), *ctx = ptr<A>(out.ctx), *s = ptr<A>(s_acc);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     const int64_t TD = int64_t(T) * D, PT = int64_t(P) * T;
-    const size_t smem = kSolveSmem * sizeof(A);
-    if (D > 0)
-      SESSA_CUDA_CHECK(
-          cudaFuncSetAttribute(solve_forward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
-    const dim3 grid(blocks_for(D, kCols), unsigned(B));
+    // The diagonal blocks' inverses of one panel (B, blocks, 64, 64); kernel launch shapes.
+    const int max_blocks = (P + kRows - 1) / kRows;
+    const Tensor inverses = Tensor::empty({B, max_blocks, kRows, kRows}, acc_opt);
+    A* inv = ptr<A>(inverses);
+    const size_t smem = (3 * kRows * kLd + kRows) * sizeof(A);
+    if (D > 0) set_shared_memory(solve_forward_block<X>, smem, op);
+    const dim3 grid(blocks_for(D, kRows), unsigned(B));
     for (int p0 = 0; p0 < T; p0 += P) {
-      const int p1 = std::min(T, p0 + P);
+      const int p1 = std::min(T, p0 + P), blocks = (p1 - p0 + kRows - 1) / kRows;
       gemm(dev.index, B, p1 - p0, p1, D, scale, {ptr<X>(q) + int64_t(p0) * D, q.dtype(), D, TD},
            {k.raw_data(), k.dtype(), D, TD, true}, pa, adt, T, PT, false, op);  // logits; the softmax masks s >= t
       panel_softmax_kernel<A><<<dim3(unsigned(p1 - p0), unsigned(B)), 256, 0, st>>>(pa, ptr<A>(out.lse), T, P, p0, p1);
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D == 0) continue;
       const AlphaView<A> alpha{pa, PT, T, p0, 0};
-      for (int t0 = p0; t0 < p1; t0 += kRows) {
-        const int nb = std::min(kRows, T - t0);
+      invert_blocks<X>(alpha, ptr<X>(gamma), inv, B, T, p0, p1, st, op);
+      for (int i = 0; i < blocks; ++i) {
+        const int t0 = p0 + kRows * i, nb = block_rows(p0, p1, i);
         if (t0 > 0)  // ctx[t0:t0+nb] = alpha[t0:t0+nb, 0:t0] s[0:t0]
           gemm(dev.index, B, nb, D, t0, 1.0, {pa + int64_t(t0 - p0) * T, adt, T, PT}, {s, adt, D, TD},
                ctx + int64_t(t0) * D, adt, D, TD, use_tf32<X>(), op);
-        solve_forward_block<X>
-            <<<grid, kSolveThreads, smem, st>>>(alpha, ptr<X>(gamma), ptr<X>(f), ctx, s, ptr<X>(out.s), T, D, t0);
+        solve_forward_block<X><<<grid, kApplyThreads, smem, st>>>(alpha, inv, i, blocks, ptr<X>(gamma), ptr<X>(f), ctx,
+                                                                  s, ptr<X>(out.s), T, D, t0, nb, t0 > 0);
         SESSA_CUDA_LAUNCH_CHECK(op);
       }
     }
@@ -334,8 +410,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const Tensor dg = same ? g.dgamma : Tensor::empty({B, T}, acc_opt);
     const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt),
                  dk = same ? g.dk : Tensor::empty(k.shape(), acc_opt);
-    const Tensor dq_part = Tensor::empty(q.shape(), acc_opt);  // one column panel's share of dq
-    // Operands in the compute dtype: G exact; dq, dk as use_tf32 says.
+    // Operands in the compute dtype: G exact unless bfloat16; dq, dk as use_tf32 says.
     const Tensor s_a = ops::cast(saved.s, adt), k_a = ops::cast(k, adt), q_a = ops::cast(q, adt);
     const int P = panel_rows(B, T, 2, sizeof(A));
     // Column panels (B, T, P): rows t - c0 for t in [c0, T), columns s - c0 for s in [c0, c1).
@@ -345,13 +420,16 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const int64_t TD = int64_t(T) * D, TP = int64_t(T) * P;
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     SESSA_CUDA_CHECK(cudaMemsetAsync(dq.raw_data(), 0, size_t(B) * TD * sizeof(A), st), op);
-    const size_t smem = kSolveSmem * sizeof(A);
-    if (D > 0)
-      SESSA_CUDA_CHECK(
-          cudaFuncSetAttribute(solve_backward_block<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
-    const dim3 grid(blocks_for(D, kCols), unsigned(B));
-    for (int c1 = T; c1 > 0; c1 -= P) {
-      const int c0 = std::max(0, c1 - P), cw = c1 - c0;
+    const int max_blocks = (P + kRows - 1) / kRows;
+    const Tensor inverses = Tensor::empty({B, max_blocks, kRows, kRows}, acc_opt);
+    A* inv = ptr<A>(inverses);
+    const size_t smem = 2 * kRows * kLd * sizeof(A);
+    if (D > 0) set_shared_memory(solve_backward_block<X>, smem, op);
+    const dim3 grid(blocks_for(D, kRows), unsigned(B));
+    // Column panels [c0, c1) with c0 a multiple of P (so the 64-row blocks are the forward's),
+    // from the last to the first.
+    for (int c0 = (T - 1) / P * P; c0 >= 0; c0 -= P) {
+      const int c1 = std::min(T, c0 + P), cw = c1 - c0, blocks = (cw + kRows - 1) / kRows;
       const int64_t cells = int64_t(B) * (T - c0) * cw;
       // alpha[c0:T, c0:c1] from the logits and lse.
       gemm(dev.index, B, T - c0, cw, D, scale, {ptr<X>(q) + int64_t(c0) * D, q.dtype(), D, TD},
@@ -359,23 +437,23 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       rebuild_alpha_kernel<A><<<blocks_for(cells), kThreads, 0, st>>>(pal, ptr<A>(lse), T, c0, cw, P, cells);
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D > 0) {
-        const AlphaView<A> alpha{pal, TP, P, c0, c0};
-        for (int s1 = c1; s1 > c0; s1 -= kRows) {
-          const int s0 = std::max(c0, s1 - kRows), nb = s1 - s0;
+        invert_blocks<X>(AlphaView<A>{pal, TP, P, c0, c0}, ptr<X>(gamma), inv, B, T, c0, c1, st, op);
+        for (int i = blocks - 1; i >= 0; --i) {
+          const int s0 = c0 + kRows * i, nb = block_rows(c0, c1, i), s1 = s0 + nb;
           if (s1 < T)  // df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T]
             gemm(dev.index, B, nb, D, T - s1, 1.0, {pal + int64_t(s1 - c0) * P + (s0 - c0), adt, P, TP, true},
                  {pw + int64_t(s1) * D, adt, D, TD}, pdf + int64_t(s0) * D, adt, D, TD, use_tf32<X>(), op);
-          solve_backward_block<X><<<grid, kSolveThreads, smem, st>>>(alpha, ptr<X>(gamma), ptr<X>(ds), pdf,
-                                                                     ptr<X>(g.df), pw, T, D, s0, s1);
+          solve_backward_block<X><<<grid, kApplyThreads, smem, st>>>(inv, i, blocks, ptr<X>(gamma), ptr<X>(ds), pdf,
+                                                                     ptr<X>(g.df), pw, T, D, s0, nb, s1 < T);
           SESSA_CUDA_LAUNCH_CHECK(op);
         }
       }
       dgamma_kernel<X><<<blocks_for(int64_t(B) * cw * 32), kThreads, 0, st>>>(pdf, ptr<A>(ctx), pdg, ptr<X>(g.dgamma),
                                                                               B, T, D, c0, cw);
       SESSA_CUDA_LAUNCH_CHECK(op);
-      // dl[c0:T, c0:c1]: G = df[c0:T] s[c0:c1]^T (exact), then (S8'); every row it needs is solved.
+      // dl[c0:T, c0:c1]: G = df[c0:T] s[c0:c1]^T, then (S8'); every row it needs is solved.
       gemm(dev.index, B, T - c0, cw, D, 1.0, {pdf + int64_t(c0) * D, adt, D, TD},
-           {ptr<A>(s_a) + int64_t(c0) * D, adt, D, TD, true}, pdl, adt, P, TP, false, op);
+           {ptr<A>(s_a) + int64_t(c0) * D, adt, D, TD, true}, pdl, adt, P, TP, std::is_same_v<X, bf16_t>, op);
       dlogits_kernel<X><<<blocks_for(cells), kThreads, 0, st>>>(pdl, pal, ptr<X>(gamma), pdg, T, c0, cw, P, cells);
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D == 0) continue;
@@ -383,10 +461,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       gemm(dev.index, B, cw, D, T - c0, scale, {pdl, adt, P, TP, true}, {ptr<A>(q_a) + int64_t(c0) * D, adt, D, TD},
            ptr<A>(dk) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op);
       gemm(dev.index, B, T - c0, D, cw, scale, {pdl, adt, P, TP}, {ptr<A>(k_a) + int64_t(c0) * D, adt, D, TD},
-           ptr<A>(dq_part) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op);
-      const int64_t n = int64_t(B) * (T - c0) * D;
-      add_rows_kernel<A><<<blocks_for(n), kThreads, 0, st>>>(ptr<A>(dq), ptr<A>(dq_part), T, D, c0, n);
-      SESSA_CUDA_LAUNCH_CHECK(op);
+           ptr<A>(dq) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op, /*accumulate=*/true);
     }
     if constexpr (!same) ops::copy_(g.dq, dq), ops::copy_(g.dk, dk);
     return g;

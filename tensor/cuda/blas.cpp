@@ -110,14 +110,14 @@ cublasContext* cublas_handle(int device) {
 }
 
 void gemm(int device, int64_t batch, int64_t M, int64_t N, int64_t K, double alpha, const GemmOperand& a,
-          const GemmOperand& b, void* c, DType c_dtype, int64_t ldc, int64_t c_batch_stride, bool tf32,
-          const char* op) {
+          const GemmOperand& b, void* c, DType c_dtype, int64_t ldc, int64_t c_batch_stride, bool tf32, const char* op,
+          bool accumulate) {
   const bool f64 = c_dtype == DType::F64;
   const cublasComputeType_t compute = f64    ? CUBLAS_COMPUTE_64F
                                       : tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
                                              : CUBLAS_COMPUTE_32F;
-  const float alpha32 = float(alpha), beta32 = 0.f;
-  const double alpha64 = alpha, beta64 = 0.0;
+  const float alpha32 = float(alpha), beta32 = accumulate ? 1.f : 0.f;
+  const double alpha64 = alpha, beta64 = accumulate ? 1.0 : 0.0;
   const void* pa = f64 ? static_cast<const void*>(&alpha64) : &alpha32;
   const void* pb = f64 ? static_cast<const void*>(&beta64) : &beta32;
   // Column-major: C^T (N x M) = op(B)^T (N x K) op(A)^T (K x M), B first.

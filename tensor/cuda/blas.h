@@ -35,12 +35,13 @@ struct GemmOperand {
 
 // The one place that calls cuBLAS GEMMs (ops::matmul and the Sessa feedback solve use it):
 // row-major C = alpha op(A) op(B), M x N with inner dim K, for `batch` items, on
-// cuda::stream(device). C (c_dtype, row stride ldc, batch stride c_batch_stride) is written,
-// not accumulated into. Accumulation is float64 when C is float64, else float32, on TF32
-// tensor cores when `tf32` (float32 operands). One item is a plain GEMM, more a
+// cuda::stream(device). C (c_dtype, row stride ldc, batch stride c_batch_stride) is
+// overwritten, or accumulated into (C = alpha op(A) op(B) + C) when `accumulate`. Accumulation is float64 when C is
+// float64, else float32, on TF32 tensor cores when `tf32` (float32 operands). One item is a plain GEMM, more a
 // strided-batched one. Every size must fit cuBLAS's 32-bit ints (a sessa::Error names `op`).
 void gemm(int device, int64_t batch, int64_t M, int64_t N, int64_t K, double alpha, const GemmOperand& a,
-          const GemmOperand& b, void* c, DType c_dtype, int64_t ldc, int64_t c_batch_stride, bool tf32, const char* op);
+          const GemmOperand& b, void* c, DType c_dtype, int64_t ldc, int64_t c_batch_stride, bool tf32, const char* op,
+          bool accumulate = false);
 
 }  // namespace sessa::cuda
 
