@@ -1,22 +1,32 @@
-// ops::linear on CUDA: y = x W^T + b as one cuBLASLt matmul with CUBLASLT_EPILOGUE_BIAS.
+// ops::linear on CUDA as single cuBLASLt matmuls with fused epilogues:
+//   forward   y = x W^T + b                        the BIAS epilogue adds b;
+//   backward  dW = dy^T x, db = sum of dy's rows   one GEMM whose BGRADB epilogue writes db.
 //
 // Layout (the mapping of tensor/cuda/blas.cpp): the row-major memory of an R x C matrix is,
 // to column-major cuBLASLt, the C x R transpose. With x flattened to rows (M x K), W (N x K)
-// and y (M x N):
-//   D = y^T (N x M, ld N) = op(A) op(B) with
-//   A = W's memory, column-major W^T (K x N), op = transpose  -> W   (N x K),
-//   B = x's memory, column-major x^T (K x M), op = none       -> x^T (K x M).
-// D's rows are the output features, so the bias (length N) is a per-row bias of D, which is
-// exactly what the BIAS epilogue adds (broadcast over D's M columns, in the compute type,
-// before D is rounded to its dtype).
+// and y, dy (M x N):
+//   forward:  D = y^T (N x M, ld N) = op(A) op(B) with
+//     A = W's memory, column-major W^T (K x N), op = transpose  -> W   (N x K),
+//     B = x's memory, column-major x^T (K x M), op = none       -> x^T (K x M).
+//   D's rows are the output features, so the bias (length N) is a per-row bias of D, which is
+//   exactly what the BIAS epilogue adds (broadcast over D's M columns, in the compute type,
+//   before D is rounded to its dtype).
+//   weight gradient:  D = dW^T (K x N, ld K) = op(A) op(B) with
+//     A = x's memory,  column-major x^T (K x M),  op = none      -> x^T (K x M),
+//     B = dy's memory, column-major dy^T (N x M), op = transpose -> dy  (M x N).
+//   The GEMM's k is M (the rows), and db (length N) is the sum of op(B) = dy over k for each of
+//   D's N columns: exactly BGRADB ("bias size = columns of D, reduction over k"). BGRADA would
+//   reduce A over k, giving a length-K vector: the wrong operand here.
 //
-// Precision: bfloat16 in/out (bias bfloat16) with float32 compute; float32 with TF32 tensor
+// Precision: bfloat16 in/out (bias and bias gradient bfloat16) with float32 compute (db is
+// summed in float32, then rounded once); float32 with TF32 tensor
 // cores when cuda::allow_tf32(), exact float32 otherwise; float64 throughout.
 //
 // One cuBLASLt handle and workspace per device; every matmul runs on cuda::stream(device).
 // The algorithm for a PlanKey is chosen once with cublasLtMatmulAlgoGetHeuristic and cached
-// with its descriptors. A key for which the heuristic offers no algorithm (a dtype or an
-// alignment without a fused kernel) is cached as such, and ops::linear runs matmul + add.
+// with its descriptors. A key for which the heuristic offers no algorithm (a dtype, epilogue
+// or alignment without a fused kernel) is cached as such, and the caller (tensor/ops/linear.cpp)
+// runs the unfused ops instead.
 #include "tensor/cuda/linear.h"
 
 #include <cublasLt.h>
@@ -51,20 +61,28 @@ using MatmulDesc = std::unique_ptr<cublasLtMatmulDescOpaque_t, Destroyer<&cublas
 using Layout = std::unique_ptr<cublasLtMatrixLayoutOpaque_t, Destroyer<&cublasLtMatrixLayoutDestroy>>;
 using Preference = std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, Destroyer<&cublasLtMatmulPreferenceDestroy>>;
 
-// Everything the choice of algorithm depends on. Alignments are those of the buffers'
-// addresses (capped at the 256 bytes the heuristic assumes by default): a view at an odd
-// offset gets a plan of its own, restricted to kernels that can read it.
+// One column-major cuBLASLt call D (m x n, ld m) = op(A) op(B) with an epilogue: everything
+// the choice of algorithm depends on. Alignments are those of the buffers' addresses (capped
+// at the 256 bytes the heuristic assumes by default): a view at an odd offset gets a plan of
+// its own, restricted to kernels that can read it.
 struct PlanKey {
+  uint32_t epilogue;  // a cublasLtEpilogue_t with a bias vector: BIAS or BGRADB
   DType dtype;
-  bool tf32;
-  int64_t M, N, K, ldx, ldw;
-  uint32_t align_x, align_w, align_y, align_b;
+  bool tf32, trans_a, trans_b;
+  int64_t m, n, k, lda, ldb;
+  uint32_t align_a, align_b, align_d, align_bias;
   auto operator<=>(const PlanKey&) const = default;
+};
+
+// The buffers of one call; `bias` is read (BIAS) or written (BGRADB).
+struct Operands {
+  const void *a, *b;
+  void *d, *bias;
 };
 
 struct Plan {
   MatmulDesc desc;
-  Layout w, x, y;                            // A, B, and C = D
+  Layout a, b, d;                            // C = D
   std::optional<cublasLtMatmulAlgo_t> algo;  // none: no fused kernel for this key
 };
 
@@ -134,32 +152,33 @@ Plan make_plan(cublasLtHandle_t handle, const PlanKey& k, const LtTypes& t, cons
   cublasLtMatmulDesc_t desc = nullptr;
   SESSA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, t.compute, t.scale), "linear");
   p.desc.reset(desc);
-  set(desc, CUBLASLT_MATMUL_DESC_TRANSA, int32_t(CUBLAS_OP_T));
-  set(desc, CUBLASLT_MATMUL_DESC_TRANSB, int32_t(CUBLAS_OP_N));
-  set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, uint32_t(CUBLASLT_EPILOGUE_BIAS));
+  set(desc, CUBLASLT_MATMUL_DESC_TRANSA, int32_t(k.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N));
+  set(desc, CUBLASLT_MATMUL_DESC_TRANSB, int32_t(k.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N));
+  set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, k.epilogue);
   set(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, int32_t(t.data));
   set(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
-  p.w = layout(t.data, k.K, k.N, k.ldw);
-  p.x = layout(t.data, k.K, k.M, k.ldx);
-  p.y = layout(t.data, k.N, k.M, k.N);
+  p.a = k.trans_a ? layout(t.data, k.k, k.m, k.lda) : layout(t.data, k.m, k.k, k.lda);
+  p.b = k.trans_b ? layout(t.data, k.n, k.k, k.ldb) : layout(t.data, k.k, k.n, k.ldb);
+  p.d = layout(t.data, k.m, k.n, k.m);
 
   cublasLtMatmulPreference_t pref_raw = nullptr;
   SESSA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref_raw), "linear");
   const Preference pref(pref_raw);  // what the heuristic may choose from
   set(pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, uint64_t(kWorkspaceBytes));
-  set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, k.align_w);
-  set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, k.align_x);
-  set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, k.align_y);
-  set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, k.align_y);
+  set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, k.align_a);
+  set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, k.align_b);
+  set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, k.align_d);
+  set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, k.align_d);
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, desc, p.w.get(), p.x.get(), p.y.get(), p.y.get(),
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, desc, p.a.get(), p.b.get(), p.d.get(), p.d.get(),
                                                            pref.get(), 1, &result, &found);
   if (st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS)
     p.algo = result.algo;
   else if (st != CUBLAS_STATUS_NOT_SUPPORTED)
-    SESSA_FAIL("linear", "cublasLtMatmulAlgoGetHeuristic failed: " << cublasGetStatusString(st) << " for M=" << k.M
-                                                                   << " N=" << k.N << " K=" << k.K);
+    SESSA_FAIL("linear", "cublasLtMatmulAlgoGetHeuristic failed: " << cublasGetStatusString(st) << " for m=" << k.m
+                                                                   << " n=" << k.n << " k=" << k.k
+                                                                   << " epilogue=" << k.epilogue);
   return p;
 }
 
@@ -168,6 +187,33 @@ LtState& lt_state(int device) {
   static LtState states[kMaxDevices];
   SESSA_CHECK(device >= 0 && device < kMaxDevices, "linear", "device index " << device << " out of range");
   return states[device];
+}
+
+// Runs the call `key` describes on `device`'s stream; false (nothing written) when cuBLASLt
+// has no algorithm for it.
+bool lt_matmul(int device, const PlanKey& key, const LtTypes& types, const Operands& o) {
+  cudaStream_t st = stream(device);  // also makes `device` current
+  LtState& s = lt_state(device);
+  std::lock_guard lock(s.mu);
+  if (!s.handle) {  // created once per device and kept for the life of the process
+    SESSA_CUDA_CHECK(cudaMalloc(&s.workspace, kWorkspaceBytes), "linear");
+    SESSA_CUBLAS_CHECK(cublasLtCreate(&s.handle), "linear");
+  }
+  auto it = s.plans.find(key);
+  if (it == s.plans.end()) it = s.plans.emplace(key, make_plan(s.handle, key, types, o.bias)).first;
+  const Plan& p = it->second;
+  if (!p.algo) return false;
+
+  set(p.desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, o.bias);
+  const float one32 = 1.f, zero32 = 0.f;
+  const double one64 = 1.0, zero64 = 0.0;
+  const bool f64 = key.dtype == DType::F64;
+  const void* one = f64 ? static_cast<const void*>(&one64) : &one32;
+  const void* zero = f64 ? static_cast<const void*>(&zero64) : &zero32;
+  SESSA_CUBLAS_CHECK(cublasLtMatmul(s.handle, p.desc.get(), one, o.a, p.a.get(), o.b, p.b.get(), zero, o.d, p.d.get(),
+                                    o.d, p.d.get(), &*p.algo, s.workspace, kWorkspaceBytes, st),
+                     "linear");
+  return true;
 }
 
 }  // namespace
@@ -182,42 +228,49 @@ std::optional<Tensor> linear(const Tensor& x, const Tensor& weight, const Tensor
   Shape y_shape = x.shape();
   y_shape.back() = N;
   Tensor y = Tensor::empty(y_shape, x.options());
-  const PlanKey key{.dtype = x.dtype(),
+  const PlanKey key{.epilogue = CUBLASLT_EPILOGUE_BIAS,
+                    .dtype = x.dtype(),
                     .tf32 = types->compute == CUBLAS_COMPUTE_32F_FAST_TF32,
-                    .M = M,
-                    .N = N,
-                    .K = K,
-                    .ldx = xr.ld,
-                    .ldw = wr.ld,
-                    .align_x = alignment(xr.t.raw_data()),
-                    .align_w = alignment(wr.t.raw_data()),
-                    .align_y = alignment(y.raw_data()),
-                    .align_b = alignment(b.raw_data())};
-
-  const int dev = x.device().index;
-  cudaStream_t st = stream(dev);  // also makes `dev` current
-  LtState& s = lt_state(dev);
-  std::lock_guard lock(s.mu);
-  if (!s.handle) {  // created once per device and kept for the life of the process
-    SESSA_CUDA_CHECK(cudaMalloc(&s.workspace, kWorkspaceBytes), "linear");
-    SESSA_CUBLAS_CHECK(cublasLtCreate(&s.handle), "linear");
-  }
-  auto it = s.plans.find(key);
-  if (it == s.plans.end()) it = s.plans.emplace(key, make_plan(s.handle, key, *types, b.raw_data())).first;
-  const Plan& p = it->second;
-  if (!p.algo) return std::nullopt;
-
-  set(p.desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, b.raw_data());
-  const float one32 = 1.f, zero32 = 0.f;
-  const double one64 = 1.0, zero64 = 0.0;
-  const bool f64 = x.dtype() == DType::F64;
-  const void* one = f64 ? static_cast<const void*>(&one64) : &one32;
-  const void* zero = f64 ? static_cast<const void*>(&zero64) : &zero32;
-  SESSA_CUBLAS_CHECK(
-      cublasLtMatmul(s.handle, p.desc.get(), one, wr.t.raw_data(), p.w.get(), xr.t.raw_data(), p.x.get(), zero,
-                     y.raw_data(), p.y.get(), y.raw_data(), p.y.get(), &*p.algo, s.workspace, kWorkspaceBytes, st),
-      "linear");
+                    .trans_a = true,
+                    .trans_b = false,
+                    .m = N,
+                    .n = M,
+                    .k = K,
+                    .lda = wr.ld,
+                    .ldb = xr.ld,
+                    .align_a = alignment(wr.t.raw_data()),
+                    .align_b = alignment(xr.t.raw_data()),
+                    .align_d = alignment(y.raw_data()),
+                    .align_bias = alignment(b.raw_data())};
+  const Operands o{.a = wr.t.raw_data(), .b = xr.t.raw_data(), .d = y.raw_data(), .bias = b.raw_data()};
+  if (!lt_matmul(x.device().index, key, *types, o)) return std::nullopt;
   return y;
+}
+
+std::optional<WeightBiasGrads> linear_weight_bias_grad(const Tensor& dy, const Tensor& x) {
+  const int64_t M = x.size(0), K = x.size(1), N = dy.size(1);
+  const auto types = lt_types(x.dtype(), allow_tf32());
+  if (!types || dy.dtype() != x.dtype() || M == 0 || N == 0 || K == 0) return std::nullopt;
+
+  const Rows xr = as_rows(x, K), dyr = as_rows(dy, N);
+  WeightBiasGrads g{Tensor::empty({N, K}, x.options()), Tensor::empty({N}, x.options())};
+  const PlanKey key{.epilogue = CUBLASLT_EPILOGUE_BGRADB,
+                    .dtype = x.dtype(),
+                    .tf32 = types->compute == CUBLAS_COMPUTE_32F_FAST_TF32,
+                    .trans_a = false,
+                    .trans_b = true,
+                    .m = K,
+                    .n = N,
+                    .k = M,
+                    .lda = xr.ld,
+                    .ldb = dyr.ld,
+                    .align_a = alignment(xr.t.raw_data()),
+                    .align_b = alignment(dyr.t.raw_data()),
+                    .align_d = alignment(g.dweight.raw_data()),
+                    .align_bias = alignment(g.dbias.raw_data())};
+  const Operands o{.a = xr.t.raw_data(), .b = dyr.t.raw_data(), .d = g.dweight.raw_data(), .bias = g.dbias.raw_data()};
+  if (!lt_matmul(x.device().index, key, *types, o)) return std::nullopt;
+  return g;
 }
 
 }  // namespace sessa::cuda

@@ -1,5 +1,6 @@
-// The fused linear forward on CUDA: y = x W^T + b as one cuBLASLt GEMM whose epilogue adds
-// the bias, so no separate bias kernel runs (tensor/cuda/linear.cpp explains the layout).
+// The fused linear layer on CUDA, each a single cuBLASLt GEMM with an epilogue, so no separate
+// bias kernel runs: the forward y = x W^T + b (BIAS), and the weight and bias gradients
+// dW = dy^T x, db = column sums of dy (BGRADB). tensor/cuda/linear.cpp explains the layouts.
 #pragma once
 #include <optional>
 
@@ -11,5 +12,13 @@ namespace sessa::cuda {
 // when there is nothing to fuse or cuBLASLt has no fused kernel: no bias, an empty dim, or
 // no algorithm for this dtype, shape and alignment. ops::linear then runs matmul + add.
 std::optional<Tensor> linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
+// dy (M, N) and x (M, K), both on one device in one dtype: dweight (N, K) = dy^T x and
+// dbias (N) = the sum of dy's M rows, from one GEMM. Returns nothing for an empty dim or when
+// cuBLASLt has no algorithm; ops::linear_backward then runs matmul + sum.
+struct WeightBiasGrads {
+  Tensor dweight, dbias;
+};
+std::optional<WeightBiasGrads> linear_weight_bias_grad(const Tensor& dy, const Tensor& x);
 
 }  // namespace sessa::cuda

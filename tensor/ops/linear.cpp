@@ -4,9 +4,9 @@
 //
 // Backward, with x and dy flattened to rows, x (M, K), dy (M, N), W (N, K):
 //   dx = dy W,  dW = dy^T x,  db = sum over the M rows of dy.
-// dx and dW are ops::matmul (cuBLAS on CUDA). db is the column reduction ops::sum, not
-// cuBLASLt's BGRADB epilogue fused into the dW GEMM: it is one extra read of dy, works for
-// every dtype, layout and alignment, and is the same code on both devices.
+// dx is ops::matmul (cuBLAS on CUDA). With a bias on CUDA, dW and db come from one cuBLASLt
+// GEMM whose BGRADB epilogue writes db (no separate pass over dy); the CPU, a layer without a
+// bias, and the CUDA cases cuBLASLt cannot fuse run ops::matmul and the column sum ops::sum.
 #include "tensor/cuda/linear.h"
 
 #include "tensor/cuda_hooks.h"
@@ -57,7 +57,11 @@ LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor&
   SESSA_CHECK(grad_y.shape() == d.y_shape, "linear_backward",
               "gradient " << grad_y.shape() << " does not match the output " << d.y_shape);
   const Tensor dy = reshape(grad_y, {d.M, d.N}), x2 = reshape(x, {d.M, d.K});
-  return {reshape(matmul(dy, weight), x.shape()), matmul(dy, x2, true, false), has_bias ? sum(dy, {0}) : Tensor{}};
+  const Tensor dx = reshape(matmul(dy, weight), x.shape());
+  std::optional<cuda::WeightBiasGrads> fused;
+  if (has_bias && x.is_cuda()) SESSA_CUDA_CALL(fused = cuda::linear_weight_bias_grad(dy, x2));
+  if (fused) return {dx, fused->dweight, fused->dbias};
+  return {dx, matmul(dy, x2, true, false), has_bias ? sum(dy, {0}) : Tensor{}};
 }
 
 }  // namespace sessa::ops

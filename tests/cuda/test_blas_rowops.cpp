@@ -1,6 +1,6 @@
 // GPU checks of cuBLAS matmul, the cuBLASLt linear layer and the fused row ops that the op
 // table (tests/op_table.cpp, driven by test_ops.cpp: forward, backward, every dtype and
-// layout) cannot say: an empty inner dimension, which shapes get the fused cuBLASLt kernel,
+// layout) cannot say: an empty inner dimension, which shapes get the fused cuBLASLt kernels,
 // the refused LayerNorm dtype mix, and cross-entropy's count, all-ignored rows and target
 // checks.
 #include <cmath>
@@ -38,6 +38,37 @@ TEST_CASE("cuda linear: the fused cuBLASLt kernel runs for aligned shapes with a
     const Tensor b = cpu_randn({c.N}, gen).to(c.dtype).to(gpu());
     CHECK(cuda::linear(x, w, b).has_value());
     CHECK_FALSE(cuda::linear(x, w, Tensor{}).has_value());
+  }
+}
+
+// The weight and bias gradients from one GEMM with the BGRADB epilogue (what linear's backward
+// runs with a bias): bfloat16 must get the fused kernel (a silent fallback would pass the op
+// table unnoticed), and every dtype that gets it must match dy^T x and the column sums of dy on
+// the CPU. Fresh device memory is poisoned (tests/cuda/main.cpp), so a bias gradient the
+// epilogue did not write shows up as a mismatch.
+TEST_CASE("cuda linear: dW and db from one cuBLASLt GEMM (BGRADB) match matmul and sum") {
+  Generator gen(502);
+  struct Case {
+    int64_t M, K, N;
+    DType dtype;
+  };
+  for (const Case& c :
+       {Case{128, 256, 64, DType::BF16}, Case{4 * 1024, 768, 2304, DType::BF16}, Case{4 * 1024, 3072, 768, DType::BF16},
+        Case{256, 64, 128, DType::F32}, Case{64, 32, 48, DType::F64}, Case{37, 53, 29, DType::BF16}}) {
+    CAPTURE(dtype_name(c.dtype));
+    CAPTURE(c.M);
+    CAPTURE(c.N);
+    const NoTf32 exact;
+    const Tensor dy = cpu_randn({c.M, c.N}, gen).to(c.dtype), x = cpu_randn({c.M, c.K}, gen).to(c.dtype);
+    const auto g = cuda::linear_weight_bias_grad(dy.to(gpu()), x.to(gpu()));
+    if (c.dtype == DType::BF16 && c.K % 8 == 0 && c.N % 8 == 0) REQUIRE(g.has_value());  // 16-byte rows
+    if (!g) {
+      MESSAGE("no fused BGRADB kernel for this case: linear_backward runs matmul + sum");
+      continue;
+    }
+    const Tensor dy64 = dy.to(DType::F64), x64 = x.to(DType::F64);
+    check_close(g->dweight, ops::matmul(dy64, x64, true, false), c.dtype, "dweight");
+    check_close(g->dbias, ops::sum(dy64, {0}), c.dtype, "dbias");
   }
 }
 
