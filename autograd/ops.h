@@ -44,8 +44,9 @@ Tensor mean_all(const Tensor& x);
 
 // ---- linear algebra and softmax ------------------------------------------------------------
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
-// y = x W^T + b over the last dim as one node: x (..., in), weight (out, in), bias (out) or undefined.
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+// y = r + x W^T + b over the last dim as one node: x (..., in), weight (out, in), bias (out) or
+// undefined, residual r (..., out) or undefined (a residual connection added inside the GEMM).
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual = {});
 Tensor softmax(const Tensor& x);      // over the last dim
 Tensor log_softmax(const Tensor& x);  // over the last dim
 

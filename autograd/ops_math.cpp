@@ -90,13 +90,15 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   });
 }
 
-// One node for the fused forward (cuBLASLt with a bias epilogue on CUDA); backward in ops::linear_backward.
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  Tensor y = ops::linear(x, weight, bias);
-  return record("linear", y, {x, weight, bias},
-                [x = x.detach(), w = weight.detach(), has_bias = bias.defined()](const Tensor& g) {
+// One node for the fused forward (cuBLASLt with bias epilogue and residual C on CUDA); backward
+// in ops::linear_backward, and dr = dy: the residual's gradient is the output's, passed on as is.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual) {
+  Tensor y = ops::linear(x, weight, bias, residual);
+  return record("linear", y, {x, weight, bias, residual},
+                [x = x.detach(), w = weight.detach(), has_bias = bias.defined(),
+                 has_residual = residual.defined()](const Tensor& g) {
                   auto grads = ops::linear_backward(g, x, w, has_bias);
-                  return std::vector<Tensor>{grads.dx, grads.dweight, grads.dbias};
+                  return std::vector<Tensor>{grads.dx, grads.dweight, grads.dbias, has_residual ? g : Tensor{}};
                 });
 }
 

@@ -40,14 +40,15 @@ Tensor Attention::heads(const Tensor& x, const Linear& proj, int64_t count, int6
   return opt_.rope && &proj != v_proj.get() ? rope(h, pos, opt_.rope_base) : h;
 }
 
-Tensor Attention::merge(const Tensor& o) const {
+Tensor Attention::merge(const Tensor& o, const Tensor& residual) const {
   Tensor y = reshape(permute(o, {0, 2, 1, 3}), {o.size(0), o.size(2), n_heads * head_dim});
-  return out_proj ? out_proj->forward(y) : y;
+  if (out_proj) return out_proj->forward(y, residual);
+  return residual.defined() ? residual + y : y;
 }
 
-Tensor Attention::forward(const Tensor& x) {
+Tensor Attention::forward(const Tensor& x, const Tensor& residual) {
   Tensor q = heads(x, *q_proj, n_heads, 0), k = heads(x, *k_proj, n_kv_heads, 0), v = heads(x, *v_proj, n_kv_heads, 0);
-  return merge(causal_attention(q, k, v, 0, 1.0 / std::sqrt(double(head_dim))));
+  return merge(causal_attention(q, k, v, 0, 1.0 / std::sqrt(double(head_dim))), residual);
 }
 
 KVCache Attention::new_cache(int64_t batch, int64_t max_len) const {
@@ -56,7 +57,7 @@ KVCache Attention::new_cache(int64_t batch, int64_t max_len) const {
           Tensor::empty({batch, n_kv_heads, max_len, head_dim}, topt)};
 }
 
-Tensor Attention::step(const Tensor& x, KVCache& cache, int64_t position) {
+Tensor Attention::step(const Tensor& x, KVCache& cache, int64_t position, const Tensor& residual) {
   SESSA_CHECK(x.size(1) == 1 && position < cache.k.size(2), "Attention::step",
               "needs one token within the cache (" << cache.k.size(2) << " positions), got " << x.shape() << " at "
                                                    << position);
@@ -64,7 +65,7 @@ Tensor Attention::step(const Tensor& x, KVCache& cache, int64_t position) {
   ops::copy_(ops::narrow(cache.k, 2, position, 1), heads(x, *k_proj, n_kv_heads, position));
   ops::copy_(ops::narrow(cache.v, 2, position, 1), heads(x, *v_proj, n_kv_heads, position));
   Tensor k = ops::narrow(cache.k, 2, 0, position + 1), v = ops::narrow(cache.v, 2, 0, position + 1);
-  return merge(causal_attention(q, k, v, position, 1.0 / std::sqrt(double(head_dim))));
+  return merge(causal_attention(q, k, v, position, 1.0 / std::sqrt(double(head_dim))), residual);
 }
 
 }  // namespace sessa::nn

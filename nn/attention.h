@@ -27,17 +27,18 @@ class Attention : public Module {
   Attention(const AttentionOptions& opt, Generator& gen, TensorOptions topt = {});
   // The parameters the constructor registers, from the options alone (nothing built).
   static int64_t count_parameters(const AttentionOptions& opt);
-  Tensor forward(const Tensor& x);  // (B, T, D) -> (B, T, D)
+  // (B, T, D) -> (B, T, D); plus `residual` (B, T, D) when given, added in out_proj's GEMM.
+  Tensor forward(const Tensor& x, const Tensor& residual = {});
   KVCache new_cache(int64_t batch, int64_t max_len) const;
-  // x (B, 1, D) at `position`: appends its key/value to the cache, attends over it.
-  Tensor step(const Tensor& x, KVCache& cache, int64_t position);
+  // x (B, 1, D) at `position`: appends its key/value to the cache, attends over it (plus `residual`).
+  Tensor step(const Tensor& x, KVCache& cache, int64_t position, const Tensor& residual = {});
 
   int64_t n_heads, n_kv_heads, head_dim;
   std::shared_ptr<Linear> q_proj, k_proj, v_proj, out_proj;  // out_proj may be null
 
  private:
   Tensor heads(const Tensor& x, const Linear& proj, int64_t count, int64_t pos) const;  // (B, count, T, dh)
-  Tensor merge(const Tensor& o) const;  // (B, H, T, dh) -> (B, T, D) through out_proj
+  Tensor merge(const Tensor& o, const Tensor& residual) const;  // (B, H, T, dh) -> (B, T, D) via out_proj
   AttentionOptions opt_;
 };
 

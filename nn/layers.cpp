@@ -43,10 +43,11 @@ AutocastScope::~AutocastScope() {
 
 Tensor compute(const Tensor& t) { return g_autocast ? cast(t, g_autocast_dtype) : t; }
 
-Tensor Linear::forward(const Tensor& x) const {
+Tensor Linear::forward(const Tensor& x, const Tensor& residual) const {
   SESSA_CHECK(x.size(-1) == in_features, "Linear",
               "input " << x.shape() << " has last dim " << x.size(-1) << ", layer expects " << in_features);
-  return linear(compute(x), compute(weight), bias.defined() ? compute(bias) : Tensor{});
+  return linear(compute(x), compute(weight), bias.defined() ? compute(bias) : Tensor{},
+                residual.defined() ? compute(residual) : Tensor{});
 }
 
 std::vector<Tensor> Linear::forward_parts(const Tensor& x, const std::vector<int64_t>& sizes) const {

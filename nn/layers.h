@@ -12,14 +12,16 @@ struct LinearOptions {
   double init_std = 0.02;
 };
 
-// y = x W^T + b over the last dim; W is (out, in).
+// y = x W^T + b over the last dim; W is (out, in). forward(x, r) adds a residual r of y's shape,
+// y = r + x W^T + b, in the same node (on CUDA inside the GEMM): a block's `x + proj(h)` is
+// proj->forward(h, x).
 class Linear : public Module {
  public:
   Linear(int64_t in, int64_t out, Generator& gen, LinearOptions opt = {}, TensorOptions topt = {});
   // Adopts given initial values (for a layer with its own init, e.g. Mamba's dt_proj):
   // weight (out, in) decays, bias (out) or undefined does not.
   explicit Linear(Tensor weight, Tensor bias = {});
-  Tensor forward(const Tensor& x) const;
+  Tensor forward(const Tensor& x, const Tensor& residual = {}) const;
   // The values of split(forward(x), -1, sizes), each part computed from its own block of
   // weight rows: the parts come out contiguous, and the backward needs no full-width
   // zero gradient per part (the narrow of an activation) but only one of the weight.

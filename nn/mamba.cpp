@@ -63,7 +63,7 @@ int64_t MambaMixer::count_parameters(const MambaOptions& o) {
          + Di * N + Di + Linear::count_parameters(Di, Dm, false);                                  // A_log, D, out_proj
 }
 
-Tensor MambaMixer::forward(const Tensor& x) const {
+Tensor MambaMixer::forward(const Tensor& x, const Tensor& residual) const {
   SESSA_CHECK(x.dim() == 3 && x.size(2) == d_model, "MambaBlock",
               "input " << x.shape() << " should be (B, T, " << d_model << ")");
   const int64_t Di = d_inner, N = d_state, R = dt_rank;
@@ -73,10 +73,10 @@ Tensor MambaMixer::forward(const Tensor& x) const {
   Tensor delta = softplus(dt_proj->forward(dbc[0]));
   Tensor A = compute(-exp(A_log));
   Tensor y = selective_scan(u, delta, A, dbc[1], dbc[2], compute(D), /*z=*/xz[1]);  // gated by SiLU(z), fused
-  return out_proj->forward(y);
+  return out_proj->forward(y, residual);
 }
 
-Tensor MambaMixer::step(const Tensor& x, MambaState& st) const {
+Tensor MambaMixer::step(const Tensor& x, MambaState& st, const Tensor& residual) const {
   using ops::Unary;
   const int64_t B = x.size(0), Di = d_inner, N = d_state, K = d_conv, R = dt_rank;
   Tensor xz = ops::linear(x, in_proj->weight, {});  // (B, 1, 2 Di)
@@ -96,7 +96,7 @@ Tensor MambaMixer::step(const Tensor& x, MambaState& st) const {
   st.ssm = ops::add(ops::mul(ops::unary(Unary::Exp, ops::mul(delta_c, A)), st.ssm), ops::mul(dtu, Bm));
   Tensor y = ops::add(ops::sum(ops::mul(st.ssm, Cm), {2}), ops::mul(u, D));  // (B, Di)
   Tensor gated = ops::mul(ops::reshape(y, {B, 1, Di}), ops::unary(Unary::Silu, z));
-  return ops::linear(gated, out_proj->weight, {});
+  return ops::linear(gated, out_proj->weight, {}, residual);
 }
 
 MambaBlock::MambaBlock(const MambaOptions& opt, Generator& gen, TensorOptions topt) : options(opt) {
@@ -108,7 +108,7 @@ int64_t MambaBlock::count_parameters(const MambaOptions& opt) {
   return LayerNorm::count_parameters(opt.d_model) + MambaMixer::count_parameters(opt);
 }
 
-Tensor MambaBlock::forward(const Tensor& x) { return x + mixer->forward(norm->forward(x)); }
+Tensor MambaBlock::forward(const Tensor& x) { return mixer->forward(norm->forward(x), x); }  // x + mixer(norm(x))
 
 // The state has a fixed size whatever the sequence length, so max_len is not needed.
 std::unique_ptr<DecodeState> MambaBlock::new_state(int64_t batch, int64_t /*max_len*/) const {
@@ -127,7 +127,7 @@ Tensor MambaBlock::step(const Tensor& x, DecodeState& state) {
               "input " << x.shape() << " should be (" << st->ssm.size(0) << ", 1, " << options.d_model << ")");
   autograd::NoGradGuard no_grad;
   Tensor h = ops::layer_norm(x, norm->weight, norm->bias, norm->eps).y;
-  Tensor out = ops::add(x, mixer->step(h, *st));
+  Tensor out = mixer->step(h, *st, x);
   state.position += 1;
   return out;
 }

@@ -25,18 +25,20 @@ struct MambaState : DecodeState {
   Tensor ssm;   // (B, Di, N): the scan state h
 };
 
-// The mixer alone (no norm, no residual). Its parameters are named like the
-// reference implementation: in_proj.weight, conv1d.weight, conv1d.bias, x_proj.weight,
-// dt_proj.weight, dt_proj.bias, A_log, D, out_proj.weight. The four projections are
-// nn::Linear layers (one node each; dt_proj's bias is added in the GEMM epilogue on CUDA).
+// The mixer alone (no norm; a residual, when passed, is added in out_proj's GEMM). Its
+// parameters are named like the reference implementation: in_proj.weight, conv1d.weight,
+// conv1d.bias, x_proj.weight, dt_proj.weight, dt_proj.bias, A_log, D, out_proj.weight. The
+// four projections are nn::Linear layers (one node each; dt_proj's bias is added in the GEMM
+// epilogue on CUDA).
 class MambaMixer : public Module {
  public:
   MambaMixer(const MambaOptions& opt, Generator& gen, TensorOptions topt = {});
   // The parameters the constructor registers, from the options alone (nothing built).
   static int64_t count_parameters(const MambaOptions& opt);
-  Tensor forward(const Tensor& x) const;  // (B, T, D) -> (B, T, D)
-  // One token (B, 1, D), no autograd; advances st.conv and st.ssm.
-  Tensor step(const Tensor& x, MambaState& st) const;
+  // (B, T, D) -> (B, T, D); plus `residual` (B, T, D) when given, added in out_proj's GEMM.
+  Tensor forward(const Tensor& x, const Tensor& residual = {}) const;
+  // One token (B, 1, D), no autograd; advances st.conv and st.ssm. Plus `residual` (B, 1, D).
+  Tensor step(const Tensor& x, MambaState& st, const Tensor& residual = {}) const;
 
   int64_t d_model, d_inner, d_state, d_conv, dt_rank;
   std::shared_ptr<Linear> in_proj;   // D -> 2 Di, no bias

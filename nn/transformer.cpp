@@ -51,10 +51,11 @@ int64_t TransformerBlock::count_parameters(const TransformerOptions& opt) {
 }
 
 Tensor TransformerBlock::mlp(const Tensor& h) const {
-  return h + fc_out->forward(gelu(fc_in->forward(mlp_norm->forward(h))));
+  return fc_out->forward(gelu(fc_in->forward(mlp_norm->forward(h))), h);  // h + MLP(h), the add in fc_out
 }
 
-Tensor TransformerBlock::forward(const Tensor& x) { return mlp(x + mixer->forward(norm->forward(x))); }
+// x + attention(x) with the residual added in the attention's out_proj (nn::Linear::forward).
+Tensor TransformerBlock::forward(const Tensor& x) { return mlp(mixer->forward(norm->forward(x), x)); }
 
 std::unique_ptr<DecodeState> TransformerBlock::new_state(int64_t batch, int64_t max_len) const {
   auto st = std::make_unique<TransformerState>();
@@ -64,7 +65,7 @@ std::unique_ptr<DecodeState> TransformerBlock::new_state(int64_t batch, int64_t 
 
 Tensor TransformerBlock::step(const Tensor& x, DecodeState& state) {
   auto& st = static_cast<TransformerState&>(state);
-  Tensor h = x + mixer->step(norm->forward(x), st.kv, st.position);
+  Tensor h = mixer->step(norm->forward(x), st.kv, st.position, x);
   st.position += 1;
   return mlp(h);
 }

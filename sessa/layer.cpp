@@ -67,7 +67,7 @@ Tensor SessaLayer::forward(const Tensor& x) {
   Branches br = branches(x);
   Tensor f = attn->forward(br.abar);
   Tensor s = feedback_solve(br.q_b, br.k_b, br.gamma, f);
-  return x + proj_out->forward(s * br.g);
+  return proj_out->forward(s * br.g, x);  // x + proj_out(s * g), the add in the GEMM
 }
 
 std::unique_ptr<nn::DecodeState> SessaLayer::new_state(int64_t batch, int64_t max_len) const {
@@ -93,7 +93,7 @@ Tensor SessaLayer::step(const Tensor& x, nn::DecodeState& state) {
   }
   ops::copy_(ops::narrow(st.s, 1, t, 1), s_t);
   st.position = t + 1;
-  return x + proj_out->forward(s_t * br.g);
+  return proj_out->forward(s_t * br.g, x);
 }
 
 }  // namespace sessa::layer

@@ -61,9 +61,10 @@ Tensor sum_to(const Tensor& x, const Shape& shape);
 // op(a) @ op(b) over the last two dims. a: (..., M, K) (or (..., K, M) with trans_a);
 // b: (K, N) shared by every batch, or (..., K, N) with a's batch dims.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
-// The linear layer y = x W^T + b over the last dim: x (..., in), weight (out, in), bias (out)
-// or undefined; y (..., out). On CUDA one cuBLASLt GEMM adds the bias in its epilogue.
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+// The linear layer y = r + x W^T + b over the last dim: x (..., in), weight (out, in), bias (out)
+// or undefined, residual r (..., out) or undefined; y (..., out). On CUDA one cuBLASLt GEMM adds
+// the bias in its epilogue and the residual as its C operand (beta = 1).
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual = {});
 struct LinearGrads {
   Tensor dx, dweight, dbias;  // dbias undefined when has_bias is false
 };

@@ -190,6 +190,30 @@ void add_linear(std::vector<OpEntry>& t) {
                [](auto& x, int64_t) { return linear(x[0], x[1], Tensor{}); },
                [](auto& x, int64_t) { return std::vector<Tensor>{ops::matmul(x[0], x[1], false, true)}; },
                kDefault | kTf32});
+  // y = r + x W^T (+ b): a residual r (..., N) read as the GEMM's C (beta = 1) on CUDA, with the
+  // bias epilogue (a Transformer's out-projections) and without (Sessa's and Mamba's).
+  std::vector<OpCase> residual, residual_no_bias;
+  for (const OpCase& c : cases) {
+    Shape r = c.shapes[0];
+    r.back() = c.shapes[1][0];
+    residual.push_back({{c.shapes[0], c.shapes[1], c.shapes[2], r}, 0, c.where});
+    residual_no_bias.push_back({{c.shapes[0], c.shapes[1], r}, 0, c.where});
+  }
+  t.push_back({"linear (residual)",
+               {normal_in(), normal_in(0.2), normal_in(), normal_in()},
+               residual,
+               [](auto& x, int64_t) { return linear(x[0], x[1], x[2], x[3]); },
+               [](auto& x, int64_t) {
+                 return std::vector<Tensor>{ops::add(x[3], ops::add(ops::matmul(x[0], x[1], false, true), x[2]))};
+               },
+               kDefault | kTf32});
+  t.push_back(
+      {"linear (residual, no bias)",
+       {normal_in(), normal_in(0.2), normal_in()},
+       residual_no_bias,
+       [](auto& x, int64_t) { return linear(x[0], x[1], Tensor{}, x[2]); },
+       [](auto& x, int64_t) { return std::vector<Tensor>{ops::add(x[2], ops::matmul(x[0], x[1], false, true))}; },
+       kDefault | kTf32});
 }
 
 void add_rowops(std::vector<OpEntry>& t) {

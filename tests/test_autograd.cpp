@@ -1,5 +1,6 @@
 // Autograd: what the op table (tests/op_table.cpp, whose test_ops.cpp gradchecks every
-// differentiable op) cannot say: linear equals matmul + bias, linear's shape errors,
+// differentiable op) cannot say: linear equals matmul + bias (+ residual), linear's shape
+// errors, the residual's gradient passed on as the output's, Linear::forward with a residual,
 // gradcheck catching a wrong backward, graph semantics (accumulation, no-grad, freeing),
 // and an MLP whose loss must fall > 100x.
 #include <doctest/doctest.h>
@@ -23,12 +24,53 @@ TEST_CASE("linear equals matmul + bias (2-D and 3-D input)") {
   }
 }
 
+TEST_CASE("linear with a residual equals r + (matmul + bias) in values and gradients; dr is dy itself") {
+  Generator g(17);
+  Tensor w = leaf({5, 4}, g), b = leaf({5}, g);
+  for (const Shape& shape : std::vector<Shape>{{3, 4}, {2, 3, 4}}) {
+    CAPTURE(shape);
+    for (bool bias : {true, false}) {
+      CAPTURE(bias);
+      Shape r_shape = shape;
+      r_shape.back() = 5;
+      Tensor x = leaf(shape, g), r = leaf(r_shape, g);
+      Tensor dy = normal(r.shape(), 0, 1, g, {DType::F64});
+      auto run = [&](bool fused) {
+        for (const Tensor& t : {x, w, b, r}) t.set_grad(Tensor{});
+        const Tensor bb = bias ? b : Tensor{};
+        Tensor y = fused ? linear(x, w, bb, r) : add(r, linear(x, w, bb));
+        autograd::backward(y, dy);
+        std::vector<Tensor> out{y.detach(), x.grad(), w.grad(), r.grad()};
+        if (bias) out.push_back(b.grad());
+        return out;
+      };
+      const std::vector<Tensor> ref = run(false), got = run(true);
+      for (size_t i = 0; i < ref.size(); ++i) CHECK(test::max_rel_diff(got[i], ref[i]) < 1e-14);
+      CHECK(test::max_rel_diff(got[3], dy) == 0.0);  // dr = dy exactly
+    }
+  }
+}
+
+TEST_CASE("Linear::forward(x, residual) is residual + forward(x), also under autocast (the residual cast too)") {
+  Generator g(18);
+  nn::Linear layer(4, 6, g, nn::LinearOptions{true, 0.5});
+  Tensor x = normal({2, 3, 4}, 0, 1, g), r = normal({2, 3, 6}, 0, 1, g);
+  CHECK(test::max_rel_diff(layer.forward(x, r), add(r, layer.forward(x))) < 1e-6);
+  nn::AutocastScope f64(DType::F64);  // (bfloat16 on the GPU; the CPU has no bfloat16 GEMM)
+  Tensor y = layer.forward(x, r);     // x and r cast to the autocast dtype like the weights
+  CHECK(y.dtype() == DType::F64);
+  CHECK(test::max_rel_diff(y, add(cast(r, DType::F64), layer.forward(x))) < 1e-14);
+}
+
 TEST_CASE("linear: wrong shapes give an error naming them") {
   Tensor x = zeros({2, 3}), w = zeros({4, 3}), b = zeros({4});
   CHECK_THROWS_AS(linear(x, zeros({4, 5}), b), Error);
   test::check_error([&] { linear(x, zeros({4, 5}), b); }, {"linear", "[2, 3]", "[out, 3]", "[4, 5]"});
   test::check_error([&] { linear(x, w, zeros({3})); }, {"linear", "[4, 3]", "bias of shape [4]", "got [3]"});
   test::check_error([&] { linear(x, w, zeros({4}, {DType::F64})); }, {"linear", "dtype"});
+  test::check_error([&] { linear(x, w, b, zeros({2, 3})); }, {"linear", "residual", "[2, 4]", "got [2, 3]"});
+  test::check_error([&] { linear(x, w, b, zeros({4})); }, {"linear", "residual", "[2, 4]", "got [4]"});
+  test::check_error([&] { linear(x, w, b, zeros({2, 4}, {DType::F64})); }, {"linear", "residual", "dtype"});
   test::check_error([&] { ops::linear_backward(zeros({2, 5}), x, w, true); }, {"linear_backward", "[2, 5]", "[2, 4]"});
   Generator g(8);
   nn::Linear layer(3, 4, g);

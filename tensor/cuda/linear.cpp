@@ -1,13 +1,14 @@
 // ops::linear on CUDA as single cuBLASLt matmuls with fused epilogues:
-//   forward   y = x W^T + b                        the BIAS epilogue adds b;
+//   forward   y = r + x W^T + b   the BIAS epilogue adds b, beta = 1 adds the residual r (C = r);
 //   backward  dW = dy^T x, db = sum of dy's rows   one GEMM whose BGRADB epilogue writes db.
 //
 // Layout (the mapping of tensor/cuda/blas.cpp): the row-major memory of an R x C matrix is,
 // to column-major cuBLASLt, the C x R transpose. With x flattened to rows (M x K), W (N x K)
 // and y, dy (M x N):
-//   forward:  D = y^T (N x M, ld N) = op(A) op(B) with
+//   forward:  D = y^T (N x M, ld N) = op(A) op(B) + beta C with
 //     A = W's memory, column-major W^T (K x N), op = transpose  -> W   (N x K),
-//     B = x's memory, column-major x^T (K x M), op = none       -> x^T (K x M).
+//     B = x's memory, column-major x^T (K x M), op = none       -> x^T (K x M),
+//     C = r's memory, column-major r^T (N x M) like D; beta = 1 with a residual, else 0 (C = D).
 //   D's rows are the output features, so the bias (length N) is a per-row bias of D, which is
 //   exactly what the BIAS epilogue adds (broadcast over D's M columns, in the compute type,
 //   before D is rounded to its dtype).
@@ -18,8 +19,8 @@
 //   D's N columns: exactly BGRADB ("bias size = columns of D, reduction over k"). BGRADA would
 //   reduce A over k, giving a length-K vector: the wrong operand here.
 //
-// Precision: bfloat16 in/out (bias and bias gradient bfloat16) with float32 compute (db is
-// summed in float32, then rounded once); float32 with TF32 tensor
+// Precision: bfloat16 in/out (bias, residual and bias gradient bfloat16) with float32 compute
+// (r + x W^T + b and db are formed in float32, then rounded once); float32 with TF32 tensor
 // cores when cuda::allow_tf32(), exact float32 otherwise; float64 throughout.
 //
 // One cuBLASLt handle and workspace per device; every matmul runs on cuda::stream(device).
@@ -66,23 +67,24 @@ using Preference = std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, Destroyer<&
 // at the 256 bytes the heuristic assumes by default): a view at an odd offset gets a plan of
 // its own, restricted to kernels that can read it.
 struct PlanKey {
-  uint32_t epilogue;  // a cublasLtEpilogue_t with a bias vector: BIAS or BGRADB
+  uint32_t epilogue;  // a cublasLtEpilogue_t: DEFAULT, BIAS or BGRADB
   DType dtype;
-  bool tf32, trans_a, trans_b;
+  bool tf32, trans_a, trans_b, add_c;  // add_c: D = op(A) op(B) + C (beta = 1), C laid out as D
   int64_t m, n, k, lda, ldb;
-  uint32_t align_a, align_b, align_d, align_bias;
+  uint32_t align_a, align_b, align_c, align_d, align_bias;
   auto operator<=>(const PlanKey&) const = default;
 };
 
-// The buffers of one call; `bias` is read (BIAS) or written (BGRADB).
+// The buffers of one call; `c` is read when the key has add_c, `bias` read (BIAS) or written
+// (BGRADB) or null (DEFAULT).
 struct Operands {
-  const void *a, *b;
+  const void *a, *b, *c;
   void *d, *bias;
 };
 
 struct Plan {
   MatmulDesc desc;
-  Layout a, b, d;                            // C = D
+  Layout a, b, d;                            // C is laid out as D
   std::optional<cublasLtMatmulAlgo_t> algo;  // none: no fused kernel for this key
 };
 
@@ -155,8 +157,10 @@ Plan make_plan(cublasLtHandle_t handle, const PlanKey& k, const LtTypes& t, cons
   set(desc, CUBLASLT_MATMUL_DESC_TRANSA, int32_t(k.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N));
   set(desc, CUBLASLT_MATMUL_DESC_TRANSB, int32_t(k.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N));
   set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, k.epilogue);
-  set(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, int32_t(t.data));
-  set(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  if (k.epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
+    set(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, int32_t(t.data));
+    set(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  }
   p.a = k.trans_a ? layout(t.data, k.k, k.m, k.lda) : layout(t.data, k.m, k.k, k.lda);
   p.b = k.trans_b ? layout(t.data, k.n, k.k, k.ldb) : layout(t.data, k.k, k.n, k.ldb);
   p.d = layout(t.data, k.m, k.n, k.m);
@@ -167,7 +171,7 @@ Plan make_plan(cublasLtHandle_t handle, const PlanKey& k, const LtTypes& t, cons
   set(pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, uint64_t(kWorkspaceBytes));
   set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, k.align_a);
   set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, k.align_b);
-  set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, k.align_d);
+  set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, k.add_c ? k.align_c : k.align_d);
   set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, k.align_d);
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
@@ -204,13 +208,15 @@ bool lt_matmul(int device, const PlanKey& key, const LtTypes& types, const Opera
   const Plan& p = it->second;
   if (!p.algo) return false;
 
-  set(p.desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, o.bias);
+  if (key.epilogue != CUBLASLT_EPILOGUE_DEFAULT) set(p.desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, o.bias);
   const float one32 = 1.f, zero32 = 0.f;
   const double one64 = 1.0, zero64 = 0.0;
   const bool f64 = key.dtype == DType::F64;
   const void* one = f64 ? static_cast<const void*>(&one64) : &one32;
   const void* zero = f64 ? static_cast<const void*>(&zero64) : &zero32;
-  SESSA_CUBLAS_CHECK(cublasLtMatmul(s.handle, p.desc.get(), one, o.a, p.a.get(), o.b, p.b.get(), zero, o.d, p.d.get(),
+  const void* beta = key.add_c ? one : zero;
+  const void* c = key.add_c ? o.c : o.d;
+  SESSA_CUBLAS_CHECK(cublasLtMatmul(s.handle, p.desc.get(), one, o.a, p.a.get(), o.b, p.b.get(), beta, c, p.d.get(),
                                     o.d, p.d.get(), &*p.algo, s.workspace, kWorkspaceBytes, st),
                      "linear");
   return true;
@@ -218,21 +224,25 @@ bool lt_matmul(int device, const PlanKey& key, const LtTypes& types, const Opera
 
 }  // namespace
 
-std::optional<Tensor> linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+std::optional<Tensor> linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual) {
   const int64_t K = weight.size(1), N = weight.size(0), M = numel(Shape(x.shape().begin(), x.shape().end() - 1));
   const auto types = lt_types(x.dtype(), allow_tf32());
-  if (!bias.defined() || !types || M == 0 || N == 0 || K == 0) return std::nullopt;
+  if ((!bias.defined() && !residual.defined()) || !types || M == 0 || N == 0 || K == 0) return std::nullopt;
 
   const Rows xr = as_rows(x, K), wr = as_rows(weight, K);
-  const Tensor b = ops::contiguous(bias);
+  const Tensor b = bias.defined() ? ops::contiguous(bias) : Tensor{};
+  const Tensor r = residual.defined() ? ops::contiguous(residual) : Tensor{};  // C is laid out as D
   Shape y_shape = x.shape();
   y_shape.back() = N;
   Tensor y = Tensor::empty(y_shape, x.options());
-  const PlanKey key{.epilogue = CUBLASLT_EPILOGUE_BIAS,
+  const void* r_data = r.defined() ? r.raw_data() : nullptr;
+  void* b_data = b.defined() ? b.raw_data() : nullptr;
+  const PlanKey key{.epilogue = b.defined() ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT,
                     .dtype = x.dtype(),
                     .tf32 = types->compute == CUBLAS_COMPUTE_32F_FAST_TF32,
                     .trans_a = true,
                     .trans_b = false,
+                    .add_c = r.defined(),
                     .m = N,
                     .n = M,
                     .k = K,
@@ -240,9 +250,10 @@ std::optional<Tensor> linear(const Tensor& x, const Tensor& weight, const Tensor
                     .ldb = xr.ld,
                     .align_a = alignment(wr.t.raw_data()),
                     .align_b = alignment(xr.t.raw_data()),
+                    .align_c = r.defined() ? alignment(r_data) : 0,
                     .align_d = alignment(y.raw_data()),
-                    .align_bias = alignment(b.raw_data())};
-  const Operands o{.a = wr.t.raw_data(), .b = xr.t.raw_data(), .d = y.raw_data(), .bias = b.raw_data()};
+                    .align_bias = b.defined() ? alignment(b_data) : 0};
+  const Operands o{.a = wr.t.raw_data(), .b = xr.t.raw_data(), .c = r_data, .d = y.raw_data(), .bias = b_data};
   if (!lt_matmul(x.device().index, key, *types, o)) return std::nullopt;
   return y;
 }
@@ -259,6 +270,7 @@ std::optional<WeightBiasGrads> linear_weight_bias_grad(const Tensor& dy, const T
                     .tf32 = types->compute == CUBLAS_COMPUTE_32F_FAST_TF32,
                     .trans_a = false,
                     .trans_b = true,
+                    .add_c = false,
                     .m = K,
                     .n = N,
                     .k = M,
@@ -266,9 +278,11 @@ std::optional<WeightBiasGrads> linear_weight_bias_grad(const Tensor& dy, const T
                     .ldb = dyr.ld,
                     .align_a = alignment(xr.t.raw_data()),
                     .align_b = alignment(dyr.t.raw_data()),
+                    .align_c = 0,
                     .align_d = alignment(g.dweight.raw_data()),
                     .align_bias = alignment(g.dbias.raw_data())};
-  const Operands o{.a = xr.t.raw_data(), .b = dyr.t.raw_data(), .d = g.dweight.raw_data(), .bias = g.dbias.raw_data()};
+  const Operands o{
+      .a = xr.t.raw_data(), .b = dyr.t.raw_data(), .c = nullptr, .d = g.dweight.raw_data(), .bias = g.dbias.raw_data()};
   if (!lt_matmul(x.device().index, key, *types, o)) return std::nullopt;
   return g;
 }

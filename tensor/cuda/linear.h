@@ -1,6 +1,7 @@
 // The fused linear layer on CUDA, each a single cuBLASLt GEMM with an epilogue, so no separate
-// bias kernel runs: the forward y = x W^T + b (BIAS), and the weight and bias gradients
-// dW = dy^T x, db = column sums of dy (BGRADB). tensor/cuda/linear.cpp explains the layouts.
+// bias or residual kernel runs: the forward y = r + x W^T + b (BIAS epilogue, r as C with
+// beta = 1), and the weight and bias gradients dW = dy^T x, db = column sums of dy (BGRADB).
+// tensor/cuda/linear.cpp explains the layouts.
 #pragma once
 #include <optional>
 
@@ -8,10 +9,11 @@
 
 namespace sessa::cuda {
 
-// ops::linear for CUDA tensors (arguments already checked by ops::linear). Returns nothing
-// when there is nothing to fuse or cuBLASLt has no fused kernel: no bias, an empty dim, or
-// no algorithm for this dtype, shape and alignment. ops::linear then runs matmul + add.
-std::optional<Tensor> linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+// ops::linear for CUDA tensors (arguments already checked by ops::linear); bias and residual
+// may be undefined. Returns nothing when there is nothing to fuse or cuBLASLt has no fused
+// kernel: neither bias nor residual, an empty dim, or no algorithm for this dtype, shape and
+// alignment. ops::linear then runs matmul + adds.
+std::optional<Tensor> linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual = {});
 
 // dy (M, N) and x (M, K), both on one device in one dtype: dweight (N, K) = dy^T x and
 // dbias (N) = the sum of dy's M rows, from one GEMM. Returns nothing for an empty dim or when

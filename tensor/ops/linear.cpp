@@ -1,6 +1,8 @@
-// The linear layer y = x W^T + b over the last dim, forward and backward. On CUDA the
-// forward is one cuBLASLt GEMM with the bias added in its epilogue (tensor/cuda/linear.cpp);
-// the CPU, and the CUDA cases cuBLASLt cannot fuse, run matmul then a broadcast add.
+// The linear layer y = r + x W^T + b over the last dim, forward and backward; the bias b and the
+// residual r (a residual connection, x + proj(h) in a block) are optional. On CUDA the forward
+// is one cuBLASLt GEMM, the bias added in its epilogue and r read as C with beta = 1
+// (tensor/cuda/linear.cpp); the CPU, and the CUDA cases cuBLASLt cannot fuse, run matmul then
+// broadcast adds. The residual's gradient is dy itself (autograd/ops_math.cpp).
 //
 // Backward, with x and dy flattened to rows, x (M, K), dy (M, N), W (N, K):
 //   dx = dy W,  dW = dy^T x,  db = sum over the M rows of dy.
@@ -36,7 +38,7 @@ Dims dims(const Tensor& x, const Tensor& weight, const char* op) {
 
 }  // namespace
 
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual) {
   const Dims d = dims(x, weight, "linear");
   if (bias.defined()) {
     SESSA_CHECK(
@@ -45,11 +47,18 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     SESSA_CHECK(bias.device() == x.device() && bias.dtype() == x.dtype(), "linear",
                 "input and bias differ in device or dtype: " << x.str() << " and " << bias.str());
   }
+  if (residual.defined()) {
+    SESSA_CHECK(residual.shape() == d.y_shape, "linear",
+                "the residual must have the output's shape " << d.y_shape << ", got " << residual.shape());
+    SESSA_CHECK(residual.device() == x.device() && residual.dtype() == x.dtype(), "linear",
+                "input and residual differ in device or dtype: " << x.str() << " and " << residual.str());
+  }
   if (x.is_cuda()) {
-    SESSA_CUDA_CALL(if (auto y = cuda::linear(x, weight, bias)) return *y);
+    SESSA_CUDA_CALL(if (auto y = cuda::linear(x, weight, bias, residual)) return *y);
   }
   Tensor y = reshape(matmul(reshape(x, {d.M, d.K}), weight, false, true), d.y_shape);
-  return bias.defined() ? add(y, bias) : y;
+  if (bias.defined()) y = add(y, bias);
+  return residual.defined() ? add(residual, y) : y;
 }
 
 LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias) {

@@ -18,7 +18,7 @@ TEST_CASE("cuda matmul: empty inner dimension gives zeros") {
   for (double v : c.to_vector<double>()) CHECK(v == 0.0);
 }
 
-TEST_CASE("cuda linear: the fused cuBLASLt kernel runs for aligned shapes with a bias") {
+TEST_CASE("cuda linear: the fused cuBLASLt kernel runs for aligned shapes with a bias or a residual") {
   Generator gen(501);
   struct Case {
     Shape x;
@@ -26,7 +26,8 @@ TEST_CASE("cuda linear: the fused cuBLASLt kernel runs for aligned shapes with a
     DType dtype;
     bool tf32;
   };
-  // Aligned and large enough: cuBLASLt has a fused bias epilogue. Without a bias: a plain GEMM.
+  // Aligned and large enough: cuBLASLt has a fused bias epilogue, and takes a residual as C
+  // (beta = 1) with or without it. With neither: a plain GEMM (ops::matmul).
   for (const Case& c : {Case{{128, 256}, 64, DType::F32, false}, Case{{128, 256}, 64, DType::BF16, true},
                         Case{{4, 64, 768}, 2304, DType::BF16, true}, Case{{4, 64, 768}, 2304, DType::F32, true}}) {
     CAPTURE(dtype_name(c.dtype));
@@ -36,7 +37,12 @@ TEST_CASE("cuda linear: the fused cuBLASLt kernel runs for aligned shapes with a
     const Tensor x = cpu_randn(c.x, gen).to(c.dtype).to(gpu());
     const Tensor w = cpu_randn({c.N, c.x.back()}, gen, 0.05).to(c.dtype).to(gpu());
     const Tensor b = cpu_randn({c.N}, gen).to(c.dtype).to(gpu());
+    Shape y_shape = c.x;
+    y_shape.back() = c.N;
+    const Tensor r = cpu_randn(y_shape, gen).to(c.dtype).to(gpu());
     CHECK(cuda::linear(x, w, b).has_value());
+    CHECK(cuda::linear(x, w, b, r).has_value());
+    CHECK(cuda::linear(x, w, Tensor{}, r).has_value());
     CHECK_FALSE(cuda::linear(x, w, Tensor{}).has_value());
   }
 }
