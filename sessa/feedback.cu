@@ -137,8 +137,7 @@ constexpr int kLd = kRows + 1;              // padded row stride of 64 x 64 tile
 // Row block i of the panel rows [lo, hi): [lo + 64 i, min(hi, lo + 64 (i + 1))).
 __host__ __device__ inline int block_rows(int lo, int hi, int i) { return min(kRows, hi - (lo + kRows * i)); }
 
-// inv[b, i] = (I - Gamma A)^-1 (or its transpose when `transposed`: the forward's products
-// read it so) for the diagonal block i of rows [lo, hi), one block of 256
+// inv[b, i] = (I - Gamma A)^-1 for the diagonal block i of rows [lo, hi), one block of 256
 // threads per (i, batch item). Solves L X = I column-parallel: 4 threads per column c split
 // the sum over j (warp shuffles), rows in order,
 //   X[r, c] = [r == c] + gamma_r sum_{j<r} A[r, j] X[j, c].
@@ -146,8 +145,7 @@ __host__ __device__ inline int block_rows(int lo, int hi, int i) { return min(kR
 constexpr int kInvThreads = 256, kXLd = 72;
 template <class X>
 __global__ void __launch_bounds__(kInvThreads)
-    invert_diagonal_blocks(const AlphaView<acc_t<X>> alpha, const X* gamma, acc_t<X>* inv, int T, int lo, int hi,
-                           bool transposed) {
+    invert_diagonal_blocks(const AlphaView<acc_t<X>> alpha, const X* gamma, acc_t<X>* inv, int T, int lo, int hi) {
   using A = acc_t<X>;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   A *As = reinterpret_cast<A*>(smem_bytes), *Xs = As + kRows * kLd, *Gs = Xs + kRows * kXLd;
@@ -171,130 +169,112 @@ __global__ void __launch_bounds__(kInvThreads)
   }
   __syncthreads();
   A* out = inv + (int64_t(b) * gridDim.x + i) * kBlockElems;
-  for (int e = threadIdx.x; e < kBlockElems; e += kInvThreads) {
-    const int r = e / kRows, c = e % kRows;
-    out[e] = transposed ? Xs[c * kXLd + r] : Xs[r * kXLd + c];
-  }
+  for (int e = threadIdx.x; e < kBlockElems; e += kInvThreads) out[e] = Xs[(e / kRows) * kXLd + e % kRows];
 }
 
 // One 64 x 64 output tile of a product of two 64 x 64 shared tiles, 4 x 4 per thread:
-// thread (ty, tx) = (tid / 16, tid % 16) owns rows 4 ty + a and columns 4 tx + c, and
-// acc[a][c] += sum_k Mt[k, 4 ty + a] V[k, 4 tx + c]. The left factor is stored transposed
-// (Mt), so each k costs two 4-wide shared loads for 16 FMAs. Tiles have row stride kVLd
-// (16-byte aligned rows).
-constexpr int kApplyThreads = 256, kVLd = kRows + 4;
-
-__device__ inline void load4(const float* p, float (&v)[4]) {
-  const float4 x = *reinterpret_cast<const float4*>(p);
-  v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
-}
-__device__ inline void load4(const double* p, double (&v)[4]) {
-  const double2 x = *reinterpret_cast<const double2*>(p), y = *reinterpret_cast<const double2*>(p + 2);
-  v[0] = x.x, v[1] = x.y, v[2] = y.x, v[3] = y.y;
-}
-
-template <class A>
-__device__ void tile_product(const A* Mt, const A* V, A (&acc)[4][4]) {
+// thread (ty, tx) = (tid / 16, tid % 16) owns rows ty + 16 m and columns tx + 16 n.
+// acc[m][n] += sum_k M(row, k) V[k, col] with M(row, k) = M[row * kLd + k], or M[k * kLd + row]
+// when Transposed.
+constexpr int kApplyThreads = 256;
+template <bool Transposed, class A>
+__device__ void tile_product(const A* M, const A* V, A (&acc)[4][4]) {
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-#pragma unroll 8
   for (int k = 0; k < kRows; ++k) {
     A m[4], v[4];
-    load4(Mt + k * kVLd + 4 * ty, m);
-    load4(V + k * kVLd + 4 * tx, v);
+    for (int a = 0; a < 4; ++a) {
+      const int row = ty + 16 * a;
+      m[a] = Transposed ? M[k * kLd + row] : M[row * kLd + k];
+      v[a] = V[k * kLd + tx + 16 * a];
+    }
     for (int a = 0; a < 4; ++a)
       for (int c = 0; c < 4; ++c) acc[a][c] += m[a] * v[c];
   }
 }
 
-// Copies the stored inverse inv[block] (64 x 64, as invert_diagonal_blocks wrote it) into a
-// shared tile of row stride kVLd.
+// Loads inv[b, i] into Ls (64 x kLd).
 template <class A>
-__device__ void load_inverse(A* tile, const A* inv, int64_t block) {
+__device__ void load_inverse(A* Ls, const A* inv, int64_t block) {
   const A* src = inv + block * kBlockElems;
-  for (int e = threadIdx.x; e < kBlockElems; e += kApplyThreads) tile[(e / kRows) * kVLd + e % kRows] = src[e];
+  for (int e = threadIdx.x; e < kBlockElems; e += kApplyThreads) Ls[(e / kRows) * kLd + e % kRows] = src[e];
 }
 
 // (S5) for the row block [t0, t0 + nb) (block i of its panel), columns [c0, c0 + 64) of one
 // batch item: ctx already holds the earlier blocks' part ctx_prev (when has_prev);
 // s = L^-1 (f + Gamma ctx_prev), then ctx = ctx_prev + A s. Writes ctx and s (A), and s_out
-// (X) when X is not A. Shared memory: (L^-1)^T (stored so by the forward's inversion), A^T,
-// the right-hand side (then s), gamma.
+// (X) when X is not A. Shared memory: L^-1, A, the right-hand side (then s), gamma.
 template <class X>
 __global__ void __launch_bounds__(kApplyThreads)
     solve_forward_block(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, int i, int blocks, const X* gamma,
                         const X* f, acc_t<X>* ctx, acc_t<X>* s, X* s_out, int T, int D, int t0, int nb, bool has_prev) {
   using A = acc_t<X>;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *Lt = reinterpret_cast<A*>(smem_bytes), *At = Lt + kRows * kVLd, *Rs = At + kRows * kVLd, *Gs = Rs + kRows * kVLd;
+  A *Ls = reinterpret_cast<A*>(smem_bytes), *As = Ls + kRows * kLd, *Rs = As + kRows * kLd, *Gs = Rs + kRows * kLd;
   const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0);
   const int64_t base = (int64_t(b) * T + t0) * D + c0;  // element (t0, c0) of batch item b
-  load_inverse(Lt, inv, int64_t(b) * blocks + i);
+  load_inverse(Ls, inv, int64_t(b) * blocks + i);
   if (threadIdx.x < kRows)
     Gs[threadIdx.x] = int(threadIdx.x) < nb ? load(gamma + int64_t(b) * T + t0 + threadIdx.x) : A(0);
   __syncthreads();
   for (int e = threadIdx.x; e < kRows * kRows; e += kApplyThreads) {
     const int r = e / kRows, c = e % kRows;
+    const bool in = r < nb && c < ncols;
     const int64_t o = base + int64_t(r) * D + c;
-    At[c * kVLd + r] = c < r && r < nb ? alpha.at(b, t0 + r, t0 + c) : A(0);
-    Rs[r * kVLd + c] = r < nb && c < ncols ? load(f + o) + Gs[r] * (has_prev ? ctx[o] : A(0)) : A(0);
+    As[r * kLd + c] = c < r && r < nb ? alpha.at(b, t0 + r, t0 + c) : A(0);
+    Rs[r * kLd + c] = in ? load(f + o) + Gs[r] * (has_prev ? ctx[o] : A(0)) : A(0);
   }
   __syncthreads();
-  A sv[4][4] = {};
-  tile_product(Lt, Rs, sv);
+  A acc[4][4] = {};
+  tile_product<false>(Ls, Rs, acc);
   __syncthreads();  // everyone has read the right-hand side: s takes its place
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
   for (int a = 0; a < 4; ++a)
-    for (int c = 0; c < 4; ++c) Rs[(4 * ty + a) * kVLd + 4 * tx + c] = sv[a][c];
+    for (int c = 0; c < 4; ++c) Rs[(ty + 16 * a) * kLd + tx + 16 * c] = acc[a][c];
   __syncthreads();
-  A cv[4][4] = {};
-  tile_product(At, Rs, cv);
+  A cacc[4][4] = {};
+  tile_product<false>(As, Rs, cacc);
   for (int a = 0; a < 4; ++a)
     for (int c = 0; c < 4; ++c) {
-      const int r = 4 * ty + a, col = 4 * tx + c;
+      const int r = ty + 16 * a, col = tx + 16 * c;
       if (r >= nb || col >= ncols) continue;
       const int64_t o = base + int64_t(r) * D + col;
-      ctx[o] = (has_prev ? ctx[o] : A(0)) + cv[a][c];
-      s[o] = sv[a][c];
-      if constexpr (!std::is_same_v<X, A>) store(s_out + o, sv[a][c]);
+      ctx[o] = (has_prev ? ctx[o] : A(0)) + cacc[a][c];
+      s[o] = acc[a][c];
+      if constexpr (!std::is_same_v<X, A>) store(s_out + o, acc[a][c]);
     }
 }
 
 // (S6') for the row block [s0, s0 + nb) (block i of its panel), columns [c0, c0 + 64) of one
 // batch item: df already holds the later blocks' part (when has_carry);
 // df = L^-T (ds + carry), w = Gamma df. Writes df and w (A), and df_out (X) when X is not A.
-// The left factor L^-T transposed is L^-1 itself, stored row-major by the backward's inversion.
 template <class X>
 __global__ void __launch_bounds__(kApplyThreads)
     solve_backward_block(const acc_t<X>* inv, int i, int blocks, const X* gamma, const X* ds, acc_t<X>* df, X* df_out,
                          acc_t<X>* w, int T, int D, int s0, int nb, bool has_carry) {
   using A = acc_t<X>;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *Ls = reinterpret_cast<A*>(smem_bytes), *Rs = Ls + kRows * kVLd;
+  A *Ls = reinterpret_cast<A*>(smem_bytes), *Rs = Ls + kRows * kLd;
   const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0);
   const int64_t base = (int64_t(b) * T + s0) * D + c0;
   load_inverse(Ls, inv, int64_t(b) * blocks + i);
   for (int e = threadIdx.x; e < kRows * kRows; e += kApplyThreads) {
     const int r = e / kRows, c = e % kRows;
     const int64_t o = base + int64_t(r) * D + c;
-    Rs[r * kVLd + c] = r < nb && c < ncols ? load(ds + o) + (has_carry ? df[o] : A(0)) : A(0);
+    Rs[r * kLd + c] = r < nb && c < ncols ? load(ds + o) + (has_carry ? df[o] : A(0)) : A(0);
   }
   __syncthreads();
   A acc[4][4] = {};
-  tile_product(Ls, Rs, acc);
+  tile_product<true>(Ls, Rs, acc);
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-  for (int a = 0; a < 4; ++a) {
-    const int r = 4 * ty + a;
-    if (r >= nb) continue;
-    const A g = load(gamma + int64_t(b) * T + s0 + r);
+  for (int a = 0; a < 4; ++a)
     for (int c = 0; c < 4; ++c) {
-      const int col = 4 * tx + c;
-      if (col >= ncols) continue;
+      const int r = ty + 16 * a, col = tx + 16 * c;
+      if (r >= nb || col >= ncols) continue;
       const int64_t o = base + int64_t(r) * D + col;
       df[o] = acc[a][c];
-      w[o] = g * acc[a][c];
+      w[o] = load(gamma + int64_t(b) * T + s0 + r) * acc[a][c];
       if constexpr (!std::is_same_v<X, A>) store(df_out + o, acc[a][c]);
     }
-  }
 }
 
 // (S7) for rows [c0, c0 + cw) of each batch item: dgamma_t = df_t . ctx_t, one warp per row;
@@ -331,16 +311,15 @@ void set_shared_memory(Kernel kernel, size_t bytes, const char* op) {
   SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
 }
 
-// inv[b, i] = (I - Gamma A_i)^-1, or its transpose, for every 64-row block i of the panel rows [lo, hi).
+// inv[b, i] = (I - Gamma A_i)^-1 for every 64-row block i of the panel rows [lo, hi).
 template <class X>
 void invert_blocks(const AlphaView<acc_t<X>>& alpha, const X* gamma, acc_t<X>* inv, int B, int T, int lo, int hi,
-                   bool transposed, cudaStream_t st, const char* op) {
+                   cudaStream_t st, const char* op) {
   using A = acc_t<X>;
   const size_t smem = (kRows * kLd + kRows * kXLd + kRows) * sizeof(A);
   set_shared_memory(invert_diagonal_blocks<X>, smem, op);
   const unsigned blocks = unsigned((hi - lo + kRows - 1) / kRows);
-  invert_diagonal_blocks<X>
-      <<<dim3(blocks, unsigned(B)), kInvThreads, smem, st>>>(alpha, gamma, inv, T, lo, hi, transposed);
+  invert_diagonal_blocks<X><<<dim3(blocks, unsigned(B)), kInvThreads, smem, st>>>(alpha, gamma, inv, T, lo, hi);
   SESSA_CUDA_LAUNCH_CHECK(op);
 }
 
@@ -377,7 +356,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
     const int max_blocks = (P + kRows - 1) / kRows;
     const Tensor inverses = Tensor::empty({B, max_blocks, kRows, kRows}, acc_opt);
     A* inv = ptr<A>(inverses);
-    const size_t smem = (3 * kRows * kVLd + kRows) * sizeof(A);
+    const size_t smem = (3 * kRows * kLd + kRows) * sizeof(A);
     if (D > 0) set_shared_memory(solve_forward_block<X>, smem, op);
     const dim3 grid(blocks_for(D, kRows), unsigned(B));
     for (int p0 = 0; p0 < T; p0 += P) {
@@ -388,7 +367,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D == 0) continue;
       const AlphaView<A> alpha{pa, PT, T, p0, 0};
-      invert_blocks<X>(alpha, ptr<X>(gamma), inv, B, T, p0, p1, /*transposed=*/true, st, op);
+      invert_blocks<X>(alpha, ptr<X>(gamma), inv, B, T, p0, p1, st, op);
       for (int i = 0; i < blocks; ++i) {
         const int t0 = p0 + kRows * i, nb = block_rows(p0, p1, i);
         if (t0 > 0)  // ctx[t0:t0+nb] = alpha[t0:t0+nb, 0:t0] s[0:t0]
@@ -444,7 +423,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const int max_blocks = (P + kRows - 1) / kRows;
     const Tensor inverses = Tensor::empty({B, max_blocks, kRows, kRows}, acc_opt);
     A* inv = ptr<A>(inverses);
-    const size_t smem = 2 * kRows * kVLd * sizeof(A);
+    const size_t smem = 2 * kRows * kLd * sizeof(A);
     if (D > 0) set_shared_memory(solve_backward_block<X>, smem, op);
     const dim3 grid(blocks_for(D, kRows), unsigned(B));
     // Column panels [c0, c1) with c0 a multiple of P (so the 64-row blocks are the forward's),
@@ -458,8 +437,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       rebuild_alpha_kernel<A><<<blocks_for(cells), kThreads, 0, st>>>(pal, ptr<A>(lse), T, c0, cw, P, cells);
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D > 0) {
-        invert_blocks<X>(AlphaView<A>{pal, TP, P, c0, c0}, ptr<X>(gamma), inv, B, T, c0, c1, /*transposed=*/false, st,
-                         op);
+        invert_blocks<X>(AlphaView<A>{pal, TP, P, c0, c0}, ptr<X>(gamma), inv, B, T, c0, c1, st, op);
         for (int i = blocks - 1; i >= 0; --i) {
           const int s0 = c0 + kRows * i, nb = block_rows(c0, c1, i), s1 = s0 + nb;
           if (s1 < T)  // df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T]
