@@ -11,10 +11,10 @@
 #      accuracy mean ± std over the seeds (per family and length) is printed last.
 # Up to JOBS runs share the device at once (background processes).
 #
-#   bench/symbolsoup_sweep.sh                      # GPU defaults (one H200: about 7 minutes)
+#   bench/symbolsoup_sweep.sh                      # GPU defaults (one H200: about 20 minutes, estimated)
 #   bench/symbolsoup_sweep.sh --quick              # CPU smoke run of the whole pipeline (minutes)
 #   JOBS=12 STEPS=800 bench/symbolsoup_sweep.sh    # any setting below can be overridden
-#   LM_WEIGHT=0.5 bench/symbolsoup_sweep.sh        # add 0.5 x the next-token loss (train --lm-weight; default 0)
+#   LM_WEIGHT=0 bench/symbolsoup_sweep.sh          # label loss only (default 1: + 1 x the next-token loss, train --lm-weight)
 set -uo pipefail
 QUICK=0
 for arg in "$@"; do
@@ -32,15 +32,15 @@ if [ $QUICK = 1 ]; then
   : "${D:=32}" "${LAYERS:=1}" "${HEADS:=2}" "${STEPS:=40}" "${BATCH:=16}" "${LRS:=5e-3 1e-2}" "${SEEDS:=1 2}"
   : "${LENGTHS:=60-90 120-160}" "${TRAIN_N:=1000}" "${VAL_N:=100}" "${TEST_N:=100}" "${VAL_EXAMPLES:=100}"
 else
-  : "${OUT:=runs/symbolsoup-sweep}" "${DEVICE:=cuda}" "${DTYPE:=fp32}" "${JOBS:=9}" "${THREADS:=1}"
-  : "${D:=128}" "${LAYERS:=3}" "${HEADS:=4}" "${STEPS:=600}" "${BATCH:=16}" "${LRS:=2e-3 5e-3 1e-2}" "${SEEDS:=1 2 3}"
+  : "${OUT:=runs/symbolsoup-sweep}" "${DEVICE:=cuda}" "${DTYPE:=bf16}" "${JOBS:=6}" "${THREADS:=1}"
+  : "${D:=128}" "${LAYERS:=3}" "${HEADS:=2}" "${STEPS:=2000}" "${BATCH:=64}" "${LRS:=2e-3 5e-3 1e-2}" "${SEEDS:=1 2 3}"
   : "${LENGTHS:=400-600 1800-2048}" "${TRAIN_N:=20000}" "${VAL_N:=2000}" "${TEST_N:=2000}" "${VAL_EXAMPLES:=400}"
 fi
 FAMILIES=${FAMILIES:-sessa transformer mamba}
 WARMUP=${WARMUP:-$((STEPS / 10))}
 EVAL_EVERY=${EVAL_EVERY:-$((STEPS / 4))}
 DATA_SEED=${DATA_SEED:-1}
-LM_WEIGHT=${LM_WEIGHT:-0}
+LM_WEIGHT=${LM_WEIGHT:-1}
 
 [ -x "$APP" ] || { echo "symbolsoup_sweep: $APP not found: build it first (cmake --build $BUILD --target symbolsoup)" >&2; exit 1; }
 [ -e "$OUT/results.tsv" ] && { echo "symbolsoup_sweep: $OUT already holds a sweep; set OUT=... or remove it" >&2; exit 1; }
