@@ -192,36 +192,43 @@ __device__ void tile_product(const A* M, const A* V, A (&acc)[4][4]) {
   }
 }
 
-// Loads inv[b, i] into Ls (64 x kLd).
-template <class A>
-__device__ void load_inverse(A* Ls, const A* inv, int64_t block) {
-  const A* src = inv + block * kBlockElems;
-  for (int e = threadIdx.x; e < kBlockElems; e += kApplyThreads) Ls[(e / kRows) * kLd + e % kRows] = src[e];
-}
+// Each thread of a block kernel stages kPerThread elements of every 64 x 64 tile: element
+// j is (row 4 j + tid / 64, column tid % 64). All of a thread's global loads are issued into
+// registers before any shared-memory store, so they are in flight together: one memory
+// latency per kernel instead of one per element.
+constexpr int kPerThread = kBlockElems / kApplyThreads;
+__device__ inline int staged_row(int j) { return kApplyThreads / kRows * j + int(threadIdx.x) / kRows; }
+__device__ inline int staged_col() { return int(threadIdx.x) % kRows; }
 
 // (S5) for the row block [t0, t0 + nb) (block i of its panel), columns [c0, c0 + 64) of one
 // batch item: ctx already holds the earlier blocks' part ctx_prev (when has_prev);
 // s = L^-1 (f + Gamma ctx_prev), then ctx = ctx_prev + A s. Writes ctx and s (A), and s_out
-// (X) when X is not A. Shared memory: L^-1, A, the right-hand side (then s), gamma.
+// (X) when X is not A. Shared memory: L^-1, A, the right-hand side (then s).
 template <class X>
 __global__ void __launch_bounds__(kApplyThreads)
     solve_forward_block(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, int i, int blocks, const X* gamma,
                         const X* f, acc_t<X>* ctx, acc_t<X>* s, X* s_out, int T, int D, int t0, int nb, bool has_prev) {
   using A = acc_t<X>;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *Ls = reinterpret_cast<A*>(smem_bytes), *As = Ls + kRows * kLd, *Rs = As + kRows * kLd, *Gs = Rs + kRows * kLd;
+  A *Ls = reinterpret_cast<A*>(smem_bytes), *As = Ls + kRows * kLd, *Rs = As + kRows * kLd;
   const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0);
   const int64_t base = (int64_t(b) * T + t0) * D + c0;  // element (t0, c0) of batch item b
-  load_inverse(Ls, inv, int64_t(b) * blocks + i);
-  if (threadIdx.x < kRows)
-    Gs[threadIdx.x] = int(threadIdx.x) < nb ? load(gamma + int64_t(b) * T + t0 + threadIdx.x) : A(0);
-  __syncthreads();
-  for (int e = threadIdx.x; e < kRows * kRows; e += kApplyThreads) {
-    const int r = e / kRows, c = e % kRows;
-    const bool in = r < nb && c < ncols;
-    const int64_t o = base + int64_t(r) * D + c;
-    As[r * kLd + c] = c < r && r < nb ? alpha.at(b, t0 + r, t0 + c) : A(0);
-    Rs[r * kLd + c] = in ? load(f + o) + Gs[r] * (has_prev ? ctx[o] : A(0)) : A(0);
+  const A* inv_block = inv + (int64_t(b) * blocks + i) * kBlockElems;
+  A lv[kPerThread], av[kPerThread], rv[kPerThread];
+  const int tc = staged_col();
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {  // loads only
+    const int r = staged_row(j);
+    const int64_t o = base + int64_t(r) * D + tc;
+    const bool in = r < nb && tc < ncols;
+    lv[j] = inv_block[r * kRows + tc];
+    av[j] = tc < r && r < nb ? alpha.at(b, t0 + r, t0 + tc) : A(0);
+    rv[j] = in ? load(f + o) + (has_prev ? load(gamma + int64_t(b) * T + t0 + r) * ctx[o] : A(0)) : A(0);
+  }
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    const int r = staged_row(j);
+    Ls[r * kLd + tc] = lv[j], As[r * kLd + tc] = av[j], Rs[r * kLd + tc] = rv[j];
   }
   __syncthreads();
   A acc[4][4] = {};
@@ -256,11 +263,20 @@ __global__ void __launch_bounds__(kApplyThreads)
   A *Ls = reinterpret_cast<A*>(smem_bytes), *Rs = Ls + kRows * kLd;
   const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0);
   const int64_t base = (int64_t(b) * T + s0) * D + c0;
-  load_inverse(Ls, inv, int64_t(b) * blocks + i);
-  for (int e = threadIdx.x; e < kRows * kRows; e += kApplyThreads) {
-    const int r = e / kRows, c = e % kRows;
-    const int64_t o = base + int64_t(r) * D + c;
-    Rs[r * kLd + c] = r < nb && c < ncols ? load(ds + o) + (has_carry ? df[o] : A(0)) : A(0);
+  const A* inv_block = inv + (int64_t(b) * blocks + i) * kBlockElems;
+  A lv[kPerThread], rv[kPerThread];
+  const int tc = staged_col();
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {  // loads only
+    const int r = staged_row(j);
+    const int64_t o = base + int64_t(r) * D + tc;
+    lv[j] = inv_block[r * kRows + tc];
+    rv[j] = r < nb && tc < ncols ? load(ds + o) + (has_carry ? df[o] : A(0)) : A(0);
+  }
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    const int r = staged_row(j);
+    Ls[r * kLd + tc] = lv[j], Rs[r * kLd + tc] = rv[j];
   }
   __syncthreads();
   A acc[4][4] = {};
@@ -356,7 +372,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
     const int max_blocks = (P + kRows - 1) / kRows;
     const Tensor inverses = Tensor::empty({B, max_blocks, kRows, kRows}, acc_opt);
     A* inv = ptr<A>(inverses);
-    const size_t smem = (3 * kRows * kLd + kRows) * sizeof(A);
+    const size_t smem = 3 * kRows * kLd * sizeof(A);
     if (D > 0) set_shared_memory(solve_forward_block<X>, smem, op);
     const dim3 grid(blocks_for(D, kRows), unsigned(B));
     for (int p0 = 0; p0 < T; p0 += P) {
