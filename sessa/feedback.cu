@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(256) panel_softmax_kernel(A* panel, A* lse, in
 //   forward   s = L^-1 (f + Gamma ctx_prev),  ctx = ctx_prev + A s           (S5)
 //   backward  df = L^-T (ds + carry),         w = Gamma df                   (S6'), since
 //             (I - A^T Gamma) = (I - Gamma A)^T
-// (docs/sessa.md "Memory-linear solve"). L^-1 is well conditioned: |gamma| < 1 and the rows
+// (docs/sessa.md "Blocked forward substitution"). L^-1 is well conditioned: |gamma| < 1 and the rows
 // of A sum to at most 1, so ||Gamma A||_inf < 1.
 constexpr int kRows = 64;
 constexpr int kBlockElems = kRows * kRows;  // one inverse, row-major (64, 64)
