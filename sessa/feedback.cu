@@ -134,7 +134,9 @@ constexpr int kRows = 64;
 constexpr int kBlockElems = kRows * kRows;  // one inverse, row-major (64, 64)
 constexpr int kLd = kRows + 1;              // padded row stride of 64 x 64 tiles in shared memory
 
-// Row block i of the panel rows [lo, hi): [lo + 64 i, min(hi, lo + 64 (i + 1))).
+// The 64-row blocks of `rows` rows, and row block i of the panel rows [lo, hi):
+// [lo + 64 i, min(hi, lo + 64 (i + 1))).
+inline int blocks_in(int rows) { return (rows + kRows - 1) / kRows; }
 __host__ __device__ inline int block_rows(int lo, int hi, int i) { return min(kRows, hi - (lo + kRows * i)); }
 
 // inv[b, i] = (I - Gamma A)^-1 for the diagonal block i of rows [lo, hi), one block of 256
@@ -315,7 +317,7 @@ constexpr int64_t kPanelBytes = int64_t(256) << 20;
 int forced_panel_rows = 0;  // set_feedback_panel_rows
 
 int panel_rows(int B, int T, int buffers, size_t elem) {
-  const int64_t whole = (int64_t(T) + kRows - 1) / kRows * kRows;
+  const int64_t whole = int64_t(blocks_in(T)) * kRows;
   int64_t p = forced_panel_rows > 0 ? forced_panel_rows
                                     : kPanelBytes / (int64_t(buffers) * B * T * int64_t(elem)) / kRows * kRows;
   return int(std::min(whole, std::max<int64_t>(kRows, p)));
@@ -334,7 +336,7 @@ void invert_blocks(const AlphaView<acc_t<X>>& alpha, const X* gamma, acc_t<X>* i
   using A = acc_t<X>;
   const size_t smem = (kRows * kLd + kRows * kXLd + kRows) * sizeof(A);
   set_shared_memory(invert_diagonal_blocks<X>, smem, op);
-  const unsigned blocks = unsigned((hi - lo + kRows - 1) / kRows);
+  const unsigned blocks = unsigned(blocks_in(hi - lo));
   invert_diagonal_blocks<X><<<dim3(blocks, unsigned(B)), kInvThreads, smem, st>>>(alpha, gamma, inv, T, lo, hi);
   SESSA_CUDA_LAUNCH_CHECK(op);
 }
@@ -369,14 +371,13 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     const int64_t TD = int64_t(T) * D, PT = int64_t(P) * T;
     // The diagonal blocks' inverses of one panel (B, blocks, 64, 64); kernel launch shapes.
-    const int max_blocks = (P + kRows - 1) / kRows;
-    const Tensor inverses = Tensor::empty({B, max_blocks, kRows, kRows}, acc_opt);
+    const Tensor inverses = Tensor::empty({B, blocks_in(P), kRows, kRows}, acc_opt);
     A* inv = ptr<A>(inverses);
     const size_t smem = 3 * kRows * kLd * sizeof(A);
     if (D > 0) set_shared_memory(solve_forward_block<X>, smem, op);
     const dim3 grid(blocks_for(D, kRows), unsigned(B));
     for (int p0 = 0; p0 < T; p0 += P) {
-      const int p1 = std::min(T, p0 + P), blocks = (p1 - p0 + kRows - 1) / kRows;
+      const int p1 = std::min(T, p0 + P), blocks = blocks_in(p1 - p0);
       gemm(dev.index, B, p1 - p0, p1, D, scale, {ptr<X>(q) + int64_t(p0) * D, q.dtype(), D, TD},
            {k.raw_data(), k.dtype(), D, TD, true}, pa, adt, T, PT, false, op);  // logits; the softmax masks s >= t
       panel_softmax_kernel<A><<<dim3(unsigned(p1 - p0), unsigned(B)), 256, 0, st>>>(pa, ptr<A>(out.lse), T, P, p0, p1);
@@ -436,8 +437,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const int64_t TD = int64_t(T) * D, TP = int64_t(T) * P;
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     SESSA_CUDA_CHECK(cudaMemsetAsync(dq.raw_data(), 0, size_t(B) * TD * sizeof(A), st), op);
-    const int max_blocks = (P + kRows - 1) / kRows;
-    const Tensor inverses = Tensor::empty({B, max_blocks, kRows, kRows}, acc_opt);
+    const Tensor inverses = Tensor::empty({B, blocks_in(P), kRows, kRows}, acc_opt);  // as in the forward
     A* inv = ptr<A>(inverses);
     const size_t smem = 2 * kRows * kLd * sizeof(A);
     if (D > 0) set_shared_memory(solve_backward_block<X>, smem, op);
@@ -445,7 +445,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     // Column panels [c0, c1) with c0 a multiple of P (so the 64-row blocks are the forward's),
     // from the last to the first.
     for (int c0 = (T - 1) / P * P; c0 >= 0; c0 -= P) {
-      const int c1 = std::min(T, c0 + P), cw = c1 - c0, blocks = (cw + kRows - 1) / kRows;
+      const int c1 = std::min(T, c0 + P), cw = c1 - c0, blocks = blocks_in(cw);
       const int64_t cells = int64_t(B) * (T - c0) * cw;
       // alpha[c0:T, c0:c1] from the logits and lse.
       gemm(dev.index, B, T - c0, cw, D, scale, {ptr<X>(q) + int64_t(c0) * D, q.dtype(), D, TD},

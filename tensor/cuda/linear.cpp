@@ -63,20 +63,22 @@ using Layout = std::unique_ptr<cublasLtMatrixLayoutOpaque_t, Destroyer<&cublasLt
 using Preference = std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, Destroyer<&cublasLtMatmulPreferenceDestroy>>;
 
 // One column-major cuBLASLt call D (m x n, ld m) = op(A) op(B) with an epilogue: everything
-// the choice of algorithm depends on. Alignments are those of the buffers' addresses (capped
-// at the 256 bytes the heuristic assumes by default): a view at an odd offset gets a plan of
-// its own, restricted to kernels that can read it.
+// the choice of algorithm depends on. Callers state the call (epilogue through ldb);
+// lt_matmul fills in the rest from the types and buffers. Alignments are those of the
+// buffers' addresses (capped at the 256 bytes the heuristic assumes by default): a view at an
+// odd offset gets a plan of its own, restricted to kernels that can read it.
 struct PlanKey {
   uint32_t epilogue;  // a cublasLtEpilogue_t: DEFAULT, BIAS or BGRADB
   DType dtype;
-  bool tf32, trans_a, trans_b, add_c;  // add_c: D = op(A) op(B) + C (beta = 1), C laid out as D
-  int64_t m, n, k, lda, ldb;
-  uint32_t align_a, align_b, align_c, align_d, align_bias;
+  bool tf32 = false, trans_a = false, trans_b = false;
+  bool add_c = false;  // D = op(A) op(B) + C (beta = 1), C laid out as D
+  int64_t m = 0, n = 0, k = 0, lda = 0, ldb = 0;
+  uint32_t align_a = 0, align_b = 0, align_c = 0, align_d = 0, align_bias = 0;
   auto operator<=>(const PlanKey&) const = default;
 };
 
-// The buffers of one call; `c` is read when the key has add_c, `bias` read (BIAS) or written
-// (BGRADB) or null (DEFAULT).
+// The buffers of one call: `c`, when given, is added as C (beta = 1); `bias` is read (BIAS),
+// written (BGRADB) or null (DEFAULT).
 struct Operands {
   const void *a, *b, *c;
   void *d, *bias;
@@ -193,10 +195,17 @@ LtState& lt_state(int device) {
   return states[device];
 }
 
-// Runs the call `key` describes on `device`'s stream; false (nothing written) when cuBLASLt
-// has no algorithm for it.
-bool lt_matmul(int device, const PlanKey& key, const LtTypes& types, const Operands& o) {
-  cudaStream_t st = stream(device);  // also makes `device` current
+// Runs the call `call` describes (epilogue, dtype, transposes, sizes and leading dims) on the
+// buffers `o`, on `device`'s stream; the rest of its plan key follows from them: TF32 from
+// `types`, add_c from whether `o.c` is given, the alignments from the addresses. False
+// (nothing written) when cuBLASLt has no algorithm for it.
+bool lt_matmul(int device, const PlanKey& call, const LtTypes& types, const Operands& o) {
+  PlanKey key = call;
+  key.tf32 = types.compute == CUBLAS_COMPUTE_32F_FAST_TF32;
+  key.add_c = o.c != nullptr;
+  key.align_a = alignment(o.a), key.align_b = alignment(o.b), key.align_c = alignment(o.c);
+  key.align_d = alignment(o.d), key.align_bias = alignment(o.bias);  // alignment(nullptr) is 0
+  cudaStream_t st = stream(device);                                  // also makes `device` current
   LtState& s = lt_state(device);
   std::lock_guard lock(s.mu);
   if (!s.handle) {  // created once per device and kept for the life of the process
@@ -237,24 +246,16 @@ std::optional<Tensor> linear(const Tensor& x, const Tensor& weight, const Tensor
   Tensor y = Tensor::empty(y_shape, x.options());
   const void* r_data = r.defined() ? r.raw_data() : nullptr;
   void* b_data = b.defined() ? b.raw_data() : nullptr;
-  const PlanKey key{.epilogue = b.defined() ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT,
-                    .dtype = x.dtype(),
-                    .tf32 = types->compute == CUBLAS_COMPUTE_32F_FAST_TF32,
-                    .trans_a = true,
-                    .trans_b = false,
-                    .add_c = r.defined(),
-                    .m = N,
-                    .n = M,
-                    .k = K,
-                    .lda = wr.ld,
-                    .ldb = xr.ld,
-                    .align_a = alignment(wr.t.raw_data()),
-                    .align_b = alignment(xr.t.raw_data()),
-                    .align_c = r.defined() ? alignment(r_data) : 0,
-                    .align_d = alignment(y.raw_data()),
-                    .align_bias = b.defined() ? alignment(b_data) : 0};
+  const PlanKey call{.epilogue = b.defined() ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT,
+                     .dtype = x.dtype(),
+                     .trans_a = true,
+                     .m = N,
+                     .n = M,
+                     .k = K,
+                     .lda = wr.ld,
+                     .ldb = xr.ld};
   const Operands o{.a = wr.t.raw_data(), .b = xr.t.raw_data(), .c = r_data, .d = y.raw_data(), .bias = b_data};
-  if (!lt_matmul(x.device().index, key, *types, o)) return std::nullopt;
+  if (!lt_matmul(x.device().index, call, *types, o)) return std::nullopt;
   return y;
 }
 
@@ -265,25 +266,17 @@ std::optional<WeightBiasGrads> linear_weight_bias_grad(const Tensor& dy, const T
 
   const Rows xr = as_rows(x, K), dyr = as_rows(dy, N);
   WeightBiasGrads g{Tensor::empty({N, K}, x.options()), Tensor::empty({N}, x.options())};
-  const PlanKey key{.epilogue = CUBLASLT_EPILOGUE_BGRADB,
-                    .dtype = x.dtype(),
-                    .tf32 = types->compute == CUBLAS_COMPUTE_32F_FAST_TF32,
-                    .trans_a = false,
-                    .trans_b = true,
-                    .add_c = false,
-                    .m = K,
-                    .n = N,
-                    .k = M,
-                    .lda = xr.ld,
-                    .ldb = dyr.ld,
-                    .align_a = alignment(xr.t.raw_data()),
-                    .align_b = alignment(dyr.t.raw_data()),
-                    .align_c = 0,
-                    .align_d = alignment(g.dweight.raw_data()),
-                    .align_bias = alignment(g.dbias.raw_data())};
+  const PlanKey call{.epilogue = CUBLASLT_EPILOGUE_BGRADB,
+                     .dtype = x.dtype(),
+                     .trans_b = true,
+                     .m = K,
+                     .n = N,
+                     .k = M,
+                     .lda = xr.ld,
+                     .ldb = dyr.ld};
   const Operands o{
       .a = xr.t.raw_data(), .b = dyr.t.raw_data(), .c = nullptr, .d = g.dweight.raw_data(), .bias = g.dbias.raw_data()};
-  if (!lt_matmul(x.device().index, key, *types, o)) return std::nullopt;
+  if (!lt_matmul(x.device().index, call, *types, o)) return std::nullopt;
   return g;
 }
 
