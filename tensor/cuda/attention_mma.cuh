@@ -12,16 +12,40 @@
 // pay for the mask; a warp skips tiles whose keys all lie beyond its rows. Saves
 // lse = (m + log2 l) ln 2 per row.
 //
-// Backward: D_i = dout_i . out_i first (attention.cu), then one kernel with a block per
-// tile of BN = 64 keys of one kv head (16 keys per warp), walking the query tiles of every
-// query head of its group (so GQA needs no reduction for dk, dv). Per query tile, with P
-// rebuilt from lse: S^T = K Q^T and dP^T = V dout^T, dS^T = P^T (dP^T - D), then
-// dv += P^T dout and dk += dS^T Q from registers; dS^T goes through shared memory once so
-// the block can form dq_tile = dS K, which is added into a float32 buffer shaped like dq
-// with atomics (the sum over key tiles is therefore not bitwise reproducible run to run)
-// and scaled and rounded to bf16 by a last pass. dk, dv are written once at the end.
+// Backward (FlashAttention-2 structure): D_i = dout_i . out_i first (attention.cu), then
+// one kernel with a block per tile of BN = 128 keys of one kv head, 8 warps of 16 keys
+// each, walking the query tiles (BQ rows) of every query head of its group, so GQA needs
+// no reduction for dk, dv. Per query tile, with P rebuilt from lse: S^T = K Q^T and
+// dP^T = V dout^T, dS^T = P^T (dP^T - D), then dv += P^T dout and dk += dS^T Q straight
+// from the accumulators (c_to_a), dk, dv staying in registers for the whole walk. dS^T
+// goes through shared memory once so the block can form dq_tile = dS K, which is added
+// into a float32 buffer shaped like dq with 16-byte atomics (red.global.add.v4.f32, sm_90;
+// the sum over key tiles is therefore not bitwise reproducible run to run) and scaled and
+// rounded to bf16 by a last pass. dk, dv are written once at the end. Q, dout, lse and D
+// of query tile s + 1 are loaded by cp.async while tile s is multiplied; two barriers per
+// step (tile landed and the previous step done; dS^T complete). Only the warp tiles that
+// hold a masked pair (diagonal, past Tq or Tk) pay for the mask.
+//
+// Budgets per block (BackwardTile; registers from ptxas -v for sm_90, no spills):
+//   head dim 64: BQ = 64. Registers per thread: dk, dv 2 x 32 + S^T, dP^T 2 x 32 + the
+//     A fragments of the warp's K and V rows kept for the whole walk 2 x 16 = 160, plus
+//     fragments in flight and addresses: 238. Shared: K, V 2 x 18 KiB + Q, dout double-
+//     buffered 4 x 9 KiB + dS^T 18 KiB + lse, D 1 KiB = 91 KiB. 256 x 238 registers: one
+//     block (8 warps) per SM, FA2's choice for this shape.
+//   head dim 128: BQ = 32 (dk, dv take 2 x 64 registers), K and V fragments read from
+//     shared memory each step. 240 registers, 112.5 KiB shared, one block per SM.
+// Per warp and step (head dim 64): 160 MMAs (S, dP, dV, dK, dq: 32 each) against 88
+// ldmatrix; per block and step one 64 x 64 float32 dq tile of reds (four 16-byte reds per
+// thread). Against the former 4-warp, 64-key blocks: each Q, dout tile in shared memory
+// serves 128 keys (half the L2 reads of Q, dout, lse, D and half the dq atomics per
+// FLOP), 16-byte instead of 8-byte reds, 2 instead of 3 barriers per step, no K, V
+// reloads, no mask arithmetic off the diagonal. The fallback if one block per SM proves
+// too few warps: BQ = 32, kMinBlocks = 2, kKVInRegisters = false (two blocks, 16 warps
+// per SM at 128 registers; ptxas then spills 32 bytes).
 #pragma once
 #include <cuda_bf16.h>
+
+#include <type_traits>
 
 #include "tensor/cuda/attention_params.cuh"
 #include "tensor/cuda/mma.cuh"
@@ -183,12 +207,15 @@ __global__ void __launch_bounds__(128, ForwardTile<DH>::kMinBlocks)
     }
 }
 
-// Backward tile sizes: BN keys per block (16 per warp), BQ queries per step (fewer for
-// head dim 128, whose dk and dv accumulators take twice the registers).
+// Backward tile sizes (budgets in the file header): kWarps warps of 16 keys each, so a
+// block owns BN = 16 kWarps keys; BQ queries per step.
 template <int DH>
 struct BackwardTile {
-  static constexpr int kWarps = 4, BN = 64, BQ = DH > 64 ? 32 : 64, LD = DH + 8, LDS = BQ + 8;
-  static constexpr int kMinBlocks = DH > 64 ? 2 : 3;
+  static constexpr int kWarps = 8, kThreads = 32 * kWarps, BN = 16 * kWarps, BQ = DH > 64 ? 32 : 64;
+  static constexpr int LD = DH + 8, LDS = BQ + 8, kMinBlocks = 1;
+  // The A fragments of the warp's 16 rows of K and V stay in registers (DH / 4 each)
+  // where the register budget allows it, instead of being reloaded every step.
+  static constexpr bool kKVInRegisters = DH <= 64;
   // dq = dS K: the (BQ, DH) tile split over the warps as WR row tiles x WC column parts.
   static constexpr int WR = BQ / 16, WC = kWarps / WR, CN = DH / WC;
   static_assert(WR * WC == kWarps && CN % 16 == 0, "dq tile split");
@@ -197,9 +224,16 @@ struct BackwardTile {
       size_t(2 * BN + 4 * BQ) * LD * sizeof(bf16_t) + size_t(BN) * LDS * sizeof(bf16_t) + 4 * BQ * sizeof(float);
 };
 
-// grid (B * Hkv, key tiles), 128 threads. dq_acc: float32 like dq (strides d.dq), zeroed.
+// dst[0..3] += v, atomically and without a result (sm_90; dst 16-byte aligned, global).
+__device__ __forceinline__ void red_add_v4(float* dst, float v0, float v1, float v2, float v3) {
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v0), "f"(v1), "f"(v2), "f"(v3)
+               : "memory");
+}
+
+// grid (B * Hkv, key tiles), BackwardTile<DH>::kThreads threads. dq_acc: float32 like dq
+// (strides d.dq), zeroed. vec also promises 16-byte aligned rows of dq_acc, dk and dv.
 template <int DH>
-__global__ void __launch_bounds__(128, BackwardTile<DH>::kMinBlocks)
+__global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::kMinBlocks)
     mma_backward(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                  const float* Dv, float* dq_acc, bf16_t* dk, bf16_t* dv, Dims d, float scale_log2, float scale,
                  bool vec) {
@@ -217,11 +251,9 @@ __global__ void __launch_bounds__(128, BackwardTile<DH>::kMinBlocks)
   float* Ds = Ls + 2 * BQ;                              // 2 x BQ: D
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, c = lane % 4;
   const int b = blockIdx.x / d.Hkv, hk = blockIdx.x % d.Hkv, n0 = blockIdx.y * BN;
-  load_tile<BN, DH>(Ks, LD, k + offset(d.k, b, hk, n0), d.k.t, d.Tk - n0, d.dh, vec);
-  load_tile<BN, DH>(Vs, LD, v + offset(d.v, b, hk, n0), d.v.t, d.Tk - n0, d.dh, vec);
 
   // The steps: query tiles i0 >= i_start (earlier queries see none of these keys) of each
-  // query head of the group.
+  // query head of the group, diagonal tile first.
   const int i_start = max(0, n0 - d.q_offset) / BQ * BQ;
   const int per_head = i_start < d.Tq ? (d.Tq - i_start + BQ - 1) / BQ : 0, steps = per_head * d.group;
   auto head_of = [&](int step) { return hk * d.group + step / per_head; };
@@ -237,34 +269,53 @@ __global__ void __launch_bounds__(128, BackwardTile<DH>::kMinBlocks)
       cp_async4(Ds + buf * BQ + threadIdx.x, Dv + at, i < d.Tq);
     }
   };
-  if (steps > 0) load_step(0);
-  cp_async_commit();
 
   const int key0 = n0 + w * 16;  // this warp's keys: key0 + g and key0 + g + 8
   float gk[DT][4] = {}, gv[DT][4] = {};
+  uint32_t kf[Tile::kKVInRegisters ? KS : 1][4], vf[Tile::kKVInRegisters ? KS : 1][4];
+  if (steps > 0) {
+    load_tile<BN, DH>(Ks, LD, k + offset(d.k, b, hk, n0), d.k.t, d.Tk - n0, d.dh, vec);
+    load_tile<BN, DH>(Vs, LD, v + offset(d.v, b, hk, n0), d.v.t, d.Tk - n0, d.dh, vec);
+    load_step(0);
+    cp_async_commit();
+    if constexpr (Tile::kKVInRegisters) {
+      cp_async_wait<0>();
+      __syncthreads();
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        load_a(kf[ks], Ks, LD, w * 16, ks * 16, lane);
+        load_a(vf[ks], Vs, LD, w * 16, ks * 16, lane);
+      }
+    }
+  }
   // dq part of this warp: rows dq_r0.., columns dq_c0..dq_c0+CN-1 of the query tile.
   const int dq_r0 = w % Tile::WR * 16, dq_c0 = w / Tile::WR * CN;
   for (int step = 0; step < steps; ++step) {
-    if (step + 1 < steps) {
-      load_step(step + 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    cp_async_wait<0>();  // this thread's copies of this step's tiles have landed
+    // Everyone's copies have landed, and every warp is done with the previous step: its
+    // buffers (refilled by the prefetch below) and dS^T (rewritten below) are free.
     __syncthreads();
+    if (step + 1 < steps) load_step(step + 1);
+    cp_async_commit();
     const int h = head_of(step), i0 = start_of(step), buf = step % 2;
     const bf16_t* Qt = Qs + buf * BQ * LD;
     const bf16_t* Gt = Gs + buf * BQ * LD;
     const float* Lt = Ls + buf * BQ;
     const float* Dt = Ds + buf * BQ;
-    if (key0 <= d.q_offset + i0 + BQ - 1) {   // else no query of the tile sees this warp's keys
+    // Last key any query of the tile sees.
+    const int key_end = d.q_offset + i0 + BQ - 1;
+    if (key0 <= key_end) {                    // else no query of the tile sees this warp's keys
       float st[QT][4] = {}, dpt[QT][4] = {};  // (16 keys, BQ queries) of S^T and dP^T
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
         uint32_t ak[4], av[4];
-        load_a(ak, Ks, LD, w * 16, ks * 16, lane);
-        load_a(av, Vs, LD, w * 16, ks * 16, lane);
+        if constexpr (Tile::kKVInRegisters) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) ak[r] = kf[ks][r], av[r] = vf[ks][r];
+        } else {
+          load_a(ak, Ks, LD, w * 16, ks * 16, lane);
+          load_a(av, Vs, LD, w * 16, ks * 16, lane);
+        }
 #pragma unroll
         for (int np = 0; np < QT / 2; ++np) {
           uint32_t bq[4], bg[4];
@@ -276,18 +327,31 @@ __global__ void __launch_bounds__(128, BackwardTile<DH>::kMinBlocks)
           mma_bf16(dpt[2 * np + 1], av, bg[2], bg[3]);
         }
       }
-      // st becomes P^T, dpt becomes dS^T. Masked: keys after a query, queries past Tq, keys past Tk.
-      const bool masked = d.q_offset + i0 < key0 + 15 || i0 + BQ > d.Tq || key0 + 16 > d.Tk;
+      // st becomes P^T = exp(S^T scale - lse), dpt becomes dS^T = P^T (dP^T - D). The mask
+      // (keys after a query, queries past Tq, keys past Tk) is only paid for where the
+      // warp's (16, BQ) tile holds such a pair.
+      auto softmax_grad = [&](auto masked) {
 #pragma unroll
-      for (int nt = 0; nt < QT; ++nt)
+        for (int nt = 0; nt < QT; ++nt) {
+          const float2 l2 = *reinterpret_cast<const float2*>(Lt + nt * 8 + 2 * c);
+          const float2 d2 = *reinterpret_cast<const float2*>(Dt + nt * 8 + 2 * c);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ql = nt * 8 + 2 * c + (e & 1), key = key0 + g + 8 * (e / 2);
-          const bool ok = !masked || (i0 + ql < d.Tq && key <= d.q_offset + i0 + ql && key < d.Tk);
-          const float p = ok ? exp2f(fmaf(st[nt][e], scale_log2, -Lt[ql] * kLog2e)) : 0.f;
-          st[nt][e] = p;
-          dpt[nt][e] = p * (dpt[nt][e] - Dt[ql]);
+          for (int e = 0; e < 4; ++e) {
+            const float l = e & 1 ? l2.y : l2.x, dd = e & 1 ? d2.y : d2.x;
+            float p = exp2f(fmaf(st[nt][e], scale_log2, -l * kLog2e));
+            if constexpr (decltype(masked)::value) {
+              const int qi = i0 + nt * 8 + 2 * c + (e & 1), key = key0 + g + 8 * (e / 2);
+              if (qi >= d.Tq || key > d.q_offset + qi || key >= d.Tk) p = 0.f;
+            }
+            st[nt][e] = p;
+            dpt[nt][e] = p * (dpt[nt][e] - dd);
+          }
         }
+      };
+      if (key0 + 15 <= d.q_offset + i0 && i0 + BQ <= d.Tq && key0 + 16 <= d.Tk)
+        softmax_grad(std::false_type{});
+      else
+        softmax_grad(std::true_type{});
 #pragma unroll
       for (int kk = 0; kk < BQ / 16; ++kk) {  // dv += P^T dout, dk += dS^T Q
         uint32_t pa[4], da[4];
@@ -306,52 +370,74 @@ __global__ void __launch_bounds__(128, BackwardTile<DH>::kMinBlocks)
       }
 #pragma unroll
       for (int nt = 0; nt < QT; ++nt) {
-        uint32_t* lo = reinterpret_cast<uint32_t*>(Ss + (w * 16 + g) * LDS + nt * 8 + 2 * c);
-        uint32_t* hi = reinterpret_cast<uint32_t*>(Ss + (w * 16 + g + 8) * LDS + nt * 8 + 2 * c);
-        *lo = pack_bf16(dpt[nt][0], dpt[nt][1]);
-        *hi = pack_bf16(dpt[nt][2], dpt[nt][3]);
+        *reinterpret_cast<uint32_t*>(Ss + (w * 16 + g) * LDS + nt * 8 + 2 * c) = pack_bf16(dpt[nt][0], dpt[nt][1]);
+        *reinterpret_cast<uint32_t*>(Ss + (w * 16 + g + 8) * LDS + nt * 8 + 2 * c) = pack_bf16(dpt[nt][2], dpt[nt][3]);
       }
-    } else {
+    } else {  // (not read by the dq product below, which stops at key_end; zeroed all the same)
 #pragma unroll
       for (int nt = 0; nt < QT; ++nt) {
         *reinterpret_cast<uint32_t*>(Ss + (w * 16 + g) * LDS + nt * 8 + 2 * c) = 0u;
         *reinterpret_cast<uint32_t*>(Ss + (w * 16 + g + 8) * LDS + nt * 8 + 2 * c) = 0u;
       }
     }
-    __syncthreads();
-    // dq rows of this tile += dS K, summed over the block's keys, added into dq_acc.
-    float acc[CN / 8][4] = {};
+    __syncthreads();  // dS^T is complete
+    // dq rows of this tile += dS K over the block's keys up to key_end, into dq_acc.
+    const int kk_end = min(BN / 16, (key_end - n0) / 16 + 1);  // key_end >= n0 by i_start
+    // Two sets of accumulators (even and odd kk) halve the chains of dependent MMAs; the
+    // registers of st and dpt are free here.
+    float acc2[2][CN / 8][4] = {};
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t a[4];
-      load_a_trans(a, Ss, LDS, dq_r0, kk * 16, lane);
+      if (kk < kk_end) {
+        uint32_t a[4];
+        load_a_trans(a, Ss, LDS, dq_r0, kk * 16, lane);
 #pragma unroll
-      for (int dp = 0; dp < CN / 16; ++dp) {
-        uint32_t bk[4];
-        load_b_pair_trans(bk, Ks, LD, dq_c0 + dp * 16, kk * 16, lane);
-        mma_bf16(acc[2 * dp], a, bk[0], bk[1]);
-        mma_bf16(acc[2 * dp + 1], a, bk[2], bk[3]);
+        for (int dp = 0; dp < CN / 16; ++dp) {
+          uint32_t bk[4];
+          load_b_pair_trans(bk, Ks, LD, dq_c0 + dp * 16, kk * 16, lane);
+          mma_bf16(acc2[kk % 2][2 * dp], a, bk[0], bk[1]);
+          mma_bf16(acc2[kk % 2][2 * dp + 1], a, bk[2], bk[3]);
+        }
       }
     }
+    float acc[CN / 8][4];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = i0 + dq_r0 + g + 8 * r;
-      if (row >= d.Tq) continue;
-      float* dst = dq_acc + offset(d.dq, b, h, row);
+    for (int nt = 0; nt < CN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] = acc2[0][nt][e] + acc2[1][nt][e];
+    if (vec) {
+      // One 16-byte red per 8-column tile: lanes c and c ^ 1 swap halves so that even c
+      // holds row g, columns 2c..2c+3 and odd c row g + 8, columns 2c-2..2c+1.
+      const bool odd = c & 1;
+      const int row = i0 + dq_r0 + g + (odd ? 8 : 0);
+      float* dst = dq_acc + offset(d.dq, b, h, min(row, d.Tq - 1)) + dq_c0 + 2 * (c & 2);
 #pragma unroll
       for (int nt = 0; nt < CN / 8; ++nt) {
-        const int col = dq_c0 + nt * 8 + 2 * c;
-        if (vec) {
-          if (col < d.dh)
-            atomicAdd(reinterpret_cast<float2*>(dst + col), make_float2(acc[nt][2 * r], acc[nt][2 * r + 1]));
-        } else {
+        const float x0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][0] : acc[nt][2], 1);
+        const float x1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][1] : acc[nt][3], 1);
+        if (row < d.Tq && dq_c0 + nt * 8 < d.dh) {
+          if (odd)
+            red_add_v4(dst + nt * 8, x0, x1, acc[nt][2], acc[nt][3]);
+          else
+            red_add_v4(dst + nt * 8, acc[nt][0], acc[nt][1], x0, x1);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = i0 + dq_r0 + g + 8 * r;
+        if (row >= d.Tq) continue;
+        float* dst = dq_acc + offset(d.dq, b, h, row);
+#pragma unroll
+        for (int nt = 0; nt < CN / 8; ++nt) {
+          const int col = dq_c0 + nt * 8 + 2 * c;
           if (col < d.dh) atomicAdd(dst + col, acc[nt][2 * r]);
           if (col + 1 < d.dh) atomicAdd(dst + col + 1, acc[nt][2 * r + 1]);
         }
       }
     }
-    __syncthreads();  // the buffers of this step and dS^T are refilled next
   }
+  if (steps > 0) cp_async_wait<0>();  // (the empty last group)
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -362,13 +448,20 @@ __global__ void __launch_bounds__(128, BackwardTile<DH>::kMinBlocks)
 #pragma unroll
     for (int dt = 0; dt < DT; ++dt) {
       const int col = dt * 8 + 2 * c;
-      if (col < d.dh) {
-        dk_row[col] = __float2bfloat16(gk[dt][2 * r] * scale);
-        dv_row[col] = __float2bfloat16(gv[dt][2 * r]);
-      }
-      if (col + 1 < d.dh) {
-        dk_row[col + 1] = __float2bfloat16(gk[dt][2 * r + 1] * scale);
-        dv_row[col + 1] = __float2bfloat16(gv[dt][2 * r + 1]);
+      if (vec) {
+        if (col < d.dh) {
+          *reinterpret_cast<uint32_t*>(dk_row + col) = pack_bf16(gk[dt][2 * r] * scale, gk[dt][2 * r + 1] * scale);
+          *reinterpret_cast<uint32_t*>(dv_row + col) = pack_bf16(gv[dt][2 * r], gv[dt][2 * r + 1]);
+        }
+      } else {
+        if (col < d.dh) {
+          dk_row[col] = __float2bfloat16(gk[dt][2 * r] * scale);
+          dv_row[col] = __float2bfloat16(gv[dt][2 * r]);
+        }
+        if (col + 1 < d.dh) {
+          dk_row[col + 1] = __float2bfloat16(gk[dt][2 * r + 1] * scale);
+          dv_row[col + 1] = __float2bfloat16(gv[dt][2 * r + 1]);
+        }
       }
     }
   }
