@@ -22,23 +22,24 @@
 // into a float32 buffer shaped like dq with 16-byte atomics (red.global.add.v4.f32, sm_90;
 // the sum over key tiles is therefore not bitwise reproducible run to run) and scaled and
 // rounded to bf16 by a last pass. dk, dv are written once at the end. Q, dout, lse and D
-// of query tile s + 1 are loaded by cp.async while tile s is multiplied; two barriers per
-// step (tile landed and the previous step done; dS^T complete). Only the warp tiles that
-// hold a masked pair (diagonal, past Tq or Tk) pay for the mask.
+// of query tile s + 1 are loaded by cp.async while tile s is multiplied, and the dq
+// product of step s runs after the products of step s + 1 from a second dS^T buffer, so
+// one barrier per step suffices and a warp done with its products goes straight on to dq.
+// Only the warp tiles that hold a masked pair (diagonal, past Tq or Tk) pay for the mask.
 //
 // Budgets per block (BackwardTile; registers from ptxas -v for sm_90, no spills):
 //   head dim 64: BQ = 64. Registers per thread: dk, dv 2 x 32 + S^T, dP^T 2 x 32 + the
 //     A fragments of the warp's K and V rows kept for the whole walk 2 x 16 = 160, plus
 //     fragments in flight and addresses: 238. Shared: K, V 2 x 18 KiB + Q, dout double-
-//     buffered 4 x 9 KiB + dS^T 18 KiB + lse, D 1 KiB = 91 KiB. 256 x 238 registers: one
-//     block (8 warps) per SM, FA2's choice for this shape.
+//     buffered 4 x 9 KiB + dS^T double-buffered 2 x 18 KiB + lse, D 1 KiB = 109 KiB.
+//     256 x 238 registers: one block (8 warps) per SM, FA2's choice for this shape.
 //   head dim 128: BQ = 32 (dk, dv take 2 x 64 registers), K and V fragments read from
-//     shared memory each step. 240 registers, 112.5 KiB shared, one block per SM.
+//     shared memory each step. 240 registers, 122.5 KiB shared, one block per SM.
 // Per warp and step (head dim 64): 160 MMAs (S, dP, dV, dK, dq: 32 each) against 88
 // ldmatrix; per block and step one 64 x 64 float32 dq tile of reds (four 16-byte reds per
 // thread). Against the former 4-warp, 64-key blocks: each Q, dout tile in shared memory
 // serves 128 keys (half the L2 reads of Q, dout, lse, D and half the dq atomics per
-// FLOP), 16-byte instead of 8-byte reds, 2 instead of 3 barriers per step, no K, V
+// FLOP), 16-byte instead of 8-byte reds, 1 instead of 3 barriers per step, no K, V
 // reloads, no mask arithmetic off the diagonal. The fallback if one block per SM proves
 // too few warps: BQ = 32, kMinBlocks = 2, kKVInRegisters = false (two blocks, 16 warps
 // per SM at 128 registers; ptxas then spills 32 bytes).
@@ -219,9 +220,9 @@ struct BackwardTile {
   // dq = dS K: the (BQ, DH) tile split over the warps as WR row tiles x WC column parts.
   static constexpr int WR = BQ / 16, WC = kWarps / WR, CN = DH / WC;
   static_assert(WR * WC == kWarps && CN % 16 == 0, "dq tile split");
-  // K, V; 2 x (Q, dout); dS^T; 2 x (lse, D)
+  // K, V; 2 x (Q, dout); 2 x dS^T; 2 x (lse, D)
   static constexpr size_t smem_bytes =
-      size_t(2 * BN + 4 * BQ) * LD * sizeof(bf16_t) + size_t(BN) * LDS * sizeof(bf16_t) + 4 * BQ * sizeof(float);
+      size_t(2 * BN + 4 * BQ) * LD * sizeof(bf16_t) + size_t(2 * BN) * LDS * sizeof(bf16_t) + 4 * BQ * sizeof(float);
 };
 
 // dst[0..3] += v, atomically and without a result (sm_90; dst 16-byte aligned, global).
@@ -242,13 +243,13 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
   constexpr int BN = Tile::BN, BQ = Tile::BQ, LD = Tile::LD, LDS = Tile::LDS, CN = Tile::CN;
   constexpr int KS = DH / 16, QT = BQ / 8, DT = DH / 8;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  bf16_t* Ks = reinterpret_cast<bf16_t*>(smem_bytes);   // (BN, LD)
-  bf16_t* Vs = Ks + BN * LD;                            // (BN, LD)
-  bf16_t* Qs = Vs + BN * LD;                            // 2 x (BQ, LD)
-  bf16_t* Gs = Qs + 2 * BQ * LD;                        // 2 x (BQ, LD): dout
-  bf16_t* Ss = Gs + 2 * BQ * LD;                        // (BN, LDS): dS^T
-  float* Ls = reinterpret_cast<float*>(Ss + BN * LDS);  // 2 x BQ: lse
-  float* Ds = Ls + 2 * BQ;                              // 2 x BQ: D
+  bf16_t* Ks = reinterpret_cast<bf16_t*>(smem_bytes);       // (BN, LD)
+  bf16_t* Vs = Ks + BN * LD;                                // (BN, LD)
+  bf16_t* Qs = Vs + BN * LD;                                // 2 x (BQ, LD)
+  bf16_t* Gs = Qs + 2 * BQ * LD;                            // 2 x (BQ, LD): dout
+  bf16_t* Ss = Gs + 2 * BQ * LD;                            // 2 x (BN, LDS): dS^T
+  float* Ls = reinterpret_cast<float*>(Ss + 2 * BN * LDS);  // 2 x BQ: lse
+  float* Ds = Ls + 2 * BQ;                                  // 2 x BQ: D
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, c = lane % 4;
   const int b = blockIdx.x / d.Hkv, hk = blockIdx.x % d.Hkv, n0 = blockIdx.y * BN;
 
@@ -290,154 +291,164 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
   }
   // dq part of this warp: rows dq_r0.., columns dq_c0..dq_c0+CN-1 of the query tile.
   const int dq_r0 = w % Tile::WR * 16, dq_c0 = w / Tile::WR * CN;
-  for (int step = 0; step < steps; ++step) {
-    cp_async_wait<0>();  // this thread's copies of this step's tiles have landed
-    // Everyone's copies have landed, and every warp is done with the previous step: its
-    // buffers (refilled by the prefetch below) and dS^T (rewritten below) are free.
+  // Iteration `it` runs the products of step it (S, dP, dv, dk; dS^T into buffer it % 2)
+  // and then the dq product of step it - 1, whose dS^T is complete since the barrier.
+  for (int it = 0; it < steps + (steps > 0); ++it) {
+    cp_async_wait<0>();  // this thread's copies of step it's tiles have landed
+    // Everyone's copies have landed, every warp is done with the products of step it - 1
+    // (its Q, dout buffers are refilled by the prefetch below; its dS^T is complete) and
+    // with the dq product of step it - 2 (its dS^T buffer is rewritten below).
     __syncthreads();
-    if (step + 1 < steps) load_step(step + 1);
+    if (it + 1 < steps) load_step(it + 1);
     cp_async_commit();
-    const int h = head_of(step), i0 = start_of(step), buf = step % 2;
-    const bf16_t* Qt = Qs + buf * BQ * LD;
-    const bf16_t* Gt = Gs + buf * BQ * LD;
-    const float* Lt = Ls + buf * BQ;
-    const float* Dt = Ds + buf * BQ;
-    // Last key any query of the tile sees.
-    const int key_end = d.q_offset + i0 + BQ - 1;
-    if (key0 <= key_end) {                    // else no query of the tile sees this warp's keys
-      float st[QT][4] = {}, dpt[QT][4] = {};  // (16 keys, BQ queries) of S^T and dP^T
+    if (it < steps) {
+      const int step = it, h = head_of(step), i0 = start_of(step), buf = step % 2;
+      const bf16_t* Qt = Qs + buf * BQ * LD;
+      const bf16_t* Gt = Gs + buf * BQ * LD;
+      const float* Lt = Ls + buf * BQ;
+      const float* Dt = Ds + buf * BQ;
+      bf16_t* St = Ss + buf * BN * LDS;
+      // Last key any query of the tile sees.
+      const int key_end = d.q_offset + i0 + BQ - 1;
+      if (key0 <= key_end) {                    // else no query of the tile sees this warp's keys
+        float st[QT][4] = {}, dpt[QT][4] = {};  // (16 keys, BQ queries) of S^T and dP^T
 #pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        uint32_t ak[4], av[4];
-        if constexpr (Tile::kKVInRegisters) {
+        for (int ks = 0; ks < KS; ++ks) {
+          uint32_t ak[4], av[4];
+          if constexpr (Tile::kKVInRegisters) {
 #pragma unroll
-          for (int r = 0; r < 4; ++r) ak[r] = kf[ks][r], av[r] = vf[ks][r];
-        } else {
-          load_a(ak, Ks, LD, w * 16, ks * 16, lane);
-          load_a(av, Vs, LD, w * 16, ks * 16, lane);
-        }
+            for (int r = 0; r < 4; ++r) ak[r] = kf[ks][r], av[r] = vf[ks][r];
+          } else {
+            load_a(ak, Ks, LD, w * 16, ks * 16, lane);
+            load_a(av, Vs, LD, w * 16, ks * 16, lane);
+          }
 #pragma unroll
-        for (int np = 0; np < QT / 2; ++np) {
-          uint32_t bq[4], bg[4];
-          load_b_pair(bq, Qt, LD, np * 16, ks * 16, lane);
-          load_b_pair(bg, Gt, LD, np * 16, ks * 16, lane);
-          mma_bf16(st[2 * np], ak, bq[0], bq[1]);
-          mma_bf16(st[2 * np + 1], ak, bq[2], bq[3]);
-          mma_bf16(dpt[2 * np], av, bg[0], bg[1]);
-          mma_bf16(dpt[2 * np + 1], av, bg[2], bg[3]);
-        }
-      }
-      // st becomes P^T = exp(S^T scale - lse), dpt becomes dS^T = P^T (dP^T - D). The mask
-      // (keys after a query, queries past Tq, keys past Tk) is only paid for where the
-      // warp's (16, BQ) tile holds such a pair.
-      auto softmax_grad = [&](auto masked) {
-#pragma unroll
-        for (int nt = 0; nt < QT; ++nt) {
-          const float2 l2 = *reinterpret_cast<const float2*>(Lt + nt * 8 + 2 * c);
-          const float2 d2 = *reinterpret_cast<const float2*>(Dt + nt * 8 + 2 * c);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float l = e & 1 ? l2.y : l2.x, dd = e & 1 ? d2.y : d2.x;
-            float p = exp2f(fmaf(st[nt][e], scale_log2, -l * kLog2e));
-            if constexpr (decltype(masked)::value) {
-              const int qi = i0 + nt * 8 + 2 * c + (e & 1), key = key0 + g + 8 * (e / 2);
-              if (qi >= d.Tq || key > d.q_offset + qi || key >= d.Tk) p = 0.f;
-            }
-            st[nt][e] = p;
-            dpt[nt][e] = p * (dpt[nt][e] - dd);
+          for (int np = 0; np < QT / 2; ++np) {
+            uint32_t bq[4], bg[4];
+            load_b_pair(bq, Qt, LD, np * 16, ks * 16, lane);
+            load_b_pair(bg, Gt, LD, np * 16, ks * 16, lane);
+            mma_bf16(st[2 * np], ak, bq[0], bq[1]);
+            mma_bf16(st[2 * np + 1], ak, bq[2], bq[3]);
+            mma_bf16(dpt[2 * np], av, bg[0], bg[1]);
+            mma_bf16(dpt[2 * np + 1], av, bg[2], bg[3]);
           }
         }
-      };
-      if (key0 + 15 <= d.q_offset + i0 && i0 + BQ <= d.Tq && key0 + 16 <= d.Tk)
-        softmax_grad(std::false_type{});
-      else
-        softmax_grad(std::true_type{});
+        // st becomes P^T = exp(S^T scale - lse), dpt becomes dS^T = P^T (dP^T - D). The mask
+        // (keys after a query, queries past Tq, keys past Tk) is only paid for where the
+        // warp's (16, BQ) tile holds such a pair.
+        auto softmax_grad = [&](auto masked) {
 #pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) {  // dv += P^T dout, dk += dS^T Q
-        uint32_t pa[4], da[4];
-        c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-        c_to_a(da, dpt[2 * kk], dpt[2 * kk + 1]);
+          for (int nt = 0; nt < QT; ++nt) {
+            const float2 l2 = *reinterpret_cast<const float2*>(Lt + nt * 8 + 2 * c);
+            const float2 d2 = *reinterpret_cast<const float2*>(Dt + nt * 8 + 2 * c);
 #pragma unroll
-        for (int dp = 0; dp < DT / 2; ++dp) {
-          uint32_t bg[4], bq[4];
-          load_b_pair_trans(bg, Gt, LD, dp * 16, kk * 16, lane);
-          load_b_pair_trans(bq, Qt, LD, dp * 16, kk * 16, lane);
-          mma_bf16(gv[2 * dp], pa, bg[0], bg[1]);
-          mma_bf16(gv[2 * dp + 1], pa, bg[2], bg[3]);
-          mma_bf16(gk[2 * dp], da, bq[0], bq[1]);
-          mma_bf16(gk[2 * dp + 1], da, bq[2], bq[3]);
+            for (int e = 0; e < 4; ++e) {
+              const float l = e & 1 ? l2.y : l2.x, dd = e & 1 ? d2.y : d2.x;
+              float p = exp2f(fmaf(st[nt][e], scale_log2, -l * kLog2e));
+              if constexpr (decltype(masked)::value) {
+                const int qi = i0 + nt * 8 + 2 * c + (e & 1), key = key0 + g + 8 * (e / 2);
+                if (qi >= d.Tq || key > d.q_offset + qi || key >= d.Tk) p = 0.f;
+              }
+              st[nt][e] = p;
+              dpt[nt][e] = p * (dpt[nt][e] - dd);
+            }
+          }
+        };
+        if (key0 + 15 <= d.q_offset + i0 && i0 + BQ <= d.Tq && key0 + 16 <= d.Tk)
+          softmax_grad(std::false_type{});
+        else
+          softmax_grad(std::true_type{});
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk) {  // dv += P^T dout, dk += dS^T Q
+          uint32_t pa[4], da[4];
+          c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
+          c_to_a(da, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+          for (int dp = 0; dp < DT / 2; ++dp) {
+            uint32_t bg[4], bq[4];
+            load_b_pair_trans(bg, Gt, LD, dp * 16, kk * 16, lane);
+            load_b_pair_trans(bq, Qt, LD, dp * 16, kk * 16, lane);
+            mma_bf16(gv[2 * dp], pa, bg[0], bg[1]);
+            mma_bf16(gv[2 * dp + 1], pa, bg[2], bg[3]);
+            mma_bf16(gk[2 * dp], da, bq[0], bq[1]);
+            mma_bf16(gk[2 * dp + 1], da, bq[2], bq[3]);
+          }
         }
-      }
 #pragma unroll
-      for (int nt = 0; nt < QT; ++nt) {
-        *reinterpret_cast<uint32_t*>(Ss + (w * 16 + g) * LDS + nt * 8 + 2 * c) = pack_bf16(dpt[nt][0], dpt[nt][1]);
-        *reinterpret_cast<uint32_t*>(Ss + (w * 16 + g + 8) * LDS + nt * 8 + 2 * c) = pack_bf16(dpt[nt][2], dpt[nt][3]);
-      }
-    } else {  // (not read by the dq product below, which stops at key_end; zeroed all the same)
+        for (int nt = 0; nt < QT; ++nt) {
+          *reinterpret_cast<uint32_t*>(St + (w * 16 + g) * LDS + nt * 8 + 2 * c) = pack_bf16(dpt[nt][0], dpt[nt][1]);
+          *reinterpret_cast<uint32_t*>(St + (w * 16 + g + 8) * LDS + nt * 8 + 2 * c) =
+              pack_bf16(dpt[nt][2], dpt[nt][3]);
+        }
+      } else {  // (never read: the dq product stops at key_end; zeroed all the same)
 #pragma unroll
-      for (int nt = 0; nt < QT; ++nt) {
-        *reinterpret_cast<uint32_t*>(Ss + (w * 16 + g) * LDS + nt * 8 + 2 * c) = 0u;
-        *reinterpret_cast<uint32_t*>(Ss + (w * 16 + g + 8) * LDS + nt * 8 + 2 * c) = 0u;
+        for (int nt = 0; nt < QT; ++nt) {
+          *reinterpret_cast<uint32_t*>(St + (w * 16 + g) * LDS + nt * 8 + 2 * c) = 0u;
+          *reinterpret_cast<uint32_t*>(St + (w * 16 + g + 8) * LDS + nt * 8 + 2 * c) = 0u;
+        }
       }
     }
-    __syncthreads();  // dS^T is complete
-    // dq rows of this tile += dS K over the block's keys up to key_end, into dq_acc.
-    const int kk_end = min(BN / 16, (key_end - n0) / 16 + 1);  // key_end >= n0 by i_start
-    // Two sets of accumulators (even and odd kk) halve the chains of dependent MMAs; the
-    // registers of st and dpt are free here.
-    float acc2[2][CN / 8][4] = {};
+    if (it > 0) {
+      // dq rows of step it - 1 += dS K over the block's keys up to key_end, into dq_acc.
+      const int step = it - 1, h = head_of(step), i0 = start_of(step);
+      const bf16_t* St = Ss + step % 2 * BN * LDS;
+      const int key_end = d.q_offset + i0 + BQ - 1;
+      const int kk_end = min(BN / 16, (key_end - n0) / 16 + 1);  // key_end >= n0 by i_start
+      // Two sets of accumulators (even and odd kk) halve the chains of dependent MMAs; the
+      // registers of st and dpt are free here.
+      float acc2[2][CN / 8][4] = {};
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      if (kk < kk_end) {
-        uint32_t a[4];
-        load_a_trans(a, Ss, LDS, dq_r0, kk * 16, lane);
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        if (kk < kk_end) {
+          uint32_t a[4];
+          load_a_trans(a, St, LDS, dq_r0, kk * 16, lane);
 #pragma unroll
-        for (int dp = 0; dp < CN / 16; ++dp) {
-          uint32_t bk[4];
-          load_b_pair_trans(bk, Ks, LD, dq_c0 + dp * 16, kk * 16, lane);
-          mma_bf16(acc2[kk % 2][2 * dp], a, bk[0], bk[1]);
-          mma_bf16(acc2[kk % 2][2 * dp + 1], a, bk[2], bk[3]);
+          for (int dp = 0; dp < CN / 16; ++dp) {
+            uint32_t bk[4];
+            load_b_pair_trans(bk, Ks, LD, dq_c0 + dp * 16, kk * 16, lane);
+            mma_bf16(acc2[kk % 2][2 * dp], a, bk[0], bk[1]);
+            mma_bf16(acc2[kk % 2][2 * dp + 1], a, bk[2], bk[3]);
+          }
         }
       }
-    }
-    float acc[CN / 8][4];
+      float acc[CN / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < CN / 8; ++nt)
+      for (int nt = 0; nt < CN / 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[nt][e] = acc2[0][nt][e] + acc2[1][nt][e];
-    if (vec) {
-      // One 16-byte red per 8-column tile: lanes c and c ^ 1 swap halves so that even c
-      // holds row g, columns 2c..2c+3 and odd c row g + 8, columns 2c-2..2c+1.
-      const bool odd = c & 1;
-      const int row = i0 + dq_r0 + g + (odd ? 8 : 0);
-      float* dst = dq_acc + offset(d.dq, b, h, min(row, d.Tq - 1)) + dq_c0 + 2 * (c & 2);
-#pragma unroll
-      for (int nt = 0; nt < CN / 8; ++nt) {
-        const float x0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][0] : acc[nt][2], 1);
-        const float x1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][1] : acc[nt][3], 1);
-        if (row < d.Tq && dq_c0 + nt * 8 < d.dh) {
-          if (odd)
-            red_add_v4(dst + nt * 8, x0, x1, acc[nt][2], acc[nt][3]);
-          else
-            red_add_v4(dst + nt * 8, acc[nt][0], acc[nt][1], x0, x1);
-        }
-      }
-    } else {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = i0 + dq_r0 + g + 8 * r;
-        if (row >= d.Tq) continue;
-        float* dst = dq_acc + offset(d.dq, b, h, row);
+        for (int e = 0; e < 4; ++e) acc[nt][e] = acc2[0][nt][e] + acc2[1][nt][e];
+      if (vec) {
+        // One 16-byte red per 8-column tile: lanes c and c ^ 1 swap halves so that even c
+        // holds row g, columns 2c..2c+3 and odd c row g + 8, columns 2c-2..2c+1.
+        const bool odd = c & 1;
+        const int row = i0 + dq_r0 + g + (odd ? 8 : 0);
+        float* dst = dq_acc + offset(d.dq, b, h, min(row, d.Tq - 1)) + dq_c0 + 2 * (c & 2);
 #pragma unroll
         for (int nt = 0; nt < CN / 8; ++nt) {
-          const int col = dq_c0 + nt * 8 + 2 * c;
-          if (col < d.dh) atomicAdd(dst + col, acc[nt][2 * r]);
-          if (col + 1 < d.dh) atomicAdd(dst + col + 1, acc[nt][2 * r + 1]);
+          const float x0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][0] : acc[nt][2], 1);
+          const float x1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][1] : acc[nt][3], 1);
+          if (row < d.Tq && dq_c0 + nt * 8 < d.dh) {
+            if (odd)
+              red_add_v4(dst + nt * 8, x0, x1, acc[nt][2], acc[nt][3]);
+            else
+              red_add_v4(dst + nt * 8, acc[nt][0], acc[nt][1], x0, x1);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = i0 + dq_r0 + g + 8 * r;
+          if (row >= d.Tq) continue;
+          float* dst = dq_acc + offset(d.dq, b, h, row);
+#pragma unroll
+          for (int nt = 0; nt < CN / 8; ++nt) {
+            const int col = dq_c0 + nt * 8 + 2 * c;
+            if (col < d.dh) atomicAdd(dst + col, acc[nt][2 * r]);
+            if (col + 1 < d.dh) atomicAdd(dst + col + 1, acc[nt][2 * r + 1]);
+          }
         }
       }
     }
   }
-  if (steps > 0) cp_async_wait<0>();  // (the empty last group)
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
