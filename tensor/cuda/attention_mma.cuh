@@ -283,8 +283,8 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
     int h, i0;
   };
   auto next_of = [&](StepAt s) { return s.i0 + BQ < d.Tq ? StepAt{s.h, s.i0 + BQ} : StepAt{s.h + 1, i_start}; };
-  auto load_step = [&](int step, StepAt at) {
-    const int h = at.h, i0 = at.i0, buf = step % 2;
+  auto load_step = [&](int step, StepAt s) {
+    const int h = s.h, i0 = s.i0, buf = step % 2;
     load_tile<BQ, DH>(Qs + buf * BQ * LD, LD, q + offset(d.q, b, h, i0), d.q.t, d.Tq - i0, d.dh, vec);
     load_tile<BQ, DH>(Gs + buf * BQ * LD, LD, dout + offset(d.dout, b, h, i0), d.dout.t, d.Tq - i0, d.dh, vec);
     if (threadIdx.x < BQ) {
