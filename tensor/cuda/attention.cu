@@ -160,15 +160,16 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
       // dq is summed over key tiles in float32, then scaled and rounded.
       const Tensor dq_acc = empty_heads_like(q, DType::F32);  // strides d.dq, like g.dq
       SESSA_CUDA_CHECK(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * sizeof(float), st), op);
-      const bool vec = vectorizable(d.dh, {&q, &k, &v, &dout});
+      const bool vec = vectorizable(d.dh, {&q, &k, &v, &dout, &dq_acc, &g.dk, &g.dv});
       with_mma_dh(d.dh, [&](auto dh_tag) {
         constexpr int DH = decltype(dh_tag)::value;
         using Tile = attn::BackwardTile<DH>;
         allow_smem(attn::mma_backward<DH>, Tile::smem_bytes, op);
-        attn::mma_backward<DH><<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, Tile::BN)), 128, Tile::smem_bytes, st>>>(
-            ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
-            ptr<float>(dq_acc), ptr<bf16_t>(g.dk), ptr<bf16_t>(g.dv), d, float(scale) * attn::kLog2e, float(scale),
-            vec);
+        attn::mma_backward<DH>
+            <<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, Tile::BN)), Tile::kThreads, Tile::smem_bytes, st>>>(
+                ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
+                ptr<float>(dq_acc), ptr<bf16_t>(g.dk), ptr<bf16_t>(g.dv), d, float(scale) * attn::kLog2e, float(scale),
+                vec);
         SESSA_CUDA_LAUNCH_CHECK(op);
       });
       if (rows > 0) {

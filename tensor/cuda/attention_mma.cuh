@@ -12,16 +12,52 @@
 // pay for the mask; a warp skips tiles whose keys all lie beyond its rows. Saves
 // lse = (m + log2 l) ln 2 per row.
 //
-// Backward: D_i = dout_i . out_i first (attention.cu), then one kernel with a block per
-// tile of BN = 64 keys of one kv head (16 keys per warp), walking the query tiles of every
-// query head of its group (so GQA needs no reduction for dk, dv). Per query tile, with P
-// rebuilt from lse: S^T = K Q^T and dP^T = V dout^T, dS^T = P^T (dP^T - D), then
-// dv += P^T dout and dk += dS^T Q from registers; dS^T goes through shared memory once so
-// the block can form dq_tile = dS K, which is added into a float32 buffer shaped like dq
-// with atomics (the sum over key tiles is therefore not bitwise reproducible run to run)
-// and scaled and rounded to bf16 by a last pass. dk, dv are written once at the end.
+// Backward (FlashAttention-2 structure): D_i = dout_i . out_i first (attention.cu), then
+// one kernel with a block per tile of BN = 128 keys of one kv head, each warp owning KT
+// 16-key MMA tiles, walking the query tiles (BQ = 32 rows) of every query head of its
+// group, so GQA needs no reduction for dk, dv. Per query tile, with P rebuilt from lse:
+// S^T = K Q^T and dP^T = V dout^T, dS^T = P^T (dP^T - D), then dv += P^T dout and
+// dk += dS^T Q straight from the accumulators (c_to_a), dk, dv staying in registers for
+// the whole walk. dS^T goes through shared memory once so the block can form
+// dq_tile = dS K, which is added into a float32 buffer shaped like dq with 16-byte
+// atomics (red.global.add.v4.f32, sm_90; the sum over key tiles is therefore not bitwise
+// reproducible run to run) and scaled and rounded to bf16 by a last pass. dk, dv are
+// written once at the end. Q, dout, lse and D of query tile s + 1 are loaded by cp.async
+// while tile s is multiplied, and the dq product of step s runs after the products of
+// step s + 1 from a second dS^T buffer, so one barrier per step suffices and a warp done
+// with its products goes straight on to dq. Only the warp tiles that hold a masked pair
+// (diagonal, past Tq or Tk) pay for the mask.
+//
+// Budgets (BackwardTile; registers from ptxas -v for sm_90, no spills; 65536 registers
+// and 228 KiB of shared memory per SM):
+//   head dim 64: 4 warps of 32 keys (KT = 2), 2 blocks per SM. Registers per thread:
+//     dk, dv 2 x 64 + S^T, dP^T 2 x 32 = 192, plus fragments in flight and addresses:
+//     249 (2 blocks x 128 threads x 256 fill the register file). Shared: K, V 2 x 18 KiB
+//     + Q, dout double-buffered 4 x 4.5 KiB + dS^T double-buffered 2 x 10 KiB + lse, D
+//     0.5 KiB = 74.5 KiB (149 KiB for two blocks). 8 warps per SM in two independent
+//     blocks (12.5% occupancy).
+//   head dim 128: 8 warps of 16 keys (KT = 1; dk, dv take 2 x 64 registers), 1 block per
+//     SM: 239 registers; K, V 2 x 34 KiB + Q, dout 4 x 8.5 KiB + dS^T 2 x 10 KiB + 0.5
+//     KiB = 122.5 KiB.
+// Per warp and step (head dim 64): 160 MMAs (S, dP, dv, dk, dq: 32 each) against 72
+// ldmatrix.x4 (S, dP 32: K, V A fragments 16 + Q, dout B fragments 16; dv, dk 16; dq 24),
+// so 2304 cycles of shared-memory bandwidth (128 B per cycle) per 128 keys x 64 queries,
+// against 2816 for 8 warps of 16 keys with 64-query steps (K, V fragments kept in
+// registers; 237 registers, one block per SM) and 3584 for 8 warps of 16 keys with 32-
+// query steps (128 registers, 2 blocks: 16 warps per SM): the wider warp tile reads each
+// Q, dout fragment once for two key tiles. Per block and step one 32 x 64 float32 dq tile
+// of reds (four 16-byte reds per thread). Against the former kernel (4 warps of 16 keys,
+// 64-key blocks, 3 blocks per SM): each Q, dout tile in shared memory serves 128 keys
+// (half the L2 reads of Q, dout, lse, D and half the dq atomics per FLOP), 16-byte
+// instead of 8-byte reds, 1 instead of 3 barriers per step, 72 instead of 92 ldmatrix
+// per 160 MMAs, no mask arithmetic off the diagonal. The two alternatives above are one
+// BackwardTile edit away: KT = 1, kWarps = 8 and either BQ = 64, kMinBlocks = 1,
+// kKVInRegisters = true (237 registers, no spills) or kMinBlocks = 2 (at the cap of 128
+// registers ptxas spills 8 bytes).
 #pragma once
 #include <cuda_bf16.h>
+
+#include <type_traits>
 
 #include "tensor/cuda/attention_params.cuh"
 #include "tensor/cuda/mma.cuh"
@@ -183,51 +219,72 @@ __global__ void __launch_bounds__(128, ForwardTile<DH>::kMinBlocks)
     }
 }
 
-// Backward tile sizes: BN keys per block (16 per warp), BQ queries per step (fewer for
-// head dim 128, whose dk and dv accumulators take twice the registers).
+// Backward tile sizes (budgets in the file header): kWarps warps of KT 16-key MMA tiles
+// each, so a block owns BN = 16 KT kWarps = 128 keys; BQ queries per step; kMinBlocks
+// blocks per SM (caps the registers at 65536 / (kMinBlocks kThreads)).
 template <int DH>
 struct BackwardTile {
-  static constexpr int kWarps = 4, BN = 64, BQ = DH > 64 ? 32 : 64, LD = DH + 8, LDS = BQ + 8;
-  static constexpr int kMinBlocks = DH > 64 ? 2 : 3;
+  static constexpr int KT = DH > 64 ? 1 : 2, kWarps = DH > 64 ? 8 : 4, kThreads = 32 * kWarps, BN = 16 * KT * kWarps;
+  static constexpr int BQ = 32, LD = DH + 8, LDS = BQ + 8, kMinBlocks = DH > 64 ? 1 : 2;
+  // Whether the A fragments of the warp's rows of K and V stay in registers for the whole
+  // walk (KT DH / 4 registers each) instead of being reloaded every step: only where the
+  // register budget allows it (see the file header).
+  static constexpr bool kKVInRegisters = false;
   // dq = dS K: the (BQ, DH) tile split over the warps as WR row tiles x WC column parts.
   static constexpr int WR = BQ / 16, WC = kWarps / WR, CN = DH / WC;
   static_assert(WR * WC == kWarps && CN % 16 == 0, "dq tile split");
-  // K, V; 2 x (Q, dout); dS^T; 2 x (lse, D)
+  // K, V; 2 x (Q, dout); 2 x dS^T; 2 x (lse, D)
   static constexpr size_t smem_bytes =
-      size_t(2 * BN + 4 * BQ) * LD * sizeof(bf16_t) + size_t(BN) * LDS * sizeof(bf16_t) + 4 * BQ * sizeof(float);
+      size_t(2 * BN + 4 * BQ) * LD * sizeof(bf16_t) + size_t(2 * BN) * LDS * sizeof(bf16_t) + 4 * BQ * sizeof(float);
 };
 
-// grid (B * Hkv, key tiles), 128 threads. dq_acc: float32 like dq (strides d.dq), zeroed.
+// dst[0..3] += v, atomically and without a result (sm_90; dst 16-byte aligned, global).
+__device__ __forceinline__ void red_add_v4(float* dst, float v0, float v1, float v2, float v3) {
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v0), "f"(v1), "f"(v2), "f"(v3)
+               : "memory");
+}
+
+// 2^x with subnormal results flushed to zero: one MUFU.EX2, where exp2f adds the
+// range handling for subnormals (probabilities below 2^-126 make no difference here).
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// grid (B * Hkv, key tiles), BackwardTile<DH>::kThreads threads. dq_acc: float32 like dq
+// (strides d.dq), zeroed. vec also promises 16-byte aligned rows of dq_acc, dk and dv.
 template <int DH>
-__global__ void __launch_bounds__(128, BackwardTile<DH>::kMinBlocks)
+__global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::kMinBlocks)
     mma_backward(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                  const float* Dv, float* dq_acc, bf16_t* dk, bf16_t* dv, Dims d, float scale_log2, float scale,
                  bool vec) {
   using namespace mma;
   using Tile = BackwardTile<DH>;
-  constexpr int BN = Tile::BN, BQ = Tile::BQ, LD = Tile::LD, LDS = Tile::LDS, CN = Tile::CN;
+  constexpr int BN = Tile::BN, BQ = Tile::BQ, LD = Tile::LD, LDS = Tile::LDS, CN = Tile::CN, KT = Tile::KT;
   constexpr int KS = DH / 16, QT = BQ / 8, DT = DH / 8;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  bf16_t* Ks = reinterpret_cast<bf16_t*>(smem_bytes);   // (BN, LD)
-  bf16_t* Vs = Ks + BN * LD;                            // (BN, LD)
-  bf16_t* Qs = Vs + BN * LD;                            // 2 x (BQ, LD)
-  bf16_t* Gs = Qs + 2 * BQ * LD;                        // 2 x (BQ, LD): dout
-  bf16_t* Ss = Gs + 2 * BQ * LD;                        // (BN, LDS): dS^T
-  float* Ls = reinterpret_cast<float*>(Ss + BN * LDS);  // 2 x BQ: lse
-  float* Ds = Ls + 2 * BQ;                              // 2 x BQ: D
+  bf16_t* Ks = reinterpret_cast<bf16_t*>(smem_bytes);       // (BN, LD)
+  bf16_t* Vs = Ks + BN * LD;                                // (BN, LD)
+  bf16_t* Qs = Vs + BN * LD;                                // 2 x (BQ, LD)
+  bf16_t* Gs = Qs + 2 * BQ * LD;                            // 2 x (BQ, LD): dout
+  bf16_t* Ss = Gs + 2 * BQ * LD;                            // 2 x (BN, LDS): dS^T
+  float* Ls = reinterpret_cast<float*>(Ss + 2 * BN * LDS);  // 2 x BQ: lse
+  float* Ds = Ls + 2 * BQ;                                  // 2 x BQ: D
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, c = lane % 4;
   const int b = blockIdx.x / d.Hkv, hk = blockIdx.x % d.Hkv, n0 = blockIdx.y * BN;
-  load_tile<BN, DH>(Ks, LD, k + offset(d.k, b, hk, n0), d.k.t, d.Tk - n0, d.dh, vec);
-  load_tile<BN, DH>(Vs, LD, v + offset(d.v, b, hk, n0), d.v.t, d.Tk - n0, d.dh, vec);
 
   // The steps: query tiles i0 >= i_start (earlier queries see none of these keys) of each
-  // query head of the group.
+  // query head of the group, diagonal tile first.
   const int i_start = max(0, n0 - d.q_offset) / BQ * BQ;
   const int per_head = i_start < d.Tq ? (d.Tq - i_start + BQ - 1) / BQ : 0, steps = per_head * d.group;
-  auto head_of = [&](int step) { return hk * d.group + step / per_head; };
-  auto start_of = [&](int step) { return i_start + step % per_head * BQ; };
-  auto load_step = [&](int step) {
-    const int h = head_of(step), i0 = start_of(step), buf = step % 2;
+  // (head, first query) of a step and of the step after it.
+  struct StepAt {
+    int h, i0;
+  };
+  auto next_of = [&](StepAt s) { return s.i0 + BQ < d.Tq ? StepAt{s.h, s.i0 + BQ} : StepAt{s.h + 1, i_start}; };
+  auto load_step = [&](int step, StepAt s) {
+    const int h = s.h, i0 = s.i0, buf = step % 2;
     load_tile<BQ, DH>(Qs + buf * BQ * LD, LD, q + offset(d.q, b, h, i0), d.q.t, d.Tq - i0, d.dh, vec);
     load_tile<BQ, DH>(Gs + buf * BQ * LD, LD, dout + offset(d.dout, b, h, i0), d.dout.t, d.Tq - i0, d.dh, vec);
     if (threadIdx.x < BQ) {
@@ -237,141 +294,235 @@ __global__ void __launch_bounds__(128, BackwardTile<DH>::kMinBlocks)
       cp_async4(Ds + buf * BQ + threadIdx.x, Dv + at, i < d.Tq);
     }
   };
-  if (steps > 0) load_step(0);
-  cp_async_commit();
 
-  const int key0 = n0 + w * 16;  // this warp's keys: key0 + g and key0 + g + 8
-  float gk[DT][4] = {}, gv[DT][4] = {};
+  // This warp's keys: key0 + 16 mt + g and key0 + 16 mt + g + 8 for the MMA tiles mt < KT.
+  const int key0 = n0 + w * 16 * KT;
+  float gk[KT][DT][4] = {}, gv[KT][DT][4] = {};
+  uint32_t kf[Tile::kKVInRegisters ? KS : 1][KT][4], vf[Tile::kKVInRegisters ? KS : 1][KT][4];
+  if (steps > 0) {
+    load_tile<BN, DH>(Ks, LD, k + offset(d.k, b, hk, n0), d.k.t, d.Tk - n0, d.dh, vec);
+    load_tile<BN, DH>(Vs, LD, v + offset(d.v, b, hk, n0), d.v.t, d.Tk - n0, d.dh, vec);
+    load_step(0, StepAt{hk * d.group, i_start});
+    cp_async_commit();
+    if constexpr (Tile::kKVInRegisters) {
+      cp_async_wait<0>();
+      __syncthreads();
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+        for (int mt = 0; mt < KT; ++mt) {
+          load_a(kf[ks][mt], Ks, LD, w * 16 * KT + mt * 16, ks * 16, lane);
+          load_a(vf[ks][mt], Vs, LD, w * 16 * KT + mt * 16, ks * 16, lane);
+        }
+    }
+  }
   // dq part of this warp: rows dq_r0.., columns dq_c0..dq_c0+CN-1 of the query tile.
   const int dq_r0 = w % Tile::WR * 16, dq_c0 = w / Tile::WR * CN;
-  for (int step = 0; step < steps; ++step) {
-    if (step + 1 < steps) {
-      load_step(step + 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+  // Iteration `it` runs the products of step it (S, dP, dv, dk; dS^T into buffer it % 2)
+  // and then the dq product of step it - 1, whose dS^T is complete since the barrier.
+  StepAt cur{hk * d.group, i_start}, prev = cur;  // of steps it and it - 1
+  for (int it = 0; it < steps + (steps > 0); ++it) {
+    cp_async_wait<0>();  // this thread's copies of step it's tiles have landed
+    // Everyone's copies have landed, every warp is done with the products of step it - 1
+    // (its Q, dout buffers are refilled by the prefetch below; its dS^T is complete) and
+    // with the dq product of step it - 2 (its dS^T buffer is rewritten below).
     __syncthreads();
-    const int h = head_of(step), i0 = start_of(step), buf = step % 2;
-    const bf16_t* Qt = Qs + buf * BQ * LD;
-    const bf16_t* Gt = Gs + buf * BQ * LD;
-    const float* Lt = Ls + buf * BQ;
-    const float* Dt = Ds + buf * BQ;
-    if (key0 <= d.q_offset + i0 + BQ - 1) {   // else no query of the tile sees this warp's keys
-      float st[QT][4] = {}, dpt[QT][4] = {};  // (16 keys, BQ queries) of S^T and dP^T
+    const StepAt next = next_of(cur);
+    if (it + 1 < steps) load_step(it + 1, next);
+    cp_async_commit();
+    if (it < steps) {
+      const int step = it, i0 = cur.i0, buf = step % 2;
+      const bf16_t* Qt = Qs + buf * BQ * LD;
+      const bf16_t* Gt = Gs + buf * BQ * LD;
+      const float* Lt = Ls + buf * BQ;
+      const float* Dt = Ds + buf * BQ;
+      bf16_t* St = Ss + buf * BN * LDS;
+      // Last key any query of the tile sees.
+      const int key_end = d.q_offset + i0 + BQ - 1;
+      if (key0 <= key_end) {                            // else no query of the tile sees this warp's keys
+        float st[KT][QT][4] = {}, dpt[KT][QT][4] = {};  // (16 KT keys, BQ queries) of S^T and dP^T
 #pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        uint32_t ak[4], av[4];
-        load_a(ak, Ks, LD, w * 16, ks * 16, lane);
-        load_a(av, Vs, LD, w * 16, ks * 16, lane);
+        for (int ks = 0; ks < KS; ++ks) {
+          uint32_t ak[KT][4], av[KT][4];
 #pragma unroll
-        for (int np = 0; np < QT / 2; ++np) {
-          uint32_t bq[4], bg[4];
-          load_b_pair(bq, Qt, LD, np * 16, ks * 16, lane);
-          load_b_pair(bg, Gt, LD, np * 16, ks * 16, lane);
-          mma_bf16(st[2 * np], ak, bq[0], bq[1]);
-          mma_bf16(st[2 * np + 1], ak, bq[2], bq[3]);
-          mma_bf16(dpt[2 * np], av, bg[0], bg[1]);
-          mma_bf16(dpt[2 * np + 1], av, bg[2], bg[3]);
+          for (int mt = 0; mt < KT; ++mt) {
+            if constexpr (Tile::kKVInRegisters) {
+#pragma unroll
+              for (int r = 0; r < 4; ++r) ak[mt][r] = kf[ks][mt][r], av[mt][r] = vf[ks][mt][r];
+            } else {
+              load_a(ak[mt], Ks, LD, w * 16 * KT + mt * 16, ks * 16, lane);
+              load_a(av[mt], Vs, LD, w * 16 * KT + mt * 16, ks * 16, lane);
+            }
+          }
+#pragma unroll
+          for (int np = 0; np < QT / 2; ++np) {
+            uint32_t bq[4], bg[4];
+            load_b_pair(bq, Qt, LD, np * 16, ks * 16, lane);
+            load_b_pair(bg, Gt, LD, np * 16, ks * 16, lane);
+#pragma unroll
+            for (int mt = 0; mt < KT; ++mt) {
+              mma_bf16(st[mt][2 * np], ak[mt], bq[0], bq[1]);
+              mma_bf16(st[mt][2 * np + 1], ak[mt], bq[2], bq[3]);
+              mma_bf16(dpt[mt][2 * np], av[mt], bg[0], bg[1]);
+              mma_bf16(dpt[mt][2 * np + 1], av[mt], bg[2], bg[3]);
+            }
+          }
         }
-      }
-      // st becomes P^T, dpt becomes dS^T. Masked: keys after a query, queries past Tq, keys past Tk.
-      const bool masked = d.q_offset + i0 < key0 + 15 || i0 + BQ > d.Tq || key0 + 16 > d.Tk;
+        // st becomes P^T = exp(S^T scale - lse), dpt becomes dS^T = P^T (dP^T - D). The mask
+        // (keys after a query, queries past Tq, keys past Tk) is only paid for where the
+        // warp's (16 KT, BQ) tile holds such a pair.
+        auto softmax_grad = [&](auto masked) {
 #pragma unroll
-      for (int nt = 0; nt < QT; ++nt)
+          for (int nt = 0; nt < QT; ++nt) {
+            const float2 l2 = *reinterpret_cast<const float2*>(Lt + nt * 8 + 2 * c);
+            const float2 d2 = *reinterpret_cast<const float2*>(Dt + nt * 8 + 2 * c);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ql = nt * 8 + 2 * c + (e & 1), key = key0 + g + 8 * (e / 2);
-          const bool ok = !masked || (i0 + ql < d.Tq && key <= d.q_offset + i0 + ql && key < d.Tk);
-          const float p = ok ? exp2f(fmaf(st[nt][e], scale_log2, -Lt[ql] * kLog2e)) : 0.f;
-          st[nt][e] = p;
-          dpt[nt][e] = p * (dpt[nt][e] - Dt[ql]);
+            for (int mt = 0; mt < KT; ++mt)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const float l = e & 1 ? l2.y : l2.x, dd = e & 1 ? d2.y : d2.x;
+                float p = exp2_ftz(fmaf(st[mt][nt][e], scale_log2, -l * kLog2e));
+                if constexpr (decltype(masked)::value) {
+                  const int qi = i0 + nt * 8 + 2 * c + (e & 1), key = key0 + mt * 16 + g + 8 * (e / 2);
+                  if (qi >= d.Tq || key > d.q_offset + qi || key >= d.Tk) p = 0.f;
+                }
+                st[mt][nt][e] = p;
+                dpt[mt][nt][e] = p * (dpt[mt][nt][e] - dd);
+              }
+          }
+        };
+        if (key0 + 16 * KT - 1 <= d.q_offset + i0 && i0 + BQ <= d.Tq && key0 + 16 * KT <= d.Tk)
+          softmax_grad(std::false_type{});
+        else
+          softmax_grad(std::true_type{});
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk) {  // dv += P^T dout, dk += dS^T Q
+          uint32_t pa[KT][4], da[KT][4];
+#pragma unroll
+          for (int mt = 0; mt < KT; ++mt) {
+            c_to_a(pa[mt], st[mt][2 * kk], st[mt][2 * kk + 1]);
+            c_to_a(da[mt], dpt[mt][2 * kk], dpt[mt][2 * kk + 1]);
+          }
+#pragma unroll
+          for (int dp = 0; dp < DT / 2; ++dp) {
+            uint32_t bg[4], bq[4];
+            load_b_pair_trans(bg, Gt, LD, dp * 16, kk * 16, lane);
+            load_b_pair_trans(bq, Qt, LD, dp * 16, kk * 16, lane);
+#pragma unroll
+            for (int mt = 0; mt < KT; ++mt) {
+              mma_bf16(gv[mt][2 * dp], pa[mt], bg[0], bg[1]);
+              mma_bf16(gv[mt][2 * dp + 1], pa[mt], bg[2], bg[3]);
+              mma_bf16(gk[mt][2 * dp], da[mt], bq[0], bq[1]);
+              mma_bf16(gk[mt][2 * dp + 1], da[mt], bq[2], bq[3]);
+            }
+          }
         }
 #pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) {  // dv += P^T dout, dk += dS^T Q
-        uint32_t pa[4], da[4];
-        c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-        c_to_a(da, dpt[2 * kk], dpt[2 * kk + 1]);
+        for (int mt = 0; mt < KT; ++mt)
 #pragma unroll
-        for (int dp = 0; dp < DT / 2; ++dp) {
-          uint32_t bg[4], bq[4];
-          load_b_pair_trans(bg, Gt, LD, dp * 16, kk * 16, lane);
-          load_b_pair_trans(bq, Qt, LD, dp * 16, kk * 16, lane);
-          mma_bf16(gv[2 * dp], pa, bg[0], bg[1]);
-          mma_bf16(gv[2 * dp + 1], pa, bg[2], bg[3]);
-          mma_bf16(gk[2 * dp], da, bq[0], bq[1]);
-          mma_bf16(gk[2 * dp + 1], da, bq[2], bq[3]);
-        }
-      }
+          for (int nt = 0; nt < QT; ++nt) {
+            bf16_t* row = St + (w * 16 * KT + mt * 16 + g) * LDS + nt * 8 + 2 * c;
+            *reinterpret_cast<uint32_t*>(row) = pack_bf16(dpt[mt][nt][0], dpt[mt][nt][1]);
+            *reinterpret_cast<uint32_t*>(row + 8 * LDS) = pack_bf16(dpt[mt][nt][2], dpt[mt][nt][3]);
+          }
+      } else {  // (never read: the dq product stops at key_end; zeroed all the same)
 #pragma unroll
-      for (int nt = 0; nt < QT; ++nt) {
-        uint32_t* lo = reinterpret_cast<uint32_t*>(Ss + (w * 16 + g) * LDS + nt * 8 + 2 * c);
-        uint32_t* hi = reinterpret_cast<uint32_t*>(Ss + (w * 16 + g + 8) * LDS + nt * 8 + 2 * c);
-        *lo = pack_bf16(dpt[nt][0], dpt[nt][1]);
-        *hi = pack_bf16(dpt[nt][2], dpt[nt][3]);
-      }
-    } else {
+        for (int mt = 0; mt < KT; ++mt)
 #pragma unroll
-      for (int nt = 0; nt < QT; ++nt) {
-        *reinterpret_cast<uint32_t*>(Ss + (w * 16 + g) * LDS + nt * 8 + 2 * c) = 0u;
-        *reinterpret_cast<uint32_t*>(Ss + (w * 16 + g + 8) * LDS + nt * 8 + 2 * c) = 0u;
+          for (int nt = 0; nt < QT; ++nt) {
+            bf16_t* row = St + (w * 16 * KT + mt * 16 + g) * LDS + nt * 8 + 2 * c;
+            *reinterpret_cast<uint32_t*>(row) = 0u;
+            *reinterpret_cast<uint32_t*>(row + 8 * LDS) = 0u;
+          }
       }
     }
-    __syncthreads();
-    // dq rows of this tile += dS K, summed over the block's keys, added into dq_acc.
-    float acc[CN / 8][4] = {};
+    if (it > 0) {
+      // dq rows of step it - 1 += dS K over the block's keys up to key_end, into dq_acc.
+      const int step = it - 1, h = prev.h, i0 = prev.i0;
+      const bf16_t* St = Ss + step % 2 * BN * LDS;
+      const int key_end = d.q_offset + i0 + BQ - 1;
+      const int kk_end = min(BN / 16, (key_end - n0) / 16 + 1);  // key_end >= n0 by i_start
+      // Two sets of accumulators (even and odd kk) halve the chains of dependent MMAs; the
+      // registers of st and dpt are free here.
+      float acc2[2][CN / 8][4] = {};
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t a[4];
-      load_a_trans(a, Ss, LDS, dq_r0, kk * 16, lane);
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        if (kk < kk_end) {
+          uint32_t a[4];
+          load_a_trans(a, St, LDS, dq_r0, kk * 16, lane);
 #pragma unroll
-      for (int dp = 0; dp < CN / 16; ++dp) {
-        uint32_t bk[4];
-        load_b_pair_trans(bk, Ks, LD, dq_c0 + dp * 16, kk * 16, lane);
-        mma_bf16(acc[2 * dp], a, bk[0], bk[1]);
-        mma_bf16(acc[2 * dp + 1], a, bk[2], bk[3]);
+          for (int dp = 0; dp < CN / 16; ++dp) {
+            uint32_t bk[4];
+            load_b_pair_trans(bk, Ks, LD, dq_c0 + dp * 16, kk * 16, lane);
+            mma_bf16(acc2[kk % 2][2 * dp], a, bk[0], bk[1]);
+            mma_bf16(acc2[kk % 2][2 * dp + 1], a, bk[2], bk[3]);
+          }
+        }
       }
-    }
+      float acc[CN / 8][4];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = i0 + dq_r0 + g + 8 * r;
-      if (row >= d.Tq) continue;
-      float* dst = dq_acc + offset(d.dq, b, h, row);
+      for (int nt = 0; nt < CN / 8; ++nt)
 #pragma unroll
-      for (int nt = 0; nt < CN / 8; ++nt) {
-        const int col = dq_c0 + nt * 8 + 2 * c;
-        if (vec) {
-          if (col < d.dh)
-            atomicAdd(reinterpret_cast<float2*>(dst + col), make_float2(acc[nt][2 * r], acc[nt][2 * r + 1]));
-        } else {
-          if (col < d.dh) atomicAdd(dst + col, acc[nt][2 * r]);
-          if (col + 1 < d.dh) atomicAdd(dst + col + 1, acc[nt][2 * r + 1]);
+        for (int e = 0; e < 4; ++e) acc[nt][e] = acc2[0][nt][e] + acc2[1][nt][e];
+      if (vec) {
+        // One 16-byte red per 8-column tile: lanes c and c ^ 1 swap halves so that even c
+        // holds row g, columns 2c..2c+3 and odd c row g + 8, columns 2c-2..2c+1.
+        const bool odd = c & 1;
+        const int row = i0 + dq_r0 + g + (odd ? 8 : 0);
+        float* dst = dq_acc + offset(d.dq, b, h, min(row, d.Tq - 1)) + dq_c0 + 2 * (c & 2);
+#pragma unroll
+        for (int nt = 0; nt < CN / 8; ++nt) {
+          const float x0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][0] : acc[nt][2], 1);
+          const float x1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][1] : acc[nt][3], 1);
+          if (row < d.Tq && dq_c0 + nt * 8 < d.dh) {
+            if (odd)
+              red_add_v4(dst + nt * 8, x0, x1, acc[nt][2], acc[nt][3]);
+            else
+              red_add_v4(dst + nt * 8, acc[nt][0], acc[nt][1], x0, x1);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = i0 + dq_r0 + g + 8 * r;
+          if (row >= d.Tq) continue;
+          float* dst = dq_acc + offset(d.dq, b, h, row);
+#pragma unroll
+          for (int nt = 0; nt < CN / 8; ++nt) {
+            const int col = dq_c0 + nt * 8 + 2 * c;
+            if (col < d.dh) atomicAdd(dst + col, acc[nt][2 * r]);
+            if (col + 1 < d.dh) atomicAdd(dst + col + 1, acc[nt][2 * r + 1]);
+          }
         }
       }
     }
-    __syncthreads();  // the buffers of this step and dS^T are refilled next
+    prev = cur, cur = next;
   }
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key0 + g + 8 * r;
-    if (key >= d.Tk) continue;
-    bf16_t* dk_row = dk + offset(d.dk, b, hk, key);
-    bf16_t* dv_row = dv + offset(d.dv, b, hk, key);
+  for (int mt = 0; mt < KT; ++mt)
 #pragma unroll
-    for (int dt = 0; dt < DT; ++dt) {
-      const int col = dt * 8 + 2 * c;
-      if (col < d.dh) {
-        dk_row[col] = __float2bfloat16(gk[dt][2 * r] * scale);
-        dv_row[col] = __float2bfloat16(gv[dt][2 * r]);
-      }
-      if (col + 1 < d.dh) {
-        dk_row[col + 1] = __float2bfloat16(gk[dt][2 * r + 1] * scale);
-        dv_row[col + 1] = __float2bfloat16(gv[dt][2 * r + 1]);
+    for (int r = 0; r < 2; ++r) {
+      const int key = key0 + mt * 16 + g + 8 * r;
+      if (key >= d.Tk) continue;
+      bf16_t* dk_row = dk + offset(d.dk, b, hk, key);
+      bf16_t* dv_row = dv + offset(d.dv, b, hk, key);
+#pragma unroll
+      for (int dt = 0; dt < DT; ++dt) {
+        const int col = dt * 8 + 2 * c;
+        const float k0 = gk[mt][dt][2 * r] * scale, k1 = gk[mt][dt][2 * r + 1] * scale;
+        const float v0 = gv[mt][dt][2 * r], v1 = gv[mt][dt][2 * r + 1];
+        if (vec) {
+          if (col < d.dh) {
+            *reinterpret_cast<uint32_t*>(dk_row + col) = pack_bf16(k0, k1);
+            *reinterpret_cast<uint32_t*>(dv_row + col) = pack_bf16(v0, v1);
+          }
+        } else {
+          if (col < d.dh) dk_row[col] = __float2bfloat16(k0), dv_row[col] = __float2bfloat16(v0);
+          if (col + 1 < d.dh) dk_row[col + 1] = __float2bfloat16(k1), dv_row[col + 1] = __float2bfloat16(v1);
+        }
       }
     }
-  }
 }
 
 // dq = scale * dq_acc, rounded to bf16 (both dense with the same strides).

@@ -58,4 +58,10 @@ TEST_CASE("cuda attention bf16 sanitizer-sized: partial tiles, GQA, cache offset
   check_attention_kernels(1, 2, 2, 20, 50, 40, false, 4);  // dh 40 padded to 64, offset inside a tile
   check_attention_kernels(1, 2, 1, 1, 1, 64, false, 5);    // T = 1
   check_attention_kernels(1, 2, 2, 17, 17, 20, true, 6);   // dh not a multiple of 8: the scalar path
+  // The backward's 128-key blocks (dh 64: 4 warps of 32 keys; dh 128: 8 warps of 16) and 32-query steps:
+  check_attention_kernels(1, 6, 2, 200, 333, 64, true, 7);    // GQA 3 per kv head; 3 key blocks, the last partial;
+                                                              // offset 133 inside a warp's keys, not 16-aligned
+  check_attention_kernels(1, 2, 1, 129, 129, 128, false, 8);  // dh 128: a key block of one key, partial query step
+  check_attention_kernels(1, 2, 2, 64, 200, 96, true, 9);     // dh 96 (vectorized, padded to 128): dq parts past dh
+  check_attention_kernels(1, 4, 2, 1, 300, 64, false, 10);    // one query against 3 key blocks
 }
