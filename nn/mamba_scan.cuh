@@ -39,6 +39,12 @@ constexpr int kRedRow = 36;  // a per-warp reduction row: 32 lanes + 4 (conflict
 // backward's sub-segment), checkpoints every kEvery steps (kSubs sub-segments), dBm/dCm
 // terms summed over the warp every kBatch steps. The N <= 64 shape has shorter backward
 // tiles and sums every step, so that float64 fits in shared memory.
+// Backward tuning (measure both on the GPU): with the next tile prefetched into registers
+// the N <= 16 backward needs 110 registers, 2 blocks of 256 per SM; without (the tile is
+// loaded right before it is stored to shared memory, its latency exposed once per tile
+// and covered by the other resident blocks), 80 registers, 3 blocks per SM.
+constexpr bool kBwdPrefetch = true;
+
 template <int kNG>
 struct Geo {
   static constexpr int kNP = kG * kNG, kC = kNG == 4 ? 64 : 32, kThr = kC * kNG, kWarps = kThr / 32,
@@ -369,15 +375,15 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr) scan_bwd_pass1_kernel(ScanPara
 
 // The main backward: grid (ceil(Di / kC), B, count), block kThr, dynamic shared memory
 // BwdSmem. Checkpoint segments of chunk blockIdx.z from last to first; in each, a forward
-// walk from the checkpoint keeps the state entering each G::kTile-step sub-segment (in
-// registers), then the sub-segments from last to first: a forward walk over it leaves
+// walk from the checkpoint keeps the state entering each kTile-step sub-segment (in the
+// thread's shared slots), then the sub-segments from last to first: a forward walk over it leaves
 // h_{t-1} of every step in the thread's shared slots, a backward walk over it computes,
 // per (t, n), with e_t recomputed and g = q + gy Cm_t:
 //   du_t += g delta_t Bm_t (via s1 = sum_n g Bm_t),  ddelta_t += g (A e_t h_{t-1} + Bm_t u_t),
 //   dA += g delta_t e_t h_{t-1},  q = e_t g,  dBm_t += g delta_t u_t,  dCm_t += gy h_t,
 //   and y_t = sum_n Cm_t h_t + D u_t for dz.
 template <class F, int kNG>
-__global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F, double> ? 2 : 1)
+__global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F, double> ? (kBwdPrefetch ? 2 : 3) : 1)
     scan_bwd_kernel(ScanParams p, Chunks<acc_t<F>> tc) {
   using Acc = acc_t<F>;
   using G = Geo<kNG>;
@@ -421,9 +427,9 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
   }
   // The tile after sub-segment j of segment seg (walk: forward walk tile, else backward):
   // its first step and whether it is a backward tile (false: none). Loaded into registers
-  // now (kPrefetch) or right before it is stored to shared memory (float64 with N > 16,
-  // which has no registers to spare).
-  constexpr bool kPrefetch = !(std::is_same_v<F, double> && kNG == 16);
+  // now (kPrefetch) or right before it is stored to shared memory (see kBwdPrefetch;
+  // float64 with N > 16 has no registers to spare).
+  constexpr bool kPrefetch = kBwdPrefetch && !(std::is_same_v<F, double> && kNG == 16);
   int next_t0 = 0;
   bool next_full = false;
   auto fetch_next = [&](int seg, int j, bool walk) {
