@@ -35,22 +35,34 @@
 //   states) and the staging (~0.5): ~7.7 instructions (92 us) and 1.13 MUFU (108 us):
 //   ~110 us, MUFU-bound.
 //   Backward per (t, n): the segment walk over 3/4 of the steps (~3.6), the sub-segment
-//   walk (~5), the backward step (EX2 again, 13 FP, 2 shared stores of the dBm/dCm terms,
-//   shared loads: ~16.5), the warp sums of those terms (~2.8), the du/ddelta/dz epilogue
-//   per (t, c) (~2.3), staging (~1.3): ~31 instructions (~380 us) and 2.8 EX2 (~270 us):
-//   ~380 us, issue-bound; the cross-channel dBm/dCm sums and the two re-walks are ~40%.
+//   walk (~5), the backward step (EX2 again, 13 FP, shared loads: ~15), the warp sums of
+//   the 8 dBm/dCm terms per lane (a shuffle butterfly: 9 SHFL, 9 FADD, 14 selects per
+//   step over 4 states: ~8), the du/ddelta/dz epilogue per (t, c) (~2.3), staging (~1.3):
+//   ~35 instructions (~420 us) and 2.8 EX2 (~270 us): issue-bound, ~0.42 ms; the
+//   cross-channel sums and the two re-walks are ~45% of it.
+//   Shared memory (128 B per clock per SM; shuffles assumed to share that pipe), per
+//   warp-step (4 states x 32 lanes): forward ~8 wavefronts (the (u, delta) pair 2, Bm and
+//   Cm broadcasts 2, the y part 1, epilogue and staging ~3) against ~8 clocks of MUFU and
+//   ~8 of issue: balanced; backward ~43 (walk 3.8, sub-segment walk 9, backward step 15,
+//   shuffles 9, epilogue and staging ~7) against ~35 of issue: if shuffles do share the
+//   pipe, the backward is bound there, ~0.5 ms. ncu's "MIO throttle" / "shared memory"
+//   stall share tells which; the cheapest cuts are splitting the staged (u, delta, gy,
+//   dzf) tile into separate arrays (the walks read 2 of its 4 values) and 3-value
+//   partial slots (~6 wavefronts).
 //   Residency (ptxas, sm_90): forward 80 registers, 30 KB shared: 3 blocks (24 warps) per
-//   SM; backward 110 registers, 74 KB: 2 blocks (16 warps). Loads in flight per thread:
-//   forward 3 x 4 (t, c) values + 2 Bm/Cm values per 16-step tile, issued ~400 issue
-//   slots per warp ahead of use; backward 4 x 2 + 1 per 8-step tile, ~1000 slots ahead.
-//   Expected at 16 x 1024: forward one chunk, 384 blocks in 396 slots: ~0.11 ms;
+//   SM; backward 102 registers, 56 KB: 2 blocks (16 warps) with kBwdPrefetch, 80 and 3
+//   blocks without (nn/mamba_scan.cuh). Loads in flight per thread: forward 3 x 4 (t, c)
+//   values + 2 Bm/Cm values per 16-step tile, issued ~400 issue slots per warp ahead of
+//   use; backward 4 x 2 + 1 per 8-step tile, ~1000 slots ahead.
+//   Expected at 16 x 1024: forward one chunk, 384 blocks in 396 slots: ~0.11-0.13 ms;
 //   backward two chunks (768 blocks in 264 slots, 2.9 waves; one chunk would be 1.45),
-//   pass 1 adding ~10%: ~0.43 ms; finalize kernels ~0.03 ms: ~0.57 ms in all (today 2.7),
-//   ~27% of the copy bandwidth for the 556 MB the bench counts. At 4 x 4096 (96 blocks
-//   per chunk): forward 4 chunks (pass 1 on 3/4 of the steps): ~0.16 ms; backward 11
-//   chunks: ~0.45 ms; ~0.64 ms. The next step toward 50% is the backward's issue count
-//   (fewer re-walk instructions: e_t kept from the sub-segment walk needs 32 more KB of
-//   shared memory per block; the dBm/dCm terms summed over 2 channels per thread).
+//   pass 1 adding ~10%: ~0.46-0.55 ms; finalize kernels ~0.03 ms: ~0.6-0.7 ms in all
+//   (today 2.7), ~22-26% of the copy bandwidth for the 556 MB the bench counts; the 50%
+//   target needs the backward near 0.2 ms, i.e. about half its instructions and shared
+//   traffic (e_t kept from the sub-segment walk: 32 KB more shared memory per block;
+//   dBm/dCm terms summed over 2 channels per thread before the butterfly). At 4 x 4096
+//   (96 blocks per chunk): forward 4 chunks (pass 1 on 3/4 of the steps): ~0.17 ms;
+//   backward 11 chunks: ~0.5-0.6 ms; ~0.7-0.8 ms.
 #include <algorithm>
 #include <type_traits>
 

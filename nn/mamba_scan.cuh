@@ -18,7 +18,7 @@
 // of the next tile into registers (coalesced along channels) before computing the current
 // one, and stores it to shared memory after (one load latency per tile, hidden by the
 // tile's compute). Cross-state sums (y, du, ddelta) go through shared memory per tile;
-// cross-channel sums (dBm, dCm) through a per-warp shared buffer every two steps, then
+// cross-channel sums (dBm, dCm) through a warp-shuffle butterfly every step, then
 // across the warps of a group, then across channel blocks in a second kernel. No atomics:
 // every sum has a fixed order, results are bitwise reproducible.
 // exp is one MUFU.EX2 (A pre-scaled by log2 e; ex2.approx.ftz, relative error ~2^-22).
@@ -32,13 +32,11 @@ namespace sessa::cuda::scan {
 constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
 constexpr int kG = 4;  // states per thread (Vec4: one 16-byte shared access)
 constexpr int kMaxState = 64;
-constexpr int kRedRow = 36;  // a per-warp reduction row: 32 lanes + 4 (conflict-free LDS.128)
 
 // The block's shape for kNG state groups (4: N <= 16; 16: N <= 64): kC channels, kThr
 // threads; kTileF steps per staged forward tile, kTile per backward tile (= the
-// backward's sub-segment), checkpoints every kEvery steps (kSubs sub-segments), dBm/dCm
-// terms summed over the warp every kBatch steps. The N <= 64 shape has shorter backward
-// tiles and sums every step, so that float64 fits in shared memory.
+// backward's sub-segment), checkpoints every kEvery steps (kSubs sub-segments). The
+// N <= 64 shape has shorter backward tiles, so that float64 fits in shared memory.
 // Backward tuning (measure both on the GPU): with the next tile prefetched into registers
 // the N <= 16 backward needs 110 registers, 2 blocks of 256 per SM; without (the tile is
 // loaded right before it is stored to shared memory, its latency exposed once per tile
@@ -49,8 +47,7 @@ template <int kNG>
 struct Geo {
   static constexpr int kNP = kG * kNG, kC = kNG == 4 ? 64 : 32, kThr = kC * kNG, kWarps = kThr / 32,
                        kWarpsPerGroup = kC / 32;
-  static constexpr int kTileF = 16, kTile = kNG == 4 ? 8 : 4, kEvery = 4 * kTile, kSubs = kEvery / kTile,
-                       kBatch = kNG == 4 ? 2 : 1;
+  static constexpr int kTileF = 16, kTile = kNG == 4 ? 8 : 4, kEvery = 4 * kTile, kSubs = kEvery / kTile;
   static_assert(kEvery % kTileF == 0 && kEvery % kTile == 0 && kSubs > 1 && kSubs <= 4, "checkpoints at tile starts");
 };
 
@@ -122,8 +119,8 @@ struct FwdSmem {
 };
 // Backward: the tile (u, delta, gy, dzf), [Bm | Cm], each thread's h_{t-1} of the tile's
 // steps (after a step's reverse: its {s1, s2, y part}) and the state entering each
-// sub-segment of the segment (own slots, no barriers), the per-warp dBm/dCm term rows of
-// two steps, the per-warp channel sums of the tile, and the dD partials at the end.
+// sub-segment of the segment (own slots, no barriers), the per-warp channel sums of the
+// tile, and the dD partials at the end.
 template <class Acc, int kNG>
 struct BwdSmem {
   using G = Geo<kNG>;
@@ -131,7 +128,6 @@ struct BwdSmem {
   Vec4<Acc> bc[G::kTile][2 * kNG];
   Vec4<Acc> hp[G::kTile][G::kThr];
   Vec4<Acc> start[G::kSubs - 1][G::kThr];  // the state entering sub-segments 0 .. kSubs-2
-  Acc red[G::kWarps][G::kBatch][2 * kG][kRedRow];
   Acc wsum[G::kTile][G::kWarps][2 * kG];
   Acc gd[G::kThr];
 };
@@ -373,6 +369,27 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr) scan_bwd_pass1_kernel(ScanPara
   }
 }
 
+// The sums over the warp's 32 lanes (channels) of the 2 kG = 8 terms of every lane, by a
+// transposing butterfly: at xor distances 16, 8 and 4 each lane keeps half of its values
+// and adds its partner's copy of that half, then distances 2 and 1 add whole values.
+// Afterwards lane l holds in v[0] the sum of term l / 4 (lanes 4k .. 4k + 3 alike).
+// 9 shuffles and 9 adds per lane, no shared memory.
+template <class Acc>
+__device__ __forceinline__ void warp_sum_terms(Acc (&v)[2 * kG], int lane) {
+  static_assert(2 * kG == 8, "three halving levels");
+#pragma unroll
+  for (int half = 4, dist = 16; half >= 1; half /= 2, dist /= 2) {
+    const bool upper = lane & dist;  // keeps the upper half of its values
+#pragma unroll
+    for (int i = 0; i < half; ++i) {
+      const Acc send = upper ? v[i] : v[i + half], keep = upper ? v[i + half] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, dist);
+    }
+  }
+  v[0] += __shfl_xor_sync(0xffffffffu, v[0], 2);
+  v[0] += __shfl_xor_sync(0xffffffffu, v[0], 1);
+}
+
 // The main backward: grid (ceil(Di / kC), B, count), block kThr, dynamic shared memory
 // BwdSmem. Checkpoint segments of chunk blockIdx.z from last to first; in each, a forward
 // walk from the checkpoint keeps the state entering each kTile-step sub-segment (in the
@@ -496,15 +513,14 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
         }
         sm.hp[i][tid] = hv;
       }
-      // Backwards over it (kBatch steps per iteration: unrolled further, the compiler
-      // hoists shared loads of later steps and runs out of registers).
+      // Backwards over it (two steps per iteration: unrolled further, the compiler hoists
+      // shared loads of later steps and runs out of registers).
 #pragma unroll kUnroll
       for (int i = G::kTile - 1; i >= 0; --i) {
         const Quad<Acc> x = sm.x[i][cl];
         const Vec4<Acc> bm = sm.bc[i][g], cm = sm.bc[i][kNG + g], hv = sm.hp[i][tid];
         const Acc dtu = x.d * x.u;
-        Acc s1 = 0, s2 = 0, yo = 0;
-        Acc* row = sm.red[warp][i % G::kBatch][0];  // [term][lane]: dBm terms of the kG states, then dCm terms
+        Acc s1 = 0, s2 = 0, yo = 0, term[2 * kG];  // dBm terms of the kG states, then dCm terms
 #pragma unroll
         for (int j = 0; j < kG; ++j) {
           const Acc e = exp2_fast(x.d * a2[j]);
@@ -516,28 +532,12 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
           gA[j] += x.d * w;
           yo += cm.v[j] * ht;
           q[j] = e * gh;
-          row[j * kRedRow + lane] = gh * dtu;
-          row[(kG + j) * kRedRow + lane] = x.gy * ht;
+          term[j] = gh * dtu;
+          term[kG + j] = x.gy * ht;
         }
         sm.hp[i][tid] = Vec4<Acc>{{s1, s2, yo, Acc(0)}};
-        if (i % G::kBatch == 0) {  // steps i .. i + kBatch - 1 written: sum each term row over the warp's lanes
-          constexpr int kRows = G::kBatch * 2 * kG, kSpan = kRows;  // rows; lanes summed by one lane (32 / kSplit)
-          constexpr int kSplit = 32 / kRows;                        // lanes per row
-          static_assert(kSplit * kRows == 32 && kSpan * kSplit == 32, "one warp per batch of rows");
-          __syncwarp();
-          const int r = lane % kRows, part = lane / kRows;  // row r: step i + r / 2kG, term r % 2kG
-          const Acc* src = sm.red[warp][r / (2 * kG)][r % (2 * kG)] + part * kSpan;
-          Acc v = 0;
-#pragma unroll
-          for (int l = 0; l < kSpan; l += 4) {
-            const Vec4<Acc> four = *reinterpret_cast<const Vec4<Acc>*>(src + l);
-            v += (four.v[0] + four.v[1]) + (four.v[2] + four.v[3]);
-          }
-#pragma unroll
-          for (int o = kRows; o < 32; o *= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-          if (part == 0) sm.wsum[i + r / (2 * kG)][warp][r % (2 * kG)] = v;
-          __syncwarp();
-        }
+        warp_sum_terms(term, lane);
+        if (lane % 4 == 0) sm.wsum[i][warp][lane / 4] = term[0];
       }
       __syncthreads();  // every slot and warp sum of the tile is written
                         // du, ddelta, dz of (t0 + i, this thread's channel) for i = g, g + kNG, ...
