@@ -33,16 +33,17 @@ constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
 constexpr int kG = 4;  // states per thread (Vec4: one 16-byte shared access)
 constexpr int kMaxState = 64;
 
+// Backward tuning (measure both on the GPU): with the next tile prefetched into registers
+// the N <= 16 backward needs 102 registers, 2 blocks of 256 per SM; without (the tile is
+// loaded right before it is stored to shared memory, its latency exposed once per tile
+// and covered by the other resident blocks), 80 registers (ptxas: an 8-byte stack frame),
+// 3 blocks per SM, and one time chunk instead of two at 16 x 1024.
+constexpr bool kBwdPrefetch = true;
+
 // The block's shape for kNG state groups (4: N <= 16; 16: N <= 64): kC channels, kThr
 // threads; kTileF steps per staged forward tile, kTile per backward tile (= the
 // backward's sub-segment), checkpoints every kEvery steps (kSubs sub-segments). The
 // N <= 64 shape has shorter backward tiles, so that float64 fits in shared memory.
-// Backward tuning (measure both on the GPU): with the next tile prefetched into registers
-// the N <= 16 backward needs 110 registers, 2 blocks of 256 per SM; without (the tile is
-// loaded right before it is stored to shared memory, its latency exposed once per tile
-// and covered by the other resident blocks), 80 registers, 3 blocks per SM.
-constexpr bool kBwdPrefetch = true;
-
 template <int kNG>
 struct Geo {
   static constexpr int kNP = kG * kNG, kC = kNG == 4 ? 64 : 32, kThr = kC * kNG, kWarps = kThr / 32,
