@@ -6,8 +6,8 @@
 // and float64. Backward reductions (dw, dbias, dA, dD, dBm, dCm) are deterministic:
 // per-block partials, then a second pass. selective_scan supports a state size N of at
 // most 64; its checkpoints are the float32 (float64 for float64) states entering every
-// 64th step (every 16th for N > 16), (B, Di, N, segments), which selective_scan_backward reuses
-// instead of recomputing them when given.
+// 32nd step (16th for N > 16), (B, segments, N, Di), which selective_scan_backward reuses instead of
+// recomputing them when given.
 #pragma once
 #include "nn/mamba_ops.h"
 

@@ -2,10 +2,11 @@
 // depthwise conv1d and the selective scan, forward and every backward output, against the
 // CPU ops, with fresh device memory poisoned (tests/cuda/main.cpp) so that an output the
 // kernels leave unwritten fails. Shapes cover T = 1 (and T < K), T around the scan's
-// checkpoint segments of 64 steps (16 for N > 16) and sub-segments of 4 (3, 63, 65, 127,
-// 129, 1000, 4097; with few channels time is also split into chunks of whole segments,
-// which every case below but the "many channels" one does), batches of 1 and 3, channel
-// counts that are not a multiple of the scan's 128-channel blocks or the conv's blocks,
+// checkpoint segments of 32 steps (16 for N > 16), its sub-segments of 8 (4) and forward
+// tiles of 16 (3, 63, 65, 127, 129, 1000, 4097; with few channels time is also split into
+// chunks of whole segments, which every case below but the "many channels" one does),
+// batches of 1 and 3, channel counts that are not a multiple of the scan's 64-channel
+// blocks (32 for N > 16) or the conv's blocks,
 // K = 1 and K = 9 (two tap groups in the dw reduction), state sizes N = 1, 4, 5, 16, 32,
 // 64, and Bm/Cm given as strided views (as the mixer passes them). The scan's backward
 // runs both with the forward's chunk checkpoints and without (recomputed). bfloat16 runs
@@ -146,8 +147,8 @@ void check_scan(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, uint64
     const Tensor zv = gate ? t[7] : Tensor();
     Tensor y = nn::selective_scan_forward(t[0], t[1], t[2], Bv, Cv, t[5], zv, saved ? &ckpt : nullptr);
     if (saved && t[0].is_cuda()) {
-      const int64_t every = N <= 16 ? 64 : 16;  // the checkpoint spacing (nn/mamba_scan.cu)
-      const Shape want{B, Di, N, (T + every - 1) / every};
+      const int64_t every = N <= 16 ? 32 : 16;  // the checkpoint spacing (nn/mamba_scan.cuh)
+      const Shape want{B, (T + every - 1) / every, N, Di};
       CHECK_MESSAGE(ckpt.shape() == want, what << ": checkpoints " << ckpt.shape());
     }
     auto g = nn::selective_scan_backward(t[6], t[0], t[1], t[2], Bv, Cv, t[5], zv, ckpt);
@@ -182,12 +183,12 @@ TEST_CASE("cuda selective_scan float32: forward and backward match the CPU") {
   check_scan(2, 150, 40, 32, DType::F32, 32);   // N = 32
   check_scan(2, 140, 33, 64, DType::F32, 33);   // the largest state supported
   check_scan(2, 1000, 256, 16, DType::F32, 34);
-  check_scan(2, 129, 300, 16, DType::F32, 36);  // channels over three 128-channel blocks, last partial
+  check_scan(2, 129, 300, 16, DType::F32, 36);  // channels over five 64-channel blocks, last partial
 }
 
-// Time is split into chunks only when batch x channels leaves SMs idle (as in every case
-// above); with 60k (b, channel) threads (one chunk forward and backward on GPUs of up to
-// ~150 SMs) each thread walks the whole sequence.
+// Time is split into chunks only when batch x channel blocks leave resident-block slots
+// idle (as in every case above); with 939 blocks of 64 channels (one chunk forward and
+// backward on an H200) each thread walks the whole sequence.
 TEST_CASE("cuda selective_scan with many channels: one time chunk") { check_scan(3, 200, 20000, 16, DType::F32, 35); }
 
 TEST_CASE("cuda selective_scan with strided Bm and Cm views") {
