@@ -10,18 +10,25 @@
 #   4. every run's final accuracies go to $OUT/results.tsv, then the table of test
 #      accuracy mean ± std over the seeds (per family and length) is printed last.
 # Up to JOBS runs share the device at once (background processes).
+# LR_FROM=LEN sweeps the learning rate at length LEN only and trains every seed of the
+# other lengths at the lr chosen there (the long-sequence sweep is the expensive part).
+# DEADLINE=S starts no new run after S seconds (running ones finish); --resume continues
+# a sweep in $OUT (results.tsv kept, finished runs skipped, data regenerated if absent:
+# it is deterministic), so a sweep can be split over several sessions or device calls.
 #
 #   bench/symbolsoup_sweep.sh                      # GPU defaults (one H200: about 20 minutes, estimated)
 #   bench/symbolsoup_sweep.sh --quick              # CPU smoke run of the whole pipeline (minutes)
+#   DEADLINE=300 bench/symbolsoup_sweep.sh; bench/symbolsoup_sweep.sh --resume   # in two parts
 #   JOBS=12 STEPS=800 bench/symbolsoup_sweep.sh    # any setting below can be overridden
 #   LM_WEIGHT=0 bench/symbolsoup_sweep.sh          # label loss only (default 1: + 1 x the next-token loss, train --lm-weight)
 set -uo pipefail
-QUICK=0
+QUICK=0 RESUME=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n 2,18p "$0"; exit 0 ;;
-    *) echo "symbolsoup_sweep: unknown argument '$arg' (expected --quick)" >&2; exit 2 ;;
+    --resume) RESUME=1 ;;
+    -h|--help) sed -n 2,25p "$0"; exit 0 ;;
+    *) echo "symbolsoup_sweep: unknown argument '$arg' (expected --quick or --resume)" >&2; exit 2 ;;
   esac
 done
 
@@ -41,18 +48,29 @@ WARMUP=${WARMUP:-$((STEPS / 10))}
 EVAL_EVERY=${EVAL_EVERY:-$((STEPS / 4))}
 DATA_SEED=${DATA_SEED:-1}
 LM_WEIGHT=${LM_WEIGHT:-1}
+LR_FROM=${LR_FROM:-}
+DEADLINE=${DEADLINE:-}
+if [ -n "$LR_FROM" ] && ! tr ' ' '\n' <<< "$LENGTHS" | grep -qx -- "$LR_FROM"; then
+  echo "symbolsoup_sweep: LR_FROM=$LR_FROM is not one of LENGTHS ($LENGTHS)" >&2; exit 2
+fi
 
 [ -x "$APP" ] || { echo "symbolsoup_sweep: $APP not found: build it first (cmake --build $BUILD --target symbolsoup)" >&2; exit 1; }
-[ -e "$OUT/results.tsv" ] && { echo "symbolsoup_sweep: $OUT already holds a sweep; set OUT=... or remove it" >&2; exit 1; }
+if [ -e "$OUT/results.tsv" ] && [ $RESUME = 0 ]; then
+  echo "symbolsoup_sweep: $OUT already holds a sweep; continue it with --resume, or set OUT=... or remove it" >&2; exit 1
+fi
+if [ $RESUME = 1 ] && [ ! -e "$OUT/results.tsv" ]; then
+  echo "symbolsoup_sweep: --resume: $OUT/results.tsv not found (nothing to continue)" >&2; exit 1
+fi
 mkdir -p "$OUT/runs" "$OUT/logs"
 RESULTS="$OUT/results.tsv"
 START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
 echo "sweep: device $DEVICE $DTYPE | Transformer D $D x $LAYERS layers (others matched) | $STEPS steps x batch $BATCH"
-echo "sweep: lengths $LENGTHS | lrs $LRS | seeds $SEEDS | lm weight $LM_WEIGHT | $JOBS runs at a time -> $OUT"
+echo "sweep: lengths $LENGTHS | lrs $LRS${LR_FROM:+ (swept at $LR_FROM only)} | seeds $SEEDS | lm weight $LM_WEIGHT | $JOBS runs at a time -> $OUT"
 
 # ---- 1. data ---------------------------------------------------------------------------
 for len in $LENGTHS; do
+  [ -s "$OUT/data/$len/test.tsv" ] && continue
   "$APP" generate --out-dir "$OUT/data/$len" --train "$TRAIN_N" --val "$VAL_N" --test "$TEST_N" \
     --min-tokens "${len%-*}" --max-tokens "${len#*-}" --seed "$DATA_SEED" > "$OUT/logs/generate-$len.log" 2>&1 &
 done
@@ -63,7 +81,7 @@ done
 echo "[$(elapsed)s] data written ($LENGTHS)"
 
 best_lr() {  # LENGTH FAMILY -> the lr whose first-seed run has the highest validation accuracy
-  awk -F'\t' -v l="$1" -v f="$2" 'NR > 1 && $1 == l && $2 == f && (best == "" || $9 > bv) {best = $3; bv = $9}
+  awk -F'\t' -v l="${LR_FROM:-$1}" -v f="$2" 'NR > 1 && $1 == l && $2 == f && (best == "" || $9 > bv) {best = $3; bv = $9}
     END {print best}' "$RESULTS"
 }
 FIRST_SEED=${SEEDS%% *}
@@ -73,7 +91,8 @@ summarize() {
     curves=()
     for family in $FAMILIES; do
       lr=$(best_lr "$len" "$family")
-      [ -n "$lr" ] && curves+=("$OUT/runs/$len-$family-lr$lr-s$FIRST_SEED")
+      [ -n "$lr" ] && [ -e "$OUT/runs/$len-$family-lr$lr-s$FIRST_SEED/log.csv" ] &&
+        curves+=("$OUT/runs/$len-$family-lr$lr-s$FIRST_SEED")
     done
     [ ${#curves[@]} -gt 0 ] && "$APP" plot --out "$OUT/curves-$len.svg" --title "SymbolSoup $len tokens: validation accuracy" \
       "${curves[@]}" > /dev/null 2>&1 && echo "plot: $OUT/curves-$len.svg"
@@ -117,13 +136,16 @@ on_stop() {
 trap on_stop INT TERM
 
 # ---- runs, JOBS at a time ----------------------------------------------------------------
-printf 'length\tfamily\tlr\tseed\tparameters\tlayers\tsteps\tbatch\tval_acc\ttest_acc\ttrain_s\trun\n' > "$RESULTS"
+[ $RESUME = 1 ] || printf 'length\tfamily\tlr\tseed\tparameters\tlayers\tsteps\tbatch\tval_acc\ttest_acc\ttrain_s\trun\n' > "$RESULTS"
 # run LENGTH FAMILY LR SEED: trains one model and appends its line to results.tsv.
 run() {
   local len=$1 family=$2 lr=$3 seed=$4
   local name="$len-$family-lr$lr-s$seed"
   local dir="$OUT/runs/$name" log="$OUT/logs/$name.log"
   local match=()
+  if awk -F'\t' -v n="$name" '$12 == n {found = 1} END {exit !found}' "$RESULTS"; then
+    echo "[$(elapsed)s] $name: in results.tsv already"; return
+  fi
   [ "$family" != transformer ] && match=(--match-params transformer)
   if ! "$APP" train --data "$OUT/data/$len" --model "$family" --preset tiny --d-model "$D" --layers "$LAYERS" \
       --heads "$HEADS" "${match[@]}" --steps "$STEPS" --warmup "$WARMUP" --batch "$BATCH" --lr "$lr" --seed "$seed" \
@@ -141,7 +163,12 @@ run() {
   echo "[$(elapsed)s] $name: val $val test $(field test_accuracy) ($(field train_seconds)s training)"
 }
 # Starts `run "$@"` in the background once fewer than JOBS runs are going.
+STOPPED=0
 submit() {
+  if [ -n "$DEADLINE" ] && [ "$(elapsed)" -ge "$DEADLINE" ]; then
+    [ $STOPPED = 1 ] || echo "[$(elapsed)s] DEADLINE $DEADLINE s passed: no new runs (continue with --resume)"
+    STOPPED=1; return
+  fi
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
   run "$@" &
 }
@@ -150,6 +177,7 @@ submit() {
 OTHER_SEEDS=${SEEDS#"$FIRST_SEED"}
 LENGTHS_LONG_FIRST=$(tr ' ' '\n' <<< "$LENGTHS" | tac | tr '\n' ' ')
 for len in $LENGTHS_LONG_FIRST; do
+  [ -n "$LR_FROM" ] && [ "$len" != "$LR_FROM" ] && continue
   for family in $FAMILIES; do
     for lr in $LRS; do submit "$len" "$family" "$lr" "$FIRST_SEED"; done
   done
@@ -159,12 +187,15 @@ PHASE1=$(elapsed)
 echo "[${PHASE1}s] learning-rate sweep done; the other seeds take about $(( PHASE1 * 2 / 3 )) s more"
 
 # ---- 3. the other seeds at each family's best validation lr -----------------------------------
+[ $STOPPED = 1 ] && { echo "[$(elapsed)s] the lr sweep is incomplete: continue with --resume"; summarize; exit 0; }
 for len in $LENGTHS_LONG_FIRST; do
   for family in $FAMILIES; do
     lr=$(best_lr "$len" "$family")
     [ -n "$lr" ] || continue
-    echo "[$(elapsed)s] $len $family: best lr $lr"
-    for seed in $OTHER_SEEDS; do submit "$len" "$family" "$lr" "$seed"; done
+    echo "[$(elapsed)s] $len $family: best lr $lr${LR_FROM:+ (chosen at $LR_FROM)}"
+    seeds=$OTHER_SEEDS
+    [ -n "$LR_FROM" ] && [ "$len" != "$LR_FROM" ] && seeds=$SEEDS
+    for seed in $seeds; do submit "$len" "$family" "$lr" "$seed"; done
   done
 done
 wait

@@ -33,12 +33,11 @@ constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
 constexpr int kG = 4;  // states per thread (Vec4: one 16-byte shared access)
 constexpr int kMaxState = 64;
 
-// Backward tuning (measure both on the GPU): with the next tile prefetched into registers
-// the N <= 16 backward needs 102 registers, 2 blocks of 256 per SM; without (the tile is
-// loaded right before it is stored to shared memory, its latency exposed once per tile
-// and covered by the other resident blocks), 80 registers (ptxas: an 8-byte stack frame),
-// 3 blocks per SM, and one time chunk instead of two at 16 x 1024.
-constexpr bool kBwdPrefetch = true;
+// The backward loads each tile right before it is stored to shared memory (its latency
+// exposed once per tile, covered by the other resident blocks): 80 registers, 3 blocks of
+// 256 per SM. Prefetching the next tile into registers needed 102 registers, 2 blocks per
+// SM, and measured slower on the H200 (bwd 1.50 vs 1.16 ms at bf16 16 x 1024; see
+// docs/performance.md, 2026-11-30 night).
 
 // The block's shape for kNG state groups (4: N <= 16; 16: N <= 64): kC channels, kThr
 // threads; kTileF steps per staged forward tile, kTile per backward tile (= the
@@ -401,7 +400,7 @@ __device__ __forceinline__ void warp_sum_terms(Acc (&v)[2 * kG], int lane) {
 //   dA += g delta_t e_t h_{t-1},  q = e_t g,  dBm_t += g delta_t u_t,  dCm_t += gy h_t,
 //   and y_t = sum_n Cm_t h_t + D u_t for dz.
 template <class F, int kNG>
-__global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F, double> ? (kBwdPrefetch ? 2 : 3) : 1)
+__global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F, double> ? 3 : 1)
     scan_bwd_kernel(ScanParams p, Chunks<acc_t<F>> tc) {
   using Acc = acc_t<F>;
   using G = Geo<kNG>;
@@ -444,10 +443,8 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
     __syncthreads();
   }
   // The tile after sub-segment j of segment seg (walk: forward walk tile, else backward):
-  // its first step and whether it is a backward tile (false: none). Loaded into registers
-  // now (kPrefetch) or right before it is stored to shared memory (see kBwdPrefetch;
-  // float64 with N > 16 has no registers to spare).
-  constexpr bool kPrefetch = kBwdPrefetch && !(std::is_same_v<F, double> && kNG == 16);
+  // its first step and whether it is a backward tile (false: none). put_next loads it
+  // and stores it to shared memory.
   int next_t0 = 0;
   bool next_full = false;
   auto fetch_next = [&](int seg, int j, bool walk) {
@@ -462,11 +459,10 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
     } else {
       return false;
     }
-    if (kPrefetch) ld.fetch(p, b, c0, next_t0, tend, next_full);
     return true;
   };
   auto put_next = [&] {
-    if (!kPrefetch) ld.fetch(p, b, c0, next_t0, tend, next_full);
+    ld.fetch(p, b, c0, next_t0, tend, next_full);
     ld.put(sm, gate);
   };
 
