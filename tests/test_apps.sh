@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end on the CPU: apps/prepare -> apps/train (loss must fall) -> apps/sample, apps/influence,
-# exact resume, and bad flags / bad files exiting non-zero with a message.
+# exact resume, bad flags / bad files exiting non-zero with a message, and the SymbolSoup sweep
+# script split into parts (--resume).
 # Usage: tests/test_apps.sh BUILD_DIR
 set -uo pipefail
 source "$(dirname "$0")/app_helpers.sh" "$1"
@@ -63,5 +64,25 @@ expect_error "prepare: missing input names it" "nothing.txt" "$APPS/prepare" --i
 expect_error "sample: missing checkpoint names it" "no_such_run" "$APPS/sample" --checkpoint "$WORK/no_such_run"
 expect_error "sample: bad temperature" "temperature" "$APPS/sample" --checkpoint "$WORK/run" --temperature -1
 [ -s "$WORK/data/train.bin" ] && pass "failed runs left the dataset intact" || fail "dataset lost"
+
+# bench/symbolsoup_sweep.sh in parts: DEADLINE=0 starts nothing, --resume runs the whole sweep
+# (lr swept at the short length only: 2 x 2 lr runs + 2 x 1 + 2 x 2 seed runs), a second
+# --resume adds nothing, and a second sweep into the same OUT without --resume is refused.
+SWEEP=(env BUILD="$1" OUT="$WORK/sweep" FAMILIES="transformer mamba" STEPS=10 LRS="5e-3 1e-2" SEEDS="1 2"
+       LENGTHS="60-90 120-160" LR_FROM=60-90 TRAIN_N=200 VAL_N=40 TEST_N=40 VAL_EXAMPLES=40
+       bash "$(dirname "$0")/../bench/symbolsoup_sweep.sh" --quick)
+rows() { awk 'NR > 1' "$WORK/sweep/results.tsv" | wc -l; }
+DEADLINE=0 "${SWEEP[@]}" > "$WORK/sweep0.log" 2>&1 && grep -q "continue with --resume" "$WORK/sweep0.log" && [ "$(rows)" = 0 ] \
+  && pass "sweep: DEADLINE=0 starts no run" || fail "sweep DEADLINE=0: $(tail -3 "$WORK/sweep0.log")"
+# Every 120-160 run uses the lr of its family's 60-90 seed-2 run (the chosen one).
+long_lr_ok() {
+  awk -F'\t' 'NR > 1 && $1 == "60-90" && $4 == 2 {chosen[$2] = $3} NR > 1 && $1 == "120-160" {lr[NR] = $3; fam[NR] = $2}
+    END {for (r in lr) if (lr[r] != chosen[fam[r]]) exit 1; exit length(lr) != 4}' "$WORK/sweep/results.tsv"
+}
+"${SWEEP[@]}" --resume > "$WORK/sweep1.log" 2>&1 && [ "$(rows)" = 10 ] && long_lr_ok \
+  && pass "sweep: --resume runs the 10 runs, the long length at the lr chosen at 60-90" || fail "sweep --resume: $(rows) rows; $(tail -5 "$WORK/sweep1.log")"
+"${SWEEP[@]}" --resume > "$WORK/sweep2.log" 2>&1 && [ "$(rows)" = 10 ] && [ "$(grep -c 'in results.tsv already' "$WORK/sweep2.log")" = 10 ] \
+  && pass "sweep: a second --resume skips every finished run" || fail "sweep second --resume: $(rows) rows"
+expect_error "sweep: a second sweep into the same OUT" "continue it with --resume" "${SWEEP[@]}"
 
 finish test_apps
