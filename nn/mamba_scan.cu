@@ -51,22 +51,19 @@
 //   dzf) tile into separate arrays (the walks read 2 of its 4 values) and 3-value
 //   partial slots (~6 wavefronts).
 //   Residency (ptxas, sm_90): forward 80 registers, 30 KB shared: 3 blocks (24 warps) per
-//   SM; backward 80 registers, 56 KB: 3 blocks (24 warps); a register prefetch
-//   of the next tile (102 registers, 2 blocks) measured slower (nn/mamba_scan.cuh). Loads in flight per thread: forward 3 x 4 (t, c)
-//   values + 2 Bm/Cm values per 16-step tile, issued ~400 issue slots per warp ahead of
-//   use; backward 4 x 2 + 1 per 8-step tile, ~1000 slots ahead.
+//   SM; backward 80 registers, 56 KB: 3 blocks (24 warps). A register prefetch of the
+//   backward's next tile needed 102 registers (2 blocks) and measured slower.
+//   Loads in flight per thread: forward 3 x 4 (t, c) values + 2 Bm/Cm values per 16-step
+//   tile, issued ~400 issue slots per warp ahead of use; backward 4 x 2 + 1 per 8-step tile.
 //   Expected at 16 x 1024: forward one chunk, 384 blocks in 396 slots: ~0.11-0.13 ms;
-//   backward two chunks (768 blocks in 264 slots, 2.9 waves; one chunk would be 1.45),
-//   pass 1 adding ~10%: ~0.46-0.55 ms; finalize kernels ~0.03 ms: ~0.6-0.7 ms in all
-//   (today 2.7), ~22-26% of the copy bandwidth for the 556 MB the bench counts; the 50%
-//   target needs the backward near 0.2 ms, i.e. about half its instructions and shared
-//   traffic (e_t kept from the sub-segment walk: 32 KB more shared memory per block;
-//   dBm/dCm terms summed over 2 channels per thread before the butterfly). At 4 x 4096
-//   (96 blocks per chunk): forward 4 chunks (pass 1 on 3/4 of the steps): ~0.17 ms;
-//   backward 11 chunks: ~0.5-0.6 ms; ~0.7-0.8 ms.
+//   backward ~0.46-0.55 ms; finalize kernels ~0.03 ms: ~0.6-0.7 ms in all, ~22-26% of the
+//   copy bandwidth for the 556 MB the bench counts. The 50% target needs the backward
+//   near 0.2 ms: about half its instructions and shared traffic (e_t kept from the
+//   sub-segment walk: 32 KB more shared memory per block; dBm/dCm terms summed over 2
+//   channels per thread before the butterfly).
 //   Measured (H200, bench_mamba_scan, bf16 16 x 1024): forward 0.40 ms, backward 1.16 ms,
-//   1.55 ms in all (was 2.7): about 3x the model in both kernels, so the next step is an
-//   ncu source-level look at where the model is wrong, not more tuning by guess.
+//   1.55 ms in all (the previous design 2.7): about 3x the model in both kernels, so the
+//   next step is an ncu source-level look at where the model is wrong, not tuning by guess.
 #include <algorithm>
 #include <type_traits>
 
