@@ -45,15 +45,14 @@
 // against 2816 for 8 warps of 16 keys with 64-query steps (K, V fragments kept in
 // registers; 237 registers, one block per SM) and 3584 for 8 warps of 16 keys with 32-
 // query steps (128 registers, 2 blocks: 16 warps per SM): the wider warp tile reads each
-// Q, dout fragment once for two key tiles. Per block and step one 32 x 64 float32 dq tile
-// of reds (four 16-byte reds per thread). Against the former kernel (4 warps of 16 keys,
-// 64-key blocks, 3 blocks per SM): each Q, dout tile in shared memory serves 128 keys
-// (half the L2 reads of Q, dout, lse, D and half the dq atomics per FLOP), 16-byte
-// instead of 8-byte reds, 1 instead of 3 barriers per step, 72 instead of 92 ldmatrix
-// per 160 MMAs, no mask arithmetic off the diagonal. The two alternatives above are one
-// BackwardTile edit away: KT = 1, kWarps = 8 and either BQ = 64, kMinBlocks = 1,
-// kKVInRegisters = true (237 registers, no spills) or kMinBlocks = 2 (at the cap of 128
-// registers ptxas spills 8 bytes).
+// Q, dout fragment once for two key tiles. Measured on the H200 (docs/performance.md,
+// 2026-11-30 night), head dim 64, T = 4096: 197.8 TFLOP/s, against 171.6 and 171.4 for
+// those two alternatives. Per block and step one 32 x 64 float32 dq tile of reds (four
+// 16-byte reds per thread). Against the former kernel (4 warps of 16 keys, 64-key blocks,
+// 3 blocks per SM): each Q, dout tile in shared memory serves 128 keys (half the L2 reads
+// of Q, dout, lse, D and half the dq atomics per FLOP), 16-byte instead of 8-byte reds, 1
+// instead of 3 barriers per step, 72 instead of 92 ldmatrix per 160 MMAs, no mask
+// arithmetic off the diagonal.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -226,10 +225,6 @@ template <int DH>
 struct BackwardTile {
   static constexpr int KT = DH > 64 ? 1 : 2, kWarps = DH > 64 ? 8 : 4, kThreads = 32 * kWarps, BN = 16 * KT * kWarps;
   static constexpr int BQ = 32, LD = DH + 8, LDS = BQ + 8, kMinBlocks = DH > 64 ? 1 : 2;
-  // Whether the A fragments of the warp's rows of K and V stay in registers for the whole
-  // walk (KT DH / 4 registers each) instead of being reloaded every step: only where the
-  // register budget allows it (see the file header).
-  static constexpr bool kKVInRegisters = false;
   // dq = dS K: the (BQ, DH) tile split over the warps as WR row tiles x WC column parts.
   static constexpr int WR = BQ / 16, WC = kWarps / WR, CN = DH / WC;
   static_assert(WR * WC == kWarps && CN % 16 == 0, "dq tile split");
@@ -298,23 +293,11 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
   // This warp's keys: key0 + 16 mt + g and key0 + 16 mt + g + 8 for the MMA tiles mt < KT.
   const int key0 = n0 + w * 16 * KT;
   float gk[KT][DT][4] = {}, gv[KT][DT][4] = {};
-  uint32_t kf[Tile::kKVInRegisters ? KS : 1][KT][4], vf[Tile::kKVInRegisters ? KS : 1][KT][4];
   if (steps > 0) {
     load_tile<BN, DH>(Ks, LD, k + offset(d.k, b, hk, n0), d.k.t, d.Tk - n0, d.dh, vec);
     load_tile<BN, DH>(Vs, LD, v + offset(d.v, b, hk, n0), d.v.t, d.Tk - n0, d.dh, vec);
     load_step(0, StepAt{hk * d.group, i_start});
     cp_async_commit();
-    if constexpr (Tile::kKVInRegisters) {
-      cp_async_wait<0>();
-      __syncthreads();
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks)
-#pragma unroll
-        for (int mt = 0; mt < KT; ++mt) {
-          load_a(kf[ks][mt], Ks, LD, w * 16 * KT + mt * 16, ks * 16, lane);
-          load_a(vf[ks][mt], Vs, LD, w * 16 * KT + mt * 16, ks * 16, lane);
-        }
-    }
   }
   // dq part of this warp: rows dq_r0.., columns dq_c0..dq_c0+CN-1 of the query tile.
   const int dq_r0 = w % Tile::WR * 16, dq_c0 = w / Tile::WR * CN;
@@ -346,13 +329,8 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
           uint32_t ak[KT][4], av[KT][4];
 #pragma unroll
           for (int mt = 0; mt < KT; ++mt) {
-            if constexpr (Tile::kKVInRegisters) {
-#pragma unroll
-              for (int r = 0; r < 4; ++r) ak[mt][r] = kf[ks][mt][r], av[mt][r] = vf[ks][mt][r];
-            } else {
-              load_a(ak[mt], Ks, LD, w * 16 * KT + mt * 16, ks * 16, lane);
-              load_a(av[mt], Vs, LD, w * 16 * KT + mt * 16, ks * 16, lane);
-            }
+            load_a(ak[mt], Ks, LD, w * 16 * KT + mt * 16, ks * 16, lane);
+            load_a(av[mt], Vs, LD, w * 16 * KT + mt * 16, ks * 16, lane);
           }
 #pragma unroll
           for (int np = 0; np < QT / 2; ++np) {
