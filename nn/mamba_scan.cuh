@@ -84,12 +84,6 @@ __device__ __forceinline__ int64_t ckpt_at(const ScanParams& p, int b, int seg, 
   return ((int64_t(b) * p.segments + seg) * p.dstate + n) * p.dim + c;
 }
 
-__device__ __forceinline__ float exp2_fast(float v) {
-  float r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
-  return r;
-}
-__device__ __forceinline__ double exp2_fast(double v) { return exp2(v); }
 __device__ __forceinline__ float sigmoid_acc(float v) { return 1.0f / (1.0f + expf(-v)); }
 __device__ __forceinline__ double sigmoid_acc(double v) { return 1.0 / (1.0 + exp(-v)); }
 

@@ -59,6 +59,7 @@
 #include <type_traits>
 
 #include "tensor/cuda/attention_params.cuh"
+#include "tensor/cuda/common.cuh"
 #include "tensor/cuda/mma.cuh"
 
 namespace sessa::cuda::attn {
@@ -239,14 +240,6 @@ __device__ __forceinline__ void red_add_v4(float* dst, float v0, float v1, float
                : "memory");
 }
 
-// 2^x with subnormal results flushed to zero: one MUFU.EX2, where exp2f adds the
-// range handling for subnormals (probabilities below 2^-126 make no difference here).
-__device__ __forceinline__ float exp2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
 // grid (B * Hkv, key tiles), BackwardTile<DH>::kThreads threads. dq_acc: float32 like dq
 // (strides d.dq), zeroed. vec also promises 16-byte aligned rows of dq_acc, dk and dv.
 template <int DH>
@@ -359,7 +352,7 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
 #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const float l = e & 1 ? l2.y : l2.x, dd = e & 1 ? d2.y : d2.x;
-                float p = exp2_ftz(fmaf(st[mt][nt][e], scale_log2, -l * kLog2e));
+                float p = exp2_fast(fmaf(st[mt][nt][e], scale_log2, -l * kLog2e));
                 if constexpr (decltype(masked)::value) {
                   const int qi = i0 + nt * 8 + 2 * c + (e & 1), key = key0 + mt * 16 + g + 8 * (e / 2);
                   if (qi >= d.Tq || key > d.q_offset + qi || key >= d.Tk) p = 0.f;

@@ -120,6 +120,18 @@ struct StridedIndexer {
   }
 };
 
+// ---- fast exponentials -----------------------------------------------------------------
+
+// 2^x as one MUFU.EX2 (ex2.approx.ftz: relative error ~2^-22, subnormal results flushed to
+// zero, where exp2f adds the range handling for them). For softmax probabilities and
+// scan decays, whose values below 2^-126 make no difference. The double overload is exact.
+__device__ __forceinline__ float exp2_fast(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ double exp2_fast(double x) { return exp2(x); }
+
 // ---- reductions ------------------------------------------------------------------
 
 // Sum (max) over each aligned group of W lanes (W a power of two, at most 32), lane
