@@ -81,7 +81,7 @@ done
 echo "[$(elapsed)s] data written ($LENGTHS)"
 
 best_lr() {  # LENGTH FAMILY -> the lr whose first-seed run has the highest validation accuracy
-  awk -F'\t' -v l="${LR_FROM:-$1}" -v f="$2" 'NR > 1 && $1 == l && $2 == f && (best == "" || $9 > bv) {best = $3; bv = $9}
+  awk -F'\t' -v l="${LR_FROM:-$1}" -v f="$2" -v s="$FIRST_SEED" 'NR > 1 && $1 == l && $2 == f && $4 == s && (best == "" || $9 > bv) {best = $3; bv = $9}
     END {print best}' "$RESULTS"
 }
 FIRST_SEED=${SEEDS%% *}
