@@ -16,7 +16,7 @@
 # a sweep in $OUT (results.tsv kept, finished runs skipped, data regenerated if absent:
 # it is deterministic), so a sweep can be split over several sessions or device calls.
 #
-#   bench/symbolsoup_sweep.sh                      # GPU defaults (one H200: about 20 minutes, estimated)
+#   bench/symbolsoup_sweep.sh                      # GPU defaults (one H200: about 25 minutes, docs/symbolsoup.md)
 #   bench/symbolsoup_sweep.sh --quick              # CPU smoke run of the whole pipeline (minutes)
 #   DEADLINE=300 bench/symbolsoup_sweep.sh; bench/symbolsoup_sweep.sh --resume   # in two parts
 #   JOBS=12 STEPS=800 bench/symbolsoup_sweep.sh    # any setting below can be overridden
@@ -27,7 +27,7 @@ for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
     --resume) RESUME=1 ;;
-    -h|--help) sed -n 2,25p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,23p "$0"; exit 0 ;;
     *) echo "symbolsoup_sweep: unknown argument '$arg' (expected --quick or --resume)" >&2; exit 2 ;;
   esac
 done
@@ -138,14 +138,12 @@ trap on_stop INT TERM
 # ---- runs, JOBS at a time ----------------------------------------------------------------
 [ $RESUME = 1 ] || printf 'length\tfamily\tlr\tseed\tparameters\tlayers\tsteps\tbatch\tval_acc\ttest_acc\ttrain_s\trun\n' > "$RESULTS"
 # run LENGTH FAMILY LR SEED: trains one model and appends its line to results.tsv.
+run_name() { echo "$1-$2-lr$3-s$4"; }  # LENGTH FAMILY LR SEED
 run() {
   local len=$1 family=$2 lr=$3 seed=$4
-  local name="$len-$family-lr$lr-s$seed"
+  local name; name=$(run_name "$@")
   local dir="$OUT/runs/$name" log="$OUT/logs/$name.log"
   local match=()
-  if awk -F'\t' -v n="$name" '$12 == n {found = 1} END {exit !found}' "$RESULTS"; then
-    echo "[$(elapsed)s] $name: in results.tsv already"; return
-  fi
   [ "$family" != transformer ] && match=(--match-params transformer)
   if ! "$APP" train --data "$OUT/data/$len" --model "$family" --preset tiny --d-model "$D" --layers "$LAYERS" \
       --heads "$HEADS" "${match[@]}" --steps "$STEPS" --warmup "$WARMUP" --batch "$BATCH" --lr "$lr" --seed "$seed" \
@@ -162,9 +160,14 @@ run() {
     "$(field layers)" "$STEPS" "$BATCH" "$val" "$(field test_accuracy)" "$(field train_seconds)" "$name" >> "$RESULTS"
   echo "[$(elapsed)s] $name: val $val test $(field test_accuracy) ($(field train_seconds)s training)"
 }
-# Starts `run "$@"` in the background once fewer than JOBS runs are going.
+# Starts `run "$@"` in the background once fewer than JOBS runs are going; a run already in
+# results.tsv (--resume) is skipped.
 STOPPED=0
 submit() {
+  local name; name=$(run_name "$@")
+  if awk -F'\t' -v n="$name" '$12 == n {found = 1} END {exit !found}' "$RESULTS"; then
+    echo "[$(elapsed)s] $name: in results.tsv already"; return
+  fi
   if [ -n "$DEADLINE" ] && [ "$(elapsed)" -ge "$DEADLINE" ]; then
     [ $STOPPED = 1 ] || echo "[$(elapsed)s] DEADLINE $DEADLINE s passed: no new runs (continue with --resume)"
     STOPPED=1; return
