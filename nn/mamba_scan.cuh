@@ -436,28 +436,25 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
     ld.put(sm, gate);
     __syncthreads();
   }
-  // The tile after sub-segment j of segment seg (walk: forward walk tile, else backward):
-  // its first step and whether it is a backward tile (false: none). put_next loads it
-  // and stores it to shared memory.
-  int next_t0 = 0;
-  bool next_full = false;
-  auto fetch_next = [&](int seg, int j, bool walk) {
+  // Stages the tile after sub-segment j of segment seg (walk: of the forward walk, else of
+  // the backward) into shared memory; false when there is none.
+  auto stage_next = [&](int seg, int j, bool walk) {
     const int ns = nsub_of(seg), s0 = seg * G::kEvery;
+    int t0;
+    bool full;  // a backward tile (all four inputs), not a walk tile
     if (walk) {
-      next_full = j + 1 >= ns - 1;
-      next_t0 = s0 + (next_full ? ns - 1 : j + 1) * G::kTile;
+      full = j + 1 >= ns - 1;
+      t0 = s0 + (full ? ns - 1 : j + 1) * G::kTile;
     } else if (j > 0) {
-      next_full = true, next_t0 = s0 + (j - 1) * G::kTile;
+      full = true, t0 = s0 + (j - 1) * G::kTile;
     } else if (seg - 1 >= seg_first) {  // (earlier segments are whole: kSubs > 1 sub-segments)
-      next_full = false, next_t0 = (seg - 1) * G::kEvery;
+      full = false, t0 = (seg - 1) * G::kEvery;
     } else {
       return false;
     }
-    return true;
-  };
-  auto put_next = [&] {
-    ld.fetch(p, b, c0, next_t0, tend, next_full);
+    ld.fetch(p, b, c0, t0, tend, full);
     ld.put(sm, gate);
+    return true;
   };
 
   for (int seg = seg_last; seg >= seg_first; --seg) {
@@ -468,7 +465,6 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
     // 1. Forward walk over sub-segments 0 .. ns-2, keeping the state entering each.
     for (int s = 0; s + 1 < ns; ++s) {
       sm.start[s][tid] = Vec4<Acc>{{h[0], h[1], h[2], h[3]}};
-      const bool more = fetch_next(seg, s, true);
 #pragma unroll kUnroll
       for (int i = 0; i < G::kTile; ++i) {
         const Quad<Acc> x = sm.x[i][cl];
@@ -478,13 +474,12 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
         for (int j = 0; j < kG; ++j) h[j] = exp2_fast(x.d * a2[j]) * h[j] + dtu * bm.v[j];
       }
       __syncthreads();
-      if (more) put_next();
+      stage_next(seg, s, true);  // (there always is one: a later sub-segment)
       __syncthreads();
     }
     // 2. Sub-segments, last first (h enters the last one).
     for (int s = ns - 1; s >= 0; --s) {
       const int t0 = s0 + s * G::kTile;
-      const bool more = fetch_next(seg, s, false);
       if (s < ns - 1) {
         const Vec4<Acc> st = sm.start[s][tid];
 #pragma unroll
@@ -560,8 +555,7 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
         part[int64_t(v < kG ? n : N + n) * T + t] = sum;
       }
       __syncthreads();  // the tile, slots and sums are consumed
-      if (more) {
-        put_next();
+      if (stage_next(seg, s, false)) {
         __syncthreads();
       }
     }
