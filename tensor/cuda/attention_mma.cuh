@@ -159,14 +159,14 @@ __global__ void __launch_bounds__(128, ForwardTile<DH>::kMinBlocks)
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
           // Key 0 is in the first tile and visible to every row, so m is finite from then on.
-          const float mn = fmaxf(m[mt][r], mx * scale_log2), corr = exp2f(m[mt][r] - mn);
+          const float mn = fmaxf(m[mt][r], mx * scale_log2), corr = exp2_fast(m[mt][r] - mn);
           m[mt][r] = mn;
           float sum = 0.f;
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
             for (int e = 2 * r; e < 2 * r + 2; ++e) {
-              s[mt][nt][e] = exp2f(fmaf(s[mt][nt][e], scale_log2, -mn));
+              s[mt][nt][e] = exp2_fast(fmaf(s[mt][nt][e], scale_log2, -mn));
               sum += s[mt][nt][e];
             }
           l[mt][r] = l[mt][r] * corr + sum;
