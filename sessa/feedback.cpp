@@ -118,7 +118,7 @@ FeedbackOut feedback_solve_forward(const Tensor& q_in, const Tensor& k_in, const
   Tensor q = ops::contiguous(q_in), k = ops::contiguous(k_in), gamma = ops::contiguous(gamma_in),
          f = ops::contiguous(f_in);
   const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
-  FeedbackOut out{empty_like(f), empty_like(f), Tensor::empty({B, n}, q.options())};
+  FeedbackOut out{empty_like(f), empty_like(f), Tensor::empty({B, n}, q.options()), Tensor()};  // no inverses
   cpu::dispatch_float(q.dtype(), "feedback_solve", [&](auto tag) {
     using T = decltype(tag);
 #pragma omp parallel for if (B > 1)
@@ -180,7 +180,7 @@ FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_in, c
 
 Tensor feedback_solve(const Tensor& q, const Tensor& k, const Tensor& gamma, const Tensor& f) {
   FeedbackOut out = feedback_solve_forward(q, k, gamma, f);
-  FeedbackOut saved{out.s.detach(), out.ctx, out.lse};  // detached: the node must not own its output
+  FeedbackOut saved{out.s.detach(), out.ctx, out.lse, out.inv};  // detached: the node must not own its output
   return autograd::record("feedback_solve", out.s, {q, k, gamma, f},
                           [q = q.detach(), k = k.detach(), gamma = gamma.detach(), saved](const Tensor& ds) {
                             auto g = feedback_solve_backward(ds, q, k, gamma, saved);

@@ -3,21 +3,24 @@
 // compute dtype (float for float32 and bfloat16, double for float64). ctx, lse and every
 // internal buffer are A, so bfloat16 inputs are rounded only on the way in and out; s is
 // returned in X. No (B, T, T) tensor exists: alpha lives in panels of P rows (forward) or
-// P columns (backward), P a multiple of 64 chosen so the panel buffers stay within
-// kPanelBytes, and only s, ctx and the row statistic lse are saved.
+// P columns (backward), P a multiple of 64 (panel_rows), and only s, ctx, the row statistic
+// lse and the inverses of the 64 x 64 diagonal blocks (64 numbers per row) are saved.
 //
 // Forward, per row panel [p0, p1):
 //   logits = q[p0:p1] k[0:p1]^T / sqrt(D)  cuBLAS (bf16 tensor cores, float output, for bf16);
 //   alpha  = causal softmax                 one block per row; lse_t = log sum_{s<t} exp(logit);
-//   L_i^-1 = (I - Gamma A_i)^-1 for every 64-row diagonal block A_i of the panel, all at once;
-//   solve, per row block [t0, t0 + 64) of the panel:
-//     ctx[t0:t1] = alpha[t0:t1, 0:t0] s[0:t0]   one batched cuBLAS GEMM (float32; TF32 for bf16 inputs);
-//     the 64-row triangle                        s = L^-1 (f + Gamma ctx), ctx += A s: dense
-//                                                64 x 64 products, one block per (64 columns, batch).
+//   L_i^-1 = (I - Gamma A_i)^-1 for every 64-row diagonal block A_i of the panel, all at once
+//            (saved for the backward);
+//   solve: ctx[p0:p1] = alpha[p0:p1, 0:p0] s[0:p0]  one batched cuBLAS GEMM (float32; TF32 for bf16
+//          inputs) for everything earlier panels contribute, then the panel's 64-row blocks in halves
+//          (solve_in_halves): first half, one GEMM ctx[second] += alpha[second, first] s[first], second
+//          half; down to single blocks, whose triangle is s = L^-1 (f + Gamma ctx), ctx += A s: dense
+//          64 x 64 products, one block per (64 columns, batch).
 // Backward, per column panel [c0, c1), from the last panel to the first:
 //   alpha[c0:T, c0:c1] = exp(q k^T / sqrt(D) - lse_t), masked to s < t (rebuilt, not saved);
-//   the transposed solve (S6') for rows c0..c1 backwards in time, per 64-row block: one GEMM
-//     df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T], then the triangle df = L^-T (ds + df); w = gamma df;
+//   the transposed solve (S6') for rows c0..c1 backwards in time, as the forward mirrored:
+//     df[c0:c1] = alpha[c1:T, c0:c1]^T w[c1:T], then the blocks in halves (the later half first),
+//     down to single blocks: df = L^-T (ds + df) with the forward's L^-1; w = gamma df;
 //   dgamma    one warp per row of the panel: dgamma_t = df_t . ctx_t                 (S7)
 //   dlogits   cuBLAS G = df[c0:T] s[c0:c1]^T, then alpha gamma (G - dgamma)          (S8')
 //   dq, dk    dk[c0:c1] = dl^T q[c0:T] complete; dq[c0:T] += dl k[c0:c1]              (S9)
@@ -132,119 +135,131 @@ __global__ void __launch_bounds__(256) panel_softmax_kernel(A* panel, A* lse, in
 // of A sum to at most 1, so ||Gamma A||_inf < 1.
 constexpr int kRows = 64;
 constexpr int kBlockElems = kRows * kRows;  // one inverse, row-major (64, 64)
-constexpr int kLd = kRows + 1;              // padded row stride of 64 x 64 tiles in shared memory
+constexpr int kLd = kRows + 4;              // padded row stride of 64 x 64 tiles in shared memory (16-byte rows)
 
 // The 64-row blocks of `rows` rows, and row block i of the panel rows [lo, hi):
 // [lo + 64 i, min(hi, lo + 64 (i + 1))).
-inline int blocks_in(int rows) { return (rows + kRows - 1) / kRows; }
+__host__ __device__ inline int blocks_in(int rows) { return (rows + kRows - 1) / kRows; }
 __host__ __device__ inline int block_rows(int lo, int hi, int i) { return min(kRows, hi - (lo + kRows * i)); }
 
-// inv[b, i] = (I - Gamma A)^-1 for the diagonal block i of rows [lo, hi), one block of 256
-// threads per (i, batch item). Solves L X = I column-parallel: 4 threads per column c split
-// the sum over j (warp shuffles), rows in order,
-//   X[r, c] = [r == c] + gamma_r sum_{j<r} A[r, j] X[j, c].
-// Shared memory: A (64 x kLd), X (64 x 72: the 4 threads of a column hit 4 distinct bank groups).
-constexpr int kInvThreads = 256, kXLd = 72;
+// inv[b, r0 / 64] = (I - Gamma A)^-1 for the diagonal block i of rows [lo, hi) (r0 = lo + 64 i),
+// one block of 64 threads per (i, batch item); rows past the end of T are identity. Thread c
+// owns column c of X = L^-1 in registers and substitutes L X = I down the rows,
+//   X[r, c] = [r == c] + gamma_r sum_{j<r} A[r, j] X[j, c],
+// reading row r of A from shared memory (one address for all threads: a broadcast). The
+// loops are unrolled so that X stays in registers; four partial sums keep the FMAs independent.
 template <class X>
-__global__ void __launch_bounds__(kInvThreads)
+__global__ void __launch_bounds__(kRows)
     invert_diagonal_blocks(const AlphaView<acc_t<X>> alpha, const X* gamma, acc_t<X>* inv, int T, int lo, int hi) {
   using A = acc_t<X>;
-  extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *As = reinterpret_cast<A*>(smem_bytes), *Xs = As + kRows * kLd, *Gs = Xs + kRows * kXLd;
-  const int i = blockIdx.x, b = blockIdx.y, r0 = lo + kRows * i, nb = block_rows(lo, hi, i);
-  for (int e = threadIdx.x; e < kRows * kRows; e += kInvThreads) {
-    const int r = e / kRows, j = e % kRows;
-    As[r * kLd + j] = j < r && r < nb ? alpha.at(b, r0 + r, r0 + j) : A(0);
-    Xs[r * kXLd + j] = A(0);
-  }
-  if (threadIdx.x < kRows)
-    Gs[threadIdx.x] = int(threadIdx.x) < nb ? load(gamma + int64_t(b) * T + r0 + threadIdx.x) : A(0);
+  __shared__ __align__(16) A As[kBlockElems];  // row-major (64, 64), zero on and above the diagonal
+  __shared__ A Gs[kRows];
+  const int b = blockIdx.y, r0 = lo + kRows * int(blockIdx.x), nb = block_rows(lo, hi, blockIdx.x), c = threadIdx.x;
+#pragma unroll 16
+  for (int r = 0; r < kRows; ++r) As[r * kRows + c] = c < r && r < nb ? alpha.at(b, r0 + r, r0 + c) : A(0);
+  Gs[c] = c < nb ? load(gamma + int64_t(b) * T + r0 + c) : A(0);
   __syncthreads();
-  const int col = threadIdx.x / 4, part = threadIdx.x % 4;  // the 4 threads of a column share a warp
-  for (int r = 0; r < nb; ++r) {
-    A p = 0;
-    for (int j = part; j < r; j += 4) p += As[r * kLd + j] * Xs[j * kXLd + col];
-    p += __shfl_xor_sync(0xffffffffu, p, 1);
-    p += __shfl_xor_sync(0xffffffffu, p, 2);
-    if (part == 0) Xs[r * kXLd + col] = A(r == col) + Gs[r] * p;
-    __syncwarp();
+  A x[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    A part[4] = {};
+#pragma unroll
+    for (int j = 0; j < r; ++j) part[j % 4] += As[r * kRows + j] * x[j];
+    x[r] = A(r == c) + Gs[r] * ((part[0] + part[1]) + (part[2] + part[3]));
   }
-  __syncthreads();
-  A* out = inv + (int64_t(b) * gridDim.x + i) * kBlockElems;
-  for (int e = threadIdx.x; e < kBlockElems; e += kInvThreads) out[e] = Xs[(e / kRows) * kXLd + e % kRows];
+  A* out = inv + (int64_t(b) * blocks_in(T) + r0 / kRows) * kBlockElems;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) out[r * kRows + c] = x[r];
 }
 
-// One 64 x 64 output tile of a product of two 64 x 64 shared tiles, 4 x 4 per thread:
-// thread (ty, tx) = (tid / 16, tid % 16) owns rows ty + 16 m and columns tx + 16 n.
-// acc[m][n] += sum_k M(row, k) V[k, col] with M(row, k) = M[row * kLd + k], or M[k * kLd + row]
-// when Transposed.
-constexpr int kApplyThreads = 256;
-template <bool Transposed, class A>
-__device__ void tile_product(const A* M, const A* V, A (&acc)[4][4]) {
+// The block kernels: one thread block of kApplyThreads per (64 columns, batch item). Each
+// thread stages kPerThread elements of every 64 x 64 tile (element j: row 4 j + tid / 64,
+// column tid % 64); all of a thread's global loads are issued into registers before any
+// shared-memory store, so they are in flight together: one memory latency per kernel
+// instead of one per element.
+constexpr int kApplyThreads = 256, kPerThread = kBlockElems / kApplyThreads;
+__device__ inline int staged_row(int j) { return kApplyThreads / kRows * j + int(threadIdx.x) / kRows; }
+__device__ inline int staged_col() { return int(threadIdx.x) % kRows; }
+
+// v[0..3] = p[0..3] from shared memory in 16-byte loads (p 16-byte aligned).
+template <class A>
+__device__ inline void load4(const A* p, A (&v)[4]) {
+  if constexpr (std::is_same_v<A, float>) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+  } else {
+    const double2 a = *reinterpret_cast<const double2*>(p), b = *reinterpret_cast<const double2*>(p + 2);
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+  }
+}
+
+// One 64 x 64 output tile of a product of two 64 x 64 shared tiles (row stride kLd), 4 x 4 per
+// thread: thread (ty, tx) = (tid / 16, tid % 16) owns rows 4 ty .. + 3 and columns 4 tx .. + 3,
+//   acc[a][c] += sum_k M(4 ty + a, k) V[k, 4 tx + c],
+// where Mt holds M transposed, Mt[k * kLd + row] = M(row, k), so both operands of a step k are
+// one 16-byte load each (2 loads per 16 FMAs).
+template <class A>
+__device__ void tile_product(const A* Mt, const A* V, A (&acc)[4][4]) {
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll 8
   for (int k = 0; k < kRows; ++k) {
     A m[4], v[4];
-    for (int a = 0; a < 4; ++a) {
-      const int row = ty + 16 * a;
-      m[a] = Transposed ? M[k * kLd + row] : M[row * kLd + k];
-      v[a] = V[k * kLd + tx + 16 * a];
-    }
+    load4(Mt + k * kLd + 4 * ty, m);
+    load4(V + k * kLd + 4 * tx, v);
+#pragma unroll
     for (int a = 0; a < 4; ++a)
+#pragma unroll
       for (int c = 0; c < 4; ++c) acc[a][c] += m[a] * v[c];
   }
 }
 
-// Each thread of a block kernel stages kPerThread elements of every 64 x 64 tile: element
-// j is (row 4 j + tid / 64, column tid % 64). All of a thread's global loads are issued into
-// registers before any shared-memory store, so they are in flight together: one memory
-// latency per kernel instead of one per element.
-constexpr int kPerThread = kBlockElems / kApplyThreads;
-__device__ inline int staged_row(int j) { return kApplyThreads / kRows * j + int(threadIdx.x) / kRows; }
-__device__ inline int staged_col() { return int(threadIdx.x) % kRows; }
-
-// (S5) for the row block [t0, t0 + nb) (block i of its panel), columns [c0, c0 + 64) of one
-// batch item: ctx already holds the earlier blocks' part ctx_prev (when has_prev);
-// s = L^-1 (f + Gamma ctx_prev), then ctx = ctx_prev + A s. Writes ctx and s (A), and s_out
-// (X) when X is not A. Shared memory: L^-1, A, the right-hand side (then s).
+// (S5) for the row block [t0, t0 + nb), columns [c0, c0 + 64) of one batch item: ctx already
+// holds the earlier blocks' part ctx_prev (when has_prev); s = L^-1 (f + Gamma ctx_prev), then
+// ctx = ctx_prev + A s. Writes ctx and s (A), and s_out (X) when X is not A. Shared memory:
+// L^-1 and A transposed (the products' left operands), the right-hand side (then s).
 template <class X>
 __global__ void __launch_bounds__(kApplyThreads)
-    solve_forward_block(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, int i, int blocks, const X* gamma,
-                        const X* f, acc_t<X>* ctx, acc_t<X>* s, X* s_out, int T, int D, int t0, int nb, bool has_prev) {
+    solve_forward_block(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, const X* gamma, const X* f, acc_t<X>* ctx,
+                        acc_t<X>* s, X* s_out, int T, int D, int t0, int nb, bool has_prev) {
   using A = acc_t<X>;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *Ls = reinterpret_cast<A*>(smem_bytes), *As = Ls + kRows * kLd, *Rs = As + kRows * kLd;
+  A *Lt = reinterpret_cast<A*>(smem_bytes), *At = Lt + kRows * kLd, *Rs = At + kRows * kLd;
   const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0);
   const int64_t base = (int64_t(b) * T + t0) * D + c0;  // element (t0, c0) of batch item b
-  const A* inv_block = inv + (int64_t(b) * blocks + i) * kBlockElems;
+  const A* inv_block = inv + (int64_t(b) * blocks_in(T) + t0 / kRows) * kBlockElems;
   A lv[kPerThread], av[kPerThread], rv[kPerThread];
   const int tc = staged_col();
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) {  // loads only
     const int r = staged_row(j);
     const int64_t o = base + int64_t(r) * D + tc;
-    const bool in = r < nb && tc < ncols;
     lv[j] = inv_block[r * kRows + tc];
     av[j] = tc < r && r < nb ? alpha.at(b, t0 + r, t0 + tc) : A(0);
-    rv[j] = in ? load(f + o) + (has_prev ? load(gamma + int64_t(b) * T + t0 + r) * ctx[o] : A(0)) : A(0);
+    rv[j] =
+        r < nb && tc < ncols ? load(f + o) + (has_prev ? load(gamma + int64_t(b) * T + t0 + r) * ctx[o] : A(0)) : A(0);
   }
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) {
     const int r = staged_row(j);
-    Ls[r * kLd + tc] = lv[j], As[r * kLd + tc] = av[j], Rs[r * kLd + tc] = rv[j];
+    Lt[tc * kLd + r] = lv[j], At[tc * kLd + r] = av[j], Rs[r * kLd + tc] = rv[j];
   }
   __syncthreads();
   A acc[4][4] = {};
-  tile_product<false>(Ls, Rs, acc);
+  tile_product(Lt, Rs, acc);
   __syncthreads();  // everyone has read the right-hand side: s takes its place
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll
   for (int a = 0; a < 4; ++a)
-    for (int c = 0; c < 4; ++c) Rs[(ty + 16 * a) * kLd + tx + 16 * c] = acc[a][c];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) Rs[(4 * ty + a) * kLd + 4 * tx + c] = acc[a][c];
   __syncthreads();
   A cacc[4][4] = {};
-  tile_product<false>(As, Rs, cacc);
+  tile_product(At, Rs, cacc);
+#pragma unroll
   for (int a = 0; a < 4; ++a)
+#pragma unroll
     for (int c = 0; c < 4; ++c) {
-      const int r = ty + 16 * a, col = tx + 16 * c;
+      const int r = 4 * ty + a, col = 4 * tx + c;
       if (r >= nb || col >= ncols) continue;
       const int64_t o = base + int64_t(r) * D + col;
       ctx[o] = (has_prev ? ctx[o] : A(0)) + cacc[a][c];
@@ -253,19 +268,19 @@ __global__ void __launch_bounds__(kApplyThreads)
     }
 }
 
-// (S6') for the row block [s0, s0 + nb) (block i of its panel), columns [c0, c0 + 64) of one
-// batch item: df already holds the later blocks' part (when has_carry);
-// df = L^-T (ds + carry), w = Gamma df. Writes df and w (A), and df_out (X) when X is not A.
+// (S6') for the row block [s0, s0 + nb), columns [c0, c0 + 64) of one batch item: df already
+// holds the later blocks' part (when has_carry); df = L^-T (ds + carry), w = Gamma df. Writes df
+// and w (A), and df_out (X) when X is not A. L^-T transposed is L^-1: staged as it is stored.
 template <class X>
 __global__ void __launch_bounds__(kApplyThreads)
-    solve_backward_block(const acc_t<X>* inv, int i, int blocks, const X* gamma, const X* ds, acc_t<X>* df, X* df_out,
-                         acc_t<X>* w, int T, int D, int s0, int nb, bool has_carry) {
+    solve_backward_block(const acc_t<X>* inv, const X* gamma, const X* ds, acc_t<X>* df, X* df_out, acc_t<X>* w, int T,
+                         int D, int s0, int nb, bool has_carry) {
   using A = acc_t<X>;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   A *Ls = reinterpret_cast<A*>(smem_bytes), *Rs = Ls + kRows * kLd;
   const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0);
   const int64_t base = (int64_t(b) * T + s0) * D + c0;
-  const A* inv_block = inv + (int64_t(b) * blocks + i) * kBlockElems;
+  const A* inv_block = inv + (int64_t(b) * blocks_in(T) + s0 / kRows) * kBlockElems;
   A lv[kPerThread], rv[kPerThread];
   const int tc = staged_col();
 #pragma unroll
@@ -282,17 +297,23 @@ __global__ void __launch_bounds__(kApplyThreads)
   }
   __syncthreads();
   A acc[4][4] = {};
-  tile_product<true>(Ls, Rs, acc);
+  tile_product(Ls, Rs, acc);
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-  for (int a = 0; a < 4; ++a)
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    const int r = 4 * ty + a;
+    if (r >= nb) break;
+    const A g = load(gamma + int64_t(b) * T + s0 + r);
+#pragma unroll
     for (int c = 0; c < 4; ++c) {
-      const int r = ty + 16 * a, col = tx + 16 * c;
-      if (r >= nb || col >= ncols) continue;
+      const int col = 4 * tx + c;
+      if (col >= ncols) continue;
       const int64_t o = base + int64_t(r) * D + col;
       df[o] = acc[a][c];
-      w[o] = load(gamma + int64_t(b) * T + s0 + r) * acc[a][c];
+      w[o] = g * acc[a][c];
       if constexpr (!std::is_same_v<X, A>) store(df_out + o, acc[a][c]);
     }
+  }
 }
 
 // (S7) for rows [c0, c0 + cw) of each batch item: dgamma_t = df_t . ctx_t, one warp per row;
@@ -312,33 +333,44 @@ __global__ void __launch_bounds__(256) dgamma_kernel(const acc_t<X>* df, const a
 }
 
 // Rows per panel: a multiple of 64 (the solve block) with `buffers` panels of (B, P, T)
-// elements of `elem` bytes within kPanelBytes (at least 64 rows), no more than T needs.
+// elements of `elem` bytes within kPanelBytes (at least 64 rows), no more than a quarter of
+// T (but at least kMinPanelRows) and no more than T needs. The panel GEMMs (logits, G, dq,
+// dk) compute whole P x p1 rectangles of a causal triangle: with n panels they do (n + 1) / n
+// of the triangle's work, 25% more for four panels where one does twice the work; more
+// panels mean more launches. On the H200 (bf16, D 768) four panels of at least 512 rows were
+// the fastest of T/8 (min 256), T/4 (min 512) and one panel (docs/performance.md).
 constexpr int64_t kPanelBytes = int64_t(256) << 20;
+constexpr int64_t kPanelsPerT = 4, kMinPanelRows = 512;
 int forced_panel_rows = 0;  // set_feedback_panel_rows
 
 int panel_rows(int B, int T, int buffers, size_t elem) {
   const int64_t whole = int64_t(blocks_in(T)) * kRows;
-  int64_t p = forced_panel_rows > 0 ? forced_panel_rows
-                                    : kPanelBytes / (int64_t(buffers) * B * T * int64_t(elem)) / kRows * kRows;
+  const int64_t share = std::max(kMinPanelRows, (T + kPanelsPerT * kRows - 1) / (kPanelsPerT * kRows) * kRows);
+  const int64_t budget = kPanelBytes / (int64_t(buffers) * B * T * int64_t(elem)) / kRows * kRows;
+  const int64_t p = forced_panel_rows > 0 ? forced_panel_rows : std::min(share, budget);
   return int(std::min(whole, std::max<int64_t>(kRows, p)));
+}
+
+// The order of a blocked triangular solve over the 64-row blocks [lo, hi) of a panel, in
+// halves (the recursion of a TRSM): solve the first half, add what it contributes to the
+// second half with one GEMM, `couple(lo, mid, hi)`, solve the second half; `leaf(i)` solves
+// block i once everything before it has arrived. The products are those of the block-by-block
+// order (each pair of blocks once) but most of the work is in a few large GEMMs instead of one
+// skinny GEMM per block. Backward (the transposed solve) runs in reverse: [mid, hi) first,
+// then couple(lo, mid, hi) into [lo, mid).
+template <bool Backward, class Leaf, class Couple>
+void solve_in_halves(int lo, int hi, const Leaf& leaf, const Couple& couple) {
+  if (hi - lo == 1) return leaf(lo);
+  const int mid = lo + (hi - lo + 1) / 2;
+  solve_in_halves<Backward>(Backward ? mid : lo, Backward ? hi : mid, leaf, couple);
+  couple(lo, mid, hi);
+  solve_in_halves<Backward>(Backward ? lo : mid, Backward ? mid : hi, leaf, couple);
 }
 
 // Opts a kernel into `bytes` of dynamic shared memory (above the 48 KB default).
 template <class Kernel>
 void set_shared_memory(Kernel kernel, size_t bytes, const char* op) {
   SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
-}
-
-// inv[b, i] = (I - Gamma A_i)^-1 for every 64-row block i of the panel rows [lo, hi).
-template <class X>
-void invert_blocks(const AlphaView<acc_t<X>>& alpha, const X* gamma, acc_t<X>* inv, int B, int T, int lo, int hi,
-                   cudaStream_t st, const char* op) {
-  using A = acc_t<X>;
-  const size_t smem = (kRows * kLd + kRows * kXLd + kRows) * sizeof(A);
-  set_shared_memory(invert_diagonal_blocks<X>, smem, op);
-  const unsigned blocks = unsigned(blocks_in(hi - lo));
-  invert_diagonal_blocks<X><<<dim3(blocks, unsigned(B)), kInvThreads, smem, st>>>(alpha, gamma, inv, T, lo, hi);
-  SESSA_CUDA_LAUNCH_CHECK(op);
 }
 
 }  // namespace
@@ -361,7 +393,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
     const DType adt = dtype_of<A>();
     const TensorOptions acc_opt{adt, dev};
     layer::FeedbackOut out{Tensor::empty({B, T, D}, q.options()), Tensor::empty({B, T, D}, acc_opt),
-                           Tensor::empty({B, T}, acc_opt)};
+                           Tensor::empty({B, T}, acc_opt), Tensor::empty({B, blocks_in(T), kRows, kRows}, acc_opt)};
     if (B == 0 || T == 0) return out;
     const Tensor s_acc = std::is_same_v<X, A> ? out.s : Tensor::empty({B, T, D}, acc_opt);
     const cudaStream_t st = stream(dev.index);
@@ -370,9 +402,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
     A *pa = ptr<A>(panel), *ctx = ptr<A>(out.ctx), *s = ptr<A>(s_acc);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     const int64_t TD = int64_t(T) * D, PT = int64_t(P) * T;
-    // The diagonal blocks' inverses of one panel (B, blocks, 64, 64); kernel launch shapes.
-    const Tensor inverses = Tensor::empty({B, blocks_in(P), kRows, kRows}, acc_opt);
-    A* inv = ptr<A>(inverses);
+    A* inv = ptr<A>(out.inv);  // the diagonal blocks' inverses, saved for the backward
     const size_t smem = 3 * kRows * kLd * sizeof(A);
     if (D > 0) set_shared_memory(solve_forward_block<X>, smem, op);
     const dim3 grid(blocks_for(D, kRows), unsigned(B));
@@ -384,16 +414,25 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D == 0) continue;
       const AlphaView<A> alpha{pa, PT, T, p0, 0};
-      invert_blocks<X>(alpha, ptr<X>(gamma), inv, B, T, p0, p1, st, op);
-      for (int i = 0; i < blocks; ++i) {
-        const int t0 = p0 + kRows * i, nb = block_rows(p0, p1, i);
-        if (t0 > 0)  // ctx[t0:t0+nb] = alpha[t0:t0+nb, 0:t0] s[0:t0]
-          gemm(dev.index, B, nb, D, t0, 1.0, {pa + int64_t(t0 - p0) * T, adt, T, PT}, {s, adt, D, TD},
-               ctx + int64_t(t0) * D, adt, D, TD, use_tf32<X>(), op);
-        solve_forward_block<X><<<grid, kApplyThreads, smem, st>>>(alpha, inv, i, blocks, ptr<X>(gamma), ptr<X>(f), ctx,
-                                                                  s, ptr<X>(out.s), T, D, t0, nb, t0 > 0);
-        SESSA_CUDA_LAUNCH_CHECK(op);
-      }
+      invert_diagonal_blocks<X>
+          <<<dim3(unsigned(blocks), unsigned(B)), kRows, 0, st>>>(alpha, ptr<X>(gamma), inv, T, p0, p1);
+      SESSA_CUDA_LAUNCH_CHECK(op);
+      // ctx[r0:r1] (+)= alpha[r0:r1, c0:r0] s[c0:r0]; overwritten where it is the rows' first contribution.
+      const auto add_ctx = [&](int c0, int r0, int r1, bool first) {
+        gemm(dev.index, B, r1 - r0, D, r0 - c0, 1.0, {pa + int64_t(r0 - p0) * T + c0, adt, T, PT},
+             {s + int64_t(c0) * D, adt, D, TD}, ctx + int64_t(r0) * D, adt, D, TD, use_tf32<X>(), op, !first);
+      };
+      if (p0 > 0) add_ctx(0, p0, p1, true);  // everything the earlier panels contribute
+      const auto row = [&](int i) { return std::min(p1, p0 + kRows * i); };
+      solve_in_halves<false>(
+          0, blocks,
+          [&](int i) {  // row 0 has nothing before it; every later block has its ctx from the GEMMs
+            solve_forward_block<X><<<grid, kApplyThreads, smem, st>>>(alpha, inv, ptr<X>(gamma), ptr<X>(f), ctx, s,
+                                                                      ptr<X>(out.s), T, D, row(i),
+                                                                      block_rows(p0, p1, i), row(i) > 0);
+            SESSA_CUDA_LAUNCH_CHECK(op);
+          },
+          [&](int lo, int mid, int hi) { add_ctx(row(lo), row(mid), row(hi), p0 == 0 && lo == 0); });
     }
     return out;
   });
@@ -410,14 +449,17 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     using X = decltype(tag);
     using A = acc_t<X>;
     const DType adt = dtype_of<A>();
-    SESSA_CHECK(
-        saved.lse.dtype() == adt && saved.ctx.dtype() == adt && saved.s.dtype() == q.dtype() &&
-            saved.lse.shape() == gamma.shape() && saved.ctx.shape() == q.shape() && saved.s.shape() == q.shape() &&
-            saved.lse.device() == dev && saved.ctx.device() == dev && saved.s.device() == dev,
-        op,
-        "saved tensors do not come from feedback_solve on " << q.str() << ": lse " << saved.lse.str() << ", ctx "
-                                                            << saved.ctx.str() << ", s " << saved.s.str());
-    const Tensor lse = ops::contiguous(saved.lse), ctx = ops::contiguous(saved.ctx);
+    const Shape inv_shape{B, blocks_in(T), kRows, kRows};
+    SESSA_CHECK(saved.lse.dtype() == adt && saved.ctx.dtype() == adt && saved.s.dtype() == q.dtype() &&
+                    saved.inv.dtype() == adt && saved.lse.shape() == gamma.shape() && saved.ctx.shape() == q.shape() &&
+                    saved.s.shape() == q.shape() && saved.inv.shape() == inv_shape && saved.lse.device() == dev &&
+                    saved.ctx.device() == dev && saved.s.device() == dev && saved.inv.device() == dev,
+                op,
+                "saved tensors do not come from feedback_solve on "
+                    << q.str() << ": lse " << saved.lse.str() << ", ctx " << saved.ctx.str() << ", s " << saved.s.str()
+                    << ", inv " << saved.inv.str());
+    const Tensor lse = ops::contiguous(saved.lse), ctx = ops::contiguous(saved.ctx),
+                 inverses = ops::contiguous(saved.inv);
     layer::FeedbackGrads g{Tensor::empty(q.shape(), q.options()), Tensor::empty(k.shape(), k.options()),
                            Tensor::empty(gamma.shape(), gamma.options()), Tensor::empty(ds.shape(), ds.options())};
     if (B == 0 || T == 0) return g;
@@ -437,13 +479,11 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const int64_t TD = int64_t(T) * D, TP = int64_t(T) * P;
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     SESSA_CUDA_CHECK(cudaMemsetAsync(dq.raw_data(), 0, size_t(B) * TD * sizeof(A), st), op);
-    const Tensor inverses = Tensor::empty({B, blocks_in(P), kRows, kRows}, acc_opt);  // as in the forward
-    A* inv = ptr<A>(inverses);
+    const A* inv = ptr<A>(inverses);  // the forward's, of the same 64-row blocks
     const size_t smem = 2 * kRows * kLd * sizeof(A);
     if (D > 0) set_shared_memory(solve_backward_block<X>, smem, op);
     const dim3 grid(blocks_for(D, kRows), unsigned(B));
-    // Column panels [c0, c1) with c0 a multiple of P (so the 64-row blocks are the forward's),
-    // from the last to the first.
+    // Column panels [c0, c1), c0 a multiple of P, from the last to the first.
     for (int c0 = (T - 1) / P * P; c0 >= 0; c0 -= P) {
       const int c1 = std::min(T, c0 + P), cw = c1 - c0, blocks = blocks_in(cw);
       const int64_t cells = int64_t(B) * (T - c0) * cw;
@@ -453,16 +493,22 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       rebuild_alpha_kernel<A><<<blocks_for(cells), kThreads, 0, st>>>(pal, ptr<A>(lse), T, c0, cw, P, cells);
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D > 0) {
-        invert_blocks<X>(AlphaView<A>{pal, TP, P, c0, c0}, ptr<X>(gamma), inv, B, T, c0, c1, st, op);
-        for (int i = blocks - 1; i >= 0; --i) {
-          const int s0 = c0 + kRows * i, nb = block_rows(c0, c1, i), s1 = s0 + nb;
-          if (s1 < T)  // df[s0:s1] = alpha[s1:T, s0:s1]^T w[s1:T]
-            gemm(dev.index, B, nb, D, T - s1, 1.0, {pal + int64_t(s1 - c0) * P + (s0 - c0), adt, P, TP, true},
-                 {pw + int64_t(s1) * D, adt, D, TD}, pdf + int64_t(s0) * D, adt, D, TD, use_tf32<X>(), op);
-          solve_backward_block<X><<<grid, kApplyThreads, smem, st>>>(inv, i, blocks, ptr<X>(gamma), ptr<X>(ds), pdf,
-                                                                     ptr<X>(g.df), pw, T, D, s0, nb, s1 < T);
-          SESSA_CUDA_LAUNCH_CHECK(op);
-        }
+        // df[r0:r1] (+)= alpha[r1:t1, r0:r1]^T w[r1:t1]; overwritten where it is the rows' first contribution.
+        const auto add_df = [&](int r0, int r1, int t1, bool first) {
+          gemm(dev.index, B, r1 - r0, D, t1 - r1, 1.0, {pal + int64_t(r1 - c0) * P + (r0 - c0), adt, P, TP, true},
+               {pw + int64_t(r1) * D, adt, D, TD}, pdf + int64_t(r0) * D, adt, D, TD, use_tf32<X>(), op, !first);
+        };
+        if (c1 < T) add_df(c0, c1, T, true);  // everything the later panels contribute
+        const auto row = [&](int i) { return std::min(c1, c0 + kRows * i); };
+        solve_in_halves<true>(
+            0, blocks,
+            [&](int i) {  // row T - 1 has nothing after it; every earlier block has its carry from the GEMMs
+              solve_backward_block<X><<<grid, kApplyThreads, smem, st>>>(inv, ptr<X>(gamma), ptr<X>(ds), pdf,
+                                                                         ptr<X>(g.df), pw, T, D, row(i),
+                                                                         block_rows(c0, c1, i), row(i + 1) < T);
+              SESSA_CUDA_LAUNCH_CHECK(op);
+            },
+            [&](int lo, int mid, int hi) { add_df(row(lo), row(mid), row(hi), c1 == T && hi == blocks); });
       }
       dgamma_kernel<X><<<blocks_for(int64_t(B) * cw * 32), kThreads, 0, st>>>(pdf, ptr<A>(ctx), pdg, ptr<X>(g.dgamma),
                                                                               B, T, D, c0, cw);

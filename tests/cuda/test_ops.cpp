@@ -151,7 +151,7 @@ TEST_CASE("cuda op table: views") { check_family("views"); }
 TEST_CASE("cuda op table: attention") { check_family("attention"); }
 TEST_CASE("cuda op table: feedback solve") { check_family("feedback"); }
 TEST_CASE("cuda op table: feedback solve in small panels (many panel boundaries)") {
-  for (int rows : {64, 128}) {
+  for (int rows : {64, 128, 320, 1024}) {
     CAPTURE(rows);
     cuda::set_feedback_panel_rows(rows);
     struct Reset {
