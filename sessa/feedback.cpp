@@ -1,7 +1,8 @@
 // The feedback solve on the CPU. Both triangular solves are blocked: rows are
-// taken in blocks of kBlock; everything a block needs from earlier (forward) or
-// later (backward) blocks arrives as one GEMM, and only the small triangle inside
-// the block is substituted row by row. The CUDA kernels follow the same plan.
+// taken in blocks of kBlock, in halves (sessa/solve_order.h); everything a block needs
+// from earlier (forward) or later (backward) blocks arrives by GEMMs, and only the small
+// triangle inside the block is substituted row by row. The CUDA kernels follow the same
+// plan and order.
 // Memory: only s, ctx and the row statistic lse are saved (O(T D)). This is the
 // float64 reference for small T, so each batch element's alpha (and dlogits) is a
 // transient (T, T) buffer of the call, rebuilt in the backward from lse; the CUDA
@@ -13,6 +14,7 @@
 
 #include "autograd/node.h"
 #include "sessa/feedback_cuda.h"
+#include "sessa/solve_order.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/loops.h"
 #include "tensor/cuda_hooks.h"
@@ -63,49 +65,55 @@ void rebuild_probabilities(const T* q, const T* k, const T* lse, T* alpha, int64
     for (int64_t s = 0; s < n; ++s) alpha[t * n + s] = s < t ? std::exp(alpha[t * n + s] - lse[t]) : T(0);
 }
 
-// Forward substitution (S5) for one batch element: ctx and s, (n, d) row-major.
+// Forward substitution (S5) for one batch element: ctx and s, (n, d) row-major. The blocks
+// in halves (solve_in_halves, the order the GPU runs): what earlier blocks contribute arrives
+// by GEMMs into ctx; inside a block, row by row.
 template <class T>
 void forward_substitution(const T* alpha, const T* gamma, const T* f, T* ctx, T* s, int64_t n, int64_t d) {
-  for (int64_t t0 = 0; t0 < n; t0 += kBlock) {
-    const int64_t t1 = std::min(n, t0 + kBlock);
-    // What earlier blocks contribute: ctx[t0:t1] = alpha[t0:t1, 0:t0] @ s[0:t0].
-    if (t0 > 0)
-      cpu::gemm<T>(false, false, t1 - t0, d, t0, T(1), alpha + t0 * n, n, s, d, T(0), ctx + t0 * d, d);
-    else
-      std::fill(ctx, ctx + (t1 - t0) * d, T(0));
-    // The triangle inside the block, row by row.
-    for (int64_t t = t0; t < t1; ++t) {
-      T* c = ctx + t * d;
-      for (int64_t j = t0; j < t; ++j) {
-        const T a = alpha[t * n + j];
-        const T* sj = s + j * d;
-        for (int64_t i = 0; i < d; ++i) c[i] += a * sj[i];
-      }
-      for (int64_t i = 0; i < d; ++i) s[t * d + i] = f[t * d + i] + gamma[t] * c[i];
-    }
-  }
+  const auto row = [n](int i) { return std::min(n, kBlock * i); };
+  std::fill(ctx, ctx + n * d, T(0));
+  solve_in_halves<false>(
+      0, int((n + kBlock - 1) / kBlock),
+      [&](int i) {  // the triangle inside block i
+        for (int64_t t = row(i); t < row(i + 1); ++t) {
+          T* c = ctx + t * d;
+          for (int64_t j = row(i); j < t; ++j) {
+            const T a = alpha[t * n + j];
+            const T* sj = s + j * d;
+            for (int64_t e = 0; e < d; ++e) c[e] += a * sj[e];
+          }
+          for (int64_t e = 0; e < d; ++e) s[t * d + e] = f[t * d + e] + gamma[t] * c[e];
+        }
+      },
+      [&](int lo, int mid, int hi) {  // ctx[mid:hi] += alpha[mid:hi, lo:mid] @ s[lo:mid] (rows of those blocks)
+        cpu::gemm<T>(false, false, row(hi) - row(mid), d, row(mid) - row(lo), T(1), alpha + row(mid) * n + row(lo), n,
+                     s + row(lo) * d, d, T(1), ctx + row(mid) * d, d);
+      });
 }
 
 // The transposed solve (S6), backwards in time: df_s = ds_s + sum_{t > s} alpha[t, s] w_t
-// with w_t = gamma_t df_t. Fills df and w, (n, d) row-major.
+// with w_t = gamma_t df_t. Fills df and w, (n, d) row-major; the blocks in halves, later first.
 template <class T>
 void backward_substitution(const T* alpha, const T* gamma, const T* ds, T* df, T* w, int64_t n, int64_t d) {
+  const auto row = [n](int i) { return std::min(n, kBlock * i); };
   std::copy(ds, ds + n * d, df);
-  for (int64_t s1 = n; s1 > 0; s1 -= kBlock) {
-    const int64_t s0 = std::max<int64_t>(0, s1 - kBlock);
-    // What later blocks contribute: df[s0:s1] += alpha[s1:n, s0:s1]^T @ w[s1:n].
-    if (s1 < n)
-      cpu::gemm<T>(true, false, s1 - s0, d, n - s1, T(1), alpha + s1 * n + s0, n, w + s1 * d, d, T(1), df + s0 * d, d);
-    for (int64_t s = s1 - 1; s >= s0; --s) {
-      T* g = df + s * d;
-      for (int64_t t = s + 1; t < s1; ++t) {
-        const T a = alpha[t * n + s];
-        const T* wt = w + t * d;
-        for (int64_t i = 0; i < d; ++i) g[i] += a * wt[i];
-      }
-      for (int64_t i = 0; i < d; ++i) w[s * d + i] = gamma[s] * g[i];
-    }
-  }
+  solve_in_halves<true>(
+      0, int((n + kBlock - 1) / kBlock),
+      [&](int i) {  // the triangle inside block i, from its last row up
+        for (int64_t s = row(i + 1) - 1; s >= row(i); --s) {
+          T* g = df + s * d;
+          for (int64_t t = s + 1; t < row(i + 1); ++t) {
+            const T a = alpha[t * n + s];
+            const T* wt = w + t * d;
+            for (int64_t e = 0; e < d; ++e) g[e] += a * wt[e];
+          }
+          for (int64_t e = 0; e < d; ++e) w[s * d + e] = gamma[s] * g[e];
+        }
+      },
+      [&](int lo, int mid, int hi) {  // df[lo:mid] += alpha[mid:hi, lo:mid]^T @ w[mid:hi]
+        cpu::gemm<T>(true, false, row(mid) - row(lo), d, row(hi) - row(mid), T(1), alpha + row(mid) * n + row(lo), n,
+                     w + row(mid) * d, d, T(1), df + row(lo) * d, d);
+      });
 }
 
 }  // namespace

@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "sessa/feedback_cuda.h"
+#include "sessa/solve_order.h"
 #include "tensor/cuda/blas.h"
 #include "tensor/cuda/common.cuh"
 #include "tensor/ops.h"
@@ -351,22 +352,6 @@ int panel_rows(int B, int T, int buffers, size_t elem) {
   return int(std::min(whole, std::max<int64_t>(kRows, p)));
 }
 
-// The order of a blocked triangular solve over the 64-row blocks [lo, hi) of a panel, in
-// halves (the recursion of a TRSM): solve the first half, add what it contributes to the
-// second half with one GEMM, `couple(lo, mid, hi)`, solve the second half; `leaf(i)` solves
-// block i once everything before it has arrived. The products are those of the block-by-block
-// order (each pair of blocks once) but most of the work is in a few large GEMMs instead of one
-// skinny GEMM per block. Backward (the transposed solve) runs in reverse: [mid, hi) first,
-// then couple(lo, mid, hi) into [lo, mid).
-template <bool Backward, class Leaf, class Couple>
-void solve_in_halves(int lo, int hi, const Leaf& leaf, const Couple& couple) {
-  if (hi - lo == 1) return leaf(lo);
-  const int mid = lo + (hi - lo + 1) / 2;
-  solve_in_halves<Backward>(Backward ? mid : lo, Backward ? hi : mid, leaf, couple);
-  couple(lo, mid, hi);
-  solve_in_halves<Backward>(Backward ? lo : mid, Backward ? mid : hi, leaf, couple);
-}
-
 // Opts a kernel into `bytes` of dynamic shared memory (above the 48 KB default).
 template <class Kernel>
 void set_shared_memory(Kernel kernel, size_t bytes, const char* op) {
@@ -424,7 +409,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
       };
       if (p0 > 0) add_ctx(0, p0, p1, true);  // everything the earlier panels contribute
       const auto row = [&](int i) { return std::min(p1, p0 + kRows * i); };
-      solve_in_halves<false>(
+      layer::solve_in_halves<false>(
           0, blocks,
           [&](int i) {  // row 0 has nothing before it; every later block has its ctx from the GEMMs
             solve_forward_block<X><<<grid, kApplyThreads, smem, st>>>(alpha, inv, ptr<X>(gamma), ptr<X>(f), ctx, s,
@@ -500,7 +485,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
         };
         if (c1 < T) add_df(c0, c1, T, true);  // everything the later panels contribute
         const auto row = [&](int i) { return std::min(c1, c0 + kRows * i); };
-        solve_in_halves<true>(
+        layer::solve_in_halves<true>(
             0, blocks,
             [&](int i) {  // row T - 1 has nothing after it; every earlier block has its carry from the GEMMs
               solve_backward_block<X><<<grid, kApplyThreads, smem, st>>>(inv, ptr<X>(gamma), ptr<X>(ds), pdf,

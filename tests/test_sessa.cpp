@@ -55,7 +55,7 @@ Tensor gammas(const Shape& shape, double value, Generator& gen) {  // near `valu
 
 TEST_CASE("feedback solve equals a dense solve, across block boundaries") {
   Generator gen(1);
-  for (int64_t T : {1, 7, 64, 150}) {
+  for (int64_t T : {1, 7, 64, 150, 330}) {
     CAPTURE(T);
     Tensor q = leaf({2, T, 5}, gen), k = leaf({2, T, 5}, gen), f = leaf({2, T, 5}, gen), g = gammas({2, T}, 0.99, gen);
     Tensor s = layer::feedback_solve_forward(q, k, g, f).s;
