@@ -122,13 +122,14 @@ __global__ void __launch_bounds__(256) panel_softmax_kernel(A* panel, A* lse, in
 }
 
 // ---- the two triangular solves --------------------------------------------------------
-// Blocked as on the CPU, one row block of kRows = 64 per step: the host first adds everything
-// the other blocks contribute with one batched cuBLAS GEMM (see use_tf32 for its precision).
-// What is left inside a block is the triangle (I - Gamma A) s = rhs, where A is the diagonal
-// alpha block and Gamma = diag(gamma) of its rows. Substituting it row by row would make 64
-// dependent steps per block; instead L^-1 = (I - Gamma A)^-1 does not depend on s, so every
-// block's inverse is computed at once per panel (invert_diagonal_blocks: all blocks and batch
-// items in parallel), and each step applies it as a small dense product:
+// Blocked as on the CPU, in row blocks of kRows = 64 visited in halves (sessa/solve_order.h):
+// everything the other blocks contribute arrives by batched cuBLAS GEMMs (see use_tf32 for
+// their precision). What is left inside a block is the triangle (I - Gamma A) s = rhs, where A
+// is the diagonal alpha block and Gamma = diag(gamma) of its rows. Substituting it row by row
+// would make 64 dependent steps per block; instead L^-1 = (I - Gamma A)^-1 does not depend on
+// s, so every block's inverse is computed at once per forward panel (invert_diagonal_blocks:
+// all blocks and batch items in parallel; the backward reuses them), and each block is a
+// small dense product:
 //   forward   s = L^-1 (f + Gamma ctx_prev),  ctx = ctx_prev + A s           (S5)
 //   backward  df = L^-T (ds + carry),         w = Gamma df                   (S6'), since
 //             (I - A^T Gamma) = (I - Gamma A)^T
