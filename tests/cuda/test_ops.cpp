@@ -14,6 +14,8 @@
 #include <optional>
 #include <string>
 
+#include "autograd/ops.h"
+#include "sessa/feedback.h"
 #include "sessa/feedback_cuda.h"
 #include "tests/cuda/parity.h"
 #include "tests/op_table.h"
@@ -160,6 +162,45 @@ TEST_CASE("cuda op table: feedback solve in small panels (many panel boundaries)
     check_family("feedback");
   }
 }
+// Small enough for compute-sanitizer (memcheck, racecheck): the feedback solve's forward and
+// backward through autograd over two panels of 128 rows (each two 64-row blocks) and a ragged
+// last block, float32 (exact products) and bfloat16, against the float64 CPU solve.
+TEST_CASE("cuda feedback solve sanitizer-sized: B 2, T 200, D 70, panels of 128 rows") {
+  cuda::set_feedback_panel_rows(128);
+  struct Reset {
+    ~Reset() { cuda::set_feedback_panel_rows(0); }
+  } reset;
+  NoTf32 exact;
+  Generator gen(81);
+  const int64_t B = 2, T = 200, D = 70;
+  const std::vector<Tensor> in{cpu_randn({B, T, D}, gen), cpu_randn({B, T, D}, gen),
+                               uniform({B, T}, 0.9, 0.99, gen, {DType::F32}), cpu_randn({B, T, D}, gen)};
+  const Tensor w = cpu_randn({B, T, D}, gen);
+  // s and the gradients of q, k, gamma, f, in float64 on the host, from the inputs rounded to
+  // `dt` and computed in `compute` (the reference: float64 on the CPU from the same rounded values).
+  auto run = [&](Device dev, DType dt, DType compute) {
+    std::vector<Tensor> leaves;
+    for (const Tensor& t : in) {
+      Tensor l = t.to(dt).to(compute).to(dev).detach();
+      l.set_requires_grad();
+      leaves.push_back(l);
+    }
+    Tensor s = layer::feedback_solve(leaves[0], leaves[1], leaves[2], leaves[3]);
+    autograd::backward(sum_all(mul(s, w.to(dt).to(compute).to(dev))));
+    std::vector<Tensor> out{host(s).to(DType::F64)};
+    for (const Tensor& l : leaves) out.push_back(host(l.grad()).to(DType::F64));
+    return out;
+  };
+  for (auto [dt, tol] : {std::pair{DType::F32, 3e-4}, std::pair{DType::BF16, 3e-2}}) {
+    const std::vector<Tensor> ref = run(Device::cpu(), dt, DType::F64), out = run(gpu(), dt, dt);
+    const char* what[] = {"s", "dq", "dk", "dgamma", "df"};
+    for (size_t i = 0; i < ref.size(); ++i) {
+      const double err = max_rel_diff(out[i], ref[i]);
+      CHECK_MESSAGE(err <= tol, dtype_name(dt) << " " << what[i] << ": relative error " << err);
+    }
+  }
+}
+
 TEST_CASE("cuda op table: Mamba conv and scan") { check_family("mamba"); }
 
 }  // namespace sessa::test
