@@ -403,12 +403,13 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
       invert_diagonal_blocks<X>
           <<<dim3(unsigned(blocks), unsigned(B)), kRows, 0, st>>>(alpha, ptr<X>(gamma), inv, T, p0, p1);
       SESSA_CUDA_LAUNCH_CHECK(op);
-      // ctx[r0:r1] (+)= alpha[r0:r1, c0:r0] s[c0:r0]; overwritten where it is the rows' first contribution.
-      const auto add_ctx = [&](int c0, int r0, int r1, bool first) {
+      // ctx[r0:r1] (+)= alpha[r0:r1, c0:r0] s[c0:r0]. The contributions to a row arrive from left to
+      // right, so the one from column 0 is the first and overwrites; later ones accumulate.
+      const auto add_ctx = [&](int c0, int r0, int r1) {
         gemm(dev.index, B, r1 - r0, D, r0 - c0, 1.0, {pa + int64_t(r0 - p0) * T + c0, adt, T, PT},
-             {s + int64_t(c0) * D, adt, D, TD}, ctx + int64_t(r0) * D, adt, D, TD, use_tf32<X>(), op, !first);
+             {s + int64_t(c0) * D, adt, D, TD}, ctx + int64_t(r0) * D, adt, D, TD, use_tf32<X>(), op, c0 > 0);
       };
-      if (p0 > 0) add_ctx(0, p0, p1, true);  // everything the earlier panels contribute
+      if (p0 > 0) add_ctx(0, p0, p1);  // everything the earlier panels contribute
       const auto row = [&](int i) { return std::min(p1, p0 + kRows * i); };
       layer::solve_in_halves<false>(
           0, blocks,
@@ -418,7 +419,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
                                                                       block_rows(p0, p1, i), row(i) > 0);
             SESSA_CUDA_LAUNCH_CHECK(op);
           },
-          [&](int lo, int mid, int hi) { add_ctx(row(lo), row(mid), row(hi), p0 == 0 && lo == 0); });
+          [&](int lo, int mid, int hi) { add_ctx(row(lo), row(mid), row(hi)); });
     }
     return out;
   });
@@ -479,12 +480,13 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       rebuild_alpha_kernel<A><<<blocks_for(cells), kThreads, 0, st>>>(pal, ptr<A>(lse), T, c0, cw, P, cells);
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D > 0) {
-        // df[r0:r1] (+)= alpha[r1:t1, r0:r1]^T w[r1:t1]; overwritten where it is the rows' first contribution.
-        const auto add_df = [&](int r0, int r1, int t1, bool first) {
+        // df[r0:r1] (+)= alpha[r1:t1, r0:r1]^T w[r1:t1]. The contributions to a row arrive from right
+        // to left, so the one ending at row T is the first and overwrites; later ones accumulate.
+        const auto add_df = [&](int r0, int r1, int t1) {
           gemm(dev.index, B, r1 - r0, D, t1 - r1, 1.0, {pal + int64_t(r1 - c0) * P + (r0 - c0), adt, P, TP, true},
-               {pw + int64_t(r1) * D, adt, D, TD}, pdf + int64_t(r0) * D, adt, D, TD, use_tf32<X>(), op, !first);
+               {pw + int64_t(r1) * D, adt, D, TD}, pdf + int64_t(r0) * D, adt, D, TD, use_tf32<X>(), op, t1 < T);
         };
-        if (c1 < T) add_df(c0, c1, T, true);  // everything the later panels contribute
+        if (c1 < T) add_df(c0, c1, T);  // everything the later panels contribute
         const auto row = [&](int i) { return std::min(c1, c0 + kRows * i); };
         layer::solve_in_halves<true>(
             0, blocks,
@@ -494,7 +496,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
                                                                          block_rows(c0, c1, i), row(i + 1) < T);
               SESSA_CUDA_LAUNCH_CHECK(op);
             },
-            [&](int lo, int mid, int hi) { add_df(row(lo), row(mid), row(hi), c1 == T && hi == blocks); });
+            [&](int lo, int mid, int hi) { add_df(row(lo), row(mid), row(hi)); });
       }
       dgamma_kernel<X><<<blocks_for(int64_t(B) * cw * 32), kThreads, 0, st>>>(pdf, ptr<A>(ctx), pdg, ptr<X>(g.dgamma),
                                                                               B, T, D, c0, cw);
