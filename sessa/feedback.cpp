@@ -73,11 +73,11 @@ void forward_substitution(const T* alpha, const T* gamma, const T* f, T* ctx, T*
   const auto row = [n](int i) { return std::min(n, kBlock * i); };
   std::fill(ctx, ctx + n * d, T(0));
   solve_in_halves<false>(
-      0, int((n + kBlock - 1) / kBlock),
-      [&](int i) {  // the triangle inside block i
-        for (int64_t t = row(i); t < row(i + 1); ++t) {
+      0, int((n + kBlock - 1) / kBlock), kLeafBlocks,
+      [&](int lo, int hi) {  // the triangle inside the leaf's blocks [lo, hi), row by row
+        for (int64_t t = row(lo); t < row(hi); ++t) {
           T* c = ctx + t * d;
-          for (int64_t j = row(i); j < t; ++j) {
+          for (int64_t j = row(lo); j < t; ++j) {
             const T a = alpha[t * n + j];
             const T* sj = s + j * d;
             for (int64_t e = 0; e < d; ++e) c[e] += a * sj[e];
@@ -98,11 +98,11 @@ void backward_substitution(const T* alpha, const T* gamma, const T* ds, T* df, T
   const auto row = [n](int i) { return std::min(n, kBlock * i); };
   std::copy(ds, ds + n * d, df);
   solve_in_halves<true>(
-      0, int((n + kBlock - 1) / kBlock),
-      [&](int i) {  // the triangle inside block i, from its last row up
-        for (int64_t s = row(i + 1) - 1; s >= row(i); --s) {
+      0, int((n + kBlock - 1) / kBlock), kLeafBlocks,
+      [&](int lo, int hi) {  // the triangle inside the leaf's blocks [lo, hi), from its last row up
+        for (int64_t s = row(hi) - 1; s >= row(lo); --s) {
           T* g = df + s * d;
-          for (int64_t t = s + 1; t < row(i + 1); ++t) {
+          for (int64_t t = s + 1; t < row(hi); ++t) {
             const T a = alpha[t * n + s];
             const T* wt = w + t * d;
             for (int64_t e = 0; e < d; ++e) g[e] += a * wt[e];

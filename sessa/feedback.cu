@@ -136,6 +136,7 @@ __global__ void __launch_bounds__(256) panel_softmax_kernel(A* panel, A* lse, in
 // (docs/sessa.md "Blocked forward substitution"). L^-1 is well conditioned: |gamma| < 1 and the rows
 // of A sum to at most 1, so ||Gamma A||_inf < 1.
 constexpr int kRows = 64;
+using layer::kLeafBlocks;                   // row blocks per leaf kernel (sessa/solve_order.h)
 constexpr int kBlockElems = kRows * kRows;  // one inverse, row-major (64, 64)
 constexpr int kLd = kRows + 4;              // padded row stride of 64 x 64 tiles in shared memory (16-byte rows)
 
@@ -215,105 +216,168 @@ __device__ void tile_product(const A* Mt, const A* V, A (&acc)[4][4]) {
   }
 }
 
-// (S5) for the row block [t0, t0 + nb), columns [c0, c0 + 64) of one batch item: ctx already
-// holds the earlier blocks' part ctx_prev (when has_prev); s = L^-1 (f + Gamma ctx_prev), then
-// ctx = ctx_prev + A s. Writes ctx and s (A), and s_out (X) when X is not A. Shared memory:
-// L^-1 and A transposed (the products' left operands), the right-hand side (then s).
-template <class X>
+constexpr int kTile = kRows * kLd;  // one 64 x 64 tile in shared memory
+
+// (S5) for a leaf of up to J row blocks [t0, t1) of one batch item, columns [c0, c0 + 64): ctx
+// already holds what the rows before t0 contribute (when has_prev). Block j of the leaf (rows
+// from tj = t0 + 64 j) first gathers what the leaf's earlier blocks contribute,
+// part = sum_{m<j} A[j, m] s_m (their s stay in shared memory); then, with ctx_prev = ctx + part,
+//   s_j = L_j^-1 (f_j + Gamma_j ctx_prev),  ctx_j = ctx_prev + A_jj s_j.
+// Writes ctx and s (A), and s_out (X) when X is not A. Shared memory: L^-1 and an alpha block,
+// both transposed (the products' left operands), the right-hand side (then s), and the s of
+// the leaf's first J - 1 blocks.
+template <class X, int J>
 __global__ void __launch_bounds__(kApplyThreads)
-    solve_forward_block(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, const X* gamma, const X* f, acc_t<X>* ctx,
-                        acc_t<X>* s, X* s_out, int T, int D, int t0, int nb, bool has_prev) {
+    solve_forward_leaf(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, const X* gamma, const X* f, acc_t<X>* ctx,
+                       acc_t<X>* s, X* s_out, int T, int D, int t0, int t1, bool has_prev) {
   using A = acc_t<X>;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *Lt = reinterpret_cast<A*>(smem_bytes), *At = Lt + kRows * kLd, *Rs = At + kRows * kLd;
+  A *Lt = reinterpret_cast<A*>(smem_bytes), *At = Lt + kTile, *Rs = At + kTile, *Ss = Rs + kTile;
   const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0);
-  const int64_t base = (int64_t(b) * T + t0) * D + c0;  // element (t0, c0) of batch item b
-  const A* inv_block = inv + (int64_t(b) * blocks_in(T) + t0 / kRows) * kBlockElems;
-  A lv[kPerThread], av[kPerThread], rv[kPerThread];
-  const int tc = staged_col();
+  const int tc = staged_col(), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  for (int j = 0; j < J && t0 + kRows * j < t1; ++j) {
+    const int tj = t0 + kRows * j, nb = min(kRows, t1 - tj);
+    const int64_t base = (int64_t(b) * T + tj) * D + c0;  // element (tj, c0) of batch item b
+    const A* inv_block = inv + (int64_t(b) * blocks_in(T) + tj / kRows) * kBlockElems;
+    A lv[kPerThread], av[kPerThread], rv[kPerThread], gv[kPerThread];
 #pragma unroll
-  for (int j = 0; j < kPerThread; ++j) {  // loads only
-    const int r = staged_row(j);
-    const int64_t o = base + int64_t(r) * D + tc;
-    lv[j] = inv_block[r * kRows + tc];
-    av[j] = tc < r && r < nb ? alpha.at(b, t0 + r, t0 + tc) : A(0);
-    rv[j] =
-        r < nb && tc < ncols ? load(f + o) + (has_prev ? load(gamma + int64_t(b) * T + t0 + r) * ctx[o] : A(0)) : A(0);
-  }
-#pragma unroll
-  for (int j = 0; j < kPerThread; ++j) {
-    const int r = staged_row(j);
-    Lt[tc * kLd + r] = lv[j], At[tc * kLd + r] = av[j], Rs[r * kLd + tc] = rv[j];
-  }
-  __syncthreads();
-  A acc[4][4] = {};
-  tile_product(Lt, Rs, acc);
-  __syncthreads();  // everyone has read the right-hand side: s takes its place
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-#pragma unroll
-  for (int a = 0; a < 4; ++a)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) Rs[(4 * ty + a) * kLd + 4 * tx + c] = acc[a][c];
-  __syncthreads();
-  A cacc[4][4] = {};
-  tile_product(At, Rs, cacc);
-#pragma unroll
-  for (int a = 0; a < 4; ++a)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int r = 4 * ty + a, col = 4 * tx + c;
-      if (r >= nb || col >= ncols) continue;
-      const int64_t o = base + int64_t(r) * D + col;
-      ctx[o] = (has_prev ? ctx[o] : A(0)) + cacc[a][c];
-      s[o] = acc[a][c];
-      if constexpr (!std::is_same_v<X, A>) store(s_out + o, acc[a][c]);
+    for (int e = 0; e < kPerThread; ++e) {  // loads only
+      const int r = staged_row(e);
+      const int64_t o = base + int64_t(r) * D + tc;
+      const bool in = r < nb && tc < ncols;
+      lv[e] = inv_block[r * kRows + tc];
+      av[e] = tc < r && r < nb ? alpha.at(b, tj + r, tj + tc) : A(0);
+      gv[e] = r < nb ? load(gamma + int64_t(b) * T + tj + r) : A(0);
+      rv[e] = in ? load(f + o) + (has_prev ? gv[e] * ctx[o] : A(0)) : A(0);
     }
+    A part[4][4] = {};  // sum_{m<j} A[j, m] s_m: rows 4 ty .. + 3, columns 4 tx .. + 3
+    for (int m = 0; m < j; ++m) {
+      A cv[kPerThread];
+#pragma unroll
+      for (int e = 0; e < kPerThread; ++e) {
+        const int r = staged_row(e);
+        cv[e] = r < nb ? alpha.at(b, tj + r, t0 + kRows * m + tc) : A(0);
+      }
+      __syncthreads();  // the previous product is done with At
+#pragma unroll
+      for (int e = 0; e < kPerThread; ++e) At[tc * kLd + staged_row(e)] = cv[e];
+      __syncthreads();
+      tile_product(At, Ss + m * kTile, part);
+    }
+    __syncthreads();  // the previous products are done with Lt, At and Rs
+    if (j > 0)        // part, for the staging threads to fold into the right-hand side
+#pragma unroll
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) Rs[(4 * ty + a) * kLd + 4 * tx + c] = part[a][c];
+    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < kPerThread; ++e) {
+      const int r = staged_row(e);
+      Lt[tc * kLd + r] = lv[e], At[tc * kLd + r] = av[e];
+      Rs[r * kLd + tc] = rv[e] + (j > 0 ? gv[e] * Rs[r * kLd + tc] : A(0));  // f + Gamma ctx_prev (0 outside)
+    }
+    __syncthreads();
+    A acc[4][4] = {};
+    tile_product(Lt, Rs, acc);
+    __syncthreads();  // everyone has read the right-hand side: s takes its place
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        Rs[(4 * ty + a) * kLd + 4 * tx + c] = acc[a][c];
+        if (j + 1 < J) Ss[j * kTile + (4 * ty + a) * kLd + 4 * tx + c] = acc[a][c];
+      }
+    __syncthreads();
+    A cacc[4][4] = {};
+    tile_product(At, Rs, cacc);
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int r = 4 * ty + a, col = 4 * tx + c;
+        if (r >= nb || col >= ncols) continue;
+        const int64_t o = base + int64_t(r) * D + col;
+        ctx[o] = (has_prev ? ctx[o] : A(0)) + part[a][c] + cacc[a][c];
+        s[o] = acc[a][c];
+        if constexpr (!std::is_same_v<X, A>) store(s_out + o, acc[a][c]);
+      }
+  }
 }
 
-// (S6') for the row block [s0, s0 + nb), columns [c0, c0 + 64) of one batch item: df already
-// holds the later blocks' part (when has_carry); df = L^-T (ds + carry), w = Gamma df. Writes df
-// and w (A), and df_out (X) when X is not A. L^-T transposed is L^-1: staged as it is stored.
-template <class X>
+// (S6') for a leaf of up to J row blocks [s0, s1) of one batch item, columns [c0, c0 + 64), from
+// its last block to its first: df already holds what the rows from s1 on contribute (when
+// has_carry). Block j first gathers what the leaf's later blocks contribute,
+// part = sum_{m>j} A[m, j]^T w_m (their w stay in shared memory), then
+//   df_j = L_j^-T (ds_j + carry + part),  w_j = Gamma_j df_j.
+// Writes df and w (A), and df_out (X) when X is not A. The products' left operands are the
+// transposes of L^-T and A[m, j]^T, i.e. L^-1 and A[m, j]: both staged as stored.
+template <class X, int J>
 __global__ void __launch_bounds__(kApplyThreads)
-    solve_backward_block(const acc_t<X>* inv, const X* gamma, const X* ds, acc_t<X>* df, X* df_out, acc_t<X>* w, int T,
-                         int D, int s0, int nb, bool has_carry) {
+    solve_backward_leaf(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, const X* gamma, const X* ds, acc_t<X>* df,
+                        X* df_out, acc_t<X>* w, int T, int D, int s0, int s1, bool has_carry) {
   using A = acc_t<X>;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *Ls = reinterpret_cast<A*>(smem_bytes), *Rs = Ls + kRows * kLd;
-  const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0);
-  const int64_t base = (int64_t(b) * T + s0) * D + c0;
-  const A* inv_block = inv + (int64_t(b) * blocks_in(T) + s0 / kRows) * kBlockElems;
-  A lv[kPerThread], rv[kPerThread];
-  const int tc = staged_col();
+  A *Ls = reinterpret_cast<A*>(smem_bytes), *At = Ls + kTile, *Rs = At + kTile, *Ws = Rs + kTile;
+  const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0), blocks = blocks_in(s1 - s0);
+  const int tc = staged_col(), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  for (int j = blocks - 1; j >= 0; --j) {
+    const int sj = s0 + kRows * j, nb = min(kRows, s1 - sj);
+    const int64_t base = (int64_t(b) * T + sj) * D + c0;
+    const A* inv_block = inv + (int64_t(b) * blocks_in(T) + sj / kRows) * kBlockElems;
+    A lv[kPerThread], rv[kPerThread];
 #pragma unroll
-  for (int j = 0; j < kPerThread; ++j) {  // loads only
-    const int r = staged_row(j);
-    const int64_t o = base + int64_t(r) * D + tc;
-    lv[j] = inv_block[r * kRows + tc];
-    rv[j] = r < nb && tc < ncols ? load(ds + o) + (has_carry ? df[o] : A(0)) : A(0);
-  }
+    for (int e = 0; e < kPerThread; ++e) {  // loads only
+      const int r = staged_row(e);
+      const int64_t o = base + int64_t(r) * D + tc;
+      lv[e] = inv_block[r * kRows + tc];
+      rv[e] = r < nb && tc < ncols ? load(ds + o) + (has_carry ? df[o] : A(0)) : A(0);
+    }
+    A part[4][4] = {};  // sum_{m>j} A[m, j]^T w_m: rows 4 ty .. + 3, columns 4 tx .. + 3
+    for (int m = j + 1; m < blocks; ++m) {
+      const int sm = s0 + kRows * m, nm = min(kRows, s1 - sm);
+      A cv[kPerThread];
 #pragma unroll
-  for (int j = 0; j < kPerThread; ++j) {
-    const int r = staged_row(j);
-    Ls[r * kLd + tc] = lv[j], Rs[r * kLd + tc] = rv[j];
-  }
-  __syncthreads();
-  A acc[4][4] = {};
-  tile_product(Ls, Rs, acc);
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+      for (int e = 0; e < kPerThread; ++e) {
+        const int r = staged_row(e);
+        cv[e] = r < nm ? alpha.at(b, sm + r, sj + tc) : A(0);
+      }
+      __syncthreads();  // the previous product is done with At
 #pragma unroll
-  for (int a = 0; a < 4; ++a) {
-    const int r = 4 * ty + a;
-    if (r >= nb) break;
-    const A g = load(gamma + int64_t(b) * T + s0 + r);
+      for (int e = 0; e < kPerThread; ++e) At[staged_row(e) * kLd + tc] = cv[e];
+      __syncthreads();
+      tile_product(At, Ws + (m - 1) * kTile, part);
+    }
+    __syncthreads();  // the previous product is done with Ls and Rs
+    if (j + 1 < blocks)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int col = 4 * tx + c;
-      if (col >= ncols) continue;
-      const int64_t o = base + int64_t(r) * D + col;
-      df[o] = acc[a][c];
-      w[o] = g * acc[a][c];
-      if constexpr (!std::is_same_v<X, A>) store(df_out + o, acc[a][c]);
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) Rs[(4 * ty + a) * kLd + 4 * tx + c] = part[a][c];
+    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < kPerThread; ++e) {
+      const int r = staged_row(e);
+      Ls[r * kLd + tc] = lv[e];
+      Rs[r * kLd + tc] = rv[e] + (j + 1 < blocks && r < nb && tc < ncols ? Rs[r * kLd + tc] : A(0));
+    }
+    __syncthreads();
+    A acc[4][4] = {};
+    tile_product(Ls, Rs, acc);
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const int r = 4 * ty + a;
+      const A g = r < nb ? load(gamma + int64_t(b) * T + sj + r) : A(0);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int col = 4 * tx + c;
+        if (j > 0) Ws[(j - 1) * kTile + r * kLd + col] = g * acc[a][c];  // w_j, for the leaf's earlier blocks
+        if (r >= nb || col >= ncols) continue;
+        const int64_t o = base + int64_t(r) * D + col;
+        df[o] = acc[a][c];
+        w[o] = g * acc[a][c];
+        if constexpr (!std::is_same_v<X, A>) store(df_out + o, acc[a][c]);
+      }
     }
   }
 }
@@ -389,8 +453,8 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     const int64_t TD = int64_t(T) * D, PT = int64_t(P) * T;
     A* inv = ptr<A>(out.inv);  // the diagonal blocks' inverses, saved for the backward
-    const size_t smem = 3 * kRows * kLd * sizeof(A);
-    if (D > 0) set_shared_memory(solve_forward_block<X>, smem, op);
+    const size_t smem = (2 + kLeafBlocks) * kTile * sizeof(A);
+    if (D > 0) set_shared_memory(solve_forward_leaf<X, kLeafBlocks>, smem, op);
     const dim3 grid(blocks_for(D, kRows), unsigned(B));
     for (int p0 = 0; p0 < T; p0 += P) {
       const int p1 = std::min(T, p0 + P), blocks = blocks_in(p1 - p0);
@@ -412,11 +476,10 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
       if (p0 > 0) add_ctx(0, p0, p1);  // everything the earlier panels contribute
       const auto row = [&](int i) { return std::min(p1, p0 + kRows * i); };
       layer::solve_in_halves<false>(
-          0, blocks,
-          [&](int i) {  // row 0 has nothing before it; every later block has its ctx from the GEMMs
-            solve_forward_block<X><<<grid, kApplyThreads, smem, st>>>(alpha, inv, ptr<X>(gamma), ptr<X>(f), ctx, s,
-                                                                      ptr<X>(out.s), T, D, row(i),
-                                                                      block_rows(p0, p1, i), row(i) > 0);
+          0, blocks, kLeafBlocks,
+          [&](int lo, int hi) {  // row 0 has nothing before it; every later leaf has its ctx from the GEMMs
+            solve_forward_leaf<X, kLeafBlocks><<<grid, kApplyThreads, smem, st>>>(
+                alpha, inv, ptr<X>(gamma), ptr<X>(f), ctx, s, ptr<X>(out.s), T, D, row(lo), row(hi), row(lo) > 0);
             SESSA_CUDA_LAUNCH_CHECK(op);
           },
           [&](int lo, int mid, int hi) { add_ctx(row(lo), row(mid), row(hi)); });
@@ -467,8 +530,8 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     SESSA_CUDA_CHECK(cudaMemsetAsync(dq.raw_data(), 0, size_t(B) * TD * sizeof(A), st), op);
     const A* inv = ptr<A>(inverses);  // the forward's, of the same 64-row blocks
-    const size_t smem = 2 * kRows * kLd * sizeof(A);
-    if (D > 0) set_shared_memory(solve_backward_block<X>, smem, op);
+    const size_t smem = (2 + kLeafBlocks) * kTile * sizeof(A);
+    if (D > 0) set_shared_memory(solve_backward_leaf<X, kLeafBlocks>, smem, op);
     const dim3 grid(blocks_for(D, kRows), unsigned(B));
     // Column panels [c0, c1), c0 a multiple of P, from the last to the first.
     for (int c0 = (T - 1) / P * P; c0 >= 0; c0 -= P) {
@@ -489,11 +552,11 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
         if (c1 < T) add_df(c0, c1, T);  // everything the later panels contribute
         const auto row = [&](int i) { return std::min(c1, c0 + kRows * i); };
         layer::solve_in_halves<true>(
-            0, blocks,
-            [&](int i) {  // row T - 1 has nothing after it; every earlier block has its carry from the GEMMs
-              solve_backward_block<X><<<grid, kApplyThreads, smem, st>>>(inv, ptr<X>(gamma), ptr<X>(ds), pdf,
-                                                                         ptr<X>(g.df), pw, T, D, row(i),
-                                                                         block_rows(c0, c1, i), row(i + 1) < T);
+            0, blocks, kLeafBlocks,
+            [&](int lo, int hi) {  // row T - 1 has nothing after it; every earlier leaf has its carry from the GEMMs
+              solve_backward_leaf<X, kLeafBlocks>
+                  <<<grid, kApplyThreads, smem, st>>>(AlphaView<A>{pal, TP, P, c0, c0}, inv, ptr<X>(gamma), ptr<X>(ds),
+                                                      pdf, ptr<X>(g.df), pw, T, D, row(lo), row(hi), row(hi) < T);
               SESSA_CUDA_LAUNCH_CHECK(op);
             },
             [&](int lo, int mid, int hi) { add_df(row(lo), row(mid), row(hi)); });
