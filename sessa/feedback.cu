@@ -22,9 +22,9 @@
 //     df[c0:c1] = alpha[c1:T, c0:c1]^T w[c1:T], then the blocks in halves (the later half first),
 //     down to single blocks: df = L^-T (ds + df) with the forward's L^-1; w = gamma df;
 //   dgamma    one warp per row of the panel: dgamma_t = df_t . ctx_t                 (S7)
-//   dlogits   cuBLAS G = df[c0:T] s[c0:c1]^T, then alpha gamma (G - dgamma)          (S8')
+//   dlogits   cuBLAS G = df[c0:T] s[c0:c1]^T, then dl = alpha gamma (G - dgamma)     (S8')
 //   dq, dk    dk[c0:c1] = dl^T q[c0:T] complete; dq[c0:T] += dl k[c0:c1]              (S9)
-//             (float32 or TF32, see use_tf32).
+//             (G, dq, dk from operands in the input dtype, see use_tf32).
 #include <cmath>
 #include <type_traits>
 
@@ -40,12 +40,13 @@ namespace {
 
 // ---- products through cuBLAS (cuda::gemm) ------------------------------------------------
 // Every product writes its result in the compute dtype A (float or double). Operands may be
-// bfloat16 (tensor cores, float accumulation) or A. Float operands run in exact float32
-// unless use_tf32 says otherwise: the solve's products and dq, dk use TF32 tensor cores for
-// bfloat16 inputs (10 mantissa bits, more than the inputs carry) and, as every float32
-// matmul, for float32 inputs while TF32 is allowed. G = df s^T, from which dlogits subtracts
-// a close number (S8'), is exact for float32 inputs and TF32 only for bfloat16 inputs, whose
-// s is already rounded to 8 bits (flash attention forms its dP = dO V^T in bfloat16 alike).
+// bfloat16 (tensor cores, float accumulation) or A. The solve's products take alpha and the
+// states in A: float32 on TF32 tensor cores for bfloat16 inputs (10 mantissa bits: their
+// rounding feeds back through the recurrence, so not bfloat16's 8) and, as every float32
+// matmul, for float32 inputs while TF32 is allowed. G = df s^T, dq and dk take their operands
+// in the input dtype X: for bfloat16 inputs df and dlogits are rounded to bfloat16 as flash
+// attention's backward rounds dO and dS for dP = dO V^T and dq = dS K; G - dgamma is still
+// formed in float32 (S8'). For float32 inputs G is exact and dq, dk follow use_tf32.
 
 // Whether the float products of the solve and of dq, dk use TF32 for inputs of dtype X:
 // always for bfloat16, for float32 when TF32 is allowed (cuda::allow_tf32, the default).
@@ -90,15 +91,16 @@ __global__ void rebuild_alpha_kernel(A* panel, const A* lse, int T, int c0, int 
   panel[i.off] = c0 + i.j < i.t ? math::exp(panel[i.off] - lse[i.b * T + i.t]) : A(0);
 }
 
-// (S8') in place over G = df s^T: dl[t, s] = alpha[t, s] gamma_t (G[t, s] - dgamma_t) for s < t, else 0.
+// (S8') from G = df s^T: dl[t, s] = alpha[t, s] gamma_t (G[t, s] - dgamma_t) for s < t, else 0,
+// in the input dtype X (dl may be g itself when X is A).
 template <class X>
-__global__ void dlogits_kernel(acc_t<X>* g, const acc_t<X>* alpha, const X* gamma, const acc_t<X>* dgamma, int T,
-                               int c0, int cw, int ld, int64_t n) {
+__global__ void dlogits_kernel(const acc_t<X>* g, X* dl, const acc_t<X>* alpha, const X* gamma, const acc_t<X>* dgamma,
+                               int T, int c0, int cw, int ld, int64_t n) {
   const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (e >= n) return;
   const PanelIndex i = panel_index(e, T, c0, cw, ld);
   const int64_t row = i.b * T + i.t;
-  g[i.off] = c0 + i.j < i.t ? alpha[i.off] * load(gamma + row) * (g[i.off] - dgamma[row]) : acc_t<X>(0);
+  store(dl + i.off, c0 + i.j < i.t ? alpha[i.off] * load(gamma + row) * (g[i.off] - dgamma[row]) : acc_t<X>(0));
 }
 
 // ---- probabilities (S3) -------------------------------------------------------------
@@ -398,8 +400,8 @@ __global__ void __launch_bounds__(256) dgamma_kernel(const acc_t<X>* df, const a
   }
 }
 
-// Rows per panel: a multiple of 64 (the solve block) with `buffers` panels of (B, P, T)
-// elements of `elem` bytes within kPanelBytes (at least 64 rows), no more than a quarter of
+// Rows per panel: a multiple of 64 (the solve block) with the panel buffers, `cell` bytes per
+// element of a (B, P, T) panel in all, within kPanelBytes (at least 64 rows), no more than a quarter of
 // T (but at least kMinPanelRows) and no more than T needs. The panel GEMMs (logits, G, dq,
 // dk) compute whole P x p1 rectangles of a causal triangle: with n panels they do (n + 1) / n
 // of the triangle's work, 25% more for four panels where one does twice the work; more
@@ -409,10 +411,10 @@ constexpr int64_t kPanelBytes = int64_t(256) << 20;
 constexpr int64_t kPanelsPerT = 4, kMinPanelRows = 512;
 int forced_panel_rows = 0;  // set_feedback_panel_rows
 
-int panel_rows(int B, int T, int buffers, size_t elem) {
+int panel_rows(int B, int T, size_t cell) {
   const int64_t whole = int64_t(blocks_in(T)) * kRows;
   const int64_t share = std::max(kMinPanelRows, (T + kPanelsPerT * kRows - 1) / (kPanelsPerT * kRows) * kRows);
-  const int64_t budget = kPanelBytes / (int64_t(buffers) * B * T * int64_t(elem)) / kRows * kRows;
+  const int64_t budget = kPanelBytes / (int64_t(B) * T * int64_t(cell)) / kRows * kRows;
   const int64_t p = forced_panel_rows > 0 ? forced_panel_rows : std::min(share, budget);
   return int(std::min(whole, std::max<int64_t>(kRows, p)));
 }
@@ -447,7 +449,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
     if (B == 0 || T == 0) return out;
     const Tensor s_acc = std::is_same_v<X, A> ? out.s : Tensor::empty({B, T, D}, acc_opt);
     const cudaStream_t st = stream(dev.index);
-    const int P = panel_rows(B, T, 1, sizeof(A));
+    const int P = panel_rows(B, T, sizeof(A));
     const Tensor panel = Tensor::empty({B, P, T}, acc_opt);  // alpha[p0:p1, 0:p1], row stride T
     A *pa = ptr<A>(panel), *ctx = ptr<A>(out.ctx), *s = ptr<A>(s_acc);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
@@ -519,12 +521,15 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const Tensor dg = same ? g.dgamma : Tensor::empty({B, T}, acc_opt);
     const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt),
                  dk = same ? g.dk : Tensor::empty(k.shape(), acc_opt);
-    // Operands in the compute dtype: G exact unless bfloat16; dq, dk as use_tf32 says.
-    const Tensor s_a = ops::cast(saved.s, adt), k_a = ops::cast(k, adt), q_a = ops::cast(q, adt);
-    const int P = panel_rows(B, T, 2, sizeof(A));
-    // Column panels (B, T, P): rows t - c0 for t in [c0, T), columns s - c0 for s in [c0, c1).
-    const Tensor alpha_panel = Tensor::empty({B, T, P}, acc_opt), dl_panel = Tensor::empty({B, T, P}, acc_opt);
-    A *pal = ptr<A>(alpha_panel), *pdl = ptr<A>(dl_panel), *pdf = ptr<A>(df), *pw = ptr<A>(w), *pdg = ptr<A>(dg);
+    const Tensor s_x = ops::contiguous(saved.s);  // G, dq and dk take X operands (see use_tf32)
+    const int P = panel_rows(B, T, 2 * sizeof(A) + (same ? 0 : sizeof(X)));
+    // Column panels (B, T, P): rows t - c0 for t in [c0, T), columns s - c0 for s in [c0, c1):
+    // alpha and G in A, dlogits in X (G's buffer itself when X is A).
+    const Tensor alpha_panel = Tensor::empty({B, T, P}, acc_opt), g_panel = Tensor::empty({B, T, P}, acc_opt);
+    const Tensor dl_panel = same ? g_panel : Tensor::empty({B, T, P}, q.options());
+    A *pal = ptr<A>(alpha_panel), *pg = ptr<A>(g_panel), *pdf = ptr<A>(df), *pw = ptr<A>(w), *pdg = ptr<A>(dg);
+    X* pdl = ptr<X>(dl_panel);
+    const DType xdt = q.dtype();
     const cudaStream_t st = stream(dev.index);
     const int64_t TD = int64_t(T) * D, TP = int64_t(T) * P;
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
@@ -564,16 +569,16 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       dgamma_kernel<X><<<blocks_for(int64_t(B) * cw * 32), kThreads, 0, st>>>(pdf, ptr<A>(ctx), pdg, ptr<X>(g.dgamma),
                                                                               B, T, D, c0, cw);
       SESSA_CUDA_LAUNCH_CHECK(op);
-      // dl[c0:T, c0:c1]: G = df[c0:T] s[c0:c1]^T, then (S8'); every row it needs is solved.
-      gemm(dev.index, B, T - c0, cw, D, 1.0, {pdf + int64_t(c0) * D, adt, D, TD},
-           {ptr<A>(s_a) + int64_t(c0) * D, adt, D, TD, true}, pdl, adt, P, TP, std::is_same_v<X, bf16_t>, op);
-      dlogits_kernel<X><<<blocks_for(cells), kThreads, 0, st>>>(pdl, pal, ptr<X>(gamma), pdg, T, c0, cw, P, cells);
+      // dl[c0:T, c0:c1]: G = df[c0:T] s[c0:c1]^T (df in X: g.df), then (S8'); every row it needs is solved.
+      gemm(dev.index, B, T - c0, cw, D, 1.0, {ptr<X>(g.df) + int64_t(c0) * D, xdt, D, TD},
+           {ptr<X>(s_x) + int64_t(c0) * D, xdt, D, TD, true}, pg, adt, P, TP, false, op);
+      dlogits_kernel<X><<<blocks_for(cells), kThreads, 0, st>>>(pg, pdl, pal, ptr<X>(gamma), pdg, T, c0, cw, P, cells);
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D == 0) continue;
       // (S9): dk[c0:c1] = dl^T q[c0:T] (complete), dq[c0:T] += dl k[c0:c1].
-      gemm(dev.index, B, cw, D, T - c0, scale, {pdl, adt, P, TP, true}, {ptr<A>(q_a) + int64_t(c0) * D, adt, D, TD},
+      gemm(dev.index, B, cw, D, T - c0, scale, {pdl, xdt, P, TP, true}, {ptr<X>(q) + int64_t(c0) * D, xdt, D, TD},
            ptr<A>(dk) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op);
-      gemm(dev.index, B, T - c0, D, cw, scale, {pdl, adt, P, TP}, {ptr<A>(k_a) + int64_t(c0) * D, adt, D, TD},
+      gemm(dev.index, B, T - c0, D, cw, scale, {pdl, xdt, P, TP}, {ptr<X>(k) + int64_t(c0) * D, xdt, D, TD},
            ptr<A>(dq) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op, /*accumulate=*/true);
     }
     if constexpr (!same) ops::copy_(g.dq, dq), ops::copy_(g.dk, dk);

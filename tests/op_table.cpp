@@ -406,7 +406,11 @@ void add_feedback(std::vector<OpEntry>& t) {
             },
             kDefault | kRef64 | kTf32 | kRawF32};
   e.tol = {1e-4, 3e-2, 1e-12, 3e-2, 3e-2};
-  e.grad_tol = {3e-4, 3e-2, 1e-11, 3e-2, 3e-2};
+  // bf16 gradients within 6e-2: dlogits is rounded to bf16 as flash attention rounds dS, and
+  // dq_t = sum_s dlogits[t,s] k_s / sqrt(D) sums terms whose row adds up to about zero (the
+  // softmax), so their 2^-9 rounding shows at ~5% of max |dq| at T = 1000 with gamma near 1
+  // (measured 0.046 on the H200; TF32 dlogits gave < 0.03). docs/sessa.md, step S8'.
+  e.grad_tol = {3e-4, 6e-2, 1e-11, 3e-2, 3e-2};
   e.gradcheck.max_checks_per_input = 40;
   t.push_back(e);
   // gamma near 0.5: the other regime of the solve, on the CPU.
