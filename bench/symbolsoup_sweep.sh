@@ -16,7 +16,7 @@
 # a sweep in $OUT (results.tsv kept, finished runs skipped, data regenerated if absent:
 # it is deterministic), so a sweep can be split over several sessions or device calls.
 #
-#   bench/symbolsoup_sweep.sh                      # GPU defaults (one H200: about 25 minutes, docs/symbolsoup.md)
+#   bench/symbolsoup_sweep.sh                      # GPU defaults (one H200: about 40 minutes; LR_FROM=400-600 about 20)
 #   bench/symbolsoup_sweep.sh --quick              # CPU smoke run of the whole pipeline (minutes)
 #   DEADLINE=300 bench/symbolsoup_sweep.sh; bench/symbolsoup_sweep.sh --resume   # in two parts
 #   JOBS=12 STEPS=800 bench/symbolsoup_sweep.sh    # any setting below can be overridden
@@ -40,7 +40,7 @@ if [ $QUICK = 1 ]; then
   : "${LENGTHS:=60-90 120-160}" "${TRAIN_N:=1000}" "${VAL_N:=100}" "${TEST_N:=100}" "${VAL_EXAMPLES:=100}"
 else
   : "${OUT:=runs/symbolsoup-sweep}" "${DEVICE:=cuda}" "${DTYPE:=bf16}" "${JOBS:=6}" "${THREADS:=1}"
-  : "${D:=128}" "${LAYERS:=3}" "${HEADS:=2}" "${STEPS:=2000}" "${BATCH:=64}" "${LRS:=2e-3 5e-3 1e-2}" "${SEEDS:=1 2 3}"
+  : "${D:=128}" "${LAYERS:=3}" "${HEADS:=2}" "${STEPS:=2000}" "${BATCH:=64}" "${LRS:=5e-4 1e-3 2e-3 5e-3 1e-2}" "${SEEDS:=1 2 3}"
   : "${LENGTHS:=400-600 1800-2048}" "${TRAIN_N:=20000}" "${VAL_N:=2000}" "${TEST_N:=2000}" "${VAL_EXAMPLES:=400}"
 fi
 FAMILIES=${FAMILIES:-sessa transformer mamba}
