@@ -25,6 +25,11 @@
 //   dlogits   cuBLAS G = df[c0:T] s[c0:c1]^T, then dl = alpha gamma (G - dgamma)     (S8')
 //   dq, dk    dk[c0:c1] = dl^T q[c0:T] complete; dq[c0:T] += dl k[c0:c1]              (S9)
 //             (G, dq, dk from operands in the input dtype, see use_tf32).
+// Lanes (tensor/cuda/lane.h): each pass runs its solve chain (the GEMMs and leaf kernels of the
+// substitution, mostly latency) on the priority lane and its bulk work (forward: the next
+// panel's logits, softmax and inverses; backward: the solved panel's dgamma, G, dlogits, dq,
+// dk) on the main lane, a panel apart, with two alpha panel buffers; events order each
+// buffer's reuse after its last reader, and the pass joins the main lane before returning.
 #include <cmath>
 #include <type_traits>
 
@@ -448,43 +453,71 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
                            Tensor::empty({B, T}, acc_opt), Tensor::empty({B, blocks_in(T), kRows, kRows}, acc_opt)};
     if (B == 0 || T == 0) return out;
     const Tensor s_acc = std::is_same_v<X, A> ? out.s : Tensor::empty({B, T, D}, acc_opt);
-    const cudaStream_t st = stream(dev.index);
-    const int P = panel_rows(B, T, sizeof(A));
-    const Tensor panel = Tensor::empty({B, P, T}, acc_opt);  // alpha[p0:p1, 0:p1], row stride T
-    A *pa = ptr<A>(panel), *ctx = ptr<A>(out.ctx), *s = ptr<A>(s_acc);
+    const cudaStream_t chain = stream(dev.index, Lane::priority);
+    // Two panel buffers (B, P, T), alpha[p0:p1, 0:p1] with row stride T: the main lane prepares
+    // panel p + 1 (logits, softmax, diagonal inverses: bulk work) while the priority lane solves
+    // panel p (a chain of small kernels and GEMMs, mostly latency); a buffer is prepared again
+    // only once the solve that read it is done.
+    const int P = panel_rows(B, T, 2 * sizeof(A));
+    const Tensor panels = Tensor::empty({2, B, P, T}, acc_opt);
+    A *ctx = ptr<A>(out.ctx), *s = ptr<A>(s_acc);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     const int64_t TD = int64_t(T) * D, PT = int64_t(P) * T;
     A* inv = ptr<A>(out.inv);  // the diagonal blocks' inverses, saved for the backward
+    const auto panel_of = [&](int p0) { return ptr<A>(panels) + p0 / P % 2 * (B * PT); };
+    const auto prepare = [&](int p0) {  // main lane
+      const int p1 = std::min(T, p0 + P);
+      A* pa = panel_of(p0);
+      gemm(dev.index, B, p1 - p0, p1, D, scale, {ptr<X>(q) + int64_t(p0) * D, q.dtype(), D, TD},
+           {k.raw_data(), k.dtype(), D, TD, true}, pa, adt, T, PT, false, op);  // logits; the softmax masks s >= t
+      panel_softmax_kernel<A>
+          <<<dim3(unsigned(p1 - p0), unsigned(B)), 256, 0, stream(dev.index)>>>(pa, ptr<A>(out.lse), T, P, p0, p1);
+      SESSA_CUDA_LAUNCH_CHECK(op);
+      if (D == 0) return;
+      invert_diagonal_blocks<X><<<dim3(unsigned(blocks_in(p1 - p0)), unsigned(B)), kRows, 0, stream(dev.index)>>>(
+          AlphaView<A>{pa, PT, T, p0, 0}, ptr<X>(gamma), inv, T, p0, p1);
+      SESSA_CUDA_LAUNCH_CHECK(op);
+    };
     const size_t smem = (2 + kLeafBlocks) * kTile * sizeof(A);
     if (D > 0) set_shared_memory(solve_forward_leaf<X, kLeafBlocks>, smem, op);
     const dim3 grid(blocks_for(D, kRows), unsigned(B));
-    for (int p0 = 0; p0 < T; p0 += P) {
+    const auto solve = [&](int p0) {  // priority lane
       const int p1 = std::min(T, p0 + P), blocks = blocks_in(p1 - p0);
-      gemm(dev.index, B, p1 - p0, p1, D, scale, {ptr<X>(q) + int64_t(p0) * D, q.dtype(), D, TD},
-           {k.raw_data(), k.dtype(), D, TD, true}, pa, adt, T, PT, false, op);  // logits; the softmax masks s >= t
-      panel_softmax_kernel<A><<<dim3(unsigned(p1 - p0), unsigned(B)), 256, 0, st>>>(pa, ptr<A>(out.lse), T, P, p0, p1);
-      SESSA_CUDA_LAUNCH_CHECK(op);
-      if (D == 0) continue;
+      const A* pa = panel_of(p0);
       const AlphaView<A> alpha{pa, PT, T, p0, 0};
-      invert_diagonal_blocks<X>
-          <<<dim3(unsigned(blocks), unsigned(B)), kRows, 0, st>>>(alpha, ptr<X>(gamma), inv, T, p0, p1);
-      SESSA_CUDA_LAUNCH_CHECK(op);
       // ctx[r0:r1] (+)= alpha[r0:r1, c0:r0] s[c0:r0]. The contributions to a row arrive from left to
       // right, so the one from column 0 is the first and overwrites; later ones accumulate.
       const auto add_ctx = [&](int c0, int r0, int r1) {
         gemm(dev.index, B, r1 - r0, D, r0 - c0, 1.0, {pa + int64_t(r0 - p0) * T + c0, adt, T, PT},
-             {s + int64_t(c0) * D, adt, D, TD}, ctx + int64_t(r0) * D, adt, D, TD, use_tf32<X>(), op, c0 > 0);
+             {s + int64_t(c0) * D, adt, D, TD}, ctx + int64_t(r0) * D, adt, D, TD, use_tf32<X>(), op, c0 > 0,
+             Lane::priority);
       };
       if (p0 > 0) add_ctx(0, p0, p1);  // everything the earlier panels contribute
       const auto row = [&](int i) { return std::min(p1, p0 + kRows * i); };
       layer::solve_in_halves<false>(
           0, blocks, kLeafBlocks,
           [&](int lo, int hi) {  // row 0 has nothing before it; every later leaf has its ctx from the GEMMs
-            solve_forward_leaf<X, kLeafBlocks><<<grid, kApplyThreads, smem, st>>>(
+            solve_forward_leaf<X, kLeafBlocks><<<grid, kApplyThreads, smem, chain>>>(
                 alpha, inv, ptr<X>(gamma), ptr<X>(f), ctx, s, ptr<X>(out.s), T, D, row(lo), row(hi), row(lo) > 0);
             SESSA_CUDA_LAUNCH_CHECK(op);
           },
           [&](int lo, int mid, int hi) { add_ctx(row(lo), row(mid), row(hi)); });
+    };
+    // Declared after every buffer the lanes share, so the join is issued before any is freed.
+    const LaneFork fork(dev.index);
+    LaneEvent prepared(dev.index), solved[2] = {LaneEvent(dev.index), LaneEvent(dev.index)};
+    prepare(0);
+    for (int p0 = 0; p0 < T; p0 += P) {
+      if (D > 0) {
+        prepared.record(Lane::main);
+        prepared.wait(Lane::priority);
+        solve(p0);
+        solved[p0 / P % 2].record(Lane::priority);
+      }
+      if (p0 + P < T) {
+        if (p0 > 0 && D > 0) solved[(p0 / P + 1) % 2].wait(Lane::main);  // panel p - 1's solve read that buffer
+        prepare(p0 + P);
+      }
     }
     return out;
   });
@@ -522,15 +555,18 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt),
                  dk = same ? g.dk : Tensor::empty(k.shape(), acc_opt);
     const Tensor s_x = ops::contiguous(saved.s);  // G, dq and dk take X operands (see use_tf32)
-    const int P = panel_rows(B, T, 2 * sizeof(A) + (same ? 0 : sizeof(X)));
+    // Two alpha buffers: the priority lane rebuilds panel c's alpha and solves it (a chain of small
+    // kernels and GEMMs, mostly latency) while the main lane turns panel c + 1 into gradients
+    // (dgamma, G, dlogits, dk, dq: bulk work); a buffer is rebuilt only once its dlogits are formed.
+    const int P = panel_rows(B, T, 3 * sizeof(A) + (same ? 0 : sizeof(X)));
     // Column panels (B, T, P): rows t - c0 for t in [c0, T), columns s - c0 for s in [c0, c1):
-    // alpha and G in A, dlogits in X (G's buffer itself when X is A).
-    const Tensor alpha_panel = Tensor::empty({B, T, P}, acc_opt), g_panel = Tensor::empty({B, T, P}, acc_opt);
+    // alpha (two) and G in A, dlogits in X (G's buffer itself when X is A).
+    const Tensor alpha_panels = Tensor::empty({2, B, T, P}, acc_opt), g_panel = Tensor::empty({B, T, P}, acc_opt);
     const Tensor dl_panel = same ? g_panel : Tensor::empty({B, T, P}, q.options());
-    A *pal = ptr<A>(alpha_panel), *pg = ptr<A>(g_panel), *pdf = ptr<A>(df), *pw = ptr<A>(w), *pdg = ptr<A>(dg);
+    A *pg = ptr<A>(g_panel), *pdf = ptr<A>(df), *pw = ptr<A>(w), *pdg = ptr<A>(dg);
     X* pdl = ptr<X>(dl_panel);
     const DType xdt = q.dtype();
-    const cudaStream_t st = stream(dev.index);
+    const cudaStream_t st = stream(dev.index), chain = stream(dev.index, Lane::priority);
     const int64_t TD = int64_t(T) * D, TP = int64_t(T) * P;
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     SESSA_CUDA_CHECK(cudaMemsetAsync(dq.raw_data(), 0, size_t(B) * TD * sizeof(A), st), op);
@@ -538,48 +574,68 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const size_t smem = (2 + kLeafBlocks) * kTile * sizeof(A);
     if (D > 0) set_shared_memory(solve_backward_leaf<X, kLeafBlocks>, smem, op);
     const dim3 grid(blocks_for(D, kRows), unsigned(B));
-    // Column panels [c0, c1), c0 a multiple of P, from the last to the first.
-    for (int c0 = (T - 1) / P * P; c0 >= 0; c0 -= P) {
+    const auto alpha_of = [&](int c0) { return ptr<A>(alpha_panels) + c0 / P % 2 * (B * TP); };
+    const auto solve = [&](int c0) {  // priority lane: alpha[c0:T, c0:c1], then the transposed solve of its rows
       const int c1 = std::min(T, c0 + P), cw = c1 - c0, blocks = blocks_in(cw);
       const int64_t cells = int64_t(B) * (T - c0) * cw;
-      // alpha[c0:T, c0:c1] from the logits and lse.
+      A* pal = alpha_of(c0);
       gemm(dev.index, B, T - c0, cw, D, scale, {ptr<X>(q) + int64_t(c0) * D, q.dtype(), D, TD},
-           {ptr<X>(k) + int64_t(c0) * D, k.dtype(), D, TD, true}, pal, adt, P, TP, false, op);
-      rebuild_alpha_kernel<A><<<blocks_for(cells), kThreads, 0, st>>>(pal, ptr<A>(lse), T, c0, cw, P, cells);
+           {ptr<X>(k) + int64_t(c0) * D, k.dtype(), D, TD, true}, pal, adt, P, TP, false, op, false, Lane::priority);
+      rebuild_alpha_kernel<A><<<blocks_for(cells), kThreads, 0, chain>>>(pal, ptr<A>(lse), T, c0, cw, P, cells);
       SESSA_CUDA_LAUNCH_CHECK(op);
-      if (D > 0) {
-        // df[r0:r1] (+)= alpha[r1:t1, r0:r1]^T w[r1:t1]. The contributions to a row arrive from right
-        // to left, so the one ending at row T is the first and overwrites; later ones accumulate.
-        const auto add_df = [&](int r0, int r1, int t1) {
-          gemm(dev.index, B, r1 - r0, D, t1 - r1, 1.0, {pal + int64_t(r1 - c0) * P + (r0 - c0), adt, P, TP, true},
-               {pw + int64_t(r1) * D, adt, D, TD}, pdf + int64_t(r0) * D, adt, D, TD, use_tf32<X>(), op, t1 < T);
-        };
-        if (c1 < T) add_df(c0, c1, T);  // everything the later panels contribute
-        const auto row = [&](int i) { return std::min(c1, c0 + kRows * i); };
-        layer::solve_in_halves<true>(
-            0, blocks, kLeafBlocks,
-            [&](int lo, int hi) {  // row T - 1 has nothing after it; every earlier leaf has its carry from the GEMMs
-              solve_backward_leaf<X, kLeafBlocks>
-                  <<<grid, kApplyThreads, smem, st>>>(AlphaView<A>{pal, TP, P, c0, c0}, inv, ptr<X>(gamma), ptr<X>(ds),
-                                                      pdf, ptr<X>(g.df), pw, T, D, row(lo), row(hi), row(hi) < T);
-              SESSA_CUDA_LAUNCH_CHECK(op);
-            },
-            [&](int lo, int mid, int hi) { add_df(row(lo), row(mid), row(hi)); });
-      }
+      if (D == 0) return;
+      // df[r0:r1] (+)= alpha[r1:t1, r0:r1]^T w[r1:t1]. The contributions to a row arrive from right
+      // to left, so the one ending at row T is the first and overwrites; later ones accumulate.
+      const auto add_df = [&](int r0, int r1, int t1) {
+        gemm(dev.index, B, r1 - r0, D, t1 - r1, 1.0, {pal + int64_t(r1 - c0) * P + (r0 - c0), adt, P, TP, true},
+             {pw + int64_t(r1) * D, adt, D, TD}, pdf + int64_t(r0) * D, adt, D, TD, use_tf32<X>(), op, t1 < T,
+             Lane::priority);
+      };
+      if (c1 < T) add_df(c0, c1, T);  // everything the later panels contribute
+      const auto row = [&](int i) { return std::min(c1, c0 + kRows * i); };
+      layer::solve_in_halves<true>(
+          0, blocks, kLeafBlocks,
+          [&](int lo, int hi) {  // row T - 1 has nothing after it; every earlier leaf has its carry from the GEMMs
+            solve_backward_leaf<X, kLeafBlocks>
+                <<<grid, kApplyThreads, smem, chain>>>(AlphaView<A>{pal, TP, P, c0, c0}, inv, ptr<X>(gamma), ptr<X>(ds),
+                                                       pdf, ptr<X>(g.df), pw, T, D, row(lo), row(hi), row(hi) < T);
+            SESSA_CUDA_LAUNCH_CHECK(op);
+          },
+          [&](int lo, int mid, int hi) { add_df(row(lo), row(mid), row(hi)); });
+    };
+    const auto gradients = [&](int c0, LaneEvent& alpha_read) {  // main lane, once panel c0 is solved
+      const int c1 = std::min(T, c0 + P), cw = c1 - c0;
+      const int64_t cells = int64_t(B) * (T - c0) * cw;
       dgamma_kernel<X><<<blocks_for(int64_t(B) * cw * 32), kThreads, 0, st>>>(pdf, ptr<A>(ctx), pdg, ptr<X>(g.dgamma),
                                                                               B, T, D, c0, cw);
       SESSA_CUDA_LAUNCH_CHECK(op);
       // dl[c0:T, c0:c1]: G = df[c0:T] s[c0:c1]^T (df in X: g.df), then (S8'); every row it needs is solved.
       gemm(dev.index, B, T - c0, cw, D, 1.0, {ptr<X>(g.df) + int64_t(c0) * D, xdt, D, TD},
            {ptr<X>(s_x) + int64_t(c0) * D, xdt, D, TD, true}, pg, adt, P, TP, false, op);
-      dlogits_kernel<X><<<blocks_for(cells), kThreads, 0, st>>>(pg, pdl, pal, ptr<X>(gamma), pdg, T, c0, cw, P, cells);
+      dlogits_kernel<X>
+          <<<blocks_for(cells), kThreads, 0, st>>>(pg, pdl, alpha_of(c0), ptr<X>(gamma), pdg, T, c0, cw, P, cells);
       SESSA_CUDA_LAUNCH_CHECK(op);
-      if (D == 0) continue;
+      alpha_read.record(Lane::main);
+      if (D == 0) return;
       // (S9): dk[c0:c1] = dl^T q[c0:T] (complete), dq[c0:T] += dl k[c0:c1].
       gemm(dev.index, B, cw, D, T - c0, scale, {pdl, xdt, P, TP, true}, {ptr<X>(q) + int64_t(c0) * D, xdt, D, TD},
            ptr<A>(dk) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op);
       gemm(dev.index, B, T - c0, D, cw, scale, {pdl, xdt, P, TP}, {ptr<X>(k) + int64_t(c0) * D, xdt, D, TD},
            ptr<A>(dq) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op, /*accumulate=*/true);
+    };
+    {
+      // Declared after every buffer the lanes share, so the join is issued before any is freed.
+      const LaneFork fork(dev.index);
+      LaneEvent solved(dev.index), alpha_read[2] = {LaneEvent(dev.index), LaneEvent(dev.index)};
+      // Column panels [c0, c1), c0 a multiple of P, from the last to the first.
+      const int last = (T - 1) / P * P;
+      for (int c0 = last; c0 >= 0; c0 -= P) {
+        if (last - c0 >= 2 * P) alpha_read[c0 / P % 2].wait(Lane::priority);  // panel c0 + 2P's dlogits read it
+        solve(c0);
+        solved.record(Lane::priority);
+        solved.wait(Lane::main);
+        gradients(c0, alpha_read[c0 / P % 2]);
+      }
     }
     if constexpr (!same) ops::copy_(g.dq, dq), ops::copy_(g.dk, dk);
     return g;

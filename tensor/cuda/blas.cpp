@@ -37,7 +37,7 @@ constexpr size_t kWorkspaceBytes = 32u << 20;  // what cuBLAS recommends on Hopp
 
 struct BlasState {
   std::mutex mu;
-  cublasHandle_t handle = nullptr;
+  cublasHandle_t handle[2] = {};  // by Lane
 };
 
 // An operand as cuBLAS reads it: the last two dims as a GemmView (tensor/gemm_view.h),
@@ -92,26 +92,28 @@ cudaDataType_t cuda_type(DType t, const char* op) {
 void set_allow_tf32(bool allow) { g_allow_tf32 = allow; }
 bool allow_tf32() { return g_allow_tf32; }
 
-cublasContext* cublas_handle(int device) {
+cublasContext* cublas_handle(int device, Lane lane) {
   static BlasState states[kMaxDevices];
   SESSA_CHECK(device >= 0 && device < kMaxDevices, "cublas", "device index " << device << " out of range");
-  cudaStream_t st = stream(device);  // also makes `device` current
+  cudaStream_t st = stream(device, lane);  // also makes `device` current
   BlasState& s = states[device];
   std::lock_guard lock(s.mu);
-  if (!s.handle) {
-    // Created once per device and kept for the life of the process, with its workspace.
+  cublasHandle_t& handle = s.handle[lane == Lane::main ? 0 : 1];
+  if (!handle) {
+    // Created once per device and lane and kept for the life of the process, with its workspace
+    // (the lanes' GEMMs may run at the same time).
     void* workspace = nullptr;
     SESSA_CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes), "cublas");
-    SESSA_CUBLAS_CHECK(cublasCreate(&s.handle), "cublas");
-    SESSA_CUBLAS_CHECK(cublasSetStream(s.handle, st), "cublas");
-    SESSA_CUBLAS_CHECK(cublasSetWorkspace(s.handle, workspace, kWorkspaceBytes), "cublas");
+    SESSA_CUBLAS_CHECK(cublasCreate(&handle), "cublas");
+    SESSA_CUBLAS_CHECK(cublasSetStream(handle, st), "cublas");
+    SESSA_CUBLAS_CHECK(cublasSetWorkspace(handle, workspace, kWorkspaceBytes), "cublas");
   }
-  return s.handle;
+  return handle;
 }
 
 void gemm(int device, int64_t batch, int64_t M, int64_t N, int64_t K, double alpha, const GemmOperand& a,
           const GemmOperand& b, void* c, DType c_dtype, int64_t ldc, int64_t c_batch_stride, bool tf32, const char* op,
-          bool accumulate) {
+          bool accumulate, Lane lane) {
   const bool f64 = c_dtype == DType::F64;
   const cublasComputeType_t compute = f64    ? CUBLAS_COMPUTE_64F
                                       : tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
@@ -126,7 +128,7 @@ void gemm(int device, int64_t batch, int64_t M, int64_t N, int64_t K, double alp
   const int batches = as_int(batch, "batch", op);
   const cublasOperation_t op_a = a.trans ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = b.trans ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cudaDataType_t ta = cuda_type(a.dtype, op), tb = cuda_type(b.dtype, op), tc = cuda_type(c_dtype, op);
-  cublasHandle_t h = cublas_handle(device);
+  cublasHandle_t h = cublas_handle(device, lane);
   if (batches == 1) {
     SESSA_CUBLAS_CHECK(cublasGemmEx(h, op_b, op_a, m, n, k, pa, b.data, tb, ldb, a.data, ta, lda, pb, c, tc, ldc32,
                                     compute, CUBLAS_GEMM_DEFAULT),

@@ -1,9 +1,10 @@
-// Matrix products on CUDA through cuBLAS: one handle per device, bound to
-// cuda::stream(device) with its own workspace. Row-major C = op(A) op(B) is computed
+// Matrix products on CUDA through cuBLAS: one handle per device and lane (lane.h), bound
+// to that lane's stream with its own workspace. Row-major C = op(A) op(B) is computed
 // as the column-major product C^T = op(B)^T op(A)^T (in gemm, the only place), so no
 // operand is copied unless its layout has no leading dimension or its batch has no
 // uniform stride.
 #pragma once
+#include "tensor/cuda/lane.h"
 #include "tensor/tensor.h"
 
 struct cublasContext;  // cublasHandle_t is cublasContext*
@@ -15,8 +16,8 @@ namespace sessa::cuda {
 void set_allow_tf32(bool allow);
 bool allow_tf32();
 
-// The cuBLAS handle of `device`, bound to cuda::stream(device); sets `device` current.
-cublasContext* cublas_handle(int device);
+// The cuBLAS handle of `device` and `lane`, bound to cuda::stream(device, lane); sets `device` current.
+cublasContext* cublas_handle(int device, Lane lane = Lane::main);
 
 // ops::matmul for CUDA tensors (arguments already checked by ops::matmul):
 // op(a) @ op(b) over the last two dims; b is 2-D (shared by the batch) or has a's batch dims.
@@ -35,13 +36,13 @@ struct GemmOperand {
 
 // The one place that calls cuBLAS GEMMs (ops::matmul and the Sessa feedback solve use it):
 // row-major C = alpha op(A) op(B), M x N with inner dim K, for `batch` items, on
-// cuda::stream(device). C (c_dtype, row stride ldc, batch stride c_batch_stride) is
+// cuda::stream(device, lane). C (c_dtype, row stride ldc, batch stride c_batch_stride) is
 // overwritten, or accumulated into (C = alpha op(A) op(B) + C) when `accumulate`. Accumulation is float64 when C is
 // float64, else float32, on TF32 tensor cores when `tf32` (float32 operands). One item is a plain GEMM, more a
 // strided-batched one. Every size must fit cuBLAS's 32-bit ints (a sessa::Error names `op`).
 void gemm(int device, int64_t batch, int64_t M, int64_t N, int64_t K, double alpha, const GemmOperand& a,
           const GemmOperand& b, void* c, DType c_dtype, int64_t ldc, int64_t c_batch_stride, bool tf32, const char* op,
-          bool accumulate = false);
+          bool accumulate = false, Lane lane = Lane::main);
 
 }  // namespace sessa::cuda
 

@@ -1,7 +1,8 @@
 // The caching allocator, streams and copies. Freed blocks go to a per-device
 // pool keyed by their (rounded) size and are handed out again for the same
 // size, so a training loop whose shapes repeat stops calling cudaMalloc after
-// its first step. All work runs on one stream per device, so a block freed on
+// its first step. All work is ordered on one stream per device (the main lane; an op that
+// uses the priority lane joins back before returning, runtime.h), so a block freed on
 // the host can be reused at once: later kernels are ordered after earlier ones.
 #include "tensor/cuda/runtime.h"
 
@@ -31,7 +32,7 @@ struct DeviceState {
   std::mutex mu;
   std::multimap<size_t, void*> cached;  // free blocks by rounded size
   MemoryStats stats;
-  cudaStream_t stream = nullptr;
+  cudaStream_t stream = nullptr, priority_stream = nullptr;
 };
 DeviceState& state(int device) {
   static DeviceState states[kMaxDevices];
@@ -49,12 +50,46 @@ void release_cache(DeviceState& s) {
 
 }  // namespace
 
-cudaStream_t stream(int device) {
+cudaStream_t stream(int device, Lane lane) {
   SESSA_CUDA_CHECK(cudaSetDevice(device), "cuda stream");
   DeviceState& s = state(device);
   std::lock_guard lock(s.mu);
+  if (lane == Lane::priority) {
+    if (!s.priority_stream) {
+      int lowest = 0, highest = 0;  // numerically: the highest priority is the smallest number
+      SESSA_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest), "cuda stream");
+      SESSA_CUDA_CHECK(cudaStreamCreateWithPriority(&s.priority_stream, cudaStreamNonBlocking, highest), "cuda stream");
+    }
+    return s.priority_stream;
+  }
   if (!s.stream) SESSA_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cuda stream");
   return s.stream;
+}
+
+LaneEvent::LaneEvent(int device) : device_(device) {
+  SESSA_CUDA_CHECK(cudaSetDevice(device), "cuda event");
+  SESSA_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming), "cuda event");
+}
+
+LaneEvent::~LaneEvent() { cudaEventDestroy(event_); }  // safe while pending: released once it completes
+
+void LaneEvent::record(Lane lane) { SESSA_CUDA_CHECK(cudaEventRecord(event_, stream(device_, lane)), "cuda event"); }
+
+void LaneEvent::wait(Lane lane) const {
+  SESSA_CUDA_CHECK(cudaStreamWaitEvent(stream(device_, lane), event_, 0), "cuda event");
+}
+
+LaneFork::LaneFork(int device) : event_(device) {
+  event_.record(Lane::main);
+  event_.wait(Lane::priority);
+}
+
+LaneFork::~LaneFork() {
+  try {
+    event_.record(Lane::priority);
+    event_.wait(Lane::main);
+  } catch (...) {  // a destructor must not throw; the failure will surface at the next CUDA call
+  }
 }
 
 void* alloc(size_t nbytes, int device) {
