@@ -15,7 +15,7 @@
 //          inputs) for everything earlier panels contribute, then the panel's 64-row blocks in halves
 //          (solve_in_halves): first half, one GEMM ctx[second] += alpha[second, first] s[first], second
 //          half; down to single blocks, whose triangle is s = L^-1 (f + Gamma ctx), ctx += A s: dense
-//          64 x 64 products, one block per (64 columns, batch).
+//          64 x 64 by 64 x 32 products, one block per (32 columns, batch).
 // Backward, per column panel [c0, c1), from the last panel to the first:
 //   alpha[c0:T, c0:c1] = exp(q k^T / sqrt(D) - lse_t), masked to s < t (rebuilt, not saved);
 //   the transposed solve (S6') for rows c0..c1 backwards in time, as the forward mirrored:
@@ -182,50 +182,77 @@ __global__ void __launch_bounds__(kRows)
   for (int r = 0; r < kRows; ++r) out[r * kRows + c] = x[r];
 }
 
-// The block kernels: one thread block of kApplyThreads per (64 columns, batch item). Each
-// thread stages kPerThread elements of every 64 x 64 tile (element j: row 4 j + tid / 64,
-// column tid % 64); all of a thread's global loads are issued into registers before any
+// The block kernels: one thread block of kApplyThreads per (kCols columns, batch item). The
+// leaves are a chain, so their latency is their cost: narrower column tiles mean more blocks
+// (96 at B = 4, D = 768 for the H200's 132 multiprocessors) and a shorter share of each
+// product per thread. On the H200 32 columns were the fastest of 16, 32 and 64 (Sessa small
+// bf16: 179k, 177k and 166k tok/s at 4 x 4096; docs/performance.md, 2026-12-01). Square tiles
+// (L^-1, alpha blocks) are 64 x 64, column tiles (right-hand sides, s, w) 64 x kCols. Each
+// thread stages kPerThread elements of a square tile (element e: row 4 e + tid / 64, column
+// tid % 64) and kPerThreadC of a column tile (row (256 / kCols) e + tid / kCols, column
+// tid % kCols); all of a thread's global loads are issued into registers before any
 // shared-memory store, so they are in flight together: one memory latency per kernel
 // instead of one per element.
-constexpr int kApplyThreads = 256, kPerThread = kBlockElems / kApplyThreads;
-__device__ inline int staged_row(int j) { return kApplyThreads / kRows * j + int(threadIdx.x) / kRows; }
+constexpr int kCols = 32, kColsPerThread = kCols / 16;
+constexpr int kApplyThreads = 256, kPerThread = kBlockElems / kApplyThreads,
+              kPerThreadC = kRows * kCols / kApplyThreads;
+constexpr int kLdC = kCols + 4;  // padded row stride of 64 x kCols tiles in shared memory (16-byte rows)
+__device__ inline int staged_row(int e) { return kApplyThreads / kRows * e + int(threadIdx.x) / kRows; }
 __device__ inline int staged_col() { return int(threadIdx.x) % kRows; }
+__device__ inline int staged_row_c(int e) { return kApplyThreads / kCols * e + int(threadIdx.x) / kCols; }
+__device__ inline int staged_col_c() { return int(threadIdx.x) % kCols; }
 
-// v[0..3] = p[0..3] from shared memory in 16-byte loads (p 16-byte aligned).
-template <class A>
-__device__ inline void load4(const A* p, A (&v)[4]) {
-  if constexpr (std::is_same_v<A, float>) {
+// v[0..N) = p[0..N) from shared memory, in 8- or 16-byte loads where N elements fill one
+// (p aligned to N elements).
+template <int N, class A>
+__device__ inline void load_row(const A* p, A (&v)[N]) {
+  if constexpr (std::is_same_v<A, float> && N == 4) {
     const float4 t = *reinterpret_cast<const float4*>(p);
     v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+  } else if constexpr ((std::is_same_v<A, float> && N == 2) || (std::is_same_v<A, double> && N % 2 == 0)) {
+    using V2 = std::conditional_t<std::is_same_v<A, float>, float2, double2>;
+#pragma unroll
+    for (int i = 0; i < N; i += 2) {
+      const V2 t = *reinterpret_cast<const V2*>(p + i);
+      v[i] = t.x, v[i + 1] = t.y;
+    }
   } else {
-    const double2 a = *reinterpret_cast<const double2*>(p), b = *reinterpret_cast<const double2*>(p + 2);
-    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = p[i];
   }
 }
 
-// One 64 x 64 output tile of a product of two 64 x 64 shared tiles (row stride kLd), 4 x 4 per
-// thread: thread (ty, tx) = (tid / 16, tid % 16) owns rows 4 ty .. + 3 and columns 4 tx .. + 3,
-//   acc[a][c] += sum_k M(4 ty + a, k) V[k, 4 tx + c],
-// where Mt holds M transposed, Mt[k * kLd + row] = M(row, k), so both operands of a step k are
-// one 16-byte load each (2 loads per 16 FMAs).
+// One 64 x kCols output tile of the product of a 64 x 64 shared tile M and a 64 x kCols one V,
+// 4 x kColsPerThread per thread: thread (ty, tx) = (tid / 16, tid % 16) owns rows 4 ty .. + 3
+// and columns kColsPerThread tx .. + kColsPerThread - 1,
+//   acc[a][c] += sum_k M(4 ty + a, k) V[k, kColsPerThread tx + c],
+// where Mt holds M transposed, Mt[k * kLd + row] = M(row, k), so each operand of a step k is
+// one load (or, for float64, two).
 template <class A>
-__device__ void tile_product(const A* Mt, const A* V, A (&acc)[4][4]) {
+__device__ void tile_product(const A* Mt, const A* V, A (&acc)[4][kColsPerThread]) {
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
 #pragma unroll 8
   for (int k = 0; k < kRows; ++k) {
-    A m[4], v[4];
-    load4(Mt + k * kLd + 4 * ty, m);
-    load4(V + k * kLd + 4 * tx, v);
+    A m[4], v[kColsPerThread];
+    load_row(Mt + k * kLd + 4 * ty, m);
+    load_row(V + k * kLdC + kColsPerThread * tx, v);
 #pragma unroll
     for (int a = 0; a < 4; ++a)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) acc[a][c] += m[a] * v[c];
+      for (int c = 0; c < kColsPerThread; ++c) acc[a][c] += m[a] * v[c];
   }
 }
 
-constexpr int kTile = kRows * kLd;  // one 64 x 64 tile in shared memory
+constexpr int kTile = kRows * kLd;    // one 64 x 64 tile in shared memory
+constexpr int kTileC = kRows * kLdC;  // one 64 x kCols tile
+// Shared memory of a leaf kernel of J blocks: two square tiles, the right-hand side and the
+// J - 1 column tiles of the leaf's earlier (forward) or later (backward) blocks.
+template <class A>
+constexpr size_t leaf_smem(int J) {
+  return (2 * kTile + J * kTileC) * sizeof(A);
+}
 
-// (S5) for a leaf of up to J row blocks [t0, t1) of one batch item, columns [c0, c0 + 64): ctx
+// (S5) for a leaf of up to J row blocks [t0, t1) of one batch item, columns [c0, c0 + kCols): ctx
 // already holds what the rows before t0 contribute (when has_prev). Block j of the leaf (rows
 // from tj = t0 + 64 j) first gathers what the leaf's earlier blocks contribute,
 // part = sum_{m<j} A[j, m] s_m (their s stay in shared memory); then, with ctx_prev = ctx + part,
@@ -238,26 +265,30 @@ __global__ void __launch_bounds__(kApplyThreads)
     solve_forward_leaf(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, const X* gamma, const X* f, acc_t<X>* ctx,
                        acc_t<X>* s, X* s_out, int T, int D, int t0, int t1, bool has_prev) {
   using A = acc_t<X>;
+  constexpr int CT = kColsPerThread;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *Lt = reinterpret_cast<A*>(smem_bytes), *At = Lt + kTile, *Rs = At + kTile, *Ss = Rs + kTile;
-  const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0);
-  const int tc = staged_col(), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  A *Lt = reinterpret_cast<A*>(smem_bytes), *At = Lt + kTile, *Rs = At + kTile, *Ss = Rs + kTileC;
+  const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0);
+  const int tc = staged_col(), cc = staged_col_c(), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
   for (int j = 0; j < J && t0 + kRows * j < t1; ++j) {
     const int tj = t0 + kRows * j, nb = min(kRows, t1 - tj);
     const int64_t base = (int64_t(b) * T + tj) * D + c0;  // element (tj, c0) of batch item b
     const A* inv_block = inv + (int64_t(b) * blocks_in(T) + tj / kRows) * kBlockElems;
-    A lv[kPerThread], av[kPerThread], rv[kPerThread], gv[kPerThread];
+    A lv[kPerThread], av[kPerThread], rv[kPerThreadC], gv[kPerThreadC];
 #pragma unroll
     for (int e = 0; e < kPerThread; ++e) {  // loads only
       const int r = staged_row(e);
-      const int64_t o = base + int64_t(r) * D + tc;
-      const bool in = r < nb && tc < ncols;
       lv[e] = inv_block[r * kRows + tc];
       av[e] = tc < r && r < nb ? alpha.at(b, tj + r, tj + tc) : A(0);
-      gv[e] = r < nb ? load(gamma + int64_t(b) * T + tj + r) : A(0);
-      rv[e] = in ? load(f + o) + (has_prev ? gv[e] * ctx[o] : A(0)) : A(0);
     }
-    A part[4][4] = {};  // sum_{m<j} A[j, m] s_m: rows 4 ty .. + 3, columns 4 tx .. + 3
+#pragma unroll
+    for (int e = 0; e < kPerThreadC; ++e) {
+      const int r = staged_row_c(e);
+      const int64_t o = base + int64_t(r) * D + cc;
+      gv[e] = r < nb ? load(gamma + int64_t(b) * T + tj + r) : A(0);
+      rv[e] = r < nb && cc < ncols ? load(f + o) + (has_prev ? gv[e] * ctx[o] : A(0)) : A(0);
+    }
+    A part[4][CT] = {};  // sum_{m<j} A[j, m] s_m: rows 4 ty .. + 3, columns CT tx .. + CT - 1
     for (int m = 0; m < j; ++m) {
       A cv[kPerThread];
 #pragma unroll
@@ -269,40 +300,44 @@ __global__ void __launch_bounds__(kApplyThreads)
 #pragma unroll
       for (int e = 0; e < kPerThread; ++e) At[tc * kLd + staged_row(e)] = cv[e];
       __syncthreads();
-      tile_product(At, Ss + m * kTile, part);
+      tile_product(At, Ss + m * kTileC, part);
     }
     __syncthreads();  // the previous products are done with Lt, At and Rs
     if (j > 0)        // part, for the staging threads to fold into the right-hand side
 #pragma unroll
       for (int a = 0; a < 4; ++a)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) Rs[(4 * ty + a) * kLd + 4 * tx + c] = part[a][c];
+        for (int c = 0; c < CT; ++c) Rs[(4 * ty + a) * kLdC + CT * tx + c] = part[a][c];
     __syncthreads();
 #pragma unroll
     for (int e = 0; e < kPerThread; ++e) {
       const int r = staged_row(e);
       Lt[tc * kLd + r] = lv[e], At[tc * kLd + r] = av[e];
-      Rs[r * kLd + tc] = rv[e] + (j > 0 ? gv[e] * Rs[r * kLd + tc] : A(0));  // f + Gamma ctx_prev (0 outside)
+    }
+#pragma unroll
+    for (int e = 0; e < kPerThreadC; ++e) {
+      const int r = staged_row_c(e);
+      Rs[r * kLdC + cc] = rv[e] + (j > 0 ? gv[e] * Rs[r * kLdC + cc] : A(0));  // f + Gamma ctx_prev (0 outside)
     }
     __syncthreads();
-    A acc[4][4] = {};
+    A acc[4][CT] = {};
     tile_product(Lt, Rs, acc);
     __syncthreads();  // everyone has read the right-hand side: s takes its place
 #pragma unroll
     for (int a = 0; a < 4; ++a)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        Rs[(4 * ty + a) * kLd + 4 * tx + c] = acc[a][c];
-        if (j + 1 < J) Ss[j * kTile + (4 * ty + a) * kLd + 4 * tx + c] = acc[a][c];
+      for (int c = 0; c < CT; ++c) {
+        Rs[(4 * ty + a) * kLdC + CT * tx + c] = acc[a][c];
+        if (j + 1 < J) Ss[j * kTileC + (4 * ty + a) * kLdC + CT * tx + c] = acc[a][c];
       }
     __syncthreads();
-    A cacc[4][4] = {};
+    A cacc[4][CT] = {};
     tile_product(At, Rs, cacc);
 #pragma unroll
     for (int a = 0; a < 4; ++a)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int r = 4 * ty + a, col = 4 * tx + c;
+      for (int c = 0; c < CT; ++c) {
+        const int r = 4 * ty + a, col = CT * tx + c;
         if (r >= nb || col >= ncols) continue;
         const int64_t o = base + int64_t(r) * D + col;
         ctx[o] = (has_prev ? ctx[o] : A(0)) + part[a][c] + cacc[a][c];
@@ -312,7 +347,7 @@ __global__ void __launch_bounds__(kApplyThreads)
   }
 }
 
-// (S6') for a leaf of up to J row blocks [s0, s1) of one batch item, columns [c0, c0 + 64), from
+// (S6') for a leaf of up to J row blocks [s0, s1) of one batch item, columns [c0, c0 + kCols), from
 // its last block to its first: df already holds what the rows from s1 on contribute (when
 // has_carry). Block j first gathers what the leaf's later blocks contribute,
 // part = sum_{m>j} A[m, j]^T w_m (their w stay in shared memory), then
@@ -324,23 +359,25 @@ __global__ void __launch_bounds__(kApplyThreads)
     solve_backward_leaf(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, const X* gamma, const X* ds, acc_t<X>* df,
                         X* df_out, acc_t<X>* w, int T, int D, int s0, int s1, bool has_carry) {
   using A = acc_t<X>;
+  constexpr int CT = kColsPerThread;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *Ls = reinterpret_cast<A*>(smem_bytes), *At = Ls + kTile, *Rs = At + kTile, *Ws = Rs + kTile;
-  const int b = blockIdx.y, c0 = blockIdx.x * kRows, ncols = min(kRows, D - c0), blocks = blocks_in(s1 - s0);
-  const int tc = staged_col(), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  A *Ls = reinterpret_cast<A*>(smem_bytes), *At = Ls + kTile, *Rs = At + kTile, *Ws = Rs + kTileC;
+  const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0), blocks = blocks_in(s1 - s0);
+  const int tc = staged_col(), cc = staged_col_c(), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
   for (int j = blocks - 1; j >= 0; --j) {
     const int sj = s0 + kRows * j, nb = min(kRows, s1 - sj);
     const int64_t base = (int64_t(b) * T + sj) * D + c0;
     const A* inv_block = inv + (int64_t(b) * blocks_in(T) + sj / kRows) * kBlockElems;
-    A lv[kPerThread], rv[kPerThread];
+    A lv[kPerThread], rv[kPerThreadC];
 #pragma unroll
-    for (int e = 0; e < kPerThread; ++e) {  // loads only
-      const int r = staged_row(e);
-      const int64_t o = base + int64_t(r) * D + tc;
-      lv[e] = inv_block[r * kRows + tc];
-      rv[e] = r < nb && tc < ncols ? load(ds + o) + (has_carry ? df[o] : A(0)) : A(0);
+    for (int e = 0; e < kPerThread; ++e) lv[e] = inv_block[staged_row(e) * kRows + tc];  // loads only
+#pragma unroll
+    for (int e = 0; e < kPerThreadC; ++e) {
+      const int r = staged_row_c(e);
+      const int64_t o = base + int64_t(r) * D + cc;
+      rv[e] = r < nb && cc < ncols ? load(ds + o) + (has_carry ? df[o] : A(0)) : A(0);
     }
-    A part[4][4] = {};  // sum_{m>j} A[m, j]^T w_m: rows 4 ty .. + 3, columns 4 tx .. + 3
+    A part[4][CT] = {};  // sum_{m>j} A[m, j]^T w_m: rows 4 ty .. + 3, columns CT tx .. + CT - 1
     for (int m = j + 1; m < blocks; ++m) {
       const int sm = s0 + kRows * m, nm = min(kRows, s1 - sm);
       A cv[kPerThread];
@@ -353,32 +390,33 @@ __global__ void __launch_bounds__(kApplyThreads)
 #pragma unroll
       for (int e = 0; e < kPerThread; ++e) At[staged_row(e) * kLd + tc] = cv[e];
       __syncthreads();
-      tile_product(At, Ws + (m - 1) * kTile, part);
+      tile_product(At, Ws + (m - 1) * kTileC, part);
     }
     __syncthreads();  // the previous product is done with Ls and Rs
     if (j + 1 < blocks)
 #pragma unroll
       for (int a = 0; a < 4; ++a)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) Rs[(4 * ty + a) * kLd + 4 * tx + c] = part[a][c];
+        for (int c = 0; c < CT; ++c) Rs[(4 * ty + a) * kLdC + CT * tx + c] = part[a][c];
     __syncthreads();
 #pragma unroll
-    for (int e = 0; e < kPerThread; ++e) {
-      const int r = staged_row(e);
-      Ls[r * kLd + tc] = lv[e];
-      Rs[r * kLd + tc] = rv[e] + (j + 1 < blocks && r < nb && tc < ncols ? Rs[r * kLd + tc] : A(0));
+    for (int e = 0; e < kPerThread; ++e) Ls[staged_row(e) * kLd + tc] = lv[e];
+#pragma unroll
+    for (int e = 0; e < kPerThreadC; ++e) {
+      const int r = staged_row_c(e);
+      Rs[r * kLdC + cc] = rv[e] + (j + 1 < blocks && r < nb && cc < ncols ? Rs[r * kLdC + cc] : A(0));
     }
     __syncthreads();
-    A acc[4][4] = {};
+    A acc[4][CT] = {};
     tile_product(Ls, Rs, acc);
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
       const int r = 4 * ty + a;
       const A g = r < nb ? load(gamma + int64_t(b) * T + sj + r) : A(0);
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int col = 4 * tx + c;
-        if (j > 0) Ws[(j - 1) * kTile + r * kLd + col] = g * acc[a][c];  // w_j, for the leaf's earlier blocks
+      for (int c = 0; c < CT; ++c) {
+        const int col = CT * tx + c;
+        if (j > 0) Ws[(j - 1) * kTileC + r * kLdC + col] = g * acc[a][c];  // w_j, for the leaf's earlier blocks
         if (r >= nb || col >= ncols) continue;
         const int64_t o = base + int64_t(r) * D + col;
         df[o] = acc[a][c];
@@ -478,9 +516,9 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
           AlphaView<A>{pa, PT, T, p0, 0}, ptr<X>(gamma), inv, T, p0, p1);
       SESSA_CUDA_LAUNCH_CHECK(op);
     };
-    const size_t smem = (2 + kLeafBlocks) * kTile * sizeof(A);
+    const size_t smem = leaf_smem<A>(kLeafBlocks);
     if (D > 0) set_shared_memory(solve_forward_leaf<X, kLeafBlocks>, smem, op);
-    const dim3 grid(blocks_for(D, kRows), unsigned(B));
+    const dim3 grid(blocks_for(D, kCols), unsigned(B));
     const auto solve = [&](int p0) {  // priority lane
       const int p1 = std::min(T, p0 + P), blocks = blocks_in(p1 - p0);
       const A* pa = panel_of(p0);
@@ -571,9 +609,9 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     SESSA_CUDA_CHECK(cudaMemsetAsync(dq.raw_data(), 0, size_t(B) * TD * sizeof(A), st), op);
     const A* inv = ptr<A>(inverses);  // the forward's, of the same 64-row blocks
-    const size_t smem = (2 + kLeafBlocks) * kTile * sizeof(A);
+    const size_t smem = leaf_smem<A>(kLeafBlocks);
     if (D > 0) set_shared_memory(solve_backward_leaf<X, kLeafBlocks>, smem, op);
-    const dim3 grid(blocks_for(D, kRows), unsigned(B));
+    const dim3 grid(blocks_for(D, kCols), unsigned(B));
     const auto alpha_of = [&](int c0) { return ptr<A>(alpha_panels) + c0 / P % 2 * (B * TP); };
     const auto solve = [&](int c0) {  // priority lane: alpha[c0:T, c0:c1], then the transposed solve of its rows
       const int c1 = std::min(T, c0 + P), cw = c1 - c0, blocks = blocks_in(cw);
