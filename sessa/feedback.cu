@@ -27,9 +27,10 @@
 //             (G, dq, dk from operands in the input dtype, see use_tf32).
 // Lanes (tensor/cuda/lane.h): each pass runs its solve chain (the GEMMs and leaf kernels of the
 // substitution, mostly latency) on the priority lane and its bulk work (forward: the next
-// panel's logits, softmax and inverses; backward: the solved panel's dgamma, G, dlogits, dq,
-// dk) on the main lane, a panel apart, with two alpha panel buffers; events order each
-// buffer's reuse after its last reader, and the pass joins the main lane before returning.
+// panel's logits, softmax and inverses; backward: the next panel's alpha rebuild and the
+// solved panel's dgamma, G, dlogits, dq, dk) on the main lane, a panel apart, with two alpha
+// panel buffers; events order each buffer's reuse after its last reader, and the pass joins
+// the main lane before returning.
 #include <cmath>
 #include <type_traits>
 
@@ -593,9 +594,9 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt),
                  dk = same ? g.dk : Tensor::empty(k.shape(), acc_opt);
     const Tensor s_x = ops::contiguous(saved.s);  // G, dq and dk take X operands (see use_tf32)
-    // Two alpha buffers: the priority lane rebuilds panel c's alpha and solves it (a chain of small
-    // kernels and GEMMs, mostly latency) while the main lane turns panel c + 1 into gradients
-    // (dgamma, G, dlogits, dk, dq: bulk work); a buffer is rebuilt only once its dlogits are formed.
+    // Two alpha buffers: while the priority lane solves panel c (a chain of small kernels and GEMMs,
+    // mostly latency), the main lane rebuilds the alpha of the next panel in this order (c - P) and
+    // turns panel c + P into gradients (dgamma, G, dlogits, dk, dq: bulk work).
     const int P = panel_rows(B, T, 3 * sizeof(A) + (same ? 0 : sizeof(X)));
     // Column panels (B, T, P): rows t - c0 for t in [c0, T), columns s - c0 for s in [c0, c1):
     // alpha (two) and G in A, dlogits in X (G's buffer itself when X is A).
@@ -613,15 +614,18 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     if (D > 0) set_shared_memory(solve_backward_leaf<X, kLeafBlocks>, smem, op);
     const dim3 grid(blocks_for(D, kCols), unsigned(B));
     const auto alpha_of = [&](int c0) { return ptr<A>(alpha_panels) + c0 / P % 2 * (B * TP); };
-    const auto solve = [&](int c0) {  // priority lane: alpha[c0:T, c0:c1], then the transposed solve of its rows
-      const int c1 = std::min(T, c0 + P), cw = c1 - c0, blocks = blocks_in(cw);
+    const auto rebuild = [&](int c0) {  // main lane: alpha[c0:T, c0:c1] from the logits and lse
+      const int cw = std::min(T, c0 + P) - c0;
       const int64_t cells = int64_t(B) * (T - c0) * cw;
       A* pal = alpha_of(c0);
       gemm(dev.index, B, T - c0, cw, D, scale, {ptr<X>(q) + int64_t(c0) * D, q.dtype(), D, TD},
-           {ptr<X>(k) + int64_t(c0) * D, k.dtype(), D, TD, true}, pal, adt, P, TP, false, op, false, Lane::priority);
-      rebuild_alpha_kernel<A><<<blocks_for(cells), kThreads, 0, chain>>>(pal, ptr<A>(lse), T, c0, cw, P, cells);
+           {ptr<X>(k) + int64_t(c0) * D, k.dtype(), D, TD, true}, pal, adt, P, TP, false, op);
+      rebuild_alpha_kernel<A><<<blocks_for(cells), kThreads, 0, st>>>(pal, ptr<A>(lse), T, c0, cw, P, cells);
       SESSA_CUDA_LAUNCH_CHECK(op);
-      if (D == 0) return;
+    };
+    const auto solve = [&](int c0) {  // priority lane: the transposed solve of the panel's rows
+      const int c1 = std::min(T, c0 + P), blocks = blocks_in(c1 - c0);
+      A* pal = alpha_of(c0);
       // df[r0:r1] (+)= alpha[r1:t1, r0:r1]^T w[r1:t1]. The contributions to a row arrive from right
       // to left, so the one ending at row T is the first and overwrites; later ones accumulate.
       const auto add_df = [&](int r0, int r1, int t1) {
@@ -641,7 +645,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
           },
           [&](int lo, int mid, int hi) { add_df(row(lo), row(mid), row(hi)); });
     };
-    const auto gradients = [&](int c0, LaneEvent& alpha_read) {  // main lane, once panel c0 is solved
+    const auto gradients = [&](int c0) {  // main lane, once panel c0 is solved
       const int c1 = std::min(T, c0 + P), cw = c1 - c0;
       const int64_t cells = int64_t(B) * (T - c0) * cw;
       dgamma_kernel<X><<<blocks_for(int64_t(B) * cw * 32), kThreads, 0, st>>>(pdf, ptr<A>(ctx), pdg, ptr<X>(g.dgamma),
@@ -653,7 +657,6 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       dlogits_kernel<X>
           <<<blocks_for(cells), kThreads, 0, st>>>(pg, pdl, alpha_of(c0), ptr<X>(gamma), pdg, T, c0, cw, P, cells);
       SESSA_CUDA_LAUNCH_CHECK(op);
-      alpha_read.record(Lane::main);
       if (D == 0) return;
       // (S9): dk[c0:c1] = dl^T q[c0:T] (complete), dq[c0:T] += dl k[c0:c1].
       gemm(dev.index, B, cw, D, T - c0, scale, {pdl, xdt, P, TP, true}, {ptr<X>(q) + int64_t(c0) * D, xdt, D, TD},
@@ -664,15 +667,23 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     {
       // Declared after every buffer the lanes share, so the join is issued before any is freed.
       const LaneFork fork(dev.index);
-      LaneEvent solved(dev.index), alpha_read[2] = {LaneEvent(dev.index), LaneEvent(dev.index)};
-      // Column panels [c0, c1), c0 a multiple of P, from the last to the first.
+      LaneEvent rebuilt(dev.index), solved(dev.index);
+      // Column panels [c0, c1), c0 a multiple of P, from the last to the first. The buffer that
+      // panel c - P's alpha overwrites was last read by panel c + P's solve, which the main lane
+      // has waited for, and by its dlogits, earlier on the main lane.
       const int last = (T - 1) / P * P;
+      rebuild(last);
+      rebuilt.record(Lane::main);
       for (int c0 = last; c0 >= 0; c0 -= P) {
-        if (last - c0 >= 2 * P) alpha_read[c0 / P % 2].wait(Lane::priority);  // panel c0 + 2P's dlogits read it
-        solve(c0);
+        rebuilt.wait(Lane::priority);
+        if (D > 0) solve(c0);
         solved.record(Lane::priority);
+        if (c0 >= P) {
+          rebuild(c0 - P);
+          rebuilt.record(Lane::main);
+        }
         solved.wait(Lane::main);
-        gradients(c0, alpha_read[c0 / P % 2]);
+        gradients(c0);
       }
     }
     if constexpr (!same) ops::copy_(g.dq, dq), ops::copy_(g.dk, dk);
