@@ -244,6 +244,17 @@ __device__ void tile_product(const A* Mt, const A* V, A (&acc)[4][kColsPerThread
   }
 }
 
+// Writes a thread's share of a tile_product result (rows 4 ty .. + 3, columns kColsPerThread tx
+// .. + kColsPerThread - 1) into a 64 x kCols shared tile.
+template <class A>
+__device__ inline void store_share(A* tile, const A (&v)[4][kColsPerThread]) {
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll
+  for (int a = 0; a < 4; ++a)
+#pragma unroll
+    for (int c = 0; c < kColsPerThread; ++c) tile[(4 * ty + a) * kLdC + kColsPerThread * tx + c] = v[a][c];
+}
+
 constexpr int kTile = kRows * kLd;    // one 64 x 64 tile in shared memory
 constexpr int kTileC = kRows * kLdC;  // one 64 x kCols tile
 // Shared memory of a leaf kernel of J blocks: two square tiles, the right-hand side and the
@@ -303,12 +314,8 @@ __global__ void __launch_bounds__(kApplyThreads)
       __syncthreads();
       tile_product(At, Ss + m * kTileC, part);
     }
-    __syncthreads();  // the previous products are done with Lt, At and Rs
-    if (j > 0)        // part, for the staging threads to fold into the right-hand side
-#pragma unroll
-      for (int a = 0; a < 4; ++a)
-#pragma unroll
-        for (int c = 0; c < CT; ++c) Rs[(4 * ty + a) * kLdC + CT * tx + c] = part[a][c];
+    __syncthreads();                   // the previous products are done with Lt, At and Rs
+    if (j > 0) store_share(Rs, part);  // for the staging threads to fold into the right-hand side
     __syncthreads();
 #pragma unroll
     for (int e = 0; e < kPerThread; ++e) {
@@ -324,13 +331,8 @@ __global__ void __launch_bounds__(kApplyThreads)
     A acc[4][CT] = {};
     tile_product(Lt, Rs, acc);
     __syncthreads();  // everyone has read the right-hand side: s takes its place
-#pragma unroll
-    for (int a = 0; a < 4; ++a)
-#pragma unroll
-      for (int c = 0; c < CT; ++c) {
-        Rs[(4 * ty + a) * kLdC + CT * tx + c] = acc[a][c];
-        if (j + 1 < J) Ss[j * kTileC + (4 * ty + a) * kLdC + CT * tx + c] = acc[a][c];
-      }
+    store_share(Rs, acc);
+    if (j + 1 < J) store_share(Ss + j * kTileC, acc);  // for the leaf's later blocks
     __syncthreads();
     A cacc[4][CT] = {};
     tile_product(At, Rs, cacc);
@@ -394,11 +396,7 @@ __global__ void __launch_bounds__(kApplyThreads)
       tile_product(At, Ws + (m - 1) * kTileC, part);
     }
     __syncthreads();  // the previous product is done with Ls and Rs
-    if (j + 1 < blocks)
-#pragma unroll
-      for (int a = 0; a < 4; ++a)
-#pragma unroll
-        for (int c = 0; c < CT; ++c) Rs[(4 * ty + a) * kLdC + CT * tx + c] = part[a][c];
+    if (j + 1 < blocks) store_share(Rs, part);
     __syncthreads();
 #pragma unroll
     for (int e = 0; e < kPerThread; ++e) Ls[staged_row(e) * kLd + tc] = lv[e];
