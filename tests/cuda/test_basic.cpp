@@ -1,13 +1,16 @@
 // GPU parity for the basic ops the op table (tests/op_table.cpp, driven by test_ops.cpp)
 // cannot express: copies and casts between every dtype pair (strided, broadcast), fills,
 // the in-place add_, sum_to, amax/argmax, index_select of integer tensors and its range
-// check, and the AdamW step with sum_of_squares. Elementwise, unary, reductions, softmax,
+// check, the AdamW step with sum_of_squares, and the ordering of the priority lane
+// (tensor/cuda/lane.h) against the main lane. Elementwise, unary, reductions, softmax,
 // cat and index_select/index_add of floats are table entries. The CPU result is the
 // reference: float32 inputs, rounded to bfloat16 first when the GPU runs in bfloat16, or
 // float64 for float64 runs.
 #include <cmath>
+#include <cstring>
 #include <string>
 
+#include "tensor/cuda/runtime.h"
 #include "tests/cuda/parity.h"
 
 namespace sessa::test {
@@ -181,6 +184,43 @@ TEST_CASE("cuda adamw_step_ (float32, bfloat16 gradients, float64) and sum_of_sq
         CHECK_MESSAGE(std::abs(strided - ref) <= 1e-9 * ref, name(t) << " strided sum_of_squares");
       }
     }
+}
+
+// The float whose four bytes are all `byte` (what cudaMemset leaves).
+float from_bytes(unsigned char byte) {
+  unsigned char b[4] = {byte, byte, byte, byte};
+  float f;
+  std::memcpy(&f, b, 4);
+  return f;
+}
+
+// Eight fills of 256 MB on the priority lane (about a millisecond of work), the last one
+// with `byte`, so that main-lane work not ordered after them would read the earlier value.
+void fill_on_priority_lane(const Tensor& t, unsigned char byte) {
+  const cudaStream_t lane = cuda::stream(t.device().index, cuda::Lane::priority);
+  for (int i = 0; i < 8; ++i)
+    REQUIRE(cudaMemsetAsync(t.raw_data(), i == 7 ? byte : 0, size_t(t.numel()) * sizeof(float), lane) == cudaSuccess);
+}
+
+void check_tail(const Tensor& t, float expect, const char* what) {
+  const Tensor tail = host(ops::narrow(t, 0, t.numel() - 4, 4));
+  for (double v : tail.to_vector<double>()) CHECK_MESSAGE(v == double(expect), what << ": " << v);
+}
+
+TEST_CASE("cuda lanes: LaneEvent and LaneFork order the priority lane's work before the main lane's") {
+  const int dev = gpu().index;
+  const Tensor t = Tensor::empty({int64_t(64) << 20}, {DType::F32, gpu()});
+  ops::fill_(t, 1.0);  // main lane; the fork makes the priority lane wait for it
+  {
+    const cuda::LaneFork fork(dev);
+    cuda::LaneEvent filled(dev);
+    fill_on_priority_lane(t, 0x41);
+    filled.record(cuda::Lane::priority);
+    filled.wait(cuda::Lane::main);
+    check_tail(t, from_bytes(0x41), "after LaneEvent::wait");  // a main-lane copy
+    fill_on_priority_lane(t, 0x42);
+  }  // the join: the main lane waits for the second fill
+  check_tail(t, from_bytes(0x42), "after the LaneFork ended");
 }
 
 }  // namespace
