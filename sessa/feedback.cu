@@ -490,7 +490,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
                            Tensor::empty({B, T}, acc_opt), Tensor::empty({B, blocks_in(T), kRows, kRows}, acc_opt)};
     if (B == 0 || T == 0) return out;
     const Tensor s_acc = std::is_same_v<X, A> ? out.s : Tensor::empty({B, T, D}, acc_opt);
-    const cudaStream_t chain = stream(dev.index, Lane::priority);
+    const cudaStream_t st = stream(dev.index), chain = stream(dev.index, Lane::priority);
     // Two panel buffers (B, P, T), alpha[p0:p1, 0:p1] with row stride T: the main lane prepares
     // panel p + 1 (logits, softmax, diagonal inverses: bulk work) while the priority lane solves
     // panel p (a chain of small kernels and GEMMs, mostly latency); a buffer is prepared again
@@ -507,11 +507,10 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
       A* pa = panel_of(p0);
       gemm(dev.index, B, p1 - p0, p1, D, scale, {ptr<X>(q) + int64_t(p0) * D, q.dtype(), D, TD},
            {k.raw_data(), k.dtype(), D, TD, true}, pa, adt, T, PT, false, op);  // logits; the softmax masks s >= t
-      panel_softmax_kernel<A>
-          <<<dim3(unsigned(p1 - p0), unsigned(B)), 256, 0, stream(dev.index)>>>(pa, ptr<A>(out.lse), T, P, p0, p1);
+      panel_softmax_kernel<A><<<dim3(unsigned(p1 - p0), unsigned(B)), 256, 0, st>>>(pa, ptr<A>(out.lse), T, P, p0, p1);
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D == 0) return;
-      invert_diagonal_blocks<X><<<dim3(unsigned(blocks_in(p1 - p0)), unsigned(B)), kRows, 0, stream(dev.index)>>>(
+      invert_diagonal_blocks<X><<<dim3(unsigned(blocks_in(p1 - p0)), unsigned(B)), kRows, 0, st>>>(
           AlphaView<A>{pa, PT, T, p0, 0}, ptr<X>(gamma), inv, T, p0, p1);
       SESSA_CUDA_LAUNCH_CHECK(op);
     };

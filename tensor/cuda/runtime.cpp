@@ -2,7 +2,7 @@
 // pool keyed by their (rounded) size and are handed out again for the same
 // size, so a training loop whose shapes repeat stops calling cudaMalloc after
 // its first step. All work is ordered on one stream per device (the main lane; an op that
-// uses the priority lane joins back before returning, runtime.h), so a block freed on
+// uses the priority lane joins back before returning, lane.h), so a block freed on
 // the host can be reused at once: later kernels are ordered after earlier ones.
 #include "tensor/cuda/runtime.h"
 
