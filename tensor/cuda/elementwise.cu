@@ -1,19 +1,22 @@
 // Elementwise kernels: copies and casts, fills, binary arithmetic with broadcasting,
 // affine maps, in-place accumulation, and unary math with its derivative.
 //
-// Plan: each op is a small functor applied at the element offsets of N strided
-// tensors that share one (broadcast) shape. Before launching, the host simplifies
-// the shape: size-1 dims are dropped and neighbouring dims that are nested in every
-// tensor merge, so contiguous operands become one dim and a bias broadcast over
-// (B, T, C) becomes (B*T, C). The grid-stride kernel turns a linear index into
-// offsets with one division per remaining dim (none for the outermost), in 32-bit
-// arithmetic whenever every index and offset fits; when every operand is contiguous in
-// the output's shape a simpler kernel keeps several loads in flight per thread. Same-dtype
-// contiguous copies are a cudaMemcpyAsync; zero fills of contiguous tensors are a
-// cudaMemsetAsync.
+// Plan: each op is a small functor from K stored input values to the stored output
+// value (Map: the output pointer, K input pointers, the op), applied elementwise over
+// K + 1 strided tensors that share one (broadcast) shape. Before launching, the host
+// simplifies the shape: size-1 dims are dropped and neighbouring dims that are nested in
+// every tensor merge, so contiguous operands become one dim and a bias broadcast over
+// (B, T, C) becomes (B*T, C). The grid-stride kernel turns a linear index into offsets
+// with one division per remaining dim (none for the outermost), in 32-bit arithmetic
+// whenever every index and offset fits; when every operand is contiguous in the output's
+// shape, a simpler kernel moves 16-byte packs and keeps several in flight per thread.
+// Same-dtype contiguous copies are a cudaMemcpyAsync; zero fills of contiguous tensors
+// are a cudaMemsetAsync.
 // Arithmetic is in float (double for double); bfloat16 is only the storage.
+#include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "tensor/cuda/basic.h"
@@ -51,72 +54,124 @@ Strided<N> simplify(const Shape& shape, const std::array<Shape, N>& strides) {
   return s;
 }
 
-// out[off[0]] = f.value(off) for every linear index i < n, off[k] = element offset of i in
-// tensor k (tensor 0 is the output).
-template <class I, int N, class F>
-__global__ void __launch_bounds__(kThreads) strided_kernel(I n, StridedIndexer<N> ix, F f) {
+// out = op(in[0], ..., in[K - 1]) elementwise: the output and K input pointers of one
+// storage dtype each (D out, S in; the ops below say what they compute). The op receives
+// the inputs' stored values and returns the stored output value.
+template <class D, class S, int K, class Op>
+struct Map {
+  D* out;
+  const S* in[K > 0 ? K : 1];
+  Op op;
+};
+
+// Over N = K + 1 strided tensors (tensor 0 the output): one element per thread and step of
+// a grid-stride loop, offsets from the linear index by one division per dim but the first.
+template <class I, class D, class S, int K, class Op>
+__global__ void __launch_bounds__(kThreads) strided_kernel(I n, StridedIndexer<K + 1> ix, Map<D, S, K, Op> m) {
   for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += I(gridDim.x) * blockDim.x) {
-    I off[N];
+    I off[K + 1];
     I rest = i;
-    for (int k = 0; k < N; ++k) off[k] = 0;
+    for (int k = 0; k <= K; ++k) off[k] = 0;
     for (int d = ix.ndim - 1; d > 0; --d) {
       const I size = I(ix.shape[d]);
       const I c = rest % size;
       rest /= size;
-      for (int k = 0; k < N; ++k) off[k] += c * I(ix.strides[k][d]);
+      for (int k = 0; k <= K; ++k) off[k] += c * I(ix.strides[k][d]);
     }
     if (ix.ndim > 0)
-      for (int k = 0; k < N; ++k) off[k] += rest * I(ix.strides[k][0]);
-    f.out[off[0]] = f.value(off);
+      for (int k = 0; k <= K; ++k) off[k] += rest * I(ix.strides[k][0]);
+    S v[K > 0 ? K : 1];
+    for (int k = 0; k < K; ++k) v[k] = m.in[k][off[k + 1]];
+    m.out[off[0]] = m.op(v);
   }
 }
 
-// The same when every tensor is contiguous with the output's shape (offset = index): each
-// thread reads kUnroll elements (a block's stride apart, so every read is coalesced)
-// before it writes any, which keeps kUnroll loads in flight per thread; one element per
-// thread left the bandwidth-bound ops at a third of the memory bandwidth.
-constexpr int kUnroll = 8;
-template <int N, class F>
-__global__ void __launch_bounds__(kThreads) contiguous_kernel(int64_t n, F f) {
-  const int64_t base = int64_t(blockIdx.x) * kUnroll * blockDim.x + threadIdx.x;
-  decltype(f.value(static_cast<const int64_t*>(nullptr))) v[kUnroll];
+// V consecutive elements, moved as one access of V sizeof(T) bytes (16 for V > 1).
+template <class T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+// When every tensor is contiguous with the output's shape (offset = index): a thread
+// owns kPacks packs of V elements a block's stride apart (every access of a warp
+// coalesced), reads all of them before it writes any (kPacks loads per input in flight),
+// then the n % V elements past the last whole pack are done one by one. V = 16 bytes'
+// worth of the wider dtype when every pointer is that aligned, else 1: bfloat16 moves in
+// 16-byte accesses, 8 elements each (2-byte accesses left the bandwidth-bound ops at a
+// third of the copy bandwidth on the H200, docs/performance.md 2026-12-01).
+template <int V>
+constexpr int kPacks = V == 1 ? 8 : 4;
+template <int V, class D, class S, int K, class Op>
+__global__ void __launch_bounds__(kThreads) contiguous_kernel(int64_t n, Map<D, S, K, Op> m) {
+  const int64_t packs = n / V, base = int64_t(blockIdx.x) * kPacks<V> * blockDim.x + threadIdx.x;
+  Pack<S, V> x[kPacks<V>][K > 0 ? K : 1];
 #pragma unroll
-  for (int j = 0; j < kUnroll; ++j) {
-    int64_t off[N];
-    for (int k = 0; k < N; ++k) off[k] = base + j * blockDim.x;
-    if (off[0] < n) v[j] = f.value(off);
+  for (int j = 0; j < kPacks<V>; ++j) {
+    const int64_t p = base + j * blockDim.x;
+    if (p < packs)
+#pragma unroll
+      for (int k = 0; k < K; ++k) x[j][k] = reinterpret_cast<const Pack<S, V>*>(m.in[k])[p];
   }
 #pragma unroll
-  for (int j = 0; j < kUnroll; ++j)
-    if (base + j * blockDim.x < n) f.out[base + j * blockDim.x] = v[j];
+  for (int j = 0; j < kPacks<V>; ++j) {
+    const int64_t p = base + j * blockDim.x;
+    if (p >= packs) continue;
+    Pack<D, V> y;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      S v[K > 0 ? K : 1];
+#pragma unroll
+      for (int k = 0; k < K; ++k) v[k] = x[j][k].v[e];
+      y.v[e] = m.op(v);
+    }
+    reinterpret_cast<Pack<D, V>*>(m.out)[p] = y;
+  }
+  if (V > 1 && blockIdx.x == 0 && threadIdx.x < n % V) {  // the tail
+    const int64_t i = packs * V + threadIdx.x;
+    S v[K > 0 ? K : 1];
+    for (int k = 0; k < K; ++k) v[k] = m.in[k][i];
+    m.out[i] = m.op(v);
+  }
 }
 
-// Runs f over `shape`, with strides[k] the (broadcast) strides of tensor k.
-template <int N, class F>
-void launch(const char* op, Device device, const Shape& shape, const std::array<Shape, N>& strides, const F& f) {
+template <int V, class T>
+bool aligned_to(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * V) == 0;
+}
+
+// Runs m over `shape`, with strides[k] the (broadcast) strides of tensor k (0: the output).
+template <class D, class S, int K, class Op>
+void launch(const char* op, Device device, const Shape& shape, const std::array<Shape, K + 1>& strides,
+            const Map<D, S, K, Op>& m) {
   const int64_t n = numel(shape);
   if (n == 0) return;
-  const Strided<N> s = simplify<N>(shape, strides);
+  const Strided<K + 1> s = simplify<K + 1>(shape, strides);
   cudaStream_t st = stream(device.index);
   bool dense = s.shape.size() <= 1;
-  for (int k = 0; k < N && !s.shape.empty(); ++k) dense = dense && s.strides[k][0] == 1;
+  for (int k = 0; k <= K && !s.shape.empty(); ++k) dense = dense && s.strides[k][0] == 1;
   if (dense) {
-    contiguous_kernel<N><<<blocks_for(n, kThreads * kUnroll), kThreads, 0, st>>>(n, f);
+    constexpr int V = int(16 / std::max(sizeof(D), sizeof(S)));
+    bool vec = aligned_to<V>(m.out);
+    for (int k = 0; k < K; ++k) vec = vec && aligned_to<V>(m.in[k]);
+    if (vec)
+      contiguous_kernel<V><<<blocks_for(n / V, kThreads * kPacks<V>), kThreads, 0, st>>>(n, m);
+    else
+      contiguous_kernel<1><<<blocks_for(n, kThreads * kPacks<1>), kThreads, 0, st>>>(n, m);
     SESSA_CUDA_LAUNCH_CHECK(op);
     return;
   }
   bool fits32 = n <= INT32_MAX;
-  for (int k = 0; k < N; ++k) {
+  for (int k = 0; k <= K; ++k) {
     int64_t last = 0;  // offset of the last element (strides are never negative)
     for (size_t d = 0; d < s.shape.size(); ++d) last += (s.shape[d] - 1) * s.strides[k][d];
     fits32 = fits32 && last <= INT32_MAX;
   }
-  const StridedIndexer<N> ix(s.shape, s.strides);
+  const StridedIndexer<K + 1> ix(s.shape, s.strides);
   const unsigned blocks = grid_stride_blocks(n);
   if (fits32)
-    strided_kernel<uint32_t, N><<<blocks, kThreads, 0, st>>>(uint32_t(n), ix, f);
+    strided_kernel<uint32_t><<<blocks, kThreads, 0, st>>>(uint32_t(n), ix, m);
   else
-    strided_kernel<int64_t, N><<<blocks, kThreads, 0, st>>>(n, ix, f);
+    strided_kernel<int64_t><<<blocks, kThreads, 0, st>>>(n, ix, m);
   SESSA_CUDA_LAUNCH_CHECK(op);
 }
 
@@ -136,9 +191,8 @@ __device__ __forceinline__ To convert(From v) {
     return To(v);
 }
 
-// ---- functors -----------------------------------------------------------------------------
-// Each has the output pointer `out` and value(off): the output element at off[0] computed
-// from the inputs at off[1..] (AddFn also reads out[off[0]]); the kernels store it.
+// ---- ops ----------------------------------------------------------------------------------
+// Each maps the stored input values v[0 .. K-1] to the stored output value.
 
 // A value in storage dtype T from its arithmetic dtype.
 template <class T>
@@ -148,34 +202,26 @@ __device__ __forceinline__ T to_storage(acc_t<T> v) {
   else
     return T(v);
 }
+template <class T>
+__device__ __forceinline__ acc_t<T> to_acc(T v) {
+  return load(&v);
+}
 
 template <class D, class S>
-struct CopyFn {
-  D* out;
-  const S* src;
-  template <class I>
-  __device__ D value(const I* off) const {
-    return convert<D>(src[off[1]]);
-  }
+struct CopyOp {  // K = 1
+  __device__ D operator()(const S (&v)[1]) const { return convert<D>(v[0]); }
 };
 
 template <class T>
-struct FillFn {
-  T* out;
+struct FillOp {  // K = 0
   double fill;
-  template <class I>
-  __device__ T value(const I*) const {
-    return convert<T>(fill);
-  }
+  __device__ T operator()(const T (&)[1]) const { return convert<T>(fill); }
 };
 
 template <ops::Binary op, class T>
-struct BinaryFn {
-  T* out;
-  const T *a, *b;
-  template <class I>
-  __device__ T value(const I* off) const {
-    const acc_t<T> u = load(a + off[1]), w = load(b + off[2]);
+struct BinaryOp {  // K = 2: a, b
+  __device__ T operator()(const T (&v)[2]) const {
+    const acc_t<T> u = to_acc(v[0]), w = to_acc(v[1]);
     if constexpr (op == ops::Binary::Add)
       return to_storage<T>(u + w);
     else if constexpr (op == ops::Binary::Sub)
@@ -188,46 +234,28 @@ struct BinaryFn {
 };
 
 template <class T>
-struct AffineFn {
-  T* out;
-  const T* x;
+struct AffineOp {  // K = 1: alpha x + beta
   acc_t<T> alpha, beta;
-  template <class I>
-  __device__ T value(const I* off) const {
-    return to_storage<T>(alpha * load(x + off[1]) + beta);
-  }
+  __device__ T operator()(const T (&v)[1]) const { return to_storage<T>(alpha * to_acc(v[0]) + beta); }
 };
 
 template <class T>
-struct AddFn {
-  T* out;
-  const T* src;
+struct AccumulateOp {  // K = 2: dst, src (in place: the output is dst) -> dst + alpha src
   acc_t<T> alpha;
-  template <class I>
-  __device__ T value(const I* off) const {
-    return to_storage<T>(load(out + off[0]) + alpha * load(src + off[1]));
-  }
+  __device__ T operator()(const T (&v)[2]) const { return to_storage<T>(to_acc(v[0]) + alpha * to_acc(v[1])); }
 };
 
 // ---- unary math: the table of tensor/scalar_math.h, shared with the CPU ---------------------
 
 template <ops::Unary op, class T>
-struct UnaryFn {
-  T* out;
-  const T* x;
-  template <class I>
-  __device__ T value(const I* off) const {
-    return to_storage<T>(math::unary_value<op>(load(x + off[1])));
-  }
+struct UnaryOp {  // K = 1: x
+  __device__ T operator()(const T (&v)[1]) const { return to_storage<T>(math::unary_value<op>(to_acc(v[0]))); }
 };
 
 template <ops::Unary op, class T>
-struct UnaryBackwardFn {
-  T* out;
-  const T *x, *dy;
-  template <class I>
-  __device__ T value(const I* off) const {
-    return to_storage<T>(load(dy + off[2]) * math::unary_derivative<op>(load(x + off[1])));
+struct UnaryBackwardOp {  // K = 2: x, dy -> dy f'(x)
+  __device__ T operator()(const T (&v)[2]) const {
+    return to_storage<T>(to_acc(v[1]) * math::unary_derivative<op>(to_acc(v[0])));
   }
 };
 
@@ -252,8 +280,8 @@ void copy_(const Tensor& dst, const Tensor& src) {
     using D = decltype(dst_tag);
     dispatch_dtype<bf16_t>(src.dtype(), [&](auto src_tag) {
       using S = decltype(src_tag);
-      launch<2>("copy_", dst.device(), dst.shape(), {dst.strides(), src_strides},
-                CopyFn<D, S>{ptr<D>(dst), ptr<const S>(src)});
+      launch("copy_", dst.device(), dst.shape(), {dst.strides(), src_strides},
+             Map<D, S, 1, CopyOp<D, S>>{ptr<D>(dst), {ptr<const S>(src)}, {}});
     });
   });
 }
@@ -268,7 +296,7 @@ void fill_(const Tensor& x, double value) {
   }
   dispatch_dtype<bf16_t>(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    launch<1>("fill_", x.device(), x.shape(), {x.strides()}, FillFn<T>{ptr<T>(x), value});
+    launch("fill_", x.device(), x.shape(), {x.strides()}, Map<T, T, 0, FillOp<T>>{ptr<T>(x), {}, {value}});
   });
 }
 
@@ -281,18 +309,22 @@ Tensor binary(ops::Binary op, const Tensor& a, const Tensor& b, const Shape& out
     using T = decltype(tag);
     T* y = ptr<T>(out);
     const T *pa = ptr<const T>(a), *pb = ptr<const T>(b);
+    auto run = [&](auto op_tag) {
+      constexpr ops::Binary kOp = decltype(op_tag)::value;
+      launch(name, out.device(), out_shape, strides, Map<T, T, 2, BinaryOp<kOp, T>>{y, {pa, pb}, {}});
+    };
     switch (op) {
       case ops::Binary::Add:
-        launch<3>(name, out.device(), out_shape, strides, BinaryFn<ops::Binary::Add, T>{y, pa, pb});
+        run(std::integral_constant<ops::Binary, ops::Binary::Add>{});
         break;
       case ops::Binary::Sub:
-        launch<3>(name, out.device(), out_shape, strides, BinaryFn<ops::Binary::Sub, T>{y, pa, pb});
+        run(std::integral_constant<ops::Binary, ops::Binary::Sub>{});
         break;
       case ops::Binary::Mul:
-        launch<3>(name, out.device(), out_shape, strides, BinaryFn<ops::Binary::Mul, T>{y, pa, pb});
+        run(std::integral_constant<ops::Binary, ops::Binary::Mul>{});
         break;
       case ops::Binary::Div:
-        launch<3>(name, out.device(), out_shape, strides, BinaryFn<ops::Binary::Div, T>{y, pa, pb});
+        run(std::integral_constant<ops::Binary, ops::Binary::Div>{});
         break;
     }
   });
@@ -304,8 +336,8 @@ Tensor affine(const Tensor& x, double alpha, double beta) {
   dispatch_float(x.dtype(), "affine", [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
-    launch<2>("affine", x.device(), x.shape(), {out.strides(), x.strides()},
-              AffineFn<T>{ptr<T>(out), ptr<const T>(x), A(alpha), A(beta)});
+    launch("affine", x.device(), x.shape(), {out.strides(), x.strides()},
+           Map<T, T, 1, AffineOp<T>>{ptr<T>(out), {ptr<const T>(x)}, {A(alpha), A(beta)}});
   });
   return out;
 }
@@ -313,9 +345,9 @@ Tensor affine(const Tensor& x, double alpha, double beta) {
 void add_(const Tensor& dst, const Tensor& src, double alpha) {
   dispatch_float(dst.dtype(), "add_", [&](auto tag) {
     using T = decltype(tag);
-    launch<2>("add_", dst.device(), dst.shape(),
-              {dst.strides(), broadcast_strides(src.shape(), src.strides(), dst.shape())},
-              AddFn<T>{ptr<T>(dst), ptr<const T>(src), acc_t<T>(alpha)});
+    launch("add_", dst.device(), dst.shape(),
+           {dst.strides(), dst.strides(), broadcast_strides(src.shape(), src.strides(), dst.shape())},
+           Map<T, T, 2, AccumulateOp<T>>{ptr<T>(dst), {ptr<const T>(dst), ptr<const T>(src)}, {acc_t<T>(alpha)}});
   });
 }
 
@@ -324,8 +356,9 @@ Tensor unary(ops::Unary op, const Tensor& x) {
   dispatch_float(x.dtype(), ops::unary_name(op), [&](auto tag) {
     using T = decltype(tag);
     math::dispatch_unary(op, [&](auto op_tag) {
-      launch<2>(ops::unary_name(op), x.device(), x.shape(), {out.strides(), x.strides()},
-                UnaryFn<decltype(op_tag)::value, T>{ptr<T>(out), ptr<const T>(x)});
+      using Op = UnaryOp<decltype(op_tag)::value, T>;
+      launch(ops::unary_name(op), x.device(), x.shape(), {out.strides(), x.strides()},
+             Map<T, T, 1, Op>{ptr<T>(out), {ptr<const T>(x)}, {}});
     });
   });
   return out;
@@ -336,8 +369,9 @@ Tensor unary_backward(ops::Unary op, const Tensor& x, const Tensor& dy) {
   dispatch_float(x.dtype(), ops::unary_name(op), [&](auto tag) {
     using T = decltype(tag);
     math::dispatch_unary(op, [&](auto op_tag) {
-      launch<3>(ops::unary_name(op), x.device(), x.shape(), {dx.strides(), x.strides(), dy.strides()},
-                UnaryBackwardFn<decltype(op_tag)::value, T>{ptr<T>(dx), ptr<const T>(x), ptr<const T>(dy)});
+      using Op = UnaryBackwardOp<decltype(op_tag)::value, T>;
+      launch(ops::unary_name(op), x.device(), x.shape(), {dx.strides(), x.strides(), dy.strides()},
+             Map<T, T, 2, Op>{ptr<T>(dx), {ptr<const T>(x), ptr<const T>(dy)}, {}});
     });
   });
   return dx;
