@@ -214,10 +214,10 @@ void run_forward(const ScanParams& p, const Tensor& like, cudaStream_t st, const
 template <class F, int kNG>
 void run_backward(ScanParams& p, const Tensor& like, Tensor& part_ad, cudaStream_t st, const char* op) {
   using Acc = acc_t<F>;
-  constexpr size_t smem = sizeof(BwdSmem<Acc, kNG>);
+  constexpr size_t smem = sizeof(BwdSmem<Acc, kNG>), smem1 = sizeof(BwdPass1Smem<Acc, kNG>);
   auto pass1 = scan_bwd_pass1_kernel<F, kNG>;
   auto main_pass = scan_bwd_kernel<F, kNG>;
-  allow_smem(pass1, smem, op), allow_smem(main_pass, smem, op);
+  allow_smem(pass1, smem1, op), allow_smem(main_pass, smem, op);
   Chunks<Acc> tc = time_chunks<Acc, kNG>(p, main_pass, smem, kBwdPass1Cost, like.device().index, op);
   const dim3 grid = scan_grid<kNG>(p, tc.count);
   part_ad = Tensor::empty({p.batch, tc.count, p.dstate + 1, p.dim}, {acc_dtype(like.dtype()), like.device()});
@@ -227,7 +227,7 @@ void run_backward(ScanParams& p, const Tensor& like, Tensor& part_ad, cudaStream
     ends = chunk_table(p, tc.count, like), prods = chunk_table(p, tc.count, like);
     carry = chunk_table(p, tc.count, like);
     tc.ends = static_cast<Acc*>(ends.raw_data()), tc.prods = static_cast<Acc*>(prods.raw_data());
-    pass1<<<dim3{grid.x, grid.y, grid.z - 1}, Geo<kNG>::kThr, smem, st>>>(p, tc);
+    pass1<<<dim3{grid.x, grid.y, grid.z - 1}, Geo<kNG>::kThr, smem1, st>>>(p, tc);
     SESSA_CUDA_LAUNCH_CHECK(op);
     launch_carry<Acc, true>(p, tc, static_cast<Acc*>(carry.raw_data()), st, op);
     tc.carry = static_cast<const Acc*>(carry.raw_data());

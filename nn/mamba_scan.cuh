@@ -126,8 +126,15 @@ struct BwdSmem {
   Acc gd[G::kThr];
 };
 
+// What a tile fetch loads (the rest is staged as 0): everything; u, delta and Bm (the
+// forward walks: the state alone); delta, dy, z and Cm (the backward's pass 1: the
+// adjoint alone).
+enum class Inputs { kAll, kState, kAdjoint };
+
 // One tile of inputs in flight: each thread loads its share into registers (fetch) and
-// later stores it converted to shared memory (put). (t, c) pair idx = tid + j kThr is
+// later stores it converted to shared memory (put). The registers hold the stored values:
+// converting bfloat16 at fetch made every load wait there, not at put (the bf16 forward
+// took 1.5x the float32 one; docs/performance.md, 2026-12-01b). (t, c) pair idx = tid + j kThr is
 // step idx / kC, channel idx % kC; Bm/Cm value idx = tid + j kThr is step idx / (2 kNP),
 // [Bm | Cm] state idx % (2 kNP). Zeros past `tend`, past Di and past N.
 template <class F, int kNG, bool kBwd, int kT = (kBwd ? Geo<kNG>::kTile : Geo<kNG>::kTileF)>
@@ -136,10 +143,11 @@ struct TileLoader {
   using G = Geo<kNG>;
   static constexpr int kPairs = kT * G::kC, kValues = kT * 2 * G::kNP;  // (t, c) pairs, Bm/Cm values
   static constexpr int kPer = (kPairs + G::kThr - 1) / G::kThr, kPerBC = (kValues + G::kThr - 1) / G::kThr;
-  Acc u[kPer], d[kPer], dy[kPer], z[kPer], bc[kPerBC];
+  F u[kPer], d[kPer], dy[kPer], z[kPer], bc[kPerBC];
 
-  // full = false (the backward's forward walk): u, delta and Bm only.
-  __device__ __forceinline__ void fetch(const ScanParams& p, int b, int c0, int t0, int tend, bool full = true) {
+  __device__ __forceinline__ void fetch(const ScanParams& p, int b, int c0, int t0, int tend,
+                                        Inputs what = Inputs::kAll) {
+    const bool state = what != Inputs::kAdjoint, adjoint = what != Inputs::kState;
     const int tid = threadIdx.x;
     const F* pu = static_cast<const F*>(p.u) + b * p.u_bstride;
     const F* pd = static_cast<const F*>(p.delta) + b * p.delta_bstride;
@@ -147,17 +155,17 @@ struct TileLoader {
     for (int j = 0; j < kPer; ++j) {
       const int idx = tid + j * G::kThr, t = t0 + idx / G::kC, c = c0 + idx % G::kC;
       const bool ok = idx < kPairs && t < tend && c < p.dim;
-      u[j] = ok ? load(pu + int64_t(t) * p.u_tstride + c) : Acc(0);
-      d[j] = ok ? load(pd + int64_t(t) * p.delta_tstride + c) : Acc(0);
+      u[j] = ok && state ? pu[int64_t(t) * p.u_tstride + c] : F(0.0f);
+      d[j] = ok ? pd[int64_t(t) * p.delta_tstride + c] : F(0.0f);
       if (kBwd) {
         const F* py = static_cast<const F*>(p.dy) + b * p.dy_bstride;
-        dy[j] = ok && full ? load(py + int64_t(t) * p.dy_tstride + c) : Acc(0);
+        dy[j] = ok && adjoint ? py[int64_t(t) * p.dy_tstride + c] : F(0.0f);
       }
       if (p.z) {
         const F* pz = static_cast<const F*>(p.z) + b * p.z_bstride;
-        z[j] = ok && full ? load(pz + int64_t(t) * p.z_tstride + c) : Acc(0);
+        z[j] = ok && adjoint ? pz[int64_t(t) * p.z_tstride + c] : F(0.0f);
       } else {
-        z[j] = 0;
+        z[j] = F(0.0f);
       }
     }
 #pragma unroll
@@ -167,7 +175,7 @@ struct TileLoader {
       const bool isC = v >= G::kNP;
       const F* src = isC ? static_cast<const F*>(p.Cm) + b * p.C_bstride + int64_t(t) * p.C_tstride
                          : static_cast<const F*>(p.Bm) + b * p.B_bstride + int64_t(t) * p.B_tstride;
-      bc[j] = idx < kValues && t < tend && n < p.dstate && (full || !isC) ? load(src + n) : Acc(0);
+      bc[j] = idx < kValues && t < tend && n < p.dstate && (isC ? adjoint : state) ? src[n] : F(0.0f);
     }
   }
 
@@ -178,24 +186,26 @@ struct TileLoader {
     for (int j = 0; j < kPer; ++j) {
       const int idx = tid + j * G::kThr, i = idx / G::kC, c = idx % G::kC;
       if (kPairs % G::kThr != 0 && idx >= kPairs) break;
+      const Acc uj = load(&u[j]), dj = load(&d[j]);
       if constexpr (kBwd) {
-        Acc gy = dy[j], dzf = 0;
+        const Acc dyj = load(&dy[j]), zj = load(&z[j]);
+        Acc gy = dyj, dzf = 0;
         if (gate) {  // gy = dy SiLU(z); dz = dy y SiLU'(z), SiLU'(z) = s (1 + z (1 - s))
-          const Acc s = sigmoid_acc(z[j]);
-          gy = dy[j] * z[j] * s;
-          dzf = dy[j] * (s * (Acc(1) + z[j] * (Acc(1) - s)));
+          const Acc s = sigmoid_acc(zj);
+          gy = dyj * zj * s;
+          dzf = dyj * (s * (Acc(1) + zj * (Acc(1) - s)));
         }
-        sm.x[i][c] = Quad<Acc>{u[j], d[j], gy, dzf};
+        sm.x[i][c] = Quad<Acc>{uj, dj, gy, dzf};
       } else {
-        sm.x[i][c] = Pair<Acc>{u[j], d[j]};
-        sm.z[i][c] = z[j];
+        sm.x[i][c] = Pair<Acc>{uj, dj};
+        sm.z[i][c] = load(&z[j]);
       }
     }
 #pragma unroll
     for (int j = 0; j < kPerBC; ++j) {
       const int idx = tid + j * G::kThr, i = idx / (2 * G::kNP), v = idx % (2 * G::kNP);
       if (kValues % G::kThr != 0 && idx >= kValues) break;
-      sm.bc[i][v / kG].v[v % kG] = bc[j];
+      sm.bc[i][v / kG].v[v % kG] = load(&bc[j]);
     }
   }
 };
@@ -204,7 +214,8 @@ struct TileLoader {
 
 // grid (ceil(Di / kC), B, chunks), block kThr, dynamic shared memory FwdSmem. kFinal:
 // start from tc.carry (or 0), write y (if p.y) and the checkpoints (if p.ckpt). Otherwise
-// (pass 1, chunks 0 .. count-2): start from 0, write the chunk's end state and product of e.
+// (pass 1, chunks 0 .. count-2): start from 0, write the chunk's end state and product of
+// e, the latter as exp(A sum_t delta_t) (one add per step instead of a multiply per state).
 template <class F, int kNG, bool kFinal>
 __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F, double> ? 3 : 1)
     scan_fwd_kernel(ScanParams p, Chunks<acc_t<F>> tc) {
@@ -217,28 +228,28 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
   const int c0 = blockIdx.x * G::kC, c = c0 + cl;
   const bool active = c < Di;
   const int tbeg = k * tc.len, tend = min(T, tbeg + tc.len);
-  Acc a2[kG], h[kG], prod[kG];
+  Acc a2[kG], h[kG], dsum = 0;
 #pragma unroll
   for (int j = 0; j < kG; ++j) {
     const int n = g * kG + j;
     const bool live = active && n < N;
     a2[j] = live ? load(static_cast<const F*>(p.A) + int64_t(c) * N + n) * Acc(kLog2e) : Acc(0);
     h[j] = kFinal && tc.carry && live ? tc.carry[chunk_at(p, k, b, n, c)] : Acc(0);
-    prod[j] = 1;
   }
+  constexpr Inputs kLoads = kFinal ? Inputs::kAll : Inputs::kState;
   const Acc dsk = kFinal && active ? load(static_cast<const F*>(p.D) + c) : Acc(0);
   F* y = kFinal && p.y ? static_cast<F*>(p.y) + int64_t(b) * T * Di + c : nullptr;
   Acc* ck = kFinal && active ? static_cast<Acc*>(p.ckpt) : nullptr;
   const bool gate = p.z != nullptr;
 
   TileLoader<F, kNG, false> ld;
-  ld.fetch(p, b, c0, tbeg, tend);
+  ld.fetch(p, b, c0, tbeg, tend, kLoads);
   ld.put(sm, gate);
   __syncthreads();
   for (int t0 = tbeg; t0 < tend; t0 += G::kTileF) {
     const bool more = t0 + G::kTileF < tend;
-    if (more) ld.fetch(p, b, c0, t0 + G::kTileF, tend);  // in flight during this tile
-    if (ck && t0 % G::kEvery == 0) {                     // a checkpoint: the state entering step t0
+    if (more) ld.fetch(p, b, c0, t0 + G::kTileF, tend, kLoads);  // in flight during this tile
+    if (ck && t0 % G::kEvery == 0) {                             // a checkpoint: the state entering step t0
 #pragma unroll
       for (int j = 0; j < kG; ++j)
         if (g * kG + j < N) ck[ckpt_at(p, b, t0 / G::kEvery, g * kG + j, c)] = h[j];
@@ -253,12 +264,12 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
       for (int j = 0; j < kG; ++j) {
         const Acc e = exp2_fast(x.d * a2[j]);  // exp(delta_t A[c, n])
         h[j] = e * h[j] + dtu * bm.v[j];
-        if (kFinal)
-          yv += cm.v[j] * h[j];
-        else
-          prod[j] *= e;
+        if (kFinal) yv += cm.v[j] * h[j];
       }
-      if (kFinal) sm.y[i][g][cl] = yv;
+      if (kFinal)
+        sm.y[i][g][cl] = yv;
+      else
+        dsum += x.d;
     }
     __syncthreads();  // the tile's y parts are written, its inputs read
     if (y) {          // y_t = sum of the groups' parts + D u_t (times SiLU(z_t)); this thread's channel
@@ -284,7 +295,7 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
       const int n = g * kG + j;
       if (n >= N) break;
       tc.ends[chunk_at(p, k, b, n, c)] = h[j];
-      tc.prods[chunk_at(p, k, b, n, c)] = prod[j];
+      tc.prods[chunk_at(p, k, b, n, c)] = exp2_fast(a2[j] * dsum);
     }
   }
 }
@@ -306,45 +317,54 @@ __global__ void scan_carry_kernel(Chunks<Acc> tc, Acc* carry, int64_t rows) {
 
 // ---- backward -----------------------------------------------------------------------
 
-// Pass 1: grid (ceil(Di / kC), B, count - 1), chunk blockIdx.z + 1 from q = 0, last step
-// first: q at its first step and the product of e over it, into tc.ends and tc.prods.
+// Pass 1's shared memory: the tile's (u = 0, delta, gy, dzf) and [Bm = 0 | Cm], in tiles
+// of kTileF steps (the main pass's kTile-step tiles would cost twice the barriers).
+template <class Acc, int kNG>
+struct BwdPass1Smem {
+  using G = Geo<kNG>;
+  Quad<Acc> x[G::kTileF][G::kC];
+  Vec4<Acc> bc[G::kTileF][2 * kNG];
+};
+
+// Pass 1: grid (ceil(Di / kC), B, count - 1), block kThr, dynamic shared memory
+// BwdPass1Smem; chunk blockIdx.z + 1 from q = 0, last step first: q at its first step and
+// the product of e over it (as exp(A sum_t delta_t)), into tc.ends and tc.prods. Reads
+// only what the adjoint needs: delta, dy, z, Cm.
 template <class F, int kNG>
 __global__ void __launch_bounds__(Geo<kNG>::kThr) scan_bwd_pass1_kernel(ScanParams p, Chunks<acc_t<F>> tc) {
   using Acc = acc_t<F>;
   using G = Geo<kNG>;
+  constexpr int kT = G::kTileF;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  BwdSmem<Acc, kNG>& sm = *reinterpret_cast<BwdSmem<Acc, kNG>*>(smem_raw);
+  BwdPass1Smem<Acc, kNG>& sm = *reinterpret_cast<BwdPass1Smem<Acc, kNG>*>(smem_raw);
   const int tid = threadIdx.x, cl = tid % G::kC, g = tid / G::kC;
   const int N = p.dstate, T = p.seqlen, b = blockIdx.y, k = blockIdx.z + 1;
   const int c0 = blockIdx.x * G::kC, c = c0 + cl;
   const bool active = c < p.dim;
   const int tbeg = k * tc.len, tend = min(T, tbeg + tc.len);
   const bool gate = p.z != nullptr;
-  Acc a2[kG], q[kG], prod[kG];
+  Acc a2[kG], q[kG], dsum = 0;
 #pragma unroll
   for (int j = 0; j < kG; ++j) {
     const int n = g * kG + j;
     a2[j] = active && n < N ? load(static_cast<const F*>(p.A) + int64_t(c) * N + n) * Acc(kLog2e) : Acc(0);
-    q[j] = 0, prod[j] = 1;
+    q[j] = 0;
   }
-  TileLoader<F, kNG, true> ld;
-  const int last = tbeg + (tend - 1 - tbeg) / G::kTile * G::kTile;
-  ld.fetch(p, b, c0, last, tend);
+  TileLoader<F, kNG, true, kT> ld;
+  const int last = tbeg + (tend - 1 - tbeg) / kT * kT;
+  ld.fetch(p, b, c0, last, tend, Inputs::kAdjoint);
   ld.put(sm, gate);
   __syncthreads();
-  for (int t0 = last; t0 >= tbeg; t0 -= G::kTile) {
-    const bool more = t0 - G::kTile >= tbeg;
-    if (more) ld.fetch(p, b, c0, t0 - G::kTile, tend);
+  for (int t0 = last; t0 >= tbeg; t0 -= kT) {
+    const bool more = t0 - kT >= tbeg;
+    if (more) ld.fetch(p, b, c0, t0 - kT, tend, Inputs::kAdjoint);
 #pragma unroll
-    for (int i = G::kTile - 1; i >= 0; --i) {
+    for (int i = kT - 1; i >= 0; --i) {
       const Quad<Acc> x = sm.x[i][cl];
       const Vec4<Acc> cm = sm.bc[i][kNG + g];
 #pragma unroll
-      for (int j = 0; j < kG; ++j) {
-        const Acc e = exp2_fast(x.d * a2[j]);
-        q[j] = e * (q[j] + x.gy * cm.v[j]);
-        prod[j] *= e;
-      }
+      for (int j = 0; j < kG; ++j) q[j] = exp2_fast(x.d * a2[j]) * (q[j] + x.gy * cm.v[j]);
+      dsum += x.d;
     }
     if (more) {
       __syncthreads();
@@ -358,7 +378,7 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr) scan_bwd_pass1_kernel(ScanPara
       const int n = g * kG + j;
       if (n >= N) break;
       tc.ends[chunk_at(p, k, b, n, c)] = q[j];
-      tc.prods[chunk_at(p, k, b, n, c)] = prod[j];
+      tc.prods[chunk_at(p, k, b, n, c)] = exp2_fast(a2[j] * dsum);
     }
   }
 }
@@ -432,7 +452,8 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
   TileLoader<F, kNG, true> ld;
   {
     const int ns = nsub_of(seg_last);
-    ld.fetch(p, b, c0, seg_last * G::kEvery + (ns > 1 ? 0 : (ns - 1) * G::kTile), tend, ns == 1);
+    ld.fetch(p, b, c0, seg_last * G::kEvery + (ns > 1 ? 0 : (ns - 1) * G::kTile), tend,
+             ns == 1 ? Inputs::kAll : Inputs::kState);
     ld.put(sm, gate);
     __syncthreads();
   }
@@ -452,7 +473,7 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
     } else {
       return false;
     }
-    ld.fetch(p, b, c0, t0, tend, full);
+    ld.fetch(p, b, c0, t0, tend, full ? Inputs::kAll : Inputs::kState);
     ld.put(sm, gate);
     return true;
   };
