@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <utility>
 
 #include "tensor/cuda/check.h"
@@ -66,6 +67,21 @@ __device__ __forceinline__ void store(bf16_t* p, float v) {
   *p = __float2bfloat16(v);
 }
 
+// V consecutive elements moved as one access of V sizeof(T) bytes (V a power of two; 16
+// bytes is the widest access). Pointers used as Pack<T, V>* must be that aligned.
+template <class T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+// Elements of the widest dtype among Ts in one 16-byte pack.
+template <class... Ts>
+constexpr int kPackOf = int(16 / std::max({sizeof(Ts)...}));
+// Whether p may be read as Pack<T, V>*.
+template <int V, class T>
+inline bool pack_aligned(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * V) == 0;
+}
+
 // ---- launch sizes ------------------------------------------------------------------
 
 constexpr int kThreads = 256;
@@ -78,19 +94,12 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
 constexpr unsigned kMaxGridStrideBlocks = 1u << 16;
 inline unsigned grid_stride_blocks(int64_t n) { return std::min(blocks_for(n), kMaxGridStrideBlocks); }
 
-// Threads for one block per row of `len` elements, two policies:
-// a power of two from 32 to 256, growing while a thread would get more than 4 elements
-// (softmax, row sums, amax/argmax) ...
+// Threads for one block per row of `len` elements: a power of two from 32 to 256, growing
+// while a thread would get more than 4 elements (softmax, row sums, amax/argmax).
 inline int row_threads_pow2(int64_t len) {
   int t = 32;
   while (t < 256 && int64_t(t) * 4 < len) t *= 2;
   return t;
-}
-// ... or whole warps from 32 to 1024, about 4 elements per thread (LayerNorm, whose
-// backward keeps per-thread column partials in shared memory).
-inline int row_threads_warps(int64_t len) {
-  const int64_t t = (len + 3) / 4;
-  return int(std::min<int64_t>(1024, std::max<int64_t>(32, (t + 31) / 32 * 32)));
 }
 
 // Maps a linear index over `shape` to element offsets in N strided tensors

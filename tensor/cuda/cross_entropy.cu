@@ -1,8 +1,10 @@
 // Mean cross-entropy of logits (N, V) against int32 targets (N) on CUDA.
 //
 // Forward, one block per row r with target t != ignore_index, in one pass over the row:
-// each thread keeps a running max m and sum s of exp(x - m) over its elements (s is
-// rescaled when m grows); the block merges them into the row max M and
+// each thread reads packs of P elements (16 bytes when V and the pointers allow, else 1)
+// and keeps a running max m and sum s of exp(x - m) over them (s rescaled when a pack
+// raises m: one extra exp per pack, not per element); the block merges them into the
+// row max M and
 //   lse_r = M + log sum_threads s * exp(m - M),   loss_r = lse_r - x_{r,t}.
 // A second, single-block kernel sums loss_r in a fixed order (deterministic) and divides
 // by the count of non-ignored targets (the host's count, or counted there; not for
@@ -19,7 +21,13 @@ namespace sessa::cuda {
 
 namespace {
 
-template <class T>
+// Row r of (N, V) as packs of P elements (V % P == 0).
+template <int P, class T>
+__device__ __forceinline__ const Pack<T, P>* row_packs(const T* x, int64_t r, int64_t V) {
+  return reinterpret_cast<const Pack<T, P>*>(x + r * V);
+}
+
+template <int P, class T>
 __global__ void cross_entropy_forward_kernel(const T* __restrict__ x, const int32_t* __restrict__ targets,
                                              acc_t<T>* __restrict__ lse, acc_t<T>* __restrict__ row_loss, int64_t V,
                                              int64_t ignore_index) {
@@ -30,13 +38,16 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ x, const int3
     return;
   }
   const T* xr = x + r * V;
+  const Pack<T, P>* xp = row_packs<P>(x, r, V);
   A m = -INFINITY, s = 0;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-    const A v = load(xr + i);
-    if (v > m)
-      s = s * math::exp(m - v) + A(1), m = v;
-    else
-      s += math::exp(v - m);
+  for (int64_t k = threadIdx.x; k < V / P; k += blockDim.x) {
+    const Pack<T, P> pack = xp[k];
+    A v[P], pm = m;
+#pragma unroll
+    for (int e = 0; e < P; ++e) v[e] = load(&pack.v[e]), pm = max(pm, v[e]);
+    if (pm != m) s *= math::exp(m - pm), m = pm;  // (s = 0 while m = -inf)
+#pragma unroll
+    for (int e = 0; e < P; ++e) s += math::exp(v[e] - m);
   }
   const A row_max = block_max(m);
   const A total = block_sum(s * math::exp(m - row_max));  // a thread without elements adds 0 * 0
@@ -84,20 +95,39 @@ __global__ void cross_entropy_scale_kernel(const D* __restrict__ dloss, const in
   if (threadIdx.x == 0) *scale = count > 0 ? A(load(dloss)) / A(count) : A(0);
 }
 
-template <class T>
+// dx in packs of P, like the forward.
+template <int P, class T>
 __global__ void cross_entropy_backward_kernel(const T* __restrict__ x, const int32_t* __restrict__ targets,
                                               const acc_t<T>* __restrict__ lse, const acc_t<T>* __restrict__ scale,
                                               T* __restrict__ dx, int64_t V, int64_t ignore_index) {
   using A = acc_t<T>;
   const int64_t r = blockIdx.x, t = targets[r];
-  const T* xr = x + r * V;
-  T* dr = dx + r * V;
-  if (t == ignore_index) {
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) store(dr + i, A(0));
-    return;
+  const Pack<T, P>* xp = row_packs<P>(x, r, V);
+  Pack<T, P>* dp = reinterpret_cast<Pack<T, P>*>(dx + r * V);
+  const bool ignored = t == ignore_index;
+  const A l = ignored ? A(0) : lse[r], g = ignored ? A(0) : *scale;
+  for (int64_t k = threadIdx.x; k < V / P; k += blockDim.x) {
+    Pack<T, P> out;
+    if (ignored) {
+#pragma unroll
+      for (int e = 0; e < P; ++e) store(&out.v[e], A(0));
+    } else {
+      const Pack<T, P> in = xp[k];
+#pragma unroll
+      for (int e = 0; e < P; ++e) store(&out.v[e], g * (math::exp(load(&in.v[e]) - l) - A(k * P + e == t)));
+    }
+    dp[k] = out;
   }
-  const A l = lse[r], g = *scale;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) store(dr + i, g * (math::exp(load(xr + i) - l) - A(i == t)));
+}
+
+// Calls f(integral_constant<int, P>) with P = 16 bytes of T when V and the pointers allow, else 1.
+template <class T, class F>
+void with_row_packs(int64_t V, const T* x, const T* dx, F&& f) {
+  constexpr int P = kPackOf<T>;
+  if (V % P == 0 && pack_aligned<P>(x) && (!dx || pack_aligned<P>(dx)))
+    f(std::integral_constant<int, P>{});
+  else
+    f(std::integral_constant<int, 1>{});
 }
 
 constexpr int kReduceThreads = 1024;
@@ -116,8 +146,10 @@ ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_i
     using T = decltype(tag);
     using A = acc_t<T>;
     if (N > 0) {
-      cross_entropy_forward_kernel<T><<<unsigned(N), kThreads, 0, st>>>(
-          ptr<T>(x), ptr<int32_t>(targets), ptr<A>(res.lse), ptr<A>(row_loss), V, ignore_index);
+      with_row_packs(V, ptr<T>(x), static_cast<const T*>(nullptr), [&](auto pack) {
+        cross_entropy_forward_kernel<decltype(pack)::value><<<unsigned(N), kThreads, 0, st>>>(
+            ptr<T>(x), ptr<int32_t>(targets), ptr<A>(res.lse), ptr<A>(row_loss), V, ignore_index);
+      });
       SESSA_CUDA_LAUNCH_CHECK("cross_entropy");
     }
     cross_entropy_mean_kernel<A><<<1, kReduceThreads, 0, st>>>(ptr<A>(row_loss), ptr<int32_t>(targets), N, ignore_index,
@@ -165,8 +197,10 @@ Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const T
           <<<1, kReduceThreads, 0, st>>>(ptr<D>(d), ptr<int32_t>(targets), N, ignore_index, host_count, ptr<A>(scale));
       SESSA_CUDA_LAUNCH_CHECK(op);
     });
-    cross_entropy_backward_kernel<T><<<unsigned(N), kThreads, 0, st>>>(ptr<T>(x), ptr<int32_t>(targets), ptr<A>(lse),
-                                                                       ptr<A>(scale), ptr<T>(dx), V, ignore_index);
+    with_row_packs(V, ptr<T>(x), ptr<T>(dx), [&](auto pack) {
+      cross_entropy_backward_kernel<decltype(pack)::value><<<unsigned(N), kThreads, 0, st>>>(
+          ptr<T>(x), ptr<int32_t>(targets), ptr<A>(lse), ptr<A>(scale), ptr<T>(dx), V, ignore_index);
+    });
     SESSA_CUDA_LAUNCH_CHECK(op);
   });
   return dx;

@@ -86,12 +86,6 @@ __global__ void __launch_bounds__(kThreads) strided_kernel(I n, StridedIndexer<K
   }
 }
 
-// V consecutive elements, moved as one access of V sizeof(T) bytes (16 for V > 1).
-template <class T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
 // When every tensor is contiguous with the output's shape (offset = index): a thread
 // owns kPacks packs of V elements a block's stride apart (every access of a warp
 // coalesced), reads all of them before it writes any (kPacks loads per input in flight),
@@ -134,11 +128,6 @@ __global__ void __launch_bounds__(kThreads) contiguous_kernel(int64_t n, Map<D, 
   }
 }
 
-template <int V, class T>
-bool aligned_to(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * V) == 0;
-}
-
 // Runs m over `shape`, with strides[k] the (broadcast) strides of tensor k (0: the output).
 template <class D, class S, int K, class Op>
 void launch(const char* op, Device device, const Shape& shape, const std::array<Shape, K + 1>& strides,
@@ -150,9 +139,9 @@ void launch(const char* op, Device device, const Shape& shape, const std::array<
   bool dense = s.shape.size() <= 1;
   for (int k = 0; k <= K && !s.shape.empty(); ++k) dense = dense && s.strides[k][0] == 1;
   if (dense) {
-    constexpr int V = int(16 / std::max(sizeof(D), sizeof(S)));
-    bool vec = aligned_to<V>(m.out);
-    for (int k = 0; k < K; ++k) vec = vec && aligned_to<V>(m.in[k]);
+    constexpr int V = kPackOf<D, S>;
+    bool vec = pack_aligned<V>(m.out);
+    for (int k = 0; k < K; ++k) vec = vec && pack_aligned<V>(m.in[k]);
     if (vec)
       contiguous_kernel<V><<<blocks_for(n / V, kThreads * kPacks<V>), kThreads, 0, st>>>(n, m);
     else

@@ -1,18 +1,21 @@
 // LayerNorm over the last dim (D) on CUDA; rows are the other dims flattened.
 //
-// Forward, one block per row (two passes over the row, the second from cache):
+// Forward, one warp per row (three passes over the row, the second and third from L1),
+// in 16-byte packs of the row where D and the pointers allow:
 //   mean = sum(x) / D,  rstd = 1 / sqrt(sum((x - mean)^2) / D + eps),
 //   y = (x - mean) * rstd * weight + bias.
 // Backward, with xhat = (x - mean) * rstd and g = dy * weight:
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))          (per row, as forward)
 //   dweight = sum_rows dy * xhat,  dbias = sum_rows dy          (over rows)
-// Each backward block handles a fixed run of consecutive rows and keeps its column
-// partial sums of dy * xhat and dy in shared memory (each thread owns its columns, so
-// no atomics); a second kernel adds the partials of all blocks in a fixed order.
+// Each backward block handles a fixed run of consecutive rows, one warp per row, and
+// keeps per-warp column partial sums of dy * xhat and dy in shared memory (each lane owns
+// its columns, so no atomics); the block adds its warps' partials in a fixed order, and
+// a second kernel adds the partials of all blocks in a fixed order.
 // Results are deterministic and depend only on the shapes.
 //
 // Mixed precision: x bfloat16 with float32 weight/bias. Statistics and partial sums
 // are float (double for float64 inputs).
+#include <initializer_list>
 #include <type_traits>
 
 #include "tensor/cuda/common.cuh"
@@ -23,60 +26,127 @@ namespace sessa::cuda {
 namespace {
 
 constexpr int64_t kMaxPartials = 1024;  // backward blocks (row runs) at most
+constexpr int kRowWarps = 8;            // rows in flight per block (one warp each), at most
 
-template <class T, class W>
-__global__ void layer_norm_forward_kernel(const T* __restrict__ x, const W* __restrict__ w, const W* __restrict__ b,
-                                          T* __restrict__ y, acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd,
-                                          int64_t D, acc_t<T> eps) {
-  using A = acc_t<T>;
-  const int64_t row = blockIdx.x;
-  const T* xr = x + row * D;
-  T* yr = y + row * D;
-  A s = 0;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += load(xr + i);
-  const A m = block_sum(s) / A(D);
-  A ss = 0;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
-    const A d = load(xr + i) - m;
-    ss += d * d;
-  }
-  const A rs = A(1) / math::sqrt(block_sum(ss) / A(D) + eps);
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
-    store(yr + i, (load(xr + i) - m) * rs * A(load(w + i)) + A(load(b + i)));
-  if (threadIdx.x == 0) mean[row] = m, rstd[row] = rs;
+// Lane `lane` of a warp owns packs lane, lane + 32, ... of a row of D / P packs of P
+// elements (16 bytes of x when D and the pointers allow, else 1); the weight's packs of
+// P elements may be 32 bytes (float32 weights of bfloat16 rows).
+template <int P, class T>
+__device__ __forceinline__ Pack<T, P> pack_at(const T* row, int64_t k) {
+  return reinterpret_cast<const Pack<T, P>*>(row)[k];
 }
 
-template <class T, class W>
-__global__ void layer_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const W* __restrict__ w,
-                                           const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
-                                           T* __restrict__ dx, acc_t<T>* __restrict__ part_dw,
-                                           acc_t<T>* __restrict__ part_db, int64_t rows, int64_t D,
-                                           int64_t rows_per_block) {
+// One warp per row, kRowWarps rows per block; three passes over the row (the second and
+// third from L1): the mean, the variance about it, then y.
+template <int P, class T, class W>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    layer_norm_forward_kernel(const T* __restrict__ x, const W* __restrict__ w, const W* __restrict__ b,
+                              T* __restrict__ y, acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd, int64_t rows,
+                              int64_t D, acc_t<T> eps) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem[];
-  A* sdw = reinterpret_cast<A*>(smem);  // column partials; thread k owns columns k, k + blockDim.x, ...
+  const int lane = threadIdx.x % 32;
+  const int64_t row = int64_t(blockIdx.x) * kRowWarps + threadIdx.x / 32, packs = D / P;
+  if (row >= rows) return;
+  const T* xr = x + row * D;
+  A s = 0;
+  for (int64_t k = lane; k < packs; k += 32) {
+    const Pack<T, P> px = pack_at<P>(xr, k);
+#pragma unroll
+    for (int e = 0; e < P; ++e) s += load(&px.v[e]);
+  }
+  const A m = warp_sum(s) / A(D);
+  A ss = 0;
+  for (int64_t k = lane; k < packs; k += 32) {
+    const Pack<T, P> px = pack_at<P>(xr, k);
+#pragma unroll
+    for (int e = 0; e < P; ++e) {
+      const A d = load(&px.v[e]) - m;
+      ss += d * d;
+    }
+  }
+  const A rs = A(1) / math::sqrt(warp_sum(ss) / A(D) + eps);
+  for (int64_t k = lane; k < packs; k += 32) {
+    const Pack<T, P> px = pack_at<P>(xr, k);
+    const Pack<W, P> pw = pack_at<P>(w, k), pb = pack_at<P>(b, k);
+    Pack<T, P> py;
+#pragma unroll
+    for (int e = 0; e < P; ++e) store(&py.v[e], (load(&px.v[e]) - m) * rs * A(load(&pw.v[e])) + A(load(&pb.v[e])));
+    reinterpret_cast<Pack<T, P>*>(y + row * D)[k] = py;
+  }
+  if (lane == 0) mean[row] = m, rstd[row] = rs;
+}
+
+// A block of W warps (as many of kRowWarps as the shared memory allows for D) handles a
+// run of rows_per_block consecutive rows, its warps taking every W-th one. Per row: pass
+// 1 sums g and g xhat (warp sums) and adds dy xhat, dy to the warp's own column partials
+// in shared memory (each lane its own packs of columns: no atomics, no barriers); pass 2
+// writes dx. At the end the warps' partials are added in warp order into the block's row
+// of part_dw, part_db.
+template <int P, class T, class W>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    layer_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const W* __restrict__ w,
+                               const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd, T* __restrict__ dx,
+                               acc_t<T>* __restrict__ part_dw, acc_t<T>* __restrict__ part_db, int64_t rows, int64_t D,
+                               int64_t rows_per_block) {
+  using A = acc_t<T>;
+  extern __shared__ __align__(32) unsigned char smem[];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  A* sdw = reinterpret_cast<A*>(smem) + warp * 2 * D;  // this warp's column partials
   A* sdb = sdw + D;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) sdw[i] = 0, sdb[i] = 0;
-  const int64_t r0 = blockIdx.x * rows_per_block, r1 = min(rows, r0 + rows_per_block);
-  for (int64_t r = r0; r < r1; ++r) {
+  for (int64_t i = lane; i < D; i += 32) sdw[i] = 0, sdb[i] = 0;
+  const int64_t packs = D / P, r0 = blockIdx.x * rows_per_block, r1 = min(rows, r0 + rows_per_block);
+  for (int64_t r = r0 + warp; r < r1; r += warps) {
     const T *xr = x + r * D, *dyr = dy + r * D;
     const A m = mean[r], rs = rstd[r];
     A sg = 0, sgx = 0;
-    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
-      const A xh = (load(xr + i) - m) * rs, d = load(dyr + i), g = d * A(load(w + i));
-      sg += g, sgx += g * xh;
-      sdw[i] += d * xh, sdb[i] += d;
+    for (int64_t k = lane; k < packs; k += 32) {
+      const Pack<T, P> px = pack_at<P>(xr, k), pd = pack_at<P>(dyr, k);
+      const Pack<W, P> pw = pack_at<P>(w, k);
+      Pack<A, P> cw = pack_at<P>(sdw, k), cb = pack_at<P>(sdb, k);
+#pragma unroll
+      for (int e = 0; e < P; ++e) {
+        const A xh = (load(&px.v[e]) - m) * rs, d = load(&pd.v[e]), g = d * A(load(&pw.v[e]));
+        sg += g, sgx += g * xh;
+        cw.v[e] += d * xh, cb.v[e] += d;
+      }
+      reinterpret_cast<Pack<A, P>*>(sdw)[k] = cw, reinterpret_cast<Pack<A, P>*>(sdb)[k] = cb;
     }
-    const A mg = block_sum(sg) / A(D), mgx = block_sum(sgx) / A(D);
-    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
-      const A xh = (load(xr + i) - m) * rs, g = load(dyr + i) * A(load(w + i));
-      store(dx + r * D + i, rs * (g - mg - xh * mgx));
+    const A mg = warp_sum(sg) / A(D), mgx = warp_sum(sgx) / A(D);
+    for (int64_t k = lane; k < packs; k += 32) {
+      const Pack<T, P> px = pack_at<P>(xr, k), pd = pack_at<P>(dyr, k);
+      const Pack<W, P> pw = pack_at<P>(w, k);
+      Pack<T, P> out;
+#pragma unroll
+      for (int e = 0; e < P; ++e) {
+        const A xh = (load(&px.v[e]) - m) * rs, g = load(&pd.v[e]) * A(load(&pw.v[e]));
+        store(&out.v[e], rs * (g - mg - xh * mgx));
+      }
+      reinterpret_cast<Pack<T, P>*>(dx + r * D)[k] = out;
     }
   }
+  __syncthreads();
+  const A* all = reinterpret_cast<const A*>(smem);
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
-    part_dw[blockIdx.x * D + i] = sdw[i];
-    part_db[blockIdx.x * D + i] = sdb[i];
+    A tw = 0, tb = 0;
+    for (int v = 0; v < warps; ++v) tw += all[v * 2 * D + i], tb += all[v * 2 * D + D + i];
+    part_dw[blockIdx.x * D + i] = tw;
+    part_db[blockIdx.x * D + i] = tb;
   }
+}
+
+// Calls f(integral_constant<int, P>) with P = 16 bytes of T when D and every pointer (rows
+// of T, parameters of W) allow, else 1.
+template <class T, class W, class F>
+void with_row_packs(int64_t D, std::initializer_list<const void*> rows, std::initializer_list<const void*> params,
+                    F&& f) {
+  constexpr int P = kPackOf<T>;
+  bool ok = D % P == 0;
+  for (const void* p : rows) ok = ok && pack_aligned<P>(static_cast<const T*>(p));
+  for (const void* p : params) ok = ok && pack_aligned<P>(static_cast<const W*>(p));
+  if (ok)
+    f(std::integral_constant<int, P>{});
+  else
+    f(std::integral_constant<int, 1>{});
 }
 
 // dweight/dbias = sums of the partials over blocks. Block (32, 32): 32 columns, each
@@ -131,8 +201,11 @@ ops::LayerNormOut layer_norm(const Tensor& x_in, const Tensor& weight, const Ten
     using A = acc_t<T>;
     dispatch_weight<T>(w.dtype(), [&](auto wtag) {
       using W = decltype(wtag);
-      layer_norm_forward_kernel<T, W><<<unsigned(rows), row_threads_warps(D), 0, st>>>(
-          ptr<T>(x), ptr<W>(w), ptr<W>(b), ptr<T>(out.y), ptr<A>(out.mean), ptr<A>(out.rstd), D, A(eps));
+      with_row_packs<T, W>(D, {x.raw_data(), out.y.raw_data()}, {w.raw_data(), b.raw_data()}, [&](auto pack) {
+        layer_norm_forward_kernel<decltype(pack)::value, T, W>
+            <<<unsigned((rows + kRowWarps - 1) / kRowWarps), kRowWarps * 32, 0, st>>>(
+                ptr<T>(x), ptr<W>(w), ptr<W>(b), ptr<T>(out.y), ptr<A>(out.mean), ptr<A>(out.rstd), rows, D, A(eps));
+      });
       SESSA_CUDA_LAUNCH_CHECK("layer_norm");
     });
   });
@@ -173,21 +246,23 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in,
     using A = acc_t<T>;
     dispatch_weight<T>(w.dtype(), [&](auto wtag) {
       using W = decltype(wtag);
-      const size_t smem = size_t(2 * D) * sizeof(A);
-      auto kernel = layer_norm_backward_kernel<T, W>;
-      if (smem > 48 * 1024) {  // beyond the default limit: opt in, up to what the device allows
-        int limit = 0;
-        SESSA_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), op);
-        SESSA_CHECK(
-            smem <= size_t(limit), op,
-            "last dim " << D << " is too large for the CUDA kernel (at most " << limit / (2 * sizeof(A)) << ")");
-        SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
-      }
+      // Each warp's column partials: as many warps as the shared memory holds, up to kRowWarps.
+      const size_t per_warp = 2 * size_t(D) * sizeof(A);
+      int limit = 0;
+      SESSA_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), op);
+      SESSA_CHECK(per_warp <= size_t(limit), op,
+                  "last dim " << D << " is too large for the CUDA kernel (at most " << limit / (2 * sizeof(A)) << ")");
+      const int warps = int(std::min<size_t>(kRowWarps, size_t(limit) / per_warp));
+      const size_t smem = warps * per_warp;
       A* pdw = ptr<A>(parts);
       A* pdb = pdw + nparts * D;
-      kernel<<<unsigned(nparts), row_threads_warps(D), smem, st>>>(ptr<T>(dy), ptr<T>(x), ptr<W>(w), ptr<A>(mean),
-                                                                   ptr<A>(rstd), ptr<T>(g.dx), pdw, pdb, rows, D,
-                                                                   rows_per_block);
+      with_row_packs<T, W>(D, {dy.raw_data(), x.raw_data(), g.dx.raw_data()}, {w.raw_data()}, [&](auto pack) {
+        auto kernel = layer_norm_backward_kernel<decltype(pack)::value, T, W>;
+        if (smem > 48 * 1024)  // beyond the default limit: opt in
+          SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
+        kernel<<<unsigned(nparts), warps * 32, smem, st>>>(ptr<T>(dy), ptr<T>(x), ptr<W>(w), ptr<A>(mean), ptr<A>(rstd),
+                                                           ptr<T>(g.dx), pdw, pdb, rows, D, rows_per_block);
+      });
       SESSA_CUDA_LAUNCH_CHECK(op);
       layer_norm_param_grads_kernel<W, A>
           <<<unsigned((D + 31) / 32), dim3(32, 32), 0, st>>>(pdw, pdb, ptr<W>(g.dweight), ptr<W>(g.dbias), nparts, D);

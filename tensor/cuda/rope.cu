@@ -2,8 +2,9 @@
 // contiguous or token-major (tensor/cuda/heads_layout.h); y comes out in x's layout.
 // A first kernel tabulates cos/sin (T, dh/2) of theta = (pos_offset + t) * base^(-2i/dh),
 // computed in double and stored as float (double for float64); inverse negates sin.
-// Then one thread per pair (x[2i], x[2i+1]) of every row (in memory order; a row's
-// position is row / heads_inner % T, heads_inner = H when token-major, else 1) reads the table:
+// Then one thread per pack of P / 2 pairs (x[2i], x[2i+1]) of a row (16 bytes of x when
+// dh / 2 and the pointers allow, else one pair; in memory order; a row's position is
+// row / heads_inner % T, heads_inner = H when token-major, else 1) reads the table:
 //   y[2i] = x[2i] cos - x[2i+1] sin,   y[2i+1] = x[2i] sin + x[2i+1] cos.
 #include "tensor/cuda/common.cuh"
 #include "tensor/cuda/heads_layout.h"
@@ -25,16 +26,33 @@ __global__ void rope_table_kernel(A* __restrict__ cs, A* __restrict__ sn, int64_
   cs[k] = A(c), sn[k] = A(sign * s);
 }
 
-template <class T>
+template <int P, class T>
 __global__ void rope_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ cs, const acc_t<T>* __restrict__ sn,
-                            T* __restrict__ y, int64_t pairs, int64_t T_len, int64_t half, int64_t heads_inner) {
+                            T* __restrict__ y, int64_t packs, int64_t T_len, int64_t half, int64_t heads_inner) {
   using A = acc_t<T>;
-  const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // pair index over all rows
-  if (k >= pairs) return;
-  const int64_t j = (k / half / heads_inner % T_len) * half + k % half;  // table entry (t, i)
-  const A x0 = load(x + 2 * k), x1 = load(x + 2 * k + 1), c = cs[j], s = sn[j];
-  store(y + 2 * k, x0 * c - x1 * s);
-  store(y + 2 * k + 1, x0 * s + x1 * c);
+  constexpr int kPairs = P / 2;
+  const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // pack index over all rows
+  if (k >= packs) return;
+  const int64_t pair = k * kPairs;                                             // its first pair
+  const int64_t j = (pair / half / heads_inner % T_len) * half + pair % half;  // table entry (t, i)
+  Pack<T, P> in;  // (one pair: element by element, any alignment)
+  if constexpr (P == 2)
+    in.v[0] = x[2 * k], in.v[1] = x[2 * k + 1];
+  else
+    in = reinterpret_cast<const Pack<T, P>*>(x)[k];
+  const Pack<A, kPairs> c = *reinterpret_cast<const Pack<A, kPairs>*>(cs + j),
+                        s = *reinterpret_cast<const Pack<A, kPairs>*>(sn + j);
+  Pack<T, P> out;
+#pragma unroll
+  for (int q = 0; q < kPairs; ++q) {
+    const A x0 = load(&in.v[2 * q]), x1 = load(&in.v[2 * q + 1]);
+    store(&out.v[2 * q], x0 * c.v[q] - x1 * s.v[q]);
+    store(&out.v[2 * q + 1], x0 * s.v[q] + x1 * c.v[q]);
+  }
+  if constexpr (P == 2)
+    y[2 * k] = out.v[0], y[2 * k + 1] = out.v[1];
+  else
+    reinterpret_cast<Pack<T, P>*>(y)[k] = out;
 }
 
 }  // namespace
@@ -54,8 +72,17 @@ Tensor rope(const Tensor& x_in, int64_t pos_offset, double base, bool inverse) {
     rope_table_kernel<A><<<blocks_for(T * half), kThreads, 0, st>>>(ptr<A>(cs), ptr<A>(sn), T, half, pos_offset, base,
                                                                     inverse ? -1.0 : 1.0);
     SESSA_CUDA_LAUNCH_CHECK("rope");
-    rope_kernel<TT><<<blocks_for(pairs), kThreads, 0, st>>>(ptr<TT>(x), ptr<A>(cs), ptr<A>(sn), ptr<TT>(y), pairs, T,
-                                                            half, heads_inner);
+    constexpr int P = kPackOf<TT>;  // (the tables are fresh allocations: aligned)
+    auto run = [&](auto pack) {
+      constexpr int kP = decltype(pack)::value;
+      const int64_t packs = pairs / (kP / 2);
+      rope_kernel<kP><<<blocks_for(packs), kThreads, 0, st>>>(ptr<TT>(x), ptr<A>(cs), ptr<A>(sn), ptr<TT>(y), packs, T,
+                                                              half, heads_inner);
+    };
+    if (half % (P / 2) == 0 && pack_aligned<P>(ptr<TT>(x)) && pack_aligned<P>(ptr<TT>(y)))
+      run(std::integral_constant<int, P>{});
+    else
+      run(std::integral_constant<int, 2>{});
     SESSA_CUDA_LAUNCH_CHECK("rope");
   });
   return y;
