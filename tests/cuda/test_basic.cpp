@@ -1,7 +1,7 @@
 // GPU parity for the basic ops the op table (tests/op_table.cpp, driven by test_ops.cpp)
 // cannot express: copies and casts between every dtype pair (strided, broadcast), fills,
-// the in-place add_, sum_to, amax/argmax, index_select of integer tensors and its range
-// check, the AdamW step with sum_of_squares, and the ordering of the priority lane
+// the contiguous kernel at every alignment and tail length, the in-place add_, sum_to, amax/argmax, index_select of
+// integer tensors and its range check, the AdamW step with sum_of_squares, and the ordering of the priority lane
 // (tensor/cuda/lane.h) against the main lane. Elementwise, unary, reductions, softmax,
 // cat and index_select/index_add of floats are table entries. The CPU result is the
 // reference: float32 inputs, rounded to bfloat16 first when the GPU runs in bfloat16, or
@@ -101,6 +101,35 @@ TEST_CASE("cuda add_ into a strided view with a broadcast source") {
       ops::add_(view(dg), gpu_input(b, t), 0.75);
       check(dg, dc, t, what);
     }
+}
+
+// The contiguous kernel moves packs of 16 bytes when every pointer is 16-byte aligned and
+// one element at a time otherwise, with the n % pack elements past the last pack done one
+// by one: contiguous views at every offset 0..8 of a buffer, of lengths around a pack and
+// a block's worth, through a binary op, a unary op and its backward, a cast and the
+// in-place add_ into a view of a poisoned buffer (the poison around it must survive).
+TEST_CASE("cuda contiguous elementwise at every alignment and tail length") {
+  Generator gen(23);
+  const int64_t lengths[] = {1, 7, 8, 9, 4095, 8193, 100003};
+  for (DType t : kFloatTypes)
+    for (int64_t n : lengths)
+      for (int64_t offset : {0, 1, 3, 4, 8}) {
+        const std::string what = name(t) + " n " + std::to_string(n) + " at offset " + std::to_string(offset);
+        const Tensor a = cpu_randn({n + 16}, gen), b = cpu_randn({n + 16}, gen);
+        auto view_c = [&](const Tensor& x) { return ops::narrow(ref_input(x, t), 0, offset, n); };
+        auto view_g = [&](const Tensor& x) { return ops::narrow(gpu_input(x, t), 0, offset, n); };
+        check(ops::binary(ops::Binary::Mul, view_g(a), view_g(b)), ops::binary(ops::Binary::Mul, view_c(a), view_c(b)),
+              t, what + " mul");
+        check(ops::unary(ops::Unary::Gelu, view_g(a)), ops::unary(ops::Unary::Gelu, view_c(a)), t, what + " gelu");
+        check(ops::unary_backward(ops::Unary::Gelu, view_g(a), view_g(b)),
+              ops::unary_backward(ops::Unary::Gelu, view_c(a), view_c(b)), t, what + " gelu backward");
+        const DType other = t == DType::F32 ? DType::BF16 : DType::F32;
+        check_exact(ops::cast(view_g(a), other), ops::cast(view_c(a), other), what + " cast");
+        Tensor dc = full({n + 16}, 777.0, {ref_input(a, t).dtype()}), dg = full({n + 16}, 777.0, {t, gpu()});
+        ops::add_(ops::narrow(dc, 0, 8 - offset, n), view_c(b), -0.5);
+        ops::add_(ops::narrow(dg, 0, 8 - offset, n), view_g(b), -0.5);
+        check(dg, dc, t, what + " add_ into a poisoned buffer");
+      }
 }
 
 TEST_CASE("cuda sum_to") {
