@@ -1,16 +1,20 @@
 // CUDA causal depthwise conv1d of the Mamba mixer, optionally fused with SiLU (the math:
 // nn/mamba_ops.h and .cpp); the selective scan is in nn/mamba_scan.cu.
 //
-// Forward: one thread per output element (b, t, c); c is the fastest index, so a
-// warp reads 32 consecutive channels of a row. Backward with SiLU: one elementwise
-// kernel recomputes the pre-activation and turns dy into dpre = dy * SiLU'(pre) (so the
-// forward saves nothing but its inputs). Backward: dx the same way (gathering dy
-// from the K rows that read x[b, s, c]); dw and dbias (the bias is "tap K") reduce over
+// Forward: one thread per pack of P consecutive channels (b, t, c0 .. c0 + P - 1), 16
+// bytes when C and the pointers allow (else one channel); c is the fastest index, so a
+// warp reads 32 consecutive packs of a row, one 16-byte load per tap, and the weight is
+// read tap-major, (K, C), so that a pack's tap j is one 16-byte load too (from the
+// (C, K) layout a warp's weight loads touched 32 sectors each). Backward with
+// SiLU: one kernel of the same shape recomputes the pre-activation and turns dy into
+// dpre = dy * SiLU'(pre) (so the forward saves nothing but its inputs). Backward: dx
+// the same way (gathering dy from the K rows that read x[b, s, c]); dw and dbias (the bias is "tap K") reduce over
 // the B*T rows: a thread owns one channel and up to kTaps taps over a contiguous run of
 // rows, a block sums its 8 runs in shared memory and writes one partial per (split,
 // tap, channel); nn/mamba_partials.cuh sums the splits in a fixed order, so the result
 // is bitwise reproducible.
 #include <algorithm>
+#include <initializer_list>
 
 #include "nn/mamba_cuda.h"
 #include "nn/mamba_partials.cuh"
@@ -29,48 +33,102 @@ constexpr int kWarp = 32;
 __device__ __forceinline__ float conv_sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 __device__ __forceinline__ double conv_sigmoid(double v) { return 1.0 / (1.0 + exp(-v)); }
 
-// The conv at element i = (b, t, c) of a contiguous (B, T, C) tensor, before any activation.
-template <class F>
-__device__ __forceinline__ acc_t<F> conv_at(const F* __restrict__ x, const F* __restrict__ w,
-                                            const F* __restrict__ bias, int64_t i, int T, int C, int K) {
-  const int c = int(i % C), t = int(i / C % T);
-  acc_t<F> acc = load(bias + c);
-  for (int j = max(0, K - 1 - t); j < K; ++j)
-    acc += load(w + int64_t(c) * K + j) * load(x + i - int64_t(K - 1 - j) * C);
-  return acc;
+// Pack q of P channels of a contiguous (B, T, C) tensor (C % P == 0): its first element
+// i0 = q P, channel c0 and time t (32-bit: sizes are checked below 2^31).
+struct ConvPack {
+  int i0, c0, t;
+  template <int P>
+  __device__ __forceinline__ static ConvPack at(int q, int T, int C) {
+    const int i0 = q * P;
+    return {i0, i0 % C, i0 / C % T};
+  }
+};
+template <int P, class F>
+__device__ __forceinline__ Pack<F, P> pack_at(const F* p, int64_t i) {
+  return *reinterpret_cast<const Pack<F, P>*>(p + i);
+}
+template <int P, class F>
+__device__ __forceinline__ void store_pack(F* p, int64_t i, const acc_t<F> (&v)[P]) {
+  Pack<F, P> out;
+#pragma unroll
+  for (int e = 0; e < P; ++e) store(&out.v[e], v[e]);
+  *reinterpret_cast<Pack<F, P>*>(p + i) = out;
 }
 
-template <class F, bool kSilu>
-__global__ void conv_fwd_kernel(const F* __restrict__ x, const F* __restrict__ w, const F* __restrict__ bias,
-                                F* __restrict__ y, int64_t n, int T, int C, int K) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const acc_t<F> v = conv_at(x, w, bias, i, T, C, K);
-  store(y + i, kSilu ? v * conv_sigmoid(v) : v);
+// The conv at pack c of a contiguous (B, T, C) tensor, before any activation: acc[e] for
+// channel c0 + e. wt is the weight tap-major, (K, C).
+template <int P, class F>
+__device__ __forceinline__ void conv_at(const F* __restrict__ x, const F* __restrict__ wt, const F* __restrict__ bias,
+                                        ConvPack c, int C, int K, acc_t<F> (&acc)[P]) {
+  const Pack<F, P> b = pack_at<P>(bias, c.c0);
+#pragma unroll
+  for (int e = 0; e < P; ++e) acc[e] = load(&b.v[e]);
+  for (int j = max(0, K - 1 - c.t); j < K; ++j) {
+    const Pack<F, P> xv = pack_at<P>(x, c.i0 - int64_t(K - 1 - j) * C), wv = pack_at<P>(wt, int64_t(j) * C + c.c0);
+#pragma unroll
+    for (int e = 0; e < P; ++e) acc[e] += load(&wv.v[e]) * load(&xv.v[e]);
+  }
+}
+
+template <int P, class F, bool kSilu>
+__global__ void conv_fwd_kernel(const F* __restrict__ x, const F* __restrict__ wt, const F* __restrict__ bias,
+                                F* __restrict__ y, int packs, int T, int C, int K) {
+  const int q = blockIdx.x * blockDim.x + threadIdx.x;
+  if (q >= packs) return;
+  const ConvPack c = ConvPack::at<P>(q, T, C);
+  acc_t<F> v[P];
+  conv_at<P>(x, wt, bias, c, C, K, v);
+  if (kSilu)
+#pragma unroll
+    for (int e = 0; e < P; ++e) v[e] *= conv_sigmoid(v[e]);
+  store_pack<P>(y, c.i0, v);
 }
 
 // With SiLU: dpre = dy * SiLU'(pre), pre recomputed; the conv backward then runs on dpre.
-template <class F>
-__global__ void conv_silu_grad_kernel(const F* __restrict__ dy, const F* __restrict__ x, const F* __restrict__ w,
-                                      const F* __restrict__ bias, F* __restrict__ dpre, int64_t n, int T, int C,
+template <int P, class F>
+__global__ void conv_silu_grad_kernel(const F* __restrict__ dy, const F* __restrict__ x, const F* __restrict__ wt,
+                                      const F* __restrict__ bias, F* __restrict__ dpre, int packs, int T, int C,
                                       int K) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
   using Acc = acc_t<F>;
-  const Acc v = conv_at(x, w, bias, i, T, C, K), s = conv_sigmoid(v);
-  store(dpre + i, load(dy + i) * (s * (Acc(1) + v * (Acc(1) - s))));
+  const int q = blockIdx.x * blockDim.x + threadIdx.x;
+  if (q >= packs) return;
+  const ConvPack c = ConvPack::at<P>(q, T, C);
+  Acc v[P];
+  conv_at<P>(x, wt, bias, c, C, K, v);
+  const Pack<F, P> g = pack_at<P>(dy, c.i0);
+#pragma unroll
+  for (int e = 0; e < P; ++e) {
+    const Acc s = conv_sigmoid(v[e]);
+    v[e] = load(&g.v[e]) * (s * (Acc(1) + v[e] * (Acc(1) - s)));
+  }
+  store_pack<P>(dpre, c.i0, v);
 }
 
-template <class F>
-__global__ void conv_dx_kernel(const F* __restrict__ dy, const F* __restrict__ w, F* __restrict__ dx, int64_t n, int T,
+template <int P, class F>
+__global__ void conv_dx_kernel(const F* __restrict__ dy, const F* __restrict__ wt, F* __restrict__ dx, int packs, int T,
                                int C, int K) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const int c = int(i % C), s = int(i / C % T);
-  acc_t<F> acc = 0;
-  for (int j = max(0, s + K - T); j < K; ++j)
-    acc += load(w + int64_t(c) * K + j) * load(dy + i + int64_t(K - 1 - j) * C);
-  store(dx + i, acc);
+  const int q = blockIdx.x * blockDim.x + threadIdx.x;
+  if (q >= packs) return;
+  const ConvPack c = ConvPack::at<P>(q, T, C);  // c.t: the time s that x[b, s, c] sits at
+  acc_t<F> acc[P] = {};
+  for (int j = max(0, c.t + K - T); j < K; ++j) {
+    const Pack<F, P> g = pack_at<P>(dy, c.i0 + int64_t(K - 1 - j) * C), wv = pack_at<P>(wt, int64_t(j) * C + c.c0);
+#pragma unroll
+    for (int e = 0; e < P; ++e) acc[e] += load(&wv.v[e]) * load(&g.v[e]);
+  }
+  store_pack<P>(dx, c.i0, acc);
+}
+
+// Calls f(integral_constant<int, P>) with P = 16 bytes of F when C and the pointers allow, else 1.
+template <class F, class Fn>
+void with_channel_packs(int64_t C, std::initializer_list<const void*> ptrs, Fn&& f) {
+  constexpr int P = kPackOf<F>;
+  bool ok = C % P == 0;
+  for (const void* p : ptrs) ok = ok && pack_aligned<P>(static_cast<const F*>(p));
+  if (ok)
+    f(std::integral_constant<int, P>{});
+  else
+    f(std::integral_constant<int, 1>{});
 }
 
 constexpr int kTaps = 8;     // taps per thread in the dw/dbias reduction (= blockDim.y)
@@ -117,16 +175,20 @@ void check_sizes(const char* op, int64_t B, int64_t rows_x_width) {
 }  // namespace
 
 Tensor causal_conv1d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, bool silu) {
-  Tensor x = ops::contiguous(x_in), w = ops::contiguous(w_in), bias = ops::contiguous(bias_in);
-  const int64_t T = x.size(1), C = x.size(2), K = w.size(1), n = x.numel();
+  Tensor x = ops::contiguous(x_in), bias = ops::contiguous(bias_in);
+  const Tensor wt = ops::contiguous(ops::transpose(w_in, 0, 1));  // (K, C)
+  const int64_t T = x.size(1), C = x.size(2), K = wt.size(0), n = x.numel();
   check_sizes("causal_conv1d", 1, n);
   Tensor y = Tensor::empty(x.shape(), x.options());
   cudaStream_t st = stream(x.device().index);
   dispatch_float(x.dtype(), "causal_conv1d", [&](auto tag) {
     using F = decltype(tag);
-    auto kernel = silu ? conv_fwd_kernel<F, true> : conv_fwd_kernel<F, false>;
-    kernel<<<blocks_for(n), kThreads, 0, st>>>(ptr<F>(x), ptr<F>(w), ptr<F>(bias), ptr<F>(y), n, int(T), int(C),
-                                               int(K));
+    with_channel_packs<F>(C, {x.raw_data(), bias.raw_data(), y.raw_data()}, [&](auto pack) {
+      constexpr int P = decltype(pack)::value;
+      auto kernel = silu ? conv_fwd_kernel<P, F, true> : conv_fwd_kernel<P, F, false>;
+      kernel<<<blocks_for(n / P), kThreads, 0, st>>>(ptr<F>(x), ptr<F>(wt), ptr<F>(bias), ptr<F>(y), int(n / P), int(T),
+                                                     int(C), int(K));
+    });
   });
   SESSA_CUDA_LAUNCH_CHECK("causal_conv1d");
   return y;
@@ -136,6 +198,7 @@ nn::Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, 
                                        const Tensor& bias_in, bool silu) {
   const char* op = "causal_conv1d_backward";
   Tensor dy = ops::contiguous(dy_in), x = ops::contiguous(x_in), w = ops::contiguous(w_in);
+  const Tensor wt = ops::contiguous(ops::transpose(w, 0, 1));  // (K, C)
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1), n = x.numel(), rows = B * T;
   check_sizes(op, 1, n);
   nn::Conv1dGrads g{Tensor::empty(x.shape(), x.options()), Tensor::empty(w.shape(), x.options()),
@@ -152,13 +215,19 @@ nn::Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, 
     using Acc = acc_t<F>;
     if (silu) {  // dy becomes the gradient of the pre-activation
       Tensor bias = ops::contiguous(bias_in), dpre = Tensor::empty(x.shape(), x.options());
-      conv_silu_grad_kernel<F><<<blocks_for(n), kThreads, 0, st>>>(ptr<F>(dy), ptr<F>(x), ptr<F>(w), ptr<F>(bias),
-                                                                   ptr<F>(dpre), n, int(T), int(C), int(K));
+      with_channel_packs<F>(C, {dy.raw_data(), x.raw_data(), bias.raw_data(), dpre.raw_data()}, [&](auto pack) {
+        constexpr int P = decltype(pack)::value;
+        conv_silu_grad_kernel<P, F><<<blocks_for(n / P), kThreads, 0, st>>>(
+            ptr<F>(dy), ptr<F>(x), ptr<F>(wt), ptr<F>(bias), ptr<F>(dpre), int(n / P), int(T), int(C), int(K));
+      });
       SESSA_CUDA_LAUNCH_CHECK(op);
       dy = dpre;
     }
-    conv_dx_kernel<F>
-        <<<blocks_for(n), kThreads, 0, st>>>(ptr<F>(dy), ptr<F>(w), ptr<F>(g.dx), n, int(T), int(C), int(K));
+    with_channel_packs<F>(C, {dy.raw_data(), g.dx.raw_data()}, [&](auto pack) {
+      constexpr int P = decltype(pack)::value;
+      conv_dx_kernel<P, F><<<blocks_for(n / P), kThreads, 0, st>>>(ptr<F>(dy), ptr<F>(wt), ptr<F>(g.dx), int(n / P),
+                                                                   int(T), int(C), int(K));
+    });
     SESSA_CUDA_LAUNCH_CHECK(op);
     const dim3 grid{unsigned(cblocks), unsigned(tgroups), unsigned(splits)}, block{kWarp, kRowRuns};
     conv_dw_partial_kernel<F>

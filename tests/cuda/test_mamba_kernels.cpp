@@ -121,6 +121,17 @@ TEST_CASE("cuda causal_conv1d bfloat16 and float64") {
   check_conv(2, 65, 33, 1, DType::F64, 14);
 }
 
+// Channel counts that are multiples of a 16-byte pack (8 bf16, 4 float, 2 double) take the
+// packed kernels; the cases above (odd C) take the one-channel ones.
+TEST_CASE("cuda causal_conv1d with channels in 16-byte packs") {
+  check_conv(2, 300, 64, 4, DType::BF16, 22, true);
+  check_conv(3, 65, 96, 4, DType::BF16, 23);
+  check_conv(1, 3, 8, 4, DType::BF16, 24, true);  // T < K, one pack per row
+  check_conv(2, 33, 40, 4, DType::F32, 25, true);
+  check_conv(2, 129, 36, 9, DType::F32, 26);
+  check_conv(1, 1000, 16, 4, DType::F64, 27, true);
+}
+
 // ---- selective scan -----------------------------------------------------------------
 
 // u, dy ~ N(0, 1); delta ~ U(0.01, 1) (softplus outputs); A ~ -U(0.1, 4) (A = -exp(A_log));
