@@ -61,9 +61,11 @@
 //   near 0.2 ms: about half its instructions and shared traffic (e_t kept from the
 //   sub-segment walk: 32 KB more shared memory per block; dBm/dCm terms summed over 2
 //   channels per thread before the butterfly).
-//   Measured (H200, bench_mamba_scan, bf16 16 x 1024): forward 0.40 ms, backward 1.16 ms,
-//   1.55 ms in all (the previous design 2.7): about 3x the model in both kernels, so the
-//   next step is an ncu source-level look at where the model is wrong, not tuning by guess.
+//   Measured (H200, bench_mamba_scan, bf16 16 x 1024): forward 0.26 ms, backward 1.05 ms,
+//   1.32 ms in all (the previous design 2.7; 1.55 until the tile registers kept the stored
+//   bf16 values, docs/performance.md 2026-12-01 second session): about 2x the model in both
+//   kernels, 10% of the copy bandwidth when gated; an ncu source-level look at where the
+//   model is wrong comes before more tuning.
 #include <algorithm>
 #include <type_traits>
 
@@ -152,9 +154,10 @@ Chunks<Acc> time_chunks(const ScanParams& p, Kernel kernel, size_t smem, double 
   return tc;
 }
 
-// Pass 1's cost relative to the main pass (instructions per (t, n), nn/mamba_scan.cu's
-// header): forward ~4.5 + EX2 of ~7.7 + EX2, backward ~5 + EX2 of ~31 + 2.8 EX2.
-constexpr double kFwdPass1Cost = 0.6, kBwdPass1Cost = 0.2;
+// Pass 1's cost relative to the main pass, per chunk, as measured (H200, ncu, Mamba B 4,
+// T 4096, four chunks; the instruction counts of the header predicted 0.6 and 0.2): the
+// forward's pass 1 walks the state like the main pass and costs nearly as much.
+constexpr double kFwdPass1Cost = 0.8, kBwdPass1Cost = 0.28;
 
 template <int kNG>
 dim3 scan_grid(const ScanParams& p, int chunks) {
