@@ -50,9 +50,9 @@ std::vector<unsigned char> read_bytes(const std::string& path) {
 
 template <typename T>
 void append(std::vector<unsigned char>& bytes, T value) {
-  unsigned char raw[sizeof(T)];
-  std::memcpy(raw, &value, sizeof(T));
-  bytes.insert(bytes.end(), raw, raw + sizeof(T));
+  const size_t at = bytes.size();
+  bytes.resize(at + sizeof(T));
+  std::memcpy(bytes.data() + at, &value, sizeof(T));
 }
 
 // A 1024-byte shard header with the given first three int32 fields.
