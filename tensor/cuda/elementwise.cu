@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kThreads) strided_kernel(I n, StridedIndexer<K
 // then the n % V elements past the last whole pack are done one by one. V = 16 bytes'
 // worth of the wider dtype when every pointer is that aligned, else 1: bfloat16 moves in
 // 16-byte accesses, 8 elements each (2-byte accesses left the bandwidth-bound ops at a
-// third of the copy bandwidth on the H200, docs/performance.md 2026-12-01).
+// third of the copy bandwidth on the H200, docs/performance.md 2026-12-01, second session).
 template <int V>
 constexpr int kPacks = V == 1 ? 8 : 4;
 template <int V, class D, class S, int K, class Op>
