@@ -93,8 +93,9 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   A* sdw = reinterpret_cast<A*>(smem) + warp * 2 * D;  // this warp's column partials
   A* sdb = sdw + D;
-  for (int64_t i = lane; i < D; i += 32) sdw[i] = 0, sdb[i] = 0;
   const int64_t packs = D / P, r0 = blockIdx.x * rows_per_block, r1 = min(rows, r0 + rows_per_block);
+  for (int64_t k = lane; k < packs; k += 32)  // each lane zeroes the packs it owns: no other lane reads them
+    reinterpret_cast<Pack<A, P>*>(sdw)[k] = Pack<A, P>{}, reinterpret_cast<Pack<A, P>*>(sdb)[k] = Pack<A, P>{};
   for (int64_t r = r0 + warp; r < r1; r += warps) {
     const T *xr = x + r * D, *dyr = dy + r * D;
     const A m = mean[r], rs = rstd[r];
