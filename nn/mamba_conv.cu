@@ -43,16 +43,13 @@ struct ConvPack {
     return {i0, i0 % C, i0 / C % T};
   }
 };
+// P values in the arithmetic type, stored as the pack at element i of p.
 template <int P, class F>
-__device__ __forceinline__ Pack<F, P> pack_at(const F* p, int64_t i) {
-  return *reinterpret_cast<const Pack<F, P>*>(p + i);
-}
-template <int P, class F>
-__device__ __forceinline__ void store_pack(F* p, int64_t i, const acc_t<F> (&v)[P]) {
+__device__ __forceinline__ void store_acc_pack(F* p, int64_t i, const acc_t<F> (&v)[P]) {
   Pack<F, P> out;
 #pragma unroll
   for (int e = 0; e < P; ++e) store(&out.v[e], v[e]);
-  *reinterpret_cast<Pack<F, P>*>(p + i) = out;
+  store_pack(p, i, out);
 }
 
 // The conv at pack c of a contiguous (B, T, C) tensor, before any activation: acc[e] for
@@ -60,11 +57,11 @@ __device__ __forceinline__ void store_pack(F* p, int64_t i, const acc_t<F> (&v)[
 template <int P, class F>
 __device__ __forceinline__ void conv_at(const F* __restrict__ x, const F* __restrict__ wt, const F* __restrict__ bias,
                                         ConvPack c, int C, int K, acc_t<F> (&acc)[P]) {
-  const Pack<F, P> b = pack_at<P>(bias, c.c0);
+  const Pack<F, P> b = load_pack<P>(bias, c.c0);
 #pragma unroll
   for (int e = 0; e < P; ++e) acc[e] = load(&b.v[e]);
   for (int j = max(0, K - 1 - c.t); j < K; ++j) {
-    const Pack<F, P> xv = pack_at<P>(x, c.i0 - int64_t(K - 1 - j) * C), wv = pack_at<P>(wt, int64_t(j) * C + c.c0);
+    const Pack<F, P> xv = load_pack<P>(x, c.i0 - int64_t(K - 1 - j) * C), wv = load_pack<P>(wt, int64_t(j) * C + c.c0);
 #pragma unroll
     for (int e = 0; e < P; ++e) acc[e] += load(&wv.v[e]) * load(&xv.v[e]);
   }
@@ -81,7 +78,7 @@ __global__ void conv_fwd_kernel(const F* __restrict__ x, const F* __restrict__ w
   if (kSilu)
 #pragma unroll
     for (int e = 0; e < P; ++e) v[e] *= conv_sigmoid(v[e]);
-  store_pack<P>(y, c.i0, v);
+  store_acc_pack<P>(y, c.i0, v);
 }
 
 // With SiLU: dpre = dy * SiLU'(pre), pre recomputed; the conv backward then runs on dpre.
@@ -95,13 +92,13 @@ __global__ void conv_silu_grad_kernel(const F* __restrict__ dy, const F* __restr
   const ConvPack c = ConvPack::at<P>(q, T, C);
   Acc v[P];
   conv_at<P>(x, wt, bias, c, C, K, v);
-  const Pack<F, P> g = pack_at<P>(dy, c.i0);
+  const Pack<F, P> g = load_pack<P>(dy, c.i0);
 #pragma unroll
   for (int e = 0; e < P; ++e) {
     const Acc s = conv_sigmoid(v[e]);
     v[e] = load(&g.v[e]) * (s * (Acc(1) + v[e] * (Acc(1) - s)));
   }
-  store_pack<P>(dpre, c.i0, v);
+  store_acc_pack<P>(dpre, c.i0, v);
 }
 
 template <int P, class F>
@@ -112,23 +109,19 @@ __global__ void conv_dx_kernel(const F* __restrict__ dy, const F* __restrict__ w
   const ConvPack c = ConvPack::at<P>(q, T, C);  // c.t: the time s that x[b, s, c] sits at
   acc_t<F> acc[P] = {};
   for (int j = max(0, c.t + K - T); j < K; ++j) {
-    const Pack<F, P> g = pack_at<P>(dy, c.i0 + int64_t(K - 1 - j) * C), wv = pack_at<P>(wt, int64_t(j) * C + c.c0);
+    const Pack<F, P> g = load_pack<P>(dy, c.i0 + int64_t(K - 1 - j) * C), wv = load_pack<P>(wt, int64_t(j) * C + c.c0);
 #pragma unroll
     for (int e = 0; e < P; ++e) acc[e] += load(&wv.v[e]) * load(&g.v[e]);
   }
-  store_pack<P>(dx, c.i0, acc);
+  store_acc_pack<P>(dx, c.i0, acc);
 }
 
-// Calls f(integral_constant<int, P>) with P = 16 bytes of F when C and the pointers allow, else 1.
-template <class F, class Fn>
-void with_channel_packs(int64_t C, std::initializer_list<const void*> ptrs, Fn&& f) {
-  constexpr int P = kPackOf<F>;
-  bool ok = C % P == 0;
-  for (const void* p : ptrs) ok = ok && pack_aligned<P>(static_cast<const F*>(p));
-  if (ok)
-    f(std::integral_constant<int, P>{});
-  else
-    f(std::integral_constant<int, 1>{});
+// Whether C and every pointer allow packs of kPackOf<F> channels.
+template <class F>
+bool channels_packed(int64_t C, std::initializer_list<const void*> ptrs) {
+  bool ok = C % kPackOf<F> == 0;
+  for (const void* p : ptrs) ok = ok && pack_aligned<kPackOf<F>>(static_cast<const F*>(p));
+  return ok;
 }
 
 constexpr int kTaps = 8;     // taps per thread in the dw/dbias reduction (= blockDim.y)
@@ -183,7 +176,7 @@ Tensor causal_conv1d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_
   cudaStream_t st = stream(x.device().index);
   dispatch_float(x.dtype(), "causal_conv1d", [&](auto tag) {
     using F = decltype(tag);
-    with_channel_packs<F>(C, {x.raw_data(), bias.raw_data(), y.raw_data()}, [&](auto pack) {
+    with_pack<kPackOf<F>>(channels_packed<F>(C, {x.raw_data(), bias.raw_data(), y.raw_data()}), [&](auto pack) {
       constexpr int P = decltype(pack)::value;
       auto kernel = silu ? conv_fwd_kernel<P, F, true> : conv_fwd_kernel<P, F, false>;
       kernel<<<blocks_for(n / P), kThreads, 0, st>>>(ptr<F>(x), ptr<F>(wt), ptr<F>(bias), ptr<F>(y), int(n / P), int(T),
@@ -215,7 +208,8 @@ nn::Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, 
     using Acc = acc_t<F>;
     if (silu) {  // dy becomes the gradient of the pre-activation
       Tensor bias = ops::contiguous(bias_in), dpre = Tensor::empty(x.shape(), x.options());
-      with_channel_packs<F>(C, {dy.raw_data(), x.raw_data(), bias.raw_data(), dpre.raw_data()}, [&](auto pack) {
+      const bool packed = channels_packed<F>(C, {dy.raw_data(), x.raw_data(), bias.raw_data(), dpre.raw_data()});
+      with_pack<kPackOf<F>>(packed, [&](auto pack) {
         constexpr int P = decltype(pack)::value;
         conv_silu_grad_kernel<P, F><<<blocks_for(n / P), kThreads, 0, st>>>(
             ptr<F>(dy), ptr<F>(x), ptr<F>(wt), ptr<F>(bias), ptr<F>(dpre), int(n / P), int(T), int(C), int(K));
@@ -223,7 +217,7 @@ nn::Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, 
       SESSA_CUDA_LAUNCH_CHECK(op);
       dy = dpre;
     }
-    with_channel_packs<F>(C, {dy.raw_data(), g.dx.raw_data()}, [&](auto pack) {
+    with_pack<kPackOf<F>>(channels_packed<F>(C, {dy.raw_data(), g.dx.raw_data()}), [&](auto pack) {
       constexpr int P = decltype(pack)::value;
       conv_dx_kernel<P, F><<<blocks_for(n / P), kThreads, 0, st>>>(ptr<F>(dy), ptr<F>(wt), ptr<F>(g.dx), int(n / P),
                                                                    int(T), int(C), int(K));

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "tensor/cuda/check.h"
@@ -80,6 +81,25 @@ constexpr int kPackOf = int(16 / std::max({sizeof(Ts)...}));
 template <int V, class T>
 inline bool pack_aligned(const T* p) {
   return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * V) == 0;
+}
+// The pack of V elements starting at element i of p (i a multiple of V, p pack-aligned).
+template <int V, class T>
+__device__ __forceinline__ Pack<T, V> load_pack(const T* p, int64_t i) {
+  return *reinterpret_cast<const Pack<T, V>*>(p + i);
+}
+template <int V, class T>
+__device__ __forceinline__ void store_pack(T* p, int64_t i, const Pack<T, V>& v) {
+  *reinterpret_cast<Pack<T, V>*>(p + i) = v;
+}
+// A kernel's pack width as a template argument, chosen once per launch: f(integral_constant
+// <int, V>) when `packed` (the sizes divide and every pointer is pack_aligned), else
+// f(integral_constant<int, kFallback>).
+template <int V, int kFallback = 1, class F>
+void with_pack(bool packed, F&& f) {
+  if (packed)
+    f(std::integral_constant<int, V>{});
+  else
+    f(std::integral_constant<int, kFallback>{});
 }
 
 // ---- launch sizes ------------------------------------------------------------------

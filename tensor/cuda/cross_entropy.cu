@@ -21,12 +21,6 @@ namespace sessa::cuda {
 
 namespace {
 
-// Row r of (N, V) as packs of P elements (V % P == 0).
-template <int P, class T>
-__device__ __forceinline__ const Pack<T, P>* row_packs(const T* x, int64_t r, int64_t V) {
-  return reinterpret_cast<const Pack<T, P>*>(x + r * V);
-}
-
 template <int P, class T>
 __global__ void cross_entropy_forward_kernel(const T* __restrict__ x, const int32_t* __restrict__ targets,
                                              acc_t<T>* __restrict__ lse, acc_t<T>* __restrict__ row_loss, int64_t V,
@@ -38,10 +32,9 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ x, const int3
     return;
   }
   const T* xr = x + r * V;
-  const Pack<T, P>* xp = row_packs<P>(x, r, V);
   A m = -INFINITY, s = 0;
   for (int64_t k = threadIdx.x; k < V / P; k += blockDim.x) {
-    const Pack<T, P> pack = xp[k];
+    const Pack<T, P> pack = load_pack<P>(xr, k * P);
     A v[P], pm = m;
 #pragma unroll
     for (int e = 0; e < P; ++e) v[e] = load(&pack.v[e]), pm = max(pm, v[e]);
@@ -102,8 +95,8 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ x, const int
                                               T* __restrict__ dx, int64_t V, int64_t ignore_index) {
   using A = acc_t<T>;
   const int64_t r = blockIdx.x, t = targets[r];
-  const Pack<T, P>* xp = row_packs<P>(x, r, V);
-  Pack<T, P>* dp = reinterpret_cast<Pack<T, P>*>(dx + r * V);
+  const T* xr = x + r * V;
+  T* dr = dx + r * V;
   const bool ignored = t == ignore_index;
   const A l = ignored ? A(0) : lse[r], g = ignored ? A(0) : *scale;
   for (int64_t k = threadIdx.x; k < V / P; k += blockDim.x) {
@@ -112,22 +105,12 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ x, const int
 #pragma unroll
       for (int e = 0; e < P; ++e) store(&out.v[e], A(0));
     } else {
-      const Pack<T, P> in = xp[k];
+      const Pack<T, P> in = load_pack<P>(xr, k * P);
 #pragma unroll
       for (int e = 0; e < P; ++e) store(&out.v[e], g * (math::exp(load(&in.v[e]) - l) - A(k * P + e == t)));
     }
-    dp[k] = out;
+    store_pack(dr, k * P, out);
   }
-}
-
-// Calls f(integral_constant<int, P>) with P = 16 bytes of T when V and the pointers allow, else 1.
-template <class T, class F>
-void with_row_packs(int64_t V, const T* x, const T* dx, F&& f) {
-  constexpr int P = kPackOf<T>;
-  if (V % P == 0 && pack_aligned<P>(x) && (!dx || pack_aligned<P>(dx)))
-    f(std::integral_constant<int, P>{});
-  else
-    f(std::integral_constant<int, 1>{});
 }
 
 constexpr int kReduceThreads = 1024;
@@ -146,7 +129,8 @@ ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_i
     using T = decltype(tag);
     using A = acc_t<T>;
     if (N > 0) {
-      with_row_packs(V, ptr<T>(x), static_cast<const T*>(nullptr), [&](auto pack) {
+      constexpr int P = kPackOf<T>;
+      with_pack<P>(V % P == 0 && pack_aligned<P>(ptr<T>(x)), [&](auto pack) {
         cross_entropy_forward_kernel<decltype(pack)::value><<<unsigned(N), kThreads, 0, st>>>(
             ptr<T>(x), ptr<int32_t>(targets), ptr<A>(res.lse), ptr<A>(row_loss), V, ignore_index);
       });
@@ -197,7 +181,8 @@ Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const T
           <<<1, kReduceThreads, 0, st>>>(ptr<D>(d), ptr<int32_t>(targets), N, ignore_index, host_count, ptr<A>(scale));
       SESSA_CUDA_LAUNCH_CHECK(op);
     });
-    with_row_packs(V, ptr<T>(x), ptr<T>(dx), [&](auto pack) {
+    constexpr int P = kPackOf<T>;
+    with_pack<P>(V % P == 0 && pack_aligned<P>(ptr<T>(x)) && pack_aligned<P>(ptr<T>(dx)), [&](auto pack) {
       cross_entropy_backward_kernel<decltype(pack)::value><<<unsigned(N), kThreads, 0, st>>>(
           ptr<T>(x), ptr<int32_t>(targets), ptr<A>(lse), ptr<A>(scale), ptr<T>(dx), V, ignore_index);
     });

@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads) contiguous_kernel(int64_t n, Map<D, 
     const int64_t p = base + j * blockDim.x;
     if (p < packs)
 #pragma unroll
-      for (int k = 0; k < K; ++k) x[j][k] = reinterpret_cast<const Pack<S, V>*>(m.in[k])[p];
+      for (int k = 0; k < K; ++k) x[j][k] = load_pack<V>(m.in[k], p * V);
   }
 #pragma unroll
   for (int j = 0; j < kPacks<V>; ++j) {
@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kThreads) contiguous_kernel(int64_t n, Map<D, 
       for (int k = 0; k < K; ++k) v[k] = x[j][k].v[e];
       y.v[e] = m.op(v);
     }
-    reinterpret_cast<Pack<D, V>*>(m.out)[p] = y;
+    store_pack(m.out, p * V, y);
   }
   if (V > 1 && blockIdx.x == 0 && threadIdx.x < n % V) {  // the tail
     const int64_t i = packs * V + threadIdx.x;
@@ -139,13 +139,13 @@ void launch(const char* op, Device device, const Shape& shape, const std::array<
   bool dense = s.shape.size() <= 1;
   for (int k = 0; k <= K && !s.shape.empty(); ++k) dense = dense && s.strides[k][0] == 1;
   if (dense) {
-    constexpr int V = kPackOf<D, S>;
-    bool vec = pack_aligned<V>(m.out);
-    for (int k = 0; k < K; ++k) vec = vec && pack_aligned<V>(m.in[k]);
-    if (vec)
+    constexpr int kV = kPackOf<D, S>;
+    bool packed = pack_aligned<kV>(m.out);
+    for (int k = 0; k < K; ++k) packed = packed && pack_aligned<kV>(m.in[k]);
+    with_pack<kV>(packed, [&](auto pack) {
+      constexpr int V = decltype(pack)::value;
       contiguous_kernel<V><<<blocks_for(n / V, kThreads * kPacks<V>), kThreads, 0, st>>>(n, m);
-    else
-      contiguous_kernel<1><<<blocks_for(n, kThreads * kPacks<1>), kThreads, 0, st>>>(n, m);
+    });
     SESSA_CUDA_LAUNCH_CHECK(op);
     return;
   }

@@ -31,10 +31,6 @@ constexpr int kRowWarps = 8;            // rows in flight per block (one warp ea
 // Lane `lane` of a warp owns packs lane, lane + 32, ... of a row of D / P packs of P
 // elements (16 bytes of x when D and the pointers allow, else 1); the weight's packs of
 // P elements may be 32 bytes (float32 weights of bfloat16 rows).
-template <int P, class T>
-__device__ __forceinline__ Pack<T, P> pack_at(const T* row, int64_t k) {
-  return reinterpret_cast<const Pack<T, P>*>(row)[k];
-}
 
 // One warp per row, kRowWarps rows per block; three passes over the row (the second and
 // third from L1): the mean, the variance about it, then y.
@@ -50,14 +46,14 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   const T* xr = x + row * D;
   A s = 0;
   for (int64_t k = lane; k < packs; k += 32) {
-    const Pack<T, P> px = pack_at<P>(xr, k);
+    const Pack<T, P> px = load_pack<P>(xr, k * P);
 #pragma unroll
     for (int e = 0; e < P; ++e) s += load(&px.v[e]);
   }
   const A m = warp_sum(s) / A(D);
   A ss = 0;
   for (int64_t k = lane; k < packs; k += 32) {
-    const Pack<T, P> px = pack_at<P>(xr, k);
+    const Pack<T, P> px = load_pack<P>(xr, k * P);
 #pragma unroll
     for (int e = 0; e < P; ++e) {
       const A d = load(&px.v[e]) - m;
@@ -66,12 +62,12 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   }
   const A rs = A(1) / math::sqrt(warp_sum(ss) / A(D) + eps);
   for (int64_t k = lane; k < packs; k += 32) {
-    const Pack<T, P> px = pack_at<P>(xr, k);
-    const Pack<W, P> pw = pack_at<P>(w, k), pb = pack_at<P>(b, k);
+    const Pack<T, P> px = load_pack<P>(xr, k * P);
+    const Pack<W, P> pw = load_pack<P>(w, k * P), pb = load_pack<P>(b, k * P);
     Pack<T, P> py;
 #pragma unroll
     for (int e = 0; e < P; ++e) store(&py.v[e], (load(&px.v[e]) - m) * rs * A(load(&pw.v[e])) + A(load(&pb.v[e])));
-    reinterpret_cast<Pack<T, P>*>(y + row * D)[k] = py;
+    store_pack(y + row * D, k * P, py);
   }
   if (lane == 0) mean[row] = m, rstd[row] = rs;
 }
@@ -95,34 +91,34 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   A* sdb = sdw + D;
   const int64_t packs = D / P, r0 = blockIdx.x * rows_per_block, r1 = min(rows, r0 + rows_per_block);
   for (int64_t k = lane; k < packs; k += 32)  // each lane zeroes the packs it owns: no other lane reads them
-    reinterpret_cast<Pack<A, P>*>(sdw)[k] = Pack<A, P>{}, reinterpret_cast<Pack<A, P>*>(sdb)[k] = Pack<A, P>{};
+    store_pack(sdw, k * P, Pack<A, P>{}), store_pack(sdb, k * P, Pack<A, P>{});
   for (int64_t r = r0 + warp; r < r1; r += warps) {
     const T *xr = x + r * D, *dyr = dy + r * D;
     const A m = mean[r], rs = rstd[r];
     A sg = 0, sgx = 0;
     for (int64_t k = lane; k < packs; k += 32) {
-      const Pack<T, P> px = pack_at<P>(xr, k), pd = pack_at<P>(dyr, k);
-      const Pack<W, P> pw = pack_at<P>(w, k);
-      Pack<A, P> cw = pack_at<P>(sdw, k), cb = pack_at<P>(sdb, k);
+      const Pack<T, P> px = load_pack<P>(xr, k * P), pd = load_pack<P>(dyr, k * P);
+      const Pack<W, P> pw = load_pack<P>(w, k * P);
+      Pack<A, P> cw = load_pack<P>(sdw, k * P), cb = load_pack<P>(sdb, k * P);
 #pragma unroll
       for (int e = 0; e < P; ++e) {
         const A xh = (load(&px.v[e]) - m) * rs, d = load(&pd.v[e]), g = d * A(load(&pw.v[e]));
         sg += g, sgx += g * xh;
         cw.v[e] += d * xh, cb.v[e] += d;
       }
-      reinterpret_cast<Pack<A, P>*>(sdw)[k] = cw, reinterpret_cast<Pack<A, P>*>(sdb)[k] = cb;
+      store_pack(sdw, k * P, cw), store_pack(sdb, k * P, cb);
     }
     const A mg = warp_sum(sg) / A(D), mgx = warp_sum(sgx) / A(D);
     for (int64_t k = lane; k < packs; k += 32) {
-      const Pack<T, P> px = pack_at<P>(xr, k), pd = pack_at<P>(dyr, k);
-      const Pack<W, P> pw = pack_at<P>(w, k);
+      const Pack<T, P> px = load_pack<P>(xr, k * P), pd = load_pack<P>(dyr, k * P);
+      const Pack<W, P> pw = load_pack<P>(w, k * P);
       Pack<T, P> out;
 #pragma unroll
       for (int e = 0; e < P; ++e) {
         const A xh = (load(&px.v[e]) - m) * rs, g = load(&pd.v[e]) * A(load(&pw.v[e]));
         store(&out.v[e], rs * (g - mg - xh * mgx));
       }
-      reinterpret_cast<Pack<T, P>*>(dx + r * D)[k] = out;
+      store_pack(dx + r * D, k * P, out);
     }
   }
   __syncthreads();
@@ -135,19 +131,14 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   }
 }
 
-// Calls f(integral_constant<int, P>) with P = 16 bytes of T when D and every pointer (rows
-// of T, parameters of W) allow, else 1.
-template <class T, class W, class F>
-void with_row_packs(int64_t D, std::initializer_list<const void*> rows, std::initializer_list<const void*> params,
-                    F&& f) {
+// Whether D and every pointer (rows of T, parameters of W) allow packs of kPackOf<T>.
+template <class T, class W>
+bool rows_packed(int64_t D, std::initializer_list<const void*> rows, std::initializer_list<const void*> params) {
   constexpr int P = kPackOf<T>;
   bool ok = D % P == 0;
   for (const void* p : rows) ok = ok && pack_aligned<P>(static_cast<const T*>(p));
   for (const void* p : params) ok = ok && pack_aligned<P>(static_cast<const W*>(p));
-  if (ok)
-    f(std::integral_constant<int, P>{});
-  else
-    f(std::integral_constant<int, 1>{});
+  return ok;
 }
 
 // dweight/dbias = sums of the partials over blocks. Block (32, 32): 32 columns, each
@@ -202,7 +193,8 @@ ops::LayerNormOut layer_norm(const Tensor& x_in, const Tensor& weight, const Ten
     using A = acc_t<T>;
     dispatch_weight<T>(w.dtype(), [&](auto wtag) {
       using W = decltype(wtag);
-      with_row_packs<T, W>(D, {x.raw_data(), out.y.raw_data()}, {w.raw_data(), b.raw_data()}, [&](auto pack) {
+      const bool packed = rows_packed<T, W>(D, {x.raw_data(), out.y.raw_data()}, {w.raw_data(), b.raw_data()});
+      with_pack<kPackOf<T>>(packed, [&](auto pack) {
         layer_norm_forward_kernel<decltype(pack)::value, T, W>
             <<<unsigned((rows + kRowWarps - 1) / kRowWarps), kRowWarps * 32, 0, st>>>(
                 ptr<T>(x), ptr<W>(w), ptr<W>(b), ptr<T>(out.y), ptr<A>(out.mean), ptr<A>(out.rstd), rows, D, A(eps));
@@ -257,7 +249,8 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in,
       const size_t smem = warps * per_warp;
       A* pdw = ptr<A>(parts);
       A* pdb = pdw + nparts * D;
-      with_row_packs<T, W>(D, {dy.raw_data(), x.raw_data(), g.dx.raw_data()}, {w.raw_data()}, [&](auto pack) {
+      const bool packed = rows_packed<T, W>(D, {dy.raw_data(), x.raw_data(), g.dx.raw_data()}, {w.raw_data()});
+      with_pack<kPackOf<T>>(packed, [&](auto pack) {
         auto kernel = layer_norm_backward_kernel<decltype(pack)::value, T, W>;
         if (smem > 48 * 1024)  // beyond the default limit: opt in
           SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);

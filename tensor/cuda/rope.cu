@@ -39,9 +39,8 @@ __global__ void rope_kernel(const T* __restrict__ x, const acc_t<T>* __restrict_
   if constexpr (P == 2)
     in.v[0] = x[2 * k], in.v[1] = x[2 * k + 1];
   else
-    in = reinterpret_cast<const Pack<T, P>*>(x)[k];
-  const Pack<A, kPairs> c = *reinterpret_cast<const Pack<A, kPairs>*>(cs + j),
-                        s = *reinterpret_cast<const Pack<A, kPairs>*>(sn + j);
+    in = load_pack<P>(x, k * P);
+  const Pack<A, kPairs> c = load_pack<kPairs>(cs, j), s = load_pack<kPairs>(sn, j);
   Pack<T, P> out;
 #pragma unroll
   for (int q = 0; q < kPairs; ++q) {
@@ -52,7 +51,7 @@ __global__ void rope_kernel(const T* __restrict__ x, const acc_t<T>* __restrict_
   if constexpr (P == 2)
     y[2 * k] = out.v[0], y[2 * k + 1] = out.v[1];
   else
-    reinterpret_cast<Pack<T, P>*>(y)[k] = out;
+    store_pack(y, k * P, out);
 }
 
 }  // namespace
@@ -79,10 +78,7 @@ Tensor rope(const Tensor& x_in, int64_t pos_offset, double base, bool inverse) {
       rope_kernel<kP><<<blocks_for(packs), kThreads, 0, st>>>(ptr<TT>(x), ptr<A>(cs), ptr<A>(sn), ptr<TT>(y), packs, T,
                                                               half, heads_inner);
     };
-    if (half % (P / 2) == 0 && pack_aligned<P>(ptr<TT>(x)) && pack_aligned<P>(ptr<TT>(y)))
-      run(std::integral_constant<int, P>{});
-    else
-      run(std::integral_constant<int, 2>{});
+    with_pack<P, 2>(half % (P / 2) == 0 && pack_aligned<P>(ptr<TT>(x)) && pack_aligned<P>(ptr<TT>(y)), run);
     SESSA_CUDA_LAUNCH_CHECK("rope");
   });
   return y;
