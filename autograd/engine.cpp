@@ -38,12 +38,14 @@ std::unordered_map<const void*, int> leaf_uses(const std::vector<std::shared_ptr
   return uses;
 }
 
+// g may come in another float dtype than the leaf's (autograd::cast passes a leaf its
+// gradient unconverted): it is summed, or stored, in the leaf's dtype.
 void accumulate_leaf(const Tensor& leaf, const Tensor& g) {
   Tensor current = leaf.grad();
   if (current.defined())
     ops::add_(current, g);
-  else
-    leaf.set_grad(ops::clone(g));  // the leaf owns its gradient buffer
+  else  // the leaf owns its gradient buffer
+    leaf.set_grad(g.dtype() == leaf.dtype() ? ops::clone(g) : ops::cast(g, leaf.dtype()));
 }
 }  // namespace
 

@@ -73,10 +73,14 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   });
 }
 
+// A leaf (a parameter under autocast) gets its gradient unconverted: the engine adds it
+// into the leaf's gradient in the leaf's dtype, one pass instead of a cast and an add.
 Tensor cast(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
-  return record("cast", ops::cast(x, dtype), {x},
-                [from = x.dtype()](const Tensor& g) { return std::vector<Tensor>{ops::cast(g, from)}; });
+  const bool to_leaf = x.requires_grad() && !x.grad_fn();
+  return record("cast", ops::cast(x, dtype), {x}, [from = x.dtype(), to_leaf](const Tensor& g) {
+    return std::vector<Tensor>{to_leaf ? g : ops::cast(g, from)};
+  });
 }
 
 }  // namespace sessa

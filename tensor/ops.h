@@ -39,7 +39,9 @@ inline Tensor mul(const Tensor& a, const Tensor& b) { return binary(Binary::Mul,
 inline Tensor div(const Tensor& a, const Tensor& b) { return binary(Binary::Div, a, b); }
 // y = alpha * x + beta, elementwise (scalar arithmetic without a scalar tensor).
 Tensor affine(const Tensor& x, double alpha, double beta);
-// dst += alpha * src (src broadcast to dst's shape). Used for gradient accumulation.
+// dst += alpha * src (src broadcast to dst's shape), in dst's arithmetic type; src may have
+// another float dtype (a bfloat16 gradient into a float32 master gradient). Used for
+// gradient accumulation.
 void add_(const Tensor& dst, const Tensor& src, double alpha = 1.0);
 
 enum class Unary { Neg, Exp, Log, Sqrt, Square, Tanh, Sigmoid, Relu, Gelu, Silu, Softplus };

@@ -134,6 +134,31 @@ TEST_CASE("graph semantics: accumulation, no-grad, freeing") {
   CHECK_THROWS_WITH_AS(autograd::backward(sum_all(leaf_free)), doctest::Contains("does not require grad"), Error);
 }
 
+// autograd::cast hands a leaf its gradient in the cast's dtype, and the engine accumulates it
+// in the leaf's own dtype (the autocast path: float32 parameters, bfloat16 compute).
+TEST_CASE("a leaf reached through casts gets its gradient summed in its own dtype") {
+  Generator g(8);
+  Tensor x = leaf({5}, g);  // float64
+  const Tensor c = normal({5}, 0, 1, g, {DType::F32});
+  // Two uses through casts of the leaf (the first gradient creates .grad, the second adds to
+  // it), one through a cast of a non-leaf (converted back as before).
+  Tensor y = sum_all(mul(cast(x, DType::F32), c)) + sum_all(mul(cast(x, DType::F32), c)) +
+             cast(sum_all(mul(x, x)), DType::F32);
+  autograd::backward(y);
+  REQUIRE(x.grad().dtype() == DType::F64);
+  const auto gx = x.grad().to_vector<double>(), vx = x.to_vector<double>(), vc = c.to_vector<double>();
+  for (size_t i = 0; i < 5; ++i) CHECK(gx[i] == doctest::Approx(2 * vc[i] + 2 * vx[i]).epsilon(1e-6));
+  // A leaf whose only use is a cast: its first gradient is stored converted.
+  Tensor z = leaf({3}, g);
+  autograd::backward(sum_all(cast(z, DType::F32)));
+  REQUIRE(z.grad().dtype() == DType::F64);
+  CHECK(z.grad().to_vector<double>() == std::vector<double>{1, 1, 1});
+  // ops::add_ itself: a float32 source into a float64 destination, broadcast.
+  Tensor dst = full({2, 3}, 1.0, {DType::F64});
+  ops::add_(dst, full({3}, 0.25, {DType::F32}), -2.0);
+  CHECK(dst.to_vector<double>() == std::vector<double>(6, 0.5));
+}
+
 TEST_CASE("an MLP fits a smooth regression target: loss falls more than 100x") {
   Generator gen(7);
   const int64_t n = 256;

@@ -56,13 +56,26 @@ Strided<N> simplify(const Shape& shape, const std::array<Shape, N>& strides) {
 
 // out = op(in[0], ..., in[K - 1]) elementwise: the output and K input pointers of one
 // storage dtype each (D out, S in; the ops below say what they compute). The op receives
-// the inputs' stored values and returns the stored output value.
+// the inputs' stored values and returns the stored output value; an op with kInPlace
+// (accumulation) also receives the output's current value first: op(out, in).
 template <class D, class S, int K, class Op>
 struct Map {
   D* out;
   const S* in[K > 0 ? K : 1];
   Op op;
 };
+template <class Op>
+constexpr bool kInPlace = requires {
+  Op::kInPlace;
+};
+
+template <class D, class S, int K, class Op>
+__device__ __forceinline__ D apply(const Map<D, S, K, Op>& m, D current, const S (&v)[K > 0 ? K : 1]) {
+  if constexpr (kInPlace<Op>)
+    return m.op(current, v);
+  else
+    return m.op(v);
+}
 
 // Over N = K + 1 strided tensors (tensor 0 the output): one element per thread and step of
 // a grid-stride loop, offsets from the linear index by one division per dim but the first.
@@ -82,7 +95,7 @@ __global__ void __launch_bounds__(kThreads) strided_kernel(I n, StridedIndexer<K
       for (int k = 0; k <= K; ++k) off[k] += rest * I(ix.strides[k][0]);
     S v[K > 0 ? K : 1];
     for (int k = 0; k < K; ++k) v[k] = m.in[k][off[k + 1]];
-    m.out[off[0]] = m.op(v);
+    m.out[off[0]] = apply(m, kInPlace<Op> ? m.out[off[0]] : D{}, v);
   }
 }
 
@@ -99,32 +112,34 @@ template <int V, class D, class S, int K, class Op>
 __global__ void __launch_bounds__(kThreads) contiguous_kernel(int64_t n, Map<D, S, K, Op> m) {
   const int64_t packs = n / V, base = int64_t(blockIdx.x) * kPacks<V> * blockDim.x + threadIdx.x;
   Pack<S, V> x[kPacks<V>][K > 0 ? K : 1];
+  Pack<D, V> y[kPacks<V>];  // (read only by in-place ops)
 #pragma unroll
   for (int j = 0; j < kPacks<V>; ++j) {
     const int64_t p = base + j * blockDim.x;
-    if (p < packs)
+    if (p < packs) {
 #pragma unroll
       for (int k = 0; k < K; ++k) x[j][k] = load_pack<V>(m.in[k], p * V);
+      if constexpr (kInPlace<Op>) y[j] = load_pack<V>(m.out, p * V);
+    }
   }
 #pragma unroll
   for (int j = 0; j < kPacks<V>; ++j) {
     const int64_t p = base + j * blockDim.x;
     if (p >= packs) continue;
-    Pack<D, V> y;
 #pragma unroll
     for (int e = 0; e < V; ++e) {
       S v[K > 0 ? K : 1];
 #pragma unroll
       for (int k = 0; k < K; ++k) v[k] = x[j][k].v[e];
-      y.v[e] = m.op(v);
+      y[j].v[e] = apply(m, y[j].v[e], v);
     }
-    store_pack(m.out, p * V, y);
+    store_pack(m.out, p * V, y[j]);
   }
   if (V > 1 && blockIdx.x == 0 && threadIdx.x < n % V) {  // the tail
     const int64_t i = packs * V + threadIdx.x;
     S v[K > 0 ? K : 1];
     for (int k = 0; k < K; ++k) v[k] = m.in[k][i];
-    m.out[i] = m.op(v);
+    m.out[i] = apply(m, kInPlace<Op> ? m.out[i] : D{}, v);
   }
 }
 
@@ -228,10 +243,13 @@ struct AffineOp {  // K = 1: alpha x + beta
   __device__ T operator()(const T (&v)[1]) const { return to_storage<T>(alpha * to_acc(v[0]) + beta); }
 };
 
-template <class T>
-struct AccumulateOp {  // K = 2: dst, src (in place: the output is dst) -> dst + alpha src
-  acc_t<T> alpha;
-  __device__ T operator()(const T (&v)[2]) const { return to_storage<T>(to_acc(v[0]) + alpha * to_acc(v[1])); }
+template <class D, class S>
+struct AccumulateOp {  // K = 1, in place: dst + alpha src, src of any float dtype, in dst's arithmetic type
+  static constexpr bool kInPlace = true;
+  acc_t<D> alpha;
+  __device__ D operator()(D dst, const S (&v)[1]) const {
+    return to_storage<D>(to_acc(dst) + alpha * acc_t<D>(to_acc(v[0])));
+  }
 };
 
 // ---- unary math: the table of tensor/scalar_math.h, shared with the CPU ---------------------
@@ -332,11 +350,14 @@ Tensor affine(const Tensor& x, double alpha, double beta) {
 }
 
 void add_(const Tensor& dst, const Tensor& src, double alpha) {
-  dispatch_float(dst.dtype(), "add_", [&](auto tag) {
-    using T = decltype(tag);
-    launch("add_", dst.device(), dst.shape(),
-           {dst.strides(), dst.strides(), broadcast_strides(src.shape(), src.strides(), dst.shape())},
-           Map<T, T, 2, AccumulateOp<T>>{ptr<T>(dst), {ptr<const T>(dst), ptr<const T>(src)}, {acc_t<T>(alpha)}});
+  dispatch_float(dst.dtype(), "add_", [&](auto dst_tag) {
+    using D = decltype(dst_tag);
+    dispatch_float(src.dtype(), "add_", [&](auto src_tag) {
+      using S = decltype(src_tag);
+      launch("add_", dst.device(), dst.shape(),
+             {dst.strides(), broadcast_strides(src.shape(), src.strides(), dst.shape())},
+             Map<D, S, 1, AccumulateOp<D, S>>{ptr<D>(dst), {ptr<const S>(src)}, {acc_t<D>(alpha)}});
+    });
   });
 }
 

@@ -89,18 +89,22 @@ Tensor affine(const Tensor& x, double alpha, double beta) {
 }
 
 void add_(const Tensor& dst, const Tensor& src, double alpha) {
-  check_same_device_dtype("add_", dst, src);
+  SESSA_CHECK(dst.device() == src.device(), "add_",
+              "tensors on different devices: " << dst.str() << " and " << src.str());
   SESSA_CHECK(broadcast_shapes(dst.shape(), src.shape(), "add_") == dst.shape(), "add_",
               "cannot accumulate " << src.shape() << " into " << dst.shape());
   if (dst.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::add_(dst, src, alpha));
   }
-  cpu::dispatch_float(dst.dtype(), "add_", [&](auto tag) {
-    using T = decltype(tag);
-    T* d = dst.data<T>();
-    const T* s = src.data<T>();
-    cpu::strided_loop<2>(dst.shape(), {dst.strides(), broadcast_strides(src.shape(), src.strides(), dst.shape())},
-                         [&](const auto& o) { d[o[0]] += T(alpha) * s[o[1]]; });
+  cpu::dispatch_float(dst.dtype(), "add_", [&](auto dst_tag) {
+    using T = decltype(dst_tag);
+    cpu::dispatch_float(src.dtype(), "add_", [&](auto src_tag) {
+      using S = decltype(src_tag);
+      T* d = dst.data<T>();
+      const S* s = src.data<S>();
+      cpu::strided_loop<2>(dst.shape(), {dst.strides(), broadcast_strides(src.shape(), src.strides(), dst.shape())},
+                           [&](const auto& o) { d[o[0]] += T(alpha) * T(s[o[1]]); });
+    });
   });
 }
 

@@ -132,6 +132,26 @@ TEST_CASE("cuda contiguous elementwise at every alignment and tail length") {
       }
 }
 
+// Gradient accumulation across dtypes (autograd::cast hands a float32 parameter its bfloat16
+// gradient): dst += alpha src in dst's arithmetic type, contiguous (packed kernel) and into a
+// transposed view with a broadcast source (strided kernel).
+TEST_CASE("cuda add_ of a source in another float dtype") {
+  Generator gen(29);
+  const std::pair<DType, DType> pairs[] = {
+      {DType::F32, DType::BF16}, {DType::F64, DType::F32}, {DType::BF16, DType::F32}};
+  for (auto [dt, st] : pairs) {
+    const std::string what = name(st) + " into " + name(dt);
+    const Tensor a = cpu_randn({37, 1031}, gen), b = cpu_randn({37, 1031}, gen), row = cpu_randn({37}, gen);
+    Tensor dc = ops::clone(ref_input(a, dt)), dg = gpu_input(a, dt);
+    ops::add_(dc, ref_input(b, st), 0.5);
+    ops::add_(dg, gpu_input(b, st), 0.5);
+    check(dg, dc, dt, what + " contiguous");
+    ops::add_(ops::transpose(dc, 0, 1), ref_input(row, st), -1.0);
+    ops::add_(ops::transpose(dg, 0, 1), gpu_input(row, st), -1.0);
+    check(dg, dc, dt, what + " transposed view, broadcast source");
+  }
+}
+
 TEST_CASE("cuda sum_to") {
   Generator gen(41);
   const Tensor g = cpu_randn({4, 3, 5}, gen);
