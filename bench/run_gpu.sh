@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a GPU machine: build for sm_90, run the GPU tests, then time our engine and
+# On a GPU machine: build for sm_90a, run the GPU tests, then time our engine and
 # torch.compile of the PyTorch reference (bench/torch_models.py --compile) at the same
 # configurations in the same call, and print one table with ours / compiled per row.
 # Logs go to $OUT (default /tmp/sessa-gpu).
@@ -15,7 +15,7 @@ export NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 echo "== build ($BUILD)"
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSESSA_CUDA_ARCH=90 > "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSESSA_CUDA_ARCH=90a > "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
 cmake --build "$BUILD" -j "$(nproc)" > "$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -40; exit 1; }
 
 if [ "$STAGE" = tests ] || [ "$STAGE" = all ]; then

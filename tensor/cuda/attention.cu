@@ -2,7 +2,8 @@
 // is in tensor/ops/attention.cpp; nothing of size Tq x Tk is stored, the softmax
 // statistics stay in float32 (float64 for float64). Two kernel families, chosen by dtype,
 // both for head dims up to 128:
-// - bfloat16: tensor cores, FlashAttention-2 order (tensor/cuda/attention_mma.cuh). They
+// - bfloat16: tensor cores, FlashAttention-2 order: the forward on Hopper warpgroup MMAs
+//   (tensor/cuda/attention_wgmma.cuh), the backward on mma.sync (attention_mma.cuh). They
 //   read q, k, v, out and dout through strides, so the (B, T, heads, dh) projections
 //   enter as permuted views without a copy; dq, dk, dv and out are written contiguous.
 // - float32 / float64: SIMT tiles (tensor/cuda/attention_simt.cuh) on contiguous operands.
@@ -13,6 +14,7 @@
 #include "tensor/cuda/attention.h"
 #include "tensor/cuda/attention_mma.cuh"
 #include "tensor/cuda/attention_simt.cuh"
+#include "tensor/cuda/attention_wgmma.cuh"
 #include "tensor/cuda/common.cuh"
 #include "tensor/cuda/heads_layout.h"
 
@@ -107,13 +109,16 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
     const cudaStream_t st = stream(dev.index);
     if constexpr (kMma) {
       const bool vec = vectorizable(d.dh, {&q, &k, &v, &res.out});
+      SESSA_CHECK(int64_t(d.B) * d.H <= 65535, op,
+                  "batch x heads " << int64_t(d.B) * d.H << " of " << q.str() << " is above 65535, the grid's limit");
       with_mma_dh(d.dh, [&](auto dh_tag) {
         constexpr int DH = decltype(dh_tag)::value;
-        using Tile = attn::ForwardTile<DH>;
-        allow_smem(attn::mma_forward<DH>, Tile::smem_bytes, op);
-        attn::mma_forward<DH><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, Tile::BM)), 128, Tile::smem_bytes, st>>>(
-            ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(res.out), ptr<float>(res.lse), d,
-            float(scale) * attn::kLog2e, vec);
+        using Tile = attn::WgmmaForwardTile<DH>;
+        allow_smem(attn::wgmma_forward<DH>, Tile::smem_bytes, op);
+        attn::wgmma_forward<DH>
+            <<<dim3(blocks_for(d.Tq, Tile::BM), unsigned(d.B * d.H)), Tile::kThreads, Tile::smem_bytes, st>>>(
+                ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(res.out), ptr<float>(res.lse), d,
+                float(scale) * attn::kLog2e, vec);
         SESSA_CUDA_LAUNCH_CHECK(op);
       });
     } else {
