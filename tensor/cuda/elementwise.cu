@@ -65,9 +65,14 @@ struct Map {
   Op op;
 };
 template <class Op>
-constexpr bool kInPlace = requires {
-  Op::kInPlace;
-};
+consteval bool in_place() {  // reads Op::kInPlace (a mere `requires` check leaves it "never referenced")
+  if constexpr (requires { Op::kInPlace; })
+    return Op::kInPlace;
+  else
+    return false;
+}
+template <class Op>
+constexpr bool kInPlace = in_place<Op>();
 
 template <class D, class S, int K, class Op>
 __device__ __forceinline__ D apply(const Map<D, S, K, Op>& m, D current, const S (&v)[K > 0 ? K : 1]) {
