@@ -8,8 +8,9 @@
 // CPU op on its first batch and head slice. Each time is the median of 10 runs,
 // synchronised around each one.
 //
-//   build/bench/bench_attention [--dtype bf16|fp32]
-// prints one line per (T, dh): ms and TFLOP/s for forward and backward.
+//   build/bench/bench_attention [--dtype bf16|fp32] [--seq-len T] [--head-dim dh]
+// prints one line per (T, dh): ms and TFLOP/s for forward and backward. --seq-len and
+// --head-dim keep one of the shapes (e.g. for a profiler: fewer launches to skip).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -60,15 +61,30 @@ int main(int argc, char** argv) {
   using namespace sessa;
   try {
     DType dtype = DType::BF16;
+    int64_t only_T = 0, only_dh = 0;  // 0: every shape
+    const std::string usage = " (usage: --dtype bf16|fp32 --seq-len 512|1024|2048|4096|8192 --head-dim 64|128)";
+    auto shape_flag = [&](int& i, const std::vector<int64_t>& valid) {
+      const std::string flag = argv[i];
+      SESSA_CHECK(i + 1 < argc, "flags", flag << " needs a value" << usage);
+      const std::string v = argv[++i];
+      for (int64_t x : valid)
+        if (v == std::to_string(x)) return x;
+      SESSA_FAIL("flags", flag + " " + v + " is not one of the benchmarked values" + usage);
+    };
     for (int i = 1; i < argc; ++i) {
       if (!std::strcmp(argv[i], "--dtype") && i + 1 < argc && !std::strcmp(argv[i + 1], "fp32"))
         dtype = DType::F32, ++i;
       else if (!std::strcmp(argv[i], "--dtype") && i + 1 < argc && !std::strcmp(argv[i + 1], "bf16"))
         ++i;
+      else if (!std::strcmp(argv[i], "--seq-len"))
+        only_T = shape_flag(i, {512, 1024, 2048, 4096, 8192});
+      else if (!std::strcmp(argv[i], "--head-dim"))
+        only_dh = shape_flag(i, {64, 128});
       else
-        SESSA_FAIL("bench_attention", "unknown argument '" + std::string(argv[i]) + "' (usage: --dtype bf16|fp32)");
+        SESSA_FAIL("flags", "unknown argument '" + std::string(argv[i]) + "'" + usage);
     }
 #if !SESSA_HAS_CUDA
+    (void)only_T, (void)only_dh;
     std::printf("bench_attention: built without the CUDA backend (%s not timed)\n", dtype_name(dtype));
     return 0;
 #else
@@ -81,6 +97,7 @@ int main(int argc, char** argv) {
                 cuda::device_name(0).c_str());
     for (int64_t dh : {64, 128}) {
       for (int64_t T : {512, 1024, 2048, 4096, 8192}) {
+        if ((only_dh && dh != only_dh) || (only_T && T != only_T)) continue;
         const int64_t B = 16384 / T, H = 2048 / dh;
         Generator gen(1);
         const TensorOptions opt{dtype, gpu};
