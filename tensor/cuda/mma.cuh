@@ -108,25 +108,36 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
 }
 
-// Rows [0, R) of a (nrows x dh) matrix with row stride `stride` (elements) into the tile s
-// (row stride ld), columns [0, W); zeros beyond nrows and dh. vec (dh % 8 == 0, rows
-// 16-byte aligned): asynchronous 16-byte copies, complete after cp_async_wait; otherwise
-// plain loads and stores. Either way a __syncthreads must come before the tile is read.
-template <int R, int W>
-__device__ void load_tile(bf16_t* s, int ld, const bf16_t* g, int64_t stride, int nrows, int dh, bool vec) {
+// Rows [0, R) x columns [0, W) of a (nrows x dh) matrix with row stride `stride`
+// (elements) into shared memory, element (r, col) at byte s + at(r, col) (the tile's
+// layout: padded rows below, the 128-byte swizzle in wgmma.cuh); zeros beyond nrows and
+// dh. vec (dh % 8 == 0, rows 16-byte aligned): asynchronous 16-byte copies, complete after
+// cp_async_wait; otherwise plain loads and stores. Either way a __syncthreads must come
+// before the tile is read.
+template <int R, int W, class At>
+__device__ __forceinline__ void load_tile_at(unsigned char* s, At at, const bf16_t* g, int64_t stride, int nrows,
+                                             int dh, bool vec) {
   if (vec) {
     constexpr int CH = W / 8;
     for (int e = threadIdx.x; e < R * CH; e += blockDim.x) {
-      const int r = e / CH, ch = e % CH;
-      const bool in = r < nrows && ch * 8 < dh;
-      cp_async16(s + r * ld + ch * 8, in ? g + r * stride + ch * 8 : g, in);
+      const int r = e / CH, col = e % CH * 8;
+      const bool in = r < nrows && col < dh;
+      cp_async16(s + at(r, col), in ? g + r * stride + col : g, in);
     }
   } else {
     for (int e = threadIdx.x; e < R * W; e += blockDim.x) {
       const int r = e / W, col = e % W;
-      s[r * ld + col] = r < nrows && col < dh ? g[r * stride + col] : __float2bfloat16(0.f);
+      *reinterpret_cast<bf16_t*>(s + at(r, col)) = r < nrows && col < dh ? g[r * stride + col] : __float2bfloat16(0.f);
     }
   }
+}
+
+// The same into a row-major tile s with a row stride of ld elements.
+template <int R, int W>
+__device__ void load_tile(bf16_t* s, int ld, const bf16_t* g, int64_t stride, int nrows, int dh, bool vec) {
+  load_tile_at<R, W>(
+      reinterpret_cast<unsigned char*>(s), [ld](int r, int col) { return (r * ld + col) * 2; }, g, stride, nrows, dh,
+      vec);
 }
 
 }  // namespace sessa::cuda::mma

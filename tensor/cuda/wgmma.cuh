@@ -49,26 +49,12 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t addr) {
   return uint64_t((addr >> 4) & 0x3fff) | uint64_t(1) << 16 | uint64_t(1024 >> 4) << 32 | uint64_t(1) << 62;
 }
 
-// Rows [0, R) x columns [0, W) of a (nrows x dh) matrix with row stride `stride` (elements)
-// into the swizzled tile at s, zeros beyond nrows and dh. vec (dh % 8 == 0, 16-byte rows):
-// cp.async, complete after cp_async_wait; otherwise plain loads and stores. Either way a
-// fence_async_smem and a __syncthreads must come before a wgmma reads the tile.
+// Rows [0, R) x columns [0, W) of a matrix into the swizzled tile at s (mma::load_tile_at
+// says how); a fence_async_smem and a __syncthreads must come before a wgmma reads it.
 template <int R, int W>
 __device__ void load_tile(unsigned char* s, const bf16_t* g, int64_t stride, int nrows, int dh, bool vec) {
-  if (vec) {
-    constexpr int CH = W / 8;
-    for (int e = threadIdx.x; e < R * CH; e += blockDim.x) {
-      const int r = e / CH, col = e % CH * 8;
-      const bool in = r < nrows && col < dh;
-      mma::cp_async16(s + swizzled<R>(r, col), in ? g + r * stride + col : g, in);
-    }
-  } else {
-    for (int e = threadIdx.x; e < R * W; e += blockDim.x) {
-      const int r = e / W, col = e % W;
-      *reinterpret_cast<bf16_t*>(s + swizzled<R>(r, col)) =
-          r < nrows && col < dh ? g[r * stride + col] : __float2bfloat16(0.f);
-    }
-  }
+  mma::load_tile_at<R, W>(
+      s, [](int r, int col) { return swizzled<R>(r, col); }, g, stride, nrows, dh, vec);
 }
 
 // Makes this thread's generic-proxy shared-memory writes (plain stores) visible to wgmma.
@@ -111,30 +97,21 @@ __device__ __forceinline__ void a_from_c(uint32_t (&a)[4], const float (&d)[N / 
   ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, " \
   "%51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 
-// d (=, or += when accumulate) A B^T for one k-step, m64n128k16: A (64 x 16) and B
-// (128 x 16) K-major in shared memory.
-__device__ __forceinline__ void mma_m64n128_ss(float (&d)[64], uint64_t a, uint64_t b, bool accumulate) {
+// d (=, or += when accumulate) A B^T for one k-step, A (64 x 16) and B (N x 16) K-major in
+// shared memory; N = 128 or 64 by the size of d (m64n128k16, m64n64k16).
+__device__ __forceinline__ void mma_ss(float (&d)[64], uint64_t a, uint64_t b, bool accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" SESSA_WG_L64 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
       : SESSA_WG_D64(d)
       : "l"(a), "l"(b), "r"(int(accumulate)));
 }
-
-// The same for m64n64k16: B (64 x 16).
-__device__ __forceinline__ void mma_m64n64_ss(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
+__device__ __forceinline__ void mma_ss(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" SESSA_WG_L32 "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
       : SESSA_WG_D32(d)
       : "l"(a), "l"(b), "r"(int(accumulate)));
-}
-// d (=, or +=) A B^T for N = 64 or 128 (the size of d).
-__device__ __forceinline__ void mma_ss(float (&d)[64], uint64_t a, uint64_t b, bool acc) {
-  mma_m64n128_ss(d, a, b, acc);
-}
-__device__ __forceinline__ void mma_ss(float (&d)[32], uint64_t a, uint64_t b, bool acc) {
-  mma_m64n64_ss(d, a, b, acc);
 }
 
 // d += A B for one k-step, m64n64k16: A (64 x 16) from registers, B (16 x 64) MN-major in
