@@ -97,6 +97,9 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
   bf16_t* Ss = Gs + 2 * BQ * LD;                            // 2 x (BN, LDS): dS^T
   float* Ls = reinterpret_cast<float*>(Ss + 2 * BN * LDS);  // 2 x BQ: lse
   float* Ds = Ls + 2 * BQ;                                  // 2 x BQ: D
+  // The same tiles as shared addresses, for the fragment loads.
+  const uint32_t ks_at = smem_address(Ks), vs_at = smem_address(Vs), qs_at = smem_address(Qs), gs_at = smem_address(Gs),
+                 ss_at = smem_address(Ss);
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, c = lane % 4;
   const int b = blockIdx.x / d.Hkv, hk = blockIdx.x % d.Hkv, n0 = blockIdx.y * BN;
 
@@ -111,8 +114,9 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
   auto next_of = [&](StepAt s) { return s.i0 + BQ < d.Tq ? StepAt{s.h, s.i0 + BQ} : StepAt{s.h + 1, i_start}; };
   auto load_step = [&](int step, StepAt s) {
     const int h = s.h, i0 = s.i0, buf = step % 2;
-    load_tile<BQ, DH>(Qs + buf * BQ * LD, LD, q + offset(d.q, b, h, i0), d.q.t, d.Tq - i0, d.dh, vec);
-    load_tile<BQ, DH>(Gs + buf * BQ * LD, LD, dout + offset(d.dout, b, h, i0), d.dout.t, d.Tq - i0, d.dh, vec);
+    load_tile<BQ, DH, Tile::kThreads>(Qs + buf * BQ * LD, LD, q + offset(d.q, b, h, i0), d.q.t, d.Tq - i0, d.dh, vec);
+    load_tile<BQ, DH, Tile::kThreads>(Gs + buf * BQ * LD, LD, dout + offset(d.dout, b, h, i0), d.dout.t, d.Tq - i0,
+                                      d.dh, vec);
     if (threadIdx.x < BQ) {
       const int i = i0 + threadIdx.x;
       const int64_t at = (int64_t(b) * d.H + h) * d.Tq + min(i, d.Tq - 1);
@@ -125,8 +129,8 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
   const int key0 = n0 + w * 16 * KT;
   float gk[KT][DT][4] = {}, gv[KT][DT][4] = {};
   if (steps > 0) {
-    load_tile<BN, DH>(Ks, LD, k + offset(d.k, b, hk, n0), d.k.t, d.Tk - n0, d.dh, vec);
-    load_tile<BN, DH>(Vs, LD, v + offset(d.v, b, hk, n0), d.v.t, d.Tk - n0, d.dh, vec);
+    load_tile<BN, DH, Tile::kThreads>(Ks, LD, k + offset(d.k, b, hk, n0), d.k.t, d.Tk - n0, d.dh, vec);
+    load_tile<BN, DH, Tile::kThreads>(Vs, LD, v + offset(d.v, b, hk, n0), d.v.t, d.Tk - n0, d.dh, vec);
     load_step(0, StepAt{hk * d.group, i_start});
     cp_async_commit();
   }
@@ -146,8 +150,7 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
     cp_async_commit();
     if (it < steps) {
       const int step = it, i0 = cur.i0, buf = step % 2;
-      const bf16_t* Qt = Qs + buf * BQ * LD;
-      const bf16_t* Gt = Gs + buf * BQ * LD;
+      const uint32_t qt_at = qs_at + buf * BQ * LD * 2, gt_at = gs_at + buf * BQ * LD * 2;
       const float* Lt = Ls + buf * BQ;
       const float* Dt = Ds + buf * BQ;
       bf16_t* St = Ss + buf * BN * LDS;
@@ -160,14 +163,14 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
           uint32_t ak[KT][4], av[KT][4];
 #pragma unroll
           for (int mt = 0; mt < KT; ++mt) {
-            load_a(ak[mt], Ks, LD, w * 16 * KT + mt * 16, ks * 16, lane);
-            load_a(av[mt], Vs, LD, w * 16 * KT + mt * 16, ks * 16, lane);
+            load_a(ak[mt], ks_at, LD, w * 16 * KT + mt * 16, ks * 16, lane);
+            load_a(av[mt], vs_at, LD, w * 16 * KT + mt * 16, ks * 16, lane);
           }
 #pragma unroll
           for (int np = 0; np < QT / 2; ++np) {
             uint32_t bq[4], bg[4];
-            load_b_pair(bq, Qt, LD, np * 16, ks * 16, lane);
-            load_b_pair(bg, Gt, LD, np * 16, ks * 16, lane);
+            load_b_pair(bq, qt_at, LD, np * 16, ks * 16, lane);
+            load_b_pair(bg, gt_at, LD, np * 16, ks * 16, lane);
 #pragma unroll
             for (int mt = 0; mt < KT; ++mt) {
               mma_bf16(st[mt][2 * np], ak[mt], bq[0], bq[1]);
@@ -215,8 +218,8 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
 #pragma unroll
           for (int dp = 0; dp < DT / 2; ++dp) {
             uint32_t bg[4], bq[4];
-            load_b_pair_trans(bg, Gt, LD, dp * 16, kk * 16, lane);
-            load_b_pair_trans(bq, Qt, LD, dp * 16, kk * 16, lane);
+            load_b_pair_trans(bg, gt_at, LD, dp * 16, kk * 16, lane);
+            load_b_pair_trans(bq, qt_at, LD, dp * 16, kk * 16, lane);
 #pragma unroll
             for (int mt = 0; mt < KT; ++mt) {
               mma_bf16(gv[mt][2 * dp], pa[mt], bg[0], bg[1]);
@@ -248,7 +251,7 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
     if (it > 0) {
       // dq rows of step it - 1 += dS K over the block's keys up to key_end, into dq_acc.
       const int step = it - 1, h = prev.h, i0 = prev.i0;
-      const bf16_t* St = Ss + step % 2 * BN * LDS;
+      const uint32_t st_at = ss_at + step % 2 * BN * LDS * 2;
       const int key_end = d.q_offset + i0 + BQ - 1;
       const int kk_end = min(BN / 16, (key_end - n0) / 16 + 1);  // key_end >= n0 by i_start
       // Two sets of accumulators (even and odd kk) halve the chains of dependent MMAs; the
@@ -258,11 +261,11 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
       for (int kk = 0; kk < BN / 16; ++kk) {
         if (kk < kk_end) {
           uint32_t a[4];
-          load_a_trans(a, St, LDS, dq_r0, kk * 16, lane);
+          load_a_trans(a, st_at, LDS, dq_r0, kk * 16, lane);
 #pragma unroll
           for (int dp = 0; dp < CN / 16; ++dp) {
             uint32_t bk[4];
-            load_b_pair_trans(bk, Ks, LD, dq_c0 + dp * 16, kk * 16, lane);
+            load_b_pair_trans(bk, ks_at, LD, dq_c0 + dp * 16, kk * 16, lane);
             mma_bf16(acc2[kk % 2][2 * dp], a, bk[0], bk[1]);
             mma_bf16(acc2[kk % 2][2 * dp + 1], a, bk[2], bk[3]);
           }

@@ -65,11 +65,11 @@ __global__ void __launch_bounds__(256, WgmmaForwardTile<DH>::kMinBlocks)
   const int tiles = min(d.Tk - 1, d.q_offset + i0 + BM - 1) / BN + 1;
   auto load_kv = [&](int j) {  // key tile j into buffer j % 3, one cp.async group
     const int n0 = j * BN;
-    wgmma::load_tile<BN, DH>(Ks + j % 3 * Tile::kKVBytes, kb + n0 * d.k.t, d.k.t, d.Tk - n0, d.dh, vec);
-    wgmma::load_tile<BN, DH>(Vs + j % 3 * Tile::kKVBytes, vb + n0 * d.v.t, d.v.t, d.Tk - n0, d.dh, vec);
+    wgmma::load_tile<BN, DH, Tile::kThreads>(Ks + j % 3 * Tile::kKVBytes, kb + n0 * d.k.t, d.k.t, d.Tk - n0, d.dh, vec);
+    wgmma::load_tile<BN, DH, Tile::kThreads>(Vs + j % 3 * Tile::kKVBytes, vb + n0 * d.v.t, d.v.t, d.Tk - n0, d.dh, vec);
     mma::cp_async_commit();
   };
-  wgmma::load_tile<BM, DH>(Qs, q + offset(d.q, b, h, i0), d.q.t, d.Tq - i0, d.dh, vec);
+  wgmma::load_tile<BM, DH, Tile::kThreads>(Qs, q + offset(d.q, b, h, i0), d.q.t, d.Tq - i0, d.dh, vec);
   load_kv(0);  // with Q
   if (tiles > 1) load_kv(1);
 

@@ -43,42 +43,47 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16_t* p) {
+// addr: a shared-memory address (smem_address). The fragment helpers below take a tile as
+// the shared address of its element (0, 0) and its row stride ld in elements: 32-bit
+// arithmetic, no generic-to-shared conversion per load.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p))
+               : "r"(addr)
                : "memory");
 }
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16_t* p) {
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p))
+               : "r"(addr)
                : "memory");
 }
+// Shared address of element (r, col) of a row-major bf16 tile at s with row stride ld.
+__device__ __forceinline__ uint32_t at(uint32_t s, int ld, int r, int col) { return s + uint32_t(r * ld + col) * 2; }
 
 // The A fragment of rows r0..r0+15, columns k0..k0+15 of a row-major tile.
-__device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16_t* s, int ld, int r0, int k0, int lane) {
-  ldmatrix_x4(a, s + (r0 + lane % 16) * ld + k0 + lane / 16 * 8);
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], uint32_t s, int ld, int r0, int k0, int lane) {
+  ldmatrix_x4(a, at(s, ld, r0 + lane % 16, k0 + lane / 16 * 8));
 }
 
 // The A fragment of M = S^T where S is stored row-major: M's rows r0.. are S's columns,
 // M's columns k0.. are S's rows.
-__device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const bf16_t* s, int ld, int r0, int k0, int lane) {
+__device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], uint32_t s, int ld, int r0, int k0, int lane) {
   const int i = lane / 8;
-  ldmatrix_x4_trans(a, s + (k0 + lane % 8 + i / 2 * 8) * ld + r0 + i % 2 * 8);
+  ldmatrix_x4_trans(a, at(s, ld, k0 + lane % 8 + i / 2 * 8, r0 + i % 2 * 8));
 }
 
 // B fragments for two adjacent n-tiles when the tile holds B transposed (B[k][n] =
 // s[n][k], e.g. K in S = Q K^T): b = {b0, b1} of columns n0..n0+7, then of n0+8..n0+15.
-__device__ __forceinline__ void load_b_pair(uint32_t (&b)[4], const bf16_t* s, int ld, int n0, int k0, int lane) {
+__device__ __forceinline__ void load_b_pair(uint32_t (&b)[4], uint32_t s, int ld, int n0, int k0, int lane) {
   const int i = lane / 8;
-  ldmatrix_x4(b, s + (n0 + lane % 8 + i / 2 * 8) * ld + k0 + i % 2 * 8);
+  ldmatrix_x4(b, at(s, ld, n0 + lane % 8 + i / 2 * 8, k0 + i % 2 * 8));
 }
 
 // The same when the tile holds B itself (B[k][n] = s[k][n], e.g. V in O = P V).
-__device__ __forceinline__ void load_b_pair_trans(uint32_t (&b)[4], const bf16_t* s, int ld, int n0, int k0, int lane) {
+__device__ __forceinline__ void load_b_pair_trans(uint32_t (&b)[4], uint32_t s, int ld, int n0, int k0, int lane) {
   const int i = lane / 8;
-  ldmatrix_x4_trans(b, s + (k0 + lane % 8 + i % 2 * 8) * ld + n0 + i / 2 * 8);
+  ldmatrix_x4_trans(b, at(s, ld, k0 + lane % 8 + i % 2 * 8, n0 + i / 2 * 8));
 }
 
 // The A fragment of columns [16 kk, 16 kk + 16) of a 16-row product held as the C
@@ -111,21 +116,31 @@ __device__ __forceinline__ void cp_async_wait() {
 // Rows [0, R) x columns [0, W) of a (nrows x dh) matrix with row stride `stride`
 // (elements) into shared memory, element (r, col) at byte s + at(r, col) (the tile's
 // layout: padded rows below, the 128-byte swizzle in wgmma.cuh); zeros beyond nrows and
-// dh. vec (dh % 8 == 0, rows 16-byte aligned): asynchronous 16-byte copies, complete after
-// cp_async_wait; otherwise plain loads and stores. Either way a __syncthreads must come
-// before the tile is read.
-template <int R, int W, class At>
+// dh; called by all kThreads threads of the block. vec (dh % 8 == 0, rows 16-byte
+// aligned): asynchronous 16-byte copies, complete after cp_async_wait; otherwise plain
+// loads and stores. Either way a __syncthreads must come before the tile is read.
+// A thread copies the same 16-byte column of rows r0, r0 + RS, r0 + 2 RS, ... (RS rows per
+// sweep of the block), so its column, source offset and, for the layouts here, most of
+// its shared address are fixed once per call: the loop is address additions only.
+template <int R, int W, int kThreads, class At>
 __device__ __forceinline__ void load_tile_at(unsigned char* s, At at, const bf16_t* g, int64_t stride, int nrows,
                                              int dh, bool vec) {
+  constexpr int CH = W / 8, RS = kThreads / CH;  // 16-byte chunks per row, rows per sweep
+  static_assert(kThreads % CH == 0 && R % RS == 0, "load_tile_at: the block must sweep whole rows");
   if (vec) {
-    constexpr int CH = W / 8;
-    for (int e = threadIdx.x; e < R * CH; e += blockDim.x) {
-      const int r = e / CH, col = e % CH * 8;
-      const bool in = r < nrows && col < dh;
-      cp_async16(s + at(r, col), in ? g + r * stride + col : g, in);
+    const int r0 = int(threadIdx.x / unsigned(CH)), col = int(threadIdx.x % unsigned(CH)) * 8;
+    const bf16_t* src = g + r0 * stride + col;
+    const int64_t sweep = RS * stride;
+    const bool col_in = col < dh;
+#pragma unroll
+    for (int i = 0; i < R / RS; ++i) {
+      const int r = r0 + i * RS;
+      const bool in = col_in && r < nrows;
+      cp_async16(s + at(r, col), in ? src + i * sweep : g, in);
     }
-  } else {
-    for (int e = threadIdx.x; e < R * W; e += blockDim.x) {
+  } else {  // (odd head dims: kept small, not unrolled)
+#pragma unroll 1
+    for (int e = int(threadIdx.x); e < R * W; e += kThreads) {
       const int r = e / W, col = e % W;
       *reinterpret_cast<bf16_t*>(s + at(r, col)) = r < nrows && col < dh ? g[r * stride + col] : __float2bfloat16(0.f);
     }
@@ -133,9 +148,9 @@ __device__ __forceinline__ void load_tile_at(unsigned char* s, At at, const bf16
 }
 
 // The same into a row-major tile s with a row stride of ld elements.
-template <int R, int W>
+template <int R, int W, int kThreads>
 __device__ void load_tile(bf16_t* s, int ld, const bf16_t* g, int64_t stride, int nrows, int dh, bool vec) {
-  load_tile_at<R, W>(
+  load_tile_at<R, W, kThreads>(
       reinterpret_cast<unsigned char*>(s), [ld](int r, int col) { return (r * ld + col) * 2; }, g, stride, nrows, dh,
       vec);
 }

@@ -38,8 +38,8 @@ using mma::smem_address;
 
 // Byte offset of element (r, col) in a swizzled tile of R rows (see the file header).
 template <int R>
-__device__ __forceinline__ uint32_t swizzled(int r, int col) {
-  return uint32_t(col / 64 * R * 128 + r * 128 + ((col / 8 % 8) ^ (r % 8)) * 16 + col % 8 * 2);
+__device__ __forceinline__ uint32_t swizzled(uint32_t r, uint32_t col) {
+  return col / 64 * R * 128 + r * 128 + ((col / 8 % 8) ^ (r % 8)) * 16 + col % 8 * 2;
 }
 
 // Descriptor of a swizzled operand starting at shared address addr (1024-aligned, or
@@ -51,9 +51,9 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t addr) {
 
 // Rows [0, R) x columns [0, W) of a matrix into the swizzled tile at s (mma::load_tile_at
 // says how); a fence_async_smem and a __syncthreads must come before a wgmma reads it.
-template <int R, int W>
+template <int R, int W, int kThreads>
 __device__ void load_tile(unsigned char* s, const bf16_t* g, int64_t stride, int nrows, int dh, bool vec) {
-  mma::load_tile_at<R, W>(
+  mma::load_tile_at<R, W, kThreads>(
       s, [](int r, int col) { return swizzled<R>(r, col); }, g, stride, nrows, dh, vec);
 }
 
