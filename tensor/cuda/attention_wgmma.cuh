@@ -13,9 +13,12 @@
 //   running max m in log2 units, scores scaled by scale * log2 e, and the sum l);
 //   O += P V       wgmma m64n64k16 per 64 output columns, BN / 16 k-steps of 16 keys,
 //                  A = P from registers (packed from the S accumulators), B = V MN-major.
-// FlashAttention-3's intra-warpgroup overlap: S_{j+1} and P_j V_j are issued together and
-// the softmax of S_{j+1} runs while P_j V_j is on the tensor cores; O is rescaled once
-// P_j V_j is done. Only tiles that cross the warpgroup's diagonal or the last key pay for
+// FlashAttention-3's intra-warpgroup order: S_{j+1} and P_j V_j are issued together, the
+// softmax of S_{j+1} is written between the waits for the two, and O is rescaled once
+// P_j V_j is done. (In the SASS ptxas moves the second wait ahead of most of the softmax
+// at head dim 64, also with the operands pinned, so the overlap comes from the other
+// warpgroups on the SM rather than from within one: docs/performance.md, fourth session
+// of 2026-12-01.) Only tiles that cross the warpgroup's diagonal or the last key pay for
 // the mask; a warpgroup stops at the last tile that holds a key at or before its rows.
 // Saves lse = (m + log2 l) ln 2.
 //
@@ -159,8 +162,8 @@ __global__ void __launch_bounds__(256, WgmmaForwardTile<DH>::kMinBlocks)
   wgmma::wait<0>();
   softmax(0, corr);
   rescale_and_pack(corr);
-  // Step j (FlashAttention-3's intra-warpgroup overlap): S_{j+1} and P_j V_j go to the
-  // tensor cores together; the softmax of S_{j+1} runs on the ALUs while P_j V_j does. The
+  // Step j (FlashAttention-3's intra-warpgroup order, see the header): S_{j+1} and P_j V_j
+  // go to the tensor cores together, the softmax of S_{j+1} follows the first wait. The
   // barrier makes tile j + 1 visible and frees buffer (j + 2) % 3 for the prefetch (its
   // last reader, P V_{j-1}, finished before every thread's last wait of step j - 1).
   for (int j = 0; j < tiles; ++j) {
