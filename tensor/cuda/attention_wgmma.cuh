@@ -63,13 +63,12 @@ __global__ void __launch_bounds__(256, WgmmaForwardTile<DH>::kMinBlocks)
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128, lane = t % 32;
   const int b = blockIdx.y / d.H, h = blockIdx.y % d.H, hk = h / d.group;
   const int i0 = (gridDim.x - 1 - blockIdx.x) * BM;
-  const bf16_t* kb = k + offset(d.k, b, hk, 0);
-  const bf16_t* vb = v + offset(d.v, b, hk, 0);
   const int tiles = min(d.Tk - 1, d.q_offset + i0 + BM - 1) / BN + 1;
-  auto load_kv = [&](int j) {  // key tile j into buffer j % 3, one cp.async group
-    const int n0 = j * BN;
-    wgmma::load_tile<BN, DH, Tile::kThreads>(Ks + j % 3 * Tile::kKVBytes, kb + n0 * d.k.t, d.k.t, d.Tk - n0, d.dh, vec);
-    wgmma::load_tile<BN, DH, Tile::kThreads>(Vs + j % 3 * Tile::kKVBytes, vb + n0 * d.v.t, d.v.t, d.Tk - n0, d.dh, vec);
+  mma::TileStream<BN, DH, Tile::kThreads> k_tiles(k + offset(d.k, b, hk, 0), d.k.t, d.Tk, d.dh),
+      v_tiles(v + offset(d.v, b, hk, 0), d.v.t, d.Tk, d.dh);
+  auto load_kv = [&](int j) {  // key tile j (loaded in order j = 0, 1, ...) into buffer j % 3, one cp.async group
+    wgmma::load_tile(Ks + j % 3 * Tile::kKVBytes, k_tiles, vec);
+    wgmma::load_tile(Vs + j % 3 * Tile::kKVBytes, v_tiles, vec);
     mma::cp_async_commit();
   };
   wgmma::load_tile<BM, DH, Tile::kThreads>(Qs, q + offset(d.q, b, h, i0), d.q.t, d.Tq - i0, d.dh, vec);

@@ -113,38 +113,58 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
 }
 
-// Rows [0, R) x columns [0, W) of a (nrows x dh) matrix with row stride `stride`
-// (elements) into shared memory, element (r, col) at byte s + at(r, col) (the tile's
-// layout: padded rows below, the 128-byte swizzle in wgmma.cuh); zeros beyond nrows and
-// dh; called by all kThreads threads of the block. vec (dh % 8 == 0, rows 16-byte
-// aligned): asynchronous 16-byte copies, complete after cp_async_wait; otherwise plain
-// loads and stores. Either way a __syncthreads must come before the tile is read.
+// Copies of R-row tiles (all columns [0, W)) of a (nrows x dh) matrix with row stride
+// `stride` (elements) into shared memory, one tile per load() and each the R rows after
+// the last (a stream of key tiles, say); element (r, col) of a tile lands at byte
+// s + at(r, col) (the tile's layout: padded rows below, the 128-byte swizzle in
+// wgmma.cuh); zeros beyond nrows and dh. All kThreads threads of the block call load().
+// vec (dh % 8 == 0, rows 16-byte aligned): asynchronous 16-byte copies, complete after
+// cp_async_wait; otherwise plain loads and stores. Either way a __syncthreads must come
+// before the tile is read.
 // A thread copies the same 16-byte column of rows r0, r0 + RS, r0 + 2 RS, ... (RS rows per
-// sweep of the block), so its column, source offset and, for the layouts here, most of
-// its shared address are fixed once per call: the loop is address additions only.
+// sweep of the block). Its source pointer is kept from tile to tile, so a load is address
+// additions only (a kernel under a register cap would otherwise rebuild it from the thread
+// index, in 64-bit arithmetic, every tile).
+template <int R, int W, int kThreads>
+struct TileStream {
+  static constexpr int CH = W / 8, RS = kThreads / CH;  // 16-byte chunks per row, rows per sweep
+  static_assert(kThreads % CH == 0 && R % RS == 0, "TileStream: the block must sweep whole rows");
+  const bf16_t* g;    // row 0 of the next tile
+  const bf16_t* src;  // this thread's first chunk of it: g + r0 * stride + col
+  int64_t stride;
+  int nrows, dh;  // rows from g on; the matrix's width
+
+  __device__ TileStream(const bf16_t* g, int64_t stride, int nrows, int dh)
+      : g(g), src(g + row0() * stride + col()), stride(stride), nrows(nrows), dh(dh) {}
+  static __device__ int row0() { return int(threadIdx.x / unsigned(CH)); }
+  static __device__ int col() { return int(threadIdx.x % unsigned(CH)) * 8; }
+
+  template <class At>
+  __device__ __forceinline__ void load(unsigned char* s, At at, bool vec) {
+    if (vec) {
+      const int r0 = row0(), c = col();
+#pragma unroll
+      for (int i = 0; i < R / RS; ++i) {
+        const int r = r0 + i * RS;
+        const bool in = c < dh && r < nrows;
+        cp_async16(s + at(r, c), in ? src + i * RS * stride : g, in);
+      }
+    } else {  // (odd head dims: kept small, not unrolled)
+#pragma unroll 1
+      for (int e = int(threadIdx.x); e < R * W; e += kThreads) {
+        const int r = e / W, c = e % W;
+        *reinterpret_cast<bf16_t*>(s + at(r, c)) = r < nrows && c < dh ? g[r * stride + c] : __float2bfloat16(0.f);
+      }
+    }
+    g += R * stride, src += R * stride, nrows -= R;
+  }
+};
+
+// One tile: rows [0, R) of the matrix at g (TileStream says how).
 template <int R, int W, int kThreads, class At>
 __device__ __forceinline__ void load_tile_at(unsigned char* s, At at, const bf16_t* g, int64_t stride, int nrows,
                                              int dh, bool vec) {
-  constexpr int CH = W / 8, RS = kThreads / CH;  // 16-byte chunks per row, rows per sweep
-  static_assert(kThreads % CH == 0 && R % RS == 0, "load_tile_at: the block must sweep whole rows");
-  if (vec) {
-    const int r0 = int(threadIdx.x / unsigned(CH)), col = int(threadIdx.x % unsigned(CH)) * 8;
-    const bf16_t* src = g + r0 * stride + col;
-    const int64_t sweep = RS * stride;
-    const bool col_in = col < dh;
-#pragma unroll
-    for (int i = 0; i < R / RS; ++i) {
-      const int r = r0 + i * RS;
-      const bool in = col_in && r < nrows;
-      cp_async16(s + at(r, col), in ? src + i * sweep : g, in);
-    }
-  } else {  // (odd head dims: kept small, not unrolled)
-#pragma unroll 1
-    for (int e = int(threadIdx.x); e < R * W; e += kThreads) {
-      const int r = e / W, col = e % W;
-      *reinterpret_cast<bf16_t*>(s + at(r, col)) = r < nrows && col < dh ? g[r * stride + col] : __float2bfloat16(0.f);
-    }
-  }
+  TileStream<R, W, kThreads>(g, stride, nrows, dh).load(s, at, vec);
 }
 
 // The same into a row-major tile s with a row stride of ld elements.

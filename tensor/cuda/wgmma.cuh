@@ -49,12 +49,18 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t addr) {
   return uint64_t((addr >> 4) & 0x3fff) | uint64_t(1) << 16 | uint64_t(1024 >> 4) << 32 | uint64_t(1) << 62;
 }
 
-// Rows [0, R) x columns [0, W) of a matrix into the swizzled tile at s (mma::load_tile_at
+// Rows [0, R) x columns [0, W) of a matrix into the swizzled tile at s (mma::TileStream
 // says how); a fence_async_smem and a __syncthreads must come before a wgmma reads it.
 template <int R, int W, int kThreads>
 __device__ void load_tile(unsigned char* s, const bf16_t* g, int64_t stride, int nrows, int dh, bool vec) {
   mma::load_tile_at<R, W, kThreads>(
       s, [](int r, int col) { return swizzled<R>(r, col); }, g, stride, nrows, dh, vec);
+}
+// The next tile of a stream into the swizzled tile at s.
+template <int R, int W, int kThreads>
+__device__ __forceinline__ void load_tile(unsigned char* s, mma::TileStream<R, W, kThreads>& stream, bool vec) {
+  stream.load(
+      s, [](int r, int col) { return swizzled<R>(r, col); }, vec);
 }
 
 // Makes this thread's generic-proxy shared-memory writes (plain stores) visible to wgmma.
