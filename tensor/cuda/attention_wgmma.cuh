@@ -23,14 +23,14 @@
 // Saves lse = (m + log2 l) ln 2.
 //
 // Budgets (ptxas -v, sm_90a, no spills, no serialised wgmma):
-//   head dim 64: BN = 64, 112 registers (S 32, P 16, O 32 per thread), shared Q 16 KiB +
+//   head dim 64: BN = 64, 116 registers (S 32, P 16, O 32 per thread), shared Q 16 KiB +
 //     3 x (K, V) 48 KiB = 64 KiB: two blocks per SM. At this head dim the softmax's
 //     exponentials (16 per clock per SM) cost as much as the products, and the warpgroups
 //     of one block meet at a barrier every tile, so a second, independent block is what
 //     keeps the tensor cores fed (one block of 128-key tiles measured 13% slower).
-//   head dim 128: BN = 128, 192 registers (S 64, P 32, O 64), Q 32 KiB + 3 x (K, V)
+//   head dim 128: BN = 128, 204 registers (S 64, P 32, O 64), Q 32 KiB + 3 x (K, V)
 //     192 KiB = 224 KiB: one block per SM.
-// Measured in docs/performance.md (2026-12-01, third session).
+// Measured in docs/performance.md (2026-12-01, third and fourth sessions).
 #pragma once
 #include "tensor/cuda/attention_params.cuh"
 #include "tensor/cuda/common.cuh"
