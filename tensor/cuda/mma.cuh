@@ -60,6 +60,11 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
 }
 // Shared address of element (r, col) of a row-major bf16 tile at s with row stride ld.
 __device__ __forceinline__ uint32_t at(uint32_t s, int ld, int r, int col) { return s + uint32_t(r * ld + col) * 2; }
+// The same tile's layout for TileStream: the byte offset of element (r, col).
+struct PaddedRows {
+  int ld;
+  __device__ __forceinline__ int operator()(int r, int col) const { return (r * ld + col) * 2; }
+};
 
 // The A fragment of rows r0..r0+15, columns k0..k0+15 of a row-major tile.
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], uint32_t s, int ld, int r0, int k0, int lane) {
@@ -116,11 +121,10 @@ __device__ __forceinline__ void cp_async_wait() {
 // Copies of R-row tiles (all columns [0, W)) of a (nrows x dh) matrix with row stride
 // `stride` (elements) into shared memory, one tile per load() and each the R rows after
 // the last (a stream of key tiles, say); element (r, col) of a tile lands at byte
-// s + at(r, col) (the tile's layout: padded rows below, the 128-byte swizzle in
-// wgmma.cuh); zeros beyond nrows and dh. All kThreads threads of the block call load().
-// vec (dh % 8 == 0, rows 16-byte aligned): asynchronous 16-byte copies, complete after
-// cp_async_wait; otherwise plain loads and stores. Either way a __syncthreads must come
-// before the tile is read.
+// s + layout(r, col) (PaddedRows above, the 128-byte swizzle in wgmma.cuh); zeros beyond
+// nrows and dh. All kThreads threads of the block call load(). vec (dh % 8 == 0, rows
+// 16-byte aligned): asynchronous 16-byte copies, complete after cp_async_wait; otherwise
+// plain loads and stores. Either way a __syncthreads must come before the tile is read.
 // A thread copies the same 16-byte column of rows r0, r0 + RS, r0 + 2 RS, ... (RS rows per
 // sweep of the block). Its source pointer is kept from tile to tile, so a load is address
 // additions only (a kernel under a register cap would otherwise rebuild it from the thread
@@ -139,40 +143,32 @@ struct TileStream {
   static __device__ int row0() { return int(threadIdx.x / unsigned(CH)); }
   static __device__ int col() { return int(threadIdx.x % unsigned(CH)) * 8; }
 
-  template <class At>
-  __device__ __forceinline__ void load(unsigned char* s, At at, bool vec) {
+  template <class Layout>
+  __device__ __forceinline__ void load(unsigned char* s, Layout layout, bool vec) {
     if (vec) {
       const int r0 = row0(), c = col();
 #pragma unroll
       for (int i = 0; i < R / RS; ++i) {
         const int r = r0 + i * RS;
         const bool in = c < dh && r < nrows;
-        cp_async16(s + at(r, c), in ? src + i * RS * stride : g, in);
+        cp_async16(s + layout(r, c), in ? src + i * RS * stride : g, in);
       }
     } else {  // (odd head dims: kept small, not unrolled)
 #pragma unroll 1
       for (int e = int(threadIdx.x); e < R * W; e += kThreads) {
         const int r = e / W, c = e % W;
-        *reinterpret_cast<bf16_t*>(s + at(r, c)) = r < nrows && c < dh ? g[r * stride + c] : __float2bfloat16(0.f);
+        *reinterpret_cast<bf16_t*>(s + layout(r, c)) = r < nrows && c < dh ? g[r * stride + c] : __float2bfloat16(0.f);
       }
     }
     g += R * stride, src += R * stride, nrows -= R;
   }
 };
 
-// One tile: rows [0, R) of the matrix at g (TileStream says how).
-template <int R, int W, int kThreads, class At>
-__device__ __forceinline__ void load_tile_at(unsigned char* s, At at, const bf16_t* g, int64_t stride, int nrows,
-                                             int dh, bool vec) {
-  TileStream<R, W, kThreads>(g, stride, nrows, dh).load(s, at, vec);
-}
-
-// The same into a row-major tile s with a row stride of ld elements.
+// Rows [0, R) of the matrix at g (TileStream says how) into a row-major tile s with a row
+// stride of ld elements.
 template <int R, int W, int kThreads>
 __device__ void load_tile(bf16_t* s, int ld, const bf16_t* g, int64_t stride, int nrows, int dh, bool vec) {
-  load_tile_at<R, W, kThreads>(
-      reinterpret_cast<unsigned char*>(s), [ld](int r, int col) { return (r * ld + col) * 2; }, g, stride, nrows, dh,
-      vec);
+  TileStream<R, W, kThreads>(g, stride, nrows, dh).load(reinterpret_cast<unsigned char*>(s), PaddedRows{ld}, vec);
 }
 
 }  // namespace sessa::cuda::mma

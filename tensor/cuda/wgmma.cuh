@@ -38,9 +38,11 @@ using mma::smem_address;
 
 // Byte offset of element (r, col) in a swizzled tile of R rows (see the file header).
 template <int R>
-__device__ __forceinline__ uint32_t swizzled(uint32_t r, uint32_t col) {
-  return col / 64 * R * 128 + r * 128 + ((col / 8 % 8) ^ (r % 8)) * 16 + col % 8 * 2;
-}
+struct Swizzled {
+  __device__ __forceinline__ uint32_t operator()(uint32_t r, uint32_t col) const {
+    return col / 64 * R * 128 + r * 128 + ((col / 8 % 8) ^ (r % 8)) * 16 + col % 8 * 2;
+  }
+};
 
 // Descriptor of a swizzled operand starting at shared address addr (1024-aligned, or
 // advanced from such by a k-step's 32 bytes): start >> 4, leading offset 16 bytes (unused
@@ -53,14 +55,12 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t addr) {
 // says how); a fence_async_smem and a __syncthreads must come before a wgmma reads it.
 template <int R, int W, int kThreads>
 __device__ void load_tile(unsigned char* s, const bf16_t* g, int64_t stride, int nrows, int dh, bool vec) {
-  mma::load_tile_at<R, W, kThreads>(
-      s, [](int r, int col) { return swizzled<R>(r, col); }, g, stride, nrows, dh, vec);
+  mma::TileStream<R, W, kThreads>(g, stride, nrows, dh).load(s, Swizzled<R>{}, vec);
 }
 // The next tile of a stream into the swizzled tile at s.
 template <int R, int W, int kThreads>
 __device__ __forceinline__ void load_tile(unsigned char* s, mma::TileStream<R, W, kThreads>& stream, bool vec) {
-  stream.load(
-      s, [](int r, int col) { return swizzled<R>(r, col); }, vec);
+  stream.load(s, Swizzled<R>{}, vec);
 }
 
 // Makes this thread's generic-proxy shared-memory writes (plain stores) visible to wgmma.
