@@ -79,27 +79,30 @@ __global__ void __launch_bounds__(256, WgmmaForwardTile<DH>::kMinBlocks)
   const int pos = pos0 + 16 * (t / 32) + lane / 4;        // this thread's rows: pos, pos + 8
   const int my_tiles = min(tiles, (pos0 + 63) / BN + 1);  // later tiles hold only keys after its rows
   float o[CB][32] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  const uint32_t q_at = wgmma::smem_address(Qs) + 64 * wg * 128;  // this warpgroup's 64 rows
+  // Operand descriptors, built once: this warpgroup's 64 rows of Q, buffer 0 of K and V.
+  const uint64_t q_desc = wgmma::descriptor(wgmma::smem_address(Qs) + 64 * wg * 128),
+                 k_desc = wgmma::descriptor(wgmma::smem_address(Ks)),
+                 v_desc = wgmma::descriptor(wgmma::smem_address(Vs));
 
   float s[BN / 2];         // S of one key tile: s[4 jn + e] = S[row pos + 8 (e / 2)][key 8 jn + 2 (lane % 4) + e % 2]
   uint32_t p[BN / 16][4];  // P of the previous tile in bf16, as the A operands of P V
   auto issue_s = [&](int j) {  // s = Q K_j^T, asynchronously
-    const uint32_t k_at = wgmma::smem_address(Ks + j % 3 * Tile::kKVBytes);
+    const uint64_t kj = wgmma::advance(k_desc, j % 3 * Tile::kKVBytes);
 #pragma unroll
     for (int ks = 0; ks < DH / 16; ++ks) {
       const uint32_t col = ks % 4 * 32;  // bytes into the column block ks / 4
-      wgmma::mma_ss(s, wgmma::descriptor(q_at + ks / 4 * BM * 128 + col),
-                    wgmma::descriptor(k_at + ks / 4 * BN * 128 + col), ks > 0);
+      wgmma::mma_ss(s, wgmma::advance(q_desc, ks / 4 * BM * 128 + col), wgmma::advance(kj, ks / 4 * BN * 128 + col),
+                    ks > 0);
     }
     wgmma::commit();
   };
   auto issue_pv = [&](int j) {  // O += P V_j, asynchronously
-    const uint32_t v_at = wgmma::smem_address(Vs + j % 3 * Tile::kKVBytes);
+    const uint64_t vj = wgmma::advance(v_desc, j % 3 * Tile::kKVBytes);
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)  // keys 16 kk .. 16 kk + 15
 #pragma unroll
       for (int cb = 0; cb < CB; ++cb)
-        wgmma::mma_m64n64_rs(o[cb], p[kk], wgmma::descriptor(v_at + cb * BN * 128 + kk * 16 * 128));
+        wgmma::mma_m64n64_rs(o[cb], p[kk], wgmma::advance(vj, cb * BN * 128 + kk * 16 * 128));
     wgmma::commit();
   };
   // The online softmax of s = S_j in place (s becomes the unnormalised P), m and l

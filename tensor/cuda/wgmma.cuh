@@ -51,6 +51,11 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t addr) {
   return uint64_t((addr >> 4) & 0x3fff) | uint64_t(1) << 16 | uint64_t(1024 >> 4) << 32 | uint64_t(1) << 62;
 }
 
+// The descriptor of addr + bytes from that of addr (bytes a multiple of 16): the start
+// field holds addr >> 4 in 14 bits and shared addresses stay below 2^18, so the sum never
+// carries out of it. Kernels build a tile's descriptor once and advance it per k-step.
+__device__ __forceinline__ uint64_t advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
+
 // Rows [0, R) x columns [0, W) of a matrix into the swizzled tile at s (mma::TileStream
 // says how); a fence_async_smem and a __syncthreads must come before a wgmma reads it.
 template <int R, int W, int kThreads>
