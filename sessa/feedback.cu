@@ -38,6 +38,7 @@
 #include "sessa/solve_order.h"
 #include "tensor/cuda/blas.h"
 #include "tensor/cuda/common.cuh"
+#include "tensor/cuda/mma.cuh"
 #include "tensor/ops.h"
 
 namespace sessa::cuda {
@@ -73,7 +74,10 @@ struct AlphaView {
   const A* p;
   int64_t batch_stride;
   int ld, row0, col0;
-  __device__ A at(int64_t b, int t, int s) const { return p[b * batch_stride + int64_t(t - row0) * ld + (s - col0)]; }
+  __device__ const A* ptr(int64_t b, int t, int s) const {
+    return p + b * batch_stride + int64_t(t - row0) * ld + (s - col0);
+  }
+  __device__ A at(int64_t b, int t, int s) const { return *ptr(b, t, s); }
 };
 
 // Element e of the region rows [c0, T) x columns [0, cw) of a column panel (B, T, ld):
@@ -110,14 +114,14 @@ __global__ void dlogits_kernel(const acc_t<X>* g, X* dl, const acc_t<X>* alpha, 
 }
 
 // ---- probabilities (S3) -------------------------------------------------------------
-// Row r of a row panel (B, P, T) holding the logits of rows [p0, p1), columns [0, p1); one
+// Row r of a row panel (B, P, ld) holding the logits of rows [p0, p1), columns [0, p1); one
 // block per (r, batch). Row t = p0 + r becomes the softmax over s < t (zero for t <= s < p1),
 // and lse_t = log sum_{s<t} exp(logit[t, s]) (0 for row 0) is saved for the backward.
 template <class A>
-__global__ void __launch_bounds__(256) panel_softmax_kernel(A* panel, A* lse, int T, int P, int p0, int p1) {
+__global__ void __launch_bounds__(256) panel_softmax_kernel(A* panel, A* lse, int T, int P, int ld, int p0, int p1) {
   const int64_t b = blockIdx.y;
   const int t = p0 + int(blockIdx.x);
-  A* r = panel + (b * P + blockIdx.x) * int64_t(T);
+  A* r = panel + (b * P + blockIdx.x) * int64_t(ld);
   A mx = A(-INFINITY);
   for (int s = threadIdx.x; s < t; s += blockDim.x) mx = max(mx, r[s]);
   mx = block_max(mx);
@@ -188,20 +192,31 @@ __global__ void __launch_bounds__(kRows)
 // (96 at B = 4, D = 768 for the H200's 132 multiprocessors) and a shorter share of each
 // product per thread. On the H200 32 columns were the fastest of 16, 32 and 64 (Sessa small
 // bf16: 179k, 177k and 166k tok/s at 4 x 4096; docs/performance.md, 2026-12-01). Square tiles
-// (L^-1, alpha blocks) are 64 x 64, column tiles (right-hand sides, s, w) 64 x kCols. Each
-// thread stages kPerThread elements of a square tile (element e: row 4 e + tid / 64, column
-// tid % 64) and kPerThreadC of a column tile (row (256 / kCols) e + tid / kCols, column
-// tid % kCols); all of a thread's global loads are issued into registers before any
-// shared-memory store, so they are in flight together: one memory latency per kernel
-// instead of one per element.
+// (L^-1, alpha blocks) are 64 x 64, column tiles (right-hand sides, s, w) 64 x kCols.
+// Square tiles go to shared memory as stored, by cp.async (stage_tile): no registers hold
+// them, so a block's copies are all in flight at once and three blocks fit per
+// multiprocessor (80 registers; staged through registers they took 155, one block per SM).
+// A column tile's elements are formed in registers first (f + Gamma ctx, ds + carry): each
+// thread holds kPerThreadC of them (row (256 / kCols) e + tid / kCols, column tid % kCols).
 constexpr int kCols = 32, kColsPerThread = kCols / 16;
-constexpr int kApplyThreads = 256, kPerThread = kBlockElems / kApplyThreads,
-              kPerThreadC = kRows * kCols / kApplyThreads;
+constexpr int kApplyThreads = 256, kPerThreadC = kRows * kCols / kApplyThreads;
 constexpr int kLdC = kCols + 4;  // padded row stride of 64 x kCols tiles in shared memory (16-byte rows)
-__device__ inline int staged_row(int e) { return kApplyThreads / kRows * e + int(threadIdx.x) / kRows; }
-__device__ inline int staged_col() { return int(threadIdx.x) % kRows; }
 __device__ inline int staged_row_c(int e) { return kApplyThreads / kCols * e + int(threadIdx.x) / kCols; }
 __device__ inline int staged_col_c() { return int(threadIdx.x) % kCols; }
+
+// Starts copying rows [0, nrows) x columns [0, ncols) of the 64 x 64 tile at g (row stride ld
+// elements, rows 16-byte aligned) into the shared tile s (row stride kLd); the rest of s
+// becomes zero. The caller commits and waits (mma::cp_async_commit, cp_async_wait).
+template <class A>
+__device__ void stage_tile(A* s, const A* g, int64_t ld, int nrows, int ncols) {
+  constexpr int kPerChunk = 16 / sizeof(A), kChunksPerRow = kRows / kPerChunk;
+#pragma unroll
+  for (int e = 0; e < kRows * kChunksPerRow / kApplyThreads; ++e) {
+    const int q = e * kApplyThreads + int(threadIdx.x), r = q / kChunksPerRow, c = q % kChunksPerRow * kPerChunk;
+    const int bytes = r < nrows ? max(0, min(kPerChunk, ncols - c)) * int(sizeof(A)) : 0;
+    mma::cp_async16_prefix(s + r * kLd + c, bytes > 0 ? g + r * ld + c : g, bytes);
+  }
+}
 
 // v[0..N) = p[0..N) from shared memory, in 8- or 16-byte loads where N elements fill one
 // (p aligned to N elements).
@@ -226,21 +241,36 @@ __device__ inline void load_row(const A* p, A (&v)[N]) {
 // One 64 x kCols output tile of the product of a 64 x 64 shared tile M and a 64 x kCols one V,
 // 4 x kColsPerThread per thread: thread (ty, tx) = (tid / 16, tid % 16) owns rows 4 ty .. + 3
 // and columns kColsPerThread tx .. + kColsPerThread - 1,
-//   acc[a][c] += sum_k M(4 ty + a, k) V[k, kColsPerThread tx + c],
-// where Mt holds M transposed, Mt[k * kLd + row] = M(row, k), so each operand of a step k is
-// one load (or, for float64, two).
-template <class A>
-__device__ void tile_product(const A* Mt, const A* V, A (&acc)[4][kColsPerThread]) {
+//   acc[a][c] += sum_k M(4 ty + a, k) V[k, kColsPerThread tx + c].
+// The tile at m holds M (kTransposed false: m[row * kLd + k] = M(row, k)) or its transpose
+// (true: m[k * kLd + row] = M(row, k)); either way a thread's operands of 4 steps k are 4 + 4
+// loads (16-byte for M, 8-byte for V in float32). The forward leaf multiplies by L^-1 and
+// alpha blocks as stored, the backward by their transposes, which are the stored tiles read
+// the other way.
+template <bool kTransposed, class A>
+__device__ void tile_product(const A* m, const A* V, A (&acc)[4][kColsPerThread]) {
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-#pragma unroll 8
-  for (int k = 0; k < kRows; ++k) {
-    A m[4], v[kColsPerThread];
-    load_row(Mt + k * kLd + 4 * ty, m);
-    load_row(V + k * kLdC + kColsPerThread * tx, v);
+#pragma unroll 1  // (4 steps per iteration; unrolling more spills at 80 registers)
+  for (int k0 = 0; k0 < kRows; k0 += 4) {
+    A mk[4][4], v[4][kColsPerThread];  // mk[a][i] = M(4 ty + a, k0 + i)
 #pragma unroll
-    for (int a = 0; a < 4; ++a)
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (kTransposed) {
+        A col[4];
+        load_row(m + (k0 + i) * kLd + 4 * ty, col);
 #pragma unroll
-      for (int c = 0; c < kColsPerThread; ++c) acc[a][c] += m[a] * v[c];
+        for (int a = 0; a < 4; ++a) mk[a][i] = col[a];
+      } else {
+        load_row(m + (4 * ty + i) * kLd + k0, mk[i]);
+      }
+      load_row(V + (k0 + i) * kLdC + kColsPerThread * tx, v[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int c = 0; c < kColsPerThread; ++c) acc[a][c] += mk[a][i] * v[i][c];
   }
 }
 
@@ -257,42 +287,47 @@ __device__ inline void store_share(A* tile, const A (&v)[4][kColsPerThread]) {
 
 constexpr int kTile = kRows * kLd;    // one 64 x 64 tile in shared memory
 constexpr int kTileC = kRows * kLdC;  // one 64 x kCols tile
-// Shared memory of a leaf kernel of J blocks: two square tiles, the right-hand side and the
-// J - 1 column tiles of the leaf's earlier (forward) or later (backward) blocks.
+// Shared memory of a leaf kernel of J blocks: `square` square tiles, the right-hand side and
+// the J - 1 column tiles of the leaf's earlier (forward) or later (backward) blocks.
 template <class A>
-constexpr size_t leaf_smem(int J) {
-  return (2 * kTile + J * kTileC) * sizeof(A);
+constexpr size_t leaf_smem(int square, int J) {
+  return (square * kTile + J * kTileC) * sizeof(A);
 }
+constexpr int kForwardSquares = 3, kBackwardSquares = 2;
+
+// The launch bounds of the leaves: three blocks per multiprocessor in float32 (80 registers),
+// one in float64 (whose products need more).
+template <class X>
+constexpr int kLeafMinBlocks = sizeof(acc_t<X>) == 4 ? 3 : 1;
 
 // (S5) for a leaf of up to J row blocks [t0, t1) of one batch item, columns [c0, c0 + kCols): ctx
 // already holds what the rows before t0 contribute (when has_prev). Block j of the leaf (rows
 // from tj = t0 + 64 j) first gathers what the leaf's earlier blocks contribute,
 // part = sum_{m<j} A[j, m] s_m (their s stay in shared memory); then, with ctx_prev = ctx + part,
 //   s_j = L_j^-1 (f_j + Gamma_j ctx_prev),  ctx_j = ctx_prev + A_jj s_j.
-// Writes ctx and s (A), and s_out (X) when X is not A. Shared memory: L^-1 and an alpha block,
-// both transposed (the products' left operands), the right-hand side (then s), and the s of
-// the leaf's first J - 1 blocks.
+// Writes ctx and s (A), and s_out (X) when X is not A. Shared memory: L_j^-1, A_jj and A[j, m]
+// as stored (the diagonal block is zero on and above its diagonal in the panel; rows and columns
+// past T arrive as zeros), the right-hand side (then s), and the s of the leaf's first J - 1
+// blocks. The alpha panel's rows must be 16-byte aligned (feedback_solve pads them).
 template <class X, int J>
-__global__ void __launch_bounds__(kApplyThreads)
+__global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
     solve_forward_leaf(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, const X* gamma, const X* f, acc_t<X>* ctx,
                        acc_t<X>* s, X* s_out, int T, int D, int t0, int t1, bool has_prev) {
   using A = acc_t<X>;
   constexpr int CT = kColsPerThread;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *Lt = reinterpret_cast<A*>(smem_bytes), *At = Lt + kTile, *Rs = At + kTile, *Ss = Rs + kTileC;
+  A *Ls = reinterpret_cast<A*>(smem_bytes), *As = Ls + kTile, *Cs = As + kTile, *Rs = Cs + kTile, *Ss = Rs + kTileC;
   const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0);
-  const int tc = staged_col(), cc = staged_col_c(), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  const int cc = staged_col_c(), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
   for (int j = 0; j < J && t0 + kRows * j < t1; ++j) {
     const int tj = t0 + kRows * j, nb = min(kRows, t1 - tj);
     const int64_t base = (int64_t(b) * T + tj) * D + c0;  // element (tj, c0) of batch item b
-    const A* inv_block = inv + (int64_t(b) * blocks_in(T) + tj / kRows) * kBlockElems;
-    A lv[kPerThread], av[kPerThread], rv[kPerThreadC], gv[kPerThreadC];
-#pragma unroll
-    for (int e = 0; e < kPerThread; ++e) {  // loads only
-      const int r = staged_row(e);
-      lv[e] = inv_block[r * kRows + tc];
-      av[e] = tc < r && r < nb ? alpha.at(b, tj + r, tj + tc) : A(0);
-    }
+    __syncthreads();                                      // the previous block's products are done with every tile
+    stage_tile(Ls, inv + (int64_t(b) * blocks_in(T) + tj / kRows) * kBlockElems, kRows, kRows, kRows);
+    stage_tile(As, alpha.ptr(b, tj, tj), alpha.ld, nb, nb);
+    if (j > 0) stage_tile(Cs, alpha.ptr(b, tj, t0), alpha.ld, nb, kRows);
+    mma::cp_async_commit();
+    A rv[kPerThreadC], gv[kPerThreadC];  // f + Gamma ctx and gamma of the staged elements
 #pragma unroll
     for (int e = 0; e < kPerThreadC; ++e) {
       const int r = staged_row_c(e);
@@ -300,28 +335,21 @@ __global__ void __launch_bounds__(kApplyThreads)
       gv[e] = r < nb ? load(gamma + int64_t(b) * T + tj + r) : A(0);
       rv[e] = r < nb && cc < ncols ? load(f + o) + (has_prev ? gv[e] * ctx[o] : A(0)) : A(0);
     }
+    mma::cp_async_wait<0>();
+    __syncthreads();
     A part[4][CT] = {};  // sum_{m<j} A[j, m] s_m: rows 4 ty .. + 3, columns CT tx .. + CT - 1
     for (int m = 0; m < j; ++m) {
-      A cv[kPerThread];
-#pragma unroll
-      for (int e = 0; e < kPerThread; ++e) {
-        const int r = staged_row(e);
-        cv[e] = r < nb ? alpha.at(b, tj + r, t0 + kRows * m + tc) : A(0);
+      if (m > 0) {  // (leaves of more than two blocks) A[j, m] replaces A[j, m - 1]
+        __syncthreads();
+        stage_tile(Cs, alpha.ptr(b, tj, t0 + kRows * m), alpha.ld, nb, kRows);
+        mma::cp_async_commit();
+        mma::cp_async_wait<0>();
+        __syncthreads();
       }
-      __syncthreads();  // the previous product is done with At
-#pragma unroll
-      for (int e = 0; e < kPerThread; ++e) At[tc * kLd + staged_row(e)] = cv[e];
-      __syncthreads();
-      tile_product(At, Ss + m * kTileC, part);
+      tile_product<false>(Cs, Ss + m * kTileC, part);
     }
-    __syncthreads();                   // the previous products are done with Lt, At and Rs
     if (j > 0) store_share(Rs, part);  // for the staging threads to fold into the right-hand side
     __syncthreads();
-#pragma unroll
-    for (int e = 0; e < kPerThread; ++e) {
-      const int r = staged_row(e);
-      Lt[tc * kLd + r] = lv[e], At[tc * kLd + r] = av[e];
-    }
 #pragma unroll
     for (int e = 0; e < kPerThreadC; ++e) {
       const int r = staged_row_c(e);
@@ -329,13 +357,13 @@ __global__ void __launch_bounds__(kApplyThreads)
     }
     __syncthreads();
     A acc[4][CT] = {};
-    tile_product(Lt, Rs, acc);
+    tile_product<false>(Ls, Rs, acc);
     __syncthreads();  // everyone has read the right-hand side: s takes its place
     store_share(Rs, acc);
     if (j + 1 < J) store_share(Ss + j * kTileC, acc);  // for the leaf's later blocks
     __syncthreads();
     A cacc[4][CT] = {};
-    tile_product(At, Rs, cacc);
+    tile_product<false>(As, Rs, cacc);
 #pragma unroll
     for (int a = 0; a < 4; ++a)
 #pragma unroll
@@ -355,51 +383,52 @@ __global__ void __launch_bounds__(kApplyThreads)
 // has_carry). Block j first gathers what the leaf's later blocks contribute,
 // part = sum_{m>j} A[m, j]^T w_m (their w stay in shared memory), then
 //   df_j = L_j^-T (ds_j + carry + part),  w_j = Gamma_j df_j.
-// Writes df and w (A), and df_out (X) when X is not A. The products' left operands are the
-// transposes of L^-T and A[m, j]^T, i.e. L^-1 and A[m, j]: both staged as stored.
+// Writes df and w (A), and df_out (X) when X is not A. The products' left operands L_j^-T and
+// A[m, j]^T are read from L_j^-1 and A[m, j] as stored (tile_product's transposed form).
 template <class X, int J>
-__global__ void __launch_bounds__(kApplyThreads)
+__global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
     solve_backward_leaf(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, const X* gamma, const X* ds, acc_t<X>* df,
                         X* df_out, acc_t<X>* w, int T, int D, int s0, int s1, bool has_carry) {
   using A = acc_t<X>;
   constexpr int CT = kColsPerThread;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *Ls = reinterpret_cast<A*>(smem_bytes), *At = Ls + kTile, *Rs = At + kTile, *Ws = Rs + kTileC;
+  A *Ls = reinterpret_cast<A*>(smem_bytes), *Cs = Ls + kTile, *Rs = Cs + kTile, *Ws = Rs + kTileC;
   const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0), blocks = blocks_in(s1 - s0);
-  const int tc = staged_col(), cc = staged_col_c(), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  const int cc = staged_col_c(), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  // A[m, j]: rows of block m (up to 64, fewer past T), all 64 columns of block j.
+  auto stage_coupling = [&](int m, int sj) {
+    const int sm = s0 + kRows * m;
+    stage_tile(Cs, alpha.ptr(b, sm, sj), alpha.ld, min(kRows, s1 - sm), kRows);
+  };
   for (int j = blocks - 1; j >= 0; --j) {
     const int sj = s0 + kRows * j, nb = min(kRows, s1 - sj);
     const int64_t base = (int64_t(b) * T + sj) * D + c0;
-    const A* inv_block = inv + (int64_t(b) * blocks_in(T) + sj / kRows) * kBlockElems;
-    A lv[kPerThread], rv[kPerThreadC];
-#pragma unroll
-    for (int e = 0; e < kPerThread; ++e) lv[e] = inv_block[staged_row(e) * kRows + tc];  // loads only
+    __syncthreads();  // the previous block's products are done with every tile
+    stage_tile(Ls, inv + (int64_t(b) * blocks_in(T) + sj / kRows) * kBlockElems, kRows, kRows, kRows);
+    if (j + 1 < blocks) stage_coupling(j + 1, sj);
+    mma::cp_async_commit();
+    A rv[kPerThreadC];  // ds + carry of the staged elements
 #pragma unroll
     for (int e = 0; e < kPerThreadC; ++e) {
       const int r = staged_row_c(e);
       const int64_t o = base + int64_t(r) * D + cc;
       rv[e] = r < nb && cc < ncols ? load(ds + o) + (has_carry ? df[o] : A(0)) : A(0);
     }
+    mma::cp_async_wait<0>();
+    __syncthreads();
     A part[4][CT] = {};  // sum_{m>j} A[m, j]^T w_m: rows 4 ty .. + 3, columns CT tx .. + CT - 1
     for (int m = j + 1; m < blocks; ++m) {
-      const int sm = s0 + kRows * m, nm = min(kRows, s1 - sm);
-      A cv[kPerThread];
-#pragma unroll
-      for (int e = 0; e < kPerThread; ++e) {
-        const int r = staged_row(e);
-        cv[e] = r < nm ? alpha.at(b, sm + r, sj + tc) : A(0);
+      if (m > j + 1) {  // (leaves of more than two blocks) A[m, j] replaces A[m - 1, j]
+        __syncthreads();
+        stage_coupling(m, sj);
+        mma::cp_async_commit();
+        mma::cp_async_wait<0>();
+        __syncthreads();
       }
-      __syncthreads();  // the previous product is done with At
-#pragma unroll
-      for (int e = 0; e < kPerThread; ++e) At[staged_row(e) * kLd + tc] = cv[e];
-      __syncthreads();
-      tile_product(At, Ws + (m - 1) * kTileC, part);
+      tile_product<true>(Cs, Ws + (m - 1) * kTileC, part);
     }
-    __syncthreads();  // the previous product is done with Ls and Rs
     if (j + 1 < blocks) store_share(Rs, part);
     __syncthreads();
-#pragma unroll
-    for (int e = 0; e < kPerThread; ++e) Ls[staged_row(e) * kLd + tc] = lv[e];
 #pragma unroll
     for (int e = 0; e < kPerThreadC; ++e) {
       const int r = staged_row_c(e);
@@ -407,7 +436,7 @@ __global__ void __launch_bounds__(kApplyThreads)
     }
     __syncthreads();
     A acc[4][CT] = {};
-    tile_product(Ls, Rs, acc);
+    tile_product<true>(Ls, Rs, acc);
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
       const int r = 4 * ty + a;
@@ -467,6 +496,13 @@ void set_shared_memory(Kernel kernel, size_t bytes, const char* op) {
   SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
 }
 
+// Rows [t0, T) of a (B, T, D) operand with unit last stride (q and k may be views, such as
+// proj_fb's halves, read in place through their row and batch strides) as a GEMM operand.
+GemmOperand rows_of(const Tensor& x, int t0, bool trans) {
+  return {static_cast<const unsigned char*>(x.raw_data()) + t0 * x.strides()[1] * int64_t(dtype_size(x.dtype())),
+          x.dtype(), x.strides()[1], x.strides()[0], trans};
+}
+
 }  // namespace
 
 void set_feedback_panel_rows(int rows) {
@@ -477,7 +513,7 @@ void set_feedback_panel_rows(int rows) {
 
 layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Tensor& gamma_in, const Tensor& f_in) {
   const char* op = "feedback_solve";
-  const Tensor q = ops::contiguous(q_in), k = ops::contiguous(k_in), gamma = ops::contiguous(gamma_in),
+  const Tensor q = ops::unit_last_stride(q_in), k = ops::unit_last_stride(k_in), gamma = ops::contiguous(gamma_in),
                f = ops::contiguous(f_in);
   const int B = int(q.size(0)), T = int(q.size(1)), D = int(q.size(2));
   const Device dev = q.device();
@@ -491,40 +527,43 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
     if (B == 0 || T == 0) return out;
     const Tensor s_acc = std::is_same_v<X, A> ? out.s : Tensor::empty({B, T, D}, acc_opt);
     const cudaStream_t st = stream(dev.index), chain = stream(dev.index, Lane::priority);
-    // Two panel buffers (B, P, T), alpha[p0:p1, 0:p1] with row stride T: the main lane prepares
+    // Two panel buffers (B, P, Tp), alpha[p0:p1, 0:p1] with row stride Tp (T rounded up to 4
+    // elements, so that rows are 16-byte aligned for the leaves' copies): the main lane prepares
     // panel p + 1 (logits, softmax, diagonal inverses: bulk work) while the priority lane solves
     // panel p (a chain of small kernels and GEMMs, mostly latency); a buffer is prepared again
     // only once the solve that read it is done.
     const int P = panel_rows(B, T, 2 * sizeof(A));
-    const Tensor panels = Tensor::empty({2, B, P, T}, acc_opt);
+    const int Tp = (T + 3) / 4 * 4;
+    const Tensor panels = Tensor::empty({2, B, P, Tp}, acc_opt);
     A *ctx = ptr<A>(out.ctx), *s = ptr<A>(s_acc);
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
-    const int64_t TD = int64_t(T) * D, PT = int64_t(P) * T;
+    const int64_t TD = int64_t(T) * D, PT = int64_t(P) * Tp;
     A* inv = ptr<A>(out.inv);  // the diagonal blocks' inverses, saved for the backward
     const auto panel_of = [&](int p0) { return ptr<A>(panels) + p0 / P % 2 * (B * PT); };
     const auto prepare = [&](int p0) {  // main lane
       const int p1 = std::min(T, p0 + P);
       A* pa = panel_of(p0);
-      gemm(dev.index, B, p1 - p0, p1, D, scale, {ptr<X>(q) + int64_t(p0) * D, q.dtype(), D, TD},
-           {k.raw_data(), k.dtype(), D, TD, true}, pa, adt, T, PT, false, op);  // logits; the softmax masks s >= t
-      panel_softmax_kernel<A><<<dim3(unsigned(p1 - p0), unsigned(B)), 256, 0, st>>>(pa, ptr<A>(out.lse), T, P, p0, p1);
+      gemm(dev.index, B, p1 - p0, p1, D, scale, rows_of(q, p0, false), rows_of(k, 0, true), pa, adt, Tp, PT, false,
+           op);  // logits; the softmax masks s >= t
+      panel_softmax_kernel<A>
+          <<<dim3(unsigned(p1 - p0), unsigned(B)), 256, 0, st>>>(pa, ptr<A>(out.lse), T, P, Tp, p0, p1);
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D == 0) return;
       invert_diagonal_blocks<X><<<dim3(unsigned(blocks_in(p1 - p0)), unsigned(B)), kRows, 0, st>>>(
-          AlphaView<A>{pa, PT, T, p0, 0}, ptr<X>(gamma), inv, T, p0, p1);
+          AlphaView<A>{pa, PT, Tp, p0, 0}, ptr<X>(gamma), inv, T, p0, p1);
       SESSA_CUDA_LAUNCH_CHECK(op);
     };
-    const size_t smem = leaf_smem<A>(kLeafBlocks);
+    const size_t smem = leaf_smem<A>(kForwardSquares, kLeafBlocks);
     if (D > 0) set_shared_memory(solve_forward_leaf<X, kLeafBlocks>, smem, op);
     const dim3 grid(blocks_for(D, kCols), unsigned(B));
     const auto solve = [&](int p0) {  // priority lane
       const int p1 = std::min(T, p0 + P), blocks = blocks_in(p1 - p0);
       const A* pa = panel_of(p0);
-      const AlphaView<A> alpha{pa, PT, T, p0, 0};
+      const AlphaView<A> alpha{pa, PT, Tp, p0, 0};
       // ctx[r0:r1] (+)= alpha[r0:r1, c0:r0] s[c0:r0]. The contributions to a row arrive from left to
       // right, so the one from column 0 is the first and overwrites; later ones accumulate.
       const auto add_ctx = [&](int c0, int r0, int r1) {
-        gemm(dev.index, B, r1 - r0, D, r0 - c0, 1.0, {pa + int64_t(r0 - p0) * T + c0, adt, T, PT},
+        gemm(dev.index, B, r1 - r0, D, r0 - c0, 1.0, {pa + int64_t(r0 - p0) * Tp + c0, adt, Tp, PT},
              {s + int64_t(c0) * D, adt, D, TD}, ctx + int64_t(r0) * D, adt, D, TD, use_tf32<X>(), op, c0 > 0,
              Lane::priority);
       };
@@ -562,7 +601,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
 layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_in, const Tensor& k_in,
                                              const Tensor& gamma_in, const layer::FeedbackOut& saved) {
   const char* op = "feedback_solve_backward";
-  const Tensor ds = ops::contiguous(ds_in), q = ops::contiguous(q_in), k = ops::contiguous(k_in),
+  const Tensor ds = ops::contiguous(ds_in), q = ops::unit_last_stride(q_in), k = ops::unit_last_stride(k_in),
                gamma = ops::contiguous(gamma_in);
   const int B = int(q.size(0)), T = int(q.size(1)), D = int(q.size(2));
   const Device dev = q.device();
@@ -607,7 +646,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     SESSA_CUDA_CHECK(cudaMemsetAsync(dq.raw_data(), 0, size_t(B) * TD * sizeof(A), st), op);
     const A* inv = ptr<A>(inverses);  // the forward's, of the same 64-row blocks
-    const size_t smem = leaf_smem<A>(kLeafBlocks);
+    const size_t smem = leaf_smem<A>(kBackwardSquares, kLeafBlocks);
     if (D > 0) set_shared_memory(solve_backward_leaf<X, kLeafBlocks>, smem, op);
     const dim3 grid(blocks_for(D, kCols), unsigned(B));
     const auto alpha_of = [&](int c0) { return ptr<A>(alpha_panels) + c0 / P % 2 * (B * TP); };
@@ -615,8 +654,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       const int cw = std::min(T, c0 + P) - c0;
       const int64_t cells = int64_t(B) * (T - c0) * cw;
       A* pal = alpha_of(c0);
-      gemm(dev.index, B, T - c0, cw, D, scale, {ptr<X>(q) + int64_t(c0) * D, q.dtype(), D, TD},
-           {ptr<X>(k) + int64_t(c0) * D, k.dtype(), D, TD, true}, pal, adt, P, TP, false, op);
+      gemm(dev.index, B, T - c0, cw, D, scale, rows_of(q, c0, false), rows_of(k, c0, true), pal, adt, P, TP, false, op);
       rebuild_alpha_kernel<A><<<blocks_for(cells), kThreads, 0, st>>>(pal, ptr<A>(lse), T, c0, cw, P, cells);
       SESSA_CUDA_LAUNCH_CHECK(op);
     };
@@ -656,10 +694,10 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D == 0) return;
       // (S9): dk[c0:c1] = dl^T q[c0:T] (complete), dq[c0:T] += dl k[c0:c1].
-      gemm(dev.index, B, cw, D, T - c0, scale, {pdl, xdt, P, TP, true}, {ptr<X>(q) + int64_t(c0) * D, xdt, D, TD},
+      gemm(dev.index, B, cw, D, T - c0, scale, {pdl, xdt, P, TP, true}, rows_of(q, c0, false),
            ptr<A>(dk) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op);
-      gemm(dev.index, B, T - c0, D, cw, scale, {pdl, xdt, P, TP}, {ptr<X>(k) + int64_t(c0) * D, xdt, D, TD},
-           ptr<A>(dq) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op, /*accumulate=*/true);
+      gemm(dev.index, B, T - c0, D, cw, scale, {pdl, xdt, P, TP}, rows_of(k, c0, false), ptr<A>(dq) + int64_t(c0) * D,
+           adt, D, TD, use_tf32<X>(), op, /*accumulate=*/true);
     };
     {
       // Declared after every buffer the lanes share, so the join is issued before any is freed.

@@ -25,6 +25,7 @@ Tensor squeeze(const Tensor& x, int64_t dim);
 // ---- copies and conversions ------------------------------------------------------
 void copy_(const Tensor& dst, const Tensor& src);  // broadcasting, casting, cross-device
 Tensor contiguous(const Tensor& x);                // x itself when already contiguous
+Tensor unit_last_stride(const Tensor& x);          // x itself when its last stride is 1 (kernels taking row strides)
 Tensor clone(const Tensor& x);
 Tensor cast(const Tensor& x, DType dtype);
 Tensor to_device(const Tensor& x, Device device);

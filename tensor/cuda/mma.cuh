@@ -101,10 +101,15 @@ __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&lo)[4], c
 
 // ---- cp.async: global -> shared without passing through registers -------------------
 
+// The first `bytes` (0..16) of 16 from src to dst, the rest of the 16 zero (src is not
+// read past `bytes`).
+__device__ __forceinline__ void cp_async16_prefix(void* dst, const void* src, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src), "r"(bytes)
+               : "memory");
+}
 // 16 bytes from src to dst, or 16 zero bytes when !valid (src is then not read).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src), "r"(valid ? 16 : 0)
-               : "memory");
+  cp_async16_prefix(dst, src, valid ? 16 : 0);
 }
 // 4 bytes (e.g. one float), or zeros when !valid.
 __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {

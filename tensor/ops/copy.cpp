@@ -51,6 +51,8 @@ void copy_(const Tensor& dst, const Tensor& src) {
 
 Tensor contiguous(const Tensor& x) { return x.is_contiguous() ? x : clone(x); }
 
+Tensor unit_last_stride(const Tensor& x) { return x.dim() == 0 || x.strides().back() == 1 ? x : clone(x); }
+
 Tensor clone(const Tensor& x) {
   Tensor y = empty_like(x);
   copy_(y, x);
