@@ -98,8 +98,9 @@ void with_groups(int64_t N, Fn&& f) {
 int64_t checkpoint_spacing(int64_t N) { return N <= 16 ? Geo<4>::kEvery : Geo<16>::kEvery; }
 
 // u, delta, dy may be any (B, T, Di) view with unit channel stride; Bm, Cm any (B, T, N)
-// view with unit state stride (the mixer's slices of the x_proj output). Others are copied.
-Tensor unit_last_stride(const Tensor& t) { return t.strides().back() == 1 ? t : ops::contiguous(t); }
+// view with unit state stride (the mixer's slices of the x_proj output): ops::unit_last_stride.
+// Others are copied.
+using ops::unit_last_stride;
 
 void check_scan_sizes(const char* op, int64_t B, int64_t T, int64_t Di, int64_t N) {
   SESSA_CHECK(N <= kMaxState, op, "state size N = " << N << " is not supported on cuda (at most " << kMaxState << ")");
@@ -129,32 +130,44 @@ void allow_smem(Kernel kernel, size_t bytes, const char* op) {
   SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
 }
 
-// Time chunks of whole checkpoint segments. With `slots` resident blocks of `kernel` on
-// the GPU, c chunks of `blocks` blocks each run in ceil(c blocks / slots) waves, of which
-// the fraction c blocks / (slots waves) is busy; every chunk but one adds a pass 1 over
-// it costing `pass1_cost` of the main pass. The count (at most 16) maximizes
-// busy fraction / (1 + pass1_cost (c - 1) / c).
-template <class Acc, int kNG, class Kernel>
-Chunks<Acc> time_chunks(const ScanParams& p, Kernel kernel, size_t smem, double pass1_cost, int device,
-                        const char* op) {
+// Resident blocks of `kernel` (kThr threads, `smem` bytes of shared memory) on the GPU.
+template <int kNG, class Kernel>
+int64_t resident_blocks(Kernel kernel, size_t smem, int device, const char* op) {
   int per_sm = 0;
   SESSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Geo<kNG>::kThr, smem), op);
-  const int64_t slots = int64_t(std::max(per_sm, 1)) * sm_count(device);
-  const int64_t blocks = int64_t(p.batch) * ((p.dim + Geo<kNG>::kC - 1) / Geo<kNG>::kC);
-  int64_t best = 1;
-  double best_score = 0;
-  for (int64_t c = 1; c <= std::min<int64_t>(16, p.segments); ++c) {
-    const int64_t waves = (c * blocks + slots - 1) / slots;
-    const double score = double(c * blocks) / double(slots * waves) / (1 + pass1_cost * double(c - 1) / double(c));
-    if (score > best_score * 1.0001) best = c, best_score = score;
-  }
-  const int64_t per_chunk = (p.segments + best - 1) / best;  // segments per chunk
-  Chunks<Acc> tc;
-  tc.len = int(per_chunk * Geo<kNG>::kEvery), tc.count = int((p.segments + per_chunk - 1) / per_chunk);
-  return tc;
+  return int64_t(std::max(per_sm, 1)) * sm_count(device);
 }
 
-// Pass 1's cost relative to the main pass, per chunk, as measured (H200, ncu, Mamba B 4,
+// Time chunks of whole checkpoint segments. A launch of n blocks with S resident slots runs
+// in ceil(n / S) waves, each as long as one block's walk, which is proportional to the chunk
+// length: a wave that fills few slots costs as much as a full one (a block's walk is a chain
+// of dependent steps). With `blocks` blocks per chunk, c chunks of len steps cost
+//   ceil(c blocks / S_main) len + pass1_cost ceil((c - 1) blocks / S_pass1) len,
+// pass 1 walking every chunk but one (its own kernel, its own slots). The count minimises
+// that, at most kMaxChunks; ties go to more chunks. Measured on the H200 (Mamba small, bf16,
+// 4 x 4096: 96 blocks per chunk, 396 slots; docs/performance.md, 2026-12-01 fifth session),
+// forward / backward chunks: 4 / 4 349.4k tok/s, 8 / 8 354.8k, 12 / 12 361.8k, 16 / 16
+// 358.5k, 5 / 5 337.4k, 2 / 4 339.6k, 4 / 2 305.0k; at 16 x 1024 (384 blocks) one chunk
+// 390.8k, 2 / 2 372.2k. The model picks 8 / 12 and one chunk; it favours 16 by 1-3%, which
+// measured slower than 12 (a block's fixed start, not in the model), hence the cap.
+constexpr int64_t kMaxChunks = 12;
+template <class Acc, int kNG>
+Chunks<Acc> time_chunks(const ScanParams& p, int64_t main_slots, int64_t pass1_slots, double pass1_cost) {
+  const int64_t blocks = int64_t(p.batch) * ((p.dim + Geo<kNG>::kC - 1) / Geo<kNG>::kC);
+  const auto waves = [](int64_t n, int64_t slots) { return double((n + slots - 1) / slots); };
+  Chunks<Acc> best;
+  double best_cost = 0;
+  for (int64_t c = 1; c <= std::min(kMaxChunks, int64_t(p.segments)); ++c) {
+    const int64_t per_chunk = (p.segments + c - 1) / c, count = (p.segments + per_chunk - 1) / per_chunk;
+    const double cost =
+        double(per_chunk) * (waves(count * blocks, main_slots) + pass1_cost * waves((count - 1) * blocks, pass1_slots));
+    if (c == 1 || cost <= best_cost * (1 + 1e-9))
+      best.len = int(per_chunk * Geo<kNG>::kEvery), best.count = int(count), best_cost = cost;
+  }
+  return best;
+}
+
+// Pass 1's cost per step relative to the main pass, as measured (H200, ncu, Mamba B 4,
 // T 4096, four chunks; the instruction counts of the header predicted 0.6 and 0.2): the
 // forward's pass 1 walks the state like the main pass and costs nearly as much.
 constexpr double kFwdPass1Cost = 0.8, kBwdPass1Cost = 0.28;
@@ -192,7 +205,9 @@ void run_forward(const ScanParams& p, const Tensor& like, cudaStream_t st, const
   auto pass1 = scan_fwd_kernel<F, kNG, false>;
   auto final_pass = scan_fwd_kernel<F, kNG, true>;
   allow_smem(pass1, smem, op), allow_smem(final_pass, smem, op);
-  Chunks<Acc> tc = time_chunks<Acc, kNG>(p, final_pass, smem, kFwdPass1Cost, like.device().index, op);
+  const int dev = like.device().index;
+  Chunks<Acc> tc = time_chunks<Acc, kNG>(p, resident_blocks<kNG>(final_pass, smem, dev, op),
+                                         resident_blocks<kNG>(pass1, smem, dev, op), kFwdPass1Cost);
   const dim3 grid = scan_grid<kNG>(p, tc.count);
   Tensor ends, prods, carry;
   if (tc.count > 1) {  // pass 1 on chunks 0 .. count-2, then the states entering each chunk
@@ -221,7 +236,9 @@ void run_backward(ScanParams& p, const Tensor& like, Tensor& part_ad, cudaStream
   auto pass1 = scan_bwd_pass1_kernel<F, kNG>;
   auto main_pass = scan_bwd_kernel<F, kNG>;
   allow_smem(pass1, smem1, op), allow_smem(main_pass, smem, op);
-  Chunks<Acc> tc = time_chunks<Acc, kNG>(p, main_pass, smem, kBwdPass1Cost, like.device().index, op);
+  const int dev = like.device().index;
+  Chunks<Acc> tc = time_chunks<Acc, kNG>(p, resident_blocks<kNG>(main_pass, smem, dev, op),
+                                         resident_blocks<kNG>(pass1, smem1, dev, op), kBwdPass1Cost);
   const dim3 grid = scan_grid<kNG>(p, tc.count);
   part_ad = Tensor::empty({p.batch, tc.count, p.dstate + 1, p.dim}, {acc_dtype(like.dtype()), like.device()});
   p.part_ad = part_ad.raw_data();
