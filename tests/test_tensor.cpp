@@ -46,6 +46,11 @@ TEST_CASE("views alias their storage; contiguous copies only when needed") {
   CHECK(x.to_vector<float>() == std::vector<float>{0, -1, -1, 3, 4, -1, -1, 7, 8, -1, -1, 11});
   CHECK(ops::contiguous(v).same(v));             // already contiguous: no copy
   CHECK(!ops::contiguous(t).shares_storage(x));  // transposed: copied
+  // unit_last_stride keeps views whose rows are dense (a column range: row stride 4, unit
+  // last stride) and copies the others.
+  CHECK(ops::unit_last_stride(n).same(n));
+  CHECK(!ops::unit_last_stride(t).shares_storage(x));
+  CHECK(ops::unit_last_stride(t).to_vector<float>() == t.to_vector<float>());
   Tensor e = ops::expand(from_vector<float>({1, 2}, {2, 1}), {2, 3});
   CHECK(e.strides() == Shape{1, 0});
   CHECK(e.to_vector<float>() == std::vector<float>{1, 1, 1, 2, 2, 2});
