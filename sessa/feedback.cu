@@ -496,13 +496,6 @@ void set_shared_memory(Kernel kernel, size_t bytes, const char* op) {
   SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
 }
 
-// Rows [t0, T) of a (B, T, D) operand with unit last stride (q and k may be views, such as
-// proj_fb's halves, read in place through their row and batch strides) as a GEMM operand.
-GemmOperand rows_of(const Tensor& x, int t0, bool trans) {
-  return {static_cast<const unsigned char*>(x.raw_data()) + t0 * x.strides()[1] * int64_t(dtype_size(x.dtype())),
-          x.dtype(), x.strides()[1], x.strides()[0], trans};
-}
-
 }  // namespace
 
 void set_feedback_panel_rows(int rows) {
@@ -513,7 +506,7 @@ void set_feedback_panel_rows(int rows) {
 
 layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const Tensor& gamma_in, const Tensor& f_in) {
   const char* op = "feedback_solve";
-  const Tensor q = ops::unit_last_stride(q_in), k = ops::unit_last_stride(k_in), gamma = ops::contiguous(gamma_in),
+  const Tensor q = ops::contiguous(q_in), k = ops::contiguous(k_in), gamma = ops::contiguous(gamma_in),
                f = ops::contiguous(f_in);
   const int B = int(q.size(0)), T = int(q.size(1)), D = int(q.size(2));
   const Device dev = q.device();
@@ -543,7 +536,8 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
     const auto prepare = [&](int p0) {  // main lane
       const int p1 = std::min(T, p0 + P);
       A* pa = panel_of(p0);
-      gemm(dev.index, B, p1 - p0, p1, D, scale, rows_of(q, p0, false), rows_of(k, 0, true), pa, adt, Tp, PT, false,
+      gemm(dev.index, B, p1 - p0, p1, D, scale, {ptr<X>(q) + int64_t(p0) * D, q.dtype(), D, TD},
+           {k.raw_data(), k.dtype(), D, TD, true}, pa, adt, Tp, PT, false,
            op);  // logits; the softmax masks s >= t
       panel_softmax_kernel<A>
           <<<dim3(unsigned(p1 - p0), unsigned(B)), 256, 0, st>>>(pa, ptr<A>(out.lse), T, P, Tp, p0, p1);
@@ -601,7 +595,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
 layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& q_in, const Tensor& k_in,
                                              const Tensor& gamma_in, const layer::FeedbackOut& saved) {
   const char* op = "feedback_solve_backward";
-  const Tensor ds = ops::contiguous(ds_in), q = ops::unit_last_stride(q_in), k = ops::unit_last_stride(k_in),
+  const Tensor ds = ops::contiguous(ds_in), q = ops::contiguous(q_in), k = ops::contiguous(k_in),
                gamma = ops::contiguous(gamma_in);
   const int B = int(q.size(0)), T = int(q.size(1)), D = int(q.size(2));
   const Device dev = q.device();
@@ -654,7 +648,8 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       const int cw = std::min(T, c0 + P) - c0;
       const int64_t cells = int64_t(B) * (T - c0) * cw;
       A* pal = alpha_of(c0);
-      gemm(dev.index, B, T - c0, cw, D, scale, rows_of(q, c0, false), rows_of(k, c0, true), pal, adt, P, TP, false, op);
+      gemm(dev.index, B, T - c0, cw, D, scale, {ptr<X>(q) + int64_t(c0) * D, q.dtype(), D, TD},
+           {ptr<X>(k) + int64_t(c0) * D, k.dtype(), D, TD, true}, pal, adt, P, TP, false, op);
       rebuild_alpha_kernel<A><<<blocks_for(cells), kThreads, 0, st>>>(pal, ptr<A>(lse), T, c0, cw, P, cells);
       SESSA_CUDA_LAUNCH_CHECK(op);
     };
@@ -694,10 +689,10 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D == 0) return;
       // (S9): dk[c0:c1] = dl^T q[c0:T] (complete), dq[c0:T] += dl k[c0:c1].
-      gemm(dev.index, B, cw, D, T - c0, scale, {pdl, xdt, P, TP, true}, rows_of(q, c0, false),
+      gemm(dev.index, B, cw, D, T - c0, scale, {pdl, xdt, P, TP, true}, {ptr<X>(q) + int64_t(c0) * D, xdt, D, TD},
            ptr<A>(dk) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op);
-      gemm(dev.index, B, T - c0, D, cw, scale, {pdl, xdt, P, TP}, rows_of(k, c0, false), ptr<A>(dq) + int64_t(c0) * D,
-           adt, D, TD, use_tf32<X>(), op, /*accumulate=*/true);
+      gemm(dev.index, B, T - c0, D, cw, scale, {pdl, xdt, P, TP}, {ptr<X>(k) + int64_t(c0) * D, xdt, D, TD},
+           ptr<A>(dq) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op, /*accumulate=*/true);
     };
     {
       // Declared after every buffer the lanes share, so the join is issued before any is freed.
