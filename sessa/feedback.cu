@@ -15,7 +15,8 @@
 //          inputs) for everything earlier panels contribute, then the panel's 64-row blocks in halves
 //          (solve_in_halves): first half, one GEMM ctx[second] += alpha[second, first] s[first], second
 //          half; down to single blocks, whose triangle is s = L^-1 (f + Gamma ctx), ctx += A s: dense
-//          64 x 64 by 64 x 32 products, one block per (32 columns, batch).
+//          64 x 64 by 64 x 32 products (TF32 tensor cores as the GEMMs), one block per (32 columns,
+//          batch).
 // Backward, per column panel [c0, c1), from the last panel to the first:
 //   alpha[c0:T, c0:c1] = exp(q k^T / sqrt(D) - lse_t), masked to s < t (rebuilt, not saved);
 //   the transposed solve (S6') for rows c0..c1 backwards in time, as the forward mirrored:
@@ -198,9 +199,11 @@ __global__ void __launch_bounds__(kRows)
 // multiprocessor (80 registers; staged through registers they took 155, one block per SM).
 // A column tile's elements are formed in registers first (f + Gamma ctx, ds + carry): each
 // thread holds kPerThreadC of them (row (256 / kCols) e + tid / kCols, column tid % kCols).
-constexpr int kCols = 32, kColsPerThread = kCols / 16;
+constexpr int kCols = 32;
 constexpr int kApplyThreads = 256, kPerThreadC = kRows * kCols / kApplyThreads;
-constexpr int kLdC = kCols + 4;  // padded row stride of 64 x kCols tiles in shared memory (16-byte rows)
+// Padded row stride of 64 x kCols tiles in shared memory: 16-byte rows, and kLdC = 8 mod 32
+// words, so the 32 lanes of a B-fragment load (rows c, columns g) hit 32 banks.
+constexpr int kLdC = kCols + 8;
 __device__ inline int staged_row_c(int e) { return kApplyThreads / kCols * e + int(threadIdx.x) / kCols; }
 __device__ inline int staged_col_c() { return int(threadIdx.x) % kCols; }
 
@@ -238,51 +241,69 @@ __device__ inline void load_row(const A* p, A (&v)[N]) {
   }
 }
 
-// One 64 x kCols output tile of the product of a 64 x 64 shared tile M and a 64 x kCols one V,
-// 4 x kColsPerThread per thread: thread (ty, tx) = (tid / 16, tid % 16) owns rows 4 ty .. + 3
-// and columns kColsPerThread tx .. + kColsPerThread - 1,
-//   acc[a][c] += sum_k M(4 ty + a, k) V[k, kColsPerThread tx + c].
-// The tile at m holds M (kTransposed false: m[row * kLd + k] = M(row, k)) or its transpose
-// (true: m[k * kLd + row] = M(row, k)); either way a thread's operands of 4 steps k are 4 + 4
-// loads (16-byte for M, 8-byte for V in float32). The forward leaf multiplies by L^-1 and
-// alpha blocks as stored, the backward by their transposes, which are the stored tiles read
-// the other way.
-template <bool kTransposed, class A>
-__device__ void tile_product(const A* m, const A* V, A (&acc)[4][kColsPerThread]) {
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-#pragma unroll 1  // (4 steps per iteration; unrolling more spills at 80 registers)
-  for (int k0 = 0; k0 < kRows; k0 += 4) {
-    A mk[4][4], v[4][kColsPerThread];  // mk[a][i] = M(4 ty + a, k0 + i)
+// A thread's share of a 64 x kCols product tile (kCols = 32, 8 warps): warp w owns rows
+// 16 (w / 2) .. + 15 and columns 16 (w % 2) .. + 15 as two 16 x 8 tiles of mma.sync's
+// accumulator layout, so lane (g, c) = (lane / 4, lane % 4) holds kShare = 8 elements,
+// element i at row share_row(i) = 16 (w / 2) + g + 8 (i / 2 % 2) and column
+// share_col(i) = 16 (w % 2) + 8 (i / 4) + 2 c + i % 2.
+constexpr int kShare = 8;
+static_assert(kCols == 32 && kApplyThreads == 256, "the share layout is for 8 warps on 64 x 32 tiles");
+__device__ inline int share_row(int i) {
+  return 16 * (int(threadIdx.x) / 64) + int(threadIdx.x) % 32 / 4 + 8 * (i / 2 % 2);
+}
+__device__ inline int share_col(int i) {
+  return 16 * (int(threadIdx.x) / 32 % 2) + 8 * (i / 4) + 2 * (int(threadIdx.x) % 4) + i % 2;
+}
+
+// acc[i] += sum_k M(share_row(i), k) V[k, share_col(i)]: one 64 x kCols tile of the product
+// of a 64 x 64 shared tile M and a 64 x kCols one V. The tile at m holds M (kTransposed false:
+// m[row * kLd + k] = M(row, k)) or its transpose (true: m[k * kLd + row] = M(row, k)); the
+// forward leaf multiplies by L^-1 and alpha blocks as stored, the backward by their
+// transposes, which are the stored tiles read the other way. kTf32: on tensor cores
+// (mma.sync m16n8k8, operands rounded to TF32, float32 accumulation: 16 MMAs per warp);
+// else in the accumulation type on the FMA pipe (float32 without TF32, float64).
+template <bool kTransposed, bool kTf32, class A>
+__device__ void tile_product(const A* m, const A* V, A (&acc)[kShare]) {
+  const auto M = [&](int row, int k) { return kTransposed ? m[k * kLd + row] : m[row * kLd + k]; };
+  if constexpr (kTf32) {
+    static_assert(std::is_same_v<A, float>, "TF32 products take float32 tiles");
+    const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const int r0 = 16 * (int(threadIdx.x) / 64), n0 = 16 * (int(threadIdx.x) / 32 % 2);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (kTransposed) {
-        A col[4];
-        load_row(m + (k0 + i) * kLd + 4 * ty, col);
+    for (int k0 = 0; k0 < kRows; k0 += 8) {
+      const uint32_t a[4] = {mma::to_tf32(M(r0 + g, k0 + c)), mma::to_tf32(M(r0 + g + 8, k0 + c)),
+                             mma::to_tf32(M(r0 + g, k0 + c + 4)), mma::to_tf32(M(r0 + g + 8, k0 + c + 4))};
 #pragma unroll
-        for (int a = 0; a < 4; ++a) mk[a][i] = col[a];
-      } else {
-        load_row(m + (4 * ty + i) * kLd + k0, mk[i]);
+      for (int nt = 0; nt < 2; ++nt) {
+        const int col = n0 + 8 * nt + g;
+        mma::mma_tf32(*reinterpret_cast<float(*)[4]>(acc + 4 * nt), a, mma::to_tf32(V[(k0 + c) * kLdC + col]),
+                      mma::to_tf32(V[(k0 + c + 4) * kLdC + col]));
       }
-      load_row(V + (k0 + i) * kLdC + kColsPerThread * tx, v[i]);
     }
+  } else {
+    int rows[2], cols[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < 2; ++i) rows[i] = share_row(2 * i);
 #pragma unroll
-      for (int a = 0; a < 4; ++a)
+    for (int i = 0; i < 4; ++i) cols[i] = share_col(i % 2 + 4 * (i / 2));
+#pragma unroll 4
+    for (int k = 0; k < kRows; ++k) {
+      const A m0 = M(rows[0], k), m1 = M(rows[1], k);
 #pragma unroll
-        for (int c = 0; c < kColsPerThread; ++c) acc[a][c] += mk[a][i] * v[i][c];
+      for (int i = 0; i < 4; ++i) {  // element j of the share: row j / 2 % 2, column j % 2 + 2 (j / 4)
+        const A v = V[k * kLdC + cols[i]];
+        const int j = i % 2 + 4 * (i / 2);
+        acc[j] += m0 * v, acc[j + 2] += m1 * v;
+      }
+    }
   }
 }
 
-// Writes a thread's share of a tile_product result (rows 4 ty .. + 3, columns kColsPerThread tx
-// .. + kColsPerThread - 1) into a 64 x kCols shared tile.
+// Writes a thread's share of a tile_product result into a 64 x kCols shared tile.
 template <class A>
-__device__ inline void store_share(A* tile, const A (&v)[4][kColsPerThread]) {
-  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+__device__ inline void store_share(A* tile, const A (&v)[kShare]) {
 #pragma unroll
-  for (int a = 0; a < 4; ++a)
-#pragma unroll
-    for (int c = 0; c < kColsPerThread; ++c) tile[(4 * ty + a) * kLdC + kColsPerThread * tx + c] = v[a][c];
+  for (int i = 0; i < kShare; ++i) tile[share_row(i) * kLdC + share_col(i)] = v[i];
 }
 
 constexpr int kTile = kRows * kLd;    // one 64 x 64 tile in shared memory
@@ -309,16 +330,15 @@ constexpr int kLeafMinBlocks = sizeof(acc_t<X>) == 4 ? 3 : 1;
 // as stored (the diagonal block is zero on and above its diagonal in the panel; rows and columns
 // past T arrive as zeros), the right-hand side (then s), and the s of the leaf's first J - 1
 // blocks. The alpha panel's rows must be 16-byte aligned (feedback_solve pads them).
-template <class X, int J>
+template <class X, int J, bool kTf32>
 __global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
     solve_forward_leaf(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, const X* gamma, const X* f, acc_t<X>* ctx,
                        acc_t<X>* s, X* s_out, int T, int D, int t0, int t1, bool has_prev) {
   using A = acc_t<X>;
-  constexpr int CT = kColsPerThread;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   A *Ls = reinterpret_cast<A*>(smem_bytes), *As = Ls + kTile, *Cs = As + kTile, *Rs = Cs + kTile, *Ss = Rs + kTileC;
   const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0);
-  const int cc = staged_col_c(), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  const int cc = staged_col_c();
   for (int j = 0; j < J && t0 + kRows * j < t1; ++j) {
     const int tj = t0 + kRows * j, nb = min(kRows, t1 - tj);
     const int64_t base = (int64_t(b) * T + tj) * D + c0;  // element (tj, c0) of batch item b
@@ -337,7 +357,7 @@ __global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
     }
     mma::cp_async_wait<0>();
     __syncthreads();
-    A part[4][CT] = {};  // sum_{m<j} A[j, m] s_m: rows 4 ty .. + 3, columns CT tx .. + CT - 1
+    A part[kShare] = {};  // sum_{m<j} A[j, m] s_m (the thread's share)
     for (int m = 0; m < j; ++m) {
       if (m > 0) {  // (leaves of more than two blocks) A[j, m] replaces A[j, m - 1]
         __syncthreads();
@@ -346,7 +366,7 @@ __global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
         mma::cp_async_wait<0>();
         __syncthreads();
       }
-      tile_product<false>(Cs, Ss + m * kTileC, part);
+      tile_product<false, kTf32>(Cs, Ss + m * kTileC, part);
     }
     if (j > 0) store_share(Rs, part);  // for the staging threads to fold into the right-hand side
     __syncthreads();
@@ -356,25 +376,23 @@ __global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
       Rs[r * kLdC + cc] = rv[e] + (j > 0 ? gv[e] * Rs[r * kLdC + cc] : A(0));  // f + Gamma ctx_prev (0 outside)
     }
     __syncthreads();
-    A acc[4][CT] = {};
-    tile_product<false>(Ls, Rs, acc);
+    A acc[kShare] = {};
+    tile_product<false, kTf32>(Ls, Rs, acc);
     __syncthreads();  // everyone has read the right-hand side: s takes its place
     store_share(Rs, acc);
     if (j + 1 < J) store_share(Ss + j * kTileC, acc);  // for the leaf's later blocks
     __syncthreads();
-    A cacc[4][CT] = {};
-    tile_product<false>(As, Rs, cacc);
+    A cacc[kShare] = {};
+    tile_product<false, kTf32>(As, Rs, cacc);
 #pragma unroll
-    for (int a = 0; a < 4; ++a)
-#pragma unroll
-      for (int c = 0; c < CT; ++c) {
-        const int r = 4 * ty + a, col = CT * tx + c;
-        if (r >= nb || col >= ncols) continue;
-        const int64_t o = base + int64_t(r) * D + col;
-        ctx[o] = (has_prev ? ctx[o] : A(0)) + part[a][c] + cacc[a][c];
-        s[o] = acc[a][c];
-        if constexpr (!std::is_same_v<X, A>) store(s_out + o, acc[a][c]);
-      }
+    for (int i = 0; i < kShare; ++i) {
+      const int r = share_row(i), col = share_col(i);
+      if (r >= nb || col >= ncols) continue;
+      const int64_t o = base + int64_t(r) * D + col;
+      ctx[o] = (has_prev ? ctx[o] : A(0)) + part[i] + cacc[i];
+      s[o] = acc[i];
+      if constexpr (!std::is_same_v<X, A>) store(s_out + o, acc[i]);
+    }
   }
 }
 
@@ -385,16 +403,15 @@ __global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
 //   df_j = L_j^-T (ds_j + carry + part),  w_j = Gamma_j df_j.
 // Writes df and w (A), and df_out (X) when X is not A. The products' left operands L_j^-T and
 // A[m, j]^T are read from L_j^-1 and A[m, j] as stored (tile_product's transposed form).
-template <class X, int J>
+template <class X, int J, bool kTf32>
 __global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
     solve_backward_leaf(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, const X* gamma, const X* ds, acc_t<X>* df,
                         X* df_out, acc_t<X>* w, int T, int D, int s0, int s1, bool has_carry) {
   using A = acc_t<X>;
-  constexpr int CT = kColsPerThread;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   A *Ls = reinterpret_cast<A*>(smem_bytes), *Cs = Ls + kTile, *Rs = Cs + kTile, *Ws = Rs + kTileC;
   const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0), blocks = blocks_in(s1 - s0);
-  const int cc = staged_col_c(), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  const int cc = staged_col_c();
   // A[m, j]: rows of block m (up to 64, fewer past T), all 64 columns of block j.
   auto stage_coupling = [&](int m, int sj) {
     const int sm = s0 + kRows * m;
@@ -416,7 +433,7 @@ __global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
     }
     mma::cp_async_wait<0>();
     __syncthreads();
-    A part[4][CT] = {};  // sum_{m>j} A[m, j]^T w_m: rows 4 ty .. + 3, columns CT tx .. + CT - 1
+    A part[kShare] = {};  // sum_{m>j} A[m, j]^T w_m (the thread's share)
     for (int m = j + 1; m < blocks; ++m) {
       if (m > j + 1) {  // (leaves of more than two blocks) A[m, j] replaces A[m - 1, j]
         __syncthreads();
@@ -425,7 +442,7 @@ __global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
         mma::cp_async_wait<0>();
         __syncthreads();
       }
-      tile_product<true>(Cs, Ws + (m - 1) * kTileC, part);
+      tile_product<true, kTf32>(Cs, Ws + (m - 1) * kTileC, part);
     }
     if (j + 1 < blocks) store_share(Rs, part);
     __syncthreads();
@@ -435,22 +452,20 @@ __global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
       Rs[r * kLdC + cc] = rv[e] + (j + 1 < blocks && r < nb && cc < ncols ? Rs[r * kLdC + cc] : A(0));
     }
     __syncthreads();
-    A acc[4][CT] = {};
-    tile_product<true>(Ls, Rs, acc);
+    A acc[kShare] = {};
+    tile_product<true, kTf32>(Ls, Rs, acc);
+    const A g[2] = {share_row(0) < nb ? A(load(gamma + int64_t(b) * T + sj + share_row(0))) : A(0),
+                    share_row(2) < nb ? A(load(gamma + int64_t(b) * T + sj + share_row(2))) : A(0)};
 #pragma unroll
-    for (int a = 0; a < 4; ++a) {
-      const int r = 4 * ty + a;
-      const A g = r < nb ? load(gamma + int64_t(b) * T + sj + r) : A(0);
-#pragma unroll
-      for (int c = 0; c < CT; ++c) {
-        const int col = CT * tx + c;
-        if (j > 0) Ws[(j - 1) * kTileC + r * kLdC + col] = g * acc[a][c];  // w_j, for the leaf's earlier blocks
-        if (r >= nb || col >= ncols) continue;
-        const int64_t o = base + int64_t(r) * D + col;
-        df[o] = acc[a][c];
-        w[o] = g * acc[a][c];
-        if constexpr (!std::is_same_v<X, A>) store(df_out + o, acc[a][c]);
-      }
+    for (int i = 0; i < kShare; ++i) {
+      const int r = share_row(i), col = share_col(i);
+      const A wi = g[i / 2 % 2] * acc[i];
+      if (j > 0) Ws[(j - 1) * kTileC + r * kLdC + col] = wi;  // w_j, for the leaf's earlier blocks
+      if (r >= nb || col >= ncols) continue;
+      const int64_t o = base + int64_t(r) * D + col;
+      df[o] = acc[i];
+      w[o] = wi;
+      if constexpr (!std::is_same_v<X, A>) store(df_out + o, acc[i]);
     }
   }
 }
@@ -494,6 +509,28 @@ int panel_rows(int B, int T, size_t cell) {
 template <class Kernel>
 void set_shared_memory(Kernel kernel, size_t bytes, const char* op) {
   SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
+}
+
+// The leaf kernels to launch: their products run on TF32 tensor cores exactly when the
+// solve's GEMMs do (use_tf32: always for bfloat16, for float32 while TF32 is allowed, never
+// for float64).
+template <class X>
+auto forward_leaf() {
+  if constexpr (std::is_same_v<X, bf16_t>)
+    return solve_forward_leaf<X, kLeafBlocks, true>;
+  else if constexpr (std::is_same_v<X, float>)
+    return use_tf32<X>() ? solve_forward_leaf<X, kLeafBlocks, true> : solve_forward_leaf<X, kLeafBlocks, false>;
+  else
+    return solve_forward_leaf<X, kLeafBlocks, false>;
+}
+template <class X>
+auto backward_leaf() {
+  if constexpr (std::is_same_v<X, bf16_t>)
+    return solve_backward_leaf<X, kLeafBlocks, true>;
+  else if constexpr (std::is_same_v<X, float>)
+    return use_tf32<X>() ? solve_backward_leaf<X, kLeafBlocks, true> : solve_backward_leaf<X, kLeafBlocks, false>;
+  else
+    return solve_backward_leaf<X, kLeafBlocks, false>;
 }
 
 }  // namespace
@@ -548,7 +585,8 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
       SESSA_CUDA_LAUNCH_CHECK(op);
     };
     const size_t smem = leaf_smem<A>(kForwardSquares, kLeafBlocks);
-    if (D > 0) set_shared_memory(solve_forward_leaf<X, kLeafBlocks>, smem, op);
+    const auto leaf_kernel = forward_leaf<X>();
+    if (D > 0) set_shared_memory(leaf_kernel, smem, op);
     const dim3 grid(blocks_for(D, kCols), unsigned(B));
     const auto solve = [&](int p0) {  // priority lane
       const int p1 = std::min(T, p0 + P), blocks = blocks_in(p1 - p0);
@@ -566,8 +604,8 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
       layer::solve_in_halves<false>(
           0, blocks, kLeafBlocks,
           [&](int lo, int hi) {  // row 0 has nothing before it; every later leaf has its ctx from the GEMMs
-            solve_forward_leaf<X, kLeafBlocks><<<grid, kApplyThreads, smem, chain>>>(
-                alpha, inv, ptr<X>(gamma), ptr<X>(f), ctx, s, ptr<X>(out.s), T, D, row(lo), row(hi), row(lo) > 0);
+            leaf_kernel<<<grid, kApplyThreads, smem, chain>>>(alpha, inv, ptr<X>(gamma), ptr<X>(f), ctx, s,
+                                                              ptr<X>(out.s), T, D, row(lo), row(hi), row(lo) > 0);
             SESSA_CUDA_LAUNCH_CHECK(op);
           },
           [&](int lo, int mid, int hi) { add_ctx(row(lo), row(mid), row(hi)); });
@@ -641,7 +679,8 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     SESSA_CUDA_CHECK(cudaMemsetAsync(dq.raw_data(), 0, size_t(B) * TD * sizeof(A), st), op);
     const A* inv = ptr<A>(inverses);  // the forward's, of the same 64-row blocks
     const size_t smem = leaf_smem<A>(kBackwardSquares, kLeafBlocks);
-    if (D > 0) set_shared_memory(solve_backward_leaf<X, kLeafBlocks>, smem, op);
+    const auto leaf_kernel = backward_leaf<X>();
+    if (D > 0) set_shared_memory(leaf_kernel, smem, op);
     const dim3 grid(blocks_for(D, kCols), unsigned(B));
     const auto alpha_of = [&](int c0) { return ptr<A>(alpha_panels) + c0 / P % 2 * (B * TP); };
     const auto rebuild = [&](int c0) {  // main lane: alpha[c0:T, c0:c1] from the logits and lse
@@ -668,9 +707,9 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       layer::solve_in_halves<true>(
           0, blocks, kLeafBlocks,
           [&](int lo, int hi) {  // row T - 1 has nothing after it; every earlier leaf has its carry from the GEMMs
-            solve_backward_leaf<X, kLeafBlocks>
-                <<<grid, kApplyThreads, smem, chain>>>(AlphaView<A>{pal, TP, P, c0, c0}, inv, ptr<X>(gamma), ptr<X>(ds),
-                                                       pdf, ptr<X>(g.df), pw, T, D, row(lo), row(hi), row(hi) < T);
+            leaf_kernel<<<grid, kApplyThreads, smem, chain>>>(AlphaView<A>{pal, TP, P, c0, c0}, inv, ptr<X>(gamma),
+                                                              ptr<X>(ds), pdf, ptr<X>(g.df), pw, T, D, row(lo), row(hi),
+                                                              row(hi) < T);
             SESSA_CUDA_LAUNCH_CHECK(op);
           },
           [&](int lo, int mid, int hi) { add_df(row(lo), row(mid), row(hi)); });
