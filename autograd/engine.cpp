@@ -53,8 +53,8 @@ bool grad_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
 
-Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, BackwardFn backward) {
-  if (!g_grad_enabled) return out;
+// The node of an op over `inputs`, or null when no input needs a gradient.
+static std::shared_ptr<Node> new_node(const char* name, const std::vector<Tensor>& inputs) {
   auto node = std::make_shared<Node>();
   node->name = name;
   bool any = false;
@@ -70,8 +70,23 @@ Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, B
     any = any || e.needs_grad();
     node->inputs.push_back(std::move(e));
   }
-  if (!any) return out;
+  return any ? node : nullptr;
+}
+
+Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, BackwardFn backward) {
+  if (!g_grad_enabled) return out;
+  auto node = new_node(name, inputs);
+  if (!node) return out;
   node->backward = std::move(backward);
+  out.set_grad_fn(std::move(node));
+  return out;
+}
+
+Tensor record_summing(const char* name, Tensor out, const std::vector<Tensor>& inputs, SummingBackwardFn backward) {
+  if (!g_grad_enabled) return out;
+  auto node = new_node(name, inputs);
+  if (!node) return out;
+  node->summing_backward = std::move(backward);
   out.set_grad_fn(std::move(node));
   return out;
 }
@@ -95,18 +110,35 @@ void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_le
     for (const Edge& e : node.inputs)
       if (e.leaf.defined() && --uses_left[e.leaf.identity()] == 0) on_leaf_ready(e.leaf);
   };
-  std::unordered_map<Node*, Tensor> pending{{root.grad_fn().get(), g}};
+  // The gradient reaching each node so far; `owned` when the engine holds the only reference
+  // (a sum it formed, or a new tensor from a summing op), so that it may grow in place.
+  struct Pending {
+    Tensor sum;
+    bool owned = false;
+  };
+  std::unordered_map<Node*, Pending> pending{{root.grad_fn().get(), {g, false}}};
   for (const auto& node : order) {
     auto it = pending.find(node.get());
     if (it == pending.end()) {  // no gradient flowed here
       used_leaves_of(*node);
       continue;
     }
-    Tensor grad_out = std::move(it->second);
+    Tensor grad_out = std::move(it->second.sum);
     pending.erase(it);
-    SESSA_CHECK(node->backward, "backward",
+    SESSA_CHECK(node->backward || node->summing_backward, "backward",
                 "the graph through '" << node->name << "' was already freed by an earlier backward()");
-    std::vector<Tensor> grads = node->backward(grad_out);
+    // A summing op gets the owned sums of its producers (each producer once).
+    std::vector<Tensor> sums(node->inputs.size());
+    if (node->summing_backward) {
+      std::unordered_set<Node*> offered;
+      for (size_t i = 0; i < sums.size(); ++i) {
+        Node* producer = node->inputs[i].fn.get();
+        auto slot = producer ? pending.find(producer) : pending.end();
+        if (slot != pending.end() && slot->second.owned && offered.insert(producer).second) sums[i] = slot->second.sum;
+      }
+    }
+    std::vector<Tensor> grads =
+        node->summing_backward ? node->summing_backward(grad_out, sums) : node->backward(grad_out);
     SESSA_CHECK(
         grads.size() == node->inputs.size(), "backward",
         "'" << node->name << "' returned " << grads.size() << " gradients for " << node->inputs.size() << " inputs");
@@ -118,9 +150,12 @@ void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_le
                       << " of shape " << e.shape);
       if (e.leaf.defined()) {
         accumulate_leaf(e.leaf, grads[i]);
-      } else {
-        Tensor& slot = pending[e.fn.get()];
-        slot = slot.defined() ? ops::add(slot, grads[i]) : grads[i];
+      } else if (!(sums[i].defined() && grads[i].same(sums[i]))) {  // (else summed in place)
+        Pending& slot = pending[e.fn.get()];
+        if (slot.sum.defined())
+          slot = {ops::add(slot.sum, grads[i]), true};
+        else  // a summing op's gradients are new tensors unless it passes grad_output on
+          slot = {grads[i], node->summing_backward && !grads[i].shares_storage(grad_out)};
       }
     }
     used_leaves_of(*node);

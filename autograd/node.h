@@ -23,13 +23,21 @@ struct Edge {
 // Gradient of the loss w.r.t. each input, given the gradient w.r.t. the output.
 // An entry may be undefined when that input needs no gradient.
 using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
+// The same for an op that can add an input's gradient where it forms it (a GEMM with
+// beta = 1): sums[i], when defined, is the engine's running sum of the gradient of input i
+// (contiguous, owned by the engine alone); the op may add into it in place and return
+// sums[i] itself. Every other gradient it returns must be a new tensor, or grad_output.
+using SummingBackwardFn =
+    std::function<std::vector<Tensor>(const Tensor& grad_output, const std::vector<Tensor>& sums)>;
 
 struct Node {
   const char* name;
   std::vector<Edge> inputs;
   BackwardFn backward;
-  void release() {  // frees saved tensors and links once backward has used them
+  SummingBackwardFn summing_backward;  // set instead of backward by record_summing
+  void release() {                     // frees saved tensors and links once backward has used them
     backward = nullptr;
+    summing_backward = nullptr;
     inputs.clear();
   }
 };
@@ -52,6 +60,8 @@ class NoGradGuard {
 // a node running `backward`. Tensors `backward` captures should be detached
 // (see Tensor::detach) so that the graph holds no cycle.
 Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, BackwardFn backward);
+// record for an op whose backward can add into the engine's running sums (SummingBackwardFn).
+Tensor record_summing(const char* name, Tensor out, const std::vector<Tensor>& inputs, SummingBackwardFn backward);
 
 // Called once per leaf reached by a backward pass, as soon as the last gradient
 // contribution to it has been accumulated into its .grad (data parallelism starts

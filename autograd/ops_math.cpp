@@ -6,6 +6,7 @@
 namespace sessa {
 
 using autograd::record;
+using autograd::record_summing;
 
 Tensor add(const Tensor& a, const Tensor& b) {
   return record("add", ops::add(a, b), {a, b}, [sa = a.shape(), sb = b.shape()](const Tensor& g) {
@@ -92,14 +93,16 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
 
 // One node for the fused forward (cuBLASLt with bias epilogue and residual C on CUDA); backward
 // in ops::linear_backward, and dr = dy: the residual's gradient is the output's, passed on as is.
+// dx goes straight into the engine's running sum for x when there is one (x feeding several
+// layers: one GEMM with beta = 1 instead of a GEMM and an add).
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual) {
   Tensor y = ops::linear(x, weight, bias, residual);
-  return record("linear", y, {x, weight, bias, residual},
-                [x = x.detach(), w = weight.detach(), has_bias = bias.defined(),
-                 has_residual = residual.defined()](const Tensor& g) {
-                  auto grads = ops::linear_backward(g, x, w, has_bias);
-                  return std::vector<Tensor>{grads.dx, grads.dweight, grads.dbias, has_residual ? g : Tensor{}};
-                });
+  return record_summing("linear", y, {x, weight, bias, residual},
+                        [x = x.detach(), w = weight.detach(), has_bias = bias.defined(),
+                         has_residual = residual.defined()](const Tensor& g, const std::vector<Tensor>& sums) {
+                          auto grads = ops::linear_backward(g, x, w, has_bias, sums[0]);
+                          return std::vector<Tensor>{grads.dx, grads.dweight, grads.dbias, has_residual ? g : Tensor{}};
+                        });
 }
 
 Tensor softmax(const Tensor& x) {

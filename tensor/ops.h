@@ -64,6 +64,9 @@ Tensor sum_to(const Tensor& x, const Shape& shape);
 // op(a) @ op(b) over the last two dims. a: (..., M, K) (or (..., K, M) with trans_a);
 // b: (K, N) shared by every batch, or (..., K, N) with a's batch dims.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// c += op(a) @ op(b) in place: c contiguous, of matmul's output shape, dtype and device (one
+// GEMM with beta = 1: a gradient summed where it is formed, autograd/engine.cpp).
+void matmul_add_(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 // The linear layer y = r + x W^T + b over the last dim: x (..., in), weight (out, in), bias (out)
 // or undefined, residual r (..., out) or undefined; y (..., out). On CUDA one cuBLASLt GEMM adds
 // the bias in its epilogue and the residual as its C operand (beta = 1).
@@ -71,7 +74,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const T
 struct LinearGrads {
   Tensor dx, dweight, dbias;  // dbias undefined when has_bias is false
 };
-LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias);
+// dx_sum, when defined, contiguous and of x's shape, dtype and device, receives dx in place
+// (dx += dy W) and is returned as dx; otherwise dx is a new tensor.
+LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
+                            const Tensor& dx_sum = {});
 
 // ---- softmax over the last dim ----------------------------------------------------------
 Tensor softmax(const Tensor& x);

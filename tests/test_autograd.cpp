@@ -2,7 +2,8 @@
 // differentiable op) cannot say: linear equals matmul + bias (+ residual), linear's shape
 // errors, the residual's gradient passed on as the output's, Linear::forward with a residual,
 // gradcheck catching a wrong backward, graph semantics (accumulation, no-grad, freeing),
-// and an MLP whose loss must fall > 100x.
+// linear layers summing dx into the engine's running sum, and an MLP whose loss must fall
+// > 100x.
 #include <doctest/doctest.h>
 
 #include "autograd/gradcheck.h"
@@ -136,6 +137,33 @@ TEST_CASE("graph semantics: accumulation, no-grad, freeing") {
 
 // autograd::cast hands a leaf its gradient in the cast's dtype, and the engine accumulates it
 // in the leaf's own dtype (the autocast path: float32 parameters, bfloat16 compute).
+TEST_CASE("linear layers sharing an input sum dx into the engine's running sum: gradients equal the plain sum") {
+  Generator g(8);
+  Tensor x = leaf({2, 3, 5}, g), w1 = leaf({4, 5}, g), w2 = leaf({4, 5}, g), w3 = leaf({4, 5}, g), b = leaf({4}, g);
+  Tensor c1 = normal({2, 3, 4}, 0, 1, g, {DType::F64}), c3 = normal({2, 3, 4}, 0, 1, g, {DType::F64});
+  // h (not a leaf) feeds three layers; y1 is also y2's residual (its gradient passed on as is).
+  // Backward reaches h from y3 (a new dx: the engine's sum), then y2 and y1 (added in place).
+  auto loss = [&](const Tensor& xi, bool summing) {
+    Tensor h = xi * 1.5;
+    auto lin = [&](const Tensor& w, const Tensor& bias, const Tensor& r) {
+      if (summing) return linear(h, w, bias, r);
+      Tensor y = matmul(h, w, false, true);  // a plain node: its dx is added by the engine
+      if (bias.defined()) y = y + bias;
+      return r.defined() ? y + r : y;
+    };
+    Tensor y1 = lin(w1, b, {}), y2 = lin(w2, {}, y1), y3 = lin(w3, b, y2);
+    return sum_all(y3 * c3) + sum_all(y1 * c1);
+  };
+  auto grads = [&](bool summing) {
+    for (const Tensor& t : {x, w1, w2, w3, b}) t.set_grad(Tensor{});
+    autograd::backward(loss(x, summing));
+    return std::vector<Tensor>{x.grad(), w1.grad(), w2.grad(), w3.grad(), b.grad()};
+  };
+  const std::vector<Tensor> ref = grads(false), got = grads(true);
+  for (size_t i = 0; i < ref.size(); ++i) CHECK(test::max_rel_diff(got[i], ref[i]) < 1e-12);
+  CHECK(gradcheck([&](const std::vector<Tensor>& in) { return loss(in[0], true); }, {x}).ok);
+}
+
 TEST_CASE("a leaf reached through casts gets its gradient summed in its own dtype") {
   Generator g(8);
   Tensor x = leaf({5}, g);  // float64

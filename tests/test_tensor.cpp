@@ -136,6 +136,15 @@ TEST_CASE("matmul: transposes, batches and a shared weight against a naive produ
       CHECK(max_rel_diff(as2d(pick(batched)), naive(as2d(pick(xa)), as2d(pick(xb)))) < 1e-5);
       CHECK(max_rel_diff(as2d(pick(shared)), naive(as2d(pick(xa)), w.to(DType::F64))) < 1e-5);
     }
+  // matmul_add_: c += a b in place (transposed operands and the shared-weight batch too).
+  Tensor c = normal({37, 23}, 0, 1, gen, {DType::F64}), c0 = ops::clone(c);
+  ops::matmul_add_(c, at, b, true, false);
+  CHECK(max_rel_diff(c, ops::add(c0, ref)) < 1e-12);
+  Tensor cs = normal({2, 3, 5, 4}, 0, 1, gen), cs0 = ops::clone(cs);
+  ops::matmul_add_(cs, xa, w);
+  CHECK(max_rel_diff(cs.to(DType::F64), ops::add(cs0, shared).to(DType::F64)) < 1e-5);
+  check_error([&] { ops::matmul_add_(zeros({37, 22}, {DType::F64}), a, b); }, {"matmul_add_", "[37, 23]"});
+  check_error([&] { ops::matmul_add_(ops::transpose(zeros({23, 37}, {DType::F64}), 0, 1), a, b); }, {"contiguous"});
 }
 
 TEST_CASE("softmax and log_softmax rows") {

@@ -16,6 +16,7 @@
 
 #include <cublas_v2.h>
 
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <mutex>
@@ -141,19 +142,16 @@ void gemm(int device, int64_t batch, int64_t M, int64_t N, int64_t K, double alp
   }
 }
 
-Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+void matmul_into(const Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, bool accumulate) {
   const int64_t M = a.size(trans_a ? -1 : -2), K = a.size(trans_a ? -2 : -1), N = b.size(trans_b ? -2 : -1);
-  Shape out_shape(a.shape().begin(), a.shape().end() - 2);
-  const int64_t batch = numel(out_shape);
-  out_shape.push_back(M);
-  out_shape.push_back(N);
-  Tensor out = Tensor::empty(out_shape, a.options());
+  const int64_t batch = out.numel() / std::max<int64_t>(M * N, 1);
   const int dev = a.device().index;
-  if (out.numel() == 0) return out;
-  if (K == 0) {  // an empty sum: zeros (all-zero bytes in every float dtype)
-    SESSA_CUDA_CHECK(cudaMemsetAsync(out.raw_data(), 0, size_t(out.numel()) * dtype_size(out.dtype()), stream(dev)),
-                     "matmul");
-    return out;
+  if (out.numel() == 0) return;
+  if (K == 0) {  // an empty sum: zeros (all-zero bytes in every float dtype), or nothing to add
+    if (!accumulate)
+      SESSA_CUDA_CHECK(cudaMemsetAsync(out.raw_data(), 0, size_t(out.numel()) * dtype_size(out.dtype()), stream(dev)),
+                       "matmul");
+    return;
   }
 
   // A shared 2-D weight against a batch of row-major inputs is one tall GEMM.
@@ -167,8 +165,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
        {oa.view.t.raw_data(), a.dtype(), oa.view.ld, oa.batch_stride, trans_a != oa.view.stored_transposed},
        {ob.view.t.raw_data(), b.dtype(), ob.view.ld, b.dim() == 2 ? 0 : ob.batch_stride,
         trans_b != ob.view.stored_transposed},
-       out.raw_data(), out.dtype(), N, M * N, a.dtype() == DType::F32 && allow_tf32(), "matmul");
-  return out;
+       out.raw_data(), out.dtype(), N, M * N, a.dtype() == DType::F32 && allow_tf32(), "matmul", accumulate);
 }
 
 }  // namespace sessa::cuda

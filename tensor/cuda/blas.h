@@ -19,9 +19,10 @@ bool allow_tf32();
 // The cuBLAS handle of `device` and `lane`, bound to cuda::stream(device, lane); sets `device` current.
 cublasContext* cublas_handle(int device, Lane lane = Lane::main);
 
-// ops::matmul for CUDA tensors (arguments already checked by ops::matmul):
-// op(a) @ op(b) over the last two dims; b is 2-D (shared by the batch) or has a's batch dims.
-Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
+// ops::matmul and ops::matmul_add_ for CUDA tensors (arguments already checked by ops):
+// out (=, or += when accumulate) op(a) @ op(b) over the last two dims; b is 2-D (shared by
+// the batch) or has a's batch dims; out is contiguous with the product's shape.
+void matmul_into(const Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, bool accumulate);
 
 // One operand of gemm: `batch` row-major matrices in device memory, with row stride ld
 // and batch item i starting batch_stride * i elements after `data` (0: one matrix shared

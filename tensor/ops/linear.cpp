@@ -61,12 +61,20 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const T
   return residual.defined() ? add(residual, y) : y;
 }
 
-LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias) {
+LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
+                            const Tensor& dx_sum) {
   const Dims d = dims(x, weight, "linear_backward");
   SESSA_CHECK(grad_y.shape() == d.y_shape, "linear_backward",
               "gradient " << grad_y.shape() << " does not match the output " << d.y_shape);
   const Tensor dy = reshape(grad_y, {d.M, d.N}), x2 = reshape(x, {d.M, d.K});
-  const Tensor dx = reshape(matmul(dy, weight), x.shape());
+  Tensor dx;
+  if (dx_sum.defined() && dx_sum.shape() == x.shape() && dx_sum.dtype() == x.dtype() && dx_sum.device() == x.device() &&
+      dx_sum.is_contiguous()) {
+    matmul_add_(reshape(dx_sum, {d.M, d.K}), dy, weight);
+    dx = dx_sum;
+  } else {
+    dx = reshape(matmul(dy, weight), x.shape());
+  }
   std::optional<cuda::WeightBiasGrads> fused;
   if (has_bias && x.is_cuda()) SESSA_CUDA_CALL(fused = cuda::linear_weight_bias_grad(dy, x2));
   if (fused) return {dx, fused->dweight, fused->dbias};

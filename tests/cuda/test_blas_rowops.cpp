@@ -18,6 +18,30 @@ TEST_CASE("cuda matmul: empty inner dimension gives zeros") {
   for (double v : c.to_vector<double>()) CHECK(v == 0.0);
 }
 
+// matmul_add_ (what linear's backward runs into the autograd engine's running gradient sum):
+// the GEMM's beta = 1 must add to what is there, in every dtype, for transposed operands and for
+// a batch against one shared weight (the tall-GEMM path).
+TEST_CASE("cuda matmul_add_: c += a b matches the CPU") {
+  Generator gen(503);
+  for (DType dtype : {DType::F32, DType::BF16, DType::F64}) {
+    CAPTURE(dtype_name(dtype));
+    const NoTf32 exact;
+    const Tensor a = cpu_randn({96, 40}, gen).to(dtype), b = cpu_randn({96, 72}, gen).to(dtype);
+    const Tensor c = cpu_randn({40, 72}, gen).to(dtype);
+    Tensor c_gpu = c.to(gpu());
+    ops::matmul_add_(c_gpu, a.to(gpu()), b.to(gpu()), true, false);  // (40, 72) += a^T b
+    const Tensor a64 = a.to(DType::F64), b64 = b.to(DType::F64);
+    check_close(c_gpu, ops::add(c.to(DType::F64), ops::matmul(a64, b64, true, false)), dtype, "c + a^T b");
+
+    const Tensor x = cpu_randn({2, 3, 16, 40}, gen).to(dtype), w = cpu_randn({72, 40}, gen).to(dtype);
+    const Tensor s = cpu_randn({2, 3, 16, 72}, gen).to(dtype);
+    Tensor s_gpu = s.to(gpu());
+    ops::matmul_add_(s_gpu, x.to(gpu()), w.to(gpu()), false, true);  // (2, 3, 16, 72) += x w^T
+    check_close(s_gpu, ops::add(s.to(DType::F64), ops::matmul(x.to(DType::F64), w.to(DType::F64), false, true)), dtype,
+                "s + x w^T");
+  }
+}
+
 TEST_CASE("cuda linear: the fused cuBLASLt kernel runs for aligned shapes with a bias or a residual") {
   Generator gen(501);
   struct Case {
