@@ -78,6 +78,47 @@ __device__ __forceinline__ void red_add_v4(float* dst, float v0, float v1, float
                : "memory");
 }
 
+// dq_acc rows row0 .. row0 + 15 (of head h of batch b), columns col0 .. col0 + 8 NT - 1 +=
+// one warp's product in the mma.sync C layout (acc[nt][e]: row row0 + lane / 4 + 8 (e / 2),
+// column col0 + 8 nt + 2 (lane % 4) + e % 2); rows past Tq and columns past dh are skipped.
+// With vec (16-byte aligned rows), one 16-byte red per 8-column tile: lanes c and c ^ 1
+// swap halves so that even c holds row g, columns 2c..2c+3 and odd c row g + 8, columns
+// 2c-2..2c+1.
+template <int NT>
+__device__ __forceinline__ void add_dq_rows(float* dq_acc, const Dims& d, int b, int h, int row0, int col0,
+                                            const float (&acc)[NT][4], int lane, bool vec) {
+  const int g = lane / 4, c = lane % 4;
+  if (vec) {
+    const bool odd = c & 1;
+    const int row = row0 + g + (odd ? 8 : 0);
+    float* dst = dq_acc + offset(d.dq, b, h, min(row, d.Tq - 1)) + col0 + 2 * (c & 2);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const float x0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][0] : acc[nt][2], 1);
+      const float x1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][1] : acc[nt][3], 1);
+      if (row < d.Tq && col0 + nt * 8 < d.dh) {
+        if (odd)
+          red_add_v4(dst + nt * 8, x0, x1, acc[nt][2], acc[nt][3]);
+        else
+          red_add_v4(dst + nt * 8, acc[nt][0], acc[nt][1], x0, x1);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + g + 8 * r;
+      if (row >= d.Tq) continue;
+      float* dst = dq_acc + offset(d.dq, b, h, row);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int col = col0 + nt * 8 + 2 * c;
+        if (col < d.dh) atomicAdd(dst + col, acc[nt][2 * r]);
+        if (col + 1 < d.dh) atomicAdd(dst + col + 1, acc[nt][2 * r + 1]);
+      }
+    }
+  }
+}
+
 // grid (B * Hkv, key tiles), BackwardTile<DH>::kThreads threads. dq_acc: float32 like dq
 // (strides d.dq), zeroed. vec also promises 16-byte aligned rows of dq_acc, dk and dv.
 template <int DH>
@@ -276,37 +317,7 @@ __global__ void __launch_bounds__(BackwardTile<DH>::kThreads, BackwardTile<DH>::
       for (int nt = 0; nt < CN / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[nt][e] = acc2[0][nt][e] + acc2[1][nt][e];
-      if (vec) {
-        // One 16-byte red per 8-column tile: lanes c and c ^ 1 swap halves so that even c
-        // holds row g, columns 2c..2c+3 and odd c row g + 8, columns 2c-2..2c+1.
-        const bool odd = c & 1;
-        const int row = i0 + dq_r0 + g + (odd ? 8 : 0);
-        float* dst = dq_acc + offset(d.dq, b, h, min(row, d.Tq - 1)) + dq_c0 + 2 * (c & 2);
-#pragma unroll
-        for (int nt = 0; nt < CN / 8; ++nt) {
-          const float x0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][0] : acc[nt][2], 1);
-          const float x1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][1] : acc[nt][3], 1);
-          if (row < d.Tq && dq_c0 + nt * 8 < d.dh) {
-            if (odd)
-              red_add_v4(dst + nt * 8, x0, x1, acc[nt][2], acc[nt][3]);
-            else
-              red_add_v4(dst + nt * 8, acc[nt][0], acc[nt][1], x0, x1);
-          }
-        }
-      } else {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int row = i0 + dq_r0 + g + 8 * r;
-          if (row >= d.Tq) continue;
-          float* dst = dq_acc + offset(d.dq, b, h, row);
-#pragma unroll
-          for (int nt = 0; nt < CN / 8; ++nt) {
-            const int col = dq_c0 + nt * 8 + 2 * c;
-            if (col < d.dh) atomicAdd(dst + col, acc[nt][2 * r]);
-            if (col + 1 < d.dh) atomicAdd(dst + col + 1, acc[nt][2 * r + 1]);
-          }
-        }
-      }
+      add_dq_rows(dq_acc, d, b, h, i0 + dq_r0, dq_c0, acc, lane, vec);
     }
     prev = cur, cur = next;
   }

@@ -1,7 +1,8 @@
 // Warpgroup tensor-core building blocks for Hopper (sm_90a): wgmma.mma_async products,
 // the shared-memory descriptors they read their operands through, and a tile loader that
 // writes the 128-byte swizzle those descriptors describe. Kernels built on them:
-// tensor/cuda/attention_wgmma.cuh. (mma.cuh holds the warp-level sm_80+ forms.)
+// tensor/cuda/attention_wgmma.cuh, attention_wgmma_backward.cuh. (mma.cuh holds the
+// warp-level sm_80+ forms.)
 //
 // A warpgroup is 4 consecutive warps (128 threads) that issue one product together.
 // wgmma m64nNk16, bf16 x bf16 -> f32, accumulator layout: thread t = 32 w + lane of the
@@ -16,8 +17,9 @@
 // swizzle atom = 8 rows x 128 bytes). The same tile serves as
 //   - a K-major operand (rows = M or N, columns = K): k-step ks (16 columns) starts at
 //     column block ks / 4, byte 32 (ks % 4), with the descriptor's 8-row stride 1024;
-//   - an MN-major operand (rows = K, columns = N, the instruction transposes it, tnspB):
-//     k-step kk is rows 16 kk .. 16 kk + 15 of one 64-column block (N = 64 per product).
+//   - an MN-major operand (rows = K, columns = M or N, the instruction transposes it,
+//     tnspA / tnspB): k-step kk is rows 16 kk .. 16 kk + 15 of one 64-column block (64
+//     columns per product).
 // These layouts are the ones pinned by an exact-integer probe on the H200 (docs/
 // performance.md, 2026-12-01 third session).
 #pragma once
@@ -70,6 +72,11 @@ __device__ __forceinline__ void load_tile(unsigned char* s, mma::TileStream<R, W
 
 // Makes this thread's generic-proxy shared-memory writes (plain stores) visible to wgmma.
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Waits until the n threads (a multiple of 32) that use named barrier id (1..15; 0 is
+// __syncthreads) have arrived, e.g. the 128 threads of one warpgroup.
+__device__ __forceinline__ void barrier(int id, int n) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
 // Orders register accesses to accumulators before the next wgmma of this warpgroup.
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -121,6 +128,16 @@ __device__ __forceinline__ void mma_ss(float (&d)[32], uint64_t a, uint64_t b, b
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" SESSA_WG_L32 "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : SESSA_WG_D32(d)
+      : "l"(a), "l"(b), "r"(int(accumulate)));
+}
+
+// d (=, or += when accumulate) A B for one k-step, m64n64k16, A (64 x 16) and B (16 x 64)
+// both MN-major in shared memory (the instruction transposes both: tnspA, tnspB).
+__device__ __forceinline__ void mma_ss_mn(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" SESSA_WG_L32 "}, %32, %33, p, 1, 1, 1, 1;\n}\n"
       : SESSA_WG_D32(d)
       : "l"(a), "l"(b), "r"(int(accumulate)));
 }
