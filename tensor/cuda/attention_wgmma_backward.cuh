@@ -5,8 +5,8 @@
 // its dk, dv accumulators (64 + 64 registers per thread here) leave no room for S^T, dP^T
 // and the dq product.
 //
-// D_i = dout_i . out_i first (attention.cu). A block of two warpgroups (256 threads) owns
-// BN = 128 keys of one kv head, 64 per warpgroup, and walks the query tiles (BQ = 64 rows)
+// D_i = dout_i . out_i first (attention.cu). A block of three warpgroups (384 threads) owns
+// BN = 192 keys of one kv head, 64 per warpgroup, and walks the query tiles (BQ = 64 rows)
 // of every query head of its group (so GQA needs no reduction for dk, dv). K, V, and the
 // step's Q and dout sit in shared memory in the 128-byte swizzle; Q, dout, lse and D of
 // step s + 1 are loaded by cp.async while step s runs. Per step and warpgroup (keys kw):
@@ -19,16 +19,23 @@
 //   dq_kw = dS_kw K_kw  the warpgroup's share of the step's dq tile (64 x 64, over its 64
 //                       keys): dS^T goes to shared memory and comes back as the A operand
 //                       (MN-major, tnspA), K as the B operand (MN-major).
-// The two shares of dq are summed in shared memory, each warpgroup taking 32 of the rows
-// (the one that owns them adds the other's share), and added into a float32 buffer shaped
-// like dq with 16-byte atomics (red.global.add.v4.f32; the sum over key blocks is not
-// bitwise reproducible run to run), scaled and rounded to bf16 by a last pass. dk, dv stay
-// in registers for the whole walk and are written once. Only steps whose tile holds a
-// masked pair (diagonal, past Tq or Tk) pay for the mask.
+// The three shares of dq are summed in shared memory: the tile is cut into 8 units (16 rows
+// x 32 columns), each summed by one warpgroup from the other two's shares, and added into a
+// float32 buffer shaped like dq with 16-byte atomics (red.global.add.v4.f32; the sum over
+// key blocks is not bitwise reproducible run to run), scaled and rounded to bf16 by a last
+// pass. One block barrier per step, at its end: it publishes the next step's tiles and this
+// step's dq shares at once (the exchange buffer is double-buffered by step). dk, dv stay in
+// registers for the whole walk and are written once. Only steps whose tile holds a masked
+// pair (diagonal, past Tq or Tk) pay for the mask.
 //
-// Budget (ptxas -v, sm_90a; one block per SM): dk, dv 2 x 32 + S^T, dP^T 2 x 32
-// accumulator registers per thread, then P^T, dS^T packed 2 x 16 + dq 32. Shared: K, V
-// 2 x 16 KiB + 2 x (Q, dout) 32 KiB + dS^T 16 KiB + the dq exchange 16 KiB + lse, D 1 KiB.
+// Budget (ptxas -v, sm_90a, no spills; one block per SM): 168 registers (the cap of 384
+// threads): dk, dv 2 x 32 + S^T, dP^T 2 x 32 accumulator registers per thread, then P^T,
+// dS^T packed 2 x 16 + dq 32. Shared: K, V 2 x 24 KiB + 2 x (Q, dout) 32 KiB + dS^T 24 KiB
+// + the dq exchange 2 x 32 KiB + lse, D 1 KiB = 170 KiB. Why three warpgroups: the kernel
+// is latency-bound (ncu with two: 43% of issue slots used, 2 warps per scheduler, 0.58
+// eligible), and a third gives the schedulers 3 warps to pick from; measured on the H200,
+// head dim 64, T 4096: two warpgroups 221-227 TFLOP/s, three 266 (docs/performance.md,
+// 2026-12-01 sixth session).
 #pragma once
 #include "tensor/cuda/attention_mma.cuh"
 #include "tensor/cuda/attention_params.cuh"
@@ -38,30 +45,33 @@
 namespace sessa::cuda::attn {
 
 struct WgmmaBackwardTile {
-  static constexpr int DH = 64, BN = 128, BQ = 64, kThreads = 256;
+  static constexpr int kGroups = 3;  // warpgroups per block (the file header says why three)
+  static constexpr int DH = 64, BN = 64 * kGroups, BQ = 64, kThreads = 128 * kGroups;
   static constexpr int kKVBytes = BN * DH * 2, kQBytes = BQ * DH * 2, kSBytes = BN * BQ * 2;
-  static constexpr int kXBytes = 2 * 64 * 32 * 4;  // two halves of dq, 64 threads x 32 floats each
-  static constexpr size_t smem_bytes = 2 * kKVBytes + 4 * kQBytes + kSBytes + kXBytes + 4 * BQ * 4 + 1024;
+  // The dq exchange (per step, double-buffered): kGroups - 1 shares of 8 units (16 rows x 32
+  // columns), 32 lanes x 16 floats each.
+  static constexpr int kXFloat4s = (kGroups - 1) * 8 * 4 * 32;
+  static constexpr size_t smem_bytes = 2 * kKVBytes + 4 * kQBytes + kSBytes + 2 * kXFloat4s * 16 + 4 * BQ * 4 + 1024;
 };
 
-// grid (B * Hkv, key blocks), 256 threads. dq_acc: float32 like dq (strides d.dq), zeroed.
-// vec also promises 16-byte aligned rows of dq_acc, dk and dv.
-__global__ void __launch_bounds__(256, 1)
+// grid (B * Hkv, key blocks), WgmmaBackwardTile::kThreads threads. dq_acc: float32 like dq
+// (strides d.dq), zeroed. vec also promises 16-byte aligned rows of dq_acc, dk and dv.
+__global__ void __launch_bounds__(WgmmaBackwardTile::kThreads, 1)
     wgmma_backward(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                    const float* Dv, float* dq_acc, bf16_t* dk, bf16_t* dv, Dims d, float scale_log2, float scale,
                    bool vec) {
   using Tile = WgmmaBackwardTile;
-  constexpr int BN = Tile::BN, BQ = Tile::BQ, DH = Tile::DH;
+  constexpr int BN = Tile::BN, BQ = Tile::BQ, DH = Tile::DH, kGroups = Tile::kGroups;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* Ks =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  unsigned char* Vs = Ks + Tile::kKVBytes;                     // (BN, DH)
-  unsigned char* Qs = Vs + Tile::kKVBytes;                     // 2 x (BQ, DH)
-  unsigned char* Gs = Qs + 2 * Tile::kQBytes;                  // 2 x (BQ, DH): dout
-  unsigned char* Ss = Gs + 2 * Tile::kQBytes;                  // (BN, BQ): dS^T
-  float4* Xs = reinterpret_cast<float4*>(Ss + Tile::kSBytes);  // 2 halves x 8 x 64 threads
-  float* Ls = reinterpret_cast<float*>(Xs + 2 * 8 * 64);       // 2 x BQ: lse
-  float* Ds = Ls + 2 * BQ;                                     // 2 x BQ: D
+  unsigned char* Vs = Ks + Tile::kKVBytes;                         // (BN, DH)
+  unsigned char* Qs = Vs + Tile::kKVBytes;                         // 2 x (BQ, DH)
+  unsigned char* Gs = Qs + 2 * Tile::kQBytes;                      // 2 x (BQ, DH): dout
+  unsigned char* Ss = Gs + 2 * Tile::kQBytes;                      // (BN, BQ): dS^T
+  float4* Xs = reinterpret_cast<float4*>(Ss + Tile::kSBytes);      // 2 x the dq exchange
+  float* Ls = reinterpret_cast<float*>(Xs + 2 * Tile::kXFloat4s);  // 2 x BQ: lse
+  float* Ds = Ls + 2 * BQ;                                         // 2 x BQ: D
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
   const int b = blockIdx.x / d.Hkv, hk = blockIdx.x % d.Hkv, n0 = blockIdx.y * BN;
   const int key0 = n0 + 64 * wg;                 // this warpgroup's keys key0 .. key0 + 63
@@ -77,10 +87,12 @@ __global__ void __launch_bounds__(256, 1)
   auto next_of = [&](StepAt s) { return s.i0 + BQ < d.Tq ? StepAt{s.h, s.i0 + BQ} : StepAt{s.h + 1, i_start}; };
   auto load_step = [&](int step, StepAt s) {  // Q, dout, lse, D of a step into buffer step % 2
     const int buf = step % 2;
-    wgmma::load_tile<BQ, DH, Tile::kThreads>(Qs + buf * Tile::kQBytes, q + offset(d.q, b, s.h, s.i0), d.q.t,
-                                             d.Tq - s.i0, d.dh, vec);
-    wgmma::load_tile<BQ, DH, Tile::kThreads>(Gs + buf * Tile::kQBytes, dout + offset(d.dout, b, s.h, s.i0), d.dout.t,
-                                             d.Tq - s.i0, d.dh, vec);
+    if (threadIdx.x < 256) {  // (a tile of 64 rows is swept by 256 threads, 2 chunks each)
+      wgmma::load_tile<BQ, DH, 256>(Qs + buf * Tile::kQBytes, q + offset(d.q, b, s.h, s.i0), d.q.t, d.Tq - s.i0, d.dh,
+                                    vec);
+      wgmma::load_tile<BQ, DH, 256>(Gs + buf * Tile::kQBytes, dout + offset(d.dout, b, s.h, s.i0), d.dout.t,
+                                    d.Tq - s.i0, d.dh, vec);
+    }
     if (threadIdx.x < BQ) {
       const int i = s.i0 + threadIdx.x;
       const int64_t at = (int64_t(b) * d.H + s.h) * d.Tq + min(i, d.Tq - 1);
@@ -107,15 +119,21 @@ __global__ void __launch_bounds__(256, 1)
   // Accumulators: a[4 j + e] = A[row 16 warp + lane / 4 + 8 (e / 2)][column 8 j + 2 (lane % 4) + e % 2].
   float gk[32] = {}, gv[32] = {};  // dK, dV of this warpgroup's keys (rows) x head dim
   StepAt cur{hk * d.group, i_start};
-  for (int it = 0; it < steps; ++it) {
-    mma::cp_async_wait<0>();    // this thread's copies of step it have landed
+  // One barrier per step, at its end (and one before the first): it makes the next step's
+  // tiles and this step's dq shares visible, and frees the buffers the step after next is
+  // loaded into (their last readers, this step's products, are done).
+  auto step_barrier = [&] {
+    mma::cp_async_wait<0>();    // this thread's copies have landed
     wgmma::fence_async_smem();  // (the plain stores of the !vec path)
-    // Everyone's copies have landed; every product of step it - 1 is done (the buffers of
-    // step it + 1, dS^T and the dq exchange may be rewritten).
     __syncthreads();
-    const StepAt next = next_of(cur);
-    if (it + 1 < steps) load_step(it + 1, next);
+  };
+  if (steps > 0) {
+    step_barrier();
+    if (steps > 1) load_step(1, next_of(cur));
     mma::cp_async_commit();
+  }
+  for (int it = 0; it < steps; ++it) {
+    const StepAt next = next_of(cur);
     const int buf = it % 2, i0 = cur.i0;
     const uint64_t qb = wgmma::advance(q_desc, buf * Tile::kQBytes), gb = wgmma::advance(g_desc, buf * Tile::kQBytes);
 
@@ -191,21 +209,40 @@ __global__ void __launch_bounds__(256, 1)
     wgmma::commit();
     wgmma::wait<0>();
 
-    // The dq exchange: rows 0..31 (warps 0, 1) are summed by warpgroup 0, rows 32..63 by
-    // warpgroup 1; the other warpgroup's warps with those rows hand theirs over.
-    const bool low = warp < 2, sender = (wg == 0) != low;
-    float4* x = Xs + (low ? 0 : 8 * 64) + t % 64;
-    if (sender)
+    // The dq exchange: the 64 x 64 tile in 8 units u = 2 w + half (rows of warp w, columns
+    // 32 half ..), unit u summed by warpgroup u % kGroups; the other warpgroups' warps w put
+    // their share of it in slots 0 .. kGroups - 2. Double-buffered by step.
+    float4* x = Xs + it % 2 * Tile::kXFloat4s + lane;
+    auto at = [&](int slot, int u, int i) { return x + ((slot * 8 + u) * 4 + i) * 32; };
 #pragma unroll
-      for (int i = 0; i < 8; ++i) x[i * 64] = make_float4(dq[4 * i], dq[4 * i + 1], dq[4 * i + 2], dq[4 * i + 3]);
-    __syncthreads();
-    if (!sender) {
+    for (int half = 0; half < 2; ++half) {
+      const int u = 2 * warp + half, owner = u % kGroups;
+      if (owner != wg) {
+        const int slot = (wg - owner + kGroups) % kGroups - 1;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const float4 o = x[i * 64];
-        dq[4 * i] += o.x, dq[4 * i + 1] += o.y, dq[4 * i + 2] += o.z, dq[4 * i + 3] += o.w;
+        for (int i = 0; i < 4; ++i) {
+          const float* f = dq + 16 * half + 4 * i;
+          *at(slot, u, i) = make_float4(f[0], f[1], f[2], f[3]);
+        }
       }
-      add_dq_rows(dq_acc, d, b, cur.h, i0 + 16 * warp, 0, reinterpret_cast<const float(&)[8][4]>(dq), lane, vec);
+    }
+    step_barrier();
+    if (it + 2 < steps) load_step(it + 2, next_of(next));
+    mma::cp_async_commit();
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int u = 2 * warp + half;
+      if (u % kGroups != wg) continue;
+      float* f = dq + 16 * half;
+#pragma unroll
+      for (int slot = 0; slot < kGroups - 1; ++slot)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float4 o = *at(slot, u, i);
+          f[4 * i] += o.x, f[4 * i + 1] += o.y, f[4 * i + 2] += o.z, f[4 * i + 3] += o.w;
+        }
+      add_dq_rows(dq_acc, d, b, cur.h, i0 + 16 * warp, 32 * half, reinterpret_cast<const float(&)[4][4]>(*f), lane,
+                  vec);
     }
     cur = next;
   }
