@@ -1,7 +1,10 @@
 // bfloat16 causal attention backward on tensor cores (mma.sync m16n8k16, float32
-// accumulate), in the FlashAttention-2 order; the math is in tensor/ops/attention.cpp, the
-// fragment helpers in tensor/cuda/mma.cuh, host-side dispatch in tensor/cuda/attention.cu,
-// the forward (Hopper wgmma) in attention_wgmma.cuh.
+// accumulate), in the FlashAttention-2 order, for head dims above 64 (head dim 64 and below
+// run the warpgroup kernel, attention_wgmma_backward.cuh, which shares add_dq_rows below);
+// the math is in tensor/ops/attention.cpp, the fragment helpers in tensor/cuda/mma.cuh,
+// host-side dispatch in tensor/cuda/attention.cu, the forward (Hopper wgmma) in
+// attention_wgmma.cuh. The head-dim-64 budget below is the record of what this kernel
+// did there (the template still takes it; nothing launches it).
 //
 // Backward (FlashAttention-2 structure): D_i = dout_i . out_i first (attention.cu), then
 // one kernel with a block per tile of BN = 128 keys of one kv head, each warp owning KT
