@@ -3,8 +3,7 @@
 // statistics stay in float32 (float64 for float64). Two kernel families, chosen by dtype,
 // both for head dims up to 128:
 // - bfloat16: tensor cores, FlashAttention-2 order: the forward on Hopper warpgroup MMAs
-//   (tensor/cuda/attention_wgmma.cuh), the backward too at head dims up to 64
-//   (attention_wgmma_backward.cuh), on mma.sync above (attention_mma.cuh). They
+//   (tensor/cuda/attention_wgmma.cuh), the backward too (attention_wgmma_backward.cuh). They
 //   read q, k, v, out and dout through strides, so the (B, T, heads, dh) projections
 //   enter as permuted views without a copy; dq, dk, dv and out are written contiguous.
 // - float32 / float64: SIMT tiles (tensor/cuda/attention_simt.cuh) on contiguous operands.
@@ -13,7 +12,6 @@
 #include <type_traits>
 
 #include "tensor/cuda/attention.h"
-#include "tensor/cuda/attention_mma.cuh"
 #include "tensor/cuda/attention_simt.cuh"
 #include "tensor/cuda/attention_wgmma.cuh"
 #include "tensor/cuda/attention_wgmma_backward.cuh"
@@ -168,23 +166,16 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
       const Tensor dq_acc = empty_heads_like(q, DType::F32);  // strides d.dq, like g.dq
       SESSA_CUDA_CHECK(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * sizeof(float), st), op);
       const bool vec = vectorizable(d.dh, {&q, &k, &v, &dout, &dq_acc, &g.dk, &g.dv});
-      if (d.dh <= 64) {  // Hopper warpgroup MMAs
-        using Tile = attn::WgmmaBackwardTile;
-        allow_smem(attn::wgmma_backward, Tile::smem_bytes, op);
-        attn::wgmma_backward<<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, Tile::BN)), Tile::kThreads,
-                               Tile::smem_bytes, st>>>(ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v),
-                                                       ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
-                                                       ptr<float>(dq_acc), ptr<bf16_t>(g.dk), ptr<bf16_t>(g.dv), d,
-                                                       float(scale) * attn::kLog2e, float(scale), vec);
-      } else {  // head dim 128: mma.sync (attention_wgmma_backward.cuh says why)
-        using Tile = attn::BackwardTile<128>;
-        allow_smem(attn::mma_backward<128>, Tile::smem_bytes, op);
-        attn::mma_backward<128>
+      with_mma_dh(d.dh, [&](auto dh_tag) {
+        constexpr int DH = decltype(dh_tag)::value;
+        using Tile = attn::WgmmaBackwardTile<DH>;
+        allow_smem(attn::wgmma_backward<DH>, Tile::smem_bytes, op);
+        attn::wgmma_backward<DH>
             <<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, Tile::BN)), Tile::kThreads, Tile::smem_bytes, st>>>(
                 ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
                 ptr<float>(dq_acc), ptr<bf16_t>(g.dk), ptr<bf16_t>(g.dv), d, float(scale) * attn::kLog2e, float(scale),
                 vec);
-      }
+      });
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (rows > 0) {
         const int64_t n = dq_acc.numel();

@@ -1,4 +1,4 @@
-// What every causal-attention kernel (tensor/cuda/attention_simt.cuh, attention_mma.cuh)
+// What every causal-attention kernel (tensor/cuda/attention_simt.cuh, attention_wgmma*.cuh)
 // is told about its operands: the shapes, and for the tensor-core kernels the element
 // strides of q, k, v, out, dout and the gradients, each a (B, heads, T, dh) view whose
 // head dim is contiguous (so the (B, T, heads, dh) projections need no copy to enter or

@@ -1,6 +1,6 @@
 // float32 / float64 causal attention on CUDA cores (no tensor-core product keeps their
 // precision); the math is in tensor/ops/attention.cpp, host-side dispatch in
-// tensor/cuda/attention.cu, the bfloat16 tensor-core kernels in attention_mma.cuh.
+// tensor/cuda/attention.cu, the bfloat16 tensor-core kernels in attention_wgmma*.cuh.
 // 256 threads as 16 x 16, each thread owning R rows by R keys strided by 16 (R = 4 in
 // float, 2 in double), head dims up to 128 zero-padded to a tile width DH. Operands are
 // contiguous (B, heads, T, dh). Forward: a block per (16 R-row query tile, batch x head),

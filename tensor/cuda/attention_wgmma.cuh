@@ -1,7 +1,7 @@
 // bfloat16 causal attention forward on Hopper warpgroup tensor cores (wgmma, sm_90a), in
 // the FlashAttention-2 order; the math is in tensor/ops/attention.cpp, the building blocks
 // in tensor/cuda/wgmma.cuh, host-side dispatch in tensor/cuda/attention.cu, the backward
-// (mma.sync) in attention_mma.cuh.
+// in attention_wgmma_backward.cuh.
 //
 // A block of two warpgroups (256 threads) owns BM = 128 query rows (64 per warpgroup) of
 // one (batch, head) and streams the keys of its kv head in tiles of BN keys (64 at head

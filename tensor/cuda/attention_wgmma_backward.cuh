@@ -1,67 +1,119 @@
-// bfloat16 causal attention backward at head dim 64 on Hopper warpgroup tensor cores
-// (wgmma, sm_90a), in the FlashAttention-2 order; the math is in tensor/ops/attention.cpp,
+// bfloat16 causal attention backward on Hopper warpgroup tensor cores (wgmma, sm_90a), in
+// the FlashAttention-2 order, head dims up to 128; the math is in tensor/ops/attention.cpp,
 // the building blocks in tensor/cuda/wgmma.cuh, host-side dispatch in
-// tensor/cuda/attention.cu. Head dim 128 runs the mma.sync backward (attention_mma.cuh):
-// its dk, dv accumulators (64 + 64 registers per thread here) leave no room for S^T, dP^T
-// and the dq product.
+// tensor/cuda/attention.cu, the forward in attention_wgmma.cuh.
 //
-// D_i = dout_i . out_i first (attention.cu). A block of three warpgroups (384 threads) owns
-// BN = 192 keys of one kv head, 64 per warpgroup, and walks the query tiles (BQ = 64 rows)
+// D_i = dout_i . out_i first (attention.cu). A block of kGroups warpgroups owns BN = 64
+// kGroups keys of one kv head, 64 per warpgroup, and walks the query tiles (BQ = 64 rows)
 // of every query head of its group (so GQA needs no reduction for dk, dv). K, V, and the
 // step's Q and dout sit in shared memory in the 128-byte swizzle; Q, dout, lse and D of
 // step s + 1 are loaded by cp.async while step s runs. Per step and warpgroup (keys kw):
-//   S^T  = K_kw Q^T     m64n64k16 x 4, A = K and B = Q both K-major;
+//   S^T  = K_kw Q^T     m64n64k16 x DH / 16, A = K and B = Q both K-major;
 //   dP^T = V_kw dout^T  the same with V and dout;
 //   P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D) on the accumulators in float32;
 //   dV += P^T dout      A = P^T from registers (packed from the S^T accumulators), B = dout
-//                       MN-major;
+//                       MN-major, one m64n64 product per 64 columns of the head dim;
 //   dK += dS^T Q        likewise with dS^T and Q;
-//   dq_kw = dS_kw K_kw  the warpgroup's share of the step's dq tile (64 x 64, over its 64
+//   dq_kw = dS_kw K_kw  the warpgroup's share of the step's dq tile (64 x DH, over its 64
 //                       keys): dS^T goes to shared memory and comes back as the A operand
 //                       (MN-major, tnspA), K as the B operand (MN-major).
-// The three shares of dq are summed in shared memory: the tile is cut into 8 units (16 rows
-// x 32 columns), each summed by one warpgroup from the other two's shares, and added into a
-// float32 buffer shaped like dq with 16-byte atomics (red.global.add.v4.f32; the sum over
-// key blocks is not bitwise reproducible run to run), scaled and rounded to bf16 by a last
-// pass. One block barrier per step, at its end: it publishes the next step's tiles and this
-// step's dq shares at once (the exchange buffer is double-buffered by step). dk, dv stay in
-// registers for the whole walk and are written once. Only steps whose tile holds a masked
-// pair (diagonal, past Tq or Tk) pay for the mask.
+// The warpgroups' shares of dq are summed in shared memory: the tile is cut into units of
+// 16 rows x 32 columns, each summed by one warpgroup from the others' shares, and added
+// into a float32 buffer shaped like dq with 16-byte atomics (red.global.add.v4.f32; the
+// sum over key blocks is not bitwise reproducible run to run), scaled and rounded to bf16
+// by a last pass. One block barrier per step, at its end: it publishes the next step's
+// tiles and this step's dq shares at once (the exchange buffer is double-buffered by
+// step). dk, dv stay in registers for the whole walk and are written once. Only steps
+// whose tile holds a masked pair (diagonal, past Tq or Tk) pay for the mask.
 //
-// Budget (ptxas -v, sm_90a, no spills; one block per SM): 168 registers (the cap of 384
-// threads): dk, dv 2 x 32 + S^T, dP^T 2 x 32 accumulator registers per thread, then P^T,
-// dS^T packed 2 x 16 + dq 32. Shared: K, V 2 x 24 KiB + 2 x (Q, dout) 32 KiB + dS^T 24 KiB
-// + the dq exchange 2 x 32 KiB + lse, D 1 KiB = 170 KiB. Why three warpgroups: the kernel
-// is latency-bound (ncu with two: 43% of issue slots used, 2 warps per scheduler, 0.58
-// eligible), and a third gives the schedulers 3 warps to pick from; measured on the H200,
-// head dim 64, T 4096: two warpgroups 221-227 TFLOP/s, three 266 (docs/performance.md,
-// 2026-12-01 sixth session).
+// Budgets (ptxas -v, sm_90a, no spills; one block per SM):
+//   head dim 64: three warpgroups (192 keys, 384 threads), 168 registers (the cap at 384
+//     threads): dk, dv 2 x 32 + S^T, dP^T 2 x 32 accumulator registers per thread, then
+//     P^T, dS^T packed 2 x 16 + dq 32. Shared: K, V 2 x 24 KiB + 2 x (Q, dout) 32 KiB +
+//     dS^T 24 KiB + the dq exchange 2 x 32 KiB + lse, D 1 KiB = 170 KiB. The kernel is
+//     latency-bound (ncu with two warpgroups: 43% of issue slots, 0.58 eligible warps of 2
+//     per scheduler), and a third gives the schedulers 3 warps to pick from; measured on
+//     the H200, T 4096: two warpgroups 221-227 TFLOP/s, three 265 (docs/performance.md,
+//     2026-12-01 sixth session).
+//   head dim 128: two warpgroups (128 keys, 256 threads): dk, dv 2 x 64 accumulator
+//     registers leave no room for a third; 255 registers and a 4-byte spill. Shared: K, V 2 x 32 KiB + 2 x (Q, dout) 64
+//     KiB
+//     + dS^T 16 KiB + the dq exchange 2 x 32 KiB + 1 KiB = 210 KiB.
 #pragma once
-#include "tensor/cuda/attention_mma.cuh"
 #include "tensor/cuda/attention_params.cuh"
 #include "tensor/cuda/common.cuh"
 #include "tensor/cuda/wgmma.cuh"
 
 namespace sessa::cuda::attn {
 
+// Tiles for tile width DH (head dim rounded up to 64 or 128).
+template <int DH>
 struct WgmmaBackwardTile {
-  static constexpr int kGroups = 3;  // warpgroups per block (the file header says why three)
-  static constexpr int DH = 64, BN = 64 * kGroups, BQ = 64, kThreads = 128 * kGroups;
+  static constexpr int kGroups = DH > 64 ? 2 : 3;  // warpgroups per block (the file header says why)
+  static constexpr int CB = DH / 64, BN = 64 * kGroups, BQ = 64, kThreads = 128 * kGroups;
   static constexpr int kKVBytes = BN * DH * 2, kQBytes = BQ * DH * 2, kSBytes = BN * BQ * 2;
-  // The dq exchange (per step, double-buffered): kGroups - 1 shares of 8 units (16 rows x 32
-  // columns), 32 lanes x 16 floats each.
-  static constexpr int kXFloat4s = (kGroups - 1) * 8 * 4 * 32;
+  // The dq exchange (per step, double-buffered): kGroups - 1 shares of kUnits units (16 rows
+  // x 32 columns: DH / 32 per warp), 32 lanes x 16 floats each.
+  static constexpr int kUnits = 4 * DH / 32, kXFloat4s = (kGroups - 1) * kUnits * 4 * 32;
   static constexpr size_t smem_bytes = 2 * kKVBytes + 4 * kQBytes + kSBytes + 2 * kXFloat4s * 16 + 4 * BQ * 4 + 1024;
 };
 
-// grid (B * Hkv, key blocks), WgmmaBackwardTile::kThreads threads. dq_acc: float32 like dq
-// (strides d.dq), zeroed. vec also promises 16-byte aligned rows of dq_acc, dk and dv.
-__global__ void __launch_bounds__(WgmmaBackwardTile::kThreads, 1)
+// dst[0..3] += v, atomically and without a result (sm_90; dst 16-byte aligned, global).
+__device__ __forceinline__ void red_add_v4(float* dst, float v0, float v1, float v2, float v3) {
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v0), "f"(v1), "f"(v2), "f"(v3)
+               : "memory");
+}
+
+// dq_acc rows row0 .. row0 + 15 (of head h of batch b), columns col0 .. col0 + 8 NT - 1 +=
+// one warp's product in the mma.sync C layout (acc[nt][e]: row row0 + lane / 4 + 8 (e / 2),
+// column col0 + 8 nt + 2 (lane % 4) + e % 2); rows past Tq and columns past dh are skipped.
+// With vec (16-byte aligned rows), one 16-byte red per 8-column tile: lanes c and c ^ 1
+// swap halves so that even c holds row g, columns 2c..2c+3 and odd c row g + 8, columns
+// 2c-2..2c+1.
+template <int NT>
+__device__ __forceinline__ void add_dq_rows(float* dq_acc, const Dims& d, int b, int h, int row0, int col0,
+                                            const float (&acc)[NT][4], int lane, bool vec) {
+  const int g = lane / 4, c = lane % 4;
+  if (vec) {
+    const bool odd = c & 1;
+    const int row = row0 + g + (odd ? 8 : 0);
+    float* dst = dq_acc + offset(d.dq, b, h, min(row, d.Tq - 1)) + col0 + 2 * (c & 2);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const float x0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][0] : acc[nt][2], 1);
+      const float x1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][1] : acc[nt][3], 1);
+      if (row < d.Tq && col0 + nt * 8 < d.dh) {
+        if (odd)
+          red_add_v4(dst + nt * 8, x0, x1, acc[nt][2], acc[nt][3]);
+        else
+          red_add_v4(dst + nt * 8, acc[nt][0], acc[nt][1], x0, x1);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + g + 8 * r;
+      if (row >= d.Tq) continue;
+      float* dst = dq_acc + offset(d.dq, b, h, row);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int col = col0 + nt * 8 + 2 * c;
+        if (col < d.dh) atomicAdd(dst + col, acc[nt][2 * r]);
+        if (col + 1 < d.dh) atomicAdd(dst + col + 1, acc[nt][2 * r + 1]);
+      }
+    }
+  }
+}
+
+// grid (B * Hkv, key blocks), WgmmaBackwardTile<DH>::kThreads threads. dq_acc: float32
+// like dq (strides d.dq), zeroed. vec also promises 16-byte aligned rows of dq_acc, dk, dv.
+template <int DH>
+__global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     wgmma_backward(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                    const float* Dv, float* dq_acc, bf16_t* dk, bf16_t* dv, Dims d, float scale_log2, float scale,
                    bool vec) {
-  using Tile = WgmmaBackwardTile;
-  constexpr int BN = Tile::BN, BQ = Tile::BQ, DH = Tile::DH, kGroups = Tile::kGroups;
+  using Tile = WgmmaBackwardTile<DH>;
+  constexpr int BN = Tile::BN, BQ = Tile::BQ, CB = Tile::CB, kGroups = Tile::kGroups;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* Ks =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -87,7 +139,7 @@ __global__ void __launch_bounds__(WgmmaBackwardTile::kThreads, 1)
   auto next_of = [&](StepAt s) { return s.i0 + BQ < d.Tq ? StepAt{s.h, s.i0 + BQ} : StepAt{s.h + 1, i_start}; };
   auto load_step = [&](int step, StepAt s) {  // Q, dout, lse, D of a step into buffer step % 2
     const int buf = step % 2;
-    if (threadIdx.x < 256) {  // (a tile of 64 rows is swept by 256 threads, 2 chunks each)
+    if (threadIdx.x < 256) {  // (a tile of 64 rows is swept by 256 threads)
       wgmma::load_tile<BQ, DH, 256>(Qs + buf * Tile::kQBytes, q + offset(d.q, b, s.h, s.i0), d.q.t, d.Tq - s.i0, d.dh,
                                     vec);
       wgmma::load_tile<BQ, DH, 256>(Gs + buf * Tile::kQBytes, dout + offset(d.dout, b, s.h, s.i0), d.dout.t,
@@ -106,8 +158,8 @@ __global__ void __launch_bounds__(WgmmaBackwardTile::kThreads, 1)
     load_step(0, StepAt{hk * d.group, i_start});
     mma::cp_async_commit();
   }
-  // Operand descriptors, built once: this warpgroup's 64 rows of K, V and dS^T; buffer 0
-  // of Q and dout.
+  // Operand descriptors, built once: this warpgroup's 64 rows of K, V and dS^T (in column
+  // block 0; block cb is BN rows further); buffer 0 of Q and dout.
   const uint32_t own_rows = 64 * wg * 128;
   const uint64_t k_desc = wgmma::descriptor(wgmma::smem_address(Ks) + own_rows),
                  v_desc = wgmma::descriptor(wgmma::smem_address(Vs) + own_rows),
@@ -116,8 +168,9 @@ __global__ void __launch_bounds__(WgmmaBackwardTile::kThreads, 1)
                  g_desc = wgmma::descriptor(wgmma::smem_address(Gs));
   const wgmma::Swizzled<BN> s_layout;
 
-  // Accumulators: a[4 j + e] = A[row 16 warp + lane / 4 + 8 (e / 2)][column 8 j + 2 (lane % 4) + e % 2].
-  float gk[32] = {}, gv[32] = {};  // dK, dV of this warpgroup's keys (rows) x head dim
+  // Accumulators: a[4 j + e] = A[row 16 warp + lane / 4 + 8 (e / 2)][column 8 j + 2 (lane % 4) + e % 2]
+  // (of column block cb for the [CB][32] ones).
+  float gk[CB][32] = {}, gv[CB][32] = {};  // dK, dV of this warpgroup's keys (rows) x head dim
   StepAt cur{hk * d.group, i_start};
   // One barrier per step, at its end (and one before the first): it makes the next step's
   // tiles and this step's dq shares visible, and frees the buffers the step after next is
@@ -140,14 +193,17 @@ __global__ void __launch_bounds__(WgmmaBackwardTile::kThreads, 1)
     float st[32], dpt[32];  // S^T and dP^T: this warpgroup's keys x the step's queries
     wgmma::fence();
 #pragma unroll
-    for (int ks = 0; ks < DH / 16; ++ks)
-      wgmma::mma_ss(st, wgmma::advance(k_desc, 32 * ks), wgmma::advance(qb, 32 * ks), ks > 0);
+    for (int ks = 0; ks < DH / 16; ++ks) {  // column block ks / 4, bytes 32 (ks % 4) into its rows
+      const uint32_t kv_at = ks / 4 * BN * 128 + ks % 4 * 32, q_at = ks / 4 * BQ * 128 + ks % 4 * 32;
+      wgmma::mma_ss(st, wgmma::advance(k_desc, kv_at), wgmma::advance(qb, q_at), ks > 0);
+    }
     wgmma::commit();
 #pragma unroll
-    for (int ks = 0; ks < DH / 16; ++ks)
-      wgmma::mma_ss(dpt, wgmma::advance(v_desc, 32 * ks), wgmma::advance(gb, 32 * ks), ks > 0);
+    for (int ks = 0; ks < DH / 16; ++ks) {
+      const uint32_t kv_at = ks / 4 * BN * 128 + ks % 4 * 32, q_at = ks / 4 * BQ * 128 + ks % 4 * 32;
+      wgmma::mma_ss(dpt, wgmma::advance(v_desc, kv_at), wgmma::advance(gb, q_at), ks > 0);
+    }
     wgmma::commit();
-
     // st becomes P^T = exp(S^T scale - lse) while dP^T is being multiplied, then dpt
     // becomes dS^T = P^T (dP^T - D).
     const float* Lt = Ls + buf * BQ;
@@ -195,33 +251,39 @@ __global__ void __launch_bounds__(WgmmaBackwardTile::kThreads, 1)
 
     wgmma::fence();
 #pragma unroll
-    for (int kk = 0; kk < BQ / 16; ++kk) {  // queries 16 kk .. 16 kk + 15
-      wgmma::mma_m64n64_rs(gv, pa[kk], wgmma::advance(gb, kk * 16 * 128));
-      wgmma::mma_m64n64_rs(gk, da[kk], wgmma::advance(qb, kk * 16 * 128));
-    }
+    for (int kk = 0; kk < BQ / 16; ++kk)  // queries 16 kk .. 16 kk + 15
+#pragma unroll
+      for (int cb = 0; cb < CB; ++cb) {
+        wgmma::mma_m64n64_rs(gv[cb], pa[kk], wgmma::advance(gb, cb * BQ * 128 + kk * 16 * 128));
+        wgmma::mma_m64n64_rs(gk[cb], da[kk], wgmma::advance(qb, cb * BQ * 128 + kk * 16 * 128));
+      }
     wgmma::commit();
     wgmma::barrier(1 + wg, 128);  // this warpgroup's dS^T is in shared memory
-    float dq[32];                 // (queries, head dim) over this warpgroup's keys
+    float dq[CB][32];             // (queries, head dim) over this warpgroup's keys
     wgmma::fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)  // keys 16 kk .. 16 kk + 15 of this warpgroup's
-      wgmma::mma_ss_mn(dq, wgmma::advance(s_desc, kk * 16 * 128), wgmma::advance(k_desc, kk * 16 * 128), kk > 0);
+    for (int cb = 0; cb < CB; ++cb)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)  // keys 16 kk .. 16 kk + 15 of this warpgroup's
+        wgmma::mma_ss_mn(dq[cb], wgmma::advance(s_desc, kk * 16 * 128),
+                         wgmma::advance(k_desc, cb * BN * 128 + kk * 16 * 128), kk > 0);
     wgmma::commit();
     wgmma::wait<0>();
 
-    // The dq exchange: the 64 x 64 tile in 8 units u = 2 w + half (rows of warp w, columns
-    // 32 half ..), unit u summed by warpgroup u % kGroups; the other warpgroups' warps w put
-    // their share of it in slots 0 .. kGroups - 2. Double-buffered by step.
+    // The dq exchange: the 64 x DH tile in units u = (DH / 32) w + p (rows of warp w,
+    // columns 32 p ..), unit u summed by warpgroup u % kGroups; the other warpgroups' warps
+    // w put their share of it in slots 0 .. kGroups - 2. Double-buffered by step.
+    constexpr int P = DH / 32;  // units per warp
     float4* x = Xs + it % 2 * Tile::kXFloat4s + lane;
-    auto at = [&](int slot, int u, int i) { return x + ((slot * 8 + u) * 4 + i) * 32; };
+    auto at = [&](int slot, int u, int i) { return x + ((slot * Tile::kUnits + u) * 4 + i) * 32; };
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int u = 2 * warp + half, owner = u % kGroups;
+    for (int p = 0; p < P; ++p) {
+      const int u = P * warp + p, owner = u % kGroups;
       if (owner != wg) {
         const int slot = (wg - owner + kGroups) % kGroups - 1;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const float* f = dq + 16 * half + 4 * i;
+          const float* f = dq[p / 2] + 16 * (p % 2) + 4 * i;
           *at(slot, u, i) = make_float4(f[0], f[1], f[2], f[3]);
         }
       }
@@ -230,10 +292,10 @@ __global__ void __launch_bounds__(WgmmaBackwardTile::kThreads, 1)
     if (it + 2 < steps) load_step(it + 2, next_of(next));
     mma::cp_async_commit();
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int u = 2 * warp + half;
+    for (int p = 0; p < P; ++p) {
+      const int u = P * warp + p;
       if (u % kGroups != wg) continue;
-      float* f = dq + 16 * half;
+      float* f = dq[p / 2] + 16 * (p % 2);
 #pragma unroll
       for (int slot = 0; slot < kGroups - 1; ++slot)
 #pragma unroll
@@ -241,8 +303,7 @@ __global__ void __launch_bounds__(WgmmaBackwardTile::kThreads, 1)
           const float4 o = *at(slot, u, i);
           f[4 * i] += o.x, f[4 * i + 1] += o.y, f[4 * i + 2] += o.z, f[4 * i + 3] += o.w;
         }
-      add_dq_rows(dq_acc, d, b, cur.h, i0 + 16 * warp, 32 * half, reinterpret_cast<const float(&)[4][4]>(*f), lane,
-                  vec);
+      add_dq_rows(dq_acc, d, b, cur.h, i0 + 16 * warp, 32 * p, reinterpret_cast<const float(&)[4][4]>(*f), lane, vec);
     }
     cur = next;
   }
@@ -254,21 +315,29 @@ __global__ void __launch_bounds__(WgmmaBackwardTile::kThreads, 1)
     bf16_t* dk_row = dk + offset(d.dk, b, hk, key);
     bf16_t* dv_row = dv + offset(d.dv, b, hk, key);
 #pragma unroll
-    for (int j = 0; j < DH / 8; ++j) {
-      const int col = 8 * j + 2 * (lane % 4);
-      const float k0 = gk[4 * j + 2 * r] * scale, k1 = gk[4 * j + 2 * r + 1] * scale;
-      const float v0 = gv[4 * j + 2 * r], v1 = gv[4 * j + 2 * r + 1];
-      if (vec) {
-        if (col < d.dh) {
-          *reinterpret_cast<uint32_t*>(dk_row + col) = mma::pack_bf16(k0, k1);
-          *reinterpret_cast<uint32_t*>(dv_row + col) = mma::pack_bf16(v0, v1);
+    for (int cb = 0; cb < CB; ++cb)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int col = 64 * cb + 8 * j + 2 * (lane % 4);
+        const float k0 = gk[cb][4 * j + 2 * r] * scale, k1 = gk[cb][4 * j + 2 * r + 1] * scale;
+        const float v0 = gv[cb][4 * j + 2 * r], v1 = gv[cb][4 * j + 2 * r + 1];
+        if (vec) {
+          if (col < d.dh) {
+            *reinterpret_cast<uint32_t*>(dk_row + col) = mma::pack_bf16(k0, k1);
+            *reinterpret_cast<uint32_t*>(dv_row + col) = mma::pack_bf16(v0, v1);
+          }
+        } else {
+          if (col < d.dh) dk_row[col] = __float2bfloat16(k0), dv_row[col] = __float2bfloat16(v0);
+          if (col + 1 < d.dh) dk_row[col + 1] = __float2bfloat16(k1), dv_row[col + 1] = __float2bfloat16(v1);
         }
-      } else {
-        if (col < d.dh) dk_row[col] = __float2bfloat16(k0), dv_row[col] = __float2bfloat16(v0);
-        if (col + 1 < d.dh) dk_row[col + 1] = __float2bfloat16(k1), dv_row[col + 1] = __float2bfloat16(v1);
       }
-    }
   }
+}
+
+// dq = scale * dq_acc, rounded to bf16 (both dense with the same strides).
+__global__ void scale_to_bf16_kernel(const float* src, bf16_t* dst, float scale, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = __float2bfloat16(src[i] * scale);
 }
 
 }  // namespace sessa::cuda::attn

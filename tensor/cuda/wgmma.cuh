@@ -7,7 +7,7 @@
 // A warpgroup is 4 consecutive warps (128 threads) that issue one product together.
 // wgmma m64nNk16, bf16 x bf16 -> f32, accumulator layout: thread t = 32 w + lane of the
 // warpgroup holds d[4 j + e] = D[16 w + lane / 4 + 8 (e / 2)][8 j + 2 (lane % 4) + e % 2],
-// j < N / 8, e < 4 (the mma.sync C layout, repeated for every 8 columns). An A operand
+// j < N / 8, e < 4 (the mma.sync C layout of mma.cuh, repeated for every 8 columns). An A operand
 // from registers takes, per warp, the mma.sync A fragment of its 16 rows (a_from_c below).
 //
 // Shared-memory tiles: a tile of R rows x W bf16 (W a multiple of 64) is W / 64 column
@@ -88,7 +88,8 @@ __device__ __forceinline__ void wait() {
 }
 
 // The A operand (registers) of columns [16 kk, 16 kk + 16) of a product held as an
-// m64nN accumulator d: the layouts agree (mma.cuh, c_to_a), so S feeds P V directly.
+// m64nN accumulator d: the mma.sync A fragment of columns 16 kk.. of the rows a warp holds
+// is the C fragments of its column tiles 2 kk and 2 kk + 1, packed to bf16, so S feeds P V directly.
 template <int N>
 __device__ __forceinline__ void a_from_c(uint32_t (&a)[4], const float (&d)[N / 2], int kk) {
   a[0] = mma::pack_bf16(d[8 * kk], d[8 * kk + 1]), a[1] = mma::pack_bf16(d[8 * kk + 2], d[8 * kk + 3]);

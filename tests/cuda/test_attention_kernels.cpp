@@ -1,5 +1,5 @@
 // The bfloat16 tensor-core attention kernels (tensor/cuda/attention_wgmma.cuh forward,
-// attention_mma.cuh backward) on shapes small enough for compute-sanitizer memcheck and
+// attention_wgmma_backward.cuh backward) on shapes small enough for compute-sanitizer memcheck and
 // racecheck, each against the float64 CPU op: partial query and key tiles, GQA, queries
 // at the end of a cache (the mask inside a tile), head dims padded to the tile width, and
 // (B, T, H, dh) projections entering as permuted views (the strided path, no copy). The
