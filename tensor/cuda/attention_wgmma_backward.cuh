@@ -265,8 +265,8 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     for (int cb = 0; cb < CB; ++cb)
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)  // keys 16 kk .. 16 kk + 15 of this warpgroup's
-        wgmma::mma_ss_mn(dq[cb], wgmma::advance(s_desc, kk * 16 * 128),
-                         wgmma::advance(k_desc, cb * BN * 128 + kk * 16 * 128), kk > 0);
+        wgmma::mma_ss<true>(dq[cb], wgmma::advance(s_desc, kk * 16 * 128),
+                            wgmma::advance(k_desc, cb * BN * 128 + kk * 16 * 128), kk > 0);
     wgmma::commit();
     wgmma::wait<0>();
 

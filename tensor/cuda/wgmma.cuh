@@ -125,22 +125,15 @@ __device__ __forceinline__ void mma_ss(float (&d)[64], uint64_t a, uint64_t b, b
       : SESSA_WG_D64(d)
       : "l"(a), "l"(b), "r"(int(accumulate)));
 }
+// m64n64k16; with kMNMajor, A (64 x 16) and B (16 x 64) are both MN-major instead (the
+// instruction transposes both, tnspA and tnspB): d (=, or += when accumulate) A B.
+template <bool kMNMajor = false>
 __device__ __forceinline__ void mma_ss(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" SESSA_WG_L32 "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" SESSA_WG_L32 "}, %32, %33, p, 1, 1, %35, %35;\n}\n"
       : SESSA_WG_D32(d)
-      : "l"(a), "l"(b), "r"(int(accumulate)));
-}
-
-// d (=, or += when accumulate) A B for one k-step, m64n64k16, A (64 x 16) and B (16 x 64)
-// both MN-major in shared memory (the instruction transposes both: tnspA, tnspB).
-__device__ __forceinline__ void mma_ss_mn(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" SESSA_WG_L32 "}, %32, %33, p, 1, 1, 1, 1;\n}\n"
-      : SESSA_WG_D32(d)
-      : "l"(a), "l"(b), "r"(int(accumulate)));
+      : "l"(a), "l"(b), "r"(int(accumulate)), "n"(int(kMNMajor)));
 }
 
 // d += A B for one k-step, m64n64k16: A (64 x 16) from registers, B (16 x 64) MN-major in
