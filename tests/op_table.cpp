@@ -363,6 +363,7 @@ void add_attention(std::vector<OpEntry>& t) {
       c(1, 4, 2, 1000, 1000, 64, 0, kGpu),
       c(1, 2, 2, 130, 300, 64, 170, kGpu),  // queries at the end of a cache, offset inside a tile
       c(1, 6, 2, 200, 333, 96, 133, kGpu),  // GQA 6/2, dh 96, 3 key blocks of 128 (the last partial)
+      c(1, 2, 2, 40, 500, 64, 30, kGpu),    // key blocks after every query: no steps, zero dk, dv
   };
   OpEntry e{
       "attention",
