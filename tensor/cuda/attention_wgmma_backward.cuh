@@ -26,19 +26,20 @@
 // step). dk, dv stay in registers for the whole walk and are written once. Only steps
 // whose tile holds a masked pair (diagonal, past Tq or Tk) pay for the mask.
 //
-// Budgets (ptxas -v, sm_90a, no spills; one block per SM):
+// Budgets (ptxas -v, sm_90a; one block per SM):
 //   head dim 64: three warpgroups (192 keys, 384 threads), 168 registers (the cap at 384
-//     threads): dk, dv 2 x 32 + S^T, dP^T 2 x 32 accumulator registers per thread, then
-//     P^T, dS^T packed 2 x 16 + dq 32. Shared: K, V 2 x 24 KiB + 2 x (Q, dout) 32 KiB +
-//     dS^T 24 KiB + the dq exchange 2 x 32 KiB + lse, D 1 KiB = 170 KiB. The kernel is
-//     latency-bound (ncu with two warpgroups: 43% of issue slots, 0.58 eligible warps of 2
-//     per scheduler), and a third gives the schedulers 3 warps to pick from; measured on
-//     the H200, T 4096: two warpgroups 221-227 TFLOP/s, three 265 (docs/performance.md,
-//     2026-12-01 sixth session).
+//     threads), no spills: dk, dv 2 x 32 + S^T, dP^T 2 x 32 accumulator registers per
+//     thread, then P^T, dS^T packed 2 x 16 + dq 32. Shared: K, V 2 x 24 KiB + 2 x (Q,
+//     dout) 32 KiB + dS^T 24 KiB + the dq exchange 2 x 32 KiB + lse, D 1 KiB = 170 KiB.
+//     The kernel is latency-bound (ncu with two warpgroups: 43% of issue slots, 0.58
+//     eligible warps of 2 per scheduler), and a third gives the schedulers 3 warps to pick
+//     from; measured on the H200, T 4096: two warpgroups 221-227 TFLOP/s, three 265
+//     (docs/performance.md, 2026-12-01 sixth session).
 //   head dim 128: two warpgroups (128 keys, 256 threads): dk, dv 2 x 64 accumulator
-//     registers leave no room for a third; 255 registers and a 4-byte spill. Shared: K, V 2 x 32 KiB + 2 x (Q, dout) 64
-//     KiB
-//     + dS^T 16 KiB + the dq exchange 2 x 32 KiB + 1 KiB = 210 KiB.
+//     registers leave no room for a third; 255 registers and a 4-byte spill. Shared: K, V
+//     2 x 32 KiB + 2 x (Q, dout) 64 KiB + dS^T 16 KiB + the dq exchange 2 x 32 KiB + 1 KiB
+//     = 210 KiB. Measured on the H200, T 4096: 272 TFLOP/s (the mma.sync kernel it
+//     replaced: 187).
 #pragma once
 #include "tensor/cuda/attention_params.cuh"
 #include "tensor/cuda/common.cuh"
