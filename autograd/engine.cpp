@@ -1,5 +1,6 @@
 // The backward pass: order the graph, then run each node once, after every node
 // that consumes its output, summing the gradients that reach it.
+#include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -127,14 +128,15 @@ void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_le
     pending.erase(it);
     SESSA_CHECK(node->backward || node->summing_backward, "backward",
                 "the graph through '" << node->name << "' was already freed by an earlier backward()");
-    // A summing op gets the owned sums of its producers (each producer once).
+    // A summing op gets the owned sums of its producers (each producer once: at its first input).
     std::vector<Tensor> sums(node->inputs.size());
     if (node->summing_backward) {
-      std::unordered_set<Node*> offered;
       for (size_t i = 0; i < sums.size(); ++i) {
         Node* producer = node->inputs[i].fn.get();
-        auto slot = producer ? pending.find(producer) : pending.end();
-        if (slot != pending.end() && slot->second.owned && offered.insert(producer).second) sums[i] = slot->second.sum;
+        const auto earlier = [&](const Edge& e) { return e.fn.get() == producer; };
+        if (!producer || std::any_of(node->inputs.begin(), node->inputs.begin() + i, earlier)) continue;
+        auto slot = pending.find(producer);
+        if (slot != pending.end() && slot->second.owned) sums[i] = slot->second.sum;
       }
     }
     std::vector<Tensor> grads =

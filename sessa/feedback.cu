@@ -511,26 +511,26 @@ void set_shared_memory(Kernel kernel, size_t bytes, const char* op) {
   SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
 }
 
-// The leaf kernels to launch: their products run on TF32 tensor cores exactly when the
-// solve's GEMMs do (use_tf32: always for bfloat16, for float32 while TF32 is allowed, never
-// for float64).
+// The leaf kernel to launch, named by `kernel(std::bool_constant<kTf32>)`: its
+// products run on TF32 tensor cores exactly when the solve's GEMMs do (use_tf32: always for
+// bfloat16, for float32 while TF32 is allowed, never for float64).
+template <class X, class Kernel>
+auto pick_leaf(Kernel kernel) {
+  using std::bool_constant;
+  if constexpr (std::is_same_v<X, bf16_t>)
+    return kernel(bool_constant<true>{});
+  else if constexpr (std::is_same_v<X, float>)
+    return use_tf32<X>() ? kernel(bool_constant<true>{}) : kernel(bool_constant<false>{});
+  else
+    return kernel(bool_constant<false>{});
+}
 template <class X>
 auto forward_leaf() {
-  if constexpr (std::is_same_v<X, bf16_t>)
-    return solve_forward_leaf<X, kLeafBlocks, true>;
-  else if constexpr (std::is_same_v<X, float>)
-    return use_tf32<X>() ? solve_forward_leaf<X, kLeafBlocks, true> : solve_forward_leaf<X, kLeafBlocks, false>;
-  else
-    return solve_forward_leaf<X, kLeafBlocks, false>;
+  return pick_leaf<X>([](auto tf32) { return solve_forward_leaf<X, kLeafBlocks, decltype(tf32)::value>; });
 }
 template <class X>
 auto backward_leaf() {
-  if constexpr (std::is_same_v<X, bf16_t>)
-    return solve_backward_leaf<X, kLeafBlocks, true>;
-  else if constexpr (std::is_same_v<X, float>)
-    return use_tf32<X>() ? solve_backward_leaf<X, kLeafBlocks, true> : solve_backward_leaf<X, kLeafBlocks, false>;
-  else
-    return solve_backward_leaf<X, kLeafBlocks, false>;
+  return pick_leaf<X>([](auto tf32) { return solve_backward_leaf<X, kLeafBlocks, decltype(tf32)::value>; });
 }
 
 }  // namespace
