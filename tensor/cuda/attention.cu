@@ -25,14 +25,25 @@ namespace {
 using attn::Dims;
 using attn::Strides;
 
-// D_i = dout_i . out_i for every row i of (B, H, Tq), one warp per row.
-template <class T>
+// D_i = dout_i . out_i for every row i of (B, H, Tq): W lanes per row (W divides 32), each
+// reading packs of V elements (bf16 rows in 16-byte packs: V = 8, W = 8 for head dims up to
+// 64, 16 up to 128; any layout: W = 32, V = 1).
+template <class T, int W, int V>
 __global__ void __launch_bounds__(256) row_dot_kernel(const T* dout, const T* out, acc_t<T>* res, Dims d) {
-  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  if (row >= int64_t(d.B) * d.H * d.Tq) return;  // whole warps leave together
-  const int t = int(row % d.Tq), h = int(row / d.Tq % d.H), b = int(row / d.Tq / d.H);
-  const acc_t<T> sum = warp_dot(dout + attn::offset(d.dout, b, h, t), out + attn::offset(d.out, b, h, t), d.dh);
-  if (threadIdx.x % 32 == 0) res[row] = sum;
+  const int64_t rows = int64_t(d.B) * d.H * d.Tq;
+  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / W;
+  const int64_t r = min(row, rows - 1);  // (past the end: row rows - 1 again, as the shuffles need every lane)
+  const int t = int(r % d.Tq), h = int(r / d.Tq % d.H), b = int(r / d.Tq / d.H);
+  const T* x = dout + attn::offset(d.dout, b, h, t);
+  const T* y = out + attn::offset(d.out, b, h, t);
+  acc_t<T> sum = 0;
+  for (int i = threadIdx.x % W * V; i < d.dh; i += W * V) {
+    const Pack<T, V> px = load_pack<V>(x, i), py = load_pack<V>(y, i);
+#pragma unroll
+    for (int e = 0; e < V; ++e) sum += load(&px.v[e]) * load(&py.v[e]);
+  }
+  sum = warp_sum<W>(sum);
+  if (row < rows && threadIdx.x % W == 0) res[row] = sum;
 }
 
 Strides strides_of(const Tensor& t) { return {t.strides()[0], t.strides()[1], t.strides()[2]}; }
@@ -156,7 +167,23 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
     const int64_t rows = int64_t(d.B) * d.H * d.Tq;
     const Tensor Dv = Tensor::empty({d.B, d.H, d.Tq}, {dtype_of<A>(), dev});
     if (rows > 0) {
-      row_dot_kernel<T><<<blocks_for(rows * 32), kThreads, 0, st>>>(ptr<T>(dout), ptr<T>(out), ptr<A>(Dv), d);
+      auto row_dot = [&](auto w, auto v) {
+        constexpr int W = decltype(w)::value, V = decltype(v)::value;
+        row_dot_kernel<T, W, V><<<blocks_for(rows * W), kThreads, 0, st>>>(ptr<T>(dout), ptr<T>(out), ptr<A>(Dv), d);
+      };
+      using std::integral_constant;
+      if constexpr (kMma) {
+        if (vectorizable(d.dh, {&dout, &out})) {
+          if (d.dh <= 64)
+            row_dot(integral_constant<int, 8>{}, integral_constant<int, 8>{});
+          else
+            row_dot(integral_constant<int, 16>{}, integral_constant<int, 8>{});
+        } else {
+          row_dot(integral_constant<int, 32>{}, integral_constant<int, 1>{});
+        }
+      } else {
+        row_dot(integral_constant<int, 32>{}, integral_constant<int, 1>{});
+      }
       SESSA_CUDA_LAUNCH_CHECK(op);
     }
     const bool run_dkdv = int64_t(d.B) * d.Hkv * d.Tk > 0;
