@@ -80,12 +80,6 @@ namespace {
 
 using namespace scan;
 
-int sm_count(int device) {
-  int n = 0;
-  SESSA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "selective_scan");
-  return n;
-}
-
 // f(integral_constant<int, kNG>) for the state groups that N needs.
 template <class Fn>
 void with_groups(int64_t N, Fn&& f) {

@@ -27,12 +27,6 @@ namespace sessa::cuda {
 
 namespace {
 
-int sm_count(int device) {
-  int n = 0;
-  SESSA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "reduce");
-  return n;
-}
-
 // x as (outer, len, inner) with the reduced elements along len.
 struct Reduce3 {
   Tensor x;  // contiguous

@@ -160,6 +160,12 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
   if (dst_dev.is_cpu() || src_dev.is_cpu()) SESSA_CUDA_CHECK(cudaStreamSynchronize(st), "copy");
 }
 
+int sm_count(int device) {
+  int n = 0;
+  SESSA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "sm_count");
+  return n;
+}
+
 std::string device_name(int device) {
   cudaDeviceProp prop{};
   SESSA_CUDA_CHECK(cudaGetDeviceProperties(&prop, device), "device_name");

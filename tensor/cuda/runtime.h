@@ -11,6 +11,7 @@
 namespace sessa::cuda {
 
 cudaStream_t stream(int device, Lane lane = Lane::main);  // sets `device` current, returns the lane's stream
+int sm_count(int device);                                 // streaming multiprocessors of `device`
 
 // Orders work between the lanes of one device: record(lane) marks the work issued on `lane` so
 // far, wait(lane) makes work issued later on `lane` wait for the last marked work. An event may
