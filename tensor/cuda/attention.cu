@@ -172,18 +172,13 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
         row_dot_kernel<T, W, V><<<blocks_for(rows * W), kThreads, 0, st>>>(ptr<T>(dout), ptr<T>(out), ptr<A>(Dv), d);
       };
       using std::integral_constant;
+      bool packed = false;  // bf16 rows in 16-byte packs
       if constexpr (kMma) {
-        if (vectorizable(d.dh, {&dout, &out})) {
-          if (d.dh <= 64)
-            row_dot(integral_constant<int, 8>{}, integral_constant<int, 8>{});
-          else
-            row_dot(integral_constant<int, 16>{}, integral_constant<int, 8>{});
-        } else {
-          row_dot(integral_constant<int, 32>{}, integral_constant<int, 1>{});
-        }
-      } else {
-        row_dot(integral_constant<int, 32>{}, integral_constant<int, 1>{});
+        packed = vectorizable(d.dh, {&dout, &out});
+        if (packed && d.dh <= 64) row_dot(integral_constant<int, 8>{}, integral_constant<int, 8>{});
+        if (packed && d.dh > 64) row_dot(integral_constant<int, 16>{}, integral_constant<int, 8>{});
       }
+      if (!packed) row_dot(integral_constant<int, 32>{}, integral_constant<int, 1>{});
       SESSA_CUDA_LAUNCH_CHECK(op);
     }
     const bool run_dkdv = int64_t(d.B) * d.Hkv * d.Tk > 0;
