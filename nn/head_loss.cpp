@@ -9,7 +9,8 @@
 //   z_c  = h_c W^T                             ops::matmul (cuBLAS on CUDA, float32 accumulation)
 //   S   += sum of the chunk's row losses       ops::cross_entropy, LossReduction::Sum (float32 lse)
 //   dz_c = w (softmax(z_c) - onehot(y_c))      ops::cross_entropy_backward with dloss = w, count 1
-//   dh_c = dz_c W,   dW += dz_c^T h_c          ops::matmul; dW summed in float32 (float64 for float64)
+//   dh_c = dz_c W,   dW += dz_c^T h_c          ops::matmul, ops::matmul_add_ (dW summed in float32 by
+//                                              the GEMM itself, beta = 1; float64 for float64)
 // then loss = w S. z_c and dz_c are freed before the next chunk; only dh (N, D) and dW (V, D)
 // outlive the forward. Ignored rows have zero row loss and zero dz, so n = 0 gives loss 0 and
 // zero gradients.
@@ -93,10 +94,7 @@ Tensor head_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& t
     const Tensor dlogits = ops::cross_entropy_backward(inverse_count, logits, t_c, ce.lse, ignore_index, 1);
     logits = Tensor{};  // freed before the gradient GEMMs: at most two (rows, V) tensors at a time
     if (need_dh) ops::copy_(ops::narrow(dh, 0, r0, rows), ops::matmul(dlogits, w));  // (rows, D)
-    if (need_dw) {
-      const Tensor dw_c = ops::matmul(dlogits, x_c, true, false);  // (V, D)
-      ops::add_(dw, dw_c.dtype() == acc ? dw_c : ops::cast(dw_c, acc));
-    }
+    if (need_dw) ops::matmul_add_(dw, dlogits, x_c, true, false);  // (V, D) += dz_c^T h_c, summed in acc
   }
   const Tensor loss = ops::mul(loss_sum, inverse_count);
   if (dw.defined() && dw.dtype() != weight.dtype()) dw = ops::cast(dw, weight.dtype());

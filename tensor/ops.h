@@ -64,8 +64,9 @@ Tensor sum_to(const Tensor& x, const Shape& shape);
 // op(a) @ op(b) over the last two dims. a: (..., M, K) (or (..., K, M) with trans_a);
 // b: (K, N) shared by every batch, or (..., K, N) with a's batch dims.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
-// c += op(a) @ op(b) in place: c contiguous, of matmul's output shape, dtype and device (one
-// GEMM with beta = 1: a gradient summed where it is formed, autograd/engine.cpp).
+// c += op(a) @ op(b) in place: c contiguous, of matmul's output shape and device, in a's dtype
+// or float32 beside bfloat16 operands (a float32 sum of bfloat16 products, CUDA only). One
+// GEMM with beta = 1: a gradient summed where it is formed (autograd/engine.cpp, nn/head_loss.cpp).
 void matmul_add_(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 // The linear layer y = r + x W^T + b over the last dim: x (..., in), weight (out, in), bias (out)
 // or undefined, residual r (..., out) or undefined; y (..., out). On CUDA one cuBLASLt GEMM adds

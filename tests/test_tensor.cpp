@@ -145,6 +145,8 @@ TEST_CASE("matmul: transposes, batches and a shared weight against a naive produ
   CHECK(max_rel_diff(cs.to(DType::F64), ops::add(cs0, shared).to(DType::F64)) < 1e-5);
   check_error([&] { ops::matmul_add_(zeros({37, 22}, {DType::F64}), a, b); }, {"matmul_add_", "[37, 23]"});
   check_error([&] { ops::matmul_add_(ops::transpose(zeros({23, 37}, {DType::F64}), 0, 1), a, b); }, {"contiguous"});
+  // A sum in another dtype only as float32 beside bfloat16 operands: float32 beside float64 is refused.
+  check_error([&] { ops::matmul_add_(zeros({37, 23}, {DType::F32}), a, b); }, {"matmul_add_", "float32 also for"});
 }
 
 TEST_CASE("softmax and log_softmax rows") {

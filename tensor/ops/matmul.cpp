@@ -84,10 +84,12 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
 
 void matmul_add_(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   const Shape shape = product_shape("matmul_add_", a, b, trans_a, trans_b);
-  SESSA_CHECK(c.shape() == shape && c.dtype() == a.dtype() && c.device() == a.device() && c.is_contiguous(),
-              "matmul_add_",
-              "the sum " << c.str() << " is not a contiguous " << dtype_name(a.dtype()) << shape << " on "
-                         << a.device().str() << " (the product's shape, dtype and device)");
+  const bool wider_sum = a.dtype() == DType::BF16 && c.dtype() == DType::F32;  // float32 sum of bfloat16 products
+  SESSA_CHECK(
+      c.shape() == shape && (c.dtype() == a.dtype() || wider_sum) && c.device() == a.device() && c.is_contiguous(),
+      "matmul_add_",
+      "the sum " << c.str() << " is not a contiguous " << dtype_name(a.dtype()) << shape << " on " << a.device().str()
+                 << " (the product's shape, dtype and device; float32 also for bfloat16)");
   matmul_into(c, a, b, trans_a, trans_b, true);
 }
 

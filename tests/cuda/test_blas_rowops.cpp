@@ -40,6 +40,16 @@ TEST_CASE("cuda matmul_add_: c += a b matches the CPU") {
     check_close(s_gpu, ops::add(s.to(DType::F64), ops::matmul(x.to(DType::F64), w.to(DType::F64), false, true)), dtype,
                 "s + x w^T");
   }
+  // A float32 sum of bfloat16 products (the head loss sums its dW over row chunks so): the
+  // products of bfloat16 values are exact in float32, so the float32 tolerance applies.
+  const NoTf32 exact;
+  const Tensor a = cpu_randn({96, 40}, gen).to(DType::BF16), b = cpu_randn({96, 72}, gen).to(DType::BF16);
+  const Tensor c = cpu_randn({40, 72}, gen);
+  Tensor c_gpu = c.to(gpu());
+  ops::matmul_add_(c_gpu, a.to(gpu()), b.to(gpu()), true, false);
+  CHECK(c_gpu.dtype() == DType::F32);
+  check_close(c_gpu, ops::add(c.to(DType::F64), ops::matmul(a.to(DType::F64), b.to(DType::F64), true, false)),
+              DType::F32, "float32 c + bfloat16 a^T b");
 }
 
 TEST_CASE("cuda linear: the fused cuBLASLt kernel runs for aligned shapes with a bias or a residual") {
