@@ -115,10 +115,10 @@ cublasContext* cublas_handle(int device, Lane lane) {
 void gemm(int device, int64_t batch, int64_t M, int64_t N, int64_t K, double alpha, const GemmOperand& a,
           const GemmOperand& b, void* c, DType c_dtype, int64_t ldc, int64_t c_batch_stride, bool tf32, const char* op,
           bool accumulate, Lane lane) {
-  const bool f64 = c_dtype == DType::F64;
-  const cublasComputeType_t compute = f64    ? CUBLAS_COMPUTE_64F
-                                      : tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                             : CUBLAS_COMPUTE_32F;
+  const bool f64 = c_dtype == DType::F64, f32_operands = a.dtype == DType::F32 && b.dtype == DType::F32;
+  const cublasComputeType_t compute = f64                    ? CUBLAS_COMPUTE_64F
+                                      : tf32 && f32_operands ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                             : CUBLAS_COMPUTE_32F;
   const float alpha32 = float(alpha), beta32 = accumulate ? 1.f : 0.f;
   const double alpha64 = alpha, beta64 = accumulate ? 1.0 : 0.0;
   const void* pa = f64 ? static_cast<const void*>(&alpha64) : &alpha32;
