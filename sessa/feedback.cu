@@ -24,7 +24,7 @@
 //     down to single blocks: df = L^-T (ds + df) with the forward's L^-1; w = gamma df;
 //   dgamma    one warp per row of the panel: dgamma_t = df_t . ctx_t                 (S7)
 //   dlogits   cuBLAS G = df[c0:T] s[c0:c1]^T, then dl = alpha gamma (G - dgamma)     (S8')
-//   dq, dk    dk[c0:c1] = dl^T q[c0:T] complete; dq[c0:T] += dl k[c0:c1]              (S9)
+//   dq, dk    dk[c0:c1] = dl^T q[c0:T] complete (in X); dq[c0:T] += dl k[c0:c1] (in A)  (S9)
 //             (G, dq, dk from operands in the input dtype, see use_tf32).
 // Lanes (tensor/cuda/lane.h): each pass runs its solve chain (the GEMMs and leaf kernels of the
 // substitution, mostly latency) on the priority lane and its bulk work (forward: the next
@@ -32,6 +32,7 @@
 // solved panel's dgamma, G, dlogits, dq, dk) on the main lane, a panel apart, with two alpha
 // panel buffers; events order each buffer's reuse after its last reader, and the pass joins
 // the main lane before returning.
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -81,57 +82,111 @@ struct AlphaView {
   __device__ A at(int64_t b, int t, int s) const { return *ptr(b, t, s); }
 };
 
-// Element e of the region rows [c0, T) x columns [0, cw) of a column panel (B, T, ld):
-// batch item b, time t (the row), column j (time c0 + j) and the offset in the panel.
-struct PanelIndex {
-  int64_t b, off;
-  int t, j;
-};
-__device__ inline PanelIndex panel_index(int64_t e, int T, int c0, int cw, int ld) {
-  const int64_t rows = T - c0, per = rows * cw, b = e / per, rem = e % per;
-  const int r = int(rem / cw), j = int(rem % cw);
-  return {b, (b * T + r) * ld + j, c0 + r, j};
-}
+// ---- the alpha panels' row kernels (S3, S8') ---------------------------------------------
+// One thread block per (panel row, batch item); each thread takes packs of V = kPackOf<A>
+// consecutive columns (16-byte accesses: every panel row starts 16-byte aligned, its stride
+// a multiple of 4 elements), element by element only in a row's last, partial pack. Row t
+// keeps the columns s < t (the causal mask); the others are written as zeros, not read.
 
-// alpha[t, c0 + j] = exp(logit - lse_t) for c0 + j < t, else 0, in place over the logits.
+// Threads for a row kernel over `width` columns: a pack each, a multiple of 32 from 32 to 256.
 template <class A>
-__global__ void rebuild_alpha_kernel(A* panel, const A* lse, int T, int c0, int cw, int ld, int64_t n) {
-  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= n) return;
-  const PanelIndex i = panel_index(e, T, c0, cw, ld);
-  panel[i.off] = c0 + i.j < i.t ? math::exp(panel[i.off] - lse[i.b * T + i.t]) : A(0);
+int row_threads(int width) {
+  return std::clamp((width / kPackOf<A> + 31) / 32 * 32, 32, 256);
 }
 
-// (S8') from G = df s^T: dl[t, s] = alpha[t, s] gamma_t (G[t, s] - dgamma_t) for s < t, else 0,
-// in the input dtype X (dl may be g itself when X is A).
-template <class X>
-__global__ void dlogits_kernel(const acc_t<X>* g, X* dl, const acc_t<X>* alpha, const X* gamma, const acc_t<X>* dgamma,
-                               int T, int c0, int cw, int ld, int64_t n) {
-  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= n) return;
-  const PanelIndex i = panel_index(e, T, c0, cw, ld);
-  const int64_t row = i.b * T + i.t;
-  store(dl + i.off, c0 + i.j < i.t ? alpha[i.off] * load(gamma + row) * (g[i.off] - dgamma[row]) : acc_t<X>(0));
+// The pack of row columns [j, j + V): loaded whole when all lie below `live`, element by
+// element (`fill` from `live` on) when only some do.
+template <int V, class A>
+__device__ __forceinline__ Pack<A, V> load_live(const A* row, int j, int live, A fill) {
+  if (j + V <= live) return load_pack<V>(row, j);
+  Pack<A, V> p;
+#pragma unroll
+  for (int e = 0; e < V; ++e) p.v[e] = j + e < live ? row[j + e] : fill;
+  return p;
+}
+// Stores v at row columns [j, j + V), as one pack when all lie below `width`.
+template <int V, class X>
+__device__ __forceinline__ void store_within(X* row, int j, int width, const acc_t<X> (&v)[V]) {
+  if (j + V <= width) {
+    Pack<X, V> p;
+#pragma unroll
+    for (int e = 0; e < V; ++e) store(&p.v[e], v[e]);
+    store_pack(row, j, p);
+    return;
+  }
+  for (int e = 0; e < V && j + e < width; ++e) store(row + j + e, v[e]);
 }
 
-// ---- probabilities (S3) -------------------------------------------------------------
-// Row r of a row panel (B, P, ld) holding the logits of rows [p0, p1), columns [0, p1); one
-// block per (r, batch). Row t = p0 + r becomes the softmax over s < t (zero for t <= s < p1),
-// and lse_t = log sum_{s<t} exp(logit[t, s]) (0 for row 0) is saved for the backward.
+// Row r = blockIdx.x of a row panel (B, P, ld) holding the logits of rows [p0, p1), columns
+// [0, p1), batch item blockIdx.y. Row t = p0 + r becomes the softmax over s < t (zero for
+// t <= s < p1), and lse_t = log sum_{s<t} exp(logit[t, s]) (0 for row 0) is saved for the
+// backward. Two passes over the row: each thread's running max m and sum of exp(x - m)
+// (rescaled when m grows: the online softmax), combined over the block; then the output.
 template <class A>
 __global__ void __launch_bounds__(256) panel_softmax_kernel(A* panel, A* lse, int T, int P, int ld, int p0, int p1) {
+  constexpr int V = kPackOf<A>;
   const int64_t b = blockIdx.y;
   const int t = p0 + int(blockIdx.x);
   A* r = panel + (b * P + blockIdx.x) * int64_t(ld);
-  A mx = A(-INFINITY);
-  for (int s = threadIdx.x; s < t; s += blockDim.x) mx = max(mx, r[s]);
-  mx = block_max(mx);
-  A sum = 0;
-  for (int s = threadIdx.x; s < t; s += blockDim.x) sum += math::exp(r[s] - mx);
-  sum = block_sum(sum);
+  A m = A(-INFINITY), sum = 0;
+  for (int j = threadIdx.x * V; j < t; j += blockDim.x * V) {
+    const Pack<A, V> x = load_live<V>(r, j, t, A(-INFINITY));
+    A mx = x.v[0];
+#pragma unroll
+    for (int e = 1; e < V; ++e) mx = max(mx, x.v[e]);
+    if (mx > m) sum *= math::exp(m - mx), m = mx;
+#pragma unroll
+    for (int e = 0; e < V; ++e) sum += math::exp(x.v[e] - m);
+  }
+  const A row_max = block_max(m);
+  sum = block_sum(m == A(-INFINITY) ? A(0) : sum * math::exp(m - row_max));
   const A inv = t > 0 ? A(1) / sum : A(0);
-  for (int s = threadIdx.x; s < p1; s += blockDim.x) r[s] = s < t ? math::exp(r[s] - mx) * inv : A(0);
-  if (threadIdx.x == 0) lse[b * T + t] = t > 0 ? mx + math::log(sum) : A(0);
+  for (int j = threadIdx.x * V; j < p1; j += blockDim.x * V) {
+    const Pack<A, V> x = load_live<V>(r, j, t, A(0));
+    A y[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) y[e] = j + e < t ? math::exp(x.v[e] - row_max) * inv : A(0);
+    store_within(r, j, p1, y);
+  }
+  if (threadIdx.x == 0) lse[b * T + t] = t > 0 ? row_max + math::log(sum) : A(0);
+}
+
+// Row t = c0 + blockIdx.x of a column panel (B, T, ld) (row t - c0 for t in [c0, T), column
+// j for s = c0 + j in [c0, c0 + cw)), batch item blockIdx.y, holds the logits: it becomes
+// alpha[t, s] = exp(logit - lse_t) for s < t, else 0, in place.
+template <class A>
+__global__ void __launch_bounds__(256) rebuild_alpha_kernel(A* panel, const A* lse, int T, int c0, int cw, int ld) {
+  constexpr int V = kPackOf<A>;
+  const int64_t b = blockIdx.y;
+  const int live = min(cw, int(blockIdx.x));  // columns j < live are s < t
+  A* row = panel + (b * T + blockIdx.x) * int64_t(ld);
+  const A l = lse[b * T + c0 + blockIdx.x];
+  for (int j = threadIdx.x * V; j < cw; j += blockDim.x * V) {
+    const Pack<A, V> x = load_live<V>(row, j, live, A(0));
+    A y[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) y[e] = j + e < live ? math::exp(x.v[e] - l) : A(0);
+    store_within(row, j, cw, y);
+  }
+}
+
+// (S8') from G = df s^T, on the same rows: dl[t, s] = alpha[t, s] gamma_t (G[t, s] - dgamma_t)
+// for s < t, else 0, in the input dtype X (dl may be g itself when X is A).
+template <class X>
+__global__ void __launch_bounds__(256) dlogits_kernel(const acc_t<X>* g, X* dl, const acc_t<X>* alpha, const X* gamma,
+                                                      const acc_t<X>* dgamma, int T, int c0, int cw, int ld) {
+  using A = acc_t<X>;
+  constexpr int V = kPackOf<A>;
+  const int64_t b = blockIdx.y, row = b * T + c0 + blockIdx.x, off = (b * T + blockIdx.x) * int64_t(ld);
+  const int live = min(cw, int(blockIdx.x));
+  const A gm = load(gamma + row), dg = dgamma[row];
+  for (int j = threadIdx.x * V; j < cw; j += blockDim.x * V) {
+    const Pack<A, V> pg = load_live<V>(g + off, j, live, A(0)), pa = load_live<V>(alpha + off, j, live, A(0));
+    A y[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) y[e] = j + e < live ? pa.v[e] * gm * (pg.v[e] - dg) : A(0);
+    store_within(dl + off, j, cw, y);
+  }
 }
 
 // ---- the two triangular solves --------------------------------------------------------
@@ -577,7 +632,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
            {k.raw_data(), k.dtype(), D, TD, true}, pa, adt, Tp, PT, false,
            op);  // logits; the softmax masks s >= t
       panel_softmax_kernel<A>
-          <<<dim3(unsigned(p1 - p0), unsigned(B)), 256, 0, st>>>(pa, ptr<A>(out.lse), T, P, Tp, p0, p1);
+          <<<dim3(unsigned(p1 - p0), unsigned(B)), row_threads<A>(p1), 0, st>>>(pa, ptr<A>(out.lse), T, P, Tp, p0, p1);
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D == 0) return;
       invert_diagonal_blocks<X><<<dim3(unsigned(blocks_in(p1 - p0)), unsigned(B)), kRows, 0, st>>>(
@@ -659,9 +714,8 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     constexpr bool same = std::is_same_v<X, A>;
     const Tensor df = same ? g.df : Tensor::empty({B, T, D}, acc_opt), w = Tensor::empty({B, T, D}, acc_opt);
     const Tensor dg = same ? g.dgamma : Tensor::empty({B, T}, acc_opt);
-    const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt),
-                 dk = same ? g.dk : Tensor::empty(k.shape(), acc_opt);
-    const Tensor s_x = ops::contiguous(saved.s);  // G, dq and dk take X operands (see use_tf32)
+    const Tensor dq = same ? g.dq : Tensor::empty(q.shape(), acc_opt);  // summed over panels in A
+    const Tensor s_x = ops::contiguous(saved.s);                        // G, dq and dk take X operands (see use_tf32)
     // Two alpha buffers: while the priority lane solves panel c (a chain of small kernels and GEMMs,
     // mostly latency), the main lane rebuilds the alpha of the next panel in this order (c - P) and
     // turns panel c + P into gradients (dgamma, G, dlogits, dk, dq: bulk work).
@@ -685,11 +739,11 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const auto alpha_of = [&](int c0) { return ptr<A>(alpha_panels) + c0 / P % 2 * (B * TP); };
     const auto rebuild = [&](int c0) {  // main lane: alpha[c0:T, c0:c1] from the logits and lse
       const int cw = std::min(T, c0 + P) - c0;
-      const int64_t cells = int64_t(B) * (T - c0) * cw;
       A* pal = alpha_of(c0);
       gemm(dev.index, B, T - c0, cw, D, scale, {ptr<X>(q) + int64_t(c0) * D, q.dtype(), D, TD},
            {ptr<X>(k) + int64_t(c0) * D, k.dtype(), D, TD, true}, pal, adt, P, TP, false, op);
-      rebuild_alpha_kernel<A><<<blocks_for(cells), kThreads, 0, st>>>(pal, ptr<A>(lse), T, c0, cw, P, cells);
+      rebuild_alpha_kernel<A>
+          <<<dim3(unsigned(T - c0), unsigned(B)), row_threads<A>(cw), 0, st>>>(pal, ptr<A>(lse), T, c0, cw, P);
       SESSA_CUDA_LAUNCH_CHECK(op);
     };
     const auto solve = [&](int c0) {  // priority lane: the transposed solve of the panel's rows
@@ -716,20 +770,19 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     };
     const auto gradients = [&](int c0) {  // main lane, once panel c0 is solved
       const int c1 = std::min(T, c0 + P), cw = c1 - c0;
-      const int64_t cells = int64_t(B) * (T - c0) * cw;
       dgamma_kernel<X><<<blocks_for(int64_t(B) * cw * 32), kThreads, 0, st>>>(pdf, ptr<A>(ctx), pdg, ptr<X>(g.dgamma),
                                                                               B, T, D, c0, cw);
       SESSA_CUDA_LAUNCH_CHECK(op);
       // dl[c0:T, c0:c1]: G = df[c0:T] s[c0:c1]^T (df in X: g.df), then (S8'); every row it needs is solved.
       gemm(dev.index, B, T - c0, cw, D, 1.0, {ptr<X>(g.df) + int64_t(c0) * D, xdt, D, TD},
            {ptr<X>(s_x) + int64_t(c0) * D, xdt, D, TD, true}, pg, adt, P, TP, false, op);
-      dlogits_kernel<X>
-          <<<blocks_for(cells), kThreads, 0, st>>>(pg, pdl, alpha_of(c0), ptr<X>(gamma), pdg, T, c0, cw, P, cells);
+      dlogits_kernel<X><<<dim3(unsigned(T - c0), unsigned(B)), row_threads<A>(cw), 0, st>>>(
+          pg, pdl, alpha_of(c0), ptr<X>(gamma), pdg, T, c0, cw, P);
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D == 0) return;
-      // (S9): dk[c0:c1] = dl^T q[c0:T] (complete), dq[c0:T] += dl k[c0:c1].
+      // (S9): dk[c0:c1] = dl^T q[c0:T] (complete: written in X), dq[c0:T] += dl k[c0:c1] (summed in A).
       gemm(dev.index, B, cw, D, T - c0, scale, {pdl, xdt, P, TP, true}, {ptr<X>(q) + int64_t(c0) * D, xdt, D, TD},
-           ptr<A>(dk) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op);
+           ptr<X>(g.dk) + int64_t(c0) * D, xdt, D, TD, use_tf32<X>(), op);
       gemm(dev.index, B, T - c0, D, cw, scale, {pdl, xdt, P, TP}, {ptr<X>(k) + int64_t(c0) * D, xdt, D, TD},
            ptr<A>(dq) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op, /*accumulate=*/true);
     };
@@ -755,7 +808,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
         gradients(c0);
       }
     }
-    if constexpr (!same) ops::copy_(g.dq, dq), ops::copy_(g.dk, dk);
+    if constexpr (!same) ops::copy_(g.dq, dq);
     return g;
   });
 }
