@@ -14,14 +14,17 @@
 //   solve: ctx[p0:p1] = alpha[p0:p1, 0:p0] s[0:p0]  one batched cuBLAS GEMM (float32; TF32 for bf16
 //          inputs) for everything earlier panels contribute, then the panel's 64-row blocks in halves
 //          (solve_in_halves): first half, one GEMM ctx[second] += alpha[second, first] s[first], second
-//          half; down to single blocks, whose triangle is s = L^-1 (f + Gamma ctx), ctx += A s: dense
-//          64 x 64 by 64 x 32 products (TF32 tensor cores as the GEMMs), one block per (32 columns,
-//          batch).
+//          half; down to leaves of 2 or 4 blocks (solve_forward_leaf, one thread block per (32
+//          columns, batch item)): block j gathers the leaf's earlier blocks, ctx += sum_m A[j, m] s_m,
+//          then its triangle s = L^-1 (f + Gamma ctx), ctx += A_jj s: dense 64 x 64 by 64 x 32
+//          products (TF32 tensor cores as the GEMMs) on tiles streamed through a ring of cp.async
+//          copies.
 // Backward, per column panel [c0, c1), from the last panel to the first:
 //   alpha[c0:T, c0:c1] = exp(q k^T / sqrt(D) - lse_t), masked to s < t (rebuilt, not saved);
 //   the transposed solve (S6') for rows c0..c1 backwards in time, as the forward mirrored:
 //     df[c0:c1] = alpha[c1:T, c0:c1]^T w[c1:T], then the blocks in halves (the later half first),
-//     down to single blocks: df = L^-T (ds + df) with the forward's L^-1; w = gamma df;
+//     down to leaves (solve_backward_leaf), each block from the last:
+//     df = L^-T (ds + df + sum_m A[m, j]^T w_m) with the forward's L^-1; w = gamma df;
 //   dgamma    one warp per row of the panel: dgamma_t = df_t . ctx_t                 (S7)
 //   dlogits   cuBLAS G = df[c0:T] s[c0:c1]^T, then dl = alpha gamma (G - dgamma)     (S8')
 //   dq, dk    dk[c0:c1] = dl^T q[c0:T] complete (in X); dq[c0:T] += dl k[c0:c1] (in A)  (S9)
@@ -192,7 +195,8 @@ __global__ void __launch_bounds__(256) dlogits_kernel(const acc_t<X>* g, X* dl, 
 // ---- the two triangular solves --------------------------------------------------------
 // Blocked as on the CPU, in row blocks of kRows = 64 visited in halves (sessa/solve_order.h):
 // everything the other blocks contribute arrives by batched cuBLAS GEMMs (see use_tf32 for
-// their precision). What is left inside a block is the triangle (I - Gamma A) s = rhs, where A
+// their precision) or, inside a leaf, by the leaf kernel's tile products. What is left inside
+// a block is the triangle (I - Gamma A) s = rhs, where A
 // is the diagonal alpha block and Gamma = diag(gamma) of its rows. Substituting it row by row
 // would make 64 dependent steps per block; instead L^-1 = (I - Gamma A)^-1 does not depend on
 // s, so every block's inverse is computed at once per forward panel (invert_diagonal_blocks:
@@ -204,7 +208,6 @@ __global__ void __launch_bounds__(256) dlogits_kernel(const acc_t<X>* g, X* dl, 
 // (docs/sessa.md "Blocked forward substitution"). L^-1 is well conditioned: |gamma| < 1 and the rows
 // of A sum to at most 1, so ||Gamma A||_inf < 1.
 constexpr int kRows = 64;
-using layer::kLeafBlocks;                   // row blocks per leaf kernel (sessa/solve_order.h)
 constexpr int kBlockElems = kRows * kRows;  // one inverse, row-major (64, 64)
 constexpr int kLd = kRows + 4;              // padded row stride of 64 x 64 tiles in shared memory (16-byte rows)
 
@@ -243,24 +246,21 @@ __global__ void __launch_bounds__(kRows)
   for (int r = 0; r < kRows; ++r) out[r * kRows + c] = x[r];
 }
 
-// The block kernels: one thread block of kApplyThreads per (kCols columns, batch item). The
-// leaves are a chain, so their latency is their cost: narrower column tiles mean more blocks
-// (96 at B = 4, D = 768 for the H200's 132 multiprocessors) and a shorter share of each
-// product per thread. On the H200 32 columns were the fastest of 16, 32 and 64 (Sessa small
-// bf16: 179k, 177k and 166k tok/s at 4 x 4096; docs/performance.md, 2026-12-01). Square tiles
-// (L^-1, alpha blocks) are 64 x 64, column tiles (right-hand sides, s, w) 64 x kCols.
-// Square tiles go to shared memory as stored, by cp.async (stage_tile): no registers hold
-// them, so a block's copies are all in flight at once and three blocks fit per
-// multiprocessor (80 registers; staged through registers they took 155, one block per SM).
-// A column tile's elements are formed in registers first (f + Gamma ctx, ds + carry): each
-// thread holds kPerThreadC of them (row (256 / kCols) e + tid / kCols, column tid % kCols).
+// The leaf kernels: one thread block of kApplyThreads per (kCols columns, batch item) solves
+// the 64-row blocks of a leaf in turn. The leaves are a chain, so latency is their cost:
+// narrower column tiles mean more thread blocks (96 at B = 4, D = 768 for the H200's 132
+// multiprocessors) and a shorter share of each product per thread, but more copies of each
+// alpha tile read from L2; 32 columns were the fastest of 16, 32 and 64 (docs/performance.md,
+// 2026-12-01). Square tiles (L^-1, alpha blocks) are 64 x 64 and go to shared memory by
+// cp.async as stored (stage_tile), no registers holding them; column tiles (right-hand sides,
+// s, w) are 64 x kCols, written from registers.
 constexpr int kCols = 32;
-constexpr int kApplyThreads = 256, kPerThreadC = kRows * kCols / kApplyThreads;
+constexpr int kApplyThreads = 256;
 // Padded row stride of 64 x kCols tiles in shared memory: 16-byte rows, and kLdC = 8 mod 32
 // words, so the 32 lanes of a B-fragment load (rows c, columns g) hit 32 banks.
 constexpr int kLdC = kCols + 8;
-__device__ inline int staged_row_c(int e) { return kApplyThreads / kCols * e + int(threadIdx.x) / kCols; }
-__device__ inline int staged_col_c() { return int(threadIdx.x) % kCols; }
+constexpr int kTile = kRows * kLd;    // one 64 x 64 tile in shared memory
+constexpr int kTileC = kRows * kLdC;  // one 64 x kCols tile
 
 // Starts copying rows [0, nrows) x columns [0, ncols) of the 64 x 64 tile at g (row stride ld
 // elements, rows 16-byte aligned) into the shared tile s (row stride kLd); the rest of s
@@ -273,26 +273,6 @@ __device__ void stage_tile(A* s, const A* g, int64_t ld, int nrows, int ncols) {
     const int q = e * kApplyThreads + int(threadIdx.x), r = q / kChunksPerRow, c = q % kChunksPerRow * kPerChunk;
     const int bytes = r < nrows ? max(0, min(kPerChunk, ncols - c)) * int(sizeof(A)) : 0;
     mma::cp_async16_prefix(s + r * kLd + c, bytes > 0 ? g + r * ld + c : g, bytes);
-  }
-}
-
-// v[0..N) = p[0..N) from shared memory, in 8- or 16-byte loads where N elements fill one
-// (p aligned to N elements).
-template <int N, class A>
-__device__ inline void load_row(const A* p, A (&v)[N]) {
-  if constexpr (std::is_same_v<A, float> && N == 4) {
-    const float4 t = *reinterpret_cast<const float4*>(p);
-    v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
-  } else if constexpr ((std::is_same_v<A, float> && N == 2) || (std::is_same_v<A, double> && N % 2 == 0)) {
-    using V2 = std::conditional_t<std::is_same_v<A, float>, float2, double2>;
-#pragma unroll
-    for (int i = 0; i < N; i += 2) {
-      const V2 t = *reinterpret_cast<const V2*>(p + i);
-      v[i] = t.x, v[i + 1] = t.y;
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = p[i];
   }
 }
 
@@ -313,10 +293,10 @@ __device__ inline int share_col(int i) {
 // acc[i] += sum_k M(share_row(i), k) V[k, share_col(i)]: one 64 x kCols tile of the product
 // of a 64 x 64 shared tile M and a 64 x kCols one V. The tile at m holds M (kTransposed false:
 // m[row * kLd + k] = M(row, k)) or its transpose (true: m[k * kLd + row] = M(row, k)); the
-// forward leaf multiplies by L^-1 and alpha blocks as stored, the backward by their
-// transposes, which are the stored tiles read the other way. kTf32: on tensor cores
-// (mma.sync m16n8k8, operands rounded to TF32, float32 accumulation: 16 MMAs per warp);
-// else in the accumulation type on the FMA pipe (float32 without TF32, float64).
+// forward multiplies by L^-1 and alpha blocks as stored, the backward by their transposes,
+// which are the stored tiles read the other way. kTf32: on tensor cores (mma.sync m16n8k8,
+// operands rounded to TF32, float32 accumulation: 16 MMAs per warp); else in the
+// accumulation type on the FMA pipe (float32 without TF32, float64).
 template <bool kTransposed, bool kTf32, class A>
 __device__ void tile_product(const A* m, const A* V, A (&acc)[kShare]) {
   const auto M = [&](int row, int k) { return kTransposed ? m[k * kLd + row] : m[row * kLd + k]; };
@@ -361,166 +341,240 @@ __device__ inline void store_share(A* tile, const A (&v)[kShare]) {
   for (int i = 0; i < kShare; ++i) tile[share_row(i) * kLdC + share_col(i)] = v[i];
 }
 
-constexpr int kTile = kRows * kLd;    // one 64 x 64 tile in shared memory
-constexpr int kTileC = kRows * kLdC;  // one 64 x kCols tile
-// Shared memory of a leaf kernel of J blocks: `square` square tiles, the right-hand side and
-// the J - 1 column tiles of the leaf's earlier (forward) or later (backward) blocks.
+// The tiles of a leaf (alpha blocks and inverses, 64 x 64) arrive through a ring of
+// kStages slots: kStages - 1 copies are in flight while one slot is multiplied. The s
+// (forward) or w (backward) of the leaf's blocks stay in shared memory, kBlocks - 1 column
+// tiles (block j at j % kKept), so nothing is read back; the right-hand side of the block
+// being solved waits there too (Rs). The step loops are unrolled over kBlocks, so the
+// producer's step counters are compile-time constants. Two shapes, by the grid:
+//   wide grids (more thread blocks than multiprocessors: B D / 32 > 132 on the H200, as
+//     B 16, D 768): leaves of 2 blocks, three slots, 71 KB and at most 80 registers, three
+//     thread blocks per multiprocessor;
+//   narrow grids: leaves of 4 blocks, four slots, 108 KB, two per multiprocessor.
+// float64 (tests only): two slots, one thread block per multiprocessor.
+template <class A, bool kWide>
+struct LeafConfig {
+  static constexpr int kBlocks = kWide ? 2 : 4, kKept = kBlocks - 1;
+  static constexpr int kStages = sizeof(A) == 8 ? 2 : kWide ? 3 : 4;
+  static constexpr int kMinBlocks = sizeof(A) == 8 ? 1 : kWide ? 3 : 2;
+  static constexpr size_t smem = (kStages * kTile + kBlocks * kTileC) * sizeof(A);  // ring, rhs, kept tiles
+};
+
+// The share of one 64-row block that a thread of a leaf kernel carries through its steps
+// (the right-hand side waits in shared memory, Rs, at the thread's share positions): what the
+// rows before the leaf contribute (cv: ctx in the forward, kept for ctx_j; the backward's carry
+// is in Rs), the sum over the leaf's other blocks (part) and gamma of the share's two rows (g).
 template <class A>
-constexpr size_t leaf_smem(int square, int J) {
-  return (square * kTile + J * kTileC) * sizeof(A);
-}
-constexpr int kForwardSquares = 3, kBackwardSquares = 2;
+struct BlockShare {
+  A cv[kShare], part[kShare], g[2];
+};
+__device__ inline int share_at(int i) { return share_row(i) * kLdC + share_col(i); }
 
-// The launch bounds of the leaves: three blocks per multiprocessor in float32 (80 registers),
-// one in float64 (whose products need more).
-template <class X>
-constexpr int kLeafMinBlocks = sizeof(acc_t<X>) == 4 ? 3 : 1;
-
-// (S5) for a leaf of up to J row blocks [t0, t1) of one batch item, columns [c0, c0 + kCols): ctx
+// (S5) for a leaf, the row blocks [t0, t1) of one batch item, columns [c0, c0 + kCols): ctx
 // already holds what the rows before t0 contribute (when has_prev). Block j of the leaf (rows
-// from tj = t0 + 64 j) first gathers what the leaf's earlier blocks contribute,
-// part = sum_{m<j} A[j, m] s_m (their s stay in shared memory); then, with ctx_prev = ctx + part,
+// from tj = t0 + 64 j) gathers what the leaf's earlier blocks contribute,
+// part = sum_{m<j} A[j, m] s_m, then, with ctx_prev = ctx + part,
 //   s_j = L_j^-1 (f_j + Gamma_j ctx_prev),  ctx_j = ctx_prev + A_jj s_j.
-// Writes ctx and s (A), and s_out (X) when X is not A. Shared memory: L_j^-1, A_jj and A[j, m]
-// as stored (the diagonal block is zero on and above its diagonal in the panel; rows and columns
-// past T arrive as zeros), the right-hand side (then s), and the s of the leaf's first J - 1
-// blocks. The alpha panel's rows must be 16-byte aligned (feedback_solve pads them).
-template <class X, int J, bool kTf32>
-__global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
+// One step per ring slot; block j takes j + 2 steps, step m reading
+//   m < j           A[j, m]; s_m is in shared memory (Ss[m % kKept])
+//   m = j           L_j^-1: s_j = L_j^-1 rhs, into Ss[j % kKept]
+//   m = j + 1       A_jj: ctx_j.
+// Writes ctx and s (A), and s_out (X) when X is not A. Rows and columns past T and D arrive as
+// zeros (the diagonal block is zero on and above its diagonal in the panel; the inverses are
+// the identity past T). The alpha panel's rows must be 16-byte aligned (feedback_solve pads
+// them).
+template <class X, bool kTf32, bool kWide>
+__global__ void __launch_bounds__(kApplyThreads, LeafConfig<acc_t<X>, kWide>::kMinBlocks)
     solve_forward_leaf(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, const X* gamma, const X* f, acc_t<X>* ctx,
                        acc_t<X>* s, X* s_out, int T, int D, int t0, int t1, bool has_prev) {
   using A = acc_t<X>;
+  using Cfg = LeafConfig<A, kWide>;
+  constexpr int S = Cfg::kStages, kKept = Cfg::kKept;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *Ls = reinterpret_cast<A*>(smem_bytes), *As = Ls + kTile, *Cs = As + kTile, *Rs = Cs + kTile, *Ss = Rs + kTileC;
-  const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0);
-  const int cc = staged_col_c();
-  for (int j = 0; j < J && t0 + kRows * j < t1; ++j) {
-    const int tj = t0 + kRows * j, nb = min(kRows, t1 - tj);
-    const int64_t base = (int64_t(b) * T + tj) * D + c0;  // element (tj, c0) of batch item b
-    __syncthreads();                                      // the previous block's products are done with every tile
-    stage_tile(Ls, inv + (int64_t(b) * blocks_in(T) + tj / kRows) * kBlockElems, kRows, kRows, kRows);
-    stage_tile(As, alpha.ptr(b, tj, tj), alpha.ld, nb, nb);
-    if (j > 0) stage_tile(Cs, alpha.ptr(b, tj, t0), alpha.ld, nb, kRows);
-    mma::cp_async_commit();
-    A rv[kPerThreadC], gv[kPerThreadC];  // f + Gamma ctx and gamma of the staged elements
-#pragma unroll
-    for (int e = 0; e < kPerThreadC; ++e) {
-      const int r = staged_row_c(e);
-      const int64_t o = base + int64_t(r) * D + cc;
-      gv[e] = r < nb ? load(gamma + int64_t(b) * T + tj + r) : A(0);
-      rv[e] = r < nb && cc < ncols ? load(f + o) + (has_prev ? gv[e] * ctx[o] : A(0)) : A(0);
-    }
-    mma::cp_async_wait<0>();
-    __syncthreads();
-    A part[kShare] = {};  // sum_{m<j} A[j, m] s_m (the thread's share)
-    for (int m = 0; m < j; ++m) {
-      if (m > 0) {  // (leaves of more than two blocks) A[j, m] replaces A[j, m - 1]
-        __syncthreads();
-        stage_tile(Cs, alpha.ptr(b, tj, t0 + kRows * m), alpha.ld, nb, kRows);
-        mma::cp_async_commit();
-        mma::cp_async_wait<0>();
-        __syncthreads();
+  A* const ring = reinterpret_cast<A*>(smem_bytes);  // S square tiles
+  A* const Rs = ring + S * kTile;                    // the right-hand side
+  A* const Ss = Rs + kTileC;                         // s of the leaf's blocks (block j at j % kKept)
+  const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0), blocks = blocks_in(t1 - t0);
+  const int64_t row0 = int64_t(b) * T;  // row t of batch item b is row0 + t
+  const A* const inv0 = inv + (int64_t(b) * blocks_in(T) + t0 / kRows) * kBlockElems;  // the leaf's first L^-1
+  // The producer: copies the tiles of step (pj, pm) into slot ps, then moves on.
+  int pj = 0, pm = 0, ps = 0;
+  const auto issue = [&] {
+    if (pj < blocks) {
+      A* const sq = ring + ps * kTile;
+      const int tj = t0 + kRows * pj, nb = block_rows(t0, t1, pj);
+      if (pm < pj) {
+        const int tm = t0 + kRows * pm;
+        stage_tile(sq, alpha.ptr(b, tj, tm), alpha.ld, nb, kRows);
+      } else if (pm == pj) {
+        stage_tile(sq, inv0 + pj * kBlockElems, kRows, kRows, kRows);
+      } else {
+        stage_tile(sq, alpha.ptr(b, tj, tj), alpha.ld, nb, nb);
       }
-      tile_product<false, kTf32>(Cs, Ss + m * kTileC, part);
     }
-    if (j > 0) store_share(Rs, part);  // for the staging threads to fold into the right-hand side
-    __syncthreads();
+    if (++pm > pj + 1) ++pj, pm = 0;
+    ps = ps + 1 == S ? 0 : ps + 1;
+    mma::cp_async_commit();  // (an empty group past the end keeps the count uniform)
+  };
+  BlockShare<A> sh;
+  // Block j's right-hand side f + Gamma ctx into Rs, cv = ctx (zero outside). Rs is free: the
+  // step before (or the first step's barrier) follows every read of block j - 1's.
+  const auto load_block = [&](int j) {
+    const int tj = t0 + kRows * j, nb = block_rows(t0, t1, j);
 #pragma unroll
-    for (int e = 0; e < kPerThreadC; ++e) {
-      const int r = staged_row_c(e);
-      Rs[r * kLdC + cc] = rv[e] + (j > 0 ? gv[e] * Rs[r * kLdC + cc] : A(0));  // f + Gamma ctx_prev (0 outside)
-    }
-    __syncthreads();
-    A acc[kShare] = {};
-    tile_product<false, kTf32>(Ls, Rs, acc);
-    __syncthreads();  // everyone has read the right-hand side: s takes its place
-    store_share(Rs, acc);
-    if (j + 1 < J) store_share(Ss + j * kTileC, acc);  // for the leaf's later blocks
-    __syncthreads();
-    A cacc[kShare] = {};
-    tile_product<false, kTf32>(As, Rs, cacc);
+    for (int h = 0; h < 2; ++h) sh.g[h] = share_row(2 * h) < nb ? load(gamma + row0 + tj + share_row(2 * h)) : A(0);
 #pragma unroll
     for (int i = 0; i < kShare; ++i) {
       const int r = share_row(i), col = share_col(i);
-      if (r >= nb || col >= ncols) continue;
-      const int64_t o = base + int64_t(r) * D + col;
-      ctx[o] = (has_prev ? ctx[o] : A(0)) + part[i] + cacc[i];
-      s[o] = acc[i];
-      if constexpr (!std::is_same_v<X, A>) store(s_out + o, acc[i]);
+      const int64_t o = (row0 + tj + r) * D + c0 + col;
+      const bool in = r < nb && col < ncols;
+      const A c = in && has_prev ? ctx[o] : A(0);
+      if constexpr (!kWide) sh.cv[i] = c;  // (wide leaves read ctx again: no registers to spare)
+      Rs[share_at(i)] = in ? load(f + o) + sh.g[i / 2 % 2] * c : A(0);
+      sh.part[i] = A(0);
+    }
+  };
+  const auto add_part = [&] {  // the right-hand side f + Gamma (ctx + part)
+#pragma unroll
+    for (int i = 0; i < kShare; ++i) Rs[share_at(i)] += sh.g[i / 2 % 2] * sh.part[i];
+  };
+  for (int i = 0; i < S - 1; ++i) issue();
+  load_block(0);  // block 0 has nothing before it in the leaf
+  int slot = 0;
+#pragma unroll
+  for (int j = 0; j < Cfg::kBlocks; ++j) {
+    if (j >= blocks) break;
+    const int tj = t0 + kRows * j, nb = block_rows(t0, t1, j);
+    if (j > 0) load_block(j);
+#pragma unroll
+    for (int m = 0; m <= j + 1; ++m) {
+      mma::cp_async_wait<S - 2>();
+      __syncthreads();  // slot `slot` has landed; everyone is done with the slot issue() refills
+      issue();
+      const A* const sq = ring + slot * kTile;
+      slot = slot + 1 == S ? 0 : slot + 1;
+      if (m < j) {
+        tile_product<false, kTf32>(sq, Ss + m % kKept * kTileC, sh.part);
+        if (m == j - 1) add_part();
+        continue;
+      }
+      if (m == j + 1) {  // ctx_j = ctx_prev + (part + A_jj s_j), the product summed into part
+        tile_product<false, kTf32>(sq, Ss + j % kKept * kTileC, sh.part);
+#pragma unroll
+        for (int i = 0; i < kShare; ++i) {
+          const int r = share_row(i), col = share_col(i);
+          if (r >= nb || col >= ncols) continue;
+          const int64_t o = (row0 + tj + r) * D + c0 + col;
+          ctx[o] = (kWide ? (has_prev ? ctx[o] : A(0)) : sh.cv[i]) + sh.part[i];
+        }
+        continue;
+      }
+      A acc[kShare] = {};  // s_j = L_j^-1 rhs
+      tile_product<false, kTf32>(sq, Rs, acc);
+      store_share(Ss + j % kKept * kTileC, acc);  // for A_jj s_j and the next blocks
+#pragma unroll
+      for (int i = 0; i < kShare; ++i) {
+        const int r = share_row(i), col = share_col(i);
+        if (r >= nb || col >= ncols) continue;
+        const int64_t o = (row0 + tj + r) * D + c0 + col;
+        s[o] = acc[i];
+        if constexpr (!std::is_same_v<X, A>) store(s_out + o, acc[i]);
+      }
     }
   }
 }
 
-// (S6') for a leaf of up to J row blocks [s0, s1) of one batch item, columns [c0, c0 + kCols), from
+// (S6') for a leaf, the row blocks [s0, s1) of one batch item, columns [c0, c0 + kCols), from
 // its last block to its first: df already holds what the rows from s1 on contribute (when
-// has_carry). Block j first gathers what the leaf's later blocks contribute,
-// part = sum_{m>j} A[m, j]^T w_m (their w stay in shared memory), then
+// has_carry). Block j gathers what the leaf's later blocks contribute,
+// part = sum_{m>j} A[m, j]^T w_m, then
 //   df_j = L_j^-T (ds_j + carry + part),  w_j = Gamma_j df_j.
+// With jr = (blocks - 1 - j) blocks after it, block j takes jr + 1 steps, step k reading
+//   k < jr           A[m, j], m = blocks - 1 - k; w_m is in shared memory (Ws[m % kKept])
+//   k = jr           L_j^-1, read transposed: df_j, then w_j into Ws[j % kKept].
 // Writes df and w (A), and df_out (X) when X is not A. The products' left operands L_j^-T and
-// A[m, j]^T are read from L_j^-1 and A[m, j] as stored (tile_product's transposed form).
-template <class X, int J, bool kTf32>
-__global__ void __launch_bounds__(kApplyThreads, kLeafMinBlocks<X>)
+// A[m, j]^T are the stored tiles read the other way (tile_product's transposed form).
+template <class X, bool kTf32, bool kWide>
+__global__ void __launch_bounds__(kApplyThreads, LeafConfig<acc_t<X>, kWide>::kMinBlocks)
     solve_backward_leaf(const AlphaView<acc_t<X>> alpha, const acc_t<X>* inv, const X* gamma, const X* ds, acc_t<X>* df,
                         X* df_out, acc_t<X>* w, int T, int D, int s0, int s1, bool has_carry) {
   using A = acc_t<X>;
+  using Cfg = LeafConfig<A, kWide>;
+  constexpr int S = Cfg::kStages, kKept = Cfg::kKept;
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  A *Ls = reinterpret_cast<A*>(smem_bytes), *Cs = Ls + kTile, *Rs = Cs + kTile, *Ws = Rs + kTileC;
+  A* const ring = reinterpret_cast<A*>(smem_bytes);
+  A* const Rs = ring + S * kTile;
+  A* const Ws = Rs + kTileC;  // w of the leaf's blocks (block j at j % kKept)
   const int b = blockIdx.y, c0 = blockIdx.x * kCols, ncols = min(kCols, D - c0), blocks = blocks_in(s1 - s0);
-  const int cc = staged_col_c();
-  // A[m, j]: rows of block m (up to 64, fewer past T), all 64 columns of block j.
-  auto stage_coupling = [&](int m, int sj) {
-    const int sm = s0 + kRows * m;
-    stage_tile(Cs, alpha.ptr(b, sm, sj), alpha.ld, min(kRows, s1 - sm), kRows);
-  };
-  for (int j = blocks - 1; j >= 0; --j) {
-    const int sj = s0 + kRows * j, nb = min(kRows, s1 - sj);
-    const int64_t base = (int64_t(b) * T + sj) * D + c0;
-    __syncthreads();  // the previous block's products are done with every tile
-    stage_tile(Ls, inv + (int64_t(b) * blocks_in(T) + sj / kRows) * kBlockElems, kRows, kRows, kRows);
-    if (j + 1 < blocks) stage_coupling(j + 1, sj);
-    mma::cp_async_commit();
-    A rv[kPerThreadC];  // ds + carry of the staged elements
-#pragma unroll
-    for (int e = 0; e < kPerThreadC; ++e) {
-      const int r = staged_row_c(e);
-      const int64_t o = base + int64_t(r) * D + cc;
-      rv[e] = r < nb && cc < ncols ? load(ds + o) + (has_carry ? df[o] : A(0)) : A(0);
-    }
-    mma::cp_async_wait<0>();
-    __syncthreads();
-    A part[kShare] = {};  // sum_{m>j} A[m, j]^T w_m (the thread's share)
-    for (int m = j + 1; m < blocks; ++m) {
-      if (m > j + 1) {  // (leaves of more than two blocks) A[m, j] replaces A[m - 1, j]
-        __syncthreads();
-        stage_coupling(m, sj);
-        mma::cp_async_commit();
-        mma::cp_async_wait<0>();
-        __syncthreads();
+  const int64_t row0 = int64_t(b) * T;
+  const A* const inv0 = inv + (int64_t(b) * blocks_in(T) + s0 / kRows) * kBlockElems;
+  int pr = 0, pk = 0, ps = 0;  // the producer's step: block blocks - 1 - pr, step pk
+  const auto issue = [&] {
+    if (pr < blocks) {
+      A* const sq = ring + ps * kTile;
+      const int j = blocks - 1 - pr, sj = s0 + kRows * j;
+      if (pk < pr) {
+        const int m = blocks - 1 - pk, sm = s0 + kRows * m, nm = block_rows(s0, s1, m);
+        stage_tile(sq, alpha.ptr(b, sm, sj), alpha.ld, nm, kRows);
+      } else {
+        stage_tile(sq, inv0 + j * kBlockElems, kRows, kRows, kRows);
       }
-      tile_product<true, kTf32>(Cs, Ws + (m - 1) * kTileC, part);
     }
-    if (j + 1 < blocks) store_share(Rs, part);
-    __syncthreads();
+    if (++pk > pr) ++pr, pk = 0;
+    ps = ps + 1 == S ? 0 : ps + 1;
+    mma::cp_async_commit();
+  };
+  BlockShare<A> sh;
+  const auto load_block = [&](int j) {  // block j's right-hand side ds + carry into Rs (zero outside)
+    const int sj = s0 + kRows * j, nb = block_rows(s0, s1, j);
 #pragma unroll
-    for (int e = 0; e < kPerThreadC; ++e) {
-      const int r = staged_row_c(e);
-      Rs[r * kLdC + cc] = rv[e] + (j + 1 < blocks && r < nb && cc < ncols ? Rs[r * kLdC + cc] : A(0));
-    }
-    __syncthreads();
-    A acc[kShare] = {};
-    tile_product<true, kTf32>(Ls, Rs, acc);
-    const A g[2] = {share_row(0) < nb ? A(load(gamma + int64_t(b) * T + sj + share_row(0))) : A(0),
-                    share_row(2) < nb ? A(load(gamma + int64_t(b) * T + sj + share_row(2))) : A(0)};
+    for (int h = 0; h < 2; ++h) sh.g[h] = share_row(2 * h) < nb ? load(gamma + row0 + sj + share_row(2 * h)) : A(0);
 #pragma unroll
     for (int i = 0; i < kShare; ++i) {
       const int r = share_row(i), col = share_col(i);
-      const A wi = g[i / 2 % 2] * acc[i];
-      if (j > 0) Ws[(j - 1) * kTileC + r * kLdC + col] = wi;  // w_j, for the leaf's earlier blocks
-      if (r >= nb || col >= ncols) continue;
-      const int64_t o = base + int64_t(r) * D + col;
-      df[o] = acc[i];
-      w[o] = wi;
-      if constexpr (!std::is_same_v<X, A>) store(df_out + o, acc[i]);
+      const int64_t o = (row0 + sj + r) * D + c0 + col;
+      Rs[share_at(i)] = r < nb && col < ncols ? load(ds + o) + (has_carry ? df[o] : A(0)) : A(0);
+      sh.part[i] = A(0);
+    }
+  };
+  const auto add_part = [&] {  // the right-hand side ds + carry + part
+#pragma unroll
+    for (int i = 0; i < kShare; ++i) Rs[share_at(i)] += sh.part[i];
+  };
+  for (int i = 0; i < S - 1; ++i) issue();
+  load_block(blocks - 1);  // the last block has nothing after it in the leaf
+  int slot = 0;
+#pragma unroll
+  for (int jr = 0; jr < Cfg::kBlocks; ++jr) {
+    if (jr >= blocks) break;
+    const int j = blocks - 1 - jr, sj = s0 + kRows * j, nb = block_rows(s0, s1, j);
+    if (jr > 0) load_block(j);
+#pragma unroll
+    for (int k = 0; k <= jr; ++k) {
+      mma::cp_async_wait<S - 2>();
+      __syncthreads();
+      issue();
+      const A* const sq = ring + slot * kTile;
+      slot = slot + 1 == S ? 0 : slot + 1;
+      if (k < jr) {
+        const int m = blocks - 1 - k;
+        tile_product<true, kTf32>(sq, Ws + m % kKept * kTileC, sh.part);
+        if (k == jr - 1) add_part();
+        continue;
+      }
+      A acc[kShare] = {};
+      tile_product<true, kTf32>(sq, Rs, acc);
+#pragma unroll
+      for (int i = 0; i < kShare; ++i) {
+        const int r = share_row(i), col = share_col(i);
+        const A wi = sh.g[i / 2 % 2] * acc[i];  // zero past T (gamma is)
+        Ws[j % kKept * kTileC + r * kLdC + col] = wi;
+        if (r >= nb || col >= ncols) continue;
+        const int64_t o = (row0 + sj + r) * D + c0 + col;
+        df[o] = acc[i];
+        w[o] = wi;
+        if constexpr (!std::is_same_v<X, A>) store(df_out + o, acc[i]);
+      }
     }
   }
 }
@@ -566,29 +620,60 @@ void set_shared_memory(Kernel kernel, size_t bytes, const char* op) {
   SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
 }
 
-// The leaf kernel to launch, named by `kernel(std::bool_constant<kTf32>)`: its
-// products run on TF32 tensor cores exactly when the solve's GEMMs do (use_tf32: always for
-// bfloat16, for float32 while TF32 is allowed, never for float64).
+int forced_leaf_blocks = 0;  // set_feedback_leaf_blocks
+
+// The leaf shape for a grid of `ctas` thread blocks (LeafConfig): wide when they outnumber the
+// multiprocessors, unless a test forced leaves of 2 (wide) or 4 blocks.
+bool wide_leaves(int64_t ctas, int device) {
+  return forced_leaf_blocks > 0 ? forced_leaf_blocks == LeafConfig<float, true>::kBlocks : ctas > sm_count(device);
+}
+
+// A leaf kernel, its dynamic shared memory and its blocks per leaf.
+template <class Fn>
+struct Leaf {
+  Fn kernel;
+  size_t smem;
+  int blocks;
+};
+
+// The leaf kernel to launch, named by `kernel(std::bool_constant<kTf32>, std::bool_constant<kWide>)`:
+// its products run on TF32 tensor cores exactly when the solve's GEMMs do (use_tf32: always
+// for bfloat16, for float32 while TF32 is allowed, never for float64).
 template <class X, class Kernel>
-auto pick_leaf(Kernel kernel) {
+auto pick_leaf(Kernel kernel, bool wide) {
+  using A = acc_t<X>;
   using std::bool_constant;
+  const auto shaped = [&](auto tf32) {
+    using Wide = LeafConfig<A, true>;
+    using Narrow = LeafConfig<A, false>;
+    return wide ? Leaf{kernel(tf32, bool_constant<true>{}), Wide::smem, Wide::kBlocks}
+                : Leaf{kernel(tf32, bool_constant<false>{}), Narrow::smem, Narrow::kBlocks};
+  };
   if constexpr (std::is_same_v<X, bf16_t>)
-    return kernel(bool_constant<true>{});
+    return shaped(bool_constant<true>{});
   else if constexpr (std::is_same_v<X, float>)
-    return use_tf32<X>() ? kernel(bool_constant<true>{}) : kernel(bool_constant<false>{});
+    return use_tf32<X>() ? shaped(bool_constant<true>{}) : shaped(bool_constant<false>{});
   else
-    return kernel(bool_constant<false>{});
+    return shaped(bool_constant<false>{});
 }
 template <class X>
-auto forward_leaf() {
-  return pick_leaf<X>([](auto tf32) { return solve_forward_leaf<X, kLeafBlocks, decltype(tf32)::value>; });
+auto forward_leaf(bool wide) {
+  return pick_leaf<X>(
+      [](auto tf32, auto w) { return solve_forward_leaf<X, decltype(tf32)::value, decltype(w)::value>; }, wide);
 }
 template <class X>
-auto backward_leaf() {
-  return pick_leaf<X>([](auto tf32) { return solve_backward_leaf<X, kLeafBlocks, decltype(tf32)::value>; });
+auto backward_leaf(bool wide) {
+  return pick_leaf<X>(
+      [](auto tf32, auto w) { return solve_backward_leaf<X, decltype(tf32)::value, decltype(w)::value>; }, wide);
 }
 
 }  // namespace
+
+void set_feedback_leaf_blocks(int blocks) {
+  SESSA_CHECK(blocks == 0 || blocks == 2 || blocks == 4, "set_feedback_leaf_blocks",
+              "expected 0 (by the grid), 2 or 4 blocks per leaf, got " << blocks);
+  forced_leaf_blocks = blocks;
+}
 
 void set_feedback_panel_rows(int rows) {
   SESSA_CHECK(rows >= 0 && rows % kRows == 0, "set_feedback_panel_rows",
@@ -639,14 +724,12 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
           AlphaView<A>{pa, PT, Tp, p0, 0}, ptr<X>(gamma), inv, T, p0, p1);
       SESSA_CUDA_LAUNCH_CHECK(op);
     };
-    const size_t smem = leaf_smem<A>(kForwardSquares, kLeafBlocks);
-    const auto leaf_kernel = forward_leaf<X>();
-    if (D > 0) set_shared_memory(leaf_kernel, smem, op);
     const dim3 grid(blocks_for(D, kCols), unsigned(B));
+    const auto leaf = forward_leaf<X>(wide_leaves(int64_t(grid.x) * grid.y, dev.index));
+    if (D > 0) set_shared_memory(leaf.kernel, leaf.smem, op);
     const auto solve = [&](int p0) {  // priority lane
-      const int p1 = std::min(T, p0 + P), blocks = blocks_in(p1 - p0);
+      const int p1 = std::min(T, p0 + P);
       const A* pa = panel_of(p0);
-      const AlphaView<A> alpha{pa, PT, Tp, p0, 0};
       // ctx[r0:r1] (+)= alpha[r0:r1, c0:r0] s[c0:r0]. The contributions to a row arrive from left to
       // right, so the one from column 0 is the first and overwrites; later ones accumulate.
       const auto add_ctx = [&](int c0, int r0, int r1) {
@@ -657,10 +740,11 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
       if (p0 > 0) add_ctx(0, p0, p1);  // everything the earlier panels contribute
       const auto row = [&](int i) { return std::min(p1, p0 + kRows * i); };
       layer::solve_in_halves<false>(
-          0, blocks, kLeafBlocks,
+          0, blocks_in(p1 - p0), leaf.blocks,
           [&](int lo, int hi) {  // row 0 has nothing before it; every later leaf has its ctx from the GEMMs
-            leaf_kernel<<<grid, kApplyThreads, smem, chain>>>(alpha, inv, ptr<X>(gamma), ptr<X>(f), ctx, s,
-                                                              ptr<X>(out.s), T, D, row(lo), row(hi), row(lo) > 0);
+            leaf.kernel<<<grid, kApplyThreads, leaf.smem, chain>>>(AlphaView<A>{pa, PT, Tp, p0, 0}, inv, ptr<X>(gamma),
+                                                                   ptr<X>(f), ctx, s, ptr<X>(out.s), T, D, row(lo),
+                                                                   row(hi), row(lo) > 0);
             SESSA_CUDA_LAUNCH_CHECK(op);
           },
           [&](int lo, int mid, int hi) { add_ctx(row(lo), row(mid), row(hi)); });
@@ -732,10 +816,9 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
     SESSA_CUDA_CHECK(cudaMemsetAsync(dq.raw_data(), 0, size_t(B) * TD * sizeof(A), st), op);
     const A* inv = ptr<A>(inverses);  // the forward's, of the same 64-row blocks
-    const size_t smem = leaf_smem<A>(kBackwardSquares, kLeafBlocks);
-    const auto leaf_kernel = backward_leaf<X>();
-    if (D > 0) set_shared_memory(leaf_kernel, smem, op);
     const dim3 grid(blocks_for(D, kCols), unsigned(B));
+    const auto leaf = backward_leaf<X>(wide_leaves(int64_t(grid.x) * grid.y, dev.index));
+    if (D > 0) set_shared_memory(leaf.kernel, leaf.smem, op);
     const auto alpha_of = [&](int c0) { return ptr<A>(alpha_panels) + c0 / P % 2 * (B * TP); };
     const auto rebuild = [&](int c0) {  // main lane: alpha[c0:T, c0:c1] from the logits and lse
       const int cw = std::min(T, c0 + P) - c0;
@@ -747,7 +830,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       SESSA_CUDA_LAUNCH_CHECK(op);
     };
     const auto solve = [&](int c0) {  // priority lane: the transposed solve of the panel's rows
-      const int c1 = std::min(T, c0 + P), blocks = blocks_in(c1 - c0);
+      const int c1 = std::min(T, c0 + P);
       A* pal = alpha_of(c0);
       // df[r0:r1] (+)= alpha[r1:t1, r0:r1]^T w[r1:t1]. The contributions to a row arrive from right
       // to left, so the one ending at row T is the first and overwrites; later ones accumulate.
@@ -759,11 +842,11 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       if (c1 < T) add_df(c0, c1, T);  // everything the later panels contribute
       const auto row = [&](int i) { return std::min(c1, c0 + kRows * i); };
       layer::solve_in_halves<true>(
-          0, blocks, kLeafBlocks,
+          0, blocks_in(c1 - c0), leaf.blocks,
           [&](int lo, int hi) {  // row T - 1 has nothing after it; every earlier leaf has its carry from the GEMMs
-            leaf_kernel<<<grid, kApplyThreads, smem, chain>>>(AlphaView<A>{pal, TP, P, c0, c0}, inv, ptr<X>(gamma),
-                                                              ptr<X>(ds), pdf, ptr<X>(g.df), pw, T, D, row(lo), row(hi),
-                                                              row(hi) < T);
+            leaf.kernel<<<grid, kApplyThreads, leaf.smem, chain>>>(AlphaView<A>{pal, TP, P, c0, c0}, inv, ptr<X>(gamma),
+                                                                   ptr<X>(ds), pdf, ptr<X>(g.df), pw, T, D, row(lo),
+                                                                   row(hi), row(hi) < T);
             SESSA_CUDA_LAUNCH_CHECK(op);
           },
           [&](int lo, int mid, int hi) { add_df(row(lo), row(mid), row(hi)); });

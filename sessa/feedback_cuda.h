@@ -16,5 +16,8 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds, const Tensor& q, 
 // Tests: force panels of `rows` rows/columns (a multiple of 64), so that small T crosses
 // panel boundaries; 0 (the default) sizes panels from the workspace budget.
 void set_feedback_panel_rows(int rows);
+// Tests: force leaves of 2 or 4 row blocks (the kernel shapes of wide and narrow grids);
+// 0 (the default) picks by the grid.
+void set_feedback_leaf_blocks(int blocks);
 
 }  // namespace sessa::cuda

@@ -6,8 +6,9 @@
 
 namespace sessa::layer {
 
-// Blocks per leaf: the CUDA kernels solve up to this many 64-row blocks in one launch, coupling
-// them inside the kernel; the CPU reference takes the same leaves.
+// Blocks per leaf of the CPU reference. The CUDA kernels solve 2 or 4 blocks in one launch
+// (sessa/feedback.cu, LeafConfig: 2 for grids wider than the multiprocessors, else 4); the
+// recursion above the leaves is the same.
 constexpr int kLeafBlocks = 2;
 
 // Solves the blocks [lo, hi) of a lower-triangular system: the first half, then what it

@@ -152,15 +152,18 @@ TEST_CASE("cuda op table: index_select and cat") { check_family("indexing"); }
 TEST_CASE("cuda op table: views") { check_family("views"); }
 TEST_CASE("cuda op table: attention") { check_family("attention"); }
 TEST_CASE("cuda op table: feedback solve") { check_family("feedback"); }
-TEST_CASE("cuda op table: feedback solve in small panels (many panel boundaries)") {
-  for (int rows : {64, 128, 320, 1024}) {
-    CAPTURE(rows);
-    cuda::set_feedback_panel_rows(rows);
-    struct Reset {
-      ~Reset() { cuda::set_feedback_panel_rows(0); }
-    } reset;
-    check_family("feedback");
-  }
+TEST_CASE("cuda op table: feedback solve in small panels (many panel boundaries), both leaf shapes") {
+  struct Reset {
+    ~Reset() { cuda::set_feedback_panel_rows(0), cuda::set_feedback_leaf_blocks(0); }
+  } reset;
+  for (int leaf : {2, 4})
+    for (int rows : {64, 128, 320, 1024}) {
+      CAPTURE(leaf);
+      CAPTURE(rows);
+      cuda::set_feedback_leaf_blocks(leaf);
+      cuda::set_feedback_panel_rows(rows);
+      check_family("feedback");
+    }
 }
 // Small enough for compute-sanitizer (memcheck, racecheck): the feedback solve's forward and
 // backward through autograd over two panels of 128 rows (each two 64-row blocks) and a ragged
@@ -168,7 +171,7 @@ TEST_CASE("cuda op table: feedback solve in small panels (many panel boundaries)
 TEST_CASE("cuda feedback solve sanitizer-sized: B 2, T 200, D 70, panels of 128 rows") {
   cuda::set_feedback_panel_rows(128);
   struct Reset {
-    ~Reset() { cuda::set_feedback_panel_rows(0); }
+    ~Reset() { cuda::set_feedback_panel_rows(0), cuda::set_feedback_leaf_blocks(0); }
   } reset;
   NoTf32 exact;
   Generator gen(81);
@@ -192,11 +195,16 @@ TEST_CASE("cuda feedback solve sanitizer-sized: B 2, T 200, D 70, panels of 128 
     return out;
   };
   for (auto [dt, tol] : {std::pair{DType::F32, 3e-4}, std::pair{DType::BF16, 3e-2}}) {
-    const std::vector<Tensor> ref = run(Device::cpu(), dt, DType::F64), out = run(gpu(), dt, dt);
-    const char* what[] = {"s", "dq", "dk", "dgamma", "df"};
-    for (size_t i = 0; i < ref.size(); ++i) {
-      const double err = max_rel_diff(out[i], ref[i]);
-      CHECK_MESSAGE(err <= tol, dtype_name(dt) << " " << what[i] << ": relative error " << err);
+    const std::vector<Tensor> ref = run(Device::cpu(), dt, DType::F64);
+    for (int leaf : {2, 4}) {  // both leaf shapes (wide and narrow grids)
+      cuda::set_feedback_leaf_blocks(leaf);
+      const std::vector<Tensor> out = run(gpu(), dt, dt);
+      const char* what[] = {"s", "dq", "dk", "dgamma", "df"};
+      for (size_t i = 0; i < ref.size(); ++i) {
+        const double err = max_rel_diff(out[i], ref[i]);
+        CHECK_MESSAGE(err <= tol,
+                      dtype_name(dt) << ", leaves of " << leaf << " blocks, " << what[i] << ": relative error " << err);
+      }
     }
   }
 }
