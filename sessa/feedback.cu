@@ -548,11 +548,13 @@ __global__ void __launch_bounds__(kApplyThreads, LeafConfig<acc_t<X>, kWide>::kM
   for (int jr = 0; jr < Cfg::kBlocks; ++jr) {
     if (jr >= blocks) break;
     const int j = blocks - 1 - jr, sj = s0 + kRows * j, nb = block_rows(s0, s1, j);
-    if (jr > 0) load_block(j);
 #pragma unroll
     for (int k = 0; k <= jr; ++k) {
       mma::cp_async_wait<S - 2>();
       __syncthreads();
+      // Block j's right-hand side replaces block j + 1's in Rs only after this barrier: block
+      // j + 1's last step multiplies it.
+      if (k == 0 && jr > 0) load_block(j);
       issue();
       const A* const sq = ring + slot * kTile;
       slot = slot + 1 == S ? 0 : slot + 1;
