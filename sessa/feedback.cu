@@ -289,6 +289,8 @@ __device__ inline int share_row(int i) {
 __device__ inline int share_col(int i) {
   return 16 * (int(threadIdx.x) / 32 % 2) + 8 * (i / 4) + 2 * (int(threadIdx.x) % 4) + i % 2;
 }
+// Element i's offset in a 64 x kCols shared tile.
+__device__ inline int share_at(int i) { return share_row(i) * kLdC + share_col(i); }
 
 // acc[i] += sum_k M(share_row(i), k) V[k, share_col(i)]: one 64 x kCols tile of the product
 // of a 64 x 64 shared tile M and a 64 x kCols one V. The tile at m holds M (kTransposed false:
@@ -338,7 +340,7 @@ __device__ void tile_product(const A* m, const A* V, A (&acc)[kShare]) {
 template <class A>
 __device__ inline void store_share(A* tile, const A (&v)[kShare]) {
 #pragma unroll
-  for (int i = 0; i < kShare; ++i) tile[share_row(i) * kLdC + share_col(i)] = v[i];
+  for (int i = 0; i < kShare; ++i) tile[share_at(i)] = v[i];
 }
 
 // The tiles of a leaf (alpha blocks and inverses, 64 x 64) arrive through a ring of
@@ -368,7 +370,6 @@ template <class A>
 struct BlockShare {
   A cv[kShare], part[kShare], g[2];
 };
-__device__ inline int share_at(int i) { return share_row(i) * kLdC + share_col(i); }
 
 // (S5) for a leaf, the row blocks [t0, t1) of one batch item, columns [c0, c0 + kCols): ctx
 // already holds what the rows before t0 contribute (when has_prev). Block j of the leaf (rows

@@ -152,10 +152,12 @@ TEST_CASE("cuda op table: index_select and cat") { check_family("indexing"); }
 TEST_CASE("cuda op table: views") { check_family("views"); }
 TEST_CASE("cuda op table: attention") { check_family("attention"); }
 TEST_CASE("cuda op table: feedback solve") { check_family("feedback"); }
+// Puts the feedback solve's panel and leaf sizes back to their defaults when a test ends.
+struct FeedbackShapeReset {
+  ~FeedbackShapeReset() { cuda::set_feedback_panel_rows(0), cuda::set_feedback_leaf_blocks(0); }
+};
 TEST_CASE("cuda op table: feedback solve in small panels (many panel boundaries), both leaf shapes") {
-  struct Reset {
-    ~Reset() { cuda::set_feedback_panel_rows(0), cuda::set_feedback_leaf_blocks(0); }
-  } reset;
+  const FeedbackShapeReset reset;
   for (int leaf : {2, 4})
     for (int rows : {64, 128, 320, 1024}) {
       CAPTURE(leaf);
@@ -169,10 +171,8 @@ TEST_CASE("cuda op table: feedback solve in small panels (many panel boundaries)
 // backward through autograd over two panels of 128 rows (each two 64-row blocks) and a ragged
 // last block, float32 (exact products) and bfloat16, against the float64 CPU solve.
 TEST_CASE("cuda feedback solve sanitizer-sized: B 2, T 200, D 70, panels of 128 rows") {
+  const FeedbackShapeReset reset;
   cuda::set_feedback_panel_rows(128);
-  struct Reset {
-    ~Reset() { cuda::set_feedback_panel_rows(0), cuda::set_feedback_leaf_blocks(0); }
-  } reset;
   NoTf32 exact;
   Generator gen(81);
   const int64_t B = 2, T = 200, D = 70;
