@@ -39,6 +39,32 @@ std::unordered_map<const void*, int> leaf_uses(const std::vector<std::shared_ptr
   return uses;
 }
 
+// The gradient reaching a node so far; `owned` when the engine holds the only reference (a
+// sum it formed, or a new tensor from a summing op), so that it may grow in place.
+struct Pending {
+  Tensor sum;
+  bool owned = false;
+};
+using PendingMap = std::unordered_map<Node*, Pending>;
+
+// What the gradient of input e may be summed into in place (SummingBackwardFn), or nothing:
+// the engine's owned running sum for e's producer; for a producer with no gradient yet that
+// only passes its gradient on (a cast, a slice: Node::sum_view), the matching part of what its
+// own input's gradient is summed into; for a leaf, its .grad. Contiguous, or nothing.
+Tensor sum_for(const Edge& e, const PendingMap& pending) {
+  Tensor sum;
+  if (e.leaf.defined()) {
+    sum = e.leaf.grad();
+  } else if (e.fn) {
+    auto slot = pending.find(e.fn.get());
+    if (slot != pending.end())
+      sum = slot->second.owned ? slot->second.sum : Tensor{};
+    else if (e.fn->sum_view && e.fn->inputs.size() == 1)
+      if (Tensor below = sum_for(e.fn->inputs[0], pending); below.defined()) sum = e.fn->sum_view(below);
+  }
+  return sum.defined() && sum.is_contiguous() ? sum : Tensor{};
+}
+
 // g may come in another float dtype than the leaf's (autograd::cast passes a leaf its
 // gradient unconverted): it is summed, or stored, in the leaf's dtype.
 void accumulate_leaf(const Tensor& leaf, const Tensor& g) {
@@ -92,6 +118,16 @@ Tensor record_summing(const char* name, Tensor out, const std::vector<Tensor>& i
   return out;
 }
 
+Tensor record_view(const char* name, Tensor out, const Tensor& input, BackwardFn backward, SumViewFn sum_view) {
+  if (!g_grad_enabled) return out;
+  auto node = new_node(name, {input});
+  if (!node) return out;
+  node->backward = std::move(backward);
+  node->sum_view = std::move(sum_view);
+  out.set_grad_fn(std::move(node));
+  return out;
+}
+
 void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_leaf_ready) {
   SESSA_CHECK(root.requires_grad(), "backward", "the tensor does not require grad (no recorded op leads to it)");
   SESSA_CHECK(seed.defined() || root.numel() == 1, "backward",
@@ -111,13 +147,7 @@ void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_le
     for (const Edge& e : node.inputs)
       if (e.leaf.defined() && --uses_left[e.leaf.identity()] == 0) on_leaf_ready(e.leaf);
   };
-  // The gradient reaching each node so far; `owned` when the engine holds the only reference
-  // (a sum it formed, or a new tensor from a summing op), so that it may grow in place.
-  struct Pending {
-    Tensor sum;
-    bool owned = false;
-  };
-  std::unordered_map<Node*, Pending> pending{{root.grad_fn().get(), {g, false}}};
+  PendingMap pending{{root.grad_fn().get(), {g, false}}};
   for (const auto& node : order) {
     auto it = pending.find(node.get());
     if (it == pending.end()) {  // no gradient flowed here
@@ -128,15 +158,17 @@ void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_le
     pending.erase(it);
     SESSA_CHECK(node->backward || node->summing_backward, "backward",
                 "the graph through '" << node->name << "' was already freed by an earlier backward()");
-    // A summing op gets the owned sums of its producers (each producer once: at its first input).
+    // A summing op gets what each input's gradient may be summed into (sum_for; each producer or
+    // leaf once: at its first input).
     std::vector<Tensor> sums(node->inputs.size());
     if (node->summing_backward) {
       for (size_t i = 0; i < sums.size(); ++i) {
-        Node* producer = node->inputs[i].fn.get();
-        const auto earlier = [&](const Edge& e) { return e.fn.get() == producer; };
-        if (!producer || std::any_of(node->inputs.begin(), node->inputs.begin() + i, earlier)) continue;
-        auto slot = pending.find(producer);
-        if (slot != pending.end() && slot->second.owned) sums[i] = slot->second.sum;
+        const Edge& e = node->inputs[i];
+        const auto earlier = [&](const Edge& o) {
+          return e.fn ? o.fn == e.fn : o.leaf.defined() && o.leaf.identity() == e.leaf.identity();
+        };
+        if (!e.needs_grad() || std::any_of(node->inputs.begin(), node->inputs.begin() + i, earlier)) continue;
+        sums[i] = sum_for(e, pending);
       }
     }
     std::vector<Tensor> grads =
@@ -150,9 +182,10 @@ void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_le
       SESSA_CHECK(grads[i].shape() == e.shape, "backward",
                   "'" << node->name << "' returned a gradient of shape " << grads[i].shape() << " for input " << i
                       << " of shape " << e.shape);
+      const bool summed = sums[i].defined() && grads[i].same(sums[i]);  // in place, where it belongs
       if (e.leaf.defined()) {
-        accumulate_leaf(e.leaf, grads[i]);
-      } else if (!(sums[i].defined() && grads[i].same(sums[i]))) {  // (else summed in place)
+        if (!summed) accumulate_leaf(e.leaf, grads[i]);
+      } else if (!summed) {
         Pending& slot = pending[e.fn.get()];
         if (slot.sum.defined())
           slot = {ops::add(slot.sum, grads[i]), true};

@@ -24,20 +24,29 @@ struct Edge {
 // An entry may be undefined when that input needs no gradient.
 using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
 // The same for an op that can add an input's gradient where it forms it (a GEMM with
-// beta = 1): sums[i], when defined, is the engine's running sum of the gradient of input i
-// (contiguous, owned by the engine alone); the op may add into it in place and return
-// sums[i] itself. Every other gradient it returns must be a new tensor, or grad_output.
+// beta = 1): sums[i], when defined, is a contiguous tensor that the gradient of input i is
+// summed into, owned by the engine alone: its running sum for that input, or, for a
+// parameter reached directly or through casts and slices (Node::sum_view), the part of the
+// parameter's own .grad that the gradient lands in, in the parameter's dtype (float32 beside
+// a bfloat16 input under autocast). The op may add into it in place and return sums[i]
+// itself. Every other gradient it returns must be a new tensor, or grad_output.
 using SummingBackwardFn =
     std::function<std::vector<Tensor>(const Tensor& grad_output, const std::vector<Tensor>& sums)>;
+// For an op of one input whose gradient is its output's, unchanged in value, in all or part
+// of its input (a cast, a slice): given a tensor that the input's gradient is summed into,
+// the part of it that the output's gradient lands in.
+using SumViewFn = std::function<Tensor(const Tensor& input_sum)>;
 
 struct Node {
   const char* name;
   std::vector<Edge> inputs;
   BackwardFn backward;
   SummingBackwardFn summing_backward;  // set instead of backward by record_summing
+  SumViewFn sum_view;                  // set by record_view
   void release() {                     // frees saved tensors and links once backward has used them
     backward = nullptr;
     summing_backward = nullptr;
+    sum_view = nullptr;
     inputs.clear();
   }
 };
@@ -62,6 +71,9 @@ class NoGradGuard {
 Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, BackwardFn backward);
 // record for an op whose backward can add into the engine's running sums (SummingBackwardFn).
 Tensor record_summing(const char* name, Tensor out, const std::vector<Tensor>& inputs, SummingBackwardFn backward);
+// record for an op of one input whose output's gradient lands unchanged in (part of) the
+// input's (SumViewFn): a summing op below it may then add straight into a parameter's .grad.
+Tensor record_view(const char* name, Tensor out, const Tensor& input, BackwardFn backward, SumViewFn sum_view);
 
 // Called once per leaf reached by a backward pass, as soon as the last gradient
 // contribution to it has been accumulated into its .grad (data parallelism starts

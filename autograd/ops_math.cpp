@@ -93,14 +93,16 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
 
 // One node for the fused forward (cuBLASLt with bias epilogue and residual C on CUDA); backward
 // in ops::linear_backward, and dr = dy: the residual's gradient is the output's, passed on as is.
-// dx goes straight into the engine's running sum for x when there is one (x feeding several
-// layers: one GEMM with beta = 1 instead of a GEMM and an add).
+// Each gradient goes straight into its sum when the engine has one (autograd/node.h): dx into
+// the running sum for x (x feeding several layers: one GEMM with beta = 1 instead of a GEMM and
+// an add), dW and db into the parameters' own .grad, through autocast's cast and
+// forward_parts' slices (no bfloat16 dW, no add into the float32 .grad).
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual) {
   Tensor y = ops::linear(x, weight, bias, residual);
   return record_summing("linear", y, {x, weight, bias, residual},
                         [x = x.detach(), w = weight.detach(), has_bias = bias.defined(),
                          has_residual = residual.defined()](const Tensor& g, const std::vector<Tensor>& sums) {
-                          auto grads = ops::linear_backward(g, x, w, has_bias, sums[0]);
+                          auto grads = ops::linear_backward(g, x, w, has_bias, {sums[0], sums[1], sums[2]});
                           return std::vector<Tensor>{grads.dx, grads.dweight, grads.dbias, has_residual ? g : Tensor{}};
                         });
 }

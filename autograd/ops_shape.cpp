@@ -23,14 +23,17 @@ Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
                 [d0, d1](const Tensor& g) { return std::vector<Tensor>{ops::transpose(g, d0, d1)}; });
 }
 
-// The gradient of a slice is zero outside it.
+// The gradient of a slice is zero outside it; a summing op below may add into the slice of
+// its input's sum instead (the slices of a split weight, nn::Linear::forward_parts).
 Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
-  return record("narrow", ops::narrow(x, dim, start, length), {x},
-                [dim, start, length, opt = x.options(), sx = x.shape()](const Tensor& g) {
-                  Tensor full_grad = zeros(sx, opt);
-                  ops::copy_(ops::narrow(full_grad, dim, start, length), g);
-                  return std::vector<Tensor>{full_grad};
-                });
+  return autograd::record_view(
+      "narrow", ops::narrow(x, dim, start, length), x,
+      [dim, start, length, opt = x.options(), sx = x.shape()](const Tensor& g) {
+        Tensor full_grad = zeros(sx, opt);
+        ops::copy_(ops::narrow(full_grad, dim, start, length), g);
+        return std::vector<Tensor>{full_grad};
+      },
+      [dim, start, length](const Tensor& sum) { return ops::narrow(sum, dim, start, length); });
 }
 
 Tensor expand(const Tensor& x, const Shape& shape) {
@@ -74,13 +77,15 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 }
 
 // A leaf (a parameter under autocast) gets its gradient unconverted: the engine adds it
-// into the leaf's gradient in the leaf's dtype, one pass instead of a cast and an add.
+// into the leaf's gradient in the leaf's dtype, one pass instead of a cast and an add. A
+// summing op below may add straight into the input's sum, in the input's dtype.
 Tensor cast(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
   const bool to_leaf = x.requires_grad() && !x.grad_fn();
-  return record("cast", ops::cast(x, dtype), {x}, [from = x.dtype(), to_leaf](const Tensor& g) {
-    return std::vector<Tensor>{to_leaf ? g : ops::cast(g, from)};
-  });
+  return autograd::record_view(
+      "cast", ops::cast(x, dtype), x,
+      [from = x.dtype(), to_leaf](const Tensor& g) { return std::vector<Tensor>{to_leaf ? g : ops::cast(g, from)}; },
+      [](const Tensor& sum) { return sum; });
 }
 
 }  // namespace sessa

@@ -75,10 +75,12 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const T
 struct LinearGrads {
   Tensor dx, dweight, dbias;  // dbias undefined when has_bias is false
 };
-// dx_sum, when defined, contiguous and of x's shape, dtype and device, receives dx in place
-// (dx += dy W) and is returned as dx; otherwise dx is a new tensor.
+// Running sums the gradients may be added into in place (autograd's SummingBackwardFn): each,
+// when defined, contiguous, of its gradient's shape and device, in x's dtype or float32
+// beside bfloat16 x, receives its gradient (dx += dy W, dW += dy^T x, db += the rows of dy)
+// and is returned as that gradient; an undefined or unsuitable one gives a new tensor.
 LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
-                            const Tensor& dx_sum = {});
+                            const LinearGrads& sums = {});
 
 // ---- softmax over the last dim ----------------------------------------------------------
 Tensor softmax(const Tensor& x);

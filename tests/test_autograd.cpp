@@ -164,6 +164,40 @@ TEST_CASE("linear layers sharing an input sum dx into the engine's running sum: 
   CHECK(gradcheck([&](const std::vector<Tensor>& in) { return loss(in[0], true); }, {x}).ok);
 }
 
+// A parameter with a .grad buffer (nn::ParameterBuffer keeps one per parameter) gets dW and db
+// added into that buffer by the linear layer's own GEMM and sum, also through slices of it
+// (nn::Linear::forward_parts); the buffer stays the same tensor, and the sums equal the plain
+// engine's (a double count, or a dropped one, fails the comparison).
+TEST_CASE("linear layers add dW and db into a parameter's .grad in place, also through slices") {
+  Generator g(9);
+  Tensor x = leaf({3, 4, 5}, g), w = leaf({6, 5}, g), b = leaf({6}, g);
+  const Tensor c1 = normal({3, 4, 2}, 0, 1, g, {DType::F64}), c2 = normal({3, 4, 4}, 0, 1, g, {DType::F64});
+  auto loss = [&](bool summing) {
+    const std::vector<Tensor> ws = split(w, 0, {2, 4}), bs = split(b, 0, {2, 4});
+    auto lin = [&](int i) {
+      if (summing) return linear(x, ws[size_t(i)], bs[size_t(i)]);
+      return matmul(x, ws[size_t(i)], false, true) + bs[size_t(i)];  // plain nodes: the engine adds
+    };
+    // w also feeds a plain op, whose gradient the engine adds to the same .grad.
+    return sum_all(lin(0) * c1) + sum_all(lin(1) * c2) + sum_all(mul(w, w));
+  };
+  auto grads = [&](bool summing, bool buffers) {
+    x.set_grad(Tensor{});
+    w.set_grad(buffers ? full({6, 5}, 0.5, {DType::F64}) : Tensor{});  // a buffer holding an earlier sum
+    b.set_grad(buffers ? full({6}, 0.5, {DType::F64}) : Tensor{});
+    const Tensor gw = w.grad(), gb = b.grad();
+    autograd::backward(loss(summing));
+    if (buffers) CHECK((w.grad().same(gw) && b.grad().same(gb)));  // summed where they were
+    return std::vector<Tensor>{x.grad(), w.grad(), b.grad()};
+  };
+  const std::vector<Tensor> ref = grads(false, false), got = grads(true, true);
+  CHECK(test::max_rel_diff(got[0], ref[0]) < 1e-12);
+  CHECK(test::max_rel_diff(got[1], ops::add(ref[1], full({6, 5}, 0.5, {DType::F64}))) < 1e-12);
+  CHECK(test::max_rel_diff(got[2], ops::add(ref[2], full({6}, 0.5, {DType::F64}))) < 1e-12);
+  const std::vector<Tensor> fresh = grads(true, false);  // no buffers: the engine's sums as before
+  for (size_t i = 0; i < ref.size(); ++i) CHECK(test::max_rel_diff(fresh[i], ref[i]) < 1e-12);
+}
+
 TEST_CASE("a leaf reached through casts gets its gradient summed in its own dtype") {
   Generator g(8);
   Tensor x = leaf({5}, g);  // float64

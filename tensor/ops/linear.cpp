@@ -6,9 +6,10 @@
 //
 // Backward, with x and dy flattened to rows, x (M, K), dy (M, N), W (N, K):
 //   dx = dy W,  dW = dy^T x,  db = sum over the M rows of dy.
-// dx is ops::matmul (cuBLAS on CUDA). With a bias on CUDA, dW and db come from one cuBLASLt
-// GEMM whose BGRADB epilogue writes db (no separate pass over dy); the CPU, a layer without a
-// bias, and the CUDA cases cuBLASLt cannot fuse run ops::matmul and the column sum ops::sum.
+// Each may be added into a running sum in place (one GEMM with beta = 1; for dW under
+// training, the parameter's own float32 .grad). dx is ops::matmul (cuBLAS on CUDA). A new dW
+// with a bias on CUDA comes with db from one cuBLASLt GEMM whose BGRADB epilogue writes db;
+// otherwise dW is ops::matmul (or matmul_add_) and db the column sum ops::sum.
 #include "tensor/cuda/linear.h"
 
 #include "tensor/cuda_hooks.h"
@@ -62,23 +63,37 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const T
 }
 
 LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
-                            const Tensor& dx_sum) {
+                            const LinearGrads& sums) {
   const Dims d = dims(x, weight, "linear_backward");
   SESSA_CHECK(grad_y.shape() == d.y_shape, "linear_backward",
               "gradient " << grad_y.shape() << " does not match the output " << d.y_shape);
   const Tensor dy = reshape(grad_y, {d.M, d.N}), x2 = reshape(x, {d.M, d.K});
-  Tensor dx;
-  if (dx_sum.defined() && dx_sum.shape() == x.shape() && dx_sum.dtype() == x.dtype() && dx_sum.device() == x.device() &&
-      dx_sum.is_contiguous()) {
-    matmul_add_(reshape(dx_sum, {d.M, d.K}), dy, weight);
-    dx = dx_sum;
+  // Whether `sum` can take a gradient of `shape` in place.
+  const auto fits = [&](const Tensor& sum, const Shape& shape) {
+    return sum.defined() && sum.shape() == shape && sum.device() == x.device() && sum.is_contiguous() &&
+           (sum.dtype() == x.dtype() || (sum.dtype() == DType::F32 && x.dtype() == DType::BF16));
+  };
+  LinearGrads g;
+  if (fits(sums.dx, x.shape())) {
+    matmul_add_(reshape(sums.dx, {d.M, d.K}), dy, weight);
+    g.dx = sums.dx;
   } else {
-    dx = reshape(matmul(dy, weight), x.shape());
+    g.dx = reshape(matmul(dy, weight), x.shape());
   }
-  std::optional<cuda::WeightBiasGrads> fused;
-  if (has_bias && x.is_cuda()) SESSA_CUDA_CALL(fused = cuda::linear_weight_bias_grad(dy, x2));
-  if (fused) return {dx, fused->dweight, fused->dbias};
-  return {dx, matmul(dy, x2, true, false), has_bias ? sum(dy, {0}) : Tensor{}};
+  if (fits(sums.dweight, weight.shape())) {
+    matmul_add_(sums.dweight, dy, x2, true, false);
+    g.dweight = sums.dweight;
+  } else {
+    std::optional<cuda::WeightBiasGrads> fused;
+    if (has_bias && x.is_cuda()) SESSA_CUDA_CALL(fused = cuda::linear_weight_bias_grad(dy, x2));
+    if (fused) return {g.dx, fused->dweight, fused->dbias};
+    g.dweight = matmul(dy, x2, true, false);
+  }
+  if (has_bias) {
+    g.dbias = sum(dy, {0});
+    if (fits(sums.dbias, Shape{d.N})) add_(sums.dbias, g.dbias), g.dbias = sums.dbias;
+  }
+  return g;
 }
 
 }  // namespace sessa::ops

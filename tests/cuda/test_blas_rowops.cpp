@@ -6,6 +6,8 @@
 #include <cmath>
 #include <optional>
 
+#include "autograd/ops.h"
+#include "nn/layers.h"
 #include "tensor/cuda/linear.h"
 #include "tests/cuda/parity.h"
 
@@ -50,6 +52,36 @@ TEST_CASE("cuda matmul_add_: c += a b matches the CPU") {
   CHECK(c_gpu.dtype() == DType::F32);
   check_close(c_gpu, ops::add(c.to(DType::F64), ops::matmul(a.to(DType::F64), b.to(DType::F64), true, false)),
               DType::F32, "float32 c + bfloat16 a^T b");
+}
+
+// Under autocast (float32 parameters, bfloat16 compute) a layer's dW and db are summed into the
+// parameters' float32 .grad by its own GEMM (beta = 1) and row sum, through autocast's cast and
+// forward_parts' slices (autograd/node.h, sum_view): the buffers stay the same tensors and
+// hold the earlier sum plus the gradient of the float64 CPU reference.
+TEST_CASE("cuda linear under autocast: dW and db summed into the float32 .grad in place, through slices") {
+  Generator gen(77);
+  nn::Linear layer(24, 40, gen, nn::LinearOptions{.bias = true, .init_std = 0.2}, {DType::F32});
+  const Tensor x = cpu_randn({3, 16, 24}, gen), c0 = cpu_randn({3, 16, 16}, gen), c1 = cpu_randn({3, 16, 24}, gen);
+  const auto loss = [&](const nn::Linear& l, const Tensor& c0d, const Tensor& c1d, const Tensor& xd) {
+    const std::vector<Tensor> parts = l.forward_parts(xd, {16, 24});
+    return sum_all(parts[0] * c0d) + sum_all(parts[1] * c1d);
+  };
+  nn::Linear ref(layer.weight.to(DType::F64), layer.bias.to(DType::F64));
+  ref.weight.set_requires_grad(), ref.bias.set_requires_grad();
+  autograd::backward(loss(ref, c0.to(DType::F64), c1.to(DType::F64), x.to(DType::F64)));
+
+  layer.to(gpu());
+  const Tensor gw = full({40, 24}, 0.5, {DType::F32, gpu()}), gb = full({40}, 0.5, {DType::F32, gpu()});
+  layer.weight.set_requires_grad(), layer.bias.set_requires_grad();
+  layer.weight.set_grad(gw), layer.bias.set_grad(gb);  // as nn::ParameterBuffer keeps them
+  {
+    nn::AutocastScope autocast(DType::BF16, true);
+    autograd::backward(
+        loss(layer, c0.to(gpu()).to(DType::BF16), c1.to(gpu()).to(DType::BF16), x.to(gpu()).to(DType::BF16)));
+  }
+  CHECK((layer.weight.grad().same(gw) && layer.bias.grad().same(gb)));
+  check_close(gw, ops::add(ref.weight.grad(), full({40, 24}, 0.5, {DType::F64})), DType::BF16, "dW + 0.5");
+  check_close(gb, ops::add(ref.bias.grad(), full({40}, 0.5, {DType::F64})), DType::BF16, "db + 0.5");
 }
 
 TEST_CASE("cuda linear: the fused cuBLASLt kernel runs for aligned shapes with a bias or a residual") {
