@@ -21,13 +21,13 @@ AdamW::AdamW(ParameterBuffer& params, AdamWOptions opt, std::vector<Range> owned
   v_ = zeros({n}, params.data().options());
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, double grad_scale) {
   ++step_;
   auto update = [&](int64_t begin, int64_t end, int64_t state_at, double wd) {
     if (end <= begin) return;
     auto slice = [&](const Tensor& t, int64_t at) { return ops::narrow(t, 0, at, end - begin); };
     ops::adamw_step_(slice(params_.data(), begin), slice(params_.grad(), begin), slice(m_, state_at),
-                     slice(v_, state_at), {lr, opt_.beta1, opt_.beta2, opt_.eps, wd, step_});
+                     slice(v_, state_at), {lr, opt_.beta1, opt_.beta2, opt_.eps, wd, step_, grad_scale});
   };
   int64_t state_at = 0;
   for (const Range& r : owned_) {  // each range splits at most once, where decay ends
@@ -71,15 +71,14 @@ Tensor sum_of_squares(const std::vector<Tensor>& grads) {
   return total;
 }
 
-void clip_to_norm(const std::vector<Tensor>& grads, double norm, double max_norm) {
-  if (max_norm <= 0 || norm <= max_norm) return;
-  const double scale = max_norm / (norm + 1e-6);
-  for (const Tensor& g : grads) ops::add_(g, g, scale - 1.0);  // g *= scale, in place
+double clip_factor(double norm, double max_norm) {
+  return max_norm <= 0 || norm <= max_norm ? 1.0 : max_norm / (norm + 1e-6);
 }
 
 double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm) {
-  const double norm = std::sqrt(sum_of_squares(grads).item());
-  clip_to_norm(grads, norm, max_norm);
+  const double norm = std::sqrt(sum_of_squares(grads).item()), scale = clip_factor(norm, max_norm);
+  if (scale != 1.0)
+    for (const Tensor& g : grads) ops::add_(g, g, scale - 1.0);  // g *= scale, in place
   return norm;
 }
 

@@ -20,13 +20,15 @@ class AdamW {
   // default, or this rank's ZeRO-1 shard under data parallelism. The moments m and v
   // hold exactly the owned elements, range after range.
   AdamW(ParameterBuffer& params, AdamWOptions opt, std::vector<Range> owned = {});
-  void step(double lr);
+  // One update at learning rate lr from grad_scale times the stored gradient (the clipping
+  // factor, nn::clip_factor; the gradient itself is left as it is).
+  void step(double lr, double grad_scale = 1.0);
   int64_t steps_taken() const { return step_; }
   void set_steps_taken(int64_t s) { step_ = s; }
   const AdamWOptions& options() const { return opt_; }
 
   const std::vector<Range>& owned() const { return owned_; }
-  // Views of the gradient over the owned ranges (what clipping measures and scales).
+  // Views of the gradient over the owned ranges (what clipping measures).
   std::vector<Tensor> owned_grads() const;
   const Tensor& m() const { return m_; }
   const Tensor& v() const { return v_; }
@@ -48,10 +50,10 @@ double cosine_lr(int64_t step, int64_t warmup, int64_t total, double peak, doubl
 // Sum of squares of all elements of `grads` (pieces of one gradient vector), as a
 // 0-d float64 tensor on their device: nothing is read back to the host.
 Tensor sum_of_squares(const std::vector<Tensor>& grads);
-// Scales `grads` in place so that their L2 norm `norm` becomes at most max_norm
-// (nothing when max_norm <= 0 or norm <= max_norm).
-void clip_to_norm(const std::vector<Tensor>& grads, double norm, double max_norm);
-// Both: returns the norm before clipping.
+// The factor that brings a gradient of L2 norm `norm` to at most max_norm (1 when max_norm
+// <= 0 or norm <= max_norm): AdamW::step's grad_scale, so the clipped gradient is never stored.
+double clip_factor(double norm, double max_norm);
+// Scales `grads` in place by clip_factor of their norm; returns the norm before clipping.
 double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm);
 
 }  // namespace sessa::nn

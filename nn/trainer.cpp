@@ -57,8 +57,7 @@ StepResult Trainer::step(const std::vector<TokenBatch>& micro_batches, double lr
     return r;
   }
   bad_steps_in_a_row_ = 0;
-  clip_to_norm(grads, r.grad_norm, options_.grad_clip);
-  optimizer_->step(lr);
+  optimizer_->step(lr, clip_factor(r.grad_norm, options_.grad_clip));  // clipped inside the update
   if (sync_) sync_->after_step();
   return r;
 }

@@ -116,7 +116,8 @@ LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tens
 // One AdamW update of `param` in place (decoupled weight decay, bias correction).
 struct AdamWHyper {
   double lr, beta1, beta2, eps, weight_decay;
-  int64_t step;  // 1-based, for bias correction
+  int64_t step;             // 1-based, for bias correction
+  double grad_scale = 1.0;  // g is scaled by it first: global-norm clipping in the same pass
 };
 void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWHyper& h);
 // Sum of squares of all elements, accumulated in double: a 0-d float64 tensor on x's

@@ -276,4 +276,24 @@ TEST_CASE("cosine schedule and gradient clipping") {
   CHECK(b.to_vector<double>()[0] == doctest::Approx(12.0 / 13).epsilon(1e-5));
   CHECK(nn::clip_grad_norm({a, b}, 2.0) == doctest::Approx(1.0));  // under the limit: unchanged
   CHECK(b.to_vector<double>()[0] == doctest::Approx(12.0 / 13).epsilon(1e-5));
+  CHECK(nn::clip_factor(13.0, 1.0) == doctest::Approx(1.0 / 13).epsilon(1e-5));
+  CHECK(nn::clip_factor(1.0, 2.0) == 1.0);
+  CHECK(nn::clip_factor(13.0, 0.0) == 1.0);  // clipping off
+}
+
+// The trainer clips inside the update: AdamW's grad_scale s on g is the step on s g, and the
+// stored gradient stays as it was.
+TEST_CASE("adamw_step_ with grad_scale equals the step on the scaled gradient") {
+  Generator gen(5);
+  const Tensor p0 = normal({7}, 0, 1, gen, {DType::F64}), g = normal({7}, 0, 1, gen, {DType::F64});
+  const Tensor m0 = normal({7}, 0, 0.1, gen, {DType::F64}), v0 = uniform({7}, 0.0, 0.01, gen, {DType::F64});
+  const Tensor g_before = ops::clone(g);
+  Tensor p1 = ops::clone(p0), m1 = ops::clone(m0), v1 = ops::clone(v0);
+  Tensor p2 = ops::clone(p0), m2 = ops::clone(m0), v2 = ops::clone(v0);
+  ops::adamw_step_(p1, g, m1, v1, {1e-2, 0.9, 0.999, 1e-8, 0.1, 2, 0.3});
+  ops::adamw_step_(p2, ops::affine(g, 0.3, 0.0), m2, v2, {1e-2, 0.9, 0.999, 1e-8, 0.1, 2});
+  CHECK(test::max_rel_diff(p1, p2) < 1e-14);
+  CHECK(test::max_rel_diff(m1, m2) < 1e-14);
+  CHECK(test::max_rel_diff(v1, v2) < 1e-14);
+  CHECK(test::max_rel_diff(g, g_before) == 0.0);
 }

@@ -13,14 +13,14 @@ namespace {
 
 template <class A>
 struct AdamWConst {
-  A beta1, one_minus_beta1, beta2, one_minus_beta2, c1, c2, eps, lr, weight_decay;
+  A beta1, one_minus_beta1, beta2, one_minus_beta2, c1, c2, eps, lr, weight_decay, grad_scale;
 };
 
 template <class P, class G>
 __global__ void adamw_kernel(P* param, const G* grad, P* m, P* v, int64_t n, AdamWConst<acc_t<P>> k) {
   using A = acc_t<P>;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const A g = A(load(grad + i));
+    const A g = k.grad_scale * A(load(grad + i));
     const A mi = k.beta1 * load(m + i) + k.one_minus_beta1 * g;
     const A vi = k.beta2 * load(v + i) + k.one_minus_beta2 * g * g;
     store(m + i, mi);
@@ -51,7 +51,8 @@ void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const
                           A(1.0 - std::pow(h.beta2, double(h.step))),
                           A(h.eps),
                           A(h.lr),
-                          A(h.weight_decay)};
+                          A(h.weight_decay),
+                          A(h.grad_scale)};
     const unsigned blocks = grid_stride_blocks(n);
     cudaStream_t st = stream(param.device().index);
     if (grad.dtype() == DType::BF16 && param.dtype() != DType::BF16)

@@ -9,7 +9,8 @@
 namespace sessa::ops {
 
 // m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr (wd p + mhat / (sqrt(vhat) + eps))
-// with mhat = m / (1 - b1^t), vhat = v / (1 - b2^t)  (Loshchilov & Hutter, AdamW).
+// with mhat = m / (1 - b1^t), vhat = v / (1 - b2^t)  (Loshchilov & Hutter, AdamW), and
+// g = grad_scale * grad (the clipping factor: the stored gradient is read once, not rescaled).
 void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWHyper& h) {
   for (const Tensor* t : {&grad, &m, &v})
     SESSA_CHECK(t->shape() == param.shape() && t->is_contiguous() && t->device() == param.device(), "adamw_step_",
@@ -26,8 +27,9 @@ void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const
     const int64_t n = param.numel();
 #pragma omp parallel for simd if (n >= cpu::kParallelGrain)
     for (int64_t i = 0; i < n; ++i) {
-      pm[i] = T(h.beta1) * pm[i] + T(1 - h.beta1) * g[i];
-      pv[i] = T(h.beta2) * pv[i] + T(1 - h.beta2) * g[i] * g[i];
+      const T gi = T(h.grad_scale) * g[i];
+      pm[i] = T(h.beta1) * pm[i] + T(1 - h.beta1) * gi;
+      pv[i] = T(h.beta2) * pv[i] + T(1 - h.beta2) * gi * gi;
       T update = (pm[i] / T(c1)) / (std::sqrt(pv[i] / T(c2)) + T(h.eps));
       p[i] -= T(h.lr) * (T(h.weight_decay) * p[i] + update);
     }
