@@ -62,6 +62,8 @@ Tensor contiguous(const Tensor& x);
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim);
 std::vector<Tensor> split(const Tensor& x, int64_t dim, const std::vector<int64_t>& sizes);  // narrow views
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);  // embedding lookup when dim = 0
-Tensor cast(const Tensor& x, DType dtype);
+// `value`, when given, is x already converted (a parameter's compute copy, nn::ComputeCopies):
+// the op records the cast with it as its result instead of converting x again.
+Tensor cast(const Tensor& x, DType dtype, const Tensor& value = {});
 
 }  // namespace sessa

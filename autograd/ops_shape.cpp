@@ -79,11 +79,16 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 // A leaf (a parameter under autocast) gets its gradient unconverted: the engine adds it
 // into the leaf's gradient in the leaf's dtype, one pass instead of a cast and an add. A
 // summing op below may add straight into the input's sum, in the input's dtype.
-Tensor cast(const Tensor& x, DType dtype) {
+Tensor cast(const Tensor& x, DType dtype, const Tensor& value) {
   if (x.dtype() == dtype) return x;
+  SESSA_CHECK(
+      !value.defined() || (value.dtype() == dtype && value.shape() == x.shape() && value.device() == x.device()),
+      "cast",
+      "the converted value " << value.str() << " must be " << dtype_name(dtype) << " shaped " << x.shape() << " on "
+                             << x.device().str() << " like its source");
   const bool to_leaf = x.requires_grad() && !x.grad_fn();
   return autograd::record_view(
-      "cast", ops::cast(x, dtype), x,
+      "cast", value.defined() ? value.detach() : ops::cast(x, dtype), x,
       [from = x.dtype(), to_leaf](const Tensor& g) { return std::vector<Tensor>{to_leaf ? g : ops::cast(g, from)}; },
       [](const Tensor& sum) { return sum; });
 }

@@ -29,19 +29,30 @@ Linear::Linear(Tensor weight_, Tensor bias_) : weight(std::move(weight_)), bias(
 namespace {
 thread_local bool g_autocast = false;
 thread_local DType g_autocast_dtype = DType::F32;
+thread_local const ComputeCopies* g_compute_copies = nullptr;
 }  // namespace
 
-AutocastScope::AutocastScope(DType dtype, bool active) : previous_(g_autocast_dtype), had_previous_(g_autocast) {
+AutocastScope::AutocastScope(DType dtype, bool active, const ComputeCopies* copies)
+    : previous_(g_autocast_dtype), had_previous_(g_autocast), previous_copies_(g_compute_copies) {
   if (!active) return;
   g_autocast = true;
   g_autocast_dtype = dtype;
+  g_compute_copies = copies;
 }
 AutocastScope::~AutocastScope() {
   g_autocast = had_previous_;
   g_autocast_dtype = previous_;
+  g_compute_copies = previous_copies_;
 }
 
-Tensor compute(const Tensor& t) { return g_autocast ? cast(t, g_autocast_dtype) : t; }
+Tensor compute(const Tensor& t) {
+  if (!g_autocast) return t;
+  if (g_compute_copies && t.dtype() != g_autocast_dtype) {
+    const auto it = g_compute_copies->find(t.identity());
+    if (it != g_compute_copies->end()) return cast(t, g_autocast_dtype, it->second);
+  }
+  return cast(t, g_autocast_dtype);
+}
 
 Tensor Linear::forward(const Tensor& x, const Tensor& residual) const {
   SESSA_CHECK(x.size(-1) == in_features, "Linear",

@@ -2,6 +2,8 @@
 // Linear weights ~ N(0, init_std) (0.02 by default, GPT-2 style), biases 0;
 // LayerNorm weight 1, bias 0; Embedding ~ N(0, 0.02).
 #pragma once
+#include <unordered_map>
+
 #include "nn/module.h"
 #include "tensor/random.h"
 
@@ -46,9 +48,15 @@ class LayerNorm : public Module {
 // of a parameter goes through `compute(param)`, a differentiable cast whose backward
 // returns float32 gradients. Statistics (LayerNorm, softmax, the Sessa solve, the
 // cross-entropy) are kept in float32 inside the kernels.
+//
+// Parameters already converted (ComputeCopies: a ParameterBuffer's compute copy, made by one
+// conversion of the whole buffer per step) are not converted again: compute(p) records the
+// cast with p's copy as its value. The copies must be current while the scope lasts.
+using ComputeCopies = std::unordered_map<const void*, Tensor>;  // parameter identity -> its copy
 class AutocastScope {
  public:
-  explicit AutocastScope(DType dtype, bool active = true);  // inactive: changes nothing
+  // Inactive: changes nothing. `copies` (optional, in `dtype`) must outlive the scope.
+  explicit AutocastScope(DType dtype, bool active = true, const ComputeCopies* copies = nullptr);
   ~AutocastScope();
   AutocastScope(const AutocastScope&) = delete;
   AutocastScope& operator=(const AutocastScope&) = delete;
@@ -56,6 +64,7 @@ class AutocastScope {
  private:
   DType previous_;
   bool had_previous_;
+  const ComputeCopies* previous_copies_;
 };
 // `t` in the active autocast dtype (unchanged when none is active or t is already in it).
 Tensor compute(const Tensor& t);

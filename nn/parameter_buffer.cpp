@@ -77,6 +77,22 @@ int ParameterBuffer::bucket_of(const Tensor& leaf) const {
 
 void ParameterBuffer::zero_grad() { ops::fill_(grad_, 0.0); }
 
+const ComputeCopies& ParameterBuffer::refresh_compute_copies(DType dtype) {
+  if (!compute_.defined() || compute_.dtype() != dtype)
+    compute_ = Tensor::empty(data_.shape(), {dtype, data_.device()});
+  ops::copy_(compute_, data_);  // (converting)
+  // Rebuilt every time: only members that still view this buffer (one replaced since, e.g.
+  // by Module::to, is converted where it is used), keyed by the handles alive now.
+  compute_copies_.clear();
+  for (const Entry& e : entries_) {
+    const Tensor& member = *e.param.tensor;
+    if (member.shares_storage(data_) && member.offset() == data_.offset() + e.range.begin)
+      compute_copies_[member.identity()] =
+          ops::view(ops::narrow(compute_, 0, e.range.begin, e.range.size()), member.shape());
+  }
+  return compute_copies_;
+}
+
 std::vector<std::pair<std::string, Tensor>> ParameterBuffer::views(const Tensor& flat) const {
   SESSA_CHECK(flat.dim() == 1 && flat.numel() == numel() && flat.is_contiguous(), "ParameterBuffer::views",
               "expected a contiguous flat tensor of " << numel() << " elements, got " << flat.str());

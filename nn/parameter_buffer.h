@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "nn/layers.h"
 #include "nn/module.h"
 
 namespace sessa::nn {
@@ -56,6 +57,12 @@ class ParameterBuffer {
   const Tensor& grad() const { return grad_; }  // 1-D, same layout
   void zero_grad();                             // one fill over every gradient
 
+  // Mixed precision: every parameter converted to `dtype` by one conversion of the whole
+  // buffer into a second flat buffer, and each parameter's view of it by identity (for an
+  // AutocastScope; nn/layers.h). The copies are current until the parameters next change:
+  // the trainer refreshes them at the start of every step.
+  const ComputeCopies& refresh_compute_copies(DType dtype);
+
   // (name, view shaped like the parameter) for each parameter, over any flat tensor
   // laid out like data() (the optimizer moments, a checkpoint buffer).
   std::vector<std::pair<std::string, Tensor>> views(const Tensor& flat) const;
@@ -67,6 +74,8 @@ class ParameterBuffer {
   std::unordered_map<const void*, int> bucket_of_leaf_;
   int64_t decay_end_ = 0;
   Tensor data_, grad_;
+  Tensor compute_;  // the compute copy (refresh_compute_copies), allocated by its first call
+  ComputeCopies compute_copies_;
 };
 
 }  // namespace sessa::nn

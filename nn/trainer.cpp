@@ -26,7 +26,7 @@ StepResult Trainer::step(const std::vector<TokenBatch>& micro_batches, double lr
   buffer_->zero_grad();
   const int replicas = sync_ ? sync_->replicas() : 1;
   const double scale = 1.0 / double(micro_batches.size() * size_t(replicas));
-  AutocastScope autocast(options_.compute_dtype, options_.compute_dtype != model_->embedding.dtype());
+  AutocastScope autocast(options_.compute_dtype, mixed_precision(), compute_copies());
   Tensor loss_sum;  // on the device: read once per step
   for (size_t i = 0; i < micro_batches.size(); ++i) {
     const TokenBatch& mb = micro_batches[i];
@@ -62,6 +62,10 @@ StepResult Trainer::step(const std::vector<TokenBatch>& micro_batches, double lr
   return r;
 }
 
+const ComputeCopies* Trainer::compute_copies() {
+  return mixed_precision() ? &buffer_->refresh_compute_copies(options_.compute_dtype) : nullptr;
+}
+
 bool all_finite(const Tensor& t) { return std::isfinite(ops::sum_of_squares(t).item()); }
 
 OptimizerState Trainer::optimizer_state() {
@@ -77,7 +81,7 @@ void Trainer::load_optimizer_state(const Checkpoint& ckpt) {
 
 double Trainer::evaluate(data::TokenLoader& loader, int64_t batches) {
   autograd::NoGradGuard no_grad;
-  AutocastScope autocast(options_.compute_dtype, options_.compute_dtype != model_->embedding.dtype());
+  AutocastScope autocast(options_.compute_dtype, mixed_precision(), compute_copies());
   double total = 0;
   data::Batch batch;
   for (int64_t i = 0; i < batches; ++i) {

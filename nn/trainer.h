@@ -71,6 +71,10 @@ class Trainer {
   std::unique_ptr<GradientSync> sync_;
   std::unique_ptr<AdamW> optimizer_;
   int64_t bad_steps_in_a_row_ = 0;
+
+  bool mixed_precision() const { return options_.compute_dtype != model_->embedding.dtype(); }
+  // Mixed precision: the parameters converted once for this step (ParameterBuffer), else null.
+  const ComputeCopies* compute_copies();
 };
 
 // True when every element of `t` is finite (one float64 sum of squares, which

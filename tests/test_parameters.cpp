@@ -26,7 +26,9 @@ struct Net : nn::Module {
     b = register_module("b", std::make_shared<nn::Linear>(7, 33, g, nn::LinearOptions{}, TensorOptions{DType::F64}));
     c = register_module("c", std::make_shared<nn::Linear>(33, 3, g, nn::LinearOptions{}, TensorOptions{DType::F64}));
   }
-  Tensor loss(const Tensor& x) const { return mean_all(square(c->forward(tanh(b->forward(a->forward(x) * gain))))); }
+  Tensor loss(const Tensor& x) const {
+    return mean_all(square(c->forward(tanh(b->forward(a->forward(x) * nn::compute(gain))))));
+  }
 };
 
 }  // namespace
@@ -93,6 +95,49 @@ TEST_CASE("backward reports each leaf once, after its last gradient contribution
   }
   CHECK(reports[0].first != reports[1].first);
   CHECK(!unused.grad().defined());
+}
+
+TEST_CASE("compute copies: one conversion of the buffer, used by compute(), gradients as through a plain cast") {
+  Generator gen(4);
+  Net net(gen);
+  nn::ParameterBuffer buffer(net.named_parameters());
+  const Tensor x = normal({4, 5}, 0.0, 1.0, gen, {DType::F64});
+  // Mixed precision with float32 as the compute dtype of these float64 parameters.
+  auto run = [&](const nn::ComputeCopies* copies) {
+    buffer.zero_grad();
+    nn::AutocastScope scope(DType::F32, true, copies);
+    const Tensor loss = net.loss(x);
+    autograd::backward(loss);
+    return std::pair{loss.item(), buffer.grad().to_vector<double>()};
+  };
+  const auto plain = run(nullptr);  // each parameter converted where it is used
+  const nn::ComputeCopies& copies = buffer.refresh_compute_copies(DType::F32);
+  REQUIRE(copies.size() == net.named_parameters().size());
+  for (const auto& p : net.named_parameters()) {
+    CAPTURE(p.name);
+    const Tensor& copy = copies.at(p.tensor->identity());
+    CHECK(copy.shape() == p.tensor->shape());
+    CHECK(copy.to_vector<float>() == ops::cast(*p.tensor, DType::F32).to_vector<float>());
+  }
+  const auto cached = run(&copies);
+  CHECK(cached.first == plain.first);  // bit for bit: the same values, the same backward
+  CHECK(cached.second == plain.second);
+
+  // A parameter changed in place: the copies are stale until refreshed.
+  net.a->weight.data<double>()[0] += 0.5;
+  CHECK(run(&copies).first == plain.first);
+  const auto changed = run(nullptr);
+  CHECK(changed.first != plain.first);
+  CHECK(run(&buffer.refresh_compute_copies(DType::F32)).first == changed.first);
+
+  // A member replaced by a tensor outside the buffer is left out and converted where used.
+  net.gain = full({7}, 2.0, {DType::F64});
+  const nn::ComputeCopies& after = buffer.refresh_compute_copies(DType::F32);
+  CHECK(after.count(net.gain.identity()) == 0);
+  CHECK(after.size() == net.named_parameters().size() - 1);
+  CHECK(run(&after).first == run(nullptr).first);
+  sessa::test::check_error([&] { cast(net.gain, DType::F32, zeros({6}, {DType::F32})); },
+                           {"cast: the converted value float32[6] on cpu must be float32 shaped [7]"});
 }
 
 TEST_CASE("AdamW over the buffer equals the per-parameter update; ZeRO-1 shards compose to it") {
