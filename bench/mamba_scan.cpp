@@ -9,7 +9,8 @@
 //   forward  read u, delta (B T Di), Bm, Cm (B T N); write y              3 BTDi + 2 BTN
 //   backward read dy, u, delta, Bm, Cm; write du, ddelta, dBm, dCm        5 BTDi + 4 BTN
 //   gated by SiLU(z) (as the mixer runs it): + read z (forward, backward), write dz.
-// Usage: build/bench/bench_mamba_scan [--reps N]
+// Usage: build/bench/bench_mamba_scan [--reps N] [--gated]   (--gated: only the gated cases, as the
+// mixer runs the scan; bf16 16 x 1024 first, the case to profile)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -166,11 +167,14 @@ void bench(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, bool gate, 
 int main(int argc, char** argv) {
 #if SESSA_HAS_CUDA
   int reps = 20;
+  bool gated_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++i]));
+    } else if (std::strcmp(argv[i], "--gated") == 0) {
+      gated_only = true;
     } else {
-      std::fprintf(stderr, "usage: %s [--reps N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--reps N] [--gated]\n", argv[0]);
       return 2;
     }
   }
@@ -180,6 +184,7 @@ int main(int argc, char** argv) {
     if (!ok) return 1;
     for (DType dtype : {DType::BF16, DType::F32})
       for (bool gate : {false, true}) {
+        if (gated_only && !gate) continue;
         bench(16, 1024, 1536, 16, dtype, gate, reps);
         bench(4, 4096, 1536, 16, dtype, gate, reps);
       }
