@@ -187,4 +187,30 @@ TEST_CASE("cuda cross_entropy: the sum reduction and inverse_target_count, count
   }
 }
 
+TEST_CASE("cuda rope: the kept cos / sin tables follow the positions, head dim, base and dtype asked for") {
+  // The GPU keeps the last tables made (tensor/cuda/rope.cu); each call here changes one part of
+  // their key from the call before, so a table kept too long gives the wrong rotation.
+  Generator gen(21);
+  const Tensor x16 = normal({2, 3, 9, 16}, 0.0, 1.0, gen), x8 = normal({2, 3, 9, 8}, 0.0, 1.0, gen);
+  struct Call {
+    const Tensor* x;
+    int64_t pos;
+    double base;
+    bool inverse;
+    DType dtype;
+  };
+  for (const Call& c : {Call{&x16, 0, 1e4, false, DType::F32}, Call{&x16, 0, 1e4, true, DType::F32},
+                        Call{&x16, 5, 1e4, false, DType::F32}, Call{&x16, 5, 50.0, false, DType::F32},
+                        Call{&x8, 5, 50.0, false, DType::F32}, Call{&x8, 5, 50.0, false, DType::F64},
+                        Call{&x16, 0, 1e4, true, DType::F32}}) {
+    CAPTURE(c.pos);
+    CAPTURE(c.base);
+    CAPTURE(c.inverse);
+    CAPTURE(dtype_name(c.dtype));
+    const Tensor xc = c.x->to(c.dtype);
+    expect_close(ops::rope(xc.to(gpu()), c.pos, c.base, c.inverse), ops::rope(xc, c.pos, c.base, c.inverse), 1e-5,
+                 "rope");
+  }
+}
+
 }  // namespace sessa::test
