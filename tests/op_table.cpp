@@ -86,6 +86,8 @@ void add_reductions(std::vector<OpEntry>& t) {
       {{{4099, 77}}, 0b01, kGpu},
       {{{300001}}, 0b1, kGpu},
       {{{2, 4099, 33}}, 0b010, kGpu},
+      {{{4099, 264}}, 0b01, kGpu},     // 16-byte column packs, chunks, a ragged last column group
+      {{{3, 2500, 16}}, 0b010, kGpu},  // packs, chunks, three slabs
       {{{64, 2048}}, 0b10, kGpu},
       {{{6, 5, 4}}, 0, kGpu},  // no dims
   };

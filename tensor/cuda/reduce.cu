@@ -5,11 +5,13 @@
 // along len. When x is contiguous and the reduced dims form one block (size-1 dims
 // aside) that is x itself; otherwise the reduced dims are permuted to the back and
 // copied, giving inner = 1, as on the CPU. inner == 1 reduces rows: one block per row,
-// threads striding along it. inner > 1 reduces columns: a 32 x 8 block takes 32
-// neighbouring columns (coalesced) and 8 threads down len, then adds its 8 partials.
-// When that makes too few blocks to fill the GPU (a bias gradient: few long columns;
-// sum_all: one long row) len is split into chunks; their partial sums go to a workspace
-// that a second kernel adds in a fixed order, so results never depend on timing.
+// threads striding along it. inner > 1 reduces columns: a 32 x 8 block takes 32 packs of
+// neighbouring columns (16 bytes each when inner and x allow: whole sectors per row) and
+// 8 threads down len, then adds its 8 partials. When that makes too few blocks to fill the
+// GPU (a bias gradient: few long columns; sum_all: one long row) len is split into chunks
+// whose partial sums go to a workspace, added in chunk order, so results never depend on
+// timing: for rows by a second kernel; for columns by the last block of each column group
+// to finish (counted by a ticket; one launch instead of two).
 // Sums accumulate in float (double for double).
 //
 // amax/argmax reduce rows (the dim moved last when it is not already) with a block per
@@ -18,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <mutex>
 
 #include "tensor/cuda/basic.h"
 #include "tensor/cuda/common.cuh"
@@ -87,26 +90,70 @@ __global__ void sum_rows_kernel(const T* x, int64_t len, int64_t chunk, T* out, 
     store(out + row, acc);
 }
 
-// Block (32, 8): columns c0 + threadIdx.x of slab o, rows of chunk blockIdx.y.
-constexpr int kColWidth = 32, kColDepth = 8;
-template <class T>
-__global__ void sum_cols_kernel(const T* x, int64_t len, int64_t inner, int64_t col_blocks, int64_t chunk, T* out,
-                                acc_t<T>* partial, int64_t n_out) {
+// Block (32, 8): the kCols = 32 P columns c0 .. c0 + kCols - 1 of slab o (thread x reads
+// P neighbouring ones as one pack), rows of chunk blockIdx.y (thread y every 8th). Then
+// thread t of the block adds the 8 partials of column c0 + t. One chunk: it writes out.
+// Several: it writes its chunk's partial; the last block of the column group to arrive
+// (tickets[blockIdx.x], counted atomically after a fence, and zeroed again by it) adds
+// the chunks' partials in chunk order.
+constexpr int kColLanes = 32, kColDepth = 8;
+template <class T, int P>
+__global__ void __launch_bounds__(kColLanes* kColDepth)
+    sum_cols_kernel(const T* x, int64_t len, int64_t inner, int64_t col_blocks, int64_t chunk, T* out,
+                    acc_t<T>* partial, int64_t n_out, unsigned* tickets) {
   using A = acc_t<T>;
-  __shared__ A part[kColDepth][kColWidth + 1];
-  const int64_t o = blockIdx.x / col_blocks, c = (blockIdx.x % col_blocks) * kColWidth + threadIdx.x;
+  constexpr int kCols = kColLanes * P;
+  static_assert(kCols <= kColLanes * kColDepth, "a thread per column for the last sums");
+  __shared__ A part[kColDepth][kCols];
+  __shared__ bool last;
+  const int64_t o = blockIdx.x / col_blocks, c0 = (blockIdx.x % col_blocks) * kCols, c = c0 + threadIdx.x * P;
   const int64_t begin = int64_t(blockIdx.y) * chunk, end = min(len, begin + chunk);
-  A acc = 0;
-  if (c < inner)
-    for (int64_t r = begin + threadIdx.y; r < end; r += kColDepth) acc += load(x + (o * len + r) * inner + c);
-  part[threadIdx.y][threadIdx.x] = acc;
+  A acc[P] = {};
+  if (c < inner)  // (inner is a multiple of P)
+    for (int64_t r = begin + threadIdx.y; r < end; r += kColDepth) {
+      const Pack<T, P> v = load_pack<P>(x, (o * len + r) * inner + c);
+#pragma unroll
+      for (int k = 0; k < P; ++k) acc[k] += load(&v.v[k]);
+    }
+#pragma unroll
+  for (int k = 0; k < P; ++k) part[threadIdx.y][threadIdx.x * P + k] = acc[k];
   __syncthreads();
-  if (threadIdx.y != 0 || c >= inner) return;
-  for (int k = 1; k < kColDepth; ++k) acc += part[k][threadIdx.x];
-  if (partial)
-    partial[int64_t(blockIdx.y) * n_out + o * inner + c] = acc;
-  else
-    store(out + o * inner + c, acc);
+  const int t = threadIdx.y * kColLanes + threadIdx.x;
+  const bool mine = t < kCols && c0 + t < inner;
+  const int64_t at = o * inner + c0 + t;  // this thread's column in out
+  A sum = 0;
+  if (mine)
+    for (int k = 0; k < kColDepth; ++k) sum += part[k][t];
+  if (gridDim.y == 1) {
+    if (mine) store(out + at, sum);
+    return;
+  }
+  if (mine) partial[int64_t(blockIdx.y) * n_out + at] = sum;
+  __threadfence();  // the partial is visible before the ticket counts it
+  __syncthreads();
+  if (t == 0) last = atomicAdd(tickets + blockIdx.x, 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (mine) {
+    A total = 0;
+#pragma unroll 8
+    for (int64_t z = 0; z < gridDim.y; ++z) total += __ldcg(partial + z * n_out + at);
+    store(out + at, total);
+  }
+  if (t == 0) tickets[blockIdx.x] = 0;
+}
+
+// The column sums' tickets: zero between launches (each group's last block zeroes its own).
+// Per device, for launches on its main lane only (every sum runs there, one after another).
+constexpr int64_t kMaxTickets = 4096;
+unsigned* col_tickets(int device) {
+  static std::mutex mu;
+  static Tensor tickets[16];
+  std::lock_guard lock(mu);
+  SESSA_CHECK(device >= 0 && device < 16, "sum", "device index " << device << " out of range");
+  if (!tickets[device].defined()) tickets[device] = zeros({kMaxTickets}, {DType::I32, Device::cuda(device)});
+  return reinterpret_cast<unsigned*>(tickets[device].raw_data());
 }
 
 // out[i] = sum over chunks of partial[chunk][i], in chunk order.
@@ -182,27 +229,37 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, const Shape& out_s
   dispatch_float(x.dtype(), "sum", [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
-    const int64_t col_blocks = (r.inner + kColWidth - 1) / kColWidth;
-    const bool rows = r.inner == 1;
-    const Split s =
-        rows ? choose_split(r.outer, r.len, target, 2048) : choose_split(r.outer * col_blocks, r.len, target, 64);
-    Tensor ws;
-    if (s.split > 1) ws = Tensor::empty({s.split, n_out}, {dtype_of<A>(), x.device()});
-    A* partial = s.split > 1 ? ptr<A>(ws) : nullptr;
-    if (rows) {
+    if (r.inner == 1) {  // rows
+      const Split s = choose_split(r.outer, r.len, target, 2048);
+      Tensor ws;
+      if (s.split > 1) ws = Tensor::empty({s.split, n_out}, {dtype_of<A>(), x.device()});
+      A* partial = s.split > 1 ? ptr<A>(ws) : nullptr;
       const dim3 grid(unsigned(r.outer), unsigned(s.split));
       sum_rows_kernel<T>
           <<<grid, row_threads_pow2(s.chunk), 0, st>>>(ptr<const T>(r.x), r.len, s.chunk, ptr<T>(out), partial);
-    } else {
-      const dim3 grid(unsigned(r.outer * col_blocks), unsigned(s.split)), block(kColWidth, kColDepth);
-      sum_cols_kernel<T>
-          <<<grid, block, 0, st>>>(ptr<const T>(r.x), r.len, r.inner, col_blocks, s.chunk, ptr<T>(out), partial, n_out);
-    }
-    SESSA_CUDA_LAUNCH_CHECK("sum");
-    if (s.split > 1) {
-      sum_partials_kernel<T><<<blocks_for(n_out), kThreads, 0, st>>>(partial, s.split, n_out, ptr<T>(out));
       SESSA_CUDA_LAUNCH_CHECK("sum");
+      if (s.split > 1) {
+        sum_partials_kernel<T><<<blocks_for(n_out), kThreads, 0, st>>>(partial, s.split, n_out, ptr<T>(out));
+        SESSA_CUDA_LAUNCH_CHECK("sum");
+      }
+      return;
     }
+    constexpr int P = kPackOf<T>;
+    with_pack<P>(r.inner % P == 0 && pack_aligned<P>(ptr<const T>(r.x)), [&](auto pack) {
+      constexpr int kP = decltype(pack)::value;
+      const int64_t col_blocks = (r.inner + kColLanes * kP - 1) / (kColLanes * kP);
+      // Two blocks per SM (each thread keeps several 16-byte loads in flight), chunks of at
+      // least 128 rows: few partials for the last blocks to add. (Split only while the column
+      // groups number fewer than that: the tickets suffice.)
+      const Split s = choose_split(r.outer * col_blocks, r.len, std::min(target / 2, kMaxTickets), 128);
+      Tensor ws;
+      if (s.split > 1) ws = Tensor::empty({s.split, n_out}, {dtype_of<A>(), x.device()});
+      const dim3 grid(unsigned(r.outer * col_blocks), unsigned(s.split)), block(kColLanes, kColDepth);
+      sum_cols_kernel<T, kP><<<grid, block, 0, st>>>(ptr<const T>(r.x), r.len, r.inner, col_blocks, s.chunk,
+                                                     ptr<T>(out), s.split > 1 ? ptr<A>(ws) : nullptr, n_out,
+                                                     s.split > 1 ? col_tickets(device) : nullptr);
+      SESSA_CUDA_LAUNCH_CHECK("sum");
+    });
   });
   return out;
 }
