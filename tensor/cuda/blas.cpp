@@ -23,6 +23,7 @@
 #include <optional>
 
 #include "tensor/cuda/check.h"
+#include "tensor/cuda/linear.h"
 #include "tensor/cuda/runtime.h"
 #include "tensor/gemm_view.h"
 #include "tensor/ops.h"
@@ -161,11 +162,17 @@ void matmul_into(const Tensor& out, const Tensor& a, const Tensor& b, bool trans
     if (auto flat = ops::try_view(a, {batch * M, K})) a_eff = *flat, a_batch = 1, M_eff = batch * M;
   }
   const Operand oa = operand(a_eff), ob = operand(b);
-  gemm(dev, a_batch, M_eff, N, K, 1.0,
-       {oa.view.t.raw_data(), a.dtype(), oa.view.ld, oa.batch_stride, trans_a != oa.view.stored_transposed},
-       {ob.view.t.raw_data(), b.dtype(), ob.view.ld, b.dim() == 2 ? 0 : ob.batch_stride,
-        trans_b != ob.view.stored_transposed},
-       out.raw_data(), out.dtype(), N, M * N, a.dtype() == DType::F32 && allow_tf32(), "matmul", accumulate);
+  const GemmOperand ga{oa.view.t.raw_data(), a.dtype(), oa.view.ld, oa.batch_stride,
+                       trans_a != oa.view.stored_transposed};
+  const GemmOperand gb{ob.view.t.raw_data(), b.dtype(), ob.view.ld, b.dim() == 2 ? 0 : ob.batch_stride,
+                       trans_b != ob.view.stored_transposed};
+  // A bfloat16 product summed into float32 (a weight gradient into its .grad): cuBLASLt with
+  // the split-K sums added in place, no separate reduce kernel (tensor/cuda/linear.h).
+  if (accumulate && a_batch == 1 && out.dtype() == DType::F32 &&
+      matmul_add_f32(dev, M_eff, N, K, ga, gb, static_cast<float*>(out.raw_data())))
+    return;
+  gemm(dev, a_batch, M_eff, N, K, 1.0, ga, gb, out.raw_data(), out.dtype(), N, M * N,
+       a.dtype() == DType::F32 && allow_tf32(), "matmul", accumulate);
 }
 
 }  // namespace sessa::cuda

@@ -69,9 +69,10 @@ using Preference = std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, Destroyer<&
 // odd offset gets a plan of its own, restricted to kernels that can read it.
 struct PlanKey {
   uint32_t epilogue;  // a cublasLtEpilogue_t: DEFAULT, BIAS or BGRADB
-  DType dtype;
+  DType dtype;        // of A and B (and of C, D unless f32_out)
   bool tf32 = false, trans_a = false, trans_b = false;
-  bool add_c = false;  // D = op(A) op(B) + C (beta = 1), C laid out as D
+  bool f32_out = false;  // C and D float32 (bfloat16 A, B): split-K only in place (matmul_add_f32)
+  bool add_c = false;    // D = op(A) op(B) + C (beta = 1), C laid out as D
   int64_t m = 0, n = 0, k = 0, lda = 0, ldb = 0;
   uint32_t align_a = 0, align_b = 0, align_c = 0, align_d = 0, align_bias = 0;
   auto operator<=>(const PlanKey&) const = default;
@@ -165,7 +166,7 @@ Plan make_plan(cublasLtHandle_t handle, const PlanKey& k, const LtTypes& t, cons
   }
   p.a = k.trans_a ? layout(t.data, k.k, k.m, k.lda) : layout(t.data, k.m, k.k, k.lda);
   p.b = k.trans_b ? layout(t.data, k.n, k.k, k.ldb) : layout(t.data, k.k, k.n, k.ldb);
-  p.d = layout(t.data, k.m, k.n, k.m);
+  p.d = layout(k.f32_out ? CUDA_R_32F : t.data, k.m, k.n, k.m);
 
   cublasLtMatmulPreference_t pref_raw = nullptr;
   SESSA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref_raw), "linear");
@@ -175,6 +176,10 @@ Plan make_plan(cublasLtHandle_t handle, const PlanKey& k, const LtTypes& t, cons
   set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, k.align_b);
   set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, k.add_c ? k.align_c : k.align_d);
   set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, k.align_d);
+  // Split-K partial products added straight into D, one split after another (counters in the
+  // workspace), instead of into a workspace that a separate reduce kernel sums.
+  if (k.f32_out)
+    set(pref.get(), CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, uint32_t(CUBLASLT_REDUCTION_SCHEME_INPLACE));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, desc, p.a.get(), p.b.get(), p.d.get(), p.d.get(),
@@ -220,7 +225,7 @@ bool lt_matmul(int device, const PlanKey& call, const LtTypes& types, const Oper
   if (key.epilogue != CUBLASLT_EPILOGUE_DEFAULT) set(p.desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, o.bias);
   const float one32 = 1.f, zero32 = 0.f;
   const double one64 = 1.0, zero64 = 0.0;
-  const bool f64 = key.dtype == DType::F64;
+  const bool f64 = key.dtype == DType::F64;  // (the scale type: float32 for float32 and bfloat16)
   const void* one = f64 ? static_cast<const void*>(&one64) : &one32;
   const void* zero = f64 ? static_cast<const void*>(&zero64) : &zero32;
   const void* beta = key.add_c ? one : zero;
@@ -278,6 +283,23 @@ std::optional<WeightBiasGrads> linear_weight_bias_grad(const Tensor& dy, const T
       .a = xr.t.raw_data(), .b = dyr.t.raw_data(), .c = nullptr, .d = g.dweight.raw_data(), .bias = g.dbias.raw_data()};
   if (!lt_matmul(x.device().index, call, *types, o)) return std::nullopt;
   return g;
+}
+
+bool matmul_add_f32(int device, int64_t M, int64_t N, int64_t K, const GemmOperand& a, const GemmOperand& b, float* c) {
+  if (a.dtype != DType::BF16 || b.dtype != DType::BF16 || M == 0 || N == 0 || K == 0) return false;
+  // Row-major C (M x N) is column-major C^T (N x M) = op(B)^T op(A)^T: B's memory first.
+  const PlanKey call{.epilogue = CUBLASLT_EPILOGUE_DEFAULT,
+                     .dtype = DType::BF16,
+                     .trans_a = b.trans,
+                     .trans_b = a.trans,
+                     .f32_out = true,
+                     .m = N,
+                     .n = M,
+                     .k = K,
+                     .lda = b.ld,
+                     .ldb = a.ld};
+  const Operands o{.a = b.data, .b = a.data, .c = c, .d = c, .bias = nullptr};
+  return lt_matmul(device, call, *lt_types(DType::BF16, false), o);
 }
 
 }  // namespace sessa::cuda

@@ -5,6 +5,7 @@
 #pragma once
 #include <optional>
 
+#include "tensor/cuda/blas.h"
 #include "tensor/tensor.h"
 
 namespace sessa::cuda {
@@ -22,5 +23,12 @@ struct WeightBiasGrads {
   Tensor dweight, dbias;
 };
 std::optional<WeightBiasGrads> linear_weight_bias_grad(const Tensor& dy, const Tensor& x);
+
+// Row-major float32 C (M x N, ld N) += op(A) op(B) with bfloat16 A (M x K) and B (K x N) given
+// as GEMM operands: a weight gradient summed into a float32 .grad. One cuBLASLt matmul allowed
+// only the in-place split-K reduction (the splits' partial products added into C one after
+// another) so that no separate reduce kernel runs. False (nothing written) when the operands
+// are not bfloat16 or cuBLASLt has no such algorithm; tensor/cuda/blas.cpp then calls cuBLAS.
+bool matmul_add_f32(int device, int64_t M, int64_t N, int64_t K, const GemmOperand& a, const GemmOperand& b, float* c);
 
 }  // namespace sessa::cuda

@@ -84,6 +84,30 @@ TEST_CASE("cuda linear under autocast: dW and db summed into the float32 .grad i
   check_close(gb, ops::add(ref.bias.grad(), full({40}, 0.5, {DType::F64})), DType::BF16, "db + 0.5");
 }
 
+TEST_CASE("cuda matmul_add_: bfloat16 products summed into float32, long inner dims (split-K added in place)") {
+  // A weight gradient's shape: few output tiles, a long inner dim, so cuBLASLt splits it; the
+  // splits are added into C itself (tensor/cuda/linear.h). Both transposes, odd sizes.
+  Generator gen(78);
+  struct Case {
+    int64_t M, N, K;
+    bool trans_a, trans_b;
+  };
+  for (const Case& c : {Case{96, 80, 8192, true, false}, Case{64, 128, 16384, true, false},
+                        Case{40, 24, 4099, false, true}, Case{33, 65, 6000, false, false}}) {
+    CAPTURE(c.M);
+    CAPTURE(c.N);
+    CAPTURE(c.K);
+    const Tensor a = cpu_randn(c.trans_a ? Shape{c.K, c.M} : Shape{c.M, c.K}, gen).to(DType::BF16);
+    const Tensor b = cpu_randn(c.trans_b ? Shape{c.N, c.K} : Shape{c.K, c.N}, gen).to(DType::BF16);
+    const Tensor c0 = cpu_randn({c.M, c.N}, gen);
+    const Tensor got = c0.to(gpu());
+    ops::matmul_add_(got, a.to(gpu()), b.to(gpu()), c.trans_a, c.trans_b);
+    const Tensor ref =
+        ops::add(c0.to(DType::F64), ops::matmul(a.to(DType::F64), b.to(DType::F64), c.trans_a, c.trans_b));
+    expect_close(got, ref, 1e-5, "C + op(A) op(B)");
+  }
+}
+
 TEST_CASE("cuda linear: the fused cuBLASLt kernel runs for aligned shapes with a bias or a residual") {
   Generator gen(501);
   struct Case {
