@@ -147,11 +147,12 @@ __global__ void __launch_bounds__(kColLanes* kColDepth)
 // The column sums' tickets: zero between launches (each group's last block zeroes its own).
 // Per device, for launches on its main lane only (every sum runs there, one after another).
 constexpr int64_t kMaxTickets = 4096;
+constexpr int kMaxDevices = 16;
 unsigned* col_tickets(int device) {
   static std::mutex mu;
-  static Tensor tickets[16];
+  static Tensor tickets[kMaxDevices];
   std::lock_guard lock(mu);
-  SESSA_CHECK(device >= 0 && device < 16, "sum", "device index " << device << " out of range");
+  SESSA_CHECK(device >= 0 && device < kMaxDevices, "sum", "device index " << device << " out of range");
   if (!tickets[device].defined()) tickets[device] = zeros({kMaxTickets}, {DType::I32, Device::cuda(device)});
   return reinterpret_cast<unsigned*>(tickets[device].raw_data());
 }
