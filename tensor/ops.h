@@ -53,6 +53,9 @@ Tensor unary_backward(Unary op, const Tensor& x, const Tensor& dy);
 
 // ---- reductions ---------------------------------------------------------------------
 Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim = false);
+// out += sum(x, dims) (no keepdim): out contiguous, in x's dtype or float32 beside bfloat16 x
+// (a bias gradient into its float32 .grad); on CUDA one launch that adds as it writes.
+void sum_add_(const Tensor& out, const Tensor& x, const std::vector<int64_t>& dims);
 Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim = false);
 Tensor sum_all(const Tensor& x);  // 0-d
 Tensor amax(const Tensor& x, int64_t dim, bool keepdim = false);

@@ -105,6 +105,16 @@ TEST_CASE("reductions") {
   CHECK(ops::argmax(a, 1).to_vector<int32_t>() == std::vector<int32_t>{1, 2});
   CHECK(ops::argmax(a, 0).to_vector<int32_t>() == std::vector<int32_t>{1, 0, 1});
   CHECK(ops::sum_to(ops::expand(a, {4, 2, 3}), {2, 1}).to_vector<double>() == std::vector<double>{36, 48});
+
+  // sum_add_: out += the sum, in x's dtype or float32 beside bfloat16.
+  Tensor acc = from_vector<double>({10, 20, 30}, {3}, {DType::F64});
+  ops::sum_add_(acc, a, {0});
+  CHECK(acc.to_vector<double>() == std::vector<double>{15, 27, 39});
+  Tensor acc32 = from_vector<float>({0.5f, -1.f}, {2});
+  ops::sum_add_(acc32, a.to(DType::BF16), {1});
+  CHECK(acc32.to_vector<float>() == std::vector<float>{9.5f, 11.f});
+  check_error([&] { ops::sum_add_(acc, a, {1}); }, {"sum_add_", "output of shape [2]", "got float64[3] on cpu"});
+  check_error([&] { ops::sum_add_(acc32, a, {1}); }, {"sum_add_", "float64"});
 }
 
 TEST_CASE("matmul: transposes, batches and a shared weight against a naive product") {

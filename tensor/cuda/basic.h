@@ -24,6 +24,9 @@ Tensor unary_backward(ops::Unary op, const Tensor& x, const Tensor& dy);  // dy 
 // ---- reduce.cu ------------------------------------------------------------------------
 // Sum over `dims` (wrapped, sorted, distinct) with the output shape already worked out.
 Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, const Shape& out_shape);
+// The same sum written into `out` (contiguous, of that shape, in x's dtype or its
+// accumulation type: float32 for bfloat16), or added to what it holds (`add`).
+void sum_into(const Tensor& out, const Tensor& x, const std::vector<int64_t>& dims, bool add);
 // Max over `dim` (wrapped, non-empty): the value (amax, x's dtype) or its first index
 // (argmax, int32).
 Tensor amax(const Tensor& x, int64_t dim, const Shape& out_shape);

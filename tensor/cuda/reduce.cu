@@ -25,6 +25,7 @@
 #include "tensor/cuda/basic.h"
 #include "tensor/cuda/common.cuh"
 #include "tensor/cuda_hooks.h"
+#include "tensor/ops.h"
 
 namespace sessa::cuda {
 
@@ -95,11 +96,12 @@ __global__ void sum_rows_kernel(const T* x, int64_t len, int64_t chunk, T* out, 
 // thread t of the block adds the 8 partials of column c0 + t. One chunk: it writes out.
 // Several: it writes its chunk's partial; the last block of the column group to arrive
 // (tickets[blockIdx.x], counted atomically after a fence, and zeroed again by it) adds
-// the chunks' partials in chunk order.
+// the chunks' partials in chunk order. out is O: T, or acc_t<T> (a float32 sum of
+// bfloat16 columns); with `add` the sums are added to what out holds.
 constexpr int kColLanes = 32, kColDepth = 8;
-template <class T, int P>
+template <class T, class O, int P>
 __global__ void __launch_bounds__(kColLanes* kColDepth)
-    sum_cols_kernel(const T* x, int64_t len, int64_t inner, int64_t col_blocks, int64_t chunk, T* out,
+    sum_cols_kernel(const T* x, int64_t len, int64_t inner, int64_t col_blocks, int64_t chunk, O* out, bool add,
                     acc_t<T>* partial, int64_t n_out, unsigned* tickets) {
   using A = acc_t<T>;
   constexpr int kCols = kColLanes * P;
@@ -125,7 +127,7 @@ __global__ void __launch_bounds__(kColLanes* kColDepth)
   if (mine)
     for (int k = 0; k < kColDepth; ++k) sum += part[k][t];
   if (gridDim.y == 1) {
-    if (mine) store(out + at, sum);
+    if (mine) store(out + at, add ? load(out + at) + sum : sum);
     return;
   }
   if (mine) partial[int64_t(blockIdx.y) * n_out + at] = sum;
@@ -139,7 +141,7 @@ __global__ void __launch_bounds__(kColLanes* kColDepth)
     A total = 0;
 #pragma unroll 8
     for (int64_t z = 0; z < gridDim.y; ++z) total += __ldcg(partial + z * n_out + at);
-    store(out + at, total);
+    store(out + at, add ? load(out + at) + total : total);
   }
   if (t == 0) tickets[blockIdx.x] = 0;
 }
@@ -222,7 +224,12 @@ void max_rows(const Tensor& x, int64_t dim, const Tensor* values, const Tensor* 
 
 Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, const Shape& out_shape) {
   Tensor out = Tensor::empty(out_shape, x.options());
-  if (out.numel() == 0) return out;
+  sum_into(out, x, dims, false);
+  return out;
+}
+
+void sum_into(const Tensor& out, const Tensor& x, const std::vector<int64_t>& dims, bool add) {
+  if (out.numel() == 0) return;
   const Reduce3 r = as_reduce3(x, dims, false);
   const int device = x.device().index;
   const int64_t target = 4 * int64_t(sm_count(device)), n_out = r.outer * r.inner;
@@ -230,19 +237,25 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, const Shape& out_s
   dispatch_float(x.dtype(), "sum", [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
+    if (r.inner == 1 && out.dtype() != x.dtype()) {  // rows into float32: summed from float32 values
+      sum_into(out, ops::cast(x, out.dtype()), dims, add);
+      return;
+    }
     if (r.inner == 1) {  // rows
+      const Tensor dst = add ? Tensor::empty(out.shape(), x.options()) : out;
       const Split s = choose_split(r.outer, r.len, target, 2048);
       Tensor ws;
       if (s.split > 1) ws = Tensor::empty({s.split, n_out}, {dtype_of<A>(), x.device()});
       A* partial = s.split > 1 ? ptr<A>(ws) : nullptr;
       const dim3 grid(unsigned(r.outer), unsigned(s.split));
       sum_rows_kernel<T>
-          <<<grid, row_threads_pow2(s.chunk), 0, st>>>(ptr<const T>(r.x), r.len, s.chunk, ptr<T>(out), partial);
+          <<<grid, row_threads_pow2(s.chunk), 0, st>>>(ptr<const T>(r.x), r.len, s.chunk, ptr<T>(dst), partial);
       SESSA_CUDA_LAUNCH_CHECK("sum");
       if (s.split > 1) {
-        sum_partials_kernel<T><<<blocks_for(n_out), kThreads, 0, st>>>(partial, s.split, n_out, ptr<T>(out));
+        sum_partials_kernel<T><<<blocks_for(n_out), kThreads, 0, st>>>(partial, s.split, n_out, ptr<T>(dst));
         SESSA_CUDA_LAUNCH_CHECK("sum");
       }
+      if (add) add_(out, dst, 1.0);
       return;
     }
     constexpr int P = kPackOf<T>;
@@ -256,13 +269,17 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, const Shape& out_s
       Tensor ws;
       if (s.split > 1) ws = Tensor::empty({s.split, n_out}, {dtype_of<A>(), x.device()});
       const dim3 grid(unsigned(r.outer * col_blocks), unsigned(s.split)), block(kColLanes, kColDepth);
-      sum_cols_kernel<T, kP><<<grid, block, 0, st>>>(ptr<const T>(r.x), r.len, r.inner, col_blocks, s.chunk,
-                                                     ptr<T>(out), s.split > 1 ? ptr<A>(ws) : nullptr, n_out,
-                                                     s.split > 1 ? col_tickets(device) : nullptr);
+      A* partial = s.split > 1 ? ptr<A>(ws) : nullptr;
+      unsigned* tickets = s.split > 1 ? col_tickets(device) : nullptr;
+      if (out.dtype() == x.dtype())
+        sum_cols_kernel<T, T, kP><<<grid, block, 0, st>>>(ptr<const T>(r.x), r.len, r.inner, col_blocks, s.chunk,
+                                                          ptr<T>(out), add, partial, n_out, tickets);
+      else  // (the accumulation type: a float32 sum of bfloat16 columns)
+        sum_cols_kernel<T, A, kP><<<grid, block, 0, st>>>(ptr<const T>(r.x), r.len, r.inner, col_blocks, s.chunk,
+                                                          ptr<A>(out), add, partial, n_out, tickets);
       SESSA_CUDA_LAUNCH_CHECK("sum");
     });
   });
-  return out;
 }
 
 Tensor amax(const Tensor& x, int64_t dim, const Shape& out_shape) {

@@ -9,7 +9,7 @@
 // Each may be added into a running sum in place (one GEMM with beta = 1; for dW under
 // training, the parameter's own float32 .grad). dx is ops::matmul (cuBLAS on CUDA). A new dW
 // with a bias on CUDA comes with db from one cuBLASLt GEMM whose BGRADB epilogue writes db;
-// otherwise dW is ops::matmul (or matmul_add_) and db the column sum ops::sum.
+// otherwise dW is ops::matmul (or matmul_add_) and db the column sum ops::sum (or sum_add_).
 #include "tensor/cuda/linear.h"
 
 #include "tensor/cuda_hooks.h"
@@ -89,9 +89,11 @@ LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor&
     if (fused) return {g.dx, fused->dweight, fused->dbias};
     g.dweight = matmul(dy, x2, true, false);
   }
-  if (has_bias) {
+  if (has_bias && fits(sums.dbias, Shape{d.N})) {
+    sum_add_(sums.dbias, dy, {0});  // (in float32 under autocast: no bfloat16 db)
+    g.dbias = sums.dbias;
+  } else if (has_bias) {
     g.dbias = sum(dy, {0});
-    if (fits(sums.dbias, Shape{d.N})) add_(sums.dbias, g.dbias), g.dbias = sums.dbias;
   }
   return g;
 }

@@ -78,6 +78,20 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   return out;
 }
 
+void sum_add_(const Tensor& out, const Tensor& x, const std::vector<int64_t>& dims) {
+  const Reduction r = reduction(x, dims, false, "sum_add_");
+  SESSA_CHECK(out.shape() == r.out_shape && out.is_contiguous() && out.device() == x.device() &&
+                  (out.dtype() == x.dtype() || (out.dtype() == DType::F32 && x.dtype() == DType::BF16)),
+              "sum_add_",
+              "the sum of " << x.str() << " over its dims needs a contiguous " << dtype_name(x.dtype())
+                            << " (or float32 beside bfloat16) output of shape " << r.out_shape << " on its device, got "
+                            << out.str());
+  if (x.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::sum_into(out, x, r.dims, true));
+  }
+  add_(out, sum(out.dtype() == x.dtype() ? x : cast(x, out.dtype()), dims));  // (the CPU sums float dtypes)
+}
+
 Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   int64_t count = 1;
   for (int64_t d : dims) count *= x.shape()[size_t(wrap_dim(d, x.dim(), "mean"))];

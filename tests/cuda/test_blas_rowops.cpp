@@ -108,6 +108,32 @@ TEST_CASE("cuda matmul_add_: bfloat16 products summed into float32, long inner d
   }
 }
 
+TEST_CASE("cuda sum_add_: column and row sums added into float32 or the input's dtype, in one launch") {
+  // A bias gradient's shape first: bfloat16 columns summed into a prefilled float32 vector
+  // (packs, chunks, the last block adding); then odd widths, a row sum, float32 and float64.
+  Generator gen(79);
+  struct Case {
+    Shape x;
+    std::vector<int64_t> dims;
+    DType dtype, out;
+  };
+  for (const Case& c :
+       {Case{{16384, 768}, {0}, DType::BF16, DType::F32}, Case{{4099, 264}, {0}, DType::BF16, DType::F32},
+        Case{{3, 2500, 16}, {1}, DType::BF16, DType::F32}, Case{{4099, 77}, {0}, DType::BF16, DType::F32},
+        Case{{37, 900}, {1}, DType::BF16, DType::F32}, Case{{4099, 264}, {0}, DType::F32, DType::F32},
+        Case{{5, 3001}, {1}, DType::F64, DType::F64}, Case{{2001, 33}, {0}, DType::BF16, DType::BF16}}) {
+    CAPTURE(c.x);
+    CAPTURE(dtype_name(c.dtype));
+    CAPTURE(dtype_name(c.out));
+    const Tensor x = cpu_randn(c.x, gen).to(c.dtype);
+    const Tensor ref_sum = ops::sum(x.to(DType::F64), c.dims);
+    const Tensor out0 = cpu_randn(ref_sum.shape(), gen).to(c.out);
+    const Tensor got = out0.to(gpu());
+    ops::sum_add_(got, x.to(gpu()), c.dims);
+    expect_close(got, ops::add(out0.to(DType::F64), ref_sum), c.out == DType::BF16 ? 1e-2 : 1e-5, "out + sum");
+  }
+}
+
 TEST_CASE("cuda linear: the fused cuBLASLt kernel runs for aligned shapes with a bias or a residual") {
   Generator gen(501);
   struct Case {
