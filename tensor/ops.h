@@ -113,8 +113,10 @@ LayerNormOut layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bia
 struct LayerNormGrads {
   Tensor dx, dweight, dbias;
 };
+// sums.dweight / sums.dbias, when defined (contiguous, the weight's shape and dtype: a
+// parameter's own .grad), receive those gradients added in place and are returned as them.
 LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                                   const Tensor& rstd);
+                                   const Tensor& rstd, const LayerNormGrads& sums = {});
 
 // One AdamW update of `param` in place (decoupled weight decay, bias correction).
 struct AdamWHyper {

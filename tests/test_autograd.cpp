@@ -198,6 +198,27 @@ TEST_CASE("linear layers add dW and db into a parameter's .grad in place, also t
   for (size_t i = 0; i < ref.size(); ++i) CHECK(test::max_rel_diff(fresh[i], ref[i]) < 1e-12);
 }
 
+// LayerNorm's weight and bias gradients go into their .grad buffers the same way; the weight
+// also feeds a plain op whose gradient the engine adds to the same buffer.
+TEST_CASE("layer_norm adds its weight and bias gradients into the parameters' .grad in place") {
+  Generator g(10);
+  Tensor x = leaf({3, 4, 6}, g), w = leaf({6}, g), b = leaf({6}, g);
+  const Tensor c = normal({3, 4, 6}, 0, 1, g, {DType::F64});
+  auto grads = [&](bool buffers) {
+    x.set_grad(Tensor{});
+    w.set_grad(buffers ? full({6}, 0.5, {DType::F64}) : Tensor{});
+    b.set_grad(buffers ? full({6}, 0.5, {DType::F64}) : Tensor{});
+    const Tensor gw = w.grad(), gb = b.grad();
+    autograd::backward(sum_all(nn::layer_norm(x, w, b, 1e-5) * c) + sum_all(mul(w, w)));
+    if (buffers) CHECK((w.grad().same(gw) && b.grad().same(gb)));  // summed where they were
+    return std::vector<Tensor>{x.grad(), w.grad(), b.grad()};
+  };
+  const std::vector<Tensor> ref = grads(false), got = grads(true);
+  CHECK(test::max_rel_diff(got[0], ref[0]) < 1e-12);
+  CHECK(test::max_rel_diff(got[1], ops::add(ref[1], full({6}, 0.5, {DType::F64}))) < 1e-12);
+  CHECK(test::max_rel_diff(got[2], ops::add(ref[2], full({6}, 0.5, {DType::F64}))) < 1e-12);
+}
+
 TEST_CASE("a leaf reached through casts gets its gradient summed in its own dtype") {
   Generator g(8);
   Tensor x = leaf({5}, g);  // float64

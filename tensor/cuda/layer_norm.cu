@@ -145,7 +145,8 @@ bool rows_packed(int64_t D, std::initializer_list<const void*> rows, std::initia
 // summed by 32 threads over strided partial rows, then in shared memory.
 template <class W, class A>
 __global__ void layer_norm_param_grads_kernel(const A* __restrict__ part_dw, const A* __restrict__ part_db,
-                                              W* __restrict__ dw, W* __restrict__ db, int64_t nparts, int64_t D) {
+                                              W* __restrict__ dw, W* __restrict__ db, bool add_dw, bool add_db,
+                                              int64_t nparts, int64_t D) {
   __shared__ A sw[32][33], sb[32][33];
   const int64_t i = int64_t(blockIdx.x) * 32 + threadIdx.x;
   A tw = 0, tb = 0;
@@ -155,8 +156,8 @@ __global__ void layer_norm_param_grads_kernel(const A* __restrict__ part_dw, con
   __syncthreads();
   if (threadIdx.y == 0 && i < D) {
     for (int k = 1; k < 32; ++k) tw += sw[k][threadIdx.x], tb += sb[k][threadIdx.x];
-    store(dw + i, tw);
-    store(db + i, tb);
+    store(dw + i, add_dw ? load(dw + i) + tw : tw);  // (added into a parameter's .grad)
+    store(db + i, add_db ? load(db + i) + tb : tb);
   }
 }
 
@@ -206,7 +207,7 @@ ops::LayerNormOut layer_norm(const Tensor& x_in, const Tensor& weight, const Ten
 }
 
 ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& weight,
-                                        const Tensor& mean_in, const Tensor& rstd_in) {
+                                        const Tensor& mean_in, const Tensor& rstd_in, const ops::LayerNormGrads& sums) {
   const char* op = "layer_norm_backward";
   check_params(op, x_in, weight, weight);
   const DType sdt = acc_dtype(x_in.dtype());
@@ -222,13 +223,16 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in,
   const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
   SESSA_CHECK(mean.numel() == rows && rstd.numel() == rows, op,
               "mean " << mean.shape() << " and rstd " << rstd.shape() << " need " << rows << " rows");
-  ops::LayerNormGrads g{empty_like(x), Tensor::empty({D}, w.options()), Tensor::empty({D}, w.options())};
+  // The parameter gradients go into the sums given (added) or new tensors (written).
+  const bool add_dw = sums.dweight.defined(), add_db = sums.dbias.defined();
+  ops::LayerNormGrads g{empty_like(x), add_dw ? sums.dweight : Tensor::empty({D}, w.options()),
+                        add_db ? sums.dbias : Tensor::empty({D}, w.options())};
   if (D == 0) return g;
   const int dev = x.device().index;
   cudaStream_t st = stream(dev);
   if (rows == 0) {  // no rows: zero parameter gradients (all-zero bytes in every float dtype)
-    SESSA_CUDA_CHECK(cudaMemsetAsync(g.dweight.raw_data(), 0, size_t(D) * dtype_size(w.dtype()), st), op);
-    SESSA_CUDA_CHECK(cudaMemsetAsync(g.dbias.raw_data(), 0, size_t(D) * dtype_size(w.dtype()), st), op);
+    if (!add_dw) SESSA_CUDA_CHECK(cudaMemsetAsync(g.dweight.raw_data(), 0, size_t(D) * dtype_size(w.dtype()), st), op);
+    if (!add_db) SESSA_CUDA_CHECK(cudaMemsetAsync(g.dbias.raw_data(), 0, size_t(D) * dtype_size(w.dtype()), st), op);
     return g;
   }
   const int64_t rows_per_block = (rows + kMaxPartials - 1) / kMaxPartials;
@@ -258,8 +262,8 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in,
                                                            ptr<T>(g.dx), pdw, pdb, rows, D, rows_per_block);
       });
       SESSA_CUDA_LAUNCH_CHECK(op);
-      layer_norm_param_grads_kernel<W, A>
-          <<<unsigned((D + 31) / 32), dim3(32, 32), 0, st>>>(pdw, pdb, ptr<W>(g.dweight), ptr<W>(g.dbias), nparts, D);
+      layer_norm_param_grads_kernel<W, A><<<unsigned((D + 31) / 32), dim3(32, 32), 0, st>>>(
+          pdw, pdb, ptr<W>(g.dweight), ptr<W>(g.dbias), add_dw, add_db, nparts, D);
       SESSA_CUDA_LAUNCH_CHECK(op);
     });
   });

@@ -12,7 +12,7 @@ namespace sessa::cuda {
 // bfloat16 (mixed precision). y and dx take x's dtype; dweight/dbias the weight's.
 ops::LayerNormOut layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
 ops::LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                                        const Tensor& rstd);
+                                        const Tensor& rstd, const ops::LayerNormGrads& sums);
 
 // Cross-entropy of logits (N, V). `count` is the number of counted targets when the
 // caller counted them on the host, or -1 when the targets live on the GPU: then the

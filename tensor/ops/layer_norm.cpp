@@ -42,11 +42,16 @@ LayerNormOut layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& 
 }
 
 LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& weight, const Tensor& mean,
-                                   const Tensor& rstd) {
+                                   const Tensor& rstd, const LayerNormGrads& sums) {
   SESSA_CHECK(dy_in.shape() == x_in.shape(), "layer_norm_backward",
               "gradient " << dy_in.shape() << " vs input " << x_in.shape());
+  for (const Tensor* s : {&sums.dweight, &sums.dbias})
+    SESSA_CHECK(!s->defined() || (s->shape() == weight.shape() && s->dtype() == weight.dtype() &&
+                                  s->device() == weight.device() && s->is_contiguous()),
+                "layer_norm_backward",
+                "a parameter gradient sum " << s->str() << " must be contiguous and like the weight " << weight.str());
   if (x_in.is_cuda()) {
-    SESSA_CUDA_CALL(return cuda::layer_norm_backward(dy_in, x_in, weight, mean, rstd));
+    SESSA_CUDA_CALL(return cuda::layer_norm_backward(dy_in, x_in, weight, mean, rstd, sums));
   }
   const Tensor x = contiguous(x_in), dy = contiguous(dy_in), wc = contiguous(weight);
   const Tensor mc = contiguous(mean), rc = contiguous(rstd);
@@ -84,6 +89,8 @@ LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, cons
       dw[i] = T(sw), db[i] = T(sb);
     }
   });
+  if (sums.dweight.defined()) add_(sums.dweight, g.dweight), g.dweight = sums.dweight;
+  if (sums.dbias.defined()) add_(sums.dbias, g.dbias), g.dbias = sums.dbias;
   return g;
 }
 

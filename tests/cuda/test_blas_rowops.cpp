@@ -134,6 +134,24 @@ TEST_CASE("cuda sum_add_: column and row sums added into float32 or the input's 
   }
 }
 
+TEST_CASE("cuda layer_norm: weight and bias gradients added into the float32 .grad in place (bf16 input)") {
+  Generator gen(80);
+  const Tensor x = cpu_randn({5, 37, 200}, gen), c = cpu_randn({5, 37, 200}, gen);
+  const Tensor w0 = cpu_randn({200}, gen), b0 = cpu_randn({200}, gen);
+  Tensor wr = w0.to(DType::F64), br = b0.to(DType::F64);
+  wr.set_requires_grad(), br.set_requires_grad();
+  autograd::backward(sum_all(nn::layer_norm(x.to(DType::F64), wr, br, 1e-5) * c.to(DType::F64)));
+
+  Tensor w = w0.to(gpu()), b = b0.to(gpu());
+  w.set_requires_grad(), b.set_requires_grad();
+  const Tensor gw = full({200}, 0.5, {DType::F32, gpu()}), gb = full({200}, 0.5, {DType::F32, gpu()});
+  w.set_grad(gw), b.set_grad(gb);  // as nn::ParameterBuffer keeps them
+  autograd::backward(sum_all(nn::layer_norm(x.to(gpu()).to(DType::BF16), w, b, 1e-5) * c.to(gpu()).to(DType::BF16)));
+  CHECK((w.grad().same(gw) && b.grad().same(gb)));
+  check_close(gw, ops::add(wr.grad(), full({200}, 0.5, {DType::F64})), DType::BF16, "dweight + 0.5");
+  check_close(gb, ops::add(br.grad(), full({200}, 0.5, {DType::F64})), DType::BF16, "dbias + 0.5");
+}
+
 TEST_CASE("cuda linear: the fused cuBLASLt kernel runs for aligned shapes with a bias or a residual") {
   Generator gen(501);
   struct Case {
