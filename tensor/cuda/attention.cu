@@ -201,8 +201,8 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (rows > 0) {
         const int64_t n = dq_acc.numel();
-        attn::scale_to_bf16_kernel<<<grid_stride_blocks(n), kThreads, 0, st>>>(ptr<float>(dq_acc), ptr<bf16_t>(g.dq),
-                                                                               float(scale), n);
+        attn::scale_to_bf16_kernel<<<grid_stride_blocks(n / 8 + 1), kThreads, 0, st>>>(
+            ptr<float>(dq_acc), ptr<bf16_t>(g.dq), float(scale), n);
         SESSA_CUDA_LAUNCH_CHECK(op);
       }
     } else {

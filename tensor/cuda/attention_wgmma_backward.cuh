@@ -336,9 +336,22 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
 }
 
 // dq = scale * dq_acc, rounded to bf16 (both dense with the same strides).
+// Grid-stride over packs of 8 (two 16-byte loads, one 16-byte store; src and dst fresh
+// allocations, so aligned), then the n % 8 tail one element at a time.
 __global__ void scale_to_bf16_kernel(const float* src, bf16_t* dst, float scale, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dst[i] = __float2bfloat16(src[i] * scale);
+  const int64_t packs = n / 8, stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  for (int64_t p = first; p < packs; p += stride) {
+    const Pack<float, 4> lo = load_pack<4>(src, 8 * p), hi = load_pack<4>(src, 8 * p + 4);
+    Pack<bf16_t, 8> out;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      out.v[k] = __float2bfloat16(lo.v[k] * scale);
+      out.v[4 + k] = __float2bfloat16(hi.v[k] * scale);
+    }
+    store_pack(dst, 8 * p, out);
+  }
+  for (int64_t i = 8 * packs + first; i < n; i += stride) dst[i] = __float2bfloat16(src[i] * scale);
 }
 
 }  // namespace sessa::cuda::attn
