@@ -205,6 +205,9 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
       wgmma::mma_ss(dpt, wgmma::advance(v_desc, kv_at), wgmma::advance(gb, q_at), ks > 0);
     }
     wgmma::commit();
+    // A warpgroup whose keys all come after the step's last query (or lie past Tk) adds
+    // nothing to dK and dV: it skips those two products. Uniform per warpgroup.
+    const bool idle = key0 > d.q_offset + i0 + BQ - 1 || key0 >= d.Tk;
     // st becomes P^T = exp(S^T scale - lse) while dP^T is being multiplied, then dpt
     // becomes dS^T = P^T (dP^T - D).
     const float* Lt = Ls + buf * BQ;
@@ -250,15 +253,17 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
         }
     wgmma::fence_async_smem();
 
-    wgmma::fence();
+    if (!idle) {
+      wgmma::fence();
 #pragma unroll
-    for (int kk = 0; kk < BQ / 16; ++kk)  // queries 16 kk .. 16 kk + 15
+      for (int kk = 0; kk < BQ / 16; ++kk)  // queries 16 kk .. 16 kk + 15
 #pragma unroll
-      for (int cb = 0; cb < CB; ++cb) {
-        wgmma::mma_m64n64_rs(gv[cb], pa[kk], wgmma::advance(gb, cb * BQ * 128 + kk * 16 * 128));
-        wgmma::mma_m64n64_rs(gk[cb], da[kk], wgmma::advance(qb, cb * BQ * 128 + kk * 16 * 128));
-      }
-    wgmma::commit();
+        for (int cb = 0; cb < CB; ++cb) {
+          wgmma::mma_m64n64_rs(gv[cb], pa[kk], wgmma::advance(gb, cb * BQ * 128 + kk * 16 * 128));
+          wgmma::mma_m64n64_rs(gk[cb], da[kk], wgmma::advance(qb, cb * BQ * 128 + kk * 16 * 128));
+        }
+      wgmma::commit();
+    }
     wgmma::barrier(1 + wg, 128);  // this warpgroup's dS^T is in shared memory
     float dq[CB][32];             // (queries, head dim) over this warpgroup's keys
     wgmma::fence();
