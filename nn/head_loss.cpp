@@ -7,13 +7,13 @@
 // counted where the targets live (ops::inverse_target_count: on the GPU for GPU targets, so the
 // training step never waits for a host read), for each chunk c of at most chunk_rows rows:
 //   z_c  = h_c W^T                             ops::matmul (cuBLAS on CUDA, float32 accumulation)
-//   S   += sum of the chunk's row losses       ops::cross_entropy, LossReduction::Sum (float32 lse)
-//   dz_c = w (softmax(z_c) - onehot(y_c))      ops::cross_entropy_backward with dloss = w, count 1
+//   S   += sum of the chunk's row losses       ops::cross_entropy_and_grad_ (float32 statistics),
+//   dz_c = w (softmax(z_c) - onehot(y_c))      dz_c written over z_c in the same pass
 //   dh_c = dz_c W,   dW += dz_c^T h_c          ops::matmul, ops::matmul_add_ (dW summed in float32 by
 //                                              the GEMM itself, beta = 1; float64 for float64)
-// then loss = w S. z_c and dz_c are freed before the next chunk; only dh (N, D) and dW (V, D)
-// outlive the forward. Ignored rows have zero row loss and zero dz, so n = 0 gives loss 0 and
-// zero gradients.
+// then loss = w S. (Without gradients: ops::cross_entropy, LossReduction::Sum.) z_c is freed
+// before the next chunk; only dh (N, D) and dW (V, D) outlive the forward. Ignored rows have zero row loss and zero dz,
+// so n = 0 gives loss 0 and zero gradients.
 //
 // Why the gradient may be computed in the forward: the loss is a scalar, so the node's backward
 // receives a 0-d dloss g, and d(loss)/dh = g * dh, d(loss)/dW = g * dW for the dh, dW computed
@@ -86,13 +86,15 @@ Tensor head_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& t
   for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
     const int64_t rows = std::min(chunk_rows, N - r0);
     const Tensor x_c = ops::narrow(x, 0, r0, rows), t_c = ops::narrow(t, 0, r0, rows);
-    Tensor logits = ops::matmul(x_c, w, false, true);                                        // (rows, V)
-    const auto ce = ops::cross_entropy(logits, t_c, ignore_index, ops::LossReduction::Sum);  // the chunk's sum
-    ops::add_(loss_sum, ce.loss);
-    if (!grad) continue;
-    // dloss = 1/n with count 1: every chunk's gradient is divided by the whole batch's count.
-    const Tensor dlogits = ops::cross_entropy_backward(inverse_count, logits, t_c, ce.lse, ignore_index, 1);
-    logits = Tensor{};  // freed before the gradient GEMMs: at most two (rows, V) tensors at a time
+    const Tensor logits = ops::matmul(x_c, w, false, true);  // (rows, V)
+    if (!grad) {
+      ops::add_(loss_sum, ops::cross_entropy(logits, t_c, ignore_index, ops::LossReduction::Sum).loss);
+      continue;
+    }
+    // The chunk's loss sum into loss_sum, and logits become dz_c with scale 1/n: every chunk's
+    // gradient is divided by the whole batch's count.
+    ops::cross_entropy_and_grad_(logits, t_c, ignore_index, inverse_count, loss_sum);
+    const Tensor& dlogits = logits;
     if (need_dh) ops::copy_(ops::narrow(dh, 0, r0, rows), ops::matmul(dlogits, w));  // (rows, D)
     if (need_dw) ops::matmul_add_(dw, dlogits, x_c, true, false);  // (V, D) += dz_c^T h_c, summed in acc
   }

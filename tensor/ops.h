@@ -168,6 +168,13 @@ CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets, int64
 // dlogits = dloss * (softmax(logits) - onehot(target)) / count, zero on ignored rows.
 Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets, const Tensor& lse,
                               int64_t ignore_index, int64_t count);
+// The two above in one pass, in place: logits (N, V, contiguous) are overwritten by
+// scale * (softmax(logits) - onehot(target)) (0 on ignored rows), and the sum of the row
+// losses is added to loss_sum. scale and loss_sum are 0-d tensors of the statistics' dtype
+// (float32, float64 for float64 logits) on the logits' device; nothing is read back to the
+// host. What the chunked LM head (nn/head_loss.cpp) runs per chunk.
+void cross_entropy_and_grad_(const Tensor& logits, const Tensor& targets, int64_t ignore_index, const Tensor& scale,
+                             const Tensor& loss_sum);
 // 1 / (the number of targets (any shape) that are not ignore_index), 0 when every target is
 // ignored: the factor that turns a sum of row losses into their mean. A 0-d `dtype` tensor on the
 // targets' device, counted there (no host read for GPU targets).

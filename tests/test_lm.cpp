@@ -332,6 +332,16 @@ TEST_CASE("head_cross_entropy's pieces: the sum reduction and 1/count, 0 when ev
   CHECK(mean.count == 5);
   CHECK(sum.loss.item() == doctest::Approx(5 * mean.loss.item()).epsilon(1e-14));
   CHECK(ops::cross_entropy(x, full({8}, -1, {DType::I32}), -1, ops::LossReduction::Sum).loss.item() == 0.0);
+
+  // The two in one pass: the gradient (scaled) over the logits, the sum added to loss_sum.
+  Tensor logits = ops::clone(x), loss_sum = scalar(0.5, {DType::F64});
+  ops::cross_entropy_and_grad_(logits, flat, -1, scalar(0.2, {DType::F64}), loss_sum);
+  CHECK(loss_sum.item() == doctest::Approx(0.5 + sum.loss.item()).epsilon(1e-14));
+  test::expect_close(logits, ops::cross_entropy_backward(scalar(1.0), x, flat, mean.lse, -1, 5), 1e-14, "dlogits");
+  check_error([&] { ops::cross_entropy_and_grad_(logits, flat, -1, scalar(0.2), loss_sum); },
+              {"cross_entropy_and_grad_", "0-d float64"});
+  check_error([&] { ops::cross_entropy_and_grad_(ops::transpose(logits, 0, 1), flat, -1, scalar(0.2), loss_sum); },
+              {"cross_entropy_and_grad_", "logits (N, V)"});
 }
 
 TEST_CASE("parameter counts from shapes equal the built models' for every family") {

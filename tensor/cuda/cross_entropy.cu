@@ -13,6 +13,10 @@
 // instead of reading out of bounds.
 // Backward: a one-block kernel computes g = dloss / count on the device (no host sync);
 // then per row dx_j = g * (exp(x_j - lse) - [j == t]), and 0 on ignored rows.
+// Loss and gradient in one pass (cross_entropy_and_grad_, what the chunked LM head runs):
+// per row, the forward's statistics while the row is copied into shared memory, then the
+// gradient from there, written over the logits: one read and one write of the (N, V)
+// logits instead of the two kernels' two reads and a write.
 // lse, the row losses and the loss are float32 (float64 for float64 logits).
 #include "tensor/cuda/common.cuh"
 #include "tensor/cuda/rowops.h"
@@ -59,15 +63,16 @@ __device__ int64_t counted_targets(const int32_t* targets, int64_t N, int64_t ig
   return block_sum(c);
 }
 
+// loss = the mean of the row losses, or (sum) their sum, or (sum and add) loss + their sum.
 template <class A>
 __global__ void cross_entropy_mean_kernel(const A* __restrict__ row_loss, const int32_t* __restrict__ targets,
-                                          int64_t N, int64_t ignore_index, int64_t host_count, bool sum,
+                                          int64_t N, int64_t ignore_index, int64_t host_count, bool sum, bool add,
                                           A* __restrict__ loss) {
   A s = 0;
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) s += row_loss[i];
   s = block_sum(s);
   if (sum) {
-    if (threadIdx.x == 0) *loss = s;
+    if (threadIdx.x == 0) *loss = add ? *loss + s : s;
     return;
   }
   const int64_t count = counted_targets(targets, N, ignore_index, host_count);
@@ -113,6 +118,68 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ x, const int
   }
 }
 
+// dx = scale (softmax(x) - onehot(t)) written over x, row_loss = lse - x_t, per row. The
+// first sweep copies the row's first `cached` packs into shared memory (kCacheBytes: all of a
+// bfloat16 row of GPT-2's 50304) and the second reads them from there; the rest of a longer
+// row is read from memory again. Two blocks per SM (each thread reads back only what it
+// stored itself, so the cache needs no barrier of its own).
+constexpr int kFusedThreads = 512, kBatch = 4;
+constexpr size_t kCacheBytes = 104 * 1024;
+template <int P, class T>
+__global__ void __launch_bounds__(kFusedThreads, 2)
+    cross_entropy_and_grad_kernel(T* x, const int32_t* __restrict__ targets, const acc_t<T>* __restrict__ scale,
+                                  acc_t<T>* __restrict__ row_loss, int64_t V, int64_t ignore_index, int64_t cached) {
+  using A = acc_t<T>;
+  extern __shared__ uint4 cache_raw[];
+  auto* cache = reinterpret_cast<Pack<T, P>*>(cache_raw);
+  const int64_t r = blockIdx.x, t = targets[r], packs = V / P;
+  T* xr = x + r * V;
+  if (t == ignore_index) {
+    Pack<T, P> zero;
+#pragma unroll
+    for (int e = 0; e < P; ++e) store(&zero.v[e], A(0));
+    for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) store_pack(xr, k * P, zero);
+    if (threadIdx.x == 0) row_loss[r] = 0;
+    return;
+  }
+  const A target_logit = t >= 0 && t < V ? load(xr + t) : A(NAN);  // read before the second sweep writes
+  // First sweep: the running max m and sum s of exp(x - m), as in the forward kernel, over
+  // batches of kBatch packs per thread whose loads are all issued before any is used (with
+  // two blocks per SM, one load in flight per thread would leave the memory system idle).
+  A m = -INFINITY, s = 0;
+  for (int64_t k0 = threadIdx.x; k0 < packs; k0 += kBatch * blockDim.x) {
+    Pack<T, P> batch[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      if (k0 + b * blockDim.x < packs) batch[b] = load_pack<P>(xr, (k0 + b * blockDim.x) * P);
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int64_t k = k0 + b * blockDim.x;
+      if (k >= packs) break;
+      if (k < cached) cache[k] = batch[b];
+      A v[P], pm = m;
+#pragma unroll
+      for (int e = 0; e < P; ++e) v[e] = load(&batch[b].v[e]), pm = max(pm, v[e]);
+      if (pm != m) s *= math::exp(m - pm), m = pm;  // (s = 0 while m = -inf)
+#pragma unroll
+      for (int e = 0; e < P; ++e) s += math::exp(v[e] - m);
+    }
+  }
+  const A row_max = block_max(m);
+  const A lse = row_max + math::log(block_sum(s * math::exp(m - row_max)));
+  if (threadIdx.x == 0) row_loss[r] = lse - target_logit;
+  // Second sweep: the gradient, over the logits.
+  const A g = *scale;
+#pragma unroll 4
+  for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
+    const Pack<T, P> in = k < cached ? cache[k] : load_pack<P>(xr, k * P);
+    Pack<T, P> out;
+#pragma unroll
+    for (int e = 0; e < P; ++e) store(&out.v[e], g * (math::exp(load(&in.v[e]) - lse) - A(k * P + e == t)));
+    store_pack(xr, k * P, out);
+  }
+}
+
 constexpr int kReduceThreads = 1024;
 
 }  // namespace
@@ -137,7 +204,7 @@ ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_i
       SESSA_CUDA_LAUNCH_CHECK("cross_entropy");
     }
     cross_entropy_mean_kernel<A><<<1, kReduceThreads, 0, st>>>(ptr<A>(row_loss), ptr<int32_t>(targets), N, ignore_index,
-                                                               count, reduction == ops::LossReduction::Sum,
+                                                               count, reduction == ops::LossReduction::Sum, false,
                                                                ptr<A>(res.loss));
     SESSA_CUDA_LAUNCH_CHECK("cross_entropy");
   });
@@ -189,6 +256,36 @@ Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const T
     SESSA_CUDA_LAUNCH_CHECK(op);
   });
   return dx;
+}
+
+void cross_entropy_and_grad_(const Tensor& logits, const Tensor& targets_in, int64_t ignore_index, const Tensor& scale,
+                             const Tensor& loss_sum) {
+  const char* op = "cross_entropy_and_grad_";
+  const Tensor targets = ops::contiguous(targets_in.to(logits.device()));
+  const int64_t N = logits.size(0), V = logits.size(1);
+  Tensor row_loss = Tensor::empty({N}, loss_sum.options());
+  cudaStream_t st = stream(logits.device().index);
+  dispatch_float(logits.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    using A = acc_t<T>;
+    if (N > 0) {
+      constexpr int P = kPackOf<T>;
+      with_pack<P>(V % P == 0 && pack_aligned<P>(ptr<T>(logits)), [&](auto pack) {
+        constexpr int W = decltype(pack)::value;
+        const int64_t cached = std::min<int64_t>(V / W, kCacheBytes / sizeof(Pack<T, W>));
+        const size_t smem = size_t(cached) * sizeof(Pack<T, W>);
+        auto kernel = cross_entropy_and_grad_kernel<W, T>;
+        if (smem > 48 * 1024)  // beyond the default limit: opt in
+          SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
+        kernel<<<unsigned(N), kFusedThreads, smem, st>>>(ptr<T>(logits), ptr<int32_t>(targets), ptr<A>(scale),
+                                                         ptr<A>(row_loss), V, ignore_index, cached);
+      });
+      SESSA_CUDA_LAUNCH_CHECK(op);
+    }
+    cross_entropy_mean_kernel<A><<<1, kReduceThreads, 0, st>>>(ptr<A>(row_loss), ptr<int32_t>(targets), N, ignore_index,
+                                                               -1, true, true, ptr<A>(loss_sum));
+    SESSA_CUDA_LAUNCH_CHECK(op);
+  });
 }
 
 }  // namespace sessa::cuda

@@ -25,6 +25,11 @@ ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets, 
 Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& targets, const Tensor& lse,
                               int64_t ignore_index, int64_t count);
 
+// ops::cross_entropy_and_grad_ on the GPU (the op checks the arguments): one kernel per
+// call writes the gradient over the logits, one block adds the row losses to loss_sum.
+void cross_entropy_and_grad_(const Tensor& logits, const Tensor& targets, int64_t ignore_index, const Tensor& scale,
+                             const Tensor& loss_sum);
+
 // ops::inverse_target_count for targets on the GPU: one block counts them.
 Tensor inverse_target_count(const Tensor& targets, int64_t ignore_index, DType dtype);
 

@@ -124,4 +124,22 @@ Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits_in, cons
   return dx;
 }
 
+void cross_entropy_and_grad_(const Tensor& logits, const Tensor& targets, int64_t ignore_index, const Tensor& scale,
+                             const Tensor& loss_sum) {
+  const char* op = "cross_entropy_and_grad_";
+  check_cross_entropy(op, logits, targets, ignore_index);
+  SESSA_CHECK(logits.is_contiguous(), op, "overwrites its logits, which must be contiguous: " << logits.str());
+  const DType stat = logits.dtype() == DType::BF16 ? DType::F32 : logits.dtype();
+  for (const Tensor* t : {&scale, &loss_sum})
+    SESSA_CHECK(t->dim() == 0 && t->dtype() == stat && t->device() == logits.device(), op,
+                "scale and loss_sum must be 0-d " << dtype_name(stat) << " on the device of " << logits.str()
+                                                  << ", got " << t->str());
+  if (logits.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::cross_entropy_and_grad_(logits, targets, ignore_index, scale, loss_sum));
+  }
+  const CrossEntropyOut ce = cross_entropy(logits, targets, ignore_index, LossReduction::Sum);
+  add_(loss_sum, ce.loss);
+  copy_(logits, cross_entropy_backward(scale, logits, targets, ce.lse, ignore_index, 1));
+}
+
 }  // namespace sessa::ops

@@ -255,6 +255,49 @@ TEST_CASE("cuda cross_entropy: the sum reduction and inverse_target_count, count
   }
 }
 
+// The fused loss-and-gradient pass (what the chunked head runs): rows whose packs all stay in
+// registers (bf16, V 50304), rows longer than the cache (bf16 V 70000, float32 V 50304: the rest
+// read again from memory), rows without packs (V 50305 and 7: one element at a time), ignored
+// rows, a loss_sum that already holds a value; against float64 on the CPU.
+TEST_CASE("cuda cross_entropy_and_grad_: loss added and gradient written over the logits") {
+  Generator gen(305);
+  for (auto [dtype, V] : std::vector<std::pair<DType, int64_t>>{
+           {DType::BF16, 50304}, {DType::BF16, 70000}, {DType::F32, 50304}, {DType::BF16, 50305}, {DType::F32, 7}}) {
+    CAPTURE(dtype_name(dtype));
+    CAPTURE(V);
+    const int64_t N = 9;
+    const Tensor x = cpu_randn({N, V}, gen, 3.0).to(dtype);
+    std::vector<int32_t> ids(size_t(N), -100);
+    for (int64_t r = 0; r < N; ++r)
+      if (r % 4 != 1) ids[size_t(r)] = int32_t((r * 7919 + 13) % V);
+    const Tensor targets = from_vector<int32_t>(ids, {N}, {DType::I32});
+    const DType stat = dtype == DType::BF16 ? DType::F32 : dtype;
+
+    Tensor logits = x.to(gpu()), loss_sum = scalar(1.5, {stat, gpu()});
+    ops::cross_entropy_and_grad_(logits, targets.to(gpu()), -100, scalar(0.25, {stat, gpu()}), loss_sum);
+
+    const Tensor x64 = x.to(DType::F64);
+    const auto ce = ops::cross_entropy(x64, targets, -100, ops::LossReduction::Sum);
+    const Tensor dx = ops::cross_entropy_backward(scalar(0.25, {DType::F64}), x64, targets, ce.lse, -100, 1);
+    CHECK(host(loss_sum).item() == doctest::Approx(1.5 + ce.loss.item()).epsilon(1e-5));
+    check_close(logits, dx, dtype, "gradient written over the logits");
+  }
+  // A device target outside [0, V) makes the loss NaN (no host check), as cross_entropy does.
+  Tensor logits = cpu_randn({2, 11}, gen).to(gpu()), loss_sum = scalar(0.0, {DType::F32, gpu()});
+  ops::cross_entropy_and_grad_(logits, from_vector<int32_t>({3, 11}, {2}, {DType::I32}).to(gpu()), -100,
+                               scalar(1.0, {DType::F32, gpu()}), loss_sum);
+  CHECK(std::isnan(host(loss_sum).item()));
+  // Arguments of the wrong kind are refused by name.
+  check_error([&] { ops::cross_entropy_and_grad_(logits, zeros({2}, {DType::I32}), -100, scalar(1.0), loss_sum); },
+              {"cross_entropy_and_grad_", "0-d float32"});
+  check_error(
+      [&] {
+        ops::cross_entropy_and_grad_(ops::transpose(cpu_randn({11, 2}, gen).to(gpu()), 0, 1), zeros({2}, {DType::I32}),
+                                     -100, scalar(1.0, {DType::F32, gpu()}), loss_sum);
+      },
+      {"cross_entropy_and_grad_", "contiguous"});
+}
+
 TEST_CASE("cuda rope: the kept cos / sin tables follow the positions, head dim, base and dtype asked for") {
   // The GPU keeps the last tables made (tensor/cuda/rope.cu); each call here changes one part of
   // their key from the call before, so a table kept too long gives the wrong rotation.
