@@ -1,5 +1,6 @@
 // The fused AdamW update: one elementwise pass reads param, grad, m, v and writes
-// param, m, v (the formula is in tensor/ops/optim.cpp). The state has the parameter's
+// param, m, v (the formula is in tensor/ops/optim.cpp), in 16-byte packs of the parameter's
+// dtype (a bfloat16 gradient in packs of the same count) when every pointer allows. The state has the parameter's
 // dtype; the gradient may be the parameter's dtype or bfloat16. Arithmetic in float
 // (double for double). sum_of_squares lives in reduce.cu with the other reductions.
 #include <cmath>
@@ -16,19 +17,35 @@ struct AdamWConst {
   A beta1, one_minus_beta1, beta2, one_minus_beta2, c1, c2, eps, lr, weight_decay, grad_scale;
 };
 
-template <class P, class G>
+// One element's update, in A = float (double for double).
+template <class A, class P, class G>
+__device__ __forceinline__ void adamw_update(P& param, G grad, P& m, P& v, const AdamWConst<A>& k) {
+  const A g = k.grad_scale * A(load(&grad));
+  const A mi = k.beta1 * load(&m) + k.one_minus_beta1 * g;
+  const A vi = k.beta2 * load(&v) + k.one_minus_beta2 * g * g;
+  store(&m, mi);
+  store(&v, vi);
+  const A update = (mi / k.c1) / (math::sqrt(vi / k.c2) + k.eps);
+  const A p = load(&param);
+  store(&param, p - k.lr * (k.weight_decay * p + update));
+}
+
+// Grid-stride over packs of W elements (16 bytes of the parameter's dtype when every pointer
+// allows, else W = 1), then the n % W tail one element at a time.
+template <int W, class P, class G>
 __global__ void adamw_kernel(P* param, const G* grad, P* m, P* v, int64_t n, AdamWConst<acc_t<P>> k) {
-  using A = acc_t<P>;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const A g = k.grad_scale * A(load(grad + i));
-    const A mi = k.beta1 * load(m + i) + k.one_minus_beta1 * g;
-    const A vi = k.beta2 * load(v + i) + k.one_minus_beta2 * g * g;
-    store(m + i, mi);
-    store(v + i, vi);
-    const A update = (mi / k.c1) / (math::sqrt(vi / k.c2) + k.eps);
-    const A p = load(param + i);
-    store(param + i, p - k.lr * (k.weight_decay * p + update));
+  const int64_t packs = n / W, stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int64_t i = first; i < packs; i += stride) {
+    Pack<P, W> p = load_pack<W>(param, i * W), mi = load_pack<W>(m, i * W), vi = load_pack<W>(v, i * W);
+    const Pack<G, W> g = load_pack<W>(grad, i * W);
+#pragma unroll
+    for (int e = 0; e < W; ++e) adamw_update(p.v[e], g.v[e], mi.v[e], vi.v[e], k);
+    store_pack(param, i * W, p);
+    store_pack(m, i * W, mi);
+    store_pack(v, i * W, vi);
   }
+  for (int64_t i = W * packs + first; i < n; i += stride) adamw_update(param[i], grad[i], m[i], v[i], k);
 }
 
 }  // namespace
@@ -53,13 +70,22 @@ void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& m, const
                           A(h.lr),
                           A(h.weight_decay),
                           A(h.grad_scale)};
-    const unsigned blocks = grid_stride_blocks(n);
     cudaStream_t st = stream(param.device().index);
+    auto launch = [&](auto* g) {
+      using G = std::remove_const_t<std::remove_pointer_t<decltype(g)>>;
+      constexpr int W = kPackOf<P>;
+      const bool packed = pack_aligned<W>(ptr<P>(param)) && pack_aligned<W>(g) && pack_aligned<W>(ptr<P>(m)) &&
+                          pack_aligned<W>(ptr<P>(v));
+      with_pack<W>(packed, [&](auto pack) {
+        constexpr int w = decltype(pack)::value;
+        adamw_kernel<w, P, G><<<grid_stride_blocks(std::max<int64_t>(n / w, 1)), kThreads, 0, st>>>(
+            ptr<P>(param), g, ptr<P>(m), ptr<P>(v), n, k);
+      });
+    };
     if (grad.dtype() == DType::BF16 && param.dtype() != DType::BF16)
-      adamw_kernel<P, bf16_t>
-          <<<blocks, kThreads, 0, st>>>(ptr<P>(param), ptr<const bf16_t>(grad), ptr<P>(m), ptr<P>(v), n, k);
+      launch(ptr<const bf16_t>(grad));
     else
-      adamw_kernel<P, P><<<blocks, kThreads, 0, st>>>(ptr<P>(param), ptr<const P>(grad), ptr<P>(m), ptr<P>(v), n, k);
+      launch(ptr<const P>(grad));
     SESSA_CUDA_LAUNCH_CHECK("adamw_step_");
   });
 }

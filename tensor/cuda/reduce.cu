@@ -195,13 +195,24 @@ __global__ void max_rows_kernel(const T* x, int64_t len, T* values, int32_t* ind
   if (indices) indices[blockIdx.x] = int32_t(at);
 }
 
-// partial[blockIdx.x] = the block's share of sum x^2, in double.
-template <class T>
+// partial[blockIdx.x] = the block's share of sum x^2, in double; packs of W elements (16
+// bytes when x allows), then the n % W tail.
+template <int W, class T>
 __global__ void sum_squares_kernel(const T* x, int64_t n, double* partial) {
+  const int64_t packs = n / W, stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   double acc = 0;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const double e = double(load(x + i));
-    acc += e * e;
+  for (int64_t i = first; i < packs; i += stride) {
+    const Pack<T, W> p = load_pack<W>(x, i * W);
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+      const double v = double(load(&p.v[e]));
+      acc += v * v;
+    }
+  }
+  for (int64_t i = W * packs + first; i < n; i += stride) {
+    const double v = double(load(x + i));
+    acc += v * v;
   }
   acc = block_sum(acc);
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
@@ -299,13 +310,16 @@ Tensor sum_of_squares(const Tensor& x_in) {
   const Tensor x = ops::contiguous(x_in);
   const int device = x.device().index;
   const int64_t n = x.numel();
-  const int64_t blocks = std::min<int64_t>(blocks_for(n), 4 * int64_t(sm_count(device)));
+  const int64_t blocks = std::min<int64_t>(blocks_for(n), 8 * int64_t(sm_count(device)));
   Tensor partial = Tensor::empty({blocks}, {DType::F64, x.device()});
   Tensor total = Tensor::empty({}, {DType::F64, x.device()});
   cudaStream_t st = stream(device);
   dispatch_float(x.dtype(), "sum_of_squares", [&](auto tag) {
     using T = decltype(tag);
-    sum_squares_kernel<T><<<unsigned(blocks), kThreads, 0, st>>>(ptr<const T>(x), n, ptr<double>(partial));
+    with_pack<kPackOf<T>>(pack_aligned<kPackOf<T>>(ptr<const T>(x)), [&](auto pack) {
+      sum_squares_kernel<decltype(pack)::value, T>
+          <<<unsigned(blocks), kThreads, 0, st>>>(ptr<const T>(x), n, ptr<double>(partial));
+    });
     SESSA_CUDA_LAUNCH_CHECK("sum_of_squares");
   });
   sum_rows_kernel<double>

@@ -222,6 +222,20 @@ TEST_CASE("cuda adamw_step_ (float32, bfloat16 gradients, float64) and sum_of_sq
         check(mg, mc, pt, what + " m");
         check(vg, vc, pt, what + " v");
       }
+  // Slices one element into their buffers: no 16-byte packs (the element-wise path).
+  {
+    auto tail = [](const Tensor& t) { return ops::narrow(t, 0, 1, t.numel() - 1); };
+    Tensor pc = cpu_randn({1001}, gen), mc = ops::affine(cpu_randn({1001}, gen), 0.1, 0);
+    Tensor vc = uniform({1001}, 0.0, 0.01, gen, {DType::F32}), g = cpu_randn({1001}, gen);
+    Tensor pg = pc.to(gpu()), mg = mc.to(gpu()), vg = vc.to(gpu());
+    const ops::AdamWHyper h{1e-2, 0.9, 0.999, 1e-8, 0.1, 1, 1.0};
+    ops::adamw_step_(tail(pc), tail(g), tail(mc), tail(vc), h);
+    ops::adamw_step_(tail(pg), tail(g.to(gpu())), tail(mg), tail(vg), h);
+    check(pg, pc, DType::F32, "unaligned slices: param");
+    check(vg, vc, DType::F32, "unaligned slices: v");
+    const double ref = ops::sum_of_squares(tail(g)).item(), got = ops::sum_of_squares(tail(g.to(gpu()))).item();
+    CHECK_MESSAGE(std::abs(got - ref) <= 1e-9 * ref, "unaligned sum_of_squares " << got << " vs " << ref);
+  }
   for (DType t : kFloatTypes)
     for (const Shape& shape : {Shape{1}, Shape{3, 5}, Shape{1000003}, Shape{513, 1025}}) {
       const Tensor x = cpu_randn(shape, gen);
