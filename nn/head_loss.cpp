@@ -26,13 +26,15 @@
 // Precision: the chunk's logits and gradient take h's dtype (bfloat16 in mixed precision, as the
 // unfused head's logits do), softmax statistics and the loss are float32 (float64 for float64),
 // and dW is accumulated over chunks in float32. A float32 weight beside bfloat16 h is cast to
-// bfloat16 once per call (what nn::compute does for the unfused head) and gets a float32 gradient.
+// bfloat16 once per call, or taken from the trainer's compute copies when it keeps them (what
+// nn::compute does for the unfused head), and gets a float32 gradient.
 #include "nn/head_loss.h"
 
 #include <algorithm>
 #include <vector>
 
 #include "autograd/node.h"
+#include "nn/layers.h"
 #include "tensor/ops.h"
 
 namespace sessa::nn {
@@ -72,8 +74,11 @@ Tensor head_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& t
   if (flat_targets.device().is_cpu()) check_host_targets(flat_targets, V, ignore_index);
   const Tensor t = flat_targets.to(h.device());  // (N), int32
 
-  const Tensor x = ops::reshape(h, {N, D});                                              // (N, D)
-  const Tensor w = weight.dtype() == h.dtype() ? weight : ops::cast(weight, h.dtype());  // (V, D)
+  const Tensor x = ops::reshape(h, {N, D});  // (N, D)
+  const Tensor copy = weight.dtype() == h.dtype() ? Tensor{} : compute_copy(weight, h.dtype());
+  const Tensor w = weight.dtype() == h.dtype() ? weight
+                   : copy.defined()            ? copy
+                                               : ops::cast(weight, h.dtype());  // (V, D)
   const DType stat = h.dtype() == DType::F64 ? DType::F64 : DType::F32;
   const DType acc = weight.dtype() == DType::F64 ? DType::F64 : DType::F32;
   const bool grad = autograd::grad_enabled() && (h.requires_grad() || weight.requires_grad());

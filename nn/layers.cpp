@@ -54,6 +54,12 @@ Tensor compute(const Tensor& t) {
   return cast(t, g_autocast_dtype);
 }
 
+Tensor compute_copy(const Tensor& t, DType dtype) {
+  if (!g_autocast || !g_compute_copies || dtype != g_autocast_dtype) return {};
+  const auto it = g_compute_copies->find(t.identity());
+  return it != g_compute_copies->end() ? it->second : Tensor{};
+}
+
 Tensor Linear::forward(const Tensor& x, const Tensor& residual) const {
   SESSA_CHECK(x.size(-1) == in_features, "Linear",
               "input " << x.shape() << " has last dim " << x.size(-1) << ", layer expects " << in_features);

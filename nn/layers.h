@@ -68,6 +68,9 @@ class AutocastScope {
 };
 // `t` in the active autocast dtype (unchanged when none is active or t is already in it).
 Tensor compute(const Tensor& t);
+// The value of t's compute copy in `dtype` when the active autocast scope has one (no graph:
+// for an op that forms t's gradient itself, as the fused LM head does), else undefined.
+Tensor compute_copy(const Tensor& t, DType dtype);
 
 // A fused, differentiable LayerNorm over the last dim (one autograd node).
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);

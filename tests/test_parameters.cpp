@@ -122,6 +122,16 @@ TEST_CASE("compute copies: one conversion of the buffer, used by compute(), grad
   const auto cached = run(&copies);
   CHECK(cached.first == plain.first);  // bit for bit: the same values, the same backward
   CHECK(cached.second == plain.second);
+  // compute_copy: the copy's value itself inside a scope that has it, for its dtype only.
+  {
+    const Tensor& w = net.a->weight;
+    nn::AutocastScope scope(DType::F32, true, &copies);
+    CHECK(nn::compute_copy(w, DType::F32).identity() == copies.at(w.identity()).identity());
+    CHECK(!nn::compute_copy(w, DType::BF16).defined());
+    CHECK(!nn::compute_copy(x, DType::F32).defined());
+    nn::AutocastScope without(DType::F32, true, nullptr);
+    CHECK(!nn::compute_copy(w, DType::F32).defined());
+  }
 
   // A parameter changed in place: the copies are stale until refreshed.
   net.a->weight.data<double>()[0] += 0.5;
