@@ -12,8 +12,8 @@
 //   dh_c = dz_c W,   dW += dz_c^T h_c          ops::matmul, ops::matmul_add_ (dW summed in float32 by
 //                                              the GEMM itself, beta = 1; float64 for float64)
 // then loss = w S. (Without gradients: ops::cross_entropy, LossReduction::Sum.) z_c is freed
-// before the next chunk; only dh (N, D) and dW (V, D) outlive the forward. Ignored rows have zero row loss and zero dz,
-// so n = 0 gives loss 0 and zero gradients.
+// before the next chunk; only dh (N, D) and dW (V, D) outlive the forward. Ignored rows have
+// zero row loss and zero dz, so n = 0 gives loss 0 and zero gradients.
 //
 // Why the gradient may be computed in the forward: the loss is a scalar, so the node's backward
 // receives a 0-d dloss g, and d(loss)/dh = g * dh, d(loss)/dW = g * dW for the dh, dW computed
