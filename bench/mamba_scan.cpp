@@ -25,9 +25,7 @@
 #include "tensor/random.h"
 
 #if SESSA_HAS_CUDA
-#include <cuda_runtime.h>
-
-#include "tensor/cuda/runtime.h"
+#include "bench/gpu_timing.h"
 #endif
 
 namespace {
@@ -36,22 +34,8 @@ using namespace sessa;
 
 #if SESSA_HAS_CUDA
 
-void cuda_ok(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "bench_mamba_scan: %s failed: %s\n", what, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
-
-double max_rel(const Tensor& a, const Tensor& ref) {
-  auto va = a.to(Device::cpu()).to(DType::F64).to_vector<double>(), vr = ref.to(DType::F64).to_vector<double>();
-  double diff = 0, scale = 1;
-  for (size_t i = 0; i < va.size(); ++i) {
-    if (!(std::abs(va[i] - vr[i]) <= diff)) diff = std::abs(va[i] - vr[i]);  // NaN propagates
-    scale = std::max(scale, std::abs(vr[i]));
-  }
-  return diff / scale;
-}
+using gpu_timing::max_rel;
+using gpu_timing::time_ms;
 
 struct Inputs {
   Tensor u, delta, A, Bm, Cm, D, dy, z;
@@ -106,30 +90,6 @@ bool validate(DType dtype) {
   return ok;
 }
 
-// Median milliseconds of f over `reps` runs on the engine's stream.
-template <class Fn>
-double time_ms(Fn&& f, int reps) {
-  cudaStream_t st = cuda::stream(0);
-  cudaEvent_t a, b;
-  cuda_ok(cudaEventCreate(&a), "cudaEventCreate");
-  cuda_ok(cudaEventCreate(&b), "cudaEventCreate");
-  f();  // warm-up (and allocator caching)
-  cuda_ok(cudaStreamSynchronize(st), "warm-up");
-  std::vector<double> ms;
-  for (int r = 0; r < reps; ++r) {
-    cuda_ok(cudaEventRecord(a, st), "cudaEventRecord");
-    f();
-    cuda_ok(cudaEventRecord(b, st), "cudaEventRecord");
-    cuda_ok(cudaEventSynchronize(b), "cudaEventSynchronize");
-    float m = 0;
-    cuda_ok(cudaEventElapsedTime(&m, a, b), "cudaEventElapsedTime");
-    ms.push_back(m);
-  }
-  cudaEventDestroy(a), cudaEventDestroy(b);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
 void bench(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, bool gate, int reps) {
   const Inputs in = make_inputs(B, T, Di, N, dtype, Device::cuda(0), 11);
   const Tensor z = gate ? in.z : Tensor();
@@ -142,14 +102,7 @@ void bench(int64_t B, int64_t T, int64_t Di, int64_t N, DType dtype, bool gate, 
       time_ms([&] { nn::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, z, ckpt); }, reps);
   const double recompute_ms =
       time_ms([&] { nn::selective_scan_backward(in.dy, in.u, in.delta, in.A, in.Bm, in.Cm, in.D, z); }, reps);
-  // A device-to-device copy moving as many bytes (half read, half written).
-  const size_t copy_size = size_t((fwd_bytes + bwd_bytes) / 2);
-  void *src = nullptr, *dst = nullptr;
-  cuda_ok(cudaMalloc(&src, copy_size), "cudaMalloc"), cuda_ok(cudaMalloc(&dst, copy_size), "cudaMalloc");
-  cuda_ok(cudaMemset(src, 0, copy_size), "cudaMemset");
-  const double copy_ms = time_ms(
-      [&] { cuda_ok(cudaMemcpyAsync(dst, src, copy_size, cudaMemcpyDeviceToDevice, cuda::stream(0)), "copy"); }, reps);
-  cudaFree(src), cudaFree(dst);
+  const double copy_ms = gpu_timing::copy_ms(fwd_bytes + bwd_bytes, reps);  // as many bytes, half read, half written
   const double total_ms = fwd_ms + bwd_ms, total_bytes = fwd_bytes + bwd_bytes;
   const double gbs = total_bytes / (total_ms * 1e6), copy_gbs = total_bytes / (copy_ms * 1e6);
   std::printf(
