@@ -75,10 +75,11 @@ Tensor head_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& t
   const Tensor t = flat_targets.to(h.device());  // (N), int32
 
   const Tensor x = ops::reshape(h, {N, D});  // (N, D)
-  const Tensor copy = weight.dtype() == h.dtype() ? Tensor{} : compute_copy(weight, h.dtype());
-  const Tensor w = weight.dtype() == h.dtype() ? weight
-                   : copy.defined()            ? copy
-                                               : ops::cast(weight, h.dtype());  // (V, D)
+  Tensor w = weight;  // (V, D) in h's dtype: the trainer's compute copy when it keeps one, else a cast
+  if (weight.dtype() != h.dtype()) {
+    w = compute_copy(weight, h.dtype());
+    if (!w.defined()) w = ops::cast(weight, h.dtype());
+  }
   const DType stat = h.dtype() == DType::F64 ? DType::F64 : DType::F32;
   const DType acc = weight.dtype() == DType::F64 ? DType::F64 : DType::F32;
   const bool grad = autograd::grad_enabled() && (h.requires_grad() || weight.requires_grad());

@@ -1,8 +1,8 @@
 // The fused AdamW update: one elementwise pass reads param, grad, m, v and writes
 // param, m, v (the formula is in tensor/ops/optim.cpp), in 16-byte packs of the parameter's
-// dtype (a bfloat16 gradient in packs of the same count) when every pointer allows. The state has the parameter's
-// dtype; the gradient may be the parameter's dtype or bfloat16. Arithmetic in float
-// (double for double). sum_of_squares lives in reduce.cu with the other reductions.
+// dtype (a bfloat16 gradient in packs of the same count) when every pointer allows. The
+// state has the parameter's dtype; the gradient may be the parameter's dtype or bfloat16.
+// Arithmetic in float (double for double). sum_of_squares lives in reduce.cu with the other reductions.
 #include <cmath>
 
 #include "tensor/cuda/basic.h"
