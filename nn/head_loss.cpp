@@ -107,12 +107,22 @@ Tensor head_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& t
   const Tensor loss = ops::mul(loss_sum, inverse_count);
   if (dw.defined() && dw.dtype() != weight.dtype()) dw = ops::cast(dw, weight.dtype());
 
-  // The backward only scales the stored gradients by the incoming 0-d dloss g.
-  return autograd::record("head_cross_entropy", loss, {h, weight}, [dh, dw, h_shape = h.shape()](const Tensor& g) {
-    auto scaled = [&g](const Tensor& d) { return d.defined() ? ops::mul(d, ops::cast(g, d.dtype())) : Tensor{}; };
-    const Tensor gh = scaled(dh);
-    return std::vector<Tensor>{gh.defined() ? ops::reshape(gh, h_shape) : gh, scaled(dw)};
-  });
+  // The backward only scales the stored gradients by the incoming 0-d dloss g: summed with
+  // g as they are into what the engine offers (the weight's own float32 .grad: one pass over
+  // dW instead of a scaled copy and an add), else as scaled copies.
+  return autograd::record_summing(
+      "head_cross_entropy", loss, {h, weight},
+      [dh = dh.defined() ? ops::reshape(dh, h.shape()) : dh, dw](const Tensor& g, const std::vector<Tensor>& sums) {
+        auto scaled = [&g](const Tensor& d, const Tensor& sum) {
+          if (!d.defined()) return Tensor{};
+          if (sum.defined()) {
+            ops::add_(sum, d, g);
+            return sum;
+          }
+          return ops::mul(d, ops::cast(g, d.dtype()));
+        };
+        return std::vector<Tensor>{scaled(dh, sums[0]), scaled(dw, sums[1])};
+      });
 }
 
 }  // namespace sessa::nn

@@ -44,6 +44,9 @@ Tensor affine(const Tensor& x, double alpha, double beta);
 // another float dtype (a bfloat16 gradient into a float32 master gradient). Used for
 // gradient accumulation.
 void add_(const Tensor& dst, const Tensor& src, double alpha = 1.0);
+// The same with alpha a one-element float tensor on dst's device, read there (no host read
+// on a GPU): a gradient scaled by an incoming 0-d gradient as it is summed.
+void add_(const Tensor& dst, const Tensor& src, const Tensor& alpha);
 
 enum class Unary { Neg, Exp, Log, Sqrt, Square, Tanh, Sigmoid, Relu, Gelu, Silu, Softplus };
 const char* unary_name(Unary op);

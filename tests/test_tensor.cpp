@@ -78,6 +78,11 @@ TEST_CASE("broadcasting elementwise arithmetic") {
   Tensor acc = zeros({2, 3}, {DType::F64});
   ops::add_(acc, b, 0.5);
   CHECK(acc.to_vector<double>() == std::vector<double>{5, 10, 15, 5, 10, 15});
+  ops::add_(acc, b, scalar(-0.5, {DType::F32}));  // alpha as a one-element tensor
+  CHECK(acc.to_vector<double>() == std::vector<double>{0, 0, 0, 0, 0, 0});
+  check_error([&] { ops::add_(acc, b, from_vector<double>({1, 2}, {2}, {DType::F64})); }, {"add_", "alpha"});
+  check_error([&] { ops::add_(acc, zeros({4}, {DType::F64}), scalar(1.0)); },
+              {"add_", "[2, 3] and [4] do not broadcast"});
   // Strided (transposed) inputs give the same answer as contiguous ones.
   Tensor at = ops::transpose(ops::contiguous(ops::transpose(a, 0, 1)), 0, 1);
   CHECK(!at.is_contiguous());

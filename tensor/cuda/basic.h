@@ -17,7 +17,8 @@ void fill_(const Tensor& x, double value);
 // a (op) b broadcast to out_shape (a new contiguous tensor); a and b share a dtype.
 Tensor binary(ops::Binary op, const Tensor& a, const Tensor& b, const Shape& out_shape);
 Tensor affine(const Tensor& x, double alpha, double beta);
-void add_(const Tensor& dst, const Tensor& src, double alpha);  // dst += alpha * src
+void add_(const Tensor& dst, const Tensor& src, double alpha);         // dst += alpha * src
+void add_(const Tensor& dst, const Tensor& src, const Tensor& alpha);  // alpha: 0-d, read on the device
 Tensor unary(ops::Unary op, const Tensor& x);
 Tensor unary_backward(ops::Unary op, const Tensor& x, const Tensor& dy);  // dy * f'(x)
 

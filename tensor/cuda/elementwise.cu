@@ -248,12 +248,16 @@ struct AffineOp {  // K = 1: alpha x + beta
   __device__ T operator()(const T (&v)[1]) const { return to_storage<T>(alpha * to_acc(v[0]) + beta); }
 };
 
-template <class D, class S>
-struct AccumulateOp {  // K = 1, in place: dst + alpha src, src of any float dtype, in dst's arithmetic type
+// K = 1, in place: dst + alpha src, src of any float dtype, in dst's arithmetic type; with
+// kOnDevice, alpha times the one value at `scale` (a 0-d tensor on the device, no host read).
+template <class D, class S, bool kOnDevice = false>
+struct AccumulateOp {
   static constexpr bool kInPlace = true;
   acc_t<D> alpha;
+  const acc_t<D>* scale;
   __device__ D operator()(D dst, const S (&v)[1]) const {
-    return to_storage<D>(to_acc(dst) + alpha * acc_t<D>(to_acc(v[0])));
+    const acc_t<D> a = kOnDevice ? alpha * *scale : alpha;
+    return to_storage<D>(to_acc(dst) + a * acc_t<D>(to_acc(v[0])));
   }
 };
 
@@ -361,7 +365,21 @@ void add_(const Tensor& dst, const Tensor& src, double alpha) {
       using S = decltype(src_tag);
       launch("add_", dst.device(), dst.shape(),
              {dst.strides(), broadcast_strides(src.shape(), src.strides(), dst.shape())},
-             Map<D, S, 1, AccumulateOp<D, S>>{ptr<D>(dst), {ptr<const S>(src)}, {acc_t<D>(alpha)}});
+             Map<D, S, 1, AccumulateOp<D, S>>{ptr<D>(dst), {ptr<const S>(src)}, {acc_t<D>(alpha), nullptr}});
+    });
+  });
+}
+
+void add_(const Tensor& dst, const Tensor& src, const Tensor& alpha) {
+  const Tensor scale = alpha.dtype() == acc_dtype(dst.dtype()) ? alpha : ops::cast(alpha, acc_dtype(dst.dtype()));
+  dispatch_float(dst.dtype(), "add_", [&](auto dst_tag) {
+    using D = decltype(dst_tag);
+    using A = acc_t<D>;
+    dispatch_float(src.dtype(), "add_", [&](auto src_tag) {
+      using S = decltype(src_tag);
+      launch("add_", dst.device(), dst.shape(),
+             {dst.strides(), broadcast_strides(src.shape(), src.strides(), dst.shape())},
+             Map<D, S, 1, AccumulateOp<D, S, true>>{ptr<D>(dst), {ptr<const S>(src)}, {A(1), ptr<const A>(scale)}});
     });
   });
 }

@@ -88,11 +88,17 @@ Tensor affine(const Tensor& x, double alpha, double beta) {
   return out;
 }
 
-void add_(const Tensor& dst, const Tensor& src, double alpha) {
+namespace {
+void check_accumulate(const Tensor& dst, const Tensor& src) {
   SESSA_CHECK(dst.device() == src.device(), "add_",
               "tensors on different devices: " << dst.str() << " and " << src.str());
   SESSA_CHECK(broadcast_shapes(dst.shape(), src.shape(), "add_") == dst.shape(), "add_",
               "cannot accumulate " << src.shape() << " into " << dst.shape());
+}
+}  // namespace
+
+void add_(const Tensor& dst, const Tensor& src, double alpha) {
+  check_accumulate(dst, src);
   if (dst.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::add_(dst, src, alpha));
   }
@@ -106,6 +112,16 @@ void add_(const Tensor& dst, const Tensor& src, double alpha) {
                            [&](const auto& o) { d[o[0]] += T(alpha) * T(s[o[1]]); });
     });
   });
+}
+
+void add_(const Tensor& dst, const Tensor& src, const Tensor& alpha) {
+  SESSA_CHECK(alpha.numel() == 1 && is_floating(alpha.dtype()) && alpha.device() == dst.device(), "add_",
+              "alpha must be one float element on the device of " << dst.str() << ", got " << alpha.str());
+  check_accumulate(dst, src);
+  if (dst.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::add_(dst, src, ops::reshape(alpha, {})));
+  }
+  add_(dst, src, alpha.item());
 }
 
 const char* unary_name(Unary op) {

@@ -203,6 +203,29 @@ TEST_CASE("cuda index_select of integer tensors, host and device ids; out-of-ran
       {"index_select", "out of range"});
 }
 
+// add_ with its alpha a 0-d tensor read on the device (the fused head's backward): float32
+// and bfloat16 sources into float32, a float64 alpha converted, broadcasting.
+TEST_CASE("cuda add_ with a device alpha matches the CPU") {
+  Generator gen(82);
+  for (DType st : {DType::F32, DType::BF16}) {
+    const Tensor dst = cpu_randn({37, 65}, gen), src = cpu_randn({37, 65}, gen).to(st), row = cpu_randn({65}, gen);
+    for (DType at : {DType::F32, DType::F64}) {
+      Tensor ref = ops::clone(dst), got = dst.to(gpu());
+      ops::add_(ref, src.to(DType::F32), -0.75);
+      ops::add_(got, src.to(gpu()), scalar(-0.75, {at, gpu()}));
+      check(got, ref, DType::F32, name(st) + " into float32, alpha " + name(at));
+      ops::add_(ref, row, 2.0);
+      ops::add_(got, row.to(gpu()), scalar(2.0, {at, gpu()}));
+      check(got, ref, DType::F32, "a broadcast row");
+    }
+  }
+  check_error(
+      [&] {
+        ops::add_(zeros({3}, {DType::F32, gpu()}), zeros({3}, {DType::F32, gpu()}), scalar(1.0));
+      },
+      {"add_", "alpha must be one float element on the device"});
+}
+
 TEST_CASE("cuda adamw_step_ (float32, bfloat16 gradients, float64) and sum_of_squares") {
   Generator gen(81);
   for (const Shape& shape : {Shape{1}, Shape{1000003}, Shape{37, 5}})
