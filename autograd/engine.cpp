@@ -39,16 +39,15 @@ std::unordered_map<const void*, int> leaf_uses(const std::vector<std::shared_ptr
   return uses;
 }
 
-// The gradient reaching a node so far; `owned` when the engine holds the only reference (a
-// sum it formed, or a new tensor from a summing op), so that it may grow in place.
-struct Pending {
-  Tensor sum;
-  bool owned = false;
-};
-using PendingMap = std::unordered_map<Node*, Pending>;
+// The gradient reaching each node so far. It may grow in place once the engine holds the
+// only handle to it and to its storage (Tensor::unshared): a sum the engine formed, a new
+// tensor from a backward, or an upstream gradient passed on whose other holders are gone
+// (a residual add's gradient, once the branch beside it has run). The root's seed, still
+// held by the caller, never is.
+using PendingMap = std::unordered_map<Node*, Tensor>;
 
 // What the gradient of input e may be summed into in place (SummingBackwardFn), or nothing:
-// the engine's owned running sum for e's producer; for a producer with no gradient yet that
+// the engine's unshared running sum for e's producer; for a producer with no gradient yet that
 // only passes its gradient on (a cast, a slice: Node::sum_view), the matching part of what its
 // own input's gradient is summed into; for a leaf, its .grad. Contiguous, or nothing.
 Tensor sum_for(const Edge& e, const PendingMap& pending) {
@@ -58,7 +57,7 @@ Tensor sum_for(const Edge& e, const PendingMap& pending) {
   } else if (e.fn) {
     auto slot = pending.find(e.fn.get());
     if (slot != pending.end())
-      sum = slot->second.owned ? slot->second.sum : Tensor{};
+      sum = slot->second.unshared() ? slot->second : Tensor{};
     else if (e.fn->sum_view && e.fn->inputs.size() == 1)
       if (Tensor below = sum_for(e.fn->inputs[0], pending); below.defined()) sum = e.fn->sum_view(below);
   }
@@ -147,14 +146,14 @@ void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_le
     for (const Edge& e : node.inputs)
       if (e.leaf.defined() && --uses_left[e.leaf.identity()] == 0) on_leaf_ready(e.leaf);
   };
-  PendingMap pending{{root.grad_fn().get(), {g, false}}};
+  PendingMap pending{{root.grad_fn().get(), g}};
   for (const auto& node : order) {
     auto it = pending.find(node.get());
     if (it == pending.end()) {  // no gradient flowed here
       used_leaves_of(*node);
       continue;
     }
-    Tensor grad_out = std::move(it->second.sum);
+    Tensor grad_out = std::move(it->second);
     pending.erase(it);
     SESSA_CHECK(node->backward || node->summing_backward, "backward",
                 "the graph through '" << node->name << "' was already freed by an earlier backward()");
@@ -186,11 +185,8 @@ void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_le
       if (e.leaf.defined()) {
         if (!summed) accumulate_leaf(e.leaf, grads[i]);
       } else if (!summed) {
-        Pending& slot = pending[e.fn.get()];
-        if (slot.sum.defined())
-          slot = {ops::add(slot.sum, grads[i]), true};
-        else  // a summing op's gradients are new tensors unless it passes grad_output on
-          slot = {grads[i], node->summing_backward && !grads[i].shares_storage(grad_out)};
+        Tensor& slot = pending[e.fn.get()];
+        slot = slot.defined() ? ops::add(slot, grads[i]) : grads[i];
       }
     }
     used_leaves_of(*node);

@@ -87,15 +87,16 @@ LayerNorm::LayerNorm(int64_t dim, double eps_, TensorOptions topt) : eps(eps_) {
 
 Tensor LayerNorm::forward(const Tensor& x) const { return layer_norm(x, weight, bias, eps); }
 
-// The weight and bias gradients go straight into the parameters' .grad when the engine hands
-// them over (autograd/node.h: record_summing), instead of new tensors and an add each.
+// The weight and bias gradients go straight into the parameters' .grad, and the input's
+// into the residual stream's running gradient, when the engine hands them over
+// (autograd/node.h: record_summing), instead of new tensors and an add each.
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
   auto out = ops::layer_norm(x, weight, bias, eps);
   return autograd::record_summing(
       "layer_norm", out.y, {x, weight, bias},
       [x = x.detach(), w = weight.detach(), mean = out.mean, rstd = out.rstd](const Tensor& g,
                                                                               const std::vector<Tensor>& sums) {
-        auto grads = ops::layer_norm_backward(g, x, w, mean, rstd, {Tensor{}, sums[1], sums[2]});
+        auto grads = ops::layer_norm_backward(g, x, w, mean, rstd, {sums[0], sums[1], sums[2]});
         return std::vector<Tensor>{grads.dx, grads.dweight, grads.dbias};
       });
 }

@@ -117,7 +117,8 @@ struct LayerNormGrads {
   Tensor dx, dweight, dbias;
 };
 // sums.dweight / sums.dbias, when defined (contiguous, the weight's shape and dtype: a
-// parameter's own .grad), receive those gradients added in place and are returned as them.
+// parameter's own .grad), receive those gradients added in place and are returned as them;
+// sums.dx the same (contiguous, like x: a residual stream's running gradient).
 LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
                                    const Tensor& rstd, const LayerNormGrads& sums = {});
 

@@ -54,6 +54,9 @@ class Tensor {
   bool shares_storage(const Tensor& o) const { return storage() == o.storage(); }
   bool same(const Tensor& o) const { return impl_ == o.impl_; }
   const void* identity() const { return impl_.get(); }  // equal for handles of one tensor (a map key)
+  // The only handle to this tensor and the only view of its storage: writing it in place
+  // changes nothing that another handle can see.
+  bool unshared() const { return impl_.use_count() == 1 && storage().use_count() == 1; }
 
   // Pointer to the first element (storage start + offset), typed and checked.
   template <class T>

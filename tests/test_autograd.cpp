@@ -2,8 +2,9 @@
 // differentiable op) cannot say: linear equals matmul + bias (+ residual), linear's shape
 // errors, the residual's gradient passed on as the output's, Linear::forward with a residual,
 // gradcheck catching a wrong backward, graph semantics (accumulation, no-grad, freeing),
-// linear layers summing dx into the engine's running sum, and an MLP whose loss must fall
-// > 100x.
+// linear layers summing dx into the engine's running sum, which pending gradients the engine
+// offers for summing in place, layer_norm's input gradient summed into a residual's, and an
+// MLP whose loss must fall > 100x.
 #include <doctest/doctest.h>
 
 #include "autograd/gradcheck.h"
@@ -217,6 +218,74 @@ TEST_CASE("layer_norm adds its weight and bias gradients into the parameters' .g
   CHECK(test::max_rel_diff(got[0], ref[0]) < 1e-12);
   CHECK(test::max_rel_diff(got[1], ops::add(ref[1], full({6}, 0.5, {DType::F64}))) < 1e-12);
   CHECK(test::max_rel_diff(got[2], ops::add(ref[2], full({6}, 0.5, {DType::F64}))) < 1e-12);
+}
+
+// The engine offers a summing op the running gradient of its input's producer only when it
+// holds the only handle to it (Tensor::unshared): a residual's gradient that a linear layer
+// passed on, once that layer has run, is offered; the caller's seed passed on the same way,
+// or one gradient handed to both inputs of an add, is not (writing it would change the
+// caller's tensor, or the add's other input's gradient). The probe is an identity op that
+// records whether it was offered a sum and adds into it when it was.
+TEST_CASE("summing ops are offered a pending gradient only when the engine holds its only handle") {
+  Generator g(12);
+  Tensor x = leaf({2, 3, 4}, g), w = leaf({4, 4}, g);
+  const Tensor c = normal({2, 3, 4}, 0, 1, g, {DType::F64}), seed = normal({2, 3, 4}, 0, 1, g, {DType::F64});
+  int offered = -1;
+  auto probe = [&](const Tensor& in) {
+    return autograd::record_summing("probe", ops::clone(in), {in},
+                                    [&offered](const Tensor& gr, const std::vector<Tensor>& sums) {
+                                      offered = sums[0].defined();
+                                      if (!offered) return std::vector<Tensor>{gr};
+                                      ops::add_(sums[0], gr);
+                                      return std::vector<Tensor>{sums[0]};
+                                    });
+  };
+  enum Graph { kResidual, kSeeded, kAdd };
+  auto out = [&](Graph graph, bool with_probe) {
+    Tensor h = x * 1.5, p = with_probe ? probe(h) : h * 1.0;
+    if (graph == kAdd) return sum_all((p + h) * c);
+    Tensor y = linear(p, w, {}, h);  // dh from the residual: the output's gradient itself
+    return graph == kResidual ? sum_all(y * c) : y;
+  };
+  auto grad_x = [&](Graph graph, bool with_probe) {
+    x.set_grad(Tensor{}), w.set_grad(Tensor{});
+    if (graph == kSeeded)
+      autograd::backward(out(graph, with_probe), seed);
+    else
+      autograd::backward(out(graph, with_probe));
+    return x.grad();
+  };
+  const Tensor seed_before = ops::clone(seed);
+  for (Graph graph : {kResidual, kSeeded, kAdd}) {
+    CAPTURE(int(graph));
+    const Tensor ref = grad_x(graph, false), got = grad_x(graph, true);
+    CHECK(offered == (graph == kResidual));
+    CHECK(test::max_rel_diff(got, ref) < 1e-12);
+  }
+  CHECK(test::max_rel_diff(seed, seed_before) == 0.0);  // the caller's seed is untouched
+}
+
+// LayerNorm under a residual (the pre-norm block: x + f(layer_norm(x))) adds its input
+// gradient into the residual's running gradient in place; the result must still be right.
+TEST_CASE("layer_norm adds its input gradient into a residual stream's gradient: gradcheck") {
+  Generator g(13);
+  Tensor x = leaf({2, 3, 6}, g), w = leaf({6}, g), b = leaf({6}, g), lw = leaf({6, 6}, g);
+  const Tensor c = normal({2, 3, 6}, 0, 1, g, {DType::F64});
+  auto loss = [&](const std::vector<Tensor>& in) {
+    Tensor h = in[0] * 1.5;
+    return sum_all(linear(nn::layer_norm(h, in[1], in[2], 1e-5), in[3], {}, h) * c);
+  };
+  CHECK(gradcheck(loss, {x, w, b, lw}).ok);
+  // and the same values with the gradient summed by the engine (h * 1.0 between them)
+  auto grads = [&](bool fused) {
+    for (const Tensor& t : {x, w, b}) t.set_grad(Tensor{});
+    Tensor h = x * 1.5;
+    Tensor n = nn::layer_norm(fused ? h : h * 1.0, w, b, 1e-5);
+    autograd::backward(sum_all(linear(n, lw, {}, h) * c));
+    return std::vector<Tensor>{x.grad(), w.grad(), b.grad()};
+  };
+  const std::vector<Tensor> ref = grads(false), got = grads(true);
+  for (size_t i = 0; i < ref.size(); ++i) CHECK(test::max_rel_diff(got[i], ref[i]) < 1e-12);
 }
 
 TEST_CASE("a leaf reached through casts gets its gradient summed in its own dtype") {

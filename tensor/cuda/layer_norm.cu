@@ -5,7 +5,8 @@
 //   mean = sum(x) / D,  rstd = 1 / sqrt(sum((x - mean)^2) / D + eps),
 //   y = (x - mean) * rstd * weight + bias.
 // Backward, with xhat = (x - mean) * rstd and g = dy * weight:
-//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))          (per row, as forward)
+//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))          (per row, as forward;
+//        added to dx's old value instead when kAddDx: a residual stream's gradient)
 //   dweight = sum_rows dy * xhat,  dbias = sum_rows dy          (over rows)
 // Each backward block handles a fixed run of consecutive rows, one warp per row, and
 // keeps per-warp column partial sums of dy * xhat and dy in shared memory (each lane owns
@@ -78,7 +79,7 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 // in shared memory (each lane its own packs of columns: no atomics, no barriers); pass 2
 // writes dx. At the end the warps' partials are added in warp order into the block's row
 // of part_dw, part_db.
-template <int P, class T, class W>
+template <int P, bool kAddDx, class T, class W>
 __global__ void __launch_bounds__(kRowWarps * 32)
     layer_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const W* __restrict__ w,
                                const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd, T* __restrict__ dx,
@@ -113,10 +114,12 @@ __global__ void __launch_bounds__(kRowWarps * 32)
       const Pack<T, P> px = load_pack<P>(xr, k * P), pd = load_pack<P>(dyr, k * P);
       const Pack<W, P> pw = load_pack<P>(w, k * P);
       Pack<T, P> out;
+      if constexpr (kAddDx) out = load_pack<P>(dx + r * D, k * P);
 #pragma unroll
       for (int e = 0; e < P; ++e) {
         const A xh = (load(&px.v[e]) - m) * rs, g = load(&pd.v[e]) * A(load(&pw.v[e]));
-        store(&out.v[e], rs * (g - mg - xh * mgx));
+        const A d = rs * (g - mg - xh * mgx);
+        store(&out.v[e], kAddDx ? load(&out.v[e]) + d : d);
       }
       store_pack(dx + r * D, k * P, out);
     }
@@ -223,9 +226,9 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in,
   const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
   SESSA_CHECK(mean.numel() == rows && rstd.numel() == rows, op,
               "mean " << mean.shape() << " and rstd " << rstd.shape() << " need " << rows << " rows");
-  // The parameter gradients go into the sums given (added) or new tensors (written).
-  const bool add_dw = sums.dweight.defined(), add_db = sums.dbias.defined();
-  ops::LayerNormGrads g{empty_like(x), add_dw ? sums.dweight : Tensor::empty({D}, w.options()),
+  // The gradients go into the sums given (added) or new tensors (written).
+  const bool add_dx = sums.dx.defined(), add_dw = sums.dweight.defined(), add_db = sums.dbias.defined();
+  ops::LayerNormGrads g{add_dx ? sums.dx : empty_like(x), add_dw ? sums.dweight : Tensor::empty({D}, w.options()),
                         add_db ? sums.dbias : Tensor::empty({D}, w.options())};
   if (D == 0) return g;
   const int dev = x.device().index;
@@ -254,12 +257,18 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in,
       A* pdw = ptr<A>(parts);
       A* pdb = pdw + nparts * D;
       const bool packed = rows_packed<T, W>(D, {dy.raw_data(), x.raw_data(), g.dx.raw_data()}, {w.raw_data()});
-      with_pack<kPackOf<T>>(packed, [&](auto pack) {
-        auto kernel = layer_norm_backward_kernel<decltype(pack)::value, T, W>;
+      const auto launch = [&](auto pack, auto add) {
+        auto kernel = layer_norm_backward_kernel<decltype(pack)::value, decltype(add)::value, T, W>;
         if (smem > 48 * 1024)  // beyond the default limit: opt in
           SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
         kernel<<<unsigned(nparts), warps * 32, smem, st>>>(ptr<T>(dy), ptr<T>(x), ptr<W>(w), ptr<A>(mean), ptr<A>(rstd),
                                                            ptr<T>(g.dx), pdw, pdb, rows, D, rows_per_block);
+      };
+      with_pack<kPackOf<T>>(packed, [&](auto pack) {
+        if (add_dx)
+          launch(pack, std::true_type{});
+        else
+          launch(pack, std::false_type{});
       });
       SESSA_CUDA_LAUNCH_CHECK(op);
       layer_norm_param_grads_kernel<W, A><<<unsigned((D + 31) / 32), dim3(32, 32), 0, st>>>(

@@ -50,13 +50,18 @@ LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, cons
                                   s->device() == weight.device() && s->is_contiguous()),
                 "layer_norm_backward",
                 "a parameter gradient sum " << s->str() << " must be contiguous and like the weight " << weight.str());
+  SESSA_CHECK(!sums.dx.defined() || (sums.dx.shape() == x_in.shape() && sums.dx.dtype() == x_in.dtype() &&
+                                     sums.dx.device() == x_in.device() && sums.dx.is_contiguous()),
+              "layer_norm_backward",
+              "the input gradient sum " << sums.dx.str() << " must be contiguous and like the input " << x_in.str());
   if (x_in.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::layer_norm_backward(dy_in, x_in, weight, mean, rstd, sums));
   }
   const Tensor x = contiguous(x_in), dy = contiguous(dy_in), wc = contiguous(weight);
   const Tensor mc = contiguous(mean), rc = contiguous(rstd);
   const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
-  LayerNormGrads g{empty_like(x), zeros({D}, x.options()), zeros({D}, x.options())};
+  const bool add_dx = sums.dx.defined();
+  LayerNormGrads g{add_dx ? sums.dx : empty_like(x), zeros({D}, x.options()), zeros({D}, x.options())};
   cpu::dispatch_float(x.dtype(), "layer_norm_backward", [&](auto tag) {
     using T = decltype(tag);
     const T *px = x.data<T>(), *pdy = dy.data<T>(), *w = wc.data<T>();
@@ -74,7 +79,8 @@ LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in, cons
       for (int64_t i = 0; i < D; ++i) {
         double xhat = (double(px[r * D + i]) - double(mu[r])) * double(rs[r]);
         double gi = double(pdy[r * D + i]) * double(w[i]);
-        dx[r * D + i] = T(double(rs[r]) * (gi - mean_g - xhat * mean_gx));
+        const double d = double(rs[r]) * (gi - mean_g - xhat * mean_gx);
+        dx[r * D + i] = T(add_dx ? double(dx[r * D + i]) + d : d);
       }
     }
     // Parameter gradients: reduce over rows, parallel over columns.

@@ -1,8 +1,8 @@
 // GPU checks of cuBLAS matmul, the cuBLASLt linear layer and the fused row ops that the op
 // table (tests/op_table.cpp, driven by test_ops.cpp: forward, backward, every dtype and
 // layout) cannot say: an empty inner dimension, which shapes get the fused cuBLASLt kernels,
-// the refused LayerNorm dtype mix, and cross-entropy's count, all-ignored rows and target
-// checks.
+// the refused LayerNorm dtype mix, LayerNorm's gradients added into given sums, and
+// cross-entropy's count, all-ignored rows and target checks.
 #include <cmath>
 #include <optional>
 
@@ -150,6 +150,37 @@ TEST_CASE("cuda layer_norm: weight and bias gradients added into the float32 .gr
   CHECK((w.grad().same(gw) && b.grad().same(gb)));
   check_close(gw, ops::add(wr.grad(), full({200}, 0.5, {DType::F64})), DType::BF16, "dweight + 0.5");
   check_close(gb, ops::add(br.grad(), full({200}, 0.5, {DType::F64})), DType::BF16, "dbias + 0.5");
+}
+
+// A pre-norm block's LayerNorm adds its input gradient into the residual's running gradient
+// (sums.dx, the kernel's kAddDx): the sum handed in comes back holding old + dx, for rows in
+// packs (D 200) and element by element (D 203).
+TEST_CASE("cuda layer_norm_backward: dx added into a given sum (bf16 and float32; packed and not)") {
+  Generator gen(81);
+  for (DType dtype : {DType::BF16, DType::F32})
+    for (int64_t D : {200, 203}) {
+      CAPTURE(dtype_name(dtype));
+      CAPTURE(D);
+      const Tensor x = cpu_randn({3, 29, D}, gen).to(dtype), dy = cpu_randn({3, 29, D}, gen).to(dtype);
+      const Tensor w = cpu_randn({D}, gen), b = cpu_randn({D}, gen), old = cpu_randn({3, 29, D}, gen).to(dtype);
+      const Tensor x64 = x.to(DType::F64), w64 = w.to(DType::F64);
+      const auto fwd64 = ops::layer_norm(x64, w64, b.to(DType::F64), 1e-5);
+      const Tensor ref = ops::add(old.to(DType::F64),
+                                  ops::layer_norm_backward(dy.to(DType::F64), x64, w64, fwd64.mean, fwd64.rstd).dx);
+      const Tensor wg = w.to(gpu()), xg = x.to(gpu());
+      const auto fwd = ops::layer_norm(xg, wg, b.to(gpu()), 1e-5);
+      const Tensor sum = old.to(gpu());
+      const auto got = ops::layer_norm_backward(dy.to(gpu()), xg, wg, fwd.mean, fwd.rstd, {sum, {}, {}});
+      CHECK(got.dx.same(sum));
+      check_close(sum, ref, dtype, "old + dx");
+    }
+  const Tensor x = cpu_randn({2, 8}, gen).to(gpu()), w = ones({8}, {DType::F32, gpu()});
+  const auto fwd = ops::layer_norm(x, w, w, 1e-5);
+  check_error(
+      [&] {
+        ops::layer_norm_backward(x, x, w, fwd.mean, fwd.rstd, {zeros({2, 7}, x.options()), {}, {}});
+      },
+      {"layer_norm_backward", "input gradient sum", "[2, 7]"});
 }
 
 TEST_CASE("cuda linear: the fused cuBLASLt kernel runs for aligned shapes with a bias or a residual") {
