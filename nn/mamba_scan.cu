@@ -118,12 +118,6 @@ ScanParams make_params(const Tensor& u, const Tensor& delta, const Tensor& A, co
   return p;
 }
 
-// Opts a kernel into `bytes` of dynamic shared memory (above the default 48 KiB).
-template <class Kernel>
-void allow_smem(Kernel kernel, size_t bytes, const char* op) {
-  SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
-}
-
 // Resident blocks of `kernel` (kThr threads, `smem` bytes of shared memory) on the GPU.
 template <int kNG, class Kernel>
 int64_t resident_blocks(Kernel kernel, size_t smem, int device, const char* op) {
@@ -198,7 +192,7 @@ void run_forward(const ScanParams& p, const Tensor& like, cudaStream_t st, const
   constexpr size_t smem = sizeof(FwdSmem<Acc, kNG>);
   auto pass1 = scan_fwd_kernel<F, kNG, false>;
   auto final_pass = scan_fwd_kernel<F, kNG, true>;
-  allow_smem(pass1, smem, op), allow_smem(final_pass, smem, op);
+  allow_dynamic_smem(pass1, smem, op), allow_dynamic_smem(final_pass, smem, op);
   const int dev = like.device().index;
   Chunks<Acc> tc = time_chunks<Acc, kNG>(p, resident_blocks<kNG>(final_pass, smem, dev, op),
                                          resident_blocks<kNG>(pass1, smem, dev, op), kFwdPass1Cost);
@@ -229,7 +223,7 @@ void run_backward(ScanParams& p, const Tensor& like, Tensor& part_ad, cudaStream
   constexpr size_t smem = sizeof(BwdSmem<Acc, kNG>), smem1 = sizeof(BwdPass1Smem<Acc, kNG>);
   auto pass1 = scan_bwd_pass1_kernel<F, kNG>;
   auto main_pass = scan_bwd_kernel<F, kNG>;
-  allow_smem(pass1, smem1, op), allow_smem(main_pass, smem, op);
+  allow_dynamic_smem(pass1, smem1, op), allow_dynamic_smem(main_pass, smem, op);
   const int dev = like.device().index;
   Chunks<Acc> tc = time_chunks<Acc, kNG>(p, resident_blocks<kNG>(main_pass, smem, dev, op),
                                          resident_blocks<kNG>(pass1, smem1, dev, op), kBwdPass1Cost);

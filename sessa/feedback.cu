@@ -617,12 +617,6 @@ int panel_rows(int B, int T, size_t cell) {
   return int(std::min(whole, std::max<int64_t>(kRows, p)));
 }
 
-// Opts a kernel into `bytes` of dynamic shared memory (above the 48 KB default).
-template <class Kernel>
-void set_shared_memory(Kernel kernel, size_t bytes, const char* op) {
-  SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
-}
-
 int forced_leaf_blocks = 0;  // set_feedback_leaf_blocks
 
 // The leaf shape for a grid of `ctas` thread blocks (LeafConfig): wide when they outnumber the
@@ -729,7 +723,7 @@ layer::FeedbackOut feedback_solve(const Tensor& q_in, const Tensor& k_in, const 
     };
     const dim3 grid(blocks_for(D, kCols), unsigned(B));
     const auto leaf = forward_leaf<X>(wide_leaves(int64_t(grid.x) * grid.y, dev.index));
-    if (D > 0) set_shared_memory(leaf.kernel, leaf.smem, op);
+    if (D > 0) allow_dynamic_smem(leaf.kernel, leaf.smem, op);
     const auto solve = [&](int p0) {  // priority lane
       const int p1 = std::min(T, p0 + P);
       const A* pa = panel_of(p0);
@@ -821,7 +815,7 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const A* inv = ptr<A>(inverses);  // the forward's, of the same 64-row blocks
     const dim3 grid(blocks_for(D, kCols), unsigned(B));
     const auto leaf = backward_leaf<X>(wide_leaves(int64_t(grid.x) * grid.y, dev.index));
-    if (D > 0) set_shared_memory(leaf.kernel, leaf.smem, op);
+    if (D > 0) allow_dynamic_smem(leaf.kernel, leaf.smem, op);
     const auto alpha_of = [&](int c0) { return ptr<A>(alpha_panels) + c0 / P % 2 * (B * TP); };
     const auto rebuild = [&](int c0) {  // main lane: alpha[c0:T, c0:c1] from the logits and lse
       const int cw = std::min(T, c0 + P) - c0;

@@ -94,12 +94,6 @@ void with_mma_dh(int dh, F&& f) {
     f(std::integral_constant<int, 128>{});
 }
 
-template <class Kernel>
-void allow_smem(Kernel* kernel, size_t bytes, const char* op) {
-  if (bytes > 48 * 1024)
-    SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
-}
-
 }  // namespace
 
 ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, int64_t q_offset,
@@ -125,7 +119,7 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
       with_mma_dh(d.dh, [&](auto dh_tag) {
         constexpr int DH = decltype(dh_tag)::value;
         using Tile = attn::WgmmaForwardTile<DH>;
-        allow_smem(attn::wgmma_forward<DH>, Tile::smem_bytes, op);
+        allow_dynamic_smem(attn::wgmma_forward<DH>, Tile::smem_bytes, op);
         attn::wgmma_forward<DH>
             <<<dim3(blocks_for(d.Tq, Tile::BM), unsigned(d.B * d.H)), Tile::kThreads, Tile::smem_bytes, st>>>(
                 ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(res.out), ptr<float>(res.lse), d,
@@ -137,7 +131,7 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
       with_simt_dh(d.dh, [&](auto dh_tag) {
         constexpr int DH = decltype(dh_tag)::value;
         const size_t smem = attn::simt_forward_smem<T, DH, R>();
-        allow_smem(attn::simt_forward<T, DH, R>, smem, op);
+        allow_dynamic_smem(attn::simt_forward<T, DH, R>, smem, op);
         attn::simt_forward<T, DH, R><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 16 * R)), 256, smem, st>>>(
             ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(res.out), ptr<A>(res.lse), d, A(scale));
         SESSA_CUDA_LAUNCH_CHECK(op);
@@ -191,7 +185,7 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
       with_mma_dh(d.dh, [&](auto dh_tag) {
         constexpr int DH = decltype(dh_tag)::value;
         using Tile = attn::WgmmaBackwardTile<DH>;
-        allow_smem(attn::wgmma_backward<DH>, Tile::smem_bytes, op);
+        allow_dynamic_smem(attn::wgmma_backward<DH>, Tile::smem_bytes, op);
         attn::wgmma_backward<DH>
             <<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, Tile::BN)), Tile::kThreads, Tile::smem_bytes, st>>>(
                 ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
@@ -211,14 +205,14 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
         constexpr int DH = decltype(dh_tag)::value;
         if (rows > 0) {
           const size_t smem = attn::simt_dq_smem<T, DH, R>();
-          allow_smem(attn::simt_backward_dq<T, DH, R>, smem, op);
+          allow_dynamic_smem(attn::simt_backward_dq<T, DH, R>, smem, op);
           attn::simt_backward_dq<T, DH, R><<<dim3(unsigned(d.B * d.H), blocks_for(d.Tq, 16 * R)), 256, smem, st>>>(
               ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(dout), ptr<A>(lse), ptr<A>(Dv), ptr<T>(g.dq), d, A(scale));
           SESSA_CUDA_LAUNCH_CHECK(op);
         }
         if (run_dkdv) {
           const size_t smem = attn::simt_dkdv_smem<T, DH, R>();
-          allow_smem(attn::simt_backward_dkdv<T, DH, R>, smem, op);
+          allow_dynamic_smem(attn::simt_backward_dkdv<T, DH, R>, smem, op);
           attn::simt_backward_dkdv<T, DH, R><<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, 16 * R)), 256, smem, st>>>(
               ptr<T>(q), ptr<T>(k), ptr<T>(v), ptr<T>(dout), ptr<A>(lse), ptr<A>(Dv), ptr<T>(g.dk), ptr<T>(g.dv), d,
               A(scale));

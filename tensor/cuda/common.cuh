@@ -114,6 +114,14 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
 constexpr unsigned kMaxGridStrideBlocks = 1u << 16;
 inline unsigned grid_stride_blocks(int64_t n) { return std::min(blocks_for(n), kMaxGridStrideBlocks); }
 
+// Lets `kernel` launch with `bytes` of dynamic shared memory: above the default 48 KiB a
+// kernel must opt in (cudaFuncAttributeMaxDynamicSharedMemorySize); up to it, nothing to do.
+template <class Kernel>
+void allow_dynamic_smem(Kernel* kernel, size_t bytes, const char* op) {
+  if (bytes > 48 * 1024)
+    SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
+}
+
 // Threads for one block per row of `len` elements: a power of two from 32 to 256, growing
 // while a thread would get more than 4 elements (softmax, row sums, amax/argmax).
 inline int row_threads_pow2(int64_t len) {

@@ -275,8 +275,7 @@ void cross_entropy_and_grad_(const Tensor& logits, const Tensor& targets_in, int
         const int64_t cached = std::min<int64_t>(V / W, kCacheBytes / sizeof(Pack<T, W>));
         const size_t smem = size_t(cached) * sizeof(Pack<T, W>);
         auto kernel = cross_entropy_and_grad_kernel<W, T>;
-        if (smem > 48 * 1024)  // beyond the default limit: opt in
-          SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
+        allow_dynamic_smem(kernel, smem, op);
         kernel<<<unsigned(N), kFusedThreads, smem, st>>>(ptr<T>(logits), ptr<int32_t>(targets), ptr<A>(scale),
                                                          ptr<A>(row_loss), V, ignore_index, cached);
       });

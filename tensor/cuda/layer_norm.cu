@@ -259,8 +259,7 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in,
       const bool packed = rows_packed<T, W>(D, {dy.raw_data(), x.raw_data(), g.dx.raw_data()}, {w.raw_data()});
       const auto launch = [&](auto pack, auto add) {
         auto kernel = layer_norm_backward_kernel<decltype(pack)::value, decltype(add)::value, T, W>;
-        if (smem > 48 * 1024)  // beyond the default limit: opt in
-          SESSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
+        allow_dynamic_smem(kernel, smem, op);
         kernel<<<unsigned(nparts), warps * 32, smem, st>>>(ptr<T>(dy), ptr<T>(x), ptr<W>(w), ptr<A>(mean), ptr<A>(rstd),
                                                            ptr<T>(g.dx), pdw, pdb, rows, D, rows_per_block);
       };
