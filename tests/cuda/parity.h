@@ -25,6 +25,13 @@ inline Tensor cpu_randn(const Shape& shape, Generator& gen, double scale = 1.0) 
   return normal(shape, 0.0, scale, gen, {DType::F32});
 }
 
+// Whether a and b hold the same values bit for bit (both undefined counts as equal): the
+// check behind "two GPU runs agree" (NaNs never compare equal, so none may appear).
+inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
+  if (!a.defined() || !b.defined()) return a.defined() == b.defined();
+  return host(a).to(DType::F64).to_vector<double>() == host(b).to(DType::F64).to_vector<double>();
+}
+
 // Compares a GPU result with the CPU reference (both brought to float64 on the host).
 inline void check_close(const Tensor& gpu_result, const Tensor& cpu_ref, DType dtype, const char* what) {
   expect_close(gpu_result, cpu_ref, tolerance(dtype), what);

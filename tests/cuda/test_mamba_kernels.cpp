@@ -63,10 +63,6 @@ std::string name(const char* op, const Shape& s, DType dtype) {
   return r + "]";
 }
 
-bool bitwise_equal(const Tensor& a, const Tensor& b) {
-  return host(a).to(DType::F64).to_vector<double>() == host(b).to(DType::F64).to_vector<double>();
-}
-
 // ---- causal conv1d ------------------------------------------------------------------
 
 // With `silu`, the conv fused with SiLU (forward, and the backward recomputing it).

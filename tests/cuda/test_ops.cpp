@@ -30,11 +30,6 @@ bool selected(const OpEntry& e) {
 
 uint64_t seed_of(const OpEntry& e, size_t case_index) { return std::hash<std::string>{}(e.name) + 7919 * case_index; }
 
-bool bitwise_equal(const Tensor& a, const Tensor& b) {
-  if (!a.defined() || !b.defined()) return a.defined() == b.defined();
-  return host(a).to(DType::F64).to_vector<double>() == host(b).to(DType::F64).to_vector<double>();
-}
-
 struct Run {
   DType dtype;
   bool tf32;
