@@ -5,13 +5,13 @@
 // along len. When x is contiguous and the reduced dims form one block (size-1 dims
 // aside) that is x itself; otherwise the reduced dims are permuted to the back and
 // copied, giving inner = 1, as on the CPU. inner == 1 reduces rows: one block per row,
-// threads striding along it. inner > 1 reduces columns: a 32 x 8 block takes 32 packs of
-// neighbouring columns (16 bytes each when inner and x allow: whole sectors per row) and
-// 8 threads down len, then adds its 8 partials. When that makes too few blocks to fill the
+// threads striding along it. inner > 1 reduces columns: an 8 x 32 block takes 8 packs of
+// neighbouring columns (16 bytes each when inner and x allow: whole 128-byte rows) and 32
+// threads down len, then adds its 32 partials. When that makes too few blocks to fill the
 // GPU (a bias gradient: few long columns; sum_all: one long row) len is split into chunks
-// whose partial sums go to a workspace, added in chunk order, so results never depend on
+// whose partial sums go to a workspace, added in a fixed order, so results never depend on
 // timing: for rows by a second kernel; for columns by the last block of each column group
-// to finish (counted by a ticket; one launch instead of two).
+// to finish (counted by a ticket; one launch instead of two), all its threads at once.
 // Sums accumulate in float (double for double).
 //
 // amax/argmax reduce rows (the dim moved last when it is not already) with a block per
@@ -91,14 +91,26 @@ __global__ void sum_rows_kernel(const T* x, int64_t len, int64_t chunk, T* out, 
     store(out + row, acc);
 }
 
-// Block (32, 8): the kCols = 32 P columns c0 .. c0 + kCols - 1 of slab o (thread x reads
-// P neighbouring ones as one pack), rows of chunk blockIdx.y (thread y every 8th). Then
-// thread t of the block adds the 8 partials of column c0 + t. One chunk: it writes out.
-// Several: it writes its chunk's partial; the last block of the column group to arrive
-// (tickets[blockIdx.x], counted atomically after a fence, and zeroed again by it) adds
-// the chunks' partials in chunk order. out is O: T, or acc_t<T> (a float32 sum of
-// bfloat16 columns); with `add` the sums are added to what out holds.
-constexpr int kColLanes = 32, kColDepth = 8;
+// Block (8, 32): the kCols = 8 P columns c0 .. c0 + kCols - 1 of slab o (thread x reads P
+// neighbouring ones as one pack: a warp reads whole 128-byte rows, four at a time), rows of
+// chunk blockIdx.y (thread y every 32nd). Then thread t of the block adds the 32 partials of
+// column c0 + t. One chunk: it writes out. Several: it writes its chunk's partial; the last
+// block of the column group to arrive (tickets[blockIdx.x], counted atomically after a
+// fence, and zeroed again by it) adds the chunks' partials the same way: thread (x, y) the
+// chunks y, y + 32, ... of its P columns, then the 32 sums per column (a fixed order: the
+// result does not depend on which block came last). out is O: T, or acc_t<T> (a float32
+// sum of bfloat16 columns); with `add` the sums are added to what out holds.
+constexpr int kColLanes = 8, kColDepth = 32;
+
+// Thread t < kCols: the sum over y of part[y][t] (what the block's threads left there).
+template <class A, int kCols>
+__device__ A sum_block_column(A (&part)[kColDepth][kCols], int t) {
+  A sum = 0;
+#pragma unroll 8
+  for (int k = 0; k < kColDepth; ++k) sum += part[k][t];
+  return sum;
+}
+
 template <class T, class O, int P>
 __global__ void __launch_bounds__(kColLanes* kColDepth)
     sum_cols_kernel(const T* x, int64_t len, int64_t inner, int64_t col_blocks, int64_t chunk, O* out, bool add,
@@ -111,21 +123,26 @@ __global__ void __launch_bounds__(kColLanes* kColDepth)
   const int64_t o = blockIdx.x / col_blocks, c0 = (blockIdx.x % col_blocks) * kCols, c = c0 + threadIdx.x * P;
   const int64_t begin = int64_t(blockIdx.y) * chunk, end = min(len, begin + chunk);
   A acc[P] = {};
-  if (c < inner)  // (inner is a multiple of P)
-    for (int64_t r = begin + threadIdx.y; r < end; r += kColDepth) {
-      const Pack<T, P> v = load_pack<P>(x, (o * len + r) * inner + c);
+  auto add_row = [&](const Pack<T, P>& v) {
 #pragma unroll
-      for (int k = 0; k < P; ++k) acc[k] += load(&v.v[k]);
+    for (int k = 0; k < P; ++k) acc[k] += load(&v.v[k]);
+  };
+  if (c < inner) {  // (inner is a multiple of P) two rows' loads in flight, then the odd one
+    const T* col = x + o * len * inner + c;
+    int64_t r = begin + threadIdx.y;
+    for (; r + kColDepth < end; r += 2 * kColDepth) {
+      const Pack<T, P> v0 = load_pack<P>(col, r * inner), v1 = load_pack<P>(col, (r + kColDepth) * inner);
+      add_row(v0), add_row(v1);
     }
+    if (r < end) add_row(load_pack<P>(col, r * inner));
+  }
 #pragma unroll
   for (int k = 0; k < P; ++k) part[threadIdx.y][threadIdx.x * P + k] = acc[k];
   __syncthreads();
   const int t = threadIdx.y * kColLanes + threadIdx.x;
   const bool mine = t < kCols && c0 + t < inner;
   const int64_t at = o * inner + c0 + t;  // this thread's column in out
-  A sum = 0;
-  if (mine)
-    for (int k = 0; k < kColDepth; ++k) sum += part[k][t];
+  const A sum = mine ? sum_block_column(part, t) : A(0);
   if (gridDim.y == 1) {
     if (mine) store(out + at, add ? load(out + at) + sum : sum);
     return;
@@ -137,11 +154,17 @@ __global__ void __launch_bounds__(kColLanes* kColDepth)
   __syncthreads();
   if (!last) return;
   __threadfence();
+  A total[P] = {};
+  if (c < inner)  // L2 reads (__ldcg): the other blocks' partials, not this SM's L1
+    for (int64_t z = threadIdx.y; z < gridDim.y; z += kColDepth)
+#pragma unroll
+      for (int k = 0; k < P; ++k) total[k] += __ldcg(partial + z * n_out + o * inner + c + k);
+#pragma unroll
+  for (int k = 0; k < P; ++k) part[threadIdx.y][threadIdx.x * P + k] = total[k];
+  __syncthreads();
   if (mine) {
-    A total = 0;
-#pragma unroll 8
-    for (int64_t z = 0; z < gridDim.y; ++z) total += __ldcg(partial + z * n_out + at);
-    store(out + at, add ? load(out + at) + total : total);
+    const A sum_all = sum_block_column(part, t);
+    store(out + at, add ? load(out + at) + sum_all : sum_all);
   }
   if (t == 0) tickets[blockIdx.x] = 0;
 }
@@ -273,10 +296,9 @@ void sum_into(const Tensor& out, const Tensor& x, const std::vector<int64_t>& di
     with_pack<P>(r.inner % P == 0 && pack_aligned<P>(ptr<const T>(r.x)), [&](auto pack) {
       constexpr int kP = decltype(pack)::value;
       const int64_t col_blocks = (r.inner + kColLanes * kP - 1) / (kColLanes * kP);
-      // Two blocks per SM (each thread keeps several 16-byte loads in flight), chunks of at
-      // least 128 rows: few partials for the last blocks to add. (Split only while the column
-      // groups number fewer than that: the tickets suffice.)
-      const Split s = choose_split(r.outer * col_blocks, r.len, std::min(target / 2, kMaxTickets), 128);
+      // Four blocks per SM, chunks of at least 128 rows. (Split only while the column groups
+      // number fewer than that: the tickets suffice.)
+      const Split s = choose_split(r.outer * col_blocks, r.len, std::min(target, kMaxTickets), 128);
       Tensor ws;
       if (s.split > 1) ws = Tensor::empty({s.split, n_out}, {dtype_of<A>(), x.device()});
       const dim3 grid(unsigned(r.outer * col_blocks), unsigned(s.split)), block(kColLanes, kColDepth);

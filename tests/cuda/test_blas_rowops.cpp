@@ -129,8 +129,13 @@ TEST_CASE("cuda sum_add_: column and row sums added into float32 or the input's 
     const Tensor ref_sum = ops::sum(x.to(DType::F64), c.dims);
     const Tensor out0 = cpu_randn(ref_sum.shape(), gen).to(c.out);
     const Tensor got = out0.to(gpu());
-    ops::sum_add_(got, x.to(gpu()), c.dims);
+    const Tensor xg = x.to(gpu());
+    ops::sum_add_(got, xg, c.dims);
     expect_close(got, ops::add(out0.to(DType::F64), ref_sum), c.out == DType::BF16 ? 1e-2 : 1e-5, "out + sum");
+    // The chunks' partials are added in a fixed order, whichever block finishes last.
+    const Tensor again = out0.to(gpu());
+    ops::sum_add_(again, xg, c.dims);
+    CHECK(bitwise_equal(again, got));
   }
 }
 
