@@ -166,6 +166,10 @@ void matmul_into(const Tensor& out, const Tensor& a, const Tensor& b, bool trans
                        trans_a != oa.view.stored_transposed};
   const GemmOperand gb{ob.view.t.raw_data(), b.dtype(), ob.view.ld, b.dim() == 2 ? 0 : ob.batch_stride,
                        trans_b != ob.view.stored_transposed};
+  if (K == 1 && a_batch == 1) {  // a rank-1 product: bandwidth, not a GEMM's tiles
+    outer_into(dev, M_eff, N, ga, gb, out.raw_data(), out.dtype(), accumulate);
+    return;
+  }
   // A bfloat16 product summed into float32 (a weight gradient into its .grad): cuBLASLt with
   // the split-K sums added in place, no separate reduce kernel (tensor/cuda/linear.h).
   if (accumulate && a_batch == 1 && out.dtype() == DType::F32 &&

@@ -45,6 +45,12 @@ void gemm(int device, int64_t batch, int64_t M, int64_t N, int64_t K, double alp
           const GemmOperand& b, void* c, DType c_dtype, int64_t ldc, int64_t c_batch_stride, bool tf32, const char* op,
           bool accumulate = false, Lane lane = Lane::main);
 
+// Row-major C (M x N, contiguous) = op(A) op(B), or += when `accumulate`, for an inner dim of
+// 1 (A is M x 1, B is 1 x N): a rank-1 product, run as an elementwise kernel (outer.cu)
+// instead of a GEMM. c_dtype is the operands' dtype, or float32 for bfloat16 operands.
+void outer_into(int device, int64_t M, int64_t N, const GemmOperand& a, const GemmOperand& b, void* c, DType c_dtype,
+                bool accumulate);
+
 }  // namespace sessa::cuda
 
 // Checks a cuBLAS call (include <cublas_v2.h> where it is used): a failure throws a

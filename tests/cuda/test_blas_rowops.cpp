@@ -108,6 +108,38 @@ TEST_CASE("cuda matmul_add_: bfloat16 products summed into float32, long inner d
   }
 }
 
+TEST_CASE("cuda matmul: inner dim 1 (rank-1 products, outer.cu), written and added into bf16, float32 or float64") {
+  // A one-output layer's input gradient: dy (M, 1) w (1, N), written or summed into a running
+  // gradient; both transposes, packed and odd widths, bfloat16 into float32.
+  Generator gen(81);
+  struct Case {
+    int64_t M, N;
+    bool trans_a, trans_b;
+    DType in, out;
+  };
+  for (const Case& c :
+       {Case{4099, 768, false, false, DType::BF16, DType::BF16}, Case{300, 77, true, false, DType::BF16, DType::BF16},
+        Case{64, 40, false, true, DType::BF16, DType::F32}, Case{37, 24, true, true, DType::F32, DType::F32},
+        Case{33, 13, false, false, DType::F64, DType::F64}}) {
+    CAPTURE(c.M);
+    CAPTURE(c.N);
+    CAPTURE(dtype_name(c.in));
+    CAPTURE(dtype_name(c.out));
+    const Tensor a = cpu_randn(c.trans_a ? Shape{1, c.M} : Shape{c.M, 1}, gen).to(c.in);
+    const Tensor b = cpu_randn(c.trans_b ? Shape{c.N, 1} : Shape{1, c.N}, gen).to(c.in);
+    const Tensor ref = ops::matmul(a.to(DType::F64), b.to(DType::F64), c.trans_a, c.trans_b);
+    const double tol = c.out == DType::BF16 ? 1e-2 : c.out == DType::F32 ? 1e-6 : 1e-12;
+    if (c.out == c.in) {
+      const Tensor got = ops::matmul(a.to(gpu()), b.to(gpu()), c.trans_a, c.trans_b);
+      expect_close(got, ref, tol, "op(A) op(B)");
+    }
+    const Tensor c0 = cpu_randn({c.M, c.N}, gen).to(c.out);
+    const Tensor sum = c0.to(gpu());
+    ops::matmul_add_(sum, a.to(gpu()), b.to(gpu()), c.trans_a, c.trans_b);
+    expect_close(sum, ops::add(c0.to(DType::F64), ref), tol, "C + op(A) op(B)");
+  }
+}
+
 TEST_CASE("cuda sum_add_: column and row sums added into float32 or the input's dtype, in one launch") {
   // A bias gradient's shape first: bfloat16 columns summed into a prefilled float32 vector
   // (packs, chunks, the last block adding); then odd widths, a row sum, float32 and float64.
