@@ -17,13 +17,57 @@
 // per row, the forward's statistics while the row is copied into shared memory, then the
 // gradient from there, written over the logits: one read and one write of the (N, V)
 // logits instead of the two kernels' two reads and a write.
-// lse, the row losses and the loss are float32 (float64 for float64 logits).
+// lse, the row losses and the loss are float32 (float64 for float64 logits); exp(x - c) for a
+// row's shift c is 2^(x log2 e - c log2 e) in float32 (ShiftedExp: one fma and exp2, within a
+// few 1e-6 relative of expf), since the two exponentials per logit are most of the work.
 #include "tensor/cuda/common.cuh"
 #include "tensor/cuda/rowops.h"
 
 namespace sessa::cuda {
 
 namespace {
+
+// exp(x - c) for a fixed shift c (the running max, the row's lse): in float32 as
+// 2^(x log2 e - c log2 e), one fma and the GPU's exp2 (2 ulp), instead of expf's longer
+// range reduction, twice per logit; float64 as exp(x - c).
+constexpr double kLog2e = 1.4426950408889634;
+template <class A>
+struct ShiftedExp {
+  A c;
+  __device__ A operator()(A x) const { return math::exp(x - c); }
+};
+template <>
+struct ShiftedExp<float> {
+  float c2;  // c log2 e
+  __device__ explicit ShiftedExp(float c) : c2(c * float(kLog2e)) {}
+  __device__ float operator()(float x) const { return exp2f(fmaf(x, float(kLog2e), -c2)); }
+};
+
+// The running max m and sum s of exp(x - m) over a pack (s rescaled when the pack raises m:
+// one extra exp per pack, not per element; s = 0 while m = -inf).
+template <int P, class T>
+__device__ __forceinline__ void absorb_pack(const Pack<T, P>& pack, acc_t<T>& m, acc_t<T>& s) {
+  using A = acc_t<T>;
+  A v[P], pm = m;
+#pragma unroll
+  for (int e = 0; e < P; ++e) v[e] = load(&pack.v[e]), pm = max(pm, v[e]);
+  if (pm != m) s *= ShiftedExp<A>{pm}(m), m = pm;
+  const ShiftedExp<A> exp_m{m};
+#pragma unroll
+  for (int e = 0; e < P; ++e) s += exp_m(v[e]);
+}
+
+// dx for a pack of logits starting at column j0: g (exp(x - lse) - [j == t]).
+template <int P, class T>
+__device__ __forceinline__ Pack<T, P> gradient_pack(const Pack<T, P>& in, const ShiftedExp<acc_t<T>>& exp_lse,
+                                                    acc_t<T> g, int64_t j0, int64_t t) {
+  using A = acc_t<T>;
+  const int target = t >= j0 && t < j0 + P ? int(t - j0) : -1;  // the target's place in the pack
+  Pack<T, P> out;
+#pragma unroll
+  for (int e = 0; e < P; ++e) store(&out.v[e], g * (exp_lse(load(&in.v[e])) - A(e == target)));
+  return out;
+}
 
 template <int P, class T>
 __global__ void cross_entropy_forward_kernel(const T* __restrict__ x, const int32_t* __restrict__ targets,
@@ -37,17 +81,9 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ x, const int3
   }
   const T* xr = x + r * V;
   A m = -INFINITY, s = 0;
-  for (int64_t k = threadIdx.x; k < V / P; k += blockDim.x) {
-    const Pack<T, P> pack = load_pack<P>(xr, k * P);
-    A v[P], pm = m;
-#pragma unroll
-    for (int e = 0; e < P; ++e) v[e] = load(&pack.v[e]), pm = max(pm, v[e]);
-    if (pm != m) s *= math::exp(m - pm), m = pm;  // (s = 0 while m = -inf)
-#pragma unroll
-    for (int e = 0; e < P; ++e) s += math::exp(v[e] - m);
-  }
+  for (int64_t k = threadIdx.x; k < V / P; k += blockDim.x) absorb_pack(load_pack<P>(xr, k * P), m, s);
   const A row_max = block_max(m);
-  const A total = block_sum(s * math::exp(m - row_max));  // a thread without elements adds 0 * 0
+  const A total = block_sum(s * ShiftedExp<A>{row_max}(m));  // a thread without elements adds 0 * 0
   if (threadIdx.x == 0) {
     const A l = row_max + math::log(total);
     lse[r] = l;
@@ -104,15 +140,14 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ x, const int
   T* dr = dx + r * V;
   const bool ignored = t == ignore_index;
   const A l = ignored ? A(0) : lse[r], g = ignored ? A(0) : *scale;
+  const ShiftedExp<A> exp_lse{l};
   for (int64_t k = threadIdx.x; k < V / P; k += blockDim.x) {
     Pack<T, P> out;
     if (ignored) {
 #pragma unroll
       for (int e = 0; e < P; ++e) store(&out.v[e], A(0));
     } else {
-      const Pack<T, P> in = load_pack<P>(xr, k * P);
-#pragma unroll
-      for (int e = 0; e < P; ++e) store(&out.v[e], g * (math::exp(load(&in.v[e]) - l) - A(k * P + e == t)));
+      out = gradient_pack(load_pack<P>(xr, k * P), exp_lse, g, k * P, t);
     }
     store_pack(dr, k * P, out);
   }
@@ -157,27 +192,18 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
       const int64_t k = k0 + b * blockDim.x;
       if (k >= packs) break;
       if (k < cached) cache[k] = batch[b];
-      A v[P], pm = m;
-#pragma unroll
-      for (int e = 0; e < P; ++e) v[e] = load(&batch[b].v[e]), pm = max(pm, v[e]);
-      if (pm != m) s *= math::exp(m - pm), m = pm;  // (s = 0 while m = -inf)
-#pragma unroll
-      for (int e = 0; e < P; ++e) s += math::exp(v[e] - m);
+      absorb_pack(batch[b], m, s);
     }
   }
   const A row_max = block_max(m);
-  const A lse = row_max + math::log(block_sum(s * math::exp(m - row_max)));
+  const A lse = row_max + math::log(block_sum(s * ShiftedExp<A>{row_max}(m)));
   if (threadIdx.x == 0) row_loss[r] = lse - target_logit;
   // Second sweep: the gradient, over the logits.
   const A g = *scale;
+  const ShiftedExp<A> exp_lse{lse};
 #pragma unroll 4
-  for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
-    const Pack<T, P> in = k < cached ? cache[k] : load_pack<P>(xr, k * P);
-    Pack<T, P> out;
-#pragma unroll
-    for (int e = 0; e < P; ++e) store(&out.v[e], g * (math::exp(load(&in.v[e]) - lse) - A(k * P + e == t)));
-    store_pack(xr, k * P, out);
-  }
+  for (int64_t k = threadIdx.x; k < packs; k += blockDim.x)
+    store_pack(xr, k * P, gradient_pack(k < cached ? cache[k] : load_pack<P>(xr, k * P), exp_lse, g, k * P, t));
 }
 
 constexpr int kReduceThreads = 1024;
