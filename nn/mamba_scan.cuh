@@ -29,7 +29,7 @@
 
 namespace sessa::cuda::scan {
 
-constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
+using math::kLn2, math::kLog2e;
 constexpr int kG = 4;  // states per thread (Vec4: one 16-byte shared access)
 constexpr int kMaxState = 64;
 

@@ -22,6 +22,9 @@
 
 namespace sessa::math {
 
+// log2(e) and ln(2): exp(x) = 2^(x log2 e), log(x) = log2(x) ln 2 (kernels on exp2 / log2).
+constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
+
 SESSA_HD float exp(float x) { return ::expf(x); }
 SESSA_HD double exp(double x) { return ::exp(x); }
 SESSA_HD float log(float x) { return ::logf(x); }

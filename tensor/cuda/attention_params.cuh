@@ -7,9 +7,11 @@
 #pragma once
 #include <cstdint>
 
+#include "tensor/scalar_math.h"
+
 namespace sessa::cuda::attn {
 
-constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+constexpr float kLog2e = float(math::kLog2e), kLn2 = float(math::kLn2);
 
 struct Strides {
   int64_t b = 0, h = 0, t = 0;  // elements; the head dim has stride 1

@@ -30,7 +30,6 @@ namespace {
 // exp(x - c) for a fixed shift c (the running max, the row's lse): in float32 as
 // 2^(x log2 e - c log2 e), one fma and the GPU's exp2 (2 ulp), instead of expf's longer
 // range reduction, twice per logit; float64 as exp(x - c).
-constexpr double kLog2e = 1.4426950408889634;
 template <class A>
 struct ShiftedExp {
   A c;
@@ -39,8 +38,8 @@ struct ShiftedExp {
 template <>
 struct ShiftedExp<float> {
   float c2;  // c log2 e
-  __device__ explicit ShiftedExp(float c) : c2(c * float(kLog2e)) {}
-  __device__ float operator()(float x) const { return exp2f(fmaf(x, float(kLog2e), -c2)); }
+  __device__ explicit ShiftedExp(float c) : c2(c * float(math::kLog2e)) {}
+  __device__ float operator()(float x) const { return exp2f(fmaf(x, float(math::kLog2e), -c2)); }
 };
 
 // The running max m and sum s of exp(x - m) over a pack (s rescaled when the pack raises m:
