@@ -171,7 +171,7 @@ void matmul_into(const Tensor& out, const Tensor& a, const Tensor& b, bool trans
     return;
   }
   // A bfloat16 product summed into float32 (a weight gradient into its .grad): cuBLASLt with
-  // the split-K sums added in place, no separate reduce kernel (tensor/cuda/linear.h).
+  // the split-K sums added in place (tensor/cuda/linear.h).
   if (accumulate && a_batch == 1 && out.dtype() == DType::F32 &&
       matmul_add_f32(dev, M_eff, N, K, ga, gb, static_cast<float*>(out.raw_data())))
     return;

@@ -176,8 +176,8 @@ Plan make_plan(cublasLtHandle_t handle, const PlanKey& k, const LtTypes& t, cons
   set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, k.align_b);
   set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, k.add_c ? k.align_c : k.align_d);
   set(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, k.align_d);
-  // Split-K partial products added straight into D, one split after another (counters in the
-  // workspace), instead of into a workspace that a separate reduce kernel sums.
+  // Split-K partial products added straight into D (counters in the workspace) instead of
+  // into a workspace copy of the result (cuBLASLt still runs its short splitKreduce after).
   if (k.f32_out)
     set(pref.get(), CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, uint32_t(CUBLASLT_REDUCTION_SCHEME_INPLACE));
   cublasLtMatmulHeuristicResult_t result{};
