@@ -22,6 +22,10 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 
 Tensor mul(const Tensor& a, const Tensor& b) {
   return record("mul", ops::mul(a, b), {a, b}, [a = a.detach(), b = b.detach()](const Tensor& g) {
+    if (a.shape() == b.shape() && g.shape() == a.shape() && g.dtype() == a.dtype()) {  // both in one pass
+      ops::MulGrads d = ops::mul_grads(g, a, b);
+      return std::vector<Tensor>{d.da, d.db};
+    }
     return std::vector<Tensor>{ops::sum_to(ops::mul(g, b), a.shape()), ops::sum_to(ops::mul(g, a), b.shape())};
   });
 }

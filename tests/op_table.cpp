@@ -40,6 +40,7 @@ void add_elementwise(std::vector<OpEntry>& t) {
       {{{1031, 517}, {517}}, 0, kGpu},
       {{{1031}, {517, 1031}}, 0, kGpu},
       {{{517, 1031}, {517, 1}}, 0, kGpu},
+      {{{64, 1031}, {64, 1031}}, 0, kGpu},  // one shape: mul's gradients in one pass (packs)
   };
   const std::vector<InputSpec> in{normal_in(), uniform_in(0.5, 2.0)};
   t.push_back({"add", in, cases, [](auto& x, int64_t) { return add(x[0], x[1]); }});

@@ -275,6 +275,38 @@ struct UnaryBackwardOp {  // K = 2: x, dy -> dy f'(x)
   }
 };
 
+// The gradients of y = a * b over n contiguous elements: da = dy b, db = dy a, each product in
+// the arithmetic type and rounded once, as BinaryOp<Mul> does; packs as contiguous_kernel.
+template <int V, class T>
+__global__ void __launch_bounds__(kThreads)
+    mul_grads_kernel(int64_t n, const T* __restrict__ dy, const T* __restrict__ a, const T* __restrict__ b,
+                     T* __restrict__ da, T* __restrict__ db) {
+  const int64_t packs = n / V, base = int64_t(blockIdx.x) * kPacks<V> * blockDim.x + threadIdx.x;
+  Pack<T, V> pg[kPacks<V>], pa[kPacks<V>], pb[kPacks<V>];
+#pragma unroll
+  for (int j = 0; j < kPacks<V>; ++j) {
+    const int64_t p = base + j * blockDim.x;
+    if (p < packs) pg[j] = load_pack<V>(dy, p * V), pa[j] = load_pack<V>(a, p * V), pb[j] = load_pack<V>(b, p * V);
+  }
+#pragma unroll
+  for (int j = 0; j < kPacks<V>; ++j) {
+    const int64_t p = base + j * blockDim.x;
+    if (p >= packs) continue;
+    Pack<T, V> ga, gb;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const acc_t<T> g = to_acc(pg[j].v[e]);
+      ga.v[e] = to_storage<T>(g * to_acc(pb[j].v[e])), gb.v[e] = to_storage<T>(g * to_acc(pa[j].v[e]));
+    }
+    store_pack(da, p * V, ga), store_pack(db, p * V, gb);
+  }
+  if (V > 1 && blockIdx.x == 0 && threadIdx.x < n % V) {  // the tail
+    const int64_t i = packs * V + threadIdx.x;
+    const acc_t<T> g = to_acc(dy[i]);
+    da[i] = to_storage<T>(g * to_acc(b[i])), db[i] = to_storage<T>(g * to_acc(a[i]));
+  }
+}
+
 const char* binary_name(ops::Binary op) {
   return op == ops::Binary::Add ? "add" : op == ops::Binary::Sub ? "sub" : op == ops::Binary::Mul ? "mul" : "div";
 }
@@ -345,6 +377,30 @@ Tensor binary(ops::Binary op, const Tensor& a, const Tensor& b, const Shape& out
     }
   });
   return out;
+}
+
+ops::MulGrads mul_grads(const Tensor& dy, const Tensor& a, const Tensor& b) {
+  const Shape& shape = a.shape();
+  if (!(dy.is_contiguous() && a.is_contiguous() && b.is_contiguous()))
+    return {binary(ops::Binary::Mul, dy, b, shape), binary(ops::Binary::Mul, dy, a, shape)};
+  ops::MulGrads g{Tensor::empty(shape, a.options()), Tensor::empty(shape, b.options())};
+  const int64_t n = a.numel();
+  if (n == 0) return g;
+  dispatch_float(a.dtype(), "mul_grads", [&](auto tag) {
+    using T = decltype(tag);
+    const T *pg = ptr<const T>(dy), *pa = ptr<const T>(a), *pb = ptr<const T>(b);
+    T *da = ptr<T>(g.da), *db = ptr<T>(g.db);
+    constexpr int kV = kPackOf<T>;
+    const bool packed = pack_aligned<kV>(pg) && pack_aligned<kV>(pa) && pack_aligned<kV>(pb) &&
+                        pack_aligned<kV>(static_cast<const T*>(da)) && pack_aligned<kV>(static_cast<const T*>(db));
+    with_pack<kV>(packed, [&](auto pack) {
+      constexpr int V = decltype(pack)::value;
+      mul_grads_kernel<V>
+          <<<blocks_for(n / V, kThreads * kPacks<V>), kThreads, 0, stream(a.device().index)>>>(n, pg, pa, pb, da, db);
+    });
+    SESSA_CUDA_LAUNCH_CHECK("mul_grads");
+  });
+  return g;
 }
 
 Tensor affine(const Tensor& x, double alpha, double beta) {

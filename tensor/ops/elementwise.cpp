@@ -73,6 +73,27 @@ Tensor binary(Binary op, const Tensor& a, const Tensor& b) {
   return out;
 }
 
+MulGrads mul_grads(const Tensor& dy, const Tensor& a, const Tensor& b) {
+  SESSA_CHECK(a.shape() == b.shape() && dy.shape() == a.shape(), "mul_grads",
+              "needs dy, a and b of one shape, got " << dy.shape() << ", " << a.shape() << " and " << b.shape());
+  check_same_device_dtype("mul_grads", a, b);
+  check_same_device_dtype("mul_grads", dy, a);
+  if (a.is_cuda()) {
+    SESSA_CUDA_CALL(return cuda::mul_grads(dy, a, b));
+  }
+  if (!(dy.is_contiguous() && a.is_contiguous() && b.is_contiguous())) return {mul(dy, b), mul(dy, a)};
+  MulGrads g{empty_like(a), empty_like(b)};
+  cpu::dispatch_float(a.dtype(), "mul_grads", [&](auto tag) {
+    using T = decltype(tag);
+    const T *pg = dy.data<T>(), *pa = a.data<T>(), *pb = b.data<T>();
+    T *da = g.da.data<T>(), *db = g.db.data<T>();
+    const int64_t n = a.numel();
+#pragma omp parallel for simd if (n >= cpu::kParallelGrain)
+    for (int64_t i = 0; i < n; ++i) da[i] = pg[i] * pb[i], db[i] = pg[i] * pa[i];
+  });
+  return g;
+}
+
 Tensor affine(const Tensor& x, double alpha, double beta) {
   if (x.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::affine(x, alpha, beta));
