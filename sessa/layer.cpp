@@ -4,6 +4,7 @@
 
 #include "autograd/ops.h"
 #include "sessa/feedback.h"
+#include "sessa/gate.h"
 
 namespace sessa::layer {
 
@@ -59,8 +60,8 @@ SessaLayer::Branches SessaLayer::branches(const Tensor& x) const {
   auto ag = proj_in->forward_parts(norm->forward(x), {D, D});
   Tensor abar = gelu(ag[0]);
   auto qk = proj_fb->forward_parts(abar, {D, D});
-  Tensor gate_logit = squeeze(gamma_proj->forward(abar), -1) + nn::compute(gamma_bias);
-  return {abar, ag[1], qk[0], qk[1], tanh(gate_logit) * opt_.gamma_max};
+  Tensor gamma = gate(squeeze(gamma_proj->forward(abar), -1), gamma_bias, opt_.gamma_max);  // (S4)
+  return {abar, ag[1], qk[0], qk[1], gamma};
 }
 
 Tensor SessaLayer::forward(const Tensor& x) {

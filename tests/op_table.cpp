@@ -14,6 +14,7 @@
 #include "nn/layers.h"
 #include "nn/mamba_ops.h"
 #include "sessa/feedback.h"
+#include "sessa/gate.h"
 #include "tensor/random.h"
 
 namespace sessa::test {
@@ -417,6 +418,16 @@ void add_feedback(std::vector<OpEntry>& t) {
   e.grad_tol = {3e-4, 6e-2, 1e-11, 3e-2, 3e-2};
   e.gradcheck.max_checks_per_input = 40;
   t.push_back(e);
+  // The gate (S4): gamma = gamma_max tanh(z + b), z (B, T), b 0-d (float32 beside bfloat16 z,
+  // as the model keeps it); z wide enough that tanh saturates for some elements.
+  OpEntry gate{"gate (S4)",
+               {normal_in(2.0), f32_in(normal_in())},
+               {{{{2, 5}, {}}}, {{{1, 1}, {}}}, {{{3, 700}, {}}, 0, kGpu}, {{{16, 1024}, {}}, 0, kGpu}},
+               [](auto& x, int64_t) { return layer::gate(x[0], x[1], 0.999); },
+               {},
+               kDefault | kDeterministic};
+  gate.grad_tol.f32 = gate.grad_tol.raw_bf16 = 1e-4;  // db: a float32 sum over up to 16384 terms
+  t.push_back(gate);
   // gamma near 0.5: the other regime of the solve, on the CPU.
   OpEntry half{"feedback_solve (gamma near 0.5)",
                {normal_in(), normal_in(), uniform_in(0.49, 0.5), normal_in()},
