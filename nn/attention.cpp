@@ -35,9 +35,9 @@ int64_t Attention::count_parameters(const AttentionOptions& opt) {
          (has_out_proj(opt) ? Linear::count_parameters(D, D, opt.out_bias) : 0);
 }
 
-Tensor Attention::heads(const Tensor& x, const Linear& proj, int64_t count, int64_t pos) const {
+Tensor Attention::heads(const Tensor& x, const Linear& proj, int64_t count, int64_t pos, bool rotate) const {
   Tensor h = permute(reshape(proj.forward(x), {x.size(0), x.size(1), count, head_dim}), {0, 2, 1, 3});
-  return opt_.rope && &proj != v_proj.get() ? rope(h, pos, opt_.rope_base) : h;
+  return rotate && opt_.rope && &proj != v_proj.get() ? rope(h, pos, opt_.rope_base) : h;
 }
 
 Tensor Attention::merge(const Tensor& o, const Tensor& residual) const {
@@ -47,8 +47,11 @@ Tensor Attention::merge(const Tensor& o, const Tensor& residual) const {
 }
 
 Tensor Attention::forward(const Tensor& x, const Tensor& residual) {
-  Tensor q = heads(x, *q_proj, n_heads, 0), k = heads(x, *k_proj, n_kv_heads, 0), v = heads(x, *v_proj, n_kv_heads, 0);
-  return merge(causal_attention(q, k, v, 0, 1.0 / std::sqrt(double(head_dim))), residual);
+  // RoPE inside the attention node (its backward rotates dq back in its scaling pass).
+  Tensor q = heads(x, *q_proj, n_heads, 0, false), k = heads(x, *k_proj, n_kv_heads, 0, false);
+  Tensor v = heads(x, *v_proj, n_kv_heads, 0, false);
+  const std::optional<double> rope_base = opt_.rope ? std::optional<double>(opt_.rope_base) : std::nullopt;
+  return merge(causal_attention(q, k, v, 0, 1.0 / std::sqrt(double(head_dim)), rope_base), residual);
 }
 
 KVCache Attention::new_cache(int64_t batch, int64_t max_len) const {
@@ -61,9 +64,9 @@ Tensor Attention::step(const Tensor& x, KVCache& cache, int64_t position, const 
   SESSA_CHECK(x.size(1) == 1 && position < cache.k.size(2), "Attention::step",
               "needs one token within the cache (" << cache.k.size(2) << " positions), got " << x.shape() << " at "
                                                    << position);
-  Tensor q = heads(x, *q_proj, n_heads, position);
-  ops::copy_(ops::narrow(cache.k, 2, position, 1), heads(x, *k_proj, n_kv_heads, position));
-  ops::copy_(ops::narrow(cache.v, 2, position, 1), heads(x, *v_proj, n_kv_heads, position));
+  Tensor q = heads(x, *q_proj, n_heads, position, true);
+  ops::copy_(ops::narrow(cache.k, 2, position, 1), heads(x, *k_proj, n_kv_heads, position, true));
+  ops::copy_(ops::narrow(cache.v, 2, position, 1), heads(x, *v_proj, n_kv_heads, position, true));
   Tensor k = ops::narrow(cache.k, 2, 0, position + 1), v = ops::narrow(cache.v, 2, 0, position + 1);
   return merge(causal_attention(q, k, v, position, 1.0 / std::sqrt(double(head_dim))), residual);
 }

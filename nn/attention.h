@@ -37,7 +37,8 @@ class Attention : public Module {
   std::shared_ptr<Linear> q_proj, k_proj, v_proj, out_proj;  // out_proj may be null
 
  private:
-  Tensor heads(const Tensor& x, const Linear& proj, int64_t count, int64_t pos) const;  // (B, count, T, dh)
+  // (B, count, T, dh); rotate: RoPE applied here (decoding) rather than inside the attention node
+  Tensor heads(const Tensor& x, const Linear& proj, int64_t count, int64_t pos, bool rotate) const;
   Tensor merge(const Tensor& o, const Tensor& residual) const;  // (B, H, T, dh) -> (B, T, D) via out_proj
   AttentionOptions opt_;
 };

@@ -7,15 +7,20 @@
 
 namespace sessa::nn {
 
-Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset, double scale) {
+Tensor causal_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v, int64_t q_offset, double scale,
+                        std::optional<double> rope_base) {
+  // With rope_base the rotation is part of this node: its backward rotates dq, dk back inside
+  // the attention backward (ops::attention_backward), not in two rope nodes of its own.
+  const Tensor q = rope_base ? ops::rope(q_in.detach(), q_offset, *rope_base) : q_in.detach();
+  const Tensor k = rope_base ? ops::rope(k_in.detach(), 0, *rope_base) : k_in.detach();
   auto res = ops::attention(q, k, v, q_offset, scale);
   // Saved tensors are detached: `out` itself gets the node, so capturing it would be a cycle.
-  return autograd::record("causal_attention", res.out, {q, k, v},
-                          [q = q.detach(), k = k.detach(), v = v.detach(), out = res.out.detach(), lse = res.lse,
-                           q_offset, scale](const Tensor& g) {
-                            auto grads = ops::attention_backward(g, q, k, v, out, lse, q_offset, scale);
-                            return std::vector<Tensor>{grads.dq, grads.dk, grads.dv};
-                          });
+  return autograd::record(
+      "causal_attention", res.out, {q_in, k_in, v},
+      [q, k, v = v.detach(), out = res.out.detach(), lse = res.lse, q_offset, scale, rope_base](const Tensor& g) {
+        auto grads = ops::attention_backward(g, q, k, v, out, lse, q_offset, scale, rope_base);
+        return std::vector<Tensor>{grads.dq, grads.dk, grads.dv};
+      });
 }
 
 Tensor rope(const Tensor& x, int64_t pos_offset, double base) {

@@ -157,8 +157,12 @@ AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_
 struct AttentionGrads {
   Tensor dq, dk, dv;
 };
+// With rope_base, q and k are the RoPE-rotated operands (rope below: queries at positions
+// q_offset + i, keys at s) and dq, dk come back for the unrotated ones, the inverse rotation
+// applied (on CUDA inside the bfloat16 kernels' epilogues; elsewhere by rope(inverse)).
 AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                                  const Tensor& out, const Tensor& lse, int64_t q_offset, double scale);
+                                  const Tensor& out, const Tensor& lse, int64_t q_offset, double scale,
+                                  std::optional<double> rope_base = std::nullopt);
 
 // Rotary position embedding on x: (B, H, T, dh), dh even, for positions pos_offset + t:
 // pair i = (x[2i], x[2i+1]) rotates by theta = pos * base^(-2i/dh). inverse = true rotates

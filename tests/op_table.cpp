@@ -383,6 +383,23 @@ void add_attention(std::vector<OpEntry>& t) {
   e.tol.raw_bf16 = 2e-2;
   e.grad_tol.bf16 = 3e-2;
   t.push_back(e);
+
+  // RoPE inside the node (nn/attention.cpp's training forward): q, k rotated first, their
+  // gradients rotated back by the attention backward (on CUDA bf16, in its epilogues). Every
+  // case with an even head dim; base 500 so that the rotation varies across short rows.
+  std::vector<OpCase> even;
+  for (const OpCase& oc : cases)
+    if (oc.shapes[0][3] % 2 == 0) even.push_back(oc);
+  OpEntry r{"attention (rope inside)",
+            {normal_in(), normal_in(), normal_in()},
+            even,
+            [](auto& x, int64_t off) {
+              return nn::causal_attention(x[0], x[1], x[2], off, 1.0 / std::sqrt(double(x[0].size(-1))), 500.0);
+            },
+            {},
+            kDefault | kRef64};
+  r.grad_tol.bf16 = 3e-2;
+  t.push_back(r);
 }
 
 void add_feedback(std::vector<OpEntry>& t) {

@@ -17,6 +17,7 @@
 #include "tensor/cuda/attention_wgmma_backward.cuh"
 #include "tensor/cuda/common.cuh"
 #include "tensor/cuda/heads_layout.h"
+#include "tensor/cuda/rowops.h"
 
 namespace sessa::cuda {
 
@@ -143,7 +144,7 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
 
 ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in,
                                        const Tensor& v_in, const Tensor& out_in, const Tensor& lse_in, int64_t q_offset,
-                                       double scale) {
+                                       double scale, std::optional<double> rope_base) {
   const char* op = "attention_backward";
   const Device dev = q_in.device();
   return dispatch_float(q_in.dtype(), op, [&](auto tag) {
@@ -182,6 +183,15 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
       const Tensor dq_acc = empty_heads_like(q, DType::F32);  // strides d.dq, like g.dq
       SESSA_CUDA_CHECK(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * sizeof(float), st), op);
       const bool vec = vectorizable(d.dh, {&q, &k, &v, &dout, &dq_acc, &g.dk, &g.dv});
+      // RoPE's inverse rotation: dq's in the scaling pass, from the tables the forward's rope
+      // made (queries at q_offset .. q_offset + Tq - 1: the tables cover keys 0 .. Tk - 1, and
+      // Tk = q_offset + Tq); dk's by rope after the walk.
+      attn::RopeRows rot;
+      RopeTables tables;
+      if (rope_base) {
+        tables = rope_tables(dev, d.Tk, d.dh / 2, 0, *rope_base, DType::F32);
+        rot = {ptr<float>(tables.cs), ptr<float>(tables.sn), d.dh, token_major(dq_acc) ? d.H : 1, d.Tq, q_offset};
+      }
       with_mma_dh(d.dh, [&](auto dh_tag) {
         constexpr int DH = decltype(dh_tag)::value;
         using Tile = attn::WgmmaBackwardTile<DH>;
@@ -195,10 +205,15 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (rows > 0) {
         const int64_t n = dq_acc.numel();
-        attn::scale_to_bf16_kernel<<<grid_stride_blocks(n / 8 + 1), kThreads, 0, st>>>(
-            ptr<float>(dq_acc), ptr<bf16_t>(g.dq), float(scale), n);
+        if (n <= int64_t(UINT32_MAX))
+          attn::scale_to_bf16_kernel<uint32_t><<<grid_stride_blocks(n / 8 + 1), kThreads, 0, st>>>(
+              ptr<float>(dq_acc), ptr<bf16_t>(g.dq), float(scale), uint32_t(n), rot);
+        else
+          attn::scale_to_bf16_kernel<int64_t><<<grid_stride_blocks(n / 8 + 1), kThreads, 0, st>>>(
+              ptr<float>(dq_acc), ptr<bf16_t>(g.dq), float(scale), n, rot);
         SESSA_CUDA_LAUNCH_CHECK(op);
       }
+      if (rope_base) g.dk = rope(g.dk, 0, *rope_base, true);
     } else {
       constexpr int R = sizeof(A) == 8 ? 2 : 4;
       with_simt_dh(d.dh, [&](auto dh_tag) {
@@ -219,6 +234,8 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
           SESSA_CUDA_LAUNCH_CHECK(op);
         }
       });
+      if (rope_base)  // the float32 / float64 kernels leave the rotation to rope
+        return ops::AttentionGrads{rope(g.dq, q_offset, *rope_base, true), rope(g.dk, 0, *rope_base, true), g.dv};
     }
     return g;
   });

@@ -8,6 +8,7 @@ namespace sessa::cuda {
 
 ops::AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset, double scale);
 ops::AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                                       const Tensor& out, const Tensor& lse, int64_t q_offset, double scale);
+                                       const Tensor& out, const Tensor& lse, int64_t q_offset, double scale,
+                                       std::optional<double> rope_base);
 
 }  // namespace sessa::cuda

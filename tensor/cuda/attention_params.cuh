@@ -22,6 +22,23 @@ struct Dims {
   Strides q, k, v, out, dout, dq, dk, dv;      // dq: also of the float32 buffer it is summed in
 };
 
+// RoPE's inverse rotation, applied by the backward's epilogues when the op owns the rotation
+// (ops::attention_backward's rope_base): the pair (x[2i], x[2i+1]) of a row at position p
+// becomes (x0 cos + x1 sin, x1 cos - x0 sin) with cos, sin = cs, sn[p * dh / 2 + i]
+// (tensor/ops/rope.cpp). Keys sit at positions 0 .. Tk - 1, query row t at q_offset + t; a
+// dq element's row is its flat index / dh, and the row's t is row / heads_inner % Tq
+// (heads_inner = H when dq is token-major, else 1). cs null: no rotation.
+struct RopeRows {
+  const float *cs = nullptr, *sn = nullptr;  // (Tk, dh / 2)
+  int64_t dh = 0, heads_inner = 1, Tq = 0, q_offset = 0;
+  __host__ __device__ bool on() const { return cs != nullptr; }
+  __device__ __forceinline__ void inverse(int64_t position, int64_t pair, float& x0, float& x1) const {
+    const int64_t at = position * (dh / 2) + pair;
+    const float c = cs[at], s = sn[at], y0 = x0 * c + x1 * s, y1 = x1 * c - x0 * s;
+    x0 = y0, x1 = y1;
+  }
+};
+
 // Element offset of row t of head h of batch b.
 __host__ __device__ __forceinline__ int64_t offset(const Strides& s, int b, int h, int t) {
   return b * s.b + h * s.h + t * s.t;

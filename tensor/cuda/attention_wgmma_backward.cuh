@@ -24,7 +24,10 @@
 // by a last pass. One block barrier per step, at its end: it publishes the next step's
 // tiles and this step's dq shares at once (the exchange buffer is double-buffered by
 // step). dk, dv stay in registers for the whole walk and are written once. Only steps
-// whose tile holds a masked pair (diagonal, past Tq or Tk) pay for the mask.
+// whose tile holds a masked pair (diagonal, past Tq or Tk) pay for the mask. When the op
+// owns RoPE, dq's pairs are rotated back in the scaling pass (dk's by rope after the walk:
+// rotating them in its epilogue, from tables or from angles computed there, cost the
+// register-capped walk more than the rope pass it saves; docs/performance.md, 2026-12-02).
 //
 // Budgets (ptxas -v, sm_90a; one block per SM):
 //   head dim 64: three warpgroups (192 keys, 384 threads), 168 registers (the cap at 384
@@ -340,23 +343,42 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
   }
 }
 
-// dq = scale * dq_acc, rounded to bf16 (both dense with the same strides).
+// dq = scale * dq_acc, rounded to bf16 (both dense with the same strides), each RoPE pair
+// rotated back first when rot is on (dh is even, so a pair never straddles a pack or a row).
 // Grid-stride over packs of 8 (two 16-byte loads, one 16-byte store; src and dst fresh
-// allocations, so aligned), then the n % 8 tail one element at a time.
-__global__ void scale_to_bf16_kernel(const float* src, bf16_t* dst, float scale, int64_t n) {
-  const int64_t packs = n / 8, stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  for (int64_t p = first; p < packs; p += stride) {
-    const Pack<float, 4> lo = load_pack<4>(src, 8 * p), hi = load_pack<4>(src, 8 * p + 4);
+// allocations, so aligned), then the n % 8 tail a pair at a time (n is even with rot on).
+// Index arithmetic in I: 32 bits whenever n fits (a pack's row and position cost three
+// divisions, which 64-bit arithmetic would make the pass's largest cost).
+template <class I>
+__global__ void scale_to_bf16_kernel(const float* src, bf16_t* dst, float scale, I n, RopeRows rot) {
+  const I packs = n / 8, stride = I(gridDim.x) * blockDim.x, first = I(blockIdx.x) * blockDim.x + threadIdx.x;
+  const I dh = I(rot.dh), heads_inner = I(rot.heads_inner), Tq = I(rot.Tq);
+  auto rotate = [&](I i, float& x0, float& x1) {  // elements i, i + 1 (i even)
+    const I row = i / dh;
+    rot.inverse(rot.q_offset + row / heads_inner % Tq, (i - row * dh) / 2, x0, x1);
+  };
+  for (I p = first; p < packs; p += stride) {
+    const Pack<float, 4> lo = load_pack<4>(src, 8 * int64_t(p)), hi = load_pack<4>(src, 8 * int64_t(p) + 4);
+    float x[8];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) x[k] = lo.v[k] * scale, x[4 + k] = hi.v[k] * scale;
+    if (rot.on())
+#pragma unroll
+      for (int q = 0; q < 4; ++q) rotate(8 * p + 2 * q, x[2 * q], x[2 * q + 1]);
     Pack<bf16_t, 8> out;
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      out.v[k] = __float2bfloat16(lo.v[k] * scale);
-      out.v[4 + k] = __float2bfloat16(hi.v[k] * scale);
-    }
-    store_pack(dst, 8 * p, out);
+    for (int k = 0; k < 8; ++k) out.v[k] = __float2bfloat16(x[k]);
+    store_pack(dst, 8 * int64_t(p), out);
   }
-  for (int64_t i = 8 * packs + first; i < n; i += stride) dst[i] = __float2bfloat16(src[i] * scale);
+  if (!rot.on()) {
+    for (I i = 8 * packs + first; i < n; i += stride) dst[i] = __float2bfloat16(src[i] * scale);
+    return;
+  }
+  for (I i = 8 * packs + 2 * first; i < n; i += 2 * stride) {
+    float x0 = src[i] * scale, x1 = src[i + 1] * scale;
+    rotate(i, x0, x1);
+    dst[i] = __float2bfloat16(x0), dst[i + 1] = __float2bfloat16(x1);
+  }
 }
 
 }  // namespace sessa::cuda::attn

@@ -31,18 +31,11 @@ __global__ void rope_table_kernel(A* __restrict__ cs, A* __restrict__ sn, int64_
   cs[k] = A(c), sn[k] = A(s);
 }
 
-struct RopeTables {
-  int device = -1;
-  int64_t T = 0, half = 0, pos_offset = 0;
-  double base = 0;
-  DType dtype = DType::F32;
-  Tensor cs, sn;  // (T, half)
-};
+}  // namespace
 
-// The tables for these positions, made on `st` when they differ from the last ones asked for.
 // The kept tensors are only read after they are made: later kernels on the stream see them.
-RopeTables rope_tables(Device dev, int64_t T, int64_t half, int64_t pos_offset, double base, DType dtype,
-                       cudaStream_t st) {
+RopeTables rope_tables(Device dev, int64_t T, int64_t half, int64_t pos_offset, double base, DType dtype) {
+  const cudaStream_t st = stream(dev.index);
   static std::mutex mu;
   static RopeTables last;
   std::lock_guard lock(mu);
@@ -61,6 +54,8 @@ RopeTables rope_tables(Device dev, int64_t T, int64_t half, int64_t pos_offset, 
   last = fresh;
   return fresh;
 }
+
+namespace {
 
 // sign = -1 applies the inverse rotation (sin negated).
 template <int P, class T>
@@ -102,7 +97,7 @@ Tensor rope(const Tensor& x_in, int64_t pos_offset, double base, bool inverse) {
   Tensor y = empty_heads_like(x, x.dtype());
   if (pairs == 0) return y;
   cudaStream_t st = stream(x.device().index);
-  const RopeTables tables = rope_tables(x.device(), T, half, pos_offset, base, acc_dtype(x.dtype()), st);
+  const RopeTables tables = rope_tables(x.device(), T, half, pos_offset, base, acc_dtype(x.dtype()));
   dispatch_float(x.dtype(), "rope", [&](auto tag) {
     using TT = decltype(tag);
     using A = acc_t<TT>;

@@ -34,5 +34,17 @@ void cross_entropy_and_grad_(const Tensor& logits, const Tensor& targets, int64_
 Tensor inverse_target_count(const Tensor& targets, int64_t ignore_index, DType dtype);
 
 Tensor rope(const Tensor& x, int64_t pos_offset, double base, bool inverse);
+// rope's cos / sin tables (T, half) of theta = (pos_offset + t) * base^(-2i / (2 half)), in
+// dtype (float32, float64 for float64): made on the device's main lane when they differ from
+// the last ones asked for, else those (a training step tabulates once; the attention
+// backward reuses them).
+struct RopeTables {
+  int device = -1;
+  int64_t T = 0, half = 0, pos_offset = 0;
+  double base = 0;
+  DType dtype = DType::F32;
+  Tensor cs, sn;  // (T, half)
+};
+RopeTables rope_tables(Device dev, int64_t T, int64_t half, int64_t pos_offset, double base, DType dtype);
 
 }  // namespace sessa::cuda

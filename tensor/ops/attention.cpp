@@ -123,7 +123,8 @@ AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_i
 }
 
 AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
-                                  const Tensor& out_in, const Tensor& lse_in, int64_t q_offset, double scale) {
+                                  const Tensor& out_in, const Tensor& lse_in, int64_t q_offset, double scale,
+                                  std::optional<double> rope_base) {
   const char* op = "attention_backward";
   const Dims d = check_attention(op, q_in, k_in, v_in, q_offset, scale);
   SESSA_CHECK(dout_in.shape() == q_in.shape() && out_in.shape() == q_in.shape(), op,
@@ -136,8 +137,17 @@ AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in, con
   const DType lse_dtype = q_in.dtype() == DType::BF16 ? DType::F32 : q_in.dtype();  // bfloat16 keeps lse in float32
   SESSA_CHECK(lse_in.dtype() == lse_dtype && lse_in.device() == q_in.device(), op,
               lse_in.str() << " does not match q " << q_in.str());
+  if (rope_base) {
+    SESSA_CHECK(*rope_base > 0, op, "rope base must be positive, got " << *rope_base);
+    SESSA_CHECK(d.dh % 2 == 0, op, "rotary embedding needs an even head dim, got " << q_in.shape());
+  }
   if (q_in.is_cuda()) {
-    SESSA_CUDA_CALL(return cuda::attention_backward(dout_in, q_in, k_in, v_in, out_in, lse_in, q_offset, scale));
+    SESSA_CUDA_CALL(
+        return cuda::attention_backward(dout_in, q_in, k_in, v_in, out_in, lse_in, q_offset, scale, rope_base));
+  }
+  if (rope_base) {  // the gradients of the rotated operands, rotated back
+    AttentionGrads g = attention_backward(dout_in, q_in, k_in, v_in, out_in, lse_in, q_offset, scale);
+    return {rope(g.dq, q_offset, *rope_base, true), rope(g.dk, 0, *rope_base, true), g.dv};
   }
   Tensor q = contiguous(q_in), k = contiguous(k_in), v = contiguous(v_in);
   Tensor dout = contiguous(dout_in), out = contiguous(out_in), lse = contiguous(lse_in);

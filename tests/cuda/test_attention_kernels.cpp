@@ -1,9 +1,10 @@
 // The bfloat16 tensor-core attention kernels (tensor/cuda/attention_wgmma.cuh forward,
-// attention_wgmma_backward.cuh backward) on shapes small enough for compute-sanitizer memcheck and
-// racecheck, each against the float64 CPU op: partial query and key tiles, GQA, queries
-// at the end of a cache (the mask inside a tile), head dims padded to the tile width, and
-// (B, T, H, dh) projections entering as permuted views (the strided path, no copy). The
-// op table (tests/op_table.cpp, "attention") covers the larger and awkward shapes.
+// attention_wgmma_backward.cuh backward) on shapes small enough for compute-sanitizer
+// memcheck and racecheck, each against the float64 CPU op: partial query and key tiles,
+// GQA, queries at the end of a cache (the mask inside a tile), head dims padded to the tile
+// width, (B, T, H, dh) projections entering as permuted views (the strided path, no copy),
+// and the backward with RoPE inside (even head dims). The op table (tests/op_table.cpp,
+// "attention") covers the larger and awkward shapes.
 #include <cmath>
 
 #include "tests/cuda/parity.h"
@@ -47,6 +48,16 @@ void check_attention_kernels(int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int6
   check_close(host(got_g.dq), ref_g.dq, DType::BF16, "dq");
   check_close(host(got_g.dk), ref_g.dk, DType::BF16, "dk");
   check_close(host(got_g.dv), ref_g.dv, DType::BF16, "dv");
+  if (dh % 2 == 0) {  // RoPE inside the op: dq rotated back in the scaling pass, dk by rope
+    const double base = 10000.0;
+    const ops::AttentionGrads ref_r =
+        ops::attention_backward(f64(dout), f64(q), f64(k), f64(v), ref.out, ref.lse, q_offset, scale, base);
+    const ops::AttentionGrads got_r =
+        ops::attention_backward(dev(dout), qd, kd, vd, got.out, got.lse, q_offset, scale, base);
+    check_close(host(got_r.dq), ref_r.dq, DType::BF16, "dq, rope inside");
+    check_close(host(got_r.dk), ref_r.dk, DType::BF16, "dk, rope inside");
+    check_close(host(got_r.dv), ref_r.dv, DType::BF16, "dv, rope inside");
+  }
 }
 
 }  // namespace
