@@ -412,11 +412,11 @@ void add_feedback(std::vector<OpEntry>& t) {
   for (int64_t T : {1, 2, 9}) cases.push_back(c(2, T, 3, kCpu));
   cases.push_back(c(1, 64, 4, kCpu));
   cases.push_back(c(1, 130, 4, kCpu));
-  // GPU: T around the 64-row solve block, and T = 1000 across several panels when the panel
-  // size is forced small (tests/cuda/test_ops.cpp).
-  const std::vector<std::array<int64_t, 3>> gpu{{1, 1, 8},    {2, 5, 8},     {1, 63, 16},  {2, 64, 33},
-                                                {1, 65, 16},  {3, 130, 70},  {2, 200, 40}, {1, 300, 96},
-                                                {2, 130, 24}, {1, 1000, 16}, {2, 1000, 40}};
+  // GPU: T around the 64-row solve block, T = 1000 across several panels when the panel size
+  // is forced small (tests/cuda/test_ops.cpp), and T = 4097: 65 blocks, the last of one row.
+  const std::vector<std::array<int64_t, 3>> gpu{{1, 1, 8},    {2, 5, 8},     {1, 63, 16},   {2, 64, 33},
+                                                {1, 65, 16},  {3, 130, 70},  {2, 200, 40},  {1, 300, 96},
+                                                {2, 130, 24}, {1, 1000, 16}, {2, 1000, 40}, {1, 4097, 16}};
   for (auto [B, T, D] : gpu) cases.push_back(c(B, T, D, kGpu));
   OpEntry e{"feedback_solve",
             {normal_in(), normal_in(), uniform_in(0.989, 0.999), normal_in()},
@@ -456,7 +456,7 @@ void add_feedback(std::vector<OpEntry>& t) {
   // gamma near 0: the solve is nearly s = f, the softmax gradient nearly vanishes.
   std::vector<OpCase> small;
   for (int64_t T : {1, 63, 64, 65}) small.push_back(c(1, T, 4, kBoth));
-  small.push_back(c(1, 1000, 16, kGpu));
+  for (int64_t T : {1000, 4097}) small.push_back(c(1, T, 16, kGpu));
   OpEntry zero{"feedback_solve (gamma near 0)",
                {normal_in(), normal_in(), uniform_in(0.0, 0.01), normal_in()},
                small,
