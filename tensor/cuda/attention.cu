@@ -151,6 +151,7 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
     using T = decltype(tag);
     using A = acc_t<T>;
     constexpr bool kMma = std::is_same_v<T, bf16_t>;
+    SESSA_CHECK(kMma || !rope_base, op, "rotates inside the bfloat16 kernels only, got " << q_in.str());
     auto prepare = [&](const Tensor& t) { return kMma ? unit_head_dim(t) : ops::contiguous(t); };
     const Tensor q = prepare(q_in), k = prepare(k_in), v = prepare(v_in), dout = prepare(dout_in),
                  out = prepare(out_in), lse = ops::contiguous(lse_in);
@@ -234,8 +235,6 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
           SESSA_CUDA_LAUNCH_CHECK(op);
         }
       });
-      if (rope_base)  // the float32 / float64 kernels leave the rotation to rope
-        return ops::AttentionGrads{rope(g.dq, q_offset, *rope_base, true), rope(g.dk, 0, *rope_base, true), g.dv};
     }
     return g;
   });

@@ -7,6 +7,8 @@
 namespace sessa::cuda {
 
 ops::AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset, double scale);
+// rope_base (bfloat16 only; ops rotates the other dtypes' gradients back itself): dq and dk
+// rotated back inside, as ops::attention_backward states.
 ops::AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor& out, const Tensor& lse, int64_t q_offset, double scale,
                                        std::optional<double> rope_base);

@@ -16,7 +16,7 @@ void copy_(const Tensor& dst, const Tensor& src);
 void fill_(const Tensor& x, double value);
 // a (op) b broadcast to out_shape (a new contiguous tensor); a and b share a dtype.
 Tensor binary(ops::Binary op, const Tensor& a, const Tensor& b, const Shape& out_shape);
-ops::MulGrads mul_grads(const Tensor& dy, const Tensor& a, const Tensor& b);  // one shape (checked by ops)
+ops::MulGrads mul_grads(const Tensor& dy, const Tensor& a, const Tensor& b);  // one shape, contiguous (ops)
 Tensor affine(const Tensor& x, double alpha, double beta);
 void add_(const Tensor& dst, const Tensor& src, double alpha);         // dst += alpha * src
 void add_(const Tensor& dst, const Tensor& src, const Tensor& alpha);  // alpha: 0-d, read on the device

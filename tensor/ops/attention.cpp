@@ -141,13 +141,15 @@ AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in, con
     SESSA_CHECK(*rope_base > 0, op, "rope base must be positive, got " << *rope_base);
     SESSA_CHECK(d.dh % 2 == 0, op, "rotary embedding needs an even head dim, got " << q_in.shape());
   }
+  // The bfloat16 CUDA kernels rotate the gradients back themselves; the others' are the
+  // gradients of the rotated operands, rotated back here.
+  if (rope_base && !(q_in.is_cuda() && q_in.dtype() == DType::BF16)) {
+    AttentionGrads g = attention_backward(dout_in, q_in, k_in, v_in, out_in, lse_in, q_offset, scale);
+    return {rope(g.dq, q_offset, *rope_base, true), rope(g.dk, 0, *rope_base, true), g.dv};
+  }
   if (q_in.is_cuda()) {
     SESSA_CUDA_CALL(
         return cuda::attention_backward(dout_in, q_in, k_in, v_in, out_in, lse_in, q_offset, scale, rope_base));
-  }
-  if (rope_base) {  // the gradients of the rotated operands, rotated back
-    AttentionGrads g = attention_backward(dout_in, q_in, k_in, v_in, out_in, lse_in, q_offset, scale);
-    return {rope(g.dq, q_offset, *rope_base, true), rope(g.dk, 0, *rope_base, true), g.dv};
   }
   Tensor q = contiguous(q_in), k = contiguous(k_in), v = contiguous(v_in);
   Tensor dout = contiguous(dout_in), out = contiguous(out_in), lse = contiguous(lse_in);

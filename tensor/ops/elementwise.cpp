@@ -78,10 +78,10 @@ MulGrads mul_grads(const Tensor& dy, const Tensor& a, const Tensor& b) {
               "needs dy, a and b of one shape, got " << dy.shape() << ", " << a.shape() << " and " << b.shape());
   check_same_device_dtype("mul_grads", a, b);
   check_same_device_dtype("mul_grads", dy, a);
+  if (!(dy.is_contiguous() && a.is_contiguous() && b.is_contiguous())) return {mul(dy, b), mul(dy, a)};
   if (a.is_cuda()) {
     SESSA_CUDA_CALL(return cuda::mul_grads(dy, a, b));
   }
-  if (!(dy.is_contiguous() && a.is_contiguous() && b.is_contiguous())) return {mul(dy, b), mul(dy, a)};
   MulGrads g{empty_like(a), empty_like(b)};
   cpu::dispatch_float(a.dtype(), "mul_grads", [&](auto tag) {
     using T = decltype(tag);
