@@ -289,7 +289,6 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
     const cudaStream_t st = stream(dev.index), chain = stream(dev.index, Lane::priority);
     const int64_t TD = int64_t(T) * D, TP = int64_t(T) * P;
     const A scale = D > 0 ? A(1.0 / std::sqrt(double(D))) : A(0);
-    SESSA_CUDA_CHECK(cudaMemsetAsync(dq.raw_data(), 0, size_t(B) * TD * sizeof(A), st), op);
     const A* inv = ptr<A>(inverses);  // the forward's, of the same 64-row blocks
     const dim3 grid(blocks_for(D, kCols), unsigned(B));
     const auto leaf = backward_leaf<X>(wide_leaves(int64_t(grid.x) * grid.y, dev.index));
@@ -339,10 +338,16 @@ layer::FeedbackGrads feedback_solve_backward(const Tensor& ds_in, const Tensor& 
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (D == 0) return;
       // (S9): dk[c0:c1] = dl^T q[c0:T] (complete: written in X), dq[c0:T] += dl k[c0:c1] (summed in A).
+      // Panels run from the last, and rows [c0, c1) get nothing from later panels: this panel's
+      // part of them is their first and is written (no zeroed buffer), the rest is added.
       gemm(dev.index, B, cw, D, T - c0, scale, {pdl, xdt, P, TP, true}, {ptr<X>(q) + int64_t(c0) * D, xdt, D, TD},
            ptr<X>(g.dk) + int64_t(c0) * D, xdt, D, TD, use_tf32<X>(), op);
-      gemm(dev.index, B, T - c0, D, cw, scale, {pdl, xdt, P, TP}, {ptr<X>(k) + int64_t(c0) * D, xdt, D, TD},
-           ptr<A>(dq) + int64_t(c0) * D, adt, D, TD, use_tf32<X>(), op, /*accumulate=*/true);
+      const GemmOperand k_panel{ptr<X>(k) + int64_t(c0) * D, xdt, D, TD};
+      gemm(dev.index, B, cw, D, cw, scale, {pdl, xdt, P, TP}, k_panel, ptr<A>(dq) + int64_t(c0) * D, adt, D, TD,
+           use_tf32<X>(), op);
+      if (c1 < T)
+        gemm(dev.index, B, T - c1, D, cw, scale, {pdl + int64_t(cw) * P, xdt, P, TP}, k_panel,
+             ptr<A>(dq) + int64_t(c1) * D, adt, D, TD, use_tf32<X>(), op, /*accumulate=*/true);
     };
     {
       // Declared after every buffer the lanes share, so the join is issued before any is freed.
