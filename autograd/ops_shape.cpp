@@ -70,10 +70,20 @@ std::vector<Tensor> split(const Tensor& x, int64_t dim, const std::vector<int64_
   return parts;
 }
 
+// The gradient rows are scatter-added straight into what the engine sums x's gradient into
+// when that is in the gradient's accumulation dtype (an embedding's float32 .grad: no zeroed
+// (V, D) buffer, no second pass adding it), else into zeros of x's shape.
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
-  return record("index_select", ops::index_select(x, dim, index), {x}, [dim, index, sx = x.shape()](const Tensor& g) {
-    return std::vector<Tensor>{ops::index_add(sx, dim, index, g)};
-  });
+  return autograd::record_summing(
+      "index_select", ops::index_select(x, dim, index), {x},
+      [dim, index, sx = x.shape()](const Tensor& g, const std::vector<Tensor>& sums) {
+        const Tensor& sum = sums[0];
+        if (sum.defined() && sum.dtype() == accumulation_dtype(g.dtype()) && sum.device() == g.device()) {
+          ops::index_add_(sum, dim, index, g);
+          return std::vector<Tensor>{sum};
+        }
+        return std::vector<Tensor>{ops::index_add(sx, dim, index, g)};
+      });
 }
 
 // A leaf (a parameter under autocast) gets its gradient unconverted: the engine adds it

@@ -80,8 +80,8 @@ Tensor head_cross_entropy(const Tensor& h, const Tensor& weight, const Tensor& t
     w = compute_copy(weight, h.dtype());
     if (!w.defined()) w = ops::cast(weight, h.dtype());
   }
-  const DType stat = h.dtype() == DType::F64 ? DType::F64 : DType::F32;
-  const DType acc = weight.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  const DType stat = accumulation_dtype(h.dtype());
+  const DType acc = accumulation_dtype(weight.dtype());
   const bool grad = autograd::grad_enabled() && (h.requires_grad() || weight.requires_grad());
   const bool need_dh = grad && h.requires_grad(), need_dw = grad && weight.requires_grad();
 

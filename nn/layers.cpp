@@ -54,6 +54,10 @@ Tensor compute(const Tensor& t) {
   return cast(t, g_autocast_dtype);
 }
 
+bool has_compute_copy(const Tensor& t) {
+  return g_autocast && t.dtype() != g_autocast_dtype && compute_copy(t, g_autocast_dtype).defined();
+}
+
 Tensor compute_copy(const Tensor& t, DType dtype) {
   if (!g_autocast || !g_compute_copies || dtype != g_autocast_dtype) return {};
   const auto it = g_compute_copies->find(t.identity());

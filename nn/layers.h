@@ -68,6 +68,8 @@ class AutocastScope {
 };
 // `t` in the active autocast dtype (unchanged when none is active or t is already in it).
 Tensor compute(const Tensor& t);
+// Whether compute(t) takes t's kept compute copy instead of converting t.
+bool has_compute_copy(const Tensor& t);
 // The value of t's compute copy in `dtype` when the active autocast scope has one (no graph:
 // for an op that forms t's gradient itself, as the fused LM head does), else undefined.
 Tensor compute_copy(const Tensor& t, DType dtype);

@@ -28,10 +28,19 @@ Tensor LanguageModel::head(const Tensor& h) const {
   return matmul(norm_f->forward(h), compute(embedding), false, true);
 }
 
+// Gathered from the table's compute copy when the trainer keeps one (bfloat16 rows read once;
+// the lookup scatter-adds their gradient straight into the float32 .grad), else gathered from
+// the stored table and converted (the rows only, not the whole table).
+Tensor LanguageModel::embed(const Tensor& ids) const {
+  const Tensor on_device = ids.to(device());
+  return has_compute_copy(embedding) ? index_select(compute(embedding), 0, on_device)
+                                     : compute(index_select(embedding, 0, on_device));
+}
+
 Tensor LanguageModel::hidden(const Tensor& ids) {
   check_ids(ids, "LanguageModel::forward");
   SESSA_CHECK(ids.dim() == 2, "LanguageModel::forward", "expected token ids (B, T), got " << ids.shape());
-  Tensor h = compute(index_select(embedding, 0, ids.to(device())));
+  Tensor h = embed(ids);
   for (auto& layer : layers) h = layer->forward(h);
   return h;
 }
@@ -58,7 +67,7 @@ Tensor LanguageModel::step(const Tensor& ids, std::vector<std::unique_ptr<Decode
   SESSA_CHECK(
       ids.dim() == 1 && states.size() == layers.size(), "LanguageModel::step",
       "expected token ids (B) and one state per layer, got " << ids.shape() << " and " << states.size() << " states");
-  Tensor h = compute(index_select(embedding, 0, ops::reshape(ids.to(device()), {ids.size(0), 1})));
+  Tensor h = embed(ops::reshape(ids, {ids.size(0), 1}));
   for (size_t i = 0; i < layers.size(); ++i) h = layers[i]->step(h, *states[i]);
   return reshape(head(h), {ids.size(0), config_.vocab_size});
 }

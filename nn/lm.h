@@ -42,8 +42,9 @@ class LanguageModel : public Module {
   int64_t loss_chunk_rows = kHeadLossChunkRows;  // rows of logits loss() holds at once
 
  private:
-  Tensor hidden(const Tensor& ids);    // int32 (B, T) -> final hidden states (B, T, D), before norm_f
-  Tensor head(const Tensor& h) const;  // final norm + tied projection to the vocabulary
+  Tensor embed(const Tensor& ids) const;  // int32 ids (any shape) -> their rows of the table, in the compute dtype
+  Tensor hidden(const Tensor& ids);       // int32 (B, T) -> final hidden states (B, T, D), before norm_f
+  Tensor head(const Tensor& h) const;     // final norm + tied projection to the vocabulary
   void check_ids(const Tensor& ids, const char* op) const;
   ModelConfig config_;
 };

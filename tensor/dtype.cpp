@@ -52,4 +52,6 @@ DType dtype_from_name(const std::string& n) {
 
 bool is_floating(DType t) { return t == DType::F32 || t == DType::F64 || t == DType::BF16; }
 
+DType accumulation_dtype(DType t) { return t == DType::F64 ? DType::F64 : DType::F32; }
+
 }  // namespace sessa

@@ -14,6 +14,8 @@ const char* dtype_name(DType t);                 // "float32", ...
 const char* safetensors_dtype_name(DType t);     // "F32", "BF16", ... (data/safetensors.h)
 DType dtype_from_name(const std::string& name);  // accepts "float32"/"fp32"/"F32"/..., throws otherwise
 bool is_floating(DType t);
+// The dtype that sums of floating t accumulate in: float64 for float64, else float32.
+DType accumulation_dtype(DType t);
 
 // bfloat16: the upper 16 bits of an IEEE float32. Conversion rounds to nearest even.
 struct bf16 {

@@ -105,8 +105,13 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim);
 // Rows of `x` along `dim` picked by int32 `index` (any shape): out shape = x.shape with
 // dim replaced by index.shape. index_select(weight, 0, ids) is an embedding lookup.
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
-// The backward of index_select: scatter-adds `grad` rows into zeros of `shape`.
+// The backward of index_select: scatter-adds `grad` rows into zeros of `shape`, summed in
+// accumulation_dtype(grad) and returned in grad's dtype.
 Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& grad);
+// The same added into dst in place (an embedding's .grad): dst[.., index[i], ..] += grad[.., i, ..]
+// along `dim`; dst contiguous, in accumulation_dtype(grad), on grad's device. Repeated ids sum
+// in an order that may vary between runs on CUDA (atomics).
+void index_add_(const Tensor& dst, int64_t dim, const Tensor& index, const Tensor& grad);
 
 }  // namespace sessa::ops
 

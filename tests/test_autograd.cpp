@@ -199,6 +199,34 @@ TEST_CASE("linear layers add dW and db into a parameter's .grad in place, also t
   for (size_t i = 0; i < ref.size(); ++i) CHECK(test::max_rel_diff(fresh[i], ref[i]) < 1e-12);
 }
 
+// An embedding lookup scatter-adds its gradient rows (repeated ids included) straight into the
+// table's .grad: a buffer the trainer keeps, or one the engine made for a plain op's gradient
+// that arrived first; with neither it returns a new tensor.
+TEST_CASE("index_select adds its gradient into a parameter's .grad in place") {
+  Generator g(11);
+  Tensor w = leaf({7, 4}, g);
+  const std::vector<int32_t> idv{3, 0, 3, 6, 3, 1, 0, 2, 6, 5};
+  const Tensor ids = from_vector<int32_t>(idv, {2, 5}, {DType::I32});
+  const Tensor c = normal({2, 5, 4}, 0, 1, g, {DType::F64});
+  Tensor rows = full({7, 4}, 0.0, {DType::F64});  // the lookup's gradient, by hand
+  for (size_t i = 0; i < idv.size(); ++i)
+    for (int64_t k = 0; k < 4; ++k) rows.data<double>()[idv[i] * 4 + k] += c.data<double>()[i * 4 + k];
+  auto grads = [&](bool buffer, bool plain) {
+    w.set_grad(buffer ? full({7, 4}, 0.5, {DType::F64}) : Tensor{});
+    const Tensor gw = w.grad();
+    Tensor loss = sum_all(index_select(w, 0, ids) * c);
+    if (plain) loss = loss + sum_all(mul(w, w));  // its gradient 2 w, summed by the engine
+    autograd::backward(loss);
+    if (buffer) CHECK(w.grad().same(gw));  // summed where it was
+    return w.grad();
+  };
+  const Tensor half = full({7, 4}, 0.5, {DType::F64}), twice_w = ops::affine(w.detach(), 2.0, 0.0);
+  CHECK(test::max_rel_diff(grads(false, false), rows) < 1e-12);
+  CHECK(test::max_rel_diff(grads(true, false), ops::add(rows, half)) < 1e-12);
+  CHECK(test::max_rel_diff(grads(false, true), ops::add(rows, twice_w)) < 1e-12);
+  CHECK(test::max_rel_diff(grads(true, true), ops::add(ops::add(rows, half), twice_w)) < 1e-12);
+}
+
 // LayerNorm's weight and bias gradients go into their .grad buffers the same way; the weight
 // also feeds a plain op whose gradient the engine adds to the same buffer.
 TEST_CASE("layer_norm adds its weight and bias gradients into the parameters' .grad in place") {

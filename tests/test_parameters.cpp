@@ -97,6 +97,36 @@ TEST_CASE("backward reports each leaf once, after its last gradient contribution
   CHECK(!unused.grad().defined());
 }
 
+// An embedding lookup as nn::LanguageModel does it: from the table's compute copy when the
+// scope has one (index_select(compute(w))), else the rows gathered and converted
+// (compute(index_select(w))). The same values bit for bit; the gradient up to the rounding of
+// the lookup's sums (float32 here, float64 through the cast), summed into the buffer's .grad
+// after a plain op's (as the tied head's).
+TEST_CASE("compute copies: a lookup from a table's copy equals converting the rows") {
+  Generator gen(5);
+  Tensor table = normal({9, 3}, 0.0, 1.0, gen, {DType::F64});
+  table.set_requires_grad();
+  nn::ParameterBuffer buffer({{"table", &table, false}});
+  const Tensor ids = from_vector<int32_t>({4, 0, 4, 8, 1, 4}, {2, 3}, {DType::I32});
+  const Tensor c = normal({2, 3, 3}, 0.0, 1.0, gen, {DType::F32}), x = normal({3}, 0.0, 1.0, gen, {DType::F32});
+  auto run = [&](const nn::ComputeCopies* copies) {
+    buffer.zero_grad();
+    const Tensor storage = table.grad();
+    nn::AutocastScope scope(DType::F32, true, copies);
+    CHECK(nn::has_compute_copy(table) == (copies != nullptr));
+    const Tensor rows = copies ? index_select(nn::compute(table), 0, ids) : nn::compute(index_select(table, 0, ids));
+    const Tensor loss = sum_all(rows * c) + sum_all(matmul(nn::compute(table), reshape(x, {3, 1})));
+    autograd::backward(loss);
+    CHECK(table.grad().same(storage));
+    return std::pair{loss.item(), buffer.grad().to_vector<double>()};
+  };
+  const auto plain = run(nullptr), cached = run(&buffer.refresh_compute_copies(DType::F32));
+  CHECK(cached.first == plain.first);
+  REQUIRE(cached.second.size() == plain.second.size());
+  for (size_t i = 0; i < plain.second.size(); ++i)
+    CHECK(cached.second[i] == doctest::Approx(plain.second[i]).epsilon(1e-6));
+}
+
 TEST_CASE("compute copies: one conversion of the buffer, used by compute(), gradients as through a plain cast") {
   Generator gen(4);
   Net net(gen);

@@ -47,7 +47,7 @@ Tensor log_softmax_backward(const Tensor& y, const Tensor& dy);
 // on the device come from the data loader, which checks them against the vocabulary);
 // an id out of range traps the kernel instead of touching memory it does not own.
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
-Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& grad);
+void index_add_(const Tensor& dst, int64_t dim, const Tensor& index, const Tensor& grad);  // checked by ops
 
 // ---- optim.cu -------------------------------------------------------------------------
 // param, m, v: one floating dtype; grad: param's dtype or bfloat16. All contiguous.

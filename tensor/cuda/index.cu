@@ -4,9 +4,9 @@
 // `inner` contiguous elements. Blocks are 2-D: threadIdx.x runs along a row and
 // threadIdx.y over several rows, so short and long rows both fill the block.
 // index_select copies rows as raw bytes, in the widest word (16 bytes down to 1) that
-// the row size and the pointers allow: it works for every dtype. index_add adds each
-// gradient row into its target row with atomicAdd, in float32 (double for double):
-// bfloat16 gradients accumulate in a float32 buffer cast once at the end. The order of
+// the row size and the pointers allow: it works for every dtype. index_add_ adds each
+// gradient row into its target row with atomicAdd, in float32 (double for double), into a
+// zeroed buffer (ops::index_add) or straight into an embedding's .grad. The order of
 // the atomic additions varies, so sums of repeated ids may differ in the last bit
 // between runs. An id outside [0, rows) traps the kernel (the error surfaces at the
 // next synchronisation) instead of reading or writing out of bounds.
@@ -92,26 +92,18 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   return out;
 }
 
-Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& grad) {
-  const AroundDim a = around(shape, dim);
+void index_add_(const Tensor& dst, int64_t dim, const Tensor& index, const Tensor& grad) {
+  const AroundDim a = around(dst.shape(), dim);
   const int64_t n = index.numel(), n_grad_rows = a.outer * n;
-  const bool widen = grad.dtype() == DType::BF16;
-  Tensor acc = Tensor::empty(shape, {widen ? DType::F32 : grad.dtype(), grad.device()});
-  fill_(acc, 0.0);
-  if (n_grad_rows > 0 && a.inner > 0) {
-    dispatch_float(grad.dtype(), "index_add", [&](auto tag) {
-      using T = decltype(tag);
-      using A = acc_t<T>;
-      const dim3 block = row_block(a.inner);
-      scatter_add_rows_kernel<T, A><<<row_grid(n_grad_rows, block), block, 0, stream(grad.device().index)>>>(
-          ptr<const T>(grad), ptr<const int32_t>(index), n, a.rows, a.inner, n_grad_rows, ptr<A>(acc));
-      SESSA_CUDA_LAUNCH_CHECK("index_add");
-    });
-  }
-  if (!widen) return acc;
-  Tensor out = Tensor::empty(shape, grad.options());
-  copy_(out, acc);
-  return out;
+  if (n_grad_rows == 0 || a.inner == 0) return;
+  dispatch_float(grad.dtype(), "index_add", [&](auto tag) {
+    using T = decltype(tag);
+    using A = acc_t<T>;
+    const dim3 block = row_block(a.inner);
+    scatter_add_rows_kernel<T, A><<<row_grid(n_grad_rows, block), block, 0, stream(grad.device().index)>>>(
+        ptr<const T>(grad), ptr<const int32_t>(index), n, a.rows, a.inner, n_grad_rows, ptr<A>(dst));
+    SESSA_CUDA_LAUNCH_CHECK("index_add");
+  });
 }
 
 }  // namespace sessa::cuda

@@ -2,6 +2,7 @@
 // lookup and its scatter-add backward).
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "tensor/cpu/loops.h"
 #include "tensor/cuda/basic.h"
@@ -82,23 +83,34 @@ Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
   return out;
 }
 
-Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index_in, const Tensor& grad_in) {
-  Tensor index = contiguous(index_in), grad = contiguous(grad_in);
-  int64_t d = wrap_dim(dim, int64_t(shape.size()), "index_add");
-  AroundDim a = around(shape, d);
+Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& grad) {
+  const Tensor sum = zeros(shape, {accumulation_dtype(grad.dtype()), grad.device()});
+  index_add_(sum, dim, index, grad);
+  return sum.dtype() == grad.dtype() ? sum : cast(sum, grad.dtype());
+}
+
+void index_add_(const Tensor& dst, int64_t dim, const Tensor& index_in, const Tensor& grad_in) {
+  const Tensor index = contiguous(index_in), grad = contiguous(grad_in);
+  const Shape& shape = dst.shape();
+  const int64_t d = wrap_dim(dim, int64_t(shape.size()), "index_add");
+  const AroundDim a = around(shape, d);
   const int64_t n = index.numel();
   SESSA_CHECK(grad.numel() == a.outer * n * a.inner, "index_add",
               "gradient " << grad.shape() << " does not match " << shape << " indexed by " << index.shape());
+  SESSA_CHECK(dst.is_contiguous() && dst.dtype() == accumulation_dtype(grad.dtype()) && dst.device() == grad.device(),
+              "index_add",
+              "the sum " << dst.str() << " must be contiguous, " << dtype_name(accumulation_dtype(grad.dtype()))
+                         << " and on " << grad.device().str() << " for a gradient " << grad.str());
   if (grad.is_cuda()) {
     SESSA_CUDA_CALL(
-        return cuda::index_add(shape, d, device_indices(index, grad.device(), shape[size_t(d)], "index_add"), grad));
+        return cuda::index_add_(dst, d, device_indices(index, grad.device(), shape[size_t(d)], "index_add"), grad));
   }
   const int32_t* ids = checked_indices(index, shape[size_t(d)], "index_add");
-  Tensor out = zeros(shape, grad.options());
   cpu::dispatch_float(grad.dtype(), "index_add", [&](auto tag) {
     using T = decltype(tag);
+    using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
     const T* g = grad.data<T>();
-    T* y = out.data<T>();
+    A* y = dst.data<A>();
     // Parallel over column blocks: two indices may name the same row, so rows are not split.
     constexpr int64_t kBlock = 64;
 #pragma omp parallel for if (grad.numel() >= cpu::kParallelGrain)
@@ -106,13 +118,12 @@ Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index_in, const 
       const int64_t c1 = std::min(a.inner, c0 + kBlock);
       for (int64_t o = 0; o < a.outer; ++o)
         for (int64_t i = 0; i < n; ++i) {
-          T* dst_row = y + (o * a.rows + ids[i]) * a.inner;
+          A* dst_row = y + (o * a.rows + ids[i]) * a.inner;
           const T* src_row = g + (o * n + i) * a.inner;
-          for (int64_t c = c0; c < c1; ++c) dst_row[c] += src_row[c];
+          for (int64_t c = c0; c < c1; ++c) dst_row[c] += A(src_row[c]);
         }
     }
   });
-  return out;
 }
 
 }  // namespace sessa::ops

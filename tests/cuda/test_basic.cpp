@@ -1,8 +1,8 @@
 // GPU parity for the basic ops the op table (tests/op_table.cpp, driven by test_ops.cpp)
 // cannot express: copies and casts between every dtype pair (strided, broadcast), fills,
 // the contiguous kernel at every alignment and tail length, the in-place add_, sum_to, amax/argmax, index_select of
-// integer tensors and its range check, the AdamW step with sum_of_squares, and the ordering of the priority lane
-// (tensor/cuda/lane.h) against the main lane. Elementwise, unary, reductions, softmax,
+// integer tensors and its range check, index_add_ into an existing sum, the AdamW step with sum_of_squares, and the
+// ordering of the priority lane (tensor/cuda/lane.h) against the main lane. Elementwise, unary, reductions, softmax,
 // cat and index_select/index_add of floats are table entries. The CPU result is the
 // reference: float32 inputs, rounded to bfloat16 first when the GPU runs in bfloat16, or
 // float64 for float64 runs.
@@ -201,6 +201,41 @@ TEST_CASE("cuda index_select of integer tensors, host and device ids; out-of-ran
         ops::index_select(zeros({4, 2}, {DType::F32, gpu()}), 0, from_vector<int32_t>({4}, {1}, {DType::I32}));
       },
       {"index_select", "out of range"});
+}
+
+// index_add_ into a sum that already holds values (an embedding's .grad): bfloat16 and float32
+// gradients into float32, float64 into float64, host and device ids, many repeats of a few
+// ids, the middle dim; the sum keeps its storage. A sum in the wrong dtype is refused.
+TEST_CASE("cuda index_add_ adds into an existing sum like the CPU") {
+  Generator gen(72);
+  const std::vector<int32_t> id_values{3, 0, 36, 3, 17, 5, 5, 36, 1, 3, 3, 3};
+  const Tensor ids = from_vector<int32_t>(id_values, {3, 4}, {DType::I32});
+  for (DType t : kFloatTypes)
+    for (int64_t C : {1, 13, 768 + 3}) {
+      const DType acc = accumulation_dtype(t);
+      const std::string what = name(t) + " C=" + std::to_string(C);
+      const Tensor start = uniform({37, C}, -1.0, 1.0, gen).to(acc), grad = normal({3, 4, C}, 0, 1, gen);
+      Tensor ref = ops::clone(start);
+      ops::index_add_(ref, 0, ids, ref_input(grad, t).to(acc));
+      for (bool device_ids : {false, true}) {
+        const Tensor sum = start.to(gpu()), storage = sum;
+        ops::index_add_(sum, 0, device_ids ? ids.to(gpu()) : ids, gpu_input(grad, t));
+        CHECK(sum.same(storage));
+        check_close(host(sum), ref, acc, (what + (device_ids ? " device ids" : " host ids")).c_str());
+      }
+      const Tensor start3 = uniform({2, 37, C}, -1.0, 1.0, gen).to(acc), grad3 = normal({2, 12, C}, 0, 1, gen);
+      Tensor ref3 = ops::clone(start3);
+      const Tensor flat_ids = ops::reshape(ids, {12});
+      ops::index_add_(ref3, 1, flat_ids, ref_input(grad3, t).to(acc));
+      const Tensor sum3 = start3.to(gpu());
+      ops::index_add_(sum3, 1, flat_ids, gpu_input(grad3, t));
+      check_close(host(sum3), ref3, acc, (what + " middle dim").c_str());
+    }
+  check_error(
+      [&] {
+        ops::index_add_(zeros({37, 4}, {DType::BF16, gpu()}), 0, ids, zeros({3, 4, 4}, {DType::BF16, gpu()}));
+      },
+      {"index_add", "float32"});
 }
 
 // add_ with its alpha a 0-d tensor read on the device (the fused head's backward): float32
