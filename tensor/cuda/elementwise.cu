@@ -242,6 +242,19 @@ struct BinaryOp {  // K = 2: a, b
   }
 };
 
+// K = 1: x (op) s, or s (op) x when kScalarFirst, with s the one element at `scalar` (read on
+// the device; the threads' loads of it hit one cached line): a binary op with a one-element
+// operand (a 0-d scale such as the loss's gradient) as a map over the other in packs, with
+// BinaryOp's arithmetic, so the values are those of the broadcasting path.
+template <ops::Binary op, class T, bool kScalarFirst>
+struct ScalarBinaryOp {
+  const T* scalar;
+  __device__ T operator()(const T (&v)[1]) const {
+    const T s = *scalar, pair[2] = {kScalarFirst ? s : v[0], kScalarFirst ? v[0] : s};
+    return BinaryOp<op, T>{}(pair);
+  }
+};
+
 template <class T>
 struct AffineOp {  // K = 1: alpha x + beta
   acc_t<T> alpha, beta;
@@ -359,7 +372,17 @@ Tensor binary(ops::Binary op, const Tensor& a, const Tensor& b, const Shape& out
     const T *pa = ptr<const T>(a), *pb = ptr<const T>(b);
     auto run = [&](auto op_tag) {
       constexpr ops::Binary kOp = decltype(op_tag)::value;
-      launch(name, out.device(), out_shape, strides, Map<T, T, 2, BinaryOp<kOp, T>>{y, {pa, pb}, {}});
+      // One operand a single element beside a contiguous one of the output's shape: the
+      // broadcasting path would index every element of the output; this is a dense map.
+      if (b.numel() == 1 && a.is_contiguous() && a.shape() == out_shape) {
+        launch(name, out.device(), out_shape, {out.strides(), a.strides()},
+               Map<T, T, 1, ScalarBinaryOp<kOp, T, false>>{y, {pa}, {pb}});
+      } else if (a.numel() == 1 && b.is_contiguous() && b.shape() == out_shape) {
+        launch(name, out.device(), out_shape, {out.strides(), b.strides()},
+               Map<T, T, 1, ScalarBinaryOp<kOp, T, true>>{y, {pb}, {pa}});
+      } else {
+        launch(name, out.device(), out_shape, strides, Map<T, T, 2, BinaryOp<kOp, T>>{y, {pa, pb}, {}});
+      }
     };
     switch (op) {
       case ops::Binary::Add:
