@@ -1,4 +1,4 @@
-// What the GPU kernel benchmarks share (bench_mamba_scan, bench_cross_entropy): a checked
+// What the GPU kernel benchmarks share (bench_mamba_scan, bench_mamba_conv, bench_cross_entropy): a checked
 // CUDA call, the median of CUDA-event times of a callable on the engine's main stream after a
 // warm-up, a device-to-device copy of the same bytes as the bandwidth to compare against, and
 // the relative error of a GPU result against a CPU reference. CUDA builds only.

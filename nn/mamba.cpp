@@ -18,6 +18,8 @@ MambaMixer::MambaMixer(const MambaOptions& o, Generator& gen, TensorOptions topt
               "d_model, expand, d_state, d_conv and n_layers must be positive; got d_model "
                   << o.d_model << ", expand " << o.expand << ", d_state " << o.d_state << ", d_conv " << o.d_conv
                   << ", n_layers " << o.n_layers);
+  SESSA_CHECK(o.d_conv <= kMaxConvTaps, "MambaBlock",
+              "d_conv " << o.d_conv << " is wider than the " << kMaxConvTaps << " taps the conv's CUDA backward holds");
   const int64_t Dm = d_model, Di = d_inner, N = d_state, K = d_conv, R = dt_rank;
 
   // Drawn from `gen` in the order below (in_proj, conv1d, x_proj, dt_proj, out_proj).

@@ -16,6 +16,10 @@ namespace sessa::nn {
 // The raw kernels (no autograd) are name_forward / name_backward; the differentiable
 // ops at the end keep the plain names.
 
+// The widest conv kernel K the CUDA backward takes (its windows live in registers); the
+// Mamba mixer checks d_conv against it when built.
+constexpr int64_t kMaxConvTaps = 16;
+
 // x: (B, T, C), w: (C, K), bias: (C) -> (B, T, C); SiLU of the result if `silu`.
 Tensor causal_conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, bool silu = false);
 struct Conv1dGrads {

@@ -299,3 +299,12 @@ TEST_CASE("Mamba ops report bad shapes") {
   Tensor A = zeros({3, 4}, {DType::F64}), Bm = zeros({2, 5, 5}, {DType::F64}), D = ones({3}, {DType::F64});
   test::check_error([&] { nn::selective_scan_forward(x, x, A, Bm, Bm, D); }, {"selective_scan", "[2, 5, 5]"});
 }
+
+TEST_CASE("MambaBlock rejects a conv kernel wider than the CUDA backward holds") {
+  Generator gen(1);
+  nn::MambaOptions o = tiny_options();
+  o.d_conv = nn::kMaxConvTaps;
+  CHECK_NOTHROW(nn::MambaBlock(o, gen, {DType::F64}));
+  o.d_conv = nn::kMaxConvTaps + 1;
+  test::check_error([&] { nn::MambaBlock(o, gen, {DType::F64}); }, {"MambaBlock", "d_conv 17", "16"});
+}

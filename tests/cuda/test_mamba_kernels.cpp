@@ -128,6 +128,25 @@ TEST_CASE("cuda causal_conv1d with channels in 16-byte packs") {
   check_conv(1, 1000, 16, 4, DType::F64, 27, true);
 }
 
+// The backward walks runs of rows with its windows in registers: runs that start and end
+// inside sequences, sequences shorter than a run, kernels narrower (K 2) and wider (K 16)
+// than its packed window of 4, backward packs of 4 where the forward's 16-byte packs do not fit.
+TEST_CASE("cuda causal_conv1d backward: runs across sequences, kernel sizes 2 and 16") {
+  check_conv(8, 5, 8, 4, DType::F32, 28, true);      // 40 rows in 3 runs of 14: sequences of 5 inside
+  check_conv(16, 37, 64, 4, DType::BF16, 29, true);  // 37 runs of 16 rows, boundaries mid-run
+  check_conv(2, 70, 36, 4, DType::BF16, 30, true);   // C % 8 != 0: backward packs of 4
+  check_conv(2, 40, 12, 2, DType::F32, 31, true);    // K 2 < 4
+  check_conv(3, 45, 5, 16, DType::F32, 32);          // K 16, the widest
+  check_conv(1, 9, 3, 16, DType::F64, 33, true);     // K 16 > T
+}
+
+TEST_CASE("cuda causal_conv1d backward names a kernel wider than 16 taps") {
+  Generator gen(1);
+  const Tensor x = cpu_randn({1, 8, 3}, gen).to(gpu()), w = cpu_randn({3, 17}, gen).to(gpu()),
+               dy = cpu_randn({1, 8, 3}, gen).to(gpu());
+  check_error([&] { nn::causal_conv1d_backward(dy, x, w); }, {"causal_conv1d_backward", "16", "[3, 17]"});
+}
+
 // ---- selective scan -----------------------------------------------------------------
 
 // u, dy ~ N(0, 1); delta ~ U(0.01, 1) (softplus outputs); A ~ -U(0.1, 4) (A = -exp(A_log));
