@@ -17,12 +17,12 @@
 //            or at the end of s's sequence (dpre past it is 0).
 // So x and dy are read once (plus K - 1 rows either side of a run) and dx written once,
 // instead of three kernels (dpre, dx, and a dw pass that read x K times in 2-byte loads:
-// 2.06 ms of a 38.1 ms Mamba step at 16 x 1024, docs/performance.md). A block's 8 runs add
-// their sums in shared memory; the blocks' (K + 1, C) partials (the bias is "tap K") are
-// summed in a fixed order by nn/mamba_partials.cuh, so dw and dbias are bitwise
-// reproducible. The windows are indexed at compile time (the newest row last; taps of a
-// kernel narrower than the window weighted 0): Mamba's K = 4 in packs, other K up to 16 one
-// channel per thread.
+// 2.06 ms of a 38.1 ms Mamba step at 16 x 1024; as one kernel 0.306 -> 0.126 ms per layer,
+// docs/performance.md). A block's 8 runs add their sums in shared memory; the blocks'
+// (K + 1, C) partials (the bias is "tap K") are summed in a fixed order by
+// nn/mamba_partials.cuh, so dw and dbias are bitwise reproducible. The windows are indexed
+// at compile time (the newest row last; taps of a kernel narrower than the window weighted
+// 0): Mamba's K = 4 in packs, other K up to 16 one channel per thread.
 #include <algorithm>
 #include <initializer_list>
 
