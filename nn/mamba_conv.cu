@@ -312,19 +312,19 @@ nn::Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, 
       const dim3 grid(unsigned((packs + kPacksPerBlock - 1) / kPacksPerBlock),
                       unsigned((used + kRunsPerBlock - 1) / kRunsPerBlock));
       Tensor partial = Tensor::empty({int64_t(grid.y), K + 1, C}, {acc_dtype(x.dtype()), x.device()});
-      const ConvBackwardParams p{dy.raw_data(),
-                                 x.raw_data(),
-                                 wt.raw_data(),
-                                 silu ? bias.raw_data() : nullptr,
-                                 g.dx.raw_data(),
-                                 partial.raw_data(),
-                                 rows,
-                                 run,
-                                 int(T),
-                                 int(C),
-                                 int(K),
-                                 int(packs),
-                                 int(used)};
+      const ConvBackwardParams p{.dy = dy.raw_data(),
+                                 .x = x.raw_data(),
+                                 .wt = wt.raw_data(),
+                                 .bias = silu ? bias.raw_data() : nullptr,
+                                 .dx = g.dx.raw_data(),
+                                 .partial = partial.raw_data(),
+                                 .rows = rows,
+                                 .run = run,
+                                 .T = int(T),
+                                 .C = int(C),
+                                 .K = int(K),
+                                 .packs = int(packs),
+                                 .runs = int(used)};
       kernel<<<grid, dim3(kPacksPerBlock, kRunsPerBlock), 0, st>>>(p);
       SESSA_CUDA_LAUNCH_CHECK(op);
       sum_split_partials<F>(ptr<acc_t<F>>(partial), ptr<F>(g.dw), ptr<F>(g.dbias), int(grid.y), int(C), int(K), st, op);
