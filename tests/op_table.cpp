@@ -59,9 +59,11 @@ void add_elementwise(std::vector<OpEntry>& t) {
       {{{2, 3}, {}}, 0, kCpu}, {{{2, 3}, {}}, 1, kCpu}, {{{1031, 517}, {}}, 0, kGpu}, {{{6, 129, 7}, {}}, 1, kGpu}};
   const std::vector<InputSpec> scalar_in{uniform_in(0.5, 2.0), const_in(normal_in())};
   using BinaryFn = Tensor (*)(const Tensor&, const Tensor&);
-  for (auto [name, fn] : {std::pair<const char*, BinaryFn>{"add", add}, {"sub", sub}, {"mul", mul}, {"div", div}})
-    t.push_back({std::string(name) + " by a 0-d constant", scalar_in, scalar_cases,
+  for (const auto& op : {std::pair<const char*, BinaryFn>{"add", add}, {"sub", sub}, {"mul", mul}, {"div", div}}) {
+    const BinaryFn fn = op.second;  // (clang 14, the sanitizer build, cannot capture a structured binding)
+    t.push_back({std::string(op.first) + " by a 0-d constant", scalar_in, scalar_cases,
                  [fn](auto& x, int64_t first) { return first ? fn(x[1], x[0]) : fn(x[0], x[1]); }});
+  }
   t.push_back({"affine",
                {normal_in()},
                {{{{5, 3}}}, {{{1}}}, {{{17, 33}}, 0, kGpu}, {{{1031, 517}}, 0, kGpu}},
