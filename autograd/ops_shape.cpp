@@ -74,16 +74,15 @@ std::vector<Tensor> split(const Tensor& x, int64_t dim, const std::vector<int64_
 // when that is in the gradient's accumulation dtype (an embedding's float32 .grad: no zeroed
 // (V, D) buffer, no second pass adding it), else into zeros of x's shape.
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
-  return autograd::record_summing(
-      "index_select", ops::index_select(x, dim, index), {x},
-      [dim, index, sx = x.shape()](const Tensor& g, const std::vector<Tensor>& sums) {
-        const Tensor& sum = sums[0];
-        if (sum.defined() && sum.dtype() == accumulation_dtype(g.dtype()) && sum.device() == g.device()) {
-          ops::index_add_(sum, dim, index, g);
-          return std::vector<Tensor>{sum};
-        }
-        return std::vector<Tensor>{ops::index_add(sx, dim, index, g)};
-      });
+  auto backward = [dim, index, sx = x.shape()](const Tensor& g, const std::vector<Tensor>& sums) {
+    const Tensor& sum = sums[0];
+    const bool in_place = sum.defined() && sum.is_contiguous() && sum.dtype() == accumulation_dtype(g.dtype()) &&
+                          sum.device() == g.device();  // what ops::index_add_ takes
+    if (!in_place) return std::vector<Tensor>{ops::index_add(sx, dim, index, g)};
+    ops::index_add_(sum, dim, index, g);
+    return std::vector<Tensor>{sum};
+  };
+  return autograd::record_summing("index_select", ops::index_select(x, dim, index), {x}, backward);
 }
 
 // A leaf (a parameter under autocast) gets its gradient unconverted: the engine adds it

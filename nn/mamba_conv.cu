@@ -311,7 +311,7 @@ nn::Conv1dGrads causal_conv1d_backward(const Tensor& dy_in, const Tensor& x_in, 
       const int64_t run = (rows + runs - 1) / runs, used = (rows + run - 1) / run;
       const dim3 grid(unsigned((packs + kPacksPerBlock - 1) / kPacksPerBlock),
                       unsigned((used + kRunsPerBlock - 1) / kRunsPerBlock));
-      Tensor partial = Tensor::empty({int64_t(grid.y), K + 1, C}, {acc_dtype(x.dtype()), x.device()});
+      Tensor partial = Tensor::empty({int64_t(grid.y), K + 1, C}, {accumulation_dtype(x.dtype()), x.device()});
       const ConvBackwardParams p{.dy = dy.raw_data(),
                                  .x = x.raw_data(),
                                  .wt = wt.raw_data(),

@@ -167,7 +167,7 @@ dim3 scan_grid(const ScanParams& p, int chunks) {
 
 // (count, B, N, Di) in the accumulation type.
 Tensor chunk_table(const ScanParams& p, int count, const Tensor& like) {
-  return Tensor::empty({count, p.batch, p.dstate, p.dim}, {acc_dtype(like.dtype()), like.device()});
+  return Tensor::empty({count, p.batch, p.dstate, p.dim}, {accumulation_dtype(like.dtype()), like.device()});
 }
 
 // The carry kernel over (B, N, Di) rows.
@@ -228,7 +228,7 @@ void run_backward(ScanParams& p, const Tensor& like, Tensor& part_ad, cudaStream
   Chunks<Acc> tc = time_chunks<Acc, kNG>(p, resident_blocks<kNG>(main_pass, smem, dev, op),
                                          resident_blocks<kNG>(pass1, smem1, dev, op), kBwdPass1Cost);
   const dim3 grid = scan_grid<kNG>(p, tc.count);
-  part_ad = Tensor::empty({p.batch, tc.count, p.dstate + 1, p.dim}, {acc_dtype(like.dtype()), like.device()});
+  part_ad = Tensor::empty({p.batch, tc.count, p.dstate + 1, p.dim}, {accumulation_dtype(like.dtype()), like.device()});
   p.part_ad = part_ad.raw_data();
   Tensor ends, prods, carry;
   if (tc.count > 1) {  // pass 1 on chunks 1 .. count-1, then the q entering each chunk
@@ -261,7 +261,7 @@ Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& 
   Tensor z = z_in.defined() ? unit_last_stride(z_in) : Tensor();
   if (z.defined()) p.z = z.raw_data(), p.z_bstride = z.strides()[0], p.z_tstride = z.strides()[1];
   if (checkpoints) {
-    *checkpoints = Tensor::empty({B, p.segments, N, Di}, {acc_dtype(u.dtype()), u.device()});
+    *checkpoints = Tensor::empty({B, p.segments, N, Di}, {accumulation_dtype(u.dtype()), u.device()});
     p.ckpt = checkpoints->raw_data();
   }
   cudaStream_t st = stream(u.device().index);
@@ -280,7 +280,7 @@ nn::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor
          Dk = ops::contiguous(D_in);
   const int64_t B = u.size(0), T = u.size(1), Di = u.size(2), N = A.size(1);
   check_scan_sizes(op, B, T, Di, N);
-  const TensorOptions opt = u.options(), acc{acc_dtype(u.dtype()), u.device()};
+  const TensorOptions opt = u.options(), acc{accumulation_dtype(u.dtype()), u.device()};
   const bool gate = z_in.defined();
   if (u.numel() == 0)
     return {zeros(u.shape(), opt),

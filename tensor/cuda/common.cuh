@@ -46,10 +46,8 @@ struct Acc<double> {
 };
 template <class T>
 using acc_t = typename Acc<T>::type;
-
-// The dtype of acc_t for storage dtype t: float64 for float64, else float32. Statistics
-// (softmax and LayerNorm stats, log-sum-exp, losses) and partial sums are kept in it.
-inline DType acc_dtype(DType t) { return t == DType::F64 ? DType::F64 : DType::F32; }
+// Its dtype is accumulation_dtype(t) (tensor/dtype.h): statistics (softmax and LayerNorm
+// stats, log-sum-exp, losses) and partial sums are kept in it.
 
 template <class T>
 __device__ __forceinline__ acc_t<T> load(const T* p) {

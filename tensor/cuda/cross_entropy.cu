@@ -213,7 +213,7 @@ ops::CrossEntropyOut cross_entropy(const Tensor& logits, const Tensor& targets_i
                                    ops::LossReduction reduction) {
   Tensor x = ops::contiguous(logits), targets = ops::contiguous(targets_in.to(logits.device()));
   const int64_t N = x.size(0), V = x.size(1);
-  const TensorOptions sopt{acc_dtype(x.dtype()), x.device()};
+  const TensorOptions sopt{accumulation_dtype(x.dtype()), x.device()};
   ops::CrossEntropyOut res{Tensor::empty(Shape{}, sopt), Tensor::empty({N}, sopt), count};
   Tensor row_loss = Tensor::empty({N}, sopt);
   cudaStream_t st = stream(x.device().index);
@@ -262,7 +262,7 @@ Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const T
   Tensor dx = Tensor::empty(x.shape(), x.options());
   if (dx.numel() == 0) return dx;
   const int64_t host_count = count;
-  Tensor scale = Tensor::empty(Shape{}, {acc_dtype(x.dtype()), x.device()});
+  Tensor scale = Tensor::empty(Shape{}, {accumulation_dtype(x.dtype()), x.device()});
   cudaStream_t st = stream(x.device().index);
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);

@@ -448,7 +448,8 @@ void add_(const Tensor& dst, const Tensor& src, double alpha) {
 }
 
 void add_(const Tensor& dst, const Tensor& src, const Tensor& alpha) {
-  const Tensor scale = alpha.dtype() == acc_dtype(dst.dtype()) ? alpha : ops::cast(alpha, acc_dtype(dst.dtype()));
+  const Tensor scale =
+      alpha.dtype() == accumulation_dtype(dst.dtype()) ? alpha : ops::cast(alpha, accumulation_dtype(dst.dtype()));
   dispatch_float(dst.dtype(), "add_", [&](auto dst_tag) {
     using D = decltype(dst_tag);
     using A = acc_t<D>;

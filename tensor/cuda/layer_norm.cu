@@ -188,7 +188,7 @@ ops::LayerNormOut layer_norm(const Tensor& x_in, const Tensor& weight, const Ten
   Tensor x = ops::contiguous(x_in), w = ops::contiguous(weight), b = ops::contiguous(bias);
   const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
   const Shape stat_shape(x.shape().begin(), x.shape().end() - 1);
-  const TensorOptions stat_opt{acc_dtype(x.dtype()), x.device()};
+  const TensorOptions stat_opt{accumulation_dtype(x.dtype()), x.device()};
   ops::LayerNormOut out{empty_like(x), Tensor::empty(stat_shape, stat_opt), Tensor::empty(stat_shape, stat_opt)};
   if (rows == 0) return out;
   cudaStream_t st = stream(x.device().index);
@@ -213,7 +213,7 @@ ops::LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x_in,
                                         const Tensor& mean_in, const Tensor& rstd_in, const ops::LayerNormGrads& sums) {
   const char* op = "layer_norm_backward";
   check_params(op, x_in, weight, weight);
-  const DType sdt = acc_dtype(x_in.dtype());
+  const DType sdt = accumulation_dtype(x_in.dtype());
   SESSA_CHECK(dy_in.dtype() == x_in.dtype() && dy_in.device() == x_in.device(), op,
               "gradient " << dy_in.str() << " does not match input " << x_in.str());
   SESSA_CHECK(mean_in.dtype() == sdt && rstd_in.dtype() == sdt && mean_in.device() == x_in.device() &&

@@ -97,7 +97,7 @@ Tensor rope(const Tensor& x_in, int64_t pos_offset, double base, bool inverse) {
   Tensor y = empty_heads_like(x, x.dtype());
   if (pairs == 0) return y;
   cudaStream_t st = stream(x.device().index);
-  const RopeTables tables = rope_tables(x.device(), T, half, pos_offset, base, acc_dtype(x.dtype()));
+  const RopeTables tables = rope_tables(x.device(), T, half, pos_offset, base, accumulation_dtype(x.dtype()));
   dispatch_float(x.dtype(), "rope", [&](auto tag) {
     using TT = decltype(tag);
     using A = acc_t<TT>;

@@ -2,7 +2,7 @@
 // tensor/ops/ check the arguments and dispatch here for CUDA tensors.
 //
 // Statistics (LayerNorm mean/rstd, cross-entropy log-sum-exp and loss) are float32 for
-// float32 and bfloat16 inputs and float64 for float64 inputs (acc_dtype, common.cuh).
+// float32 and bfloat16 inputs and float64 for float64 inputs (accumulation_dtype, tensor/dtype.h).
 #pragma once
 #include "tensor/ops.h"
 
