@@ -72,9 +72,9 @@ Tensor MambaMixer::forward(const Tensor& x, const Tensor& residual) const {
   auto xz = in_proj->forward_parts(x, {Di, Di});
   Tensor u = causal_conv1d(xz[0], compute(conv_weight), compute(conv_bias), /*silu=*/true);  // SiLU fused
   auto dbc = split(x_proj->forward(u), 2, {R, N, N});  // narrow (R + 2N wide): one GEMM beats three
-  Tensor delta = softplus(dt_proj->forward(dbc[0]));
+  Tensor dt = dt_proj->forward(dbc[0]);                // the scan takes delta = softplus(dt) inside its node
   Tensor A = compute(-exp(A_log));
-  Tensor y = selective_scan(u, delta, A, dbc[1], dbc[2], compute(D), /*z=*/xz[1]);  // gated by SiLU(z), fused
+  Tensor y = selective_scan(u, dt, A, dbc[1], dbc[2], compute(D), /*z=*/xz[1], /*delta_softplus=*/true);  // gated
   return out_proj->forward(y, residual);
 }
 

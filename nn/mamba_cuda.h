@@ -21,6 +21,6 @@ Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, con
                       const Tensor& Dskip, const Tensor& z, Tensor* checkpoints);
 nn::SelectiveScanGrads selective_scan_backward(const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A,
                                                const Tensor& Bm, const Tensor& Cm, const Tensor& Dskip, const Tensor& z,
-                                               const Tensor& checkpoints);
+                                               const Tensor& checkpoints, bool ddelta_wrt_dt);
 
 }  // namespace sessa::cuda

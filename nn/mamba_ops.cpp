@@ -228,7 +228,8 @@ Tensor selective_scan_forward(const Tensor& u_in, const Tensor& delta_in, const 
 
 SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_in, const Tensor& delta_in,
                                            const Tensor& A_in, const Tensor& Bm_in, const Tensor& Cm_in,
-                                           const Tensor& D_in, const Tensor& z, const Tensor& checkpoints) {
+                                           const Tensor& D_in, const Tensor& z, const Tensor& checkpoints,
+                                           bool ddelta_wrt_dt) {
   const char* op = "selective_scan_backward";
   (void)checkpoints;  // the CUDA forward's; the CPU backward recomputes everything
   const ScanDims d = check_scan(op, u_in, delta_in, A_in, Bm_in, Cm_in, D_in, z);
@@ -237,13 +238,13 @@ SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_
               "gradient " << dy_in.str() << " does not match the output " << u_in.str());
   require_same_device(op, dy_in, u_in);
   if (u_in.is_cuda()) {
-    SESSA_CUDA_CALL(
-        return cuda::selective_scan_backward(dy_in, u_in, delta_in, A_in, Bm_in, Cm_in, D_in, z, checkpoints));
+    SESSA_CUDA_CALL(return cuda::selective_scan_backward(dy_in, u_in, delta_in, A_in, Bm_in, Cm_in, D_in, z,
+                                                         checkpoints, ddelta_wrt_dt));
   }
   if (z.defined()) {  // out = y * SiLU(z): dz = dout * y * SiLU'(z), dy = dout * SiLU(z)
     const Tensor y = selective_scan_forward(u_in, delta_in, A_in, Bm_in, Cm_in, D_in);
     SelectiveScanGrads g = selective_scan_backward(ops::mul(dy_in, ops::unary(ops::Unary::Silu, z)), u_in, delta_in,
-                                                   A_in, Bm_in, Cm_in, D_in);
+                                                   A_in, Bm_in, Cm_in, D_in, {}, {}, ddelta_wrt_dt);
     g.dz = ops::unary_backward(ops::Unary::Silu, z, ops::mul(dy_in, y));
     return g;
   }
@@ -313,7 +314,7 @@ SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_
             gh[size_t(n)] = g_h * Et[n];
           }
           pdu[i] = F(du);
-          pddelta[i] = F(ddelta);
+          pddelta[i] = F(ddelta_wrt_dt ? ddelta * -std::expm1(-dt) : ddelta);  // sigmoid(dt) = 1 - exp(-delta)
         }
         dD[c] += dD_acc;
       }
@@ -351,17 +352,19 @@ Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, bool 
                           });
 }
 
-Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                      const Tensor& Dskip, const Tensor& z) {
+Tensor selective_scan(const Tensor& u, const Tensor& delta_in, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
+                      const Tensor& Dskip, const Tensor& z, bool delta_softplus) {
+  // delta_in is dt with delta_softplus: the node's input is dt, it keeps delta = softplus(dt).
+  const Tensor delta = delta_softplus ? ops::unary(ops::Unary::Softplus, delta_in.detach()) : delta_in.detach();
   // The CUDA forward's chunk checkpoints are kept for the backward (undefined on the CPU).
   Tensor ckpt;
   Tensor y = selective_scan_forward(u, delta, A, Bm, Cm, Dskip, z, &ckpt);
-  std::vector<Tensor> inputs{u, delta, A, Bm, Cm, Dskip};
+  std::vector<Tensor> inputs{u, delta_in, A, Bm, Cm, Dskip};
   if (z.defined()) inputs.push_back(z);
   return autograd::record(z.defined() ? "selective_scan_gated" : "selective_scan", y, inputs,
-                          [u = u.detach(), delta = delta.detach(), A = A.detach(), Bm = Bm.detach(), Cm = Cm.detach(),
-                           Dk = Dskip.detach(), z = z.detach(), ckpt](const Tensor& g) {
-                            auto gr = selective_scan_backward(g, u, delta, A, Bm, Cm, Dk, z, ckpt);
+                          [u = u.detach(), delta, A = A.detach(), Bm = Bm.detach(), Cm = Cm.detach(),
+                           Dk = Dskip.detach(), z = z.detach(), ckpt, delta_softplus](const Tensor& g) {
+                            auto gr = selective_scan_backward(g, u, delta, A, Bm, Cm, Dk, z, ckpt, delta_softplus);
                             std::vector<Tensor> grads{gr.du, gr.ddelta, gr.dA, gr.dB, gr.dC, gr.dD};
                             if (z.defined()) grads.push_back(gr.dz);
                             return grads;

@@ -39,13 +39,20 @@ struct SelectiveScanGrads {
   Tensor du, ddelta, dA, dB, dC, dD, dz;  // dz only with z
 };
 // `checkpoints`: from selective_scan_forward on the same inputs, or undefined (recomputed).
+// With `ddelta_wrt_dt`, delta is softplus(dt) and ddelta comes back as the gradient with
+// respect to dt: times softplus'(dt) = sigmoid(dt) = 1 - exp(-delta), applied as it is
+// written (docs/models.md, "the selective scan").
 SelectiveScanGrads selective_scan_backward(const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A,
                                            const Tensor& Bm, const Tensor& Cm, const Tensor& Dskip,
-                                           const Tensor& z = {}, const Tensor& checkpoints = {});
+                                           const Tensor& z = {}, const Tensor& checkpoints = {},
+                                           bool ddelta_wrt_dt = false);
 
 // Differentiable versions (one autograd node each).
 Tensor causal_conv1d(const Tensor& x, const Tensor& w, const Tensor& bias, bool silu = false);
+// With `delta_softplus`, the second argument is dt and the scan runs on delta = softplus(dt)
+// (the mixer's step sizes), computed outside the graph: one node, which keeps delta and
+// returns dt's gradient (no softplus node, no saved dt, no softplus backward pass).
 Tensor selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                      const Tensor& Dskip, const Tensor& z = {});
+                      const Tensor& Dskip, const Tensor& z = {}, bool delta_softplus = false);
 
 }  // namespace sessa::nn

@@ -273,7 +273,8 @@ Tensor selective_scan(const Tensor& u_in, const Tensor& delta_in, const Tensor& 
 
 nn::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_in, const Tensor& delta_in,
                                                const Tensor& A_in, const Tensor& Bm_in, const Tensor& Cm_in,
-                                               const Tensor& D_in, const Tensor& z_in, const Tensor& checkpoints) {
+                                               const Tensor& D_in, const Tensor& z_in, const Tensor& checkpoints,
+                                               bool ddelta_wrt_dt) {
   const char* op = "selective_scan_backward";
   Tensor dy = unit_last_stride(dy_in), u = unit_last_stride(u_in), delta = unit_last_stride(delta_in),
          A = ops::contiguous(A_in), Bm = unit_last_stride(Bm_in), Cm = unit_last_stride(Cm_in),
@@ -298,6 +299,7 @@ nn::SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor
                            Tensor::empty(Dk.shape(), opt),
                            gate ? Tensor::empty(u.shape(), opt) : Tensor()};
   ScanParams p = make_params(u, delta, A, Bm, Cm, Dk);
+  p.ddelta_wrt_dt = ddelta_wrt_dt;
   Tensor z = gate ? unit_last_stride(z_in) : Tensor();
   if (gate) p.z = z.raw_data(), p.z_bstride = z.strides()[0], p.z_tstride = z.strides()[1];
   // Checkpoints from the forward if they fit this call; otherwise the forward makes them (no y).

@@ -60,7 +60,8 @@ struct ScanParams {
   int64_t B_bstride = 0, B_tstride = 0, C_bstride = 0, C_tstride = 0;
   int64_t z_bstride = 0, z_tstride = 0;
   const void *u = nullptr, *delta = nullptr, *A = nullptr, *Bm = nullptr, *Cm = nullptr, *D = nullptr, *dy = nullptr;
-  const void* z = nullptr;  // the gate: the output is y * SiLU(z) (null: no gate)
+  const void* z = nullptr;     // the gate: the output is y * SiLU(z) (null: no gate)
+  bool ddelta_wrt_dt = false;  // delta = softplus(dt): ddelta is written times sigmoid(dt) = 1 - exp(-delta)
   void *y = nullptr, *du = nullptr, *ddelta = nullptr, *dz = nullptr;  // y null: checkpoints only
   void* ckpt = nullptr;     // (B, segments, N, Di) acc: the state entering every kEvery steps
   void* part_bc = nullptr;  // (channel blocks, B, 2N, T) acc: [dBm | dCm] of one block of channels
@@ -412,7 +413,8 @@ __device__ __forceinline__ void warp_sum_terms(Acc (&v)[2 * kG], int lane) {
 // per (t, n), with e_t recomputed and g = q + gy Cm_t:
 //   du_t += g delta_t Bm_t (via s1 = sum_n g Bm_t),  ddelta_t += g (A e_t h_{t-1} + Bm_t u_t),
 //   dA += g delta_t e_t h_{t-1},  q = e_t g,  dBm_t += g delta_t u_t,  dCm_t += gy h_t,
-//   and y_t = sum_n Cm_t h_t + D u_t for dz.
+//   and y_t = sum_n Cm_t h_t + D u_t for dz; ddelta_t times sigmoid(dt_t) = 1 - exp(-delta_t)
+//   when delta = softplus(dt) (p.ddelta_wrt_dt: dt's gradient, no softplus backward pass).
 template <class F, int kNG>
 __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F, double> ? 3 : 1)
     scan_bwd_kernel(ScanParams p, Chunks<acc_t<F>> tc) {
@@ -561,7 +563,8 @@ __global__ void __launch_bounds__(Geo<kNG>::kThr, kNG == 4 && !std::is_same_v<F,
         gD += x.gy * x.u;  // (zero past the end)
         if (!active || t >= tend) continue;
         store(du + int64_t(t) * Di, x.gy * dsk + x.d * s1);
-        store(ddelta + int64_t(t) * Di, s2 * Acc(kLn2) + x.u * s1);  // sum_n A w = ln 2 sum_n a2 w
+        const Acc dd = s2 * Acc(kLn2) + x.u * s1;  // sum_n A w = ln 2 sum_n a2 w
+        store(ddelta + int64_t(t) * Di, p.ddelta_wrt_dt ? dd * -math::expm1(-x.d) : dd);
         if (dz) store(dz + int64_t(t) * Di, yo * x.dzf);
       }
       // dBm, dCm of this channel block: the warps of each group summed.

@@ -27,6 +27,8 @@ constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
 
 SESSA_HD float exp(float x) { return ::expf(x); }
 SESSA_HD double exp(double x) { return ::exp(x); }
+SESSA_HD float expm1(float x) { return ::expm1f(x); }
+SESSA_HD double expm1(double x) { return ::expm1(x); }
 SESSA_HD float log(float x) { return ::logf(x); }
 SESSA_HD double log(double x) { return ::log(x); }
 SESSA_HD float log1p(float x) { return ::log1pf(x); }

@@ -542,6 +542,35 @@ void add_mamba(std::vector<OpEntry>& t) {
                [](auto& x, int64_t) { return nn::selective_scan(x[0], softplus(x[1]), -exp(x[2]), x[3], x[4], x[5]); },
                {},
                kGradcheck});
+  // delta = softplus(dt) inside the node (the mixer's call): dt's gradient from the scan's
+  // backward, ungated and gated by SiLU(z) (input 6).
+  std::vector<OpCase> sp_cases{c(2, 6, 3, 4, kCpu)}, sp_gated;
+  for (auto [B, T, Di, N] : std::vector<std::array<int64_t, 4>>{{3, 1, 37, 16}, {2, 300, 70, 16}, {2, 65, 40, 32}})
+    sp_cases.push_back(c(B, T, Di, N, kGpu));
+  for (OpCase oc : sp_cases) {
+    oc.shapes.push_back(oc.shapes[0]);
+    sp_gated.push_back(oc);
+  }
+  const std::vector<InputSpec> sp_in{normal_in(), normal_in(), uniform_in(-4.0, -0.1),
+                                     normal_in(), normal_in(), normal_in()};
+  std::vector<InputSpec> sp_gated_in = sp_in;
+  sp_gated_in.push_back(normal_in());
+  OpEntry ss{"selective_scan (softplus of dt)",
+             sp_in,
+             sp_cases,
+             [](auto& x, int64_t) { return nn::selective_scan(x[0], x[1], x[2], x[3], x[4], x[5], {}, true); },
+             {},
+             kDefault | kDeterministic};
+  ss.tol = ss.grad_tol = {2e-5, 3e-2, 1e-10};
+  t.push_back(ss);
+  OpEntry sg{"selective_scan (softplus of dt, gated)",
+             sp_gated_in,
+             sp_gated,
+             [](auto& x, int64_t) { return nn::selective_scan(x[0], x[1], x[2], x[3], x[4], x[5], x[6], true); },
+             {},
+             kDefault | kDeterministic};
+  sg.tol = sg.grad_tol = {2e-5, 3e-2, 1e-10};
+  t.push_back(sg);
 }
 
 struct Family {

@@ -114,6 +114,34 @@ TEST_CASE("gradcheck: selective_scan gated by SiLU(z); it equals the scan times 
   CHECK(test::max_rel_diff(fused, apart) == 0.0);
 }
 
+TEST_CASE("selective_scan with delta = softplus(dt) inside equals softplus then the scan, values and gradients") {
+  Generator g(23);
+  const int64_t B = 2, T = 9, Di = 3, N = 4;
+  Tensor u = leaf({B, T, Di}, g), dt = leaf({B, T, Di}, g);
+  Tensor A = uniform_leaf({Di, N}, -2.0, -0.2, g), Bm = leaf({B, T, N}, g), Cm = leaf({B, T, N}, g);
+  Tensor Dk = leaf({Di}, g), z = leaf({B, T, Di}, g), w = leaf({B, T, Di}, g);
+  for (bool gated : {false, true}) {
+    CAPTURE(gated);
+    const Tensor zz = gated ? z : Tensor();
+    auto grads = [&](bool fused) {
+      for (Tensor* x : {&u, &dt, &A, &Bm, &Cm, &Dk, &z}) x->set_grad(Tensor());
+      Tensor y = fused ? nn::selective_scan(u, dt, A, Bm, Cm, Dk, zz, true)
+                       : nn::selective_scan(u, softplus(dt), A, Bm, Cm, Dk, zz);
+      autograd::backward(sum_all(mul(y, w)));
+      std::vector<Tensor> out{y.detach()};
+      for (Tensor* x : {&u, &dt, &A, &Bm, &Cm, &Dk, &z})
+        if (x != &z || gated) out.push_back(x->grad());
+      return out;
+    };
+    const std::vector<Tensor> fused = grads(true), apart = grads(false);
+    CHECK(test::max_rel_diff(fused[0], apart[0]) == 0.0);  // the same delta, the same scan
+    for (size_t i = 1; i < fused.size(); ++i) {
+      CAPTURE(i);
+      CHECK(test::max_rel_diff(fused[i], apart[i]) < 1e-13);  // sigmoid(dt) vs 1 - exp(-delta)
+    }
+  }
+}
+
 TEST_CASE("selective_scan matches a naive loop; float32 agrees with float64") {
   Generator g(14);
   const int64_t B = 3, T = 9, Di = 5, N = 6;

@@ -256,7 +256,8 @@ TEST_CASE("cuda selective_scan float64") {
 }
 
 // The autograd node keeps the forward's checkpoints for its backward: gradients through
-// nn::selective_scan (gated, as the mixer calls it) on the GPU match the CPU ones.
+// nn::selective_scan (gated, with and without delta = softplus(dt) inside the node as the
+// mixer calls it) on the GPU match the CPU ones.
 TEST_CASE("cuda nn::selective_scan backward through autograd matches the CPU") {
   Generator gen(71);
   const int64_t B = 2, T = 300, Di = 45, N = 16;
@@ -268,23 +269,27 @@ TEST_CASE("cuda nn::selective_scan backward through autograd matches the CPU") {
                          cpu_randn({Di}, gen),
                          cpu_randn({B, T, Di}, gen)};
   Tensor w = cpu_randn({B, T, Di}, gen);
-  auto grads = [&](Device dev) {
+  auto grads = [&](Device dev, bool delta_softplus) {
     std::vector<Tensor> leaves;
     for (const Tensor& t : in) {
       Tensor l = t.to(dev).detach();  // a fresh leaf, not `t` itself
       l.set_requires_grad();
       leaves.push_back(l);
     }
-    Tensor y = nn::selective_scan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], leaves[6]);
+    Tensor y =
+        nn::selective_scan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], leaves[6], delta_softplus);
     autograd::backward(sum_all(mul(y, w.to(dev))));
     std::vector<Tensor> g;
     for (const Tensor& l : leaves) g.push_back(host(l.grad()));
     return g;
   };
-  const std::vector<Tensor> ref = grads(Device::cpu()), out = grads(gpu());
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double err = max_rel_diff(out[i].to(DType::F64), ref[i].to(DType::F64));
-    CHECK_MESSAGE(err <= 2e-5, "input " << i << ": relative error " << err);
+  for (bool delta_softplus : {false, true}) {
+    CAPTURE(delta_softplus);
+    const std::vector<Tensor> ref = grads(Device::cpu(), delta_softplus), out = grads(gpu(), delta_softplus);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      const double err = max_rel_diff(out[i].to(DType::F64), ref[i].to(DType::F64));
+      CHECK_MESSAGE(err <= 2e-5, "input " << i << ": relative error " << err);
+    }
   }
 }
 
