@@ -57,10 +57,19 @@
 //   tile, issued ~400 issue slots per warp ahead of use; backward 4 x 2 + 1 per 8-step tile.
 //   Expected at 16 x 1024: forward one chunk, 384 blocks in 396 slots: ~0.11-0.13 ms;
 //   backward ~0.46-0.55 ms; finalize kernels ~0.03 ms: ~0.6-0.7 ms in all, ~22-26% of the
-//   copy bandwidth for the 556 MB the bench counts. The 50% target needs the backward
-//   near 0.2 ms: about half its instructions and shared traffic (e_t kept from the
-//   sub-segment walk: 32 KB more shared memory per block; dBm/dCm terms summed over 2
-//   channels per thread before the butterfly).
+//   copy bandwidth for the 556 MB the bench counts.
+//   Floor, whatever the design (no (B, T, Di, N) tensor stored, state in float32): per
+//   (t, c, n) the forward needs 4 FP32 instructions and one exponential (delta a, dtu Bm,
+//   the h and y FMAs); the backward must rebuild h_{t-1} (3 FP32 and the exponential,
+//   kept for the reverse step at best) and then form gh, q, e h, w and the five sums
+//   (dA, ddelta, du, dz, and the dBm, dCm terms with their adds over channels): 12-13.
+//   About 22 instructions per (t, c, n) in all, each an issue slot (128 per SM and clock,
+//   whichever pipe; an exponential moved to the FMA pipe as a polynomial only adds
+//   slots): 22 x 403M / (128 x 132 x 1.98 GHz) = 0.265 ms at 100% issue and no loads,
+//   stores, staging or address arithmetic. Half the copy bandwidth moves the bench's bytes
+//   in 0.278 ms gated (557 MB) and 0.202 ms ungated (406 MB): issue #16's 50% is out of
+//   reach of any scan of this recurrence on this GPU (docs/performance.md, fifteenth
+//   session); what is left is the way from ~1.4 ms to a practical ~0.4 ms.
 //   Measured (H200, bench_mamba_scan, bf16 16 x 1024): forward 0.26 ms, backward 1.05 ms,
 //   1.32 ms in all (the previous design 2.7; 1.55 until the tile registers kept the stored
 //   bf16 values, docs/performance.md 2026-12-01 second session): about 2x the model in both
