@@ -146,37 +146,40 @@ struct TileLoader {
   static constexpr int kPer = (kPairs + G::kThr - 1) / G::kThr, kPerBC = (kValues + G::kThr - 1) / G::kThr;
   F u[kPer], d[kPer], dy[kPer], z[kPer], bc[kPerBC];
 
+  // Pair j of this thread is step t0 + g + j kNG of its own channel c0 + cl (kThr = kC kNG),
+  // Bm/Cm value j is step t0 + tid / (2 kNP) + j kC / 8 of state value tid % (2 kNP): one
+  // element offset per tensor and tile, then a fixed stride per j (the index arithmetic
+  // was a quarter of the forward's instructions, ncu 2026-12-02 fifteenth session).
   __device__ __forceinline__ void fetch(const ScanParams& p, int b, int c0, int t0, int tend,
                                         Inputs what = Inputs::kAll) {
+    static_assert(G::kThr % (2 * G::kNP) == 0, "a thread's Bm/Cm value index is fixed");
     const bool state = what != Inputs::kAdjoint, adjoint = what != Inputs::kState;
-    const int tid = threadIdx.x;
-    const F* pu = static_cast<const F*>(p.u) + b * p.u_bstride;
-    const F* pd = static_cast<const F*>(p.delta) + b * p.delta_bstride;
+    const int tid = threadIdx.x, cl = tid % G::kC, t1 = t0 + tid / G::kC;
+    const bool live = c0 + cl < p.dim;
+    const int64_t at = int64_t(t1), c = c0 + cl;
+    const F* pu = static_cast<const F*>(p.u) + (b * p.u_bstride + at * p.u_tstride + c);
+    const F* pd = static_cast<const F*>(p.delta) + (b * p.delta_bstride + at * p.delta_tstride + c);
+    const F* py = kBwd ? static_cast<const F*>(p.dy) + (b * p.dy_bstride + at * p.dy_tstride + c) : nullptr;
+    const F* pz = p.z ? static_cast<const F*>(p.z) + (b * p.z_bstride + at * p.z_tstride + c) : nullptr;
 #pragma unroll
     for (int j = 0; j < kPer; ++j) {
-      const int idx = tid + j * G::kThr, t = t0 + idx / G::kC, c = c0 + idx % G::kC;
-      const bool ok = idx < kPairs && t < tend && c < p.dim;
-      u[j] = ok && state ? pu[int64_t(t) * p.u_tstride + c] : F(0.0f);
-      d[j] = ok ? pd[int64_t(t) * p.delta_tstride + c] : F(0.0f);
-      if (kBwd) {
-        const F* py = static_cast<const F*>(p.dy) + b * p.dy_bstride;
-        dy[j] = ok && adjoint ? py[int64_t(t) * p.dy_tstride + c] : F(0.0f);
-      }
-      if (p.z) {
-        const F* pz = static_cast<const F*>(p.z) + b * p.z_bstride;
-        z[j] = ok && adjoint ? pz[int64_t(t) * p.z_tstride + c] : F(0.0f);
-      } else {
-        z[j] = F(0.0f);
-      }
+      const int step = j * kNG;  // past t1
+      const bool ok = (kPairs % G::kThr == 0 || tid + j * G::kThr < kPairs) && live && t1 + step < tend;
+      u[j] = ok && state ? pu[step * p.u_tstride] : F(0.0f);
+      d[j] = ok ? pd[step * p.delta_tstride] : F(0.0f);
+      if (kBwd) dy[j] = ok && adjoint ? py[step * p.dy_tstride] : F(0.0f);
+      z[j] = pz && ok && adjoint ? pz[step * p.z_tstride] : F(0.0f);
     }
+    const int v = tid % (2 * G::kNP), n = v % G::kNP, tb = t0 + tid / (2 * G::kNP);
+    const bool isC = v >= G::kNP, want = n < p.dstate && (isC ? adjoint : state);
+    const int64_t bc_tstride = isC ? p.C_tstride : p.B_tstride;
+    const F* src = isC ? static_cast<const F*>(p.Cm) + (b * p.C_bstride + int64_t(tb) * p.C_tstride + n)
+                       : static_cast<const F*>(p.Bm) + (b * p.B_bstride + int64_t(tb) * p.B_tstride + n);
 #pragma unroll
     for (int j = 0; j < kPerBC; ++j) {
-      const int idx = tid + j * G::kThr, t = t0 + idx / (2 * G::kNP), v = idx % (2 * G::kNP);
-      const int n = v % G::kNP;
-      const bool isC = v >= G::kNP;
-      const F* src = isC ? static_cast<const F*>(p.Cm) + b * p.C_bstride + int64_t(t) * p.C_tstride
-                         : static_cast<const F*>(p.Bm) + b * p.B_bstride + int64_t(t) * p.B_tstride;
-      bc[j] = idx < kValues && t < tend && n < p.dstate && (isC ? adjoint : state) ? src[n] : F(0.0f);
+      const int step = j * (G::kThr / (2 * G::kNP));  // past tb
+      const bool ok = (kValues % G::kThr == 0 || tid + j * G::kThr < kValues) && want && tb + step < tend;
+      bc[j] = ok ? src[step * bc_tstride] : F(0.0f);
     }
   }
 
