@@ -138,6 +138,8 @@ TEST_CASE("cuda causal_conv1d backward: runs across sequences, kernel sizes 2 an
   check_conv(2, 40, 12, 2, DType::F32, 31, true);    // K 2 < 4
   check_conv(3, 45, 5, 16, DType::F32, 32);          // K 16, the widest
   check_conv(1, 9, 3, 16, DType::F64, 33, true);     // K 16 > T
+  check_conv(5, 3, 8, 4, DType::BF16, 34, true);     // one run of 15 rows: 5 sequences shorter than K
+  check_conv(4, 9, 16, 4, DType::F64, 35, true);     // 3 runs of 12: they start at t 3 and 6, double packs
 }
 
 TEST_CASE("cuda causal_conv1d backward names a kernel wider than 16 taps") {
