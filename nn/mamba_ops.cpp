@@ -20,6 +20,9 @@
 //   dD[c]     = sum_{b,t} dy_t * u_t
 // With the gate, out_t = y_t * SiLU(z_t): dz_t = dout_t * y_t * SiLU'(z_t), and the above
 // runs on dy_t = dout_t * SiLU(z_t) (here literally so, through the ungated op).
+// When delta = softplus(dt) (the mixer's call, `ddelta_wrt_dt`), dt's gradient is
+//   ddt_t = ddelta_t * sigmoid(dt_t) = ddelta_t * (1 - exp(-delta_t)),
+// since softplus'(x) = sigmoid(x) and exp(-softplus(x)) = 1 - sigmoid(x).
 // The backward here reruns the forward recurrence for one (b, c), keeping h_t and
 // e_t for every step in a per-thread T*N buffer, then walks time backwards. (b, c)
 // pairs run in parallel; dA, dD (reduced over b) and dBm, dCm (reduced over c) go to
@@ -211,11 +214,11 @@ Tensor selective_scan_forward(const Tensor& u_in, const Tensor& delta_in, const 
         std::fill(h.begin(), h.end(), F(0));
         for (int64_t t = 0; t < T; ++t) {
           const int64_t i = (b * T + t) * Di + c;
-          const F ut = pu[i], dt = pdelta[i], dtu = dt * ut;
+          const F ut = pu[i], delta_t = pdelta[i], dtu = delta_t * ut;
           const F *Bt = pB + (b * T + t) * N, *Ct = pC + (b * T + t) * N;
           F acc = 0;
           for (int64_t n = 0; n < N; ++n) {
-            h[size_t(n)] = std::exp(dt * Ac[n]) * h[size_t(n)] + dtu * Bt[n];
+            h[size_t(n)] = std::exp(delta_t * Ac[n]) * h[size_t(n)] + dtu * Bt[n];
             acc += Ct[n] * h[size_t(n)];
           }
           py[i] = acc + pD[c] * ut;
@@ -279,14 +282,14 @@ SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_
         // Forward again, keeping e_t and h_t.
         for (int64_t t = 0; t < T; ++t) {
           const int64_t i = (b * T + t) * Di + c;
-          const double ut = double(pu[i]), dt = double(pdelta[i]);
+          const double ut = double(pu[i]), delta_t = double(pdelta[i]);
           const F* Bt = pB + (b * T + t) * N;
           double* Ht = H.data() + t * N;
           double* Et = E.data() + t * N;
           const double* Hp = t > 0 ? Ht - N : nullptr;
           for (int64_t n = 0; n < N; ++n) {
-            Et[n] = std::exp(dt * double(Ac[n]));
-            Ht[n] = (Hp ? Et[n] * Hp[n] : 0.0) + dt * double(Bt[n]) * ut;
+            Et[n] = std::exp(delta_t * double(Ac[n]));
+            Ht[n] = (Hp ? Et[n] * Hp[n] : 0.0) + delta_t * double(Bt[n]) * ut;
           }
         }
         // Backward in time; gh holds e_{t+1} * gh_{t+1} on entry to step t.
@@ -295,7 +298,7 @@ SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_
         for (int64_t t = T - 1; t >= 0; --t) {
           const int64_t i = (b * T + t) * Di + c;
           const int64_t row = (b * T + t) * N;
-          const double ut = double(pu[i]), dt = double(pdelta[i]), gy = double(pdy[i]);
+          const double ut = double(pu[i]), delta_t = double(pdelta[i]), gy = double(pdy[i]);
           const F *Bt = pB + row, *Ct = pC + row;
           const double* Ht = H.data() + t * N;
           const double* Et = E.data() + t * N;
@@ -307,14 +310,14 @@ SelectiveScanGrads selective_scan_backward(const Tensor& dy_in, const Tensor& u_
             const double hp = Hp ? Hp[n] : 0.0;
             const double a = double(Ac[n]), bn = double(Bt[n]);
             dC[row + n] += gy * Ht[n];
-            dB[row + n] += g_h * dt * ut;
-            dA[c * N + n] += g_h * dt * Et[n] * hp;
+            dB[row + n] += g_h * delta_t * ut;
+            dA[c * N + n] += g_h * delta_t * Et[n] * hp;
             ddelta += g_h * (a * Et[n] * hp + bn * ut);
-            du += g_h * dt * bn;
+            du += g_h * delta_t * bn;
             gh[size_t(n)] = g_h * Et[n];
           }
           pdu[i] = F(du);
-          pddelta[i] = F(ddelta_wrt_dt ? ddelta * -std::expm1(-dt) : ddelta);  // sigmoid(dt) = 1 - exp(-delta)
+          pddelta[i] = F(ddelta_wrt_dt ? ddelta * -std::expm1(-delta_t) : ddelta);  // sigmoid(dt) = 1 - exp(-delta)
         }
         dD[c] += dD_acc;
       }
