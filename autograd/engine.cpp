@@ -127,6 +127,16 @@ Tensor record_view(const char* name, Tensor out, const Tensor& input, BackwardFn
   return out;
 }
 
+Tensor record_view(const char* name, Tensor out, const Tensor& input, SummingBackwardFn backward, SumViewFn sum_view) {
+  if (!g_grad_enabled) return out;
+  auto node = new_node(name, {input});
+  if (!node) return out;
+  node->summing_backward = std::move(backward);
+  node->sum_view = std::move(sum_view);
+  out.set_grad_fn(std::move(node));
+  return out;
+}
+
 void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_leaf_ready) {
   SESSA_CHECK(root.requires_grad(), "backward", "the tensor does not require grad (no recorded op leads to it)");
   SESSA_CHECK(seed.defined() || root.numel() == 1, "backward",

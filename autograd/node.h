@@ -74,6 +74,8 @@ Tensor record_summing(const char* name, Tensor out, const std::vector<Tensor>& i
 // record for an op of one input whose output's gradient lands unchanged in (part of) the
 // input's (SumViewFn): a summing op below it may then add straight into a parameter's .grad.
 Tensor record_view(const char* name, Tensor out, const Tensor& input, BackwardFn backward, SumViewFn sum_view);
+// The same for a view whose own backward can add into the input's running sum (a slice).
+Tensor record_view(const char* name, Tensor out, const Tensor& input, SummingBackwardFn backward, SumViewFn sum_view);
 
 // Called once per leaf reached by a backward pass, as soon as the last gradient
 // contribution to it has been accumulated into its .grad (data parallelism starts

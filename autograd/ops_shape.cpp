@@ -23,12 +23,19 @@ Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
                 [d0, d1](const Tensor& g) { return std::vector<Tensor>{ops::transpose(g, d0, d1)}; });
 }
 
-// The gradient of a slice is zero outside it; a summing op below may add into the slice of
-// its input's sum instead (the slices of a split weight, nn::Linear::forward_parts).
+// The gradient of a slice is zero outside it. It is added into the slice of its input's
+// running sum when the engine has one (the second and later parts of a split activation,
+// such as Mamba's x_proj output: no zero-padded full-size gradient per part and no full-size
+// add), else written into zeros. A summing op below may add into that slice itself
+// instead (the slices of a split weight, nn::Linear::forward_parts).
 Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
   return autograd::record_view(
       "narrow", ops::narrow(x, dim, start, length), x,
-      [dim, start, length, opt = x.options(), sx = x.shape()](const Tensor& g) {
+      [dim, start, length, opt = x.options(), sx = x.shape()](const Tensor& g, const std::vector<Tensor>& sums) {
+        if (sums[0].defined()) {
+          ops::add_(ops::narrow(sums[0], dim, start, length), g);
+          return std::vector<Tensor>{sums[0]};
+        }
         Tensor full_grad = zeros(sx, opt);
         ops::copy_(ops::narrow(full_grad, dim, start, length), g);
         return std::vector<Tensor>{full_grad};

@@ -3,8 +3,8 @@
 // errors, the residual's gradient passed on as the output's, Linear::forward with a residual,
 // gradcheck catching a wrong backward, graph semantics (accumulation, no-grad, freeing),
 // linear layers summing dx into the engine's running sum, which pending gradients the engine
-// offers for summing in place, layer_norm's input gradient summed into a residual's, and an
-// MLP whose loss must fall > 100x.
+// offers for summing in place, slices adding into their input's sum, layer_norm's input
+// gradient summed into a residual's, and an MLP whose loss must fall > 100x.
 #include <doctest/doctest.h>
 
 #include "autograd/gradcheck.h"
@@ -197,6 +197,36 @@ TEST_CASE("linear layers add dW and db into a parameter's .grad in place, also t
   CHECK(test::max_rel_diff(got[2], ops::add(ref[2], full({6}, 0.5, {DType::F64}))) < 1e-12);
   const std::vector<Tensor> fresh = grads(true, false);  // no buffers: the engine's sums as before
   for (size_t i = 0; i < ref.size(); ++i) CHECK(test::max_rel_diff(fresh[i], ref[i]) < 1e-12);
+}
+
+// The parts of a split activation (Mamba's x_proj output) consumed by plain ops: the first
+// part's gradient becomes the input's running sum, the others are added into their slices of
+// it in place; a part used twice and a slice of a leaf with a .grad buffer too. A double or a
+// dropped add fails the gradcheck or the buffer sum.
+TEST_CASE("a slice adds its gradient into its input's running sum or .grad in place") {
+  Generator g(13);
+  Tensor x = leaf({2, 3, 9}, g);
+  const Tensor c0 = normal({2, 3, 2}, 0, 1, g, {DType::F64}), c1 = normal({2, 3, 3}, 0, 1, g, {DType::F64}),
+               c2 = normal({2, 3, 4}, 0, 1, g, {DType::F64});
+  auto loss = [&](const Tensor& xi) {
+    const std::vector<Tensor> parts = split(xi * 1.5, 2, {2, 3, 4});
+    return sum_all(parts[0] * c0) + sum_all(mul(parts[1], parts[1]) * c1) + sum_all(exp(parts[2]) * c2) +
+           sum_all(parts[0] * parts[0]);
+  };
+  CHECK(gradcheck([&](const std::vector<Tensor>& in) { return loss(in[0]); }, {x}).ok);
+
+  auto leaf_loss = [&]() {
+    const std::vector<Tensor> parts = split(x, 2, {2, 3, 4});
+    return sum_all(parts[0] * c0) + sum_all(exp(parts[2]) * c2) + sum_all(mul(parts[1], parts[1]) * c1);
+  };
+  x.set_grad(Tensor{});
+  autograd::backward(leaf_loss());
+  const Tensor ref = ops::clone(x.grad());
+  const Tensor buffer = full({2, 3, 9}, 0.25, {DType::F64});
+  x.set_grad(buffer);
+  autograd::backward(leaf_loss());
+  CHECK(x.grad().same(buffer));  // summed where it was
+  CHECK(test::max_rel_diff(x.grad(), ops::add(ref, full({2, 3, 9}, 0.25, {DType::F64}))) < 1e-12);
 }
 
 // An embedding lookup scatter-adds its gradient rows (repeated ids included) straight into the
