@@ -99,42 +99,38 @@ static std::shared_ptr<Node> new_node(const char* name, const std::vector<Tensor
   return any ? node : nullptr;
 }
 
-Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, BackwardFn backward) {
+// Attaches a new node over `inputs` to `out`, its backward set by `fill`; nothing when
+// recording is off or no input needs a gradient. The record_* functions differ only in `fill`.
+static Tensor attach(const char* name, Tensor out, const std::vector<Tensor>& inputs,
+                     const std::function<void(Node&)>& fill) {
   if (!g_grad_enabled) return out;
   auto node = new_node(name, inputs);
   if (!node) return out;
-  node->backward = std::move(backward);
+  fill(*node);
   out.set_grad_fn(std::move(node));
   return out;
+}
+
+Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, BackwardFn backward) {
+  return attach(name, std::move(out), inputs, [&](Node& n) { n.backward = std::move(backward); });
 }
 
 Tensor record_summing(const char* name, Tensor out, const std::vector<Tensor>& inputs, SummingBackwardFn backward) {
-  if (!g_grad_enabled) return out;
-  auto node = new_node(name, inputs);
-  if (!node) return out;
-  node->summing_backward = std::move(backward);
-  out.set_grad_fn(std::move(node));
-  return out;
+  return attach(name, std::move(out), inputs, [&](Node& n) { n.summing_backward = std::move(backward); });
 }
 
 Tensor record_view(const char* name, Tensor out, const Tensor& input, BackwardFn backward, SumViewFn sum_view) {
-  if (!g_grad_enabled) return out;
-  auto node = new_node(name, {input});
-  if (!node) return out;
-  node->backward = std::move(backward);
-  node->sum_view = std::move(sum_view);
-  out.set_grad_fn(std::move(node));
-  return out;
+  return attach(name, std::move(out), {input}, [&](Node& n) {
+    n.backward = std::move(backward);
+    n.sum_view = std::move(sum_view);
+  });
 }
 
 Tensor record_view(const char* name, Tensor out, const Tensor& input, SummingBackwardFn backward, SumViewFn sum_view) {
-  if (!g_grad_enabled) return out;
-  auto node = new_node(name, {input});
-  if (!node) return out;
-  node->summing_backward = std::move(backward);
-  node->sum_view = std::move(sum_view);
-  out.set_grad_fn(std::move(node));
-  return out;
+  return attach(name, std::move(out), {input}, [&](Node& n) {
+    n.summing_backward = std::move(backward);
+    n.sum_view = std::move(sum_view);
+  });
 }
 
 void backward(const Tensor& root, const Tensor& seed, const LeafReadyHook& on_leaf_ready) {
