@@ -101,8 +101,8 @@ static std::shared_ptr<Node> new_node(const char* name, const std::vector<Tensor
 
 // Attaches a new node over `inputs` to `out`, its backward set by `fill`; nothing when
 // recording is off or no input needs a gradient. The record_* functions differ only in `fill`.
-static Tensor attach(const char* name, Tensor out, const std::vector<Tensor>& inputs,
-                     const std::function<void(Node&)>& fill) {
+template <class Fill>
+static Tensor attach(const char* name, Tensor out, const std::vector<Tensor>& inputs, Fill&& fill) {
   if (!g_grad_enabled) return out;
   auto node = new_node(name, inputs);
   if (!node) return out;

@@ -41,7 +41,7 @@ struct SelectiveScanGrads {
 // `checkpoints`: from selective_scan_forward on the same inputs, or undefined (recomputed).
 // With `ddelta_wrt_dt`, delta is softplus(dt) and ddelta comes back as the gradient with
 // respect to dt: times softplus'(dt) = sigmoid(dt) = 1 - exp(-delta), applied as it is
-// written (docs/models.md, "the selective scan").
+// written (docs/models.md, "Mamba's fused ops").
 SelectiveScanGrads selective_scan_backward(const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A,
                                            const Tensor& Bm, const Tensor& Cm, const Tensor& Dskip,
                                            const Tensor& z = {}, const Tensor& checkpoints = {},
