@@ -3,9 +3,10 @@
 // statistics stay in float32 (float64 for float64). Two kernel families, chosen by dtype,
 // both for head dims up to 128:
 // - bfloat16: tensor cores, FlashAttention-2 order: the forward on Hopper warpgroup MMAs
-//   (tensor/cuda/attention_wgmma.cuh), the backward too (attention_wgmma_backward.cuh). They
-//   read q, k, v, out and dout through strides, so the (B, T, heads, dh) projections
-//   enter as permuted views without a copy; dq, dk, dv and out are written contiguous.
+//   fed by the copy engine (tensor/cuda/attention_wgmma.cuh), the backward too
+//   (attention_wgmma_backward.cuh). They read q, k, v, out and dout through strides, so the
+//   (B, T, heads, dh) projections enter as permuted views without a copy; dq, dk, dv and
+//   out are written contiguous.
 // - float32 / float64: SIMT tiles (tensor/cuda/attention_simt.cuh) on contiguous operands.
 // Both backwards start from D_i = dout_i . out_i (row_dot_kernel below).
 #include <cmath>
@@ -18,6 +19,7 @@
 #include "tensor/cuda/common.cuh"
 #include "tensor/cuda/heads_layout.h"
 #include "tensor/cuda/rowops.h"
+#include "tensor/cuda/tma.h"
 
 namespace sessa::cuda {
 
@@ -76,6 +78,25 @@ bool vectorizable(int dh, std::initializer_list<const Tensor*> ts) {
   return ok;
 }
 
+// t as the copy engine can read it (tensor/cuda/tma.h): t itself when 16-byte aligned
+// with a head dim and strides in multiples of 8 elements, else a copy with the head dim
+// zero-padded to a multiple of 8 (odd head dims, unaligned views).
+Tensor tma_operand(const Tensor& t) {
+  const int64_t dh = t.size(3);
+  bool ok = dh > 0 && dh % 8 == 0 && reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0;
+  for (int i = 0; i < 3; ++i) ok = ok && (t.size(i) == 1 || (t.strides()[i] > 0 && t.strides()[i] % 8 == 0));
+  if (ok) return t;
+  const Tensor padded = zeros({t.size(0), t.size(1), t.size(2), std::max<int64_t>(8, (dh + 7) / 8 * 8)}, t.options());
+  ops::copy_(ops::narrow(padded, 3, 0, dh), t);
+  return padded;
+}
+
+// The tile map of a (B, heads, T, dh) operand from tma_operand, in boxes of `rows` rows.
+CUtensorMap tile_map(const Tensor& t, int rows, const char* op) {
+  const int64_t strides[3] = {t.strides()[2], t.strides()[1], t.strides()[0]};
+  return bf16_tile_map(t.raw_data(), t.size(0), t.size(1), t.size(2), t.size(3), strides, rows, op);
+}
+
 // f(std::integral_constant<int, DH>) with the tile width DH for head dim dh: SIMT
 // kernels (float32, float64), tensor-core kernels (bfloat16).
 template <class F>
@@ -114,17 +135,18 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
     if (int64_t(d.B) * d.H * d.Tq == 0) return res;
     const cudaStream_t st = stream(dev.index);
     if constexpr (kMma) {
-      const bool vec = vectorizable(d.dh, {&q, &k, &v, &res.out});
       SESSA_CHECK(int64_t(d.B) * d.H <= 65535, op,
                   "batch x heads " << int64_t(d.B) * d.H << " of " << q.str() << " is above 65535, the grid's limit");
+      const Tensor qt = tma_operand(q), kt = tma_operand(k), vt = tma_operand(v);
       with_mma_dh(d.dh, [&](auto dh_tag) {
-        constexpr int DH = decltype(dh_tag)::value;
-        using Tile = attn::WgmmaForwardTile<DH>;
-        allow_dynamic_smem(attn::wgmma_forward<DH>, Tile::smem_bytes, op);
-        attn::wgmma_forward<DH>
+        using Tile = attn::WgmmaForwardTile<decltype(dh_tag)::value>;
+        const CUtensorMap q_map = tile_map(qt, Tile::BM, op), k_map = tile_map(kt, Tile::BN, op),
+                          v_map = tile_map(vt, Tile::BN, op);
+        allow_dynamic_smem(attn::wgmma_forward<Tile>, Tile::smem_bytes, op);
+        attn::wgmma_forward<Tile>
             <<<dim3(blocks_for(d.Tq, Tile::BM), unsigned(d.B * d.H)), Tile::kThreads, Tile::smem_bytes, st>>>(
-                ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(res.out), ptr<float>(res.lse), d,
-                float(scale) * attn::kLog2e, vec);
+                q_map, k_map, v_map, ptr<bf16_t>(res.out), ptr<float>(res.lse), d, float(scale) * attn::kLog2e,
+                vectorizable(d.dh, {&res.out}));
         SESSA_CUDA_LAUNCH_CHECK(op);
       });
     } else {

@@ -1,93 +1,130 @@
 // bfloat16 causal attention forward on Hopper warpgroup tensor cores (wgmma, sm_90a), in
-// the FlashAttention-2 order; the math is in tensor/ops/attention.cpp, the building blocks
-// in tensor/cuda/wgmma.cuh, host-side dispatch in tensor/cuda/attention.cu, the backward
-// in attention_wgmma_backward.cuh.
+// the FlashAttention-2 order with FlashAttention-3's warp specialisation; the math is in
+// tensor/ops/attention.cpp, the building blocks in tensor/cuda/wgmma.cuh and tma.cuh,
+// host-side dispatch in tensor/cuda/attention.cu, the backward in
+// attention_wgmma_backward.cuh.
 //
-// A block of two warpgroups (256 threads) owns BM = 128 query rows (64 per warpgroup) of
-// one (batch, head) and streams the keys of its kv head in tiles of BN keys (64 at head
-// dim 64, 128 at head dim 128) through three cp.async buffers (tile j + 2 loads while
-// tiles j, j + 1 are in use). Q, K, V sit in shared memory in the 128-byte swizzle. Per
-// key tile and warpgroup:
-//   S = Q K^T      wgmma m64nBNk16, DH / 16 k-steps, A = Q and B = K both K-major;
-//   the online softmax on the accumulators in float32 (each thread holds two rows; the
-//   running max m in log2 units, scores scaled by scale * log2 e, and the sum l);
-//   O += P V       wgmma m64n64k16 per 64 output columns, BN / 16 k-steps of 16 keys,
-//                  A = P from registers (packed from the S accumulators), B = V MN-major.
-// FlashAttention-3's intra-warpgroup order: S_{j+1} and P_j V_j are issued together, the
-// softmax of S_{j+1} is written between the waits for the two, and O is rescaled once
-// P_j V_j is done. (In the SASS ptxas moves the second wait ahead of most of the softmax
-// at head dim 64, also with the operands pinned, so the overlap comes from the other
-// warpgroups on the SM rather than from within one: docs/performance.md, fourth session
-// of 2026-12-01.) Only tiles that cross the warpgroup's diagonal or the last key pay for
-// the mask; a warpgroup stops at the last tile that holds a key at or before its rows.
-// Saves lse = (m + log2 l) ln 2.
+// A block owns BM = 64 kConsumers query rows of one (batch, head) and has 1 + kConsumers
+// warpgroups:
+//   - the producer (warpgroup 0) gives most of its registers back and, from one thread,
+//     has the copy engine load Q once and the keys of the kv head tile by tile (BN keys of
+//     K, then of V) into kStages buffers each, in the 128-byte swizzle. K and V have
+//     barriers of their own (K_j is done with once S_j is, V_j one round later): a
+//     buffer's `full` barrier completes when its bytes have landed, its `empty` barrier
+//     when every consumer thread is done with it, and only then is it loaded again;
+//   - consumer c (warpgroup 1 + c) owns query rows 64 c .. 64 c + 63 and, per key tile j:
+//       S = Q K_j^T   wgmma m64nBNk16, DH / 16 k-steps, A = Q and B = K both K-major;
+//       the online softmax on the accumulators in float32 (each thread holds two rows;
+//       the running max m in log2 units, scores scaled by scale * log2 e, and the sum l);
+//       O += P V_j    wgmma m64n64k16 per 64 output columns, BN / 16 k-steps of 16 keys,
+//                     A = P from registers (packed from the S accumulators), B = V MN-major.
+// Consumers take turns at the tensor cores (FlashAttention-3's ping-pong): a round issues
+// S_r and P_{r-1} V_{r-1} of one consumer, which then hands the turn to the next (named
+// barriers 1 .. kConsumers) and computes the softmax of S_r while the others' products
+// run, so the exponentials of one warpgroup overlap the products of another. Every
+// consumer takes part in every round of its block (tiles + 1), with nothing to issue where
+// its rows see no key of the tile, so the turns stay in step. Only tiles that cross a
+// consumer's diagonal or the last key pay for the mask. Saves lse = (m + log2 l) ln 2.
 //
-// Budgets (ptxas -v, sm_90a, no spills, no serialised wgmma):
-//   head dim 64: BN = 64, 116 registers (S 32, P 16, O 32 per thread), shared Q 16 KiB +
-//     3 x (K, V) 48 KiB = 64 KiB: two blocks per SM. At this head dim the softmax's
-//     exponentials (16 per clock per SM) cost as much as the products, and the warpgroups
-//     of one block meet at a barrier every tile, so a second, independent block is what
-//     keeps the tensor cores fed (one block of 128-key tiles measured 13% slower).
-//   head dim 128: BN = 128, 204 registers (S 64, P 32, O 64), Q 32 KiB + 3 x (K, V)
-//     192 KiB = 224 KiB: one block per SM.
-// Measured in docs/performance.md (2026-12-01, third and fourth sessions).
+// Budgets (ptxas -v, sm_90a; one block per SM; registers per thread after setmaxnreg):
+//   head dim 64: three consumers (BM 192), BN 128, producer 24 / consumers 160 registers
+//     (S 64, P 32, O 32 per thread); shared Q 24 KiB + kStages x (K, V) 32 KiB.
+//   head dim 128: two consumers (BM 128), BN 128, 24 / 240 registers (S 64, P 32, O 64);
+//     shared Q 32 KiB + kStages x (K, V) 64 KiB.
+// Measured in docs/performance.md (2026-12-02, sixteenth session).
 #pragma once
 #include "tensor/cuda/attention_params.cuh"
 #include "tensor/cuda/common.cuh"
+#include "tensor/cuda/tma.cuh"
 #include "tensor/cuda/wgmma.cuh"
 
 namespace sessa::cuda::attn {
 
-// Forward tiles for tile width DH (head dim rounded up to 64 or 128).
-template <int DH>
-struct WgmmaForwardTile {
-  static constexpr int BM = 128, BN = DH > 64 ? 128 : 64, kThreads = 256;
-  static constexpr int kMinBlocks = DH > 64 ? 1 : 2;  // per SM: caps the registers at 255 / 128
+// A forward tile configuration: tile width DH (head dim rounded up to 64 or 128), consumer
+// warpgroups, keys per tile, K / V buffers, registers per thread of each role.
+template <int DH_, int kConsumers_, int BN_, int kStages_, int kConsumerRegs_>
+struct ForwardShape {
+  static constexpr int DH = DH_, kConsumers = kConsumers_, BN = BN_, kStages = kStages_;
+  static constexpr int BM = 64 * kConsumers, kThreads = 128 * (1 + kConsumers);
+  static constexpr int kProducerRegs = 24, kConsumerRegs = kConsumerRegs_;
+  static_assert(kConsumers >= 2, "the ping-pong needs two consumers");
+  static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536, "more registers than an SM has");
   static constexpr int kQBytes = BM * DH * 2, kKVBytes = BN * DH * 2;
-  static constexpr size_t smem_bytes = kQBytes + 6 * kKVBytes + 1024;  // Q, 3 x (K, V), slack to align to 1024
+  static constexpr int kBarriers = 1 + 4 * kStages;  // Q full; full, empty per K and per V buffer
+  static constexpr size_t smem_bytes = kQBytes + 2 * kStages * kKVBytes + 8 * kBarriers + 1024;  // + alignment slack
 };
+// The configurations the product runs (the file header says why).
+template <int DH>
+using WgmmaForwardTile =
+    std::conditional_t<DH == 64, ForwardShape<64, 3, 128, 2, 160>, ForwardShape<128, 2, 128, 2, 240>>;
 
 // grid (query tiles, B * H): the tiles of one head in consecutive blocks, heaviest first
-// (they share K and V in L2), 256 threads.
-template <int DH>
-__global__ void __launch_bounds__(256, WgmmaForwardTile<DH>::kMinBlocks)
-    wgmma_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, Dims d, float scale_log2,
+// (they share K and V in L2). q_map: boxes of 64 columns x BM rows of q (B, H, Tq, DH);
+// k_map, v_map: 64 columns x BN rows of k, v (B, Hkv, Tk, DH) (tensor/cuda/tma.h).
+template <class Tile>
+__global__ void __launch_bounds__(Tile::kThreads, 1)
+    wgmma_forward(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
+                  const __grid_constant__ CUtensorMap v_map, bf16_t* out, float* lse, Dims d, float scale_log2,
                   bool vec) {
-  using Tile = WgmmaForwardTile<DH>;
-  constexpr int BM = Tile::BM, BN = Tile::BN, CB = DH / 64;  // CB column blocks of 64
+  constexpr int DH = Tile::DH, BM = Tile::BM, BN = Tile::BN, CB = DH / 64, kStages = Tile::kStages;
+  constexpr int kConsumers = Tile::kConsumers;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* Qs =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  unsigned char* Ks = Qs + Tile::kQBytes;       // 3 x (BN, DH)
-  unsigned char* Vs = Ks + 3 * Tile::kKVBytes;  // 3 x (BN, DH)
+  unsigned char* Ks = Qs + Tile::kQBytes;             // kStages x (BN, DH)
+  unsigned char* Vs = Ks + kStages * Tile::kKVBytes;  // kStages x (BN, DH)
+  const uint32_t q_full = wgmma::smem_address(Vs + kStages * Tile::kKVBytes);
+  // The barriers of the buffers of key tile j: of K (kv = 0) and of V (kv = 1).
+  auto full = [&](int kv, int j) { return q_full + 8 * (1 + kv * kStages + j % kStages); };
+  auto empty = [&](int kv, int j) { return q_full + 8 * (1 + (2 + kv) * kStages + j % kStages); };
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128, lane = t % 32;
   const int b = blockIdx.y / d.H, h = blockIdx.y % d.H, hk = h / d.group;
   const int i0 = (gridDim.x - 1 - blockIdx.x) * BM;
   const int tiles = min(d.Tk - 1, d.q_offset + i0 + BM - 1) / BN + 1;
-  mma::TileStream<BN, DH, Tile::kThreads> k_tiles(k + offset(d.k, b, hk, 0), d.k.t, d.Tk, d.dh),
-      v_tiles(v + offset(d.v, b, hk, 0), d.v.t, d.Tk, d.dh);
-  auto load_kv = [&](int j) {  // key tile j (loaded in order j = 0, 1, ...) into buffer j % 3, one cp.async group
-    wgmma::load_tile(Ks + j % 3 * Tile::kKVBytes, k_tiles, vec);
-    wgmma::load_tile(Vs + j % 3 * Tile::kKVBytes, v_tiles, vec);
-    mma::cp_async_commit();
-  };
-  wgmma::load_tile<BM, DH, Tile::kThreads>(Qs, q + offset(d.q, b, h, i0), d.q.t, d.Tq - i0, d.dh, vec);
-  load_kv(0);  // with Q
-  if (tiles > 1) load_kv(1);
+  if (threadIdx.x == 0) {
+    tma::init(q_full, 1);
+    for (int kv = 0; kv < 2; ++kv)
+      for (int j = 0; j < kStages; ++j) tma::init(full(kv, j), 1), tma::init(empty(kv, j), 128 * kConsumers);
+    tma::fence_init();
+  }
+  __syncthreads();
 
-  const int pos0 = d.q_offset + i0 + 64 * wg;             // position of this warpgroup's first row
-  const int pos = pos0 + 16 * (t / 32) + lane / 4;        // this thread's rows: pos, pos + 8
-  const int my_tiles = min(tiles, (pos0 + 63) / BN + 1);  // later tiles hold only keys after its rows
+  if (wg == 0) {  // the producer
+    tma::release_registers<Tile::kProducerRegs>();
+    if (t == 0) {
+      tma::arrive_expect_tx(q_full, Tile::kQBytes);
+#pragma unroll
+      for (int cb = 0; cb < CB; ++cb)
+        tma::load_box(wgmma::smem_address(Qs + cb * BM * 128), q_map, 64 * cb, i0, h, b, q_full);
+      for (int j = 0; j < tiles; ++j)
+#pragma unroll
+        for (int kv = 0; kv < 2; ++kv) {
+          if (j >= kStages) tma::wait(empty(kv, j), (j / kStages - 1) & 1);  // the buffer's last tile released
+          const uint32_t dst = wgmma::smem_address((kv ? Vs : Ks) + j % kStages * Tile::kKVBytes);
+          tma::arrive_expect_tx(full(kv, j), Tile::kKVBytes);
+#pragma unroll
+          for (int cb = 0; cb < CB; ++cb)
+            tma::load_box(dst + cb * BN * 128, kv ? v_map : k_map, 64 * cb, j * BN, hk, b, full(kv, j));
+        }
+    }
+    return;
+  }
+
+  tma::claim_registers<Tile::kConsumerRegs>();
+  const int c = wg - 1;                                                            // this consumer
+  const int pos0 = d.q_offset + i0 + 64 * c;                                       // position of its first row
+  const int pos = pos0 + 16 * (t / 32) + lane / 4;                                 // this thread's rows: pos, pos + 8
+  const int my_tiles = i0 + 64 * c < d.Tq ? min(tiles, (pos0 + 63) / BN + 1) : 0;  // later tiles: keys after its rows
   float o[CB][32] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  // Operand descriptors, built once: this warpgroup's 64 rows of Q, buffer 0 of K and V.
-  const uint64_t q_desc = wgmma::descriptor(wgmma::smem_address(Qs) + 64 * wg * 128),
+  // Operand descriptors, built once: this consumer's 64 rows of Q, buffer 0 of K and V.
+  const uint64_t q_desc = wgmma::descriptor(wgmma::smem_address(Qs) + 64 * c * 128),
                  k_desc = wgmma::descriptor(wgmma::smem_address(Ks)),
                  v_desc = wgmma::descriptor(wgmma::smem_address(Vs));
 
   float s[BN / 2];         // S of one key tile: s[4 jn + e] = S[row pos + 8 (e / 2)][key 8 jn + 2 (lane % 4) + e % 2]
   uint32_t p[BN / 16][4];  // P of the previous tile in bf16, as the A operands of P V
   auto issue_s = [&](int j) {  // s = Q K_j^T, asynchronously
-    const uint64_t kj = wgmma::advance(k_desc, j % 3 * Tile::kKVBytes);
+    const uint64_t kj = wgmma::advance(k_desc, j % kStages * Tile::kKVBytes);
 #pragma unroll
     for (int ks = 0; ks < DH / 16; ++ks) {
       const uint32_t col = ks % 4 * 32;  // bytes into the column block ks / 4
@@ -97,7 +134,7 @@ __global__ void __launch_bounds__(256, WgmmaForwardTile<DH>::kMinBlocks)
     wgmma::commit();
   };
   auto issue_pv = [&](int j) {  // O += P V_j, asynchronously
-    const uint64_t vj = wgmma::advance(v_desc, j % 3 * Tile::kKVBytes);
+    const uint64_t vj = wgmma::advance(v_desc, j % kStages * Tile::kKVBytes);
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)  // keys 16 kk .. 16 kk + 15
 #pragma unroll
@@ -151,40 +188,56 @@ __global__ void __launch_bounds__(256, WgmmaForwardTile<DH>::kMinBlocks)
     for (int kk = 0; kk < BN / 16; ++kk) wgmma::a_from_c<BN>(p[kk], s, kk);
   };
 
-  // Prologue: S_0, its softmax, P_0.
-  if (tiles > 1)  // Q and tile 0 resident; tile 1 may stay in flight
-    mma::cp_async_wait<1>();
-  else
-    mma::cp_async_wait<0>();
-  wgmma::fence_async_smem();  // the plain stores of the !vec path
-  __syncthreads();
+  // The turns: consumer c waits at barrier 1 + c for the previous consumer's hand-over;
+  // the last consumer hands consumer 0 the first turn and not one after the last round.
+  auto take_turn = [&] { wgmma::barrier(1 + c, 256); };
+  auto hand_over = [&](int r) {
+    if (c < kConsumers - 1 || r < tiles) wgmma::barrier_arrive(1 + (c + 1) % kConsumers, 256);
+  };
+  if (c == kConsumers - 1) wgmma::barrier_arrive(1, 256);
+  tma::wait(q_full, 0);
   float corr[2];
-  wgmma::fence();
-  issue_s(0);
-  wgmma::wait<0>();
-  softmax(0, corr);
-  rescale_and_pack(corr);
-  // Step j (FlashAttention-3's intra-warpgroup order, see the header): S_{j+1} and P_j V_j
-  // go to the tensor cores together, the softmax of S_{j+1} follows the first wait. The
-  // barrier makes tile j + 1 visible and frees buffer (j + 2) % 3 for the prefetch (its
-  // last reader, P V_{j-1}, finished before every thread's last wait of step j - 1).
-  for (int j = 0; j < tiles; ++j) {
-    if (j + 1 < tiles) mma::cp_async_wait<0>();
-    wgmma::fence_async_smem();
-    __syncthreads();
-    if (j + 2 < tiles) load_kv(j + 2);
-    if (j + 1 < my_tiles) {  // (each branch a whole wgmma sequence: no wgmma under a condition)
+  // Round r: S_r and P_{r-1} V_{r-1} (those this consumer's rows see); K_r and V_{r-1} are
+  // released once read, or at once where this consumer's rows see none of their keys.
+  // Each branch is a whole wgmma sequence (no wgmma under a condition).
+  auto release_k = [&](int r) {
+    if (r < tiles) tma::arrive(empty(0, r));
+  };
+  for (int r = 0; r <= tiles; ++r) {
+    const bool s_on = r < my_tiles, pv_on = r >= 1 && r <= my_tiles;
+    if (s_on) tma::wait(full(0, r), r / kStages & 1);
+    if (pv_on) tma::wait(full(1, r - 1), (r - 1) / kStages & 1);
+    take_turn();
+    if (s_on && pv_on) {
       wgmma::fence();
-      issue_s(j + 1);
-      issue_pv(j);
-      wgmma::wait<1>();  // S_{j+1} done, P_j V_j may still run
-      softmax(j + 1, corr);
+      issue_s(r);
+      issue_pv(r - 1);
+      hand_over(r);
+      wgmma::wait<1>();  // S_r done, P_{r-1} V_{r-1} may still run
+      release_k(r);
+      softmax(r, corr);
       wgmma::wait<0>();
+      tma::arrive(empty(1, r - 1));
       rescale_and_pack(corr);
-    } else if (j < my_tiles) {  // this warpgroup's last tile
+    } else if (s_on) {  // r = 0
       wgmma::fence();
-      issue_pv(j);
+      issue_s(r);
+      hand_over(r);
       wgmma::wait<0>();
+      release_k(r);
+      softmax(r, corr);
+      rescale_and_pack(corr);
+    } else if (pv_on) {  // this consumer's last tile
+      wgmma::fence();
+      issue_pv(r - 1);
+      hand_over(r);
+      wgmma::wait<0>();
+      tma::arrive(empty(1, r - 1));
+      release_k(r);
+    } else {
+      hand_over(r);
+      release_k(r);
+      if (r >= 1) tma::arrive(empty(1, r - 1));
     }
   }
 

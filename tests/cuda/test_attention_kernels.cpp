@@ -68,7 +68,7 @@ TEST_CASE("cuda attention bf16 sanitizer-sized: partial tiles, GQA, cache offset
   check_attention_kernels(1, 3, 3, 40, 40, 128, true, 3);  // dh 128
   check_attention_kernels(1, 2, 2, 20, 50, 40, false, 4);  // dh 40 padded to 64, offset inside a tile
   check_attention_kernels(1, 2, 1, 1, 1, 64, false, 5);    // T = 1
-  check_attention_kernels(1, 2, 2, 17, 17, 20, true, 6);   // dh not a multiple of 8: the scalar path
+  check_attention_kernels(1, 2, 2, 17, 17, 20, true, 6);   // dh not a multiple of 8: padded copies, scalar loads
   // The backward's 128-key blocks (dh 64: 4 warps of 32 keys; dh 128: 8 warps of 16) and 32-query steps:
   check_attention_kernels(1, 6, 2, 200, 333, 64, true, 7);    // GQA 3 per kv head; 3 key blocks, the last partial;
                                                               // offset 133 inside a warp's keys, not 16-aligned

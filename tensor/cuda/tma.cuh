@@ -1,0 +1,69 @@
+// Hopper's asynchronous copy engine (TMA) and the shared-memory barriers it completes on,
+// device side (sm_90): mbarrier init / arrive / wait, bulk tensor loads of a tile, and the
+// warpgroup register reallocation of warp-specialised kernels (sm_90a). The tensor maps
+// these loads read are made on the host (tensor/cuda/tma.h). Kernel built on them:
+// tensor/cuda/attention_wgmma.cuh.
+//
+// An mbarrier is 8 bytes of shared memory that counts arrivals and, for the copy engine,
+// transaction bytes: a phase completes when its expected arrivals have arrived and every
+// byte announced by arrive_expect_tx has landed; waiters poll a phase's parity (0, 1, 0, ...).
+#pragma once
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "tensor/cuda/mma.cuh"
+
+namespace sessa::cuda::tma {
+
+using mma::smem_address;
+
+// Barrier at shared address bar expects `count` arrivals per phase. One thread initialises;
+// fence_init and a __syncthreads publish it before anyone (the copy engine too) uses it.
+__device__ __forceinline__ void init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void fence_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+
+// One arrival.
+__device__ __forceinline__ void arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// One arrival that also announces `bytes` the copy engine will deliver in this phase.
+__device__ __forceinline__ void arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// Blocks until the phase of parity `parity` has completed.
+__device__ __forceinline__ void wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_AGAIN:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_AGAIN;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+
+// The box at coordinates (c0 innermost, c1, c2, c3) of a 4-d tensor map into shared memory
+// at dst (1024-aligned for the 128-byte swizzle), completing on barrier bar.
+__device__ __forceinline__ void load_box(uint32_t dst, const CUtensorMap& map, int c0, int c1, int c2, int c3,
+                                         uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+
+// Warpgroup register reallocation (sm_90a): the calling warpgroup gives registers back
+// (a producer that only issues copies) or takes them (the consumers that hold accumulators).
+// Needs a register cap at kernel entry (__launch_bounds__(threads, 1)).
+template <int kRegs>
+__device__ __forceinline__ void release_registers() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void claim_registers() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+}  // namespace sessa::cuda::tma
