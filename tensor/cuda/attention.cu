@@ -205,7 +205,8 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
       // dq is summed over key tiles in float32, then scaled and rounded.
       const Tensor dq_acc = empty_heads_like(q, DType::F32);  // strides d.dq, like g.dq
       SESSA_CUDA_CHECK(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * sizeof(float), st), op);
-      const bool vec = vectorizable(d.dh, {&q, &k, &v, &dout, &dq_acc, &g.dk, &g.dv});
+      const bool vec = vectorizable(d.dh, {&dq_acc, &g.dk, &g.dv});
+      const Tensor qt = tma_operand(q), kt = tma_operand(k), vt = tma_operand(v), gt = tma_operand(dout);
       // RoPE's inverse rotation: dq's in the scaling pass, from the tables the forward's rope
       // made (queries at q_offset .. q_offset + Tq - 1: the tables cover keys 0 .. Tk - 1, and
       // Tk = q_offset + Tq); dk's by rope after the walk.
@@ -218,12 +219,13 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
       with_mma_dh(d.dh, [&](auto dh_tag) {
         constexpr int DH = decltype(dh_tag)::value;
         using Tile = attn::WgmmaBackwardTile<DH>;
+        const CUtensorMap q_map = tile_map(qt, Tile::BQ, op), k_map = tile_map(kt, Tile::BN, op),
+                          v_map = tile_map(vt, Tile::BN, op), g_map = tile_map(gt, Tile::BQ, op);
         allow_dynamic_smem(attn::wgmma_backward<DH>, Tile::smem_bytes, op);
         attn::wgmma_backward<DH>
             <<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, Tile::BN)), Tile::kThreads, Tile::smem_bytes, st>>>(
-                ptr<bf16_t>(q), ptr<bf16_t>(k), ptr<bf16_t>(v), ptr<bf16_t>(dout), ptr<float>(lse), ptr<float>(Dv),
-                ptr<float>(dq_acc), ptr<bf16_t>(g.dk), ptr<bf16_t>(g.dv), d, float(scale) * attn::kLog2e, float(scale),
-                vec);
+                q_map, k_map, v_map, g_map, ptr<float>(lse), ptr<float>(Dv), ptr<float>(dq_acc), ptr<bf16_t>(g.dk),
+                ptr<bf16_t>(g.dv), d, float(scale) * attn::kLog2e, float(scale), vec);
       });
       SESSA_CUDA_LAUNCH_CHECK(op);
       if (rows > 0) {

@@ -3,49 +3,46 @@
 // the building blocks in tensor/cuda/wgmma.cuh, host-side dispatch in
 // tensor/cuda/attention.cu, the forward in attention_wgmma.cuh.
 //
-// D_i = dout_i . out_i first (attention.cu). A block of kGroups warpgroups owns BN = 64
-// kGroups keys of one kv head, 64 per warpgroup, and walks the query tiles (BQ = 64 rows)
-// of every query head of its group (so GQA needs no reduction for dk, dv). K, V, and the
-// step's Q and dout sit in shared memory in the 128-byte swizzle; Q, dout, lse and D of
-// step s + 1 are loaded by cp.async while step s runs. Per step and warpgroup (keys kw):
+// D_i = dout_i . out_i first (attention.cu). A block owns BN = 64 kConsumers keys of one
+// kv head and walks the query tiles (BQ = 64 rows) of every query head of its group (so
+// GQA needs no reduction for dk, dv): FlashAttention-3's warp specialisation, like the
+// forward. Warpgroup 0 is the producer: it gives most of its registers back, has the copy
+// engine load K and V once and each step's Q and dout into kStages buffers (128-byte
+// swizzle), and copies the step's lse and D with its first warp's cp.async; a buffer's
+// `full` barrier completes when all of that has landed, its `empty` barrier when every
+// consumer thread is done with it. Consumer c (warpgroup 1 + c) owns keys 64 c .. 64 c + 63
+// (kw) and, per step:
 //   S^T  = K_kw Q^T     m64n64k16 x DH / 16, A = K and B = Q both K-major;
 //   dP^T = V_kw dout^T  the same with V and dout;
 //   P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D) on the accumulators in float32;
 //   dV += P^T dout      A = P^T from registers (packed from the S^T accumulators), B = dout
 //                       MN-major, one m64n64 product per 64 columns of the head dim;
 //   dK += dS^T Q        likewise with dS^T and Q;
-//   dq_kw = dS_kw K_kw  the warpgroup's share of the step's dq tile (64 x DH, over its 64
-//                       keys): dS^T goes to shared memory and comes back as the A operand
-//                       (MN-major, tnspA), K as the B operand (MN-major).
-// The warpgroups' shares of dq are summed in shared memory: the tile is cut into units of
-// 16 rows x 32 columns, each summed by one warpgroup from the others' shares, and added
-// into a float32 buffer shaped like dq with 16-byte atomics (red.global.add.v4.f32; the
-// sum over key blocks is not bitwise reproducible run to run), scaled and rounded to bf16
-// by a last pass. One block barrier per step, at its end: it publishes the next step's
-// tiles and this step's dq shares at once (the exchange buffer is double-buffered by
-// step). dk, dv stay in registers for the whole walk and are written once. Only steps
-// whose tile holds a masked pair (diagonal, past Tq or Tk) pay for the mask. When the op
-// owns RoPE, dq's pairs are rotated back in the scaling pass (dk's by rope after the walk:
-// rotating them in its epilogue, from tables or from angles computed there, cost the
-// register-capped walk more than the rope pass it saves; docs/performance.md, 2026-12-02).
+//   dq                  dS^T goes to shared memory (double-buffered by step); after a named
+//                       barrier of the consumers each computes its DQ = DH / kConsumers
+//                       columns of the step's dq tile over all BN keys, dS K with both
+//                       operands read transposed (tnspA, tnspB), and adds them into a float32
+//                       buffer shaped like dq with 16-byte atomics (red.global.add.v4.f32;
+//                       the sum over key blocks is not bitwise reproducible run to run),
+//                       scaled and rounded to bf16 by a last pass.
+// dk, dv stay in registers for the whole walk and are written once. Only steps whose tile
+// holds a masked pair (diagonal, past Tq or Tk) pay for the mask. When the op owns RoPE,
+// dq's pairs are rotated back in the scaling pass (dk's by rope after the walk: rotating
+// them in its epilogue, from tables or from angles computed there, cost the register-capped
+// walk more than the rope pass it saves; docs/performance.md, 2026-12-02).
 //
-// Budgets (ptxas -v, sm_90a; one block per SM):
-//   head dim 64: three warpgroups (192 keys, 384 threads), 168 registers (the cap at 384
-//     threads), no spills: dk, dv 2 x 32 + S^T, dP^T 2 x 32 accumulator registers per
-//     thread, then P^T, dS^T packed 2 x 16 + dq 32. Shared: K, V 2 x 24 KiB + 2 x (Q,
-//     dout) 32 KiB + dS^T 24 KiB + the dq exchange 2 x 32 KiB + lse, D 1 KiB = 170 KiB.
-//     The kernel is latency-bound (ncu with two warpgroups: 43% of issue slots, 0.58
-//     eligible warps of 2 per scheduler), and a third gives the schedulers 3 warps to pick
-//     from; measured on the H200, T 4096: two warpgroups 221-227 TFLOP/s, three 265
-//     (docs/performance.md, 2026-12-01 sixth session).
-//   head dim 128: two warpgroups (128 keys, 256 threads): dk, dv 2 x 64 accumulator
-//     registers leave no room for a third; 255 registers and a 4-byte spill. Shared: K, V
-//     2 x 32 KiB + 2 x (Q, dout) 64 KiB + dS^T 16 KiB + the dq exchange 2 x 32 KiB + 1 KiB
-//     = 210 KiB. Measured on the H200, T 4096: 272 TFLOP/s (the mma.sync kernel it
-//     replaced: 187).
+// Budgets (ptxas -v, sm_90a; one block per SM; producer 24 / consumers 240 registers after
+// setmaxnreg, no spills): two consumers at both head dims (128 keys). Head dim 128: dk, dv
+// 2 x 64 + S^T, dP^T 2 x 32 accumulator registers per thread, then P^T, dS^T packed 2 x
+// 16 + dq 32; shared K, V 2 x 32 KiB + 2 x (Q, dout) 64 KiB + 2 x dS^T 32 KiB + 1 KiB =
+// 161 KiB. Head dim 64: half the dk, dv and Q, dout bytes and a dq of 32 columns. The
+// atomics go out at the end of the step: issued during the next step's first products
+// instead (dq kept in registers meanwhile), the walk measured 1-20% slower (docs/
+// performance.md, 2026-12-02 sixteenth session).
 #pragma once
 #include "tensor/cuda/attention_params.cuh"
 #include "tensor/cuda/common.cuh"
+#include "tensor/cuda/tma.cuh"
 #include "tensor/cuda/wgmma.cuh"
 
 namespace sessa::cuda::attn {
@@ -53,13 +50,14 @@ namespace sessa::cuda::attn {
 // Tiles for tile width DH (head dim rounded up to 64 or 128).
 template <int DH>
 struct WgmmaBackwardTile {
-  static constexpr int kGroups = DH > 64 ? 2 : 3;  // warpgroups per block (the file header says why)
-  static constexpr int CB = DH / 64, BN = 64 * kGroups, BQ = 64, kThreads = 128 * kGroups;
+  static constexpr int kConsumers = 2, CB = DH / 64, BN = 64 * kConsumers, BQ = 64, kStages = 2;
+  static constexpr int kThreads = 128 * (1 + kConsumers), kProducerRegs = 24, kConsumerRegs = 240;
+  static constexpr int DQ = DH / kConsumers;  // dq columns per consumer
+  static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536, "more registers than an SM has");
   static constexpr int kKVBytes = BN * DH * 2, kQBytes = BQ * DH * 2, kSBytes = BN * BQ * 2;
-  // The dq exchange (per step, double-buffered): kGroups - 1 shares of kUnits units (16 rows
-  // x 32 columns: DH / 32 per warp), 32 lanes x 16 floats each.
-  static constexpr int kUnits = 4 * DH / 32, kXFloat4s = (kGroups - 1) * kUnits * 4 * 32;
-  static constexpr size_t smem_bytes = 2 * kKVBytes + 4 * kQBytes + kSBytes + 2 * kXFloat4s * 16 + 4 * BQ * 4 + 1024;
+  static constexpr int kBarriers = 1 + 2 * kStages;  // K and V full; full, empty per step buffer
+  static constexpr size_t smem_bytes =
+      2 * kKVBytes + 2 * kStages * kQBytes + 2 * kSBytes + 2 * kStages * BQ * 4 + 8 * kBarriers + 1024;
 };
 
 // dst[0..3] += v, atomically and without a result (sm_90; dst 16-byte aligned, global).
@@ -109,29 +107,32 @@ __device__ __forceinline__ void add_dq_rows(float* dq_acc, const Dims& d, int b,
   }
 }
 
-// grid (B * Hkv, key blocks), WgmmaBackwardTile<DH>::kThreads threads. dq_acc: float32
-// like dq (strides d.dq), zeroed. vec also promises 16-byte aligned rows of dq_acc, dk, dv.
+// grid (B * Hkv, key blocks), WgmmaBackwardTile<DH>::kThreads threads. Tile maps (tensor/
+// cuda/tma.h): k_map, v_map in boxes of BN rows, q_map and g_map (dout) of BQ rows.
+// dq_acc: float32 like dq (strides d.dq), zeroed. vec: 16-byte aligned rows of dq_acc, dk, dv.
 template <int DH>
 __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
-    wgmma_backward(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
-                   const float* Dv, float* dq_acc, bf16_t* dk, bf16_t* dv, Dims d, float scale_log2, float scale,
-                   bool vec) {
+    wgmma_backward(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
+                   const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap g_map,
+                   const float* lse, const float* Dv, float* dq_acc, bf16_t* dk, bf16_t* dv, Dims d, float scale_log2,
+                   float scale, bool vec) {
   using Tile = WgmmaBackwardTile<DH>;
-  constexpr int BN = Tile::BN, BQ = Tile::BQ, CB = Tile::CB, kGroups = Tile::kGroups;
+  constexpr int BN = Tile::BN, BQ = Tile::BQ, CB = Tile::CB, kConsumers = Tile::kConsumers, kStages = Tile::kStages;
+  constexpr int DQ = Tile::DQ;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* Ks =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  unsigned char* Vs = Ks + Tile::kKVBytes;                         // (BN, DH)
-  unsigned char* Qs = Vs + Tile::kKVBytes;                         // 2 x (BQ, DH)
-  unsigned char* Gs = Qs + 2 * Tile::kQBytes;                      // 2 x (BQ, DH): dout
-  unsigned char* Ss = Gs + 2 * Tile::kQBytes;                      // (BN, BQ): dS^T
-  float4* Xs = reinterpret_cast<float4*>(Ss + Tile::kSBytes);      // 2 x the dq exchange
-  float* Ls = reinterpret_cast<float*>(Xs + 2 * Tile::kXFloat4s);  // 2 x BQ: lse
-  float* Ds = Ls + 2 * BQ;                                         // 2 x BQ: D
+  unsigned char* Vs = Ks + Tile::kKVBytes;                       // (BN, DH)
+  unsigned char* Qs = Vs + Tile::kKVBytes;                       // kStages x (BQ, DH)
+  unsigned char* Gs = Qs + kStages * Tile::kQBytes;              // kStages x (BQ, DH): dout
+  unsigned char* Ss = Gs + kStages * Tile::kQBytes;              // 2 x (BN, BQ): dS^T
+  float* Ls = reinterpret_cast<float*>(Ss + 2 * Tile::kSBytes);  // kStages x BQ: lse
+  float* Ds = Ls + kStages * BQ;                                 // kStages x BQ: D
+  const uint32_t kv_full = wgmma::smem_address(Ds + kStages * BQ);
+  auto full = [&](int it) { return kv_full + 8 * (1 + it % kStages); };  // barriers of step it's buffer
+  auto empty = [&](int it) { return kv_full + 8 * (1 + kStages + it % kStages); };
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
   const int b = blockIdx.x / d.Hkv, hk = blockIdx.x % d.Hkv, n0 = blockIdx.y * BN;
-  const int key0 = n0 + 64 * wg;                 // this warpgroup's keys key0 .. key0 + 63
-  const int krow = key0 + 16 * warp + lane / 4;  // this thread's rows of S^T: keys krow, krow + 8
 
   // The steps: query tiles i0 >= i_start (earlier queries see none of these keys) of each
   // query head of the group.
@@ -141,60 +142,81 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     int h, i0;
   };
   auto next_of = [&](StepAt s) { return s.i0 + BQ < d.Tq ? StepAt{s.h, s.i0 + BQ} : StepAt{s.h + 1, i_start}; };
-  auto load_step = [&](int step, StepAt s) {  // Q, dout, lse, D of a step into buffer step % 2
-    const int buf = step % 2;
-    if (threadIdx.x < 256) {  // (a tile of 64 rows is swept by 256 threads)
-      wgmma::load_tile<BQ, DH, 256>(Qs + buf * Tile::kQBytes, q + offset(d.q, b, s.h, s.i0), d.q.t, d.Tq - s.i0, d.dh,
-                                    vec);
-      wgmma::load_tile<BQ, DH, 256>(Gs + buf * Tile::kQBytes, dout + offset(d.dout, b, s.h, s.i0), d.dout.t,
-                                    d.Tq - s.i0, d.dh, vec);
-    }
-    if (threadIdx.x < BQ) {
-      const int i = s.i0 + threadIdx.x;
-      const int64_t at = (int64_t(b) * d.H + s.h) * d.Tq + min(i, d.Tq - 1);
-      mma::cp_async4(Ls + buf * BQ + threadIdx.x, lse + at, i < d.Tq);
-      mma::cp_async4(Ds + buf * BQ + threadIdx.x, Dv + at, i < d.Tq);
-    }
-  };
-  if (steps > 0) {
-    wgmma::load_tile<BN, DH, Tile::kThreads>(Ks, k + offset(d.k, b, hk, n0), d.k.t, d.Tk - n0, d.dh, vec);
-    wgmma::load_tile<BN, DH, Tile::kThreads>(Vs, v + offset(d.v, b, hk, n0), d.v.t, d.Tk - n0, d.dh, vec);
-    load_step(0, StepAt{hk * d.group, i_start});
-    mma::cp_async_commit();
+  if (threadIdx.x == 0) {
+    tma::init(kv_full, 1);
+    for (int i = 0; i < kStages; ++i) tma::init(full(i), 1 + 32), tma::init(empty(i), 128 * kConsumers);
+    tma::fence_init();
   }
-  // Operand descriptors, built once: this warpgroup's 64 rows of K, V and dS^T (in column
-  // block 0; block cb is BN rows further); buffer 0 of Q and dout.
-  const uint32_t own_rows = 64 * wg * 128;
+  __syncthreads();
+
+  if (wg == 0) {  // the producer: warp 0, its lane 0 driving the copy engine
+    tma::release_registers<Tile::kProducerRegs>();
+    if (warp == 0 && steps > 0) {
+      if (lane == 0) {
+        tma::arrive_expect_tx(kv_full, 2 * Tile::kKVBytes);
+#pragma unroll
+        for (int cb = 0; cb < CB; ++cb) {
+          tma::load_box(wgmma::smem_address(Ks + cb * BN * 128), k_map, 64 * cb, n0, hk, b, kv_full);
+          tma::load_box(wgmma::smem_address(Vs + cb * BN * 128), v_map, 64 * cb, n0, hk, b, kv_full);
+        }
+      }
+      StepAt cur{hk * d.group, i_start};
+      for (int it = 0; it < steps; ++it, cur = next_of(cur)) {
+        if (it >= kStages) tma::wait(empty(it), (it / kStages - 1) & 1);  // the buffer's last step released
+        const int buf = it % kStages;
+        if (lane == 0) {  // Q and dout by the copy engine
+          tma::arrive_expect_tx(full(it), 2 * Tile::kQBytes);
+#pragma unroll
+          for (int cb = 0; cb < CB; ++cb) {
+            const int at = buf * Tile::kQBytes + cb * BQ * 128;
+            tma::load_box(wgmma::smem_address(Qs + at), q_map, 64 * cb, cur.i0, cur.h, b, full(it));
+            tma::load_box(wgmma::smem_address(Gs + at), g_map, 64 * cb, cur.i0, cur.h, b, full(it));
+          }
+        }
+        for (int e = lane; e < BQ; e += 32) {  // lse and D by the warp's cp.async (rows past Tq: zeros)
+          const int i = cur.i0 + e;
+          const int64_t at = (int64_t(b) * d.H + cur.h) * d.Tq + min(i, d.Tq - 1);
+          mma::cp_async4(Ls + buf * BQ + e, lse + at, i < d.Tq);
+          mma::cp_async4(Ds + buf * BQ + e, Dv + at, i < d.Tq);
+        }
+        tma::arrive_on_copies(full(it));
+      }
+      mma::cp_async_wait_all();
+    }
+    return;
+  }
+
+  tma::claim_registers<Tile::kConsumerRegs>();
+  const int c = wg - 1;                          // this consumer
+  const int key0 = n0 + 64 * c;                  // its keys key0 .. key0 + 63
+  const int krow = key0 + 16 * warp + lane / 4;  // this thread's rows of S^T: keys krow, krow + 8
+  // Operand descriptors, built once: this consumer's 64 rows of K and V; buffer 0 of Q,
+  // dout and dS^T; all BN keys of K at this consumer's dq columns.
+  const uint32_t own_rows = 64 * c * 128, dq_cols = DQ * c / 64 * BN * 128 + DQ * c % 64 * 2;
   const uint64_t k_desc = wgmma::descriptor(wgmma::smem_address(Ks) + own_rows),
                  v_desc = wgmma::descriptor(wgmma::smem_address(Vs) + own_rows),
-                 s_desc = wgmma::descriptor(wgmma::smem_address(Ss) + own_rows),
+                 s_desc = wgmma::descriptor(wgmma::smem_address(Ss)),
                  q_desc = wgmma::descriptor(wgmma::smem_address(Qs)),
-                 g_desc = wgmma::descriptor(wgmma::smem_address(Gs));
+                 g_desc = wgmma::descriptor(wgmma::smem_address(Gs)),
+                 kq_desc = wgmma::descriptor(wgmma::smem_address(Ks) + dq_cols);
   const wgmma::Swizzled<BN> s_layout;
 
   // Accumulators: a[4 j + e] = A[row 16 warp + lane / 4 + 8 (e / 2)][column 8 j + 2 (lane % 4) + e % 2]
   // (of column block cb for the [CB][32] ones).
-  float gk[CB][32] = {}, gv[CB][32] = {};  // dK, dV of this warpgroup's keys (rows) x head dim
+  float gk[CB][32] = {}, gv[CB][32] = {};  // dK, dV of this consumer's keys (rows) x head dim
+  float dq[DQ / 2];                        // the step's dq (queries x this consumer's DQ columns), over BN keys
   StepAt cur{hk * d.group, i_start};
-  // One barrier per step, at its end (and one before the first): it makes the next step's
-  // tiles and this step's dq shares visible, and frees the buffers the step after next is
-  // loaded into (their last readers, this step's products, are done).
-  auto step_barrier = [&] {
-    mma::cp_async_wait<0>();    // this thread's copies have landed
-    wgmma::fence_async_smem();  // (the plain stores of the !vec path)
-    __syncthreads();
+  auto add_dq = [&](StepAt at) {
+    add_dq_rows(dq_acc, d, b, at.h, at.i0 + 16 * warp, DQ * c, reinterpret_cast<const float(&)[DQ / 8][4]>(dq), lane,
+                vec);
   };
-  if (steps > 0) {
-    step_barrier();
-    if (steps > 1) load_step(1, next_of(cur));
-    mma::cp_async_commit();
-  }
+  if (steps > 0) tma::wait(kv_full, 0);
   for (int it = 0; it < steps; ++it) {
-    const StepAt next = next_of(cur);
-    const int buf = it % 2, i0 = cur.i0;
+    const int buf = it % kStages, i0 = cur.i0;
     const uint64_t qb = wgmma::advance(q_desc, buf * Tile::kQBytes), gb = wgmma::advance(g_desc, buf * Tile::kQBytes);
+    tma::wait(full(it), it / kStages & 1);
 
-    float st[32], dpt[32];  // S^T and dP^T: this warpgroup's keys x the step's queries
+    float st[32], dpt[32];  // S^T and dP^T: this consumer's keys x the step's queries
     wgmma::fence();
 #pragma unroll
     for (int ks = 0; ks < DH / 16; ++ks) {  // column block ks / 4, bytes 32 (ks % 4) into its rows
@@ -208,7 +230,7 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
       wgmma::mma_ss(dpt, wgmma::advance(v_desc, kv_at), wgmma::advance(gb, q_at), ks > 0);
     }
     wgmma::commit();
-    // A warpgroup whose keys all come after the step's last query (or lie past Tk) adds
+    // A consumer whose keys all come after the step's last query (or lie past Tk) adds
     // nothing to dK and dV: it skips those two products. Uniform per warpgroup.
     const bool idle = key0 > d.q_offset + i0 + BQ - 1 || key0 >= d.Tk;
     // st becomes P^T = exp(S^T scale - lse) while dP^T is being multiplied, then dpt
@@ -243,16 +265,17 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
       wgmma::a_from_c<BQ>(pa[kk], st, kk);
       wgmma::a_from_c<BQ>(da[kk], dpt, kk);
     }
-    // dS^T to shared memory for the dq product: da[kk] holds columns 16 kk + 8 half + 2 (lane
-    // % 4) of rows krow (a[2 half]) and krow + 8 (a[2 half + 1]).
+    // dS^T to shared memory (buffer it % 2) for the dq product: da[kk] holds columns 16 kk
+    // + 8 half + 2 (lane % 4) of rows krow (a[2 half]) and krow + 8 (a[2 half + 1]).
+    unsigned char* St = Ss + it % 2 * Tile::kSBytes;
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; ++kk)
 #pragma unroll
       for (int half = 0; half < 2; ++half)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const int row = 64 * wg + 16 * warp + lane / 4 + 8 * r, col = 16 * kk + 8 * half + 2 * (lane % 4);
-          *reinterpret_cast<uint32_t*>(Ss + s_layout(row, col)) = da[kk][2 * half + r];
+          const int row = 64 * c + 16 * warp + lane / 4 + 8 * r, col = 16 * kk + 8 * half + 2 * (lane % 4);
+          *reinterpret_cast<uint32_t*>(St + s_layout(row, col)) = da[kk][2 * half + r];
         }
     wgmma::fence_async_smem();
 
@@ -267,54 +290,19 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
         }
       wgmma::commit();
     }
-    wgmma::barrier(1 + wg, 128);  // this warpgroup's dS^T is in shared memory
-    float dq[CB][32];             // (queries, head dim) over this warpgroup's keys
+    // Every consumer's dS^T is in shared memory (the buffer is next written two steps on,
+    // after every consumer has passed this barrier once more, its dq product done).
+    wgmma::barrier(1, 128 * kConsumers);
     wgmma::fence();
 #pragma unroll
-    for (int cb = 0; cb < CB; ++cb)
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)  // keys 16 kk .. 16 kk + 15 of this warpgroup's
-        wgmma::mma_ss<true>(dq[cb], wgmma::advance(s_desc, kk * 16 * 128),
-                            wgmma::advance(k_desc, cb * BN * 128 + kk * 16 * 128), kk > 0);
+    for (int kk = 0; kk < BN / 16; ++kk)  // keys 16 kk .. 16 kk + 15 of the block
+      wgmma::mma_ss<true>(dq, wgmma::advance(s_desc, it % 2 * Tile::kSBytes + kk * 16 * 128),
+                          wgmma::advance(kq_desc, kk * 16 * 128), kk > 0);
     wgmma::commit();
     wgmma::wait<0>();
-
-    // The dq exchange: the 64 x DH tile in units u = (DH / 32) w + p (rows of warp w,
-    // columns 32 p ..), unit u summed by warpgroup u % kGroups; the other warpgroups' warps
-    // w put their share of it in slots 0 .. kGroups - 2. Double-buffered by step.
-    constexpr int P = DH / 32;  // units per warp
-    float4* x = Xs + it % 2 * Tile::kXFloat4s + lane;
-    auto at = [&](int slot, int u, int i) { return x + ((slot * Tile::kUnits + u) * 4 + i) * 32; };
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const int u = P * warp + p, owner = u % kGroups;
-      if (owner != wg) {
-        const int slot = (wg - owner + kGroups) % kGroups - 1;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float* f = dq[p / 2] + 16 * (p % 2) + 4 * i;
-          *at(slot, u, i) = make_float4(f[0], f[1], f[2], f[3]);
-        }
-      }
-    }
-    step_barrier();
-    if (it + 2 < steps) load_step(it + 2, next_of(next));
-    mma::cp_async_commit();
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const int u = P * warp + p;
-      if (u % kGroups != wg) continue;
-      float* f = dq[p / 2] + 16 * (p % 2);
-#pragma unroll
-      for (int slot = 0; slot < kGroups - 1; ++slot)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float4 o = *at(slot, u, i);
-          f[4 * i] += o.x, f[4 * i + 1] += o.y, f[4 * i + 2] += o.z, f[4 * i + 3] += o.w;
-        }
-      add_dq_rows(dq_acc, d, b, cur.h, i0 + 16 * warp, 32 * p, reinterpret_cast<const float(&)[4][4]>(*f), lane, vec);
-    }
-    cur = next;
+    tma::arrive(empty(it));  // Q, dout, lse, D of this step read
+    add_dq(cur);
+    cur = next_of(cur);
   }
 
 #pragma unroll

@@ -2,7 +2,7 @@
 // device side (sm_90): mbarrier init / arrive / wait, bulk tensor loads of a tile, and the
 // warpgroup register reallocation of warp-specialised kernels (sm_90a). The tensor maps
 // these loads read are made on the host (tensor/cuda/tma.h). Kernel built on them:
-// tensor/cuda/attention_wgmma.cuh.
+// tensor/cuda/attention_wgmma.cuh and attention_wgmma_backward.cuh.
 //
 // An mbarrier is 8 bytes of shared memory that counts arrivals and, for the copy engine,
 // transaction bytes: a phase completes when its expected arrivals have arrived and every
@@ -32,6 +32,11 @@ __device__ __forceinline__ void arrive(uint32_t bar) {
 // One arrival that also announces `bytes` the copy engine will deliver in this phase.
 __device__ __forceinline__ void arrive_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// An arrival made when this thread's cp.async copies issued so far have landed (one of
+// the barrier's expected arrivals: noinc).
+__device__ __forceinline__ void arrive_on_copies(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 // Blocks until the phase of parity `parity` has completed.
 __device__ __forceinline__ void wait(uint32_t bar, uint32_t parity) {

@@ -1,6 +1,6 @@
 // Warpgroup tensor-core building blocks for Hopper (sm_90a): wgmma.mma_async products,
-// the shared-memory descriptors they read their operands through, and a tile loader that
-// writes the 128-byte swizzle those descriptors describe. Kernels built on them:
+// the shared-memory descriptors they read their operands through, and the 128-byte swizzle
+// those describe (the copy engine writes it, tensor/cuda/tma.cuh). Kernels built on them:
 // tensor/cuda/attention_wgmma.cuh, attention_wgmma_backward.cuh. (mma.cuh holds the
 // warp-level sm_80+ forms.)
 //
@@ -57,18 +57,6 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t addr) {
 // field holds addr >> 4 in 14 bits and shared addresses stay below 2^18, so the sum never
 // carries out of it. Kernels build a tile's descriptor once and advance it per k-step.
 __device__ __forceinline__ uint64_t advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
-
-// Rows [0, R) x columns [0, W) of a matrix into the swizzled tile at s (mma::TileStream
-// says how); a fence_async_smem and a __syncthreads must come before a wgmma reads it.
-template <int R, int W, int kThreads>
-__device__ void load_tile(unsigned char* s, const bf16_t* g, int64_t stride, int nrows, int dh, bool vec) {
-  mma::TileStream<R, W, kThreads>(g, stride, nrows, dh).load(s, Swizzled<R>{}, vec);
-}
-// The next tile of a stream into the swizzled tile at s.
-template <int R, int W, int kThreads>
-__device__ __forceinline__ void load_tile(unsigned char* s, mma::TileStream<R, W, kThreads>& stream, bool vec) {
-  stream.load(s, Swizzled<R>{}, vec);
-}
 
 // Makes this thread's generic-proxy shared-memory writes (plain stores) visible to wgmma.
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -138,6 +126,18 @@ __device__ __forceinline__ void mma_ss(float (&d)[32], uint64_t a, uint64_t b, b
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" SESSA_WG_L32 "}, %32, %33, p, 1, 1, %35, %35;\n}\n"
       : SESSA_WG_D32(d)
+      : "l"(a), "l"(b), "r"(int(accumulate)), "n"(int(kMNMajor)));
+}
+
+// m64n32k16, as the m64n64k16 form above.
+template <bool kMNMajor = false>
+__device__ __forceinline__ void mma_ss(float (&d)[16], uint64_t a, uint64_t b, bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, "
+      "%13, %14, %15}, %16, %17, p, 1, 1, %19, %19;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
       : "l"(a), "l"(b), "r"(int(accumulate)), "n"(int(kMNMajor)));
 }
 
