@@ -92,9 +92,10 @@ Tensor tma_operand(const Tensor& t) {
 }
 
 // The tile map of a (B, heads, T, dh) operand from tma_operand, in boxes of `rows` rows.
-CUtensorMap tile_map(const Tensor& t, int rows, const char* op) {
+CUtensorMap tile_map_of(const Tensor& t, int rows, const char* op) {
   const int64_t strides[3] = {t.strides()[2], t.strides()[1], t.strides()[0]};
-  return bf16_tile_map(t.raw_data(), t.size(0), t.size(1), t.size(2), t.size(3), strides, rows, op);
+  return cuda::tile_map(t.raw_data(), int(dtype_size(t.dtype())), t.size(0), t.size(1), t.size(2), t.size(3), strides,
+                        rows, op);
 }
 
 // f(std::integral_constant<int, DH>) with the tile width DH for head dim dh: SIMT
@@ -140,8 +141,8 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
       const Tensor qt = tma_operand(q), kt = tma_operand(k), vt = tma_operand(v);
       with_mma_dh(d.dh, [&](auto dh_tag) {
         using Tile = attn::WgmmaForwardTile<decltype(dh_tag)::value>;
-        const CUtensorMap q_map = tile_map(qt, Tile::BM, op), k_map = tile_map(kt, Tile::BN, op),
-                          v_map = tile_map(vt, Tile::BN, op);
+        const CUtensorMap q_map = tile_map_of(qt, Tile::BM, op), k_map = tile_map_of(kt, Tile::BN, op),
+                          v_map = tile_map_of(vt, Tile::BN, op);
         allow_dynamic_smem(attn::wgmma_forward<Tile>, Tile::smem_bytes, op);
         attn::wgmma_forward<Tile>
             <<<dim3(blocks_for(d.Tq, Tile::BM), unsigned(d.B * d.H)), Tile::kThreads, Tile::smem_bytes, st>>>(
@@ -202,29 +203,39 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
     const bool run_dkdv = int64_t(d.B) * d.Hkv * d.Tk > 0;
     if constexpr (kMma) {
       if (!run_dkdv) return g;
-      // dq is summed over key tiles in float32, then scaled and rounded.
-      const Tensor dq_acc = empty_heads_like(q, DType::F32);  // strides d.dq, like g.dq
-      SESSA_CUDA_CHECK(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * sizeof(float), st), op);
-      const bool vec = vectorizable(d.dh, {&dq_acc, &g.dk, &g.dv});
+      if (rows == 0) {  // no queries: dk and dv are zero (and the copy engine's maps need rows)
+        for (const Tensor* t : {&g.dk, &g.dv})
+          SESSA_CUDA_CHECK(cudaMemsetAsync(t->raw_data(), 0, size_t(t->numel()) * sizeof(bf16_t), st), op);
+        return g;
+      }
       const Tensor qt = tma_operand(q), kt = tma_operand(k), vt = tma_operand(v), gt = tma_operand(dout);
+      // dq is summed over key tiles in float32 by the copy engine, then scaled and rounded. The
+      // sum's rows must be 16 bytes apart: with a head dim not a multiple of 4 it is kept in
+      // the padded layout of qt (its extra columns stay zero) and cut back at the end.
+      const bool dq_padded = d.dh % 4 != 0 || d.dh == 0;
+      const Tensor dq_acc = empty_heads_like(dq_padded ? qt : q, DType::F32);
+      SESSA_CUDA_CHECK(cudaMemsetAsync(dq_acc.raw_data(), 0, size_t(dq_acc.numel()) * sizeof(float), st), op);
+      const Tensor dq_out = dq_padded ? empty_heads_like(qt, DType::BF16) : g.dq;  // like dq_acc
+      const bool vec = vectorizable(d.dh, {&g.dk, &g.dv});
       // RoPE's inverse rotation: dq's in the scaling pass, from the tables the forward's rope
       // made (queries at q_offset .. q_offset + Tq - 1: the tables cover keys 0 .. Tk - 1, and
-      // Tk = q_offset + Tq); dk's by rope after the walk.
+      // Tk = q_offset + Tq); dk's (and a padded dq's) by rope after the walk.
       attn::RopeRows rot;
       RopeTables tables;
-      if (rope_base) {
+      if (rope_base && !dq_padded) {
         tables = rope_tables(dev, d.Tk, d.dh / 2, 0, *rope_base, DType::F32);
         rot = {ptr<float>(tables.cs), ptr<float>(tables.sn), d.dh, token_major(dq_acc) ? d.H : 1, d.Tq, q_offset};
       }
       with_mma_dh(d.dh, [&](auto dh_tag) {
         constexpr int DH = decltype(dh_tag)::value;
         using Tile = attn::WgmmaBackwardTile<DH>;
-        const CUtensorMap q_map = tile_map(qt, Tile::BQ, op), k_map = tile_map(kt, Tile::BN, op),
-                          v_map = tile_map(vt, Tile::BN, op), g_map = tile_map(gt, Tile::BQ, op);
+        const CUtensorMap q_map = tile_map_of(qt, Tile::BQ, op), k_map = tile_map_of(kt, Tile::BN, op),
+                          v_map = tile_map_of(vt, Tile::BN, op), g_map = tile_map_of(gt, Tile::BQ, op),
+                          dq_map = tile_map_of(dq_acc, Tile::BQ, op);
         allow_dynamic_smem(attn::wgmma_backward<DH>, Tile::smem_bytes, op);
         attn::wgmma_backward<DH>
             <<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, Tile::BN)), Tile::kThreads, Tile::smem_bytes, st>>>(
-                q_map, k_map, v_map, g_map, ptr<float>(lse), ptr<float>(Dv), ptr<float>(dq_acc), ptr<bf16_t>(g.dk),
+                q_map, k_map, v_map, g_map, dq_map, ptr<float>(lse), ptr<float>(Dv), ptr<bf16_t>(g.dk),
                 ptr<bf16_t>(g.dv), d, float(scale) * attn::kLog2e, float(scale), vec);
       });
       SESSA_CUDA_LAUNCH_CHECK(op);
@@ -232,11 +243,15 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
         const int64_t n = dq_acc.numel();
         if (n <= int64_t(UINT32_MAX))
           attn::scale_to_bf16_kernel<uint32_t><<<grid_stride_blocks(n / 8 + 1), kThreads, 0, st>>>(
-              ptr<float>(dq_acc), ptr<bf16_t>(g.dq), float(scale), uint32_t(n), rot);
+              ptr<float>(dq_acc), ptr<bf16_t>(dq_out), float(scale), uint32_t(n), rot);
         else
           attn::scale_to_bf16_kernel<int64_t><<<grid_stride_blocks(n / 8 + 1), kThreads, 0, st>>>(
-              ptr<float>(dq_acc), ptr<bf16_t>(g.dq), float(scale), n, rot);
+              ptr<float>(dq_acc), ptr<bf16_t>(dq_out), float(scale), n, rot);
         SESSA_CUDA_LAUNCH_CHECK(op);
+      }
+      if (dq_padded) {
+        ops::copy_(g.dq, ops::narrow(dq_out, 3, 0, d.dh));
+        if (rope_base) g.dq = rope(g.dq, q_offset, *rope_base, true);
       }
       if (rope_base) g.dk = rope(g.dk, 0, *rope_base, true);
     } else {

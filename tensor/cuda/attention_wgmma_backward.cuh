@@ -54,80 +54,35 @@ struct WgmmaBackwardTile {
   static constexpr int kThreads = 128 * (1 + kConsumers), kProducerRegs = 24, kConsumerRegs = 240;
   static constexpr int DQ = DH / kConsumers;  // dq columns per consumer
   static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536, "more registers than an SM has");
-  static constexpr int kKVBytes = BN * DH * 2, kQBytes = BQ * DH * 2, kSBytes = BN * BQ * 2;
+  static constexpr int kKVBytes = BN * DH * 2, kQBytes = BQ * DH * 2, kSBytes = BN * BQ * 2, kXBytes = BQ * DQ * 4;
   static constexpr int kBarriers = 1 + 2 * kStages;  // K and V full; full, empty per step buffer
-  static constexpr size_t smem_bytes =
-      2 * kKVBytes + 2 * kStages * kQBytes + 2 * kSBytes + 2 * kStages * BQ * 4 + 8 * kBarriers + 1024;
+  static constexpr size_t smem_bytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kSBytes + 2 * kConsumers * kXBytes +
+                                       2 * kStages * BQ * 4 + 8 * kBarriers + 1024;
 };
 
-// dst[0..3] += v, atomically and without a result (sm_90; dst 16-byte aligned, global).
-__device__ __forceinline__ void red_add_v4(float* dst, float v0, float v1, float v2, float v3) {
-  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v0), "f"(v1), "f"(v2), "f"(v3)
-               : "memory");
-}
-
-// dq_acc rows row0 .. row0 + 15 (of head h of batch b), columns col0 .. col0 + 8 NT - 1 +=
-// one warp's product in the mma.sync C layout (acc[nt][e]: row row0 + lane / 4 + 8 (e / 2),
-// column col0 + 8 nt + 2 (lane % 4) + e % 2); rows past Tq and columns past dh are skipped.
-// With vec (16-byte aligned rows), one 16-byte red per 8-column tile: lanes c and c ^ 1
-// swap halves so that even c holds row g, columns 2c..2c+3 and odd c row g + 8, columns
-// 2c-2..2c+1.
-template <int NT>
-__device__ __forceinline__ void add_dq_rows(float* dq_acc, const Dims& d, int b, int h, int row0, int col0,
-                                            const float (&acc)[NT][4], int lane, bool vec) {
-  const int g = lane / 4, c = lane % 4;
-  if (vec) {
-    const bool odd = c & 1;
-    const int row = row0 + g + (odd ? 8 : 0);
-    float* dst = dq_acc + offset(d.dq, b, h, min(row, d.Tq - 1)) + col0 + 2 * (c & 2);
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const float x0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][0] : acc[nt][2], 1);
-      const float x1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nt][1] : acc[nt][3], 1);
-      if (row < d.Tq && col0 + nt * 8 < d.dh) {
-        if (odd)
-          red_add_v4(dst + nt * 8, x0, x1, acc[nt][2], acc[nt][3]);
-        else
-          red_add_v4(dst + nt * 8, acc[nt][0], acc[nt][1], x0, x1);
-      }
-    }
-  } else {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = row0 + g + 8 * r;
-      if (row >= d.Tq) continue;
-      float* dst = dq_acc + offset(d.dq, b, h, row);
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const int col = col0 + nt * 8 + 2 * c;
-        if (col < d.dh) atomicAdd(dst + col, acc[nt][2 * r]);
-        if (col + 1 < d.dh) atomicAdd(dst + col + 1, acc[nt][2 * r + 1]);
-      }
-    }
-  }
-}
-
 // grid (B * Hkv, key blocks), WgmmaBackwardTile<DH>::kThreads threads. Tile maps (tensor/
-// cuda/tma.h): k_map, v_map in boxes of BN rows, q_map and g_map (dout) of BQ rows.
-// dq_acc: float32 like dq (strides d.dq), zeroed. vec: 16-byte aligned rows of dq_acc, dk, dv.
+// cuda/tma.h): k_map, v_map in boxes of BN rows, q_map and g_map (dout) of BQ rows, dq_map of
+// the float32 dq sum (zeroed, shaped like dq) in boxes of 32 columns x BQ rows. vec: 16-byte
+// aligned rows of dk, dv.
 template <int DH>
 __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     wgmma_backward(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                    const __grid_constant__ CUtensorMap v_map, const __grid_constant__ CUtensorMap g_map,
-                   const float* lse, const float* Dv, float* dq_acc, bf16_t* dk, bf16_t* dv, Dims d, float scale_log2,
-                   float scale, bool vec) {
+                   const __grid_constant__ CUtensorMap dq_map, const float* lse, const float* Dv, bf16_t* dk,
+                   bf16_t* dv, Dims d, float scale_log2, float scale, bool vec) {
   using Tile = WgmmaBackwardTile<DH>;
   constexpr int BN = Tile::BN, BQ = Tile::BQ, CB = Tile::CB, kConsumers = Tile::kConsumers, kStages = Tile::kStages;
   constexpr int DQ = Tile::DQ;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* Ks =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  unsigned char* Vs = Ks + Tile::kKVBytes;                       // (BN, DH)
-  unsigned char* Qs = Vs + Tile::kKVBytes;                       // kStages x (BQ, DH)
-  unsigned char* Gs = Qs + kStages * Tile::kQBytes;              // kStages x (BQ, DH): dout
-  unsigned char* Ss = Gs + kStages * Tile::kQBytes;              // 2 x (BN, BQ): dS^T
-  float* Ls = reinterpret_cast<float*>(Ss + 2 * Tile::kSBytes);  // kStages x BQ: lse
-  float* Ds = Ls + kStages * BQ;                                 // kStages x BQ: D
+  unsigned char* Vs = Ks + Tile::kKVBytes;                                    // (BN, DH)
+  unsigned char* Qs = Vs + Tile::kKVBytes;                                    // kStages x (BQ, DH)
+  unsigned char* Gs = Qs + kStages * Tile::kQBytes;                           // kStages x (BQ, DH): dout
+  unsigned char* Ss = Gs + kStages * Tile::kQBytes;                           // 2 x (BN, BQ): dS^T
+  unsigned char* Xs = Ss + 2 * Tile::kSBytes;                                 // kConsumers x 2 x (BQ, DQ) float32: dq
+  float* Ls = reinterpret_cast<float*>(Xs + 2 * kConsumers * Tile::kXBytes);  // kStages x BQ: lse
+  float* Ds = Ls + kStages * BQ;                                              // kStages x BQ: D
   const uint32_t kv_full = wgmma::smem_address(Ds + kStages * BQ);
   auto full = [&](int it) { return kv_full + 8 * (1 + it % kStages); };  // barriers of step it's buffer
   auto empty = [&](int it) { return kv_full + 8 * (1 + kStages + it % kStages); };
@@ -206,10 +161,6 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
   float gk[CB][32] = {}, gv[CB][32] = {};  // dK, dV of this consumer's keys (rows) x head dim
   float dq[DQ / 2];                        // the step's dq (queries x this consumer's DQ columns), over BN keys
   StepAt cur{hk * d.group, i_start};
-  auto add_dq = [&](StepAt at) {
-    add_dq_rows(dq_acc, d, b, at.h, at.i0 + 16 * warp, DQ * c, reinterpret_cast<const float(&)[DQ / 8][4]>(dq), lane,
-                vec);
-  };
   if (steps > 0) tma::wait(kv_full, 0);
   for (int it = 0; it < steps; ++it) {
     const int buf = it % kStages, i0 = cur.i0;
@@ -238,20 +189,27 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     const float* Lt = Ls + buf * BQ;
     const float* Dt = Ds + buf * BQ;
     const bool masked = key0 + 63 > d.q_offset + i0 || i0 + BQ > d.Tq || key0 + 64 > d.Tk;
-    wgmma::wait<1>();
+    auto exponentiate = [&](auto with_mask) {  // (the mask's integer work only where it applies)
 #pragma unroll
-    for (int j = 0; j < BQ / 8; ++j) {
-      const float2 l2 = *reinterpret_cast<const float2*>(Lt + 8 * j + 2 * (lane % 4));
+      for (int j = 0; j < BQ / 8; ++j) {
+        const float2 l2 = *reinterpret_cast<const float2*>(Lt + 8 * j + 2 * (lane % 4));
+        const float nl[2] = {-l2.x * kLog2e, -l2.y * kLog2e};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float p = exp2_fast(fmaf(st[4 * j + e], scale_log2, -(e & 1 ? l2.y : l2.x) * kLog2e));
-        if (masked) {
-          const int qi = i0 + 8 * j + 2 * (lane % 4) + (e & 1), key = krow + 8 * (e / 2);
-          if (qi >= d.Tq || key > d.q_offset + qi || key >= d.Tk) p = 0.f;
+        for (int e = 0; e < 4; ++e) {
+          float p = exp2_fast(fmaf(st[4 * j + e], scale_log2, nl[e & 1]));
+          if constexpr (decltype(with_mask)::value) {
+            const int qi = i0 + 8 * j + 2 * (lane % 4) + (e & 1), key = krow + 8 * (e / 2);
+            if (qi >= d.Tq || key > d.q_offset + qi || key >= d.Tk) p = 0.f;
+          }
+          st[4 * j + e] = p;
         }
-        st[4 * j + e] = p;
       }
-    }
+    };
+    wgmma::wait<1>();
+    if (masked)
+      exponentiate(std::true_type{});
+    else
+      exponentiate(std::false_type{});
     wgmma::wait<0>();
     uint32_t pa[BQ / 16][4], da[BQ / 16][4];  // P^T and dS^T in bf16, as A operands
 #pragma unroll
@@ -290,6 +248,9 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
         }
       wgmma::commit();
     }
+    // This consumer's dq staging buffer it % 2 is free once the reduction issued from it two
+    // steps ago has read it (its issuing thread waits; the barrier below tells the rest).
+    if (t == 0 && it >= 2) tma::wait_reads<1>();
     // Every consumer's dS^T is in shared memory (the buffer is next written two steps on,
     // after every consumer has passed this barrier once more, its dq product done).
     wgmma::barrier(1, 128 * kConsumers);
@@ -301,9 +262,30 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     wgmma::commit();
     wgmma::wait<0>();
     tma::arrive(empty(it));  // Q, dout, lse, D of this step read
-    add_dq(cur);
+    // dq into the staging buffer in the float32 tile map's layout (boxes of 32 columns x BQ
+    // rows, 128-byte swizzle: element (r, col) at col / 32 * BQ * 128 + r * 128 + (col % 32 /
+    // 4 ^ r % 8) * 16 + col % 4 * 4), then one thread has the copy engine add it into dq_acc
+    // (rows past Tq and columns past dh are skipped by the map's bounds).
+    unsigned char* X = Xs + (2 * c + it % 2) * Tile::kXBytes;
+#pragma unroll
+    for (int j = 0; j < DQ / 8; ++j)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = 16 * warp + lane / 4 + 8 * r, col = 8 * j + 2 * (lane % 4);
+        *reinterpret_cast<float2*>(X + col / 32 * BQ * 128 + row * 128 + ((col % 32 / 4) ^ (row % 8)) * 16 +
+                                   col % 4 * 4) = make_float2(dq[4 * j + 2 * r], dq[4 * j + 2 * r + 1]);
+      }
+    wgmma::fence_async_smem();
+    wgmma::barrier(2 + c, 128);
+    if (t == 0) {
+#pragma unroll
+      for (int x = 0; x < DQ / 32; ++x)
+        tma::reduce_add_box(dq_map, wgmma::smem_address(X + x * BQ * 128), DQ * c + 32 * x, i0, cur.h, b);
+      tma::commit_reductions();
+    }
     cur = next_of(cur);
   }
+  if (t == 0) tma::wait_reductions<0>();
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {

@@ -1,5 +1,6 @@
 // Hopper's asynchronous copy engine (TMA) and the shared-memory barriers it completes on,
-// device side (sm_90): mbarrier init / arrive / wait, bulk tensor loads of a tile, and the
+// device side (sm_90): mbarrier init / arrive / wait, bulk tensor loads and reductions of a
+// tile, and the
 // warpgroup register reallocation of warp-specialised kernels (sm_90a). The tensor maps
 // these loads read are made on the host (tensor/cuda/tma.h). Kernel built on them:
 // tensor/cuda/attention_wgmma.cuh and attention_wgmma_backward.cuh.
@@ -57,6 +58,29 @@ __device__ __forceinline__ void load_box(uint32_t dst, const CUtensorMap& map, i
       "[%6];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
       : "memory");
+}
+
+// Adds (float32) the box at shared address src into the box at coordinates (c0 .. c3) of a
+// 4-d tensor map in global memory, asynchronously; commit_reductions() closes a group of
+// them. The shared source may be written again once wait_reads<n> says the group has
+// been read; wait_reductions<0> before the block exits.
+__device__ __forceinline__ void reduce_add_box(const CUtensorMap& map, uint32_t src, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(&map)),
+      "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+__device__ __forceinline__ void commit_reductions() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until at most n of this thread's committed groups still read shared memory.
+template <int n>
+__device__ __forceinline__ void wait_reads() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(n) : "memory");
+}
+// Waits until at most n of this thread's committed groups are unfinished.
+template <int n>
+__device__ __forceinline__ void wait_reductions() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(n) : "memory");
 }
 
 // Warpgroup register reallocation (sm_90a): the calling warpgroup gives registers back

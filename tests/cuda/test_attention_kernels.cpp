@@ -75,4 +75,5 @@ TEST_CASE("cuda attention bf16 sanitizer-sized: partial tiles, GQA, cache offset
   check_attention_kernels(1, 2, 1, 129, 129, 128, false, 8);  // dh 128: a key block of one key, partial query step
   check_attention_kernels(1, 2, 2, 64, 200, 96, true, 9);     // dh 96 (vectorized, padded to 128): dq parts past dh
   check_attention_kernels(1, 4, 2, 1, 300, 64, false, 10);    // one query against 3 key blocks
+  check_attention_kernels(1, 2, 1, 33, 40, 6, true, 11);      // dh 6: dq summed padded, RoPE's rotation after
 }
