@@ -31,7 +31,10 @@
 //     (S 64, P 32, O 32 per thread); shared Q 24 KiB + kStages x (K, V) 32 KiB.
 //   head dim 128: two consumers (BM 128), BN 128, 24 / 240 registers (S 64, P 32, O 64);
 //     shared Q 32 KiB + kStages x (K, V) 64 KiB.
-// Measured in docs/performance.md (2026-12-02, sixteenth session).
+// Other shapes measured slower (docs/performance.md, 2026-12-02 sixteenth session): three
+// buffers, two consumers at head dim 64, 64-key tiles (2 to 4 buffers, 2 or 3 consumers).
+// Short sequences pay for one block per SM (T 512, head dim 64: 178 TFLOP/s against 203
+// for the previous two-blocks-per-SM kernel); a persistent grid would hide the prologue.
 #pragma once
 #include "tensor/cuda/attention_params.cuh"
 #include "tensor/cuda/common.cuh"

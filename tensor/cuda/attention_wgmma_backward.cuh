@@ -21,24 +21,30 @@
 //   dq                  dS^T goes to shared memory (double-buffered by step); after a named
 //                       barrier of the consumers each computes its DQ = DH / kConsumers
 //                       columns of the step's dq tile over all BN keys, dS K with both
-//                       operands read transposed (tnspA, tnspB), and adds them into a float32
-//                       buffer shaped like dq with 16-byte atomics (red.global.add.v4.f32;
-//                       the sum over key blocks is not bitwise reproducible run to run),
-//                       scaled and rounded to bf16 by a last pass.
+//                       operands read transposed (tnspA, tnspB), stages them in shared
+//                       memory in the float32 tile map's layout, and one of its threads has
+//                       the copy engine add them into a float32 buffer shaped like dq
+//                       (cp.reduce.async.bulk.tensor; the sum over key blocks is not
+//                       bitwise reproducible run to run), scaled and rounded to bf16 by a
+//                       last pass.
 // dk, dv stay in registers for the whole walk and are written once. Only steps whose tile
-// holds a masked pair (diagonal, past Tq or Tk) pay for the mask. When the op owns RoPE,
-// dq's pairs are rotated back in the scaling pass (dk's by rope after the walk: rotating
-// them in its epilogue, from tables or from angles computed there, cost the register-capped
-// walk more than the rope pass it saves; docs/performance.md, 2026-12-02).
+// holds a masked pair (diagonal, past Tq or Tk) pay for the mask (its own unrolled copy of
+// the softmax loop). When the op owns RoPE, dq's pairs are rotated back in the scaling pass
+// (dk's by rope after the walk: rotating them in its epilogue, from tables or from angles
+// computed there, cost the register-capped walk more than the rope pass it saves;
+// docs/performance.md, 2026-12-02).
 //
 // Budgets (ptxas -v, sm_90a; one block per SM; producer 24 / consumers 240 registers after
 // setmaxnreg, no spills): two consumers at both head dims (128 keys). Head dim 128: dk, dv
 // 2 x 64 + S^T, dP^T 2 x 32 accumulator registers per thread, then P^T, dS^T packed 2 x
-// 16 + dq 32; shared K, V 2 x 32 KiB + 2 x (Q, dout) 64 KiB + 2 x dS^T 32 KiB + 1 KiB =
-// 161 KiB. Head dim 64: half the dk, dv and Q, dout bytes and a dq of 32 columns. The
-// atomics go out at the end of the step: issued during the next step's first products
-// instead (dq kept in registers meanwhile), the walk measured 1-20% slower (docs/
-// performance.md, 2026-12-02 sixteenth session).
+// 16 + dq 32; shared K, V 2 x 32 KiB + 2 x (Q, dout) 64 KiB + 2 x dS^T 32 KiB + 2 x 2 dq
+// stages 64 KiB + 1 KiB = 225 KiB. Head dim 64: half the dk, dv, Q, dout and dq bytes.
+// Measured and not kept (docs/performance.md, 2026-12-02 sixteenth session): 16-byte
+// atomics from registers instead of the copy engine's sum (the sum, with the mask's own
+// loop, measured 2-27% faster), issued during the next step's first products (slower);
+// 128 queries per step at head dim 64 (4% slower); a persistent grid with the next tile's
+// loads over this tile's end (static round robin: +2% at T 2048, -15% at T 4096, head
+// dim 128).
 #pragma once
 #include "tensor/cuda/attention_params.cuh"
 #include "tensor/cuda/common.cuh"
