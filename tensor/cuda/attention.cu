@@ -4,9 +4,9 @@
 // both for head dims up to 128:
 // - bfloat16: tensor cores, FlashAttention-2 order: the forward on Hopper warpgroup MMAs
 //   fed by the copy engine (tensor/cuda/attention_wgmma.cuh), the backward too
-//   (attention_wgmma_backward.cuh). They read q, k, v, out and dout through strides, so the
-//   (B, T, heads, dh) projections enter as permuted views without a copy; dq, dk, dv and
-//   out are written contiguous.
+//   (attention_wgmma_backward.cuh). They read q, k, v and dout through tensor maps and out
+//   through strides, so the (B, T, heads, dh) projections enter as permuted views without a
+//   copy; dq, dk, dv and out are written in the layout of their inputs.
 // - float32 / float64: SIMT tiles (tensor/cuda/attention_simt.cuh) on contiguous operands.
 // Both backwards start from D_i = dout_i . out_i (row_dot_kernel below).
 #include <cmath>
@@ -239,16 +239,14 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
                 ptr<bf16_t>(g.dv), d, float(scale) * attn::kLog2e, float(scale), vec);
       });
       SESSA_CUDA_LAUNCH_CHECK(op);
-      if (rows > 0) {
-        const int64_t n = dq_acc.numel();
-        if (n <= int64_t(UINT32_MAX))
-          attn::scale_to_bf16_kernel<uint32_t><<<grid_stride_blocks(n / 8 + 1), kThreads, 0, st>>>(
-              ptr<float>(dq_acc), ptr<bf16_t>(dq_out), float(scale), uint32_t(n), rot);
-        else
-          attn::scale_to_bf16_kernel<int64_t><<<grid_stride_blocks(n / 8 + 1), kThreads, 0, st>>>(
-              ptr<float>(dq_acc), ptr<bf16_t>(dq_out), float(scale), n, rot);
-        SESSA_CUDA_LAUNCH_CHECK(op);
-      }
+      const int64_t n = dq_acc.numel();
+      if (n <= int64_t(UINT32_MAX))
+        attn::scale_to_bf16_kernel<uint32_t><<<grid_stride_blocks(n / 8 + 1), kThreads, 0, st>>>(
+            ptr<float>(dq_acc), ptr<bf16_t>(dq_out), float(scale), uint32_t(n), rot);
+      else
+        attn::scale_to_bf16_kernel<int64_t><<<grid_stride_blocks(n / 8 + 1), kThreads, 0, st>>>(
+            ptr<float>(dq_acc), ptr<bf16_t>(dq_out), float(scale), n, rot);
+      SESSA_CUDA_LAUNCH_CHECK(op);
       if (dq_padded) {
         ops::copy_(g.dq, ops::narrow(dq_out, 3, 0, d.dh));
         if (rope_base) g.dq = rope(g.dq, q_offset, *rope_base, true);

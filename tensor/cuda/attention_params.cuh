@@ -1,9 +1,10 @@
 // What every causal-attention kernel (tensor/cuda/attention_simt.cuh, attention_wgmma*.cuh)
-// is told about its operands: the shapes, and for the tensor-core kernels the element
-// strides of q, k, v, out, dout and the gradients, each a (B, heads, T, dh) view whose
-// head dim is contiguous (so the (B, T, heads, dh) projections need no copy to enter or
-// leave). The SIMT kernels take contiguous operands (the host makes them so) and ignore
-// strides.
+// is told about its operands: the shapes, and the element strides of q, k, v, out, dout and
+// the gradients, each a (B, heads, T, dh) view whose head dim is contiguous (so the (B, T,
+// heads, dh) projections need no copy to enter or leave). The tensor-core kernels read q,
+// k, v, dout and the dq sum through tensor maps (tensor/cuda/tma.h), which carry their
+// strides, and use these for out, dk, dv (and D's pass for dout, out); the SIMT kernels
+// take contiguous operands (the host makes them so) and ignore strides.
 #pragma once
 #include <cstdint>
 
