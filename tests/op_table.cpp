@@ -377,7 +377,7 @@ void add_attention(std::vector<OpEntry>& t) {
       c(2, 2, 2, 33, 33, 20, 0, kGpu),      // dh not a multiple of 8
       c(1, 3, 1, 50, 50, 6, 0, kGpu),       // dh not a multiple of 4: dq summed in a padded layout
       c(1, 2, 2, 40, 70, 17, 30, kGpu),     // odd dh
-      c(2, 12, 12, 300, 300, 64, 0, kGpu),  // larger
+      c(2, 12, 12, 300, 300, 64, 0, kGpu),  // larger; the backward launches 24 kv heads in two groups
       c(1, 2, 1, 3, 90, 128, 87, kGpu),
       c(1, 12, 4, 63, 63, 64, 0, kGpu),       // GQA 12/4, T = 63
       c(2, 12, 1, 65, 65, 128, 0, kGpu),      // GQA 12/1, T = 65, dh 128

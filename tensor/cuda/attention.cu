@@ -233,10 +233,12 @@ ops::AttentionGrads attention_backward(const Tensor& dout_in, const Tensor& q_in
                           v_map = tile_map_of(vt, Tile::BN, op), g_map = tile_map_of(gt, Tile::BQ, op),
                           dq_map = tile_map_of(dq_acc, Tile::BQ, op);
         allow_dynamic_smem(attn::wgmma_backward<DH>, Tile::smem_bytes, op);
-        attn::wgmma_backward<DH>
-            <<<dim3(unsigned(d.B * d.Hkv), blocks_for(d.Tk, Tile::BN)), Tile::kThreads, Tile::smem_bytes, st>>>(
-                q_map, k_map, v_map, g_map, dq_map, ptr<float>(lse), ptr<float>(Dv), ptr<bf16_t>(g.dk),
-                ptr<bf16_t>(g.dv), d, float(scale) * attn::kLog2e, float(scale), vec);
+        const int64_t blocks = int64_t(blocks_for(d.Tk, Tile::BN)) * d.B * d.Hkv;
+        SESSA_CHECK(blocks <= INT32_MAX, op,
+                    "needs " << blocks << " blocks for " << k.str() << ", above the grid's limit");
+        attn::wgmma_backward<DH><<<unsigned(blocks), Tile::kThreads, Tile::smem_bytes, st>>>(
+            q_map, k_map, v_map, g_map, dq_map, ptr<float>(lse), ptr<float>(Dv), ptr<bf16_t>(g.dk), ptr<bf16_t>(g.dv),
+            d, float(scale) * attn::kLog2e, float(scale), vec);
       });
       SESSA_CUDA_LAUNCH_CHECK(op);
       const int64_t n = dq_acc.numel();

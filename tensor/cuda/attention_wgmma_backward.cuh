@@ -5,8 +5,12 @@
 //
 // D_i = dout_i . out_i first (attention.cu). A block owns BN = 64 kConsumers keys of one
 // kv head and walks the query tiles (BQ = 64 rows) of every query head of its group (so
-// GQA needs no reduction for dk, dv): FlashAttention-3's warp specialisation, like the
-// forward. Warpgroup 0 is the producer: it gives most of its registers back, has the copy
+// GQA needs no reduction for dk, dv), from the last tile down: FlashAttention-3's warp
+// specialisation, like the forward. Blocks are numbered so that the key blocks of 16 kv
+// heads run together (below), walking the same Q, dout and dq tiles at about the same time:
+// L2 serves most of those reads and sums (numbered head-major instead, each head's blocks
+// ran apart and the walk was 2-33% slower at T <= 2048; docs/performance.md, seventeenth
+// session). Warpgroup 0 is the producer: it gives most of its registers back, has the copy
 // engine load K and V once and each step's Q and dout into kStages buffers (128-byte
 // swizzle), and copies the step's lse and D with its first warp's cp.async; a buffer's
 // `full` barrier completes when all of that has landed, its `empty` barrier when every
@@ -59,6 +63,7 @@ struct WgmmaBackwardTile {
   static constexpr int kConsumers = 2, CB = DH / 64, BN = 64 * kConsumers, BQ = 64, kStages = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers), kProducerRegs = 24, kConsumerRegs = 240;
   static constexpr int DQ = DH / kConsumers;  // dq columns per consumer
+  static constexpr int kGroupHeads = 16;      // kv heads whose blocks are launched together
   static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536, "more registers than an SM has");
   static constexpr int kKVBytes = BN * DH * 2, kQBytes = BQ * DH * 2, kSBytes = BN * BQ * 2, kXBytes = BQ * DQ * 4;
   static constexpr int kBarriers = 1 + 2 * kStages;  // K and V full; full, empty per step buffer
@@ -66,7 +71,7 @@ struct WgmmaBackwardTile {
                                        2 * kStages * BQ * 4 + 8 * kBarriers + 1024;
 };
 
-// grid (B * Hkv, key blocks), WgmmaBackwardTile<DH>::kThreads threads. Tile maps (tensor/
+// grid: key blocks x B Hkv blocks in one dimension, WgmmaBackwardTile<DH>::kThreads threads. Tile maps (tensor/
 // cuda/tma.h): k_map, v_map in boxes of BN rows, q_map and g_map (dout) of BQ rows, dq_map of
 // the float32 dq sum (zeroed, shaped like dq) in boxes of 32 columns x BQ rows. vec: 16-byte
 // aligned rows of dk, dv.
@@ -93,16 +98,23 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
   auto full = [&](int it) { return kv_full + 8 * (1 + it % kStages); };  // barriers of step it's buffer
   auto empty = [&](int it) { return kv_full + 8 * (1 + kStages + it % kStages); };
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
-  const int b = blockIdx.x / d.Hkv, hk = blockIdx.x % d.Hkv, n0 = blockIdx.y * BN;
+  // The block's kv head and key block (blocks run roughly in index order): the B Hkv heads
+  // go in groups of kGroupHeads, a group's blocks key block major (the longest walks first),
+  // heads minor, so about 8 key blocks of each of 16 heads share the SMs at a time.
+  constexpr int G = Tile::kGroupHeads;
+  const int key_blocks = (d.Tk + BN - 1) / BN, first = blockIdx.x / (G * key_blocks) * G;
+  const int in_group = min(G, d.B * d.Hkv - first), at = blockIdx.x - first * key_blocks;
+  const int b = (first + at % in_group) / d.Hkv, hk = (first + at % in_group) % d.Hkv, n0 = at / in_group * BN;
 
   // The steps: query tiles i0 >= i_start (earlier queries see none of these keys) of each
-  // query head of the group.
-  const int i_start = max(0, n0 - d.q_offset) / BQ * BQ;
+  // query head of the group, from the last tile down, so the blocks of one head that start
+  // together visit the same tiles in step (a forward walk starts each at its own diagonal).
+  const int i_start = max(0, n0 - d.q_offset) / BQ * BQ, i_last = (d.Tq - 1) / BQ * BQ;
   const int per_head = i_start < d.Tq ? (d.Tq - i_start + BQ - 1) / BQ : 0, steps = per_head * d.group;
   struct StepAt {
     int h, i0;
   };
-  auto next_of = [&](StepAt s) { return s.i0 + BQ < d.Tq ? StepAt{s.h, s.i0 + BQ} : StepAt{s.h + 1, i_start}; };
+  auto next_of = [&](StepAt s) { return s.i0 - BQ >= i_start ? StepAt{s.h, s.i0 - BQ} : StepAt{s.h + 1, i_last}; };
   if (threadIdx.x == 0) {
     tma::init(kv_full, 1);
     for (int i = 0; i < kStages; ++i) tma::init(full(i), 1 + 32), tma::init(empty(i), 128 * kConsumers);
@@ -121,7 +133,7 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
           tma::load_box(wgmma::smem_address(Vs + cb * BN * 128), v_map, 64 * cb, n0, hk, b, kv_full);
         }
       }
-      StepAt cur{hk * d.group, i_start};
+      StepAt cur{hk * d.group, i_last};
       for (int it = 0; it < steps; ++it, cur = next_of(cur)) {
         if (it >= kStages) tma::wait(empty(it), (it / kStages - 1) & 1);  // the buffer's last step released
         const int buf = it % kStages;
@@ -166,7 +178,7 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
   // (of column block cb for the [CB][32] ones).
   float gk[CB][32] = {}, gv[CB][32] = {};  // dK, dV of this consumer's keys (rows) x head dim
   float dq[DQ / 2];                        // the step's dq (queries x this consumer's DQ columns), over BN keys
-  StepAt cur{hk * d.group, i_start};
+  StepAt cur{hk * d.group, i_last};
   if (steps > 0) tma::wait(kv_full, 0);
   for (int it = 0; it < steps; ++it) {
     const int buf = it % kStages, i0 = cur.i0;
