@@ -172,7 +172,8 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
                  q_desc = wgmma::descriptor(wgmma::smem_address(Qs)),
                  g_desc = wgmma::descriptor(wgmma::smem_address(Gs)),
                  kq_desc = wgmma::descriptor(wgmma::smem_address(Ks) + dq_cols);
-  const wgmma::Swizzled<BN> s_layout;
+  const wgmma::Swizzled<BN> s_layout;     // dS^T, bfloat16
+  const wgmma::Swizzled<BQ, 4> x_layout;  // dq staging, float32
 
   // Accumulators: a[4 j + e] = A[row 16 warp + lane / 4 + 8 (e / 2)][column 8 j + 2 (lane % 4) + e % 2]
   // (of column block cb for the [CB][32] ones).
@@ -281,17 +282,15 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     wgmma::wait<0>();
     tma::arrive(empty(it));  // Q, dout, lse, D of this step read
     // dq into the staging buffer in the float32 tile map's layout (boxes of 32 columns x BQ
-    // rows, 128-byte swizzle: element (r, col) at col / 32 * BQ * 128 + r * 128 + (col % 32 /
-    // 4 ^ r % 8) * 16 + col % 4 * 4), then one thread has the copy engine add it into dq_acc
-    // (rows past Tq and columns past dh are skipped by the map's bounds).
+    // rows, 128-byte swizzle), then one thread has the copy engine add it into dq_acc (rows
+    // past Tq and columns past dh are skipped by the map's bounds).
     unsigned char* X = Xs + (2 * c + it % 2) * Tile::kXBytes;
 #pragma unroll
     for (int j = 0; j < DQ / 8; ++j)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = 16 * warp + lane / 4 + 8 * r, col = 8 * j + 2 * (lane % 4);
-        *reinterpret_cast<float2*>(X + col / 32 * BQ * 128 + row * 128 + ((col % 32 / 4) ^ (row % 8)) * 16 +
-                                   col % 4 * 4) = make_float2(dq[4 * j + 2 * r], dq[4 * j + 2 * r + 1]);
+        *reinterpret_cast<float2*>(X + x_layout(row, col)) = make_float2(dq[4 * j + 2 * r], dq[4 * j + 2 * r + 1]);
       }
     wgmma::fence_async_smem();
     wgmma::barrier(2 + c, 128);

@@ -38,11 +38,14 @@ namespace sessa::cuda::wgmma {
 using bf16_t = __nv_bfloat16;
 using mma::smem_address;
 
-// Byte offset of element (r, col) in a swizzled tile of R rows (see the file header).
-template <int R>
+// Byte offset of element (r, col) in a swizzled tile of R rows (see the file header) of
+// kElemBytes-byte elements: bfloat16 (64 columns per block), or float32 (32 per block, the
+// layout of a float32 tile map's boxes, tensor/cuda/tma.h).
+template <int R, int kElemBytes = 2>
 struct Swizzled {
+  static constexpr uint32_t kPerRow = 128 / kElemBytes, kPerChunk = 16 / kElemBytes;  // elements
   __device__ __forceinline__ uint32_t operator()(uint32_t r, uint32_t col) const {
-    return col / 64 * R * 128 + r * 128 + ((col / 8 % 8) ^ (r % 8)) * 16 + col % 8 * 2;
+    return col / kPerRow * R * 128 + r * 128 + ((col / kPerChunk % 8) ^ (r % 8)) * 16 + col % kPerChunk * kElemBytes;
   }
 };
 
