@@ -3,19 +3,19 @@
 // the building blocks in tensor/cuda/wgmma.cuh, host-side dispatch in
 // tensor/cuda/attention.cu, the forward in attention_wgmma.cuh.
 //
-// D_i = dout_i . out_i first (attention.cu). A block owns BN = 64 kConsumers keys of one
-// kv head and walks the query tiles (BQ = 64 rows) of every query head of its group (so
-// GQA needs no reduction for dk, dv), from the last tile down: FlashAttention-3's warp
+// D_i = dout_i . out_i first (attention.cu). A block owns BN = 64 kConsumers keys of one kv
+// head and walks the query tiles (BQ = 64 rows) of every query head of its group (so GQA
+// needs no reduction for dk, dv), from the last tile down: FlashAttention-3's warp
 // specialisation, like the forward. Blocks are numbered so that the key blocks of 16 kv
 // heads run together (below), walking the same Q, dout and dq tiles at about the same time:
 // L2 serves most of those reads and sums (numbered head-major instead, each head's blocks
-// ran apart and the walk was 2-33% slower at T <= 2048; docs/performance.md, seventeenth
-// session). Warpgroup 0 is the producer: it gives most of its registers back, has the copy
-// engine load K and V once and each step's Q and dout into kStages buffers (128-byte
-// swizzle), and copies the step's lse and D with its first warp's cp.async; a buffer's
-// `full` barrier completes when all of that has landed, its `empty` barrier when every
-// consumer thread is done with it. Consumer c (warpgroup 1 + c) owns keys 64 c .. 64 c + 63
-// (kw) and, per step:
+// ran apart and took up to a third longer at T <= 2048, head dim 128; docs/performance.md,
+// seventeenth session). Warpgroup 0 is the producer: it gives most of its registers back,
+// has the copy engine load K and V once and each step's Q and dout into kStages buffers
+// (128-byte swizzle), and copies the step's lse and D with its first warp's cp.async; a
+// buffer's `full` barrier completes when all of that has landed, its `empty` barrier when
+// every consumer thread is done with it. Consumer c (warpgroup 1 + c) owns keys
+// 64 c .. 64 c + 63 (kw) and, per step:
 //   S^T  = K_kw Q^T     m64n64k16 x DH / 16, A = K and B = Q both K-major;
 //   dP^T = V_kw dout^T  the same with V and dout;
 //   P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D) on the accumulators in float32;
