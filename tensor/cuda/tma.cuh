@@ -1,9 +1,8 @@
 // Hopper's asynchronous copy engine (TMA) and the shared-memory barriers it completes on,
 // device side (sm_90): mbarrier init / arrive / wait, bulk tensor loads and reductions of a
-// tile, and the
-// warpgroup register reallocation of warp-specialised kernels (sm_90a). The tensor maps
-// these loads read are made on the host (tensor/cuda/tma.h). Kernel built on them:
-// tensor/cuda/attention_wgmma.cuh and attention_wgmma_backward.cuh.
+// tile, and the warpgroup register reallocation of warp-specialised kernels (sm_90a). The
+// tensor maps these loads read are made on the host (tensor/cuda/tma.h). Kernels built on
+// them: tensor/cuda/attention_wgmma.cuh and attention_wgmma_backward.cuh.
 //
 // An mbarrier is 8 bytes of shared memory that counts arrivals and, for the copy engine,
 // transaction bytes: a phase completes when its expected arrivals have arrived and every
