@@ -16,21 +16,29 @@
 // buffer's `full` barrier completes when all of that has landed, its `empty` barrier when
 // every consumer thread is done with it. Consumer c (warpgroup 1 + c) owns keys
 // 64 c .. 64 c + 63 (kw) and, per step:
-//   S^T  = K_kw Q^T     m64n64k16 x DH / 16, A = K and B = Q both K-major;
+//   S^T  = K_kw Q^T     m64n64k16 x DH / 16, B = Q K-major; A = K K-major in shared memory,
+//                       or at head dim 64 from registers (loaded once, kKVInRegisters: the
+//                       products then read half the shared-memory bytes);
 //   dP^T = V_kw dout^T  the same with V and dout;
 //   P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D) on the accumulators in float32;
 //   dV += P^T dout      A = P^T from registers (packed from the S^T accumulators), B = dout
 //                       MN-major, one m64n64 product per 64 columns of the head dim;
 //   dK += dS^T Q        likewise with dS^T and Q;
-//   dq                  dS^T goes to shared memory (double-buffered by step); after a named
-//                       barrier of the consumers each computes its DQ = DH / kConsumers
-//                       columns of the step's dq tile over all BN keys, dS K with both
-//                       operands read transposed (tnspA, tnspB), stages them in shared
-//                       memory in the float32 tile map's layout, and one of its threads has
-//                       the copy engine add them into a float32 buffer shaped like dq
-//                       (cp.reduce.async.bulk.tensor; the sum over key blocks is not
-//                       bitwise reproducible run to run), scaled and rounded to bf16 by a
-//                       last pass.
+//   dq                  dS^T goes to shared memory (double-buffered by step); the step's dq
+//                       tile is dS K over all BN keys, both operands read transposed
+//                       (tnspA, tnspB), staged in shared memory in the float32 tile map's
+//                       layout, and one thread has the copy engine add it into a float32
+//                       buffer shaped like dq (cp.reduce.async.bulk.tensor; the sum over key
+//                       blocks is not bitwise reproducible run to run), scaled and rounded
+//                       to bf16 by a last pass. Head dim 128: after a named barrier of both
+//                       consumers, each computes DQ = DH / 2 of the columns. Head dim 64
+//                       (kDqByTurns): consumer it % 2 alone computes all of step it's
+//                       columns, once the other has arrived at the step's barrier with its
+//                       dS^T rows (bar.arrive, without waiting), and tells it when the dS^T
+//                       buffer is read (barriers 3, 4); the other goes straight on to its
+//                       next step, so the two run about half a step apart and one's
+//                       exponentials overlap the other's products (+2-3% alone, +3-8% with
+//                       K and V in registers, docs/performance.md eighteenth session).
 // dk, dv stay in registers for the whole walk and are written once. Only steps whose tile
 // holds a masked pair (diagonal, past Tq or Tk) pay for the mask (its own unrolled copy of
 // the softmax loop). When the op owns RoPE, dq's pairs are rotated back in the scaling pass
@@ -42,7 +50,11 @@
 // setmaxnreg, no spills): two consumers at both head dims (128 keys). Head dim 128: dk, dv
 // 2 x 64 + S^T, dP^T 2 x 32 accumulator registers per thread, then P^T, dS^T packed 2 x
 // 16 + dq 32; shared K, V 2 x 32 KiB + 2 x (Q, dout) 64 KiB + 2 x dS^T 32 KiB + 2 x 2 dq
-// stages 64 KiB + 1 KiB = 225 KiB. Head dim 64: half the dk, dv, Q, dout and dq bytes.
+// stages 64 KiB + 1 KiB = 225 KiB. Head dim 64: dk, dv 2 x 32, K, V 2 x 16 (as A operands),
+// S^T, dP^T 2 x 32, P^T, dS^T 2 x 16, dq 32; shared K, V 32 KiB + 3 x (Q, dout) 48 KiB +
+// dS^T 32 KiB + 2 x 2 dq stages 64 KiB + 1.5 KiB = 177.5 KiB (the third buffer: +0.5-1.2%).
+// Head dim 128 by turns would need 64 dq accumulators beside the 128 of dk, dv: waiting for
+// dK, dV to free P^T, dS^T first, it ran 18-29% slower (eighteenth session).
 // Measured and not kept (docs/performance.md, 2026-12-02 sixteenth session): 16-byte
 // atomics from registers instead of the copy engine's sum (the sum, with the mask's own
 // loop, measured 2-27% faster), issued during the next step's first products (slower);
@@ -57,13 +69,17 @@
 
 namespace sessa::cuda::attn {
 
-// Tiles for tile width DH (head dim rounded up to 64 or 128).
+// Tiles for tile width DH (head dim rounded up to 64 or 128). At head dim 64 the registers
+// have room for two more things (the file header): K and V as A operands, and one consumer
+// per step doing the whole dq product.
 template <int DH>
 struct WgmmaBackwardTile {
-  static constexpr int kConsumers = 2, CB = DH / 64, BN = 64 * kConsumers, BQ = 64, kStages = 2;
+  static constexpr int kConsumers = 2, CB = DH / 64, BN = 64 * kConsumers, BQ = 64, kStages = DH == 64 ? 3 : 2;
   static constexpr int kThreads = 128 * (1 + kConsumers), kProducerRegs = 24, kConsumerRegs = 240;
-  static constexpr int DQ = DH / kConsumers;  // dq columns per consumer
-  static constexpr int kGroupHeads = 16;      // kv heads whose blocks are launched together
+  static constexpr bool kKVInRegisters = DH == 64;              // S^T, dP^T read only Q, dout from shared memory
+  static constexpr bool kDqByTurns = DH == 64;                  // step it's dq product by consumer it % 2 alone
+  static constexpr int DQ = kDqByTurns ? DH : DH / kConsumers;  // dq columns per dq product
+  static constexpr int kGroupHeads = 16;                        // kv heads whose blocks are launched together
   static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536, "more registers than an SM has");
   static constexpr int kKVBytes = BN * DH * 2, kQBytes = BQ * DH * 2, kSBytes = BN * BQ * 2, kXBytes = BQ * DQ * 4;
   static constexpr int kBarriers = 1 + 2 * kStages;  // K and V full; full, empty per step buffer
@@ -84,6 +100,7 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
   using Tile = WgmmaBackwardTile<DH>;
   constexpr int BN = Tile::BN, BQ = Tile::BQ, CB = Tile::CB, kConsumers = Tile::kConsumers, kStages = Tile::kStages;
   constexpr int DQ = Tile::DQ;
+  constexpr bool kByTurns = Tile::kDqByTurns;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* Ks =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -164,25 +181,39 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
   const int key0 = n0 + 64 * c;                  // its keys key0 .. key0 + 63
   const int krow = key0 + 16 * warp + lane / 4;  // this thread's rows of S^T: keys krow, krow + 8
   // Operand descriptors, built once: this consumer's 64 rows of K and V; buffer 0 of Q,
-  // dout and dS^T; all BN keys of K at this consumer's dq columns.
-  const uint32_t own_rows = 64 * c * 128, dq_cols = DQ * c / 64 * BN * 128 + DQ * c % 64 * 2;
+  // dout and dS^T; all BN keys of K at the dq product's columns (this consumer's DQ, or all).
+  const uint32_t own_rows = 64 * c * 128, dq_cols = kByTurns ? 0 : DQ * c / 64 * BN * 128 + DQ * c % 64 * 2;
   const uint64_t k_desc = wgmma::descriptor(wgmma::smem_address(Ks) + own_rows),
                  v_desc = wgmma::descriptor(wgmma::smem_address(Vs) + own_rows),
                  s_desc = wgmma::descriptor(wgmma::smem_address(Ss)),
                  q_desc = wgmma::descriptor(wgmma::smem_address(Qs)),
                  g_desc = wgmma::descriptor(wgmma::smem_address(Gs)),
                  kq_desc = wgmma::descriptor(wgmma::smem_address(Ks) + dq_cols);
-  const wgmma::Swizzled<BN> s_layout;     // dS^T, bfloat16
+  const wgmma::Swizzled<BN> kv_layout;    // K, V and dS^T, bfloat16
   const wgmma::Swizzled<BQ, 4> x_layout;  // dq staging, float32
 
   // Accumulators: a[4 j + e] = A[row 16 warp + lane / 4 + 8 (e / 2)][column 8 j + 2 (lane % 4) + e % 2]
   // (of column block cb for the [CB][32] ones).
   float gk[CB][32] = {}, gv[CB][32] = {};  // dK, dV of this consumer's keys (rows) x head dim
-  float dq[DQ / 2];                        // the step's dq (queries x this consumer's DQ columns), over BN keys
   StepAt cur{hk * d.group, i_last};
   if (steps > 0) tma::wait(kv_full, 0);
+  // kKVInRegisters: this consumer's rows of K and V as A operands of S^T and dP^T, k-step ks
+  // the head dim's columns 16 ks .. 16 ks + 15 (the mma.sync A fragment of wgmma.cuh).
+  constexpr int kKVSteps = Tile::kKVInRegisters ? DH / 16 : 1;
+  uint32_t k_regs[kKVSteps][4], v_regs[kKVSteps][4];
+  if constexpr (Tile::kKVInRegisters)
+#pragma unroll
+    for (int ks = 0; ks < DH / 16; ++ks)
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {  // rows + 8 (a % 2), columns + 8 (a / 2)
+        const int row = 64 * c + 16 * warp + lane / 4 + 8 * (a % 2), col = 16 * ks + 2 * (lane % 4) + 8 * (a / 2);
+        k_regs[ks][a] = *reinterpret_cast<const uint32_t*>(Ks + kv_layout(row, col));
+        v_regs[ks][a] = *reinterpret_cast<const uint32_t*>(Vs + kv_layout(row, col));
+      }
+  int dq_products = 0;  // how many this consumer has done (its staging buffer alternates)
   for (int it = 0; it < steps; ++it) {
     const int buf = it % kStages, i0 = cur.i0;
+    const bool dq_turn = !kByTurns || it % 2 == c;  // this consumer does the step's dq product
     const uint64_t qb = wgmma::advance(q_desc, buf * Tile::kQBytes), gb = wgmma::advance(g_desc, buf * Tile::kQBytes);
     tma::wait(full(it), it / kStages & 1);
 
@@ -191,13 +222,19 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
 #pragma unroll
     for (int ks = 0; ks < DH / 16; ++ks) {  // column block ks / 4, bytes 32 (ks % 4) into its rows
       const uint32_t kv_at = ks / 4 * BN * 128 + ks % 4 * 32, q_at = ks / 4 * BQ * 128 + ks % 4 * 32;
-      wgmma::mma_ss(st, wgmma::advance(k_desc, kv_at), wgmma::advance(qb, q_at), ks > 0);
+      if constexpr (Tile::kKVInRegisters)
+        wgmma::mma_m64n64_rs<false>(st, k_regs[ks], wgmma::advance(qb, q_at), ks > 0);
+      else
+        wgmma::mma_ss(st, wgmma::advance(k_desc, kv_at), wgmma::advance(qb, q_at), ks > 0);
     }
     wgmma::commit();
 #pragma unroll
     for (int ks = 0; ks < DH / 16; ++ks) {
       const uint32_t kv_at = ks / 4 * BN * 128 + ks % 4 * 32, q_at = ks / 4 * BQ * 128 + ks % 4 * 32;
-      wgmma::mma_ss(dpt, wgmma::advance(v_desc, kv_at), wgmma::advance(gb, q_at), ks > 0);
+      if constexpr (Tile::kKVInRegisters)
+        wgmma::mma_m64n64_rs<false>(dpt, v_regs[ks], wgmma::advance(gb, q_at), ks > 0);
+      else
+        wgmma::mma_ss(dpt, wgmma::advance(v_desc, kv_at), wgmma::advance(gb, q_at), ks > 0);
     }
     wgmma::commit();
     // A consumer whose keys all come after the step's last query (or lie past Tk) adds
@@ -224,7 +261,9 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
         }
       }
     };
-    wgmma::wait<1>();
+    wgmma::wait<1>();        // S^T done (by turns: so are the previous step's dK, dV products)
+    if constexpr (kByTurns)  // this consumer's turn, so the previous step was the other's: its Q, dout read now
+      if (it >= 1 && dq_turn) tma::arrive(empty(it - 1));
     if (masked)
       exponentiate(std::true_type{});
     else
@@ -242,6 +281,10 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
       wgmma::a_from_c<BQ>(pa[kk], st, kk);
       wgmma::a_from_c<BQ>(da[kk], dpt, kk);
     }
+    // By turns, dS^T buffer it % 2 was last read by step it - 2's dq product, the other
+    // consumer's when it is not this one's turn now: wait for its word (barrier 3 + it % 2).
+    if constexpr (kByTurns)
+      if (!dq_turn && it >= 2) wgmma::barrier(3 + it % 2, 256);
     // dS^T to shared memory (buffer it % 2) for the dq product: da[kk] holds columns 16 kk
     // + 8 half + 2 (lane % 4) of rows krow (a[2 half]) and krow + 8 (a[2 half + 1]).
     unsigned char* St = Ss + it % 2 * Tile::kSBytes;
@@ -252,7 +295,7 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int row = 64 * c + 16 * warp + lane / 4 + 8 * r, col = 16 * kk + 8 * half + 2 * (lane % 4);
-          *reinterpret_cast<uint32_t*>(St + s_layout(row, col)) = da[kk][2 * half + r];
+          *reinterpret_cast<uint32_t*>(St + kv_layout(row, col)) = da[kk][2 * half + r];
         }
     wgmma::fence_async_smem();
 
@@ -267,12 +310,22 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
         }
       wgmma::commit();
     }
-    // This consumer's dq staging buffer it % 2 is free once the reduction issued from it two
-    // steps ago has read it (its issuing thread waits; the barrier below tells the rest).
-    if (t == 0 && it >= 2) tma::wait_reads<1>();
-    // Every consumer's dS^T is in shared memory (the buffer is next written two steps on,
-    // after every consumer has passed this barrier once more, its dq product done).
-    wgmma::barrier(1, 128 * kConsumers);
+    if (!dq_turn) {  // (by turns) hand the dS^T rows to the other consumer and go on; this
+      // step's Q and dout are released once dK, dV are done (the next step's wait<1>)
+      wgmma::barrier_arrive(1 + it % 2, 256);
+      cur = next_of(cur);
+      continue;
+    }
+    // This consumer's dq staging buffer is free once the reduction issued from it two dq
+    // products ago has read it (its issuing thread waits; the barrier below tells the rest).
+    if (t == 0 && dq_products >= 2) tma::wait_reads<1>();
+    // Every consumer's dS^T is in shared memory (its buffer is next written two steps on,
+    // after the barriers above say this product is done).
+    if constexpr (kByTurns)
+      wgmma::barrier(1 + it % 2, 256);
+    else
+      wgmma::barrier(1, 128 * kConsumers);
+    float dq[DQ / 2];  // the step's dq (queries x DQ columns), over all BN keys
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)  // keys 16 kk .. 16 kk + 15 of the block
@@ -281,10 +334,12 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     wgmma::commit();
     wgmma::wait<0>();
     tma::arrive(empty(it));  // Q, dout, lse, D of this step read
+    if constexpr (kByTurns)
+      if (it + 2 < steps) wgmma::barrier_arrive(3 + it % 2, 256);  // dS^T buffer it % 2 read
     // dq into the staging buffer in the float32 tile map's layout (boxes of 32 columns x BQ
     // rows, 128-byte swizzle), then one thread has the copy engine add it into dq_acc (rows
     // past Tq and columns past dh are skipped by the map's bounds).
-    unsigned char* X = Xs + (2 * c + it % 2) * Tile::kXBytes;
+    unsigned char* X = Xs + (2 * c + dq_products % 2) * Tile::kXBytes;
 #pragma unroll
     for (int j = 0; j < DQ / 8; ++j)
 #pragma unroll
@@ -293,14 +348,20 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
         *reinterpret_cast<float2*>(X + x_layout(row, col)) = make_float2(dq[4 * j + 2 * r], dq[4 * j + 2 * r + 1]);
       }
     wgmma::fence_async_smem();
-    wgmma::barrier(2 + c, 128);
+    wgmma::barrier(5 + c, 128);
     if (t == 0) {
 #pragma unroll
       for (int x = 0; x < DQ / 32; ++x)
-        tma::reduce_add_box(dq_map, wgmma::smem_address(X + x * BQ * 128), DQ * c + 32 * x, i0, cur.h, b);
+        tma::reduce_add_box(dq_map, wgmma::smem_address(X + x * BQ * 128), (kByTurns ? 0 : DQ * c) + 32 * x, i0, cur.h,
+                            b);
       tma::commit_reductions();
     }
+    ++dq_products;
     cur = next_of(cur);
+  }
+  if constexpr (kByTurns) {  // the last step was the other's turn: released once dK, dV are done
+    wgmma::wait<0>();
+    if (steps >= 1 && (steps - 1) % 2 != c) tma::arrive(empty(steps - 1));
   }
   if (t == 0) tma::wait_reductions<0>();
 

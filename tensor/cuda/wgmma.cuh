@@ -144,15 +144,18 @@ __device__ __forceinline__ void mma_ss(float (&d)[16], uint64_t a, uint64_t b, b
       : "l"(a), "l"(b), "r"(int(accumulate)), "n"(int(kMNMajor)));
 }
 
-// d += A B for one k-step, m64n64k16: A (64 x 16) from registers, B (16 x 64) MN-major in
-// shared memory.
-__device__ __forceinline__ void mma_m64n64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+// d (+=, or = when not accumulate) A B for one k-step, m64n64k16: A (64 x 16) from
+// registers, B (16 x 64) MN-major in shared memory; with kMNMajorB false, B is given as
+// (64 x 16) K-major instead (d = A B^T, as mma_ss).
+template <bool kMNMajorB = true>
+__device__ __forceinline__ void mma_m64n64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t b,
+                                              bool accumulate = true) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" SESSA_WG_L32
-      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
       : SESSA_WG_D32(d)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(int(accumulate)), "n"(int(kMNMajorB)));
 }
 
 }  // namespace sessa::cuda::wgmma
