@@ -37,7 +37,7 @@
 //                       dS^T rows (bar.arrive, without waiting), and tells it when the dS^T
 //                       buffer is read (barriers 3, 4); the other goes straight on to its
 //                       next step, so the two run about half a step apart and one's
-//                       exponentials overlap the other's products (+2-3% alone, +3-8% with
+//                       exponentials overlap the other's products (+1-3% alone, +3-8% with
 //                       K and V in registers, docs/performance.md eighteenth session).
 // dk, dv stay in registers for the whole walk and are written once. Only steps whose tile
 // holds a masked pair (diagonal, past Tq or Tk) pay for the mask (its own unrolled copy of
@@ -54,7 +54,7 @@
 // S^T, dP^T 2 x 32, P^T, dS^T 2 x 16, dq 32; shared K, V 32 KiB + 3 x (Q, dout) 48 KiB +
 // dS^T 32 KiB + 2 x 2 dq stages 64 KiB + 1.5 KiB = 177.5 KiB (the third buffer: +0.5-1.2%).
 // Head dim 128 by turns would need 64 dq accumulators beside the 128 of dk, dv: waiting for
-// dK, dV to free P^T, dS^T first, it ran 18-29% slower (eighteenth session).
+// dK, dV to free P^T, dS^T first, it still spilled and ran 18-29% slower (eighteenth session).
 // Measured and not kept (docs/performance.md, 2026-12-02 sixteenth session): 16-byte
 // atomics from registers instead of the copy engine's sum (the sum, with the mask's own
 // loop, measured 2-27% faster), issued during the next step's first products (slower);
