@@ -35,7 +35,7 @@
 //                       (kDqByTurns): consumer it % 2 alone computes all of step it's
 //                       columns, once the other has arrived at the step's barrier with its
 //                       dS^T rows (bar.arrive, without waiting), and tells it when the dS^T
-//                       buffer is read (barriers 3, 4); the other goes straight on to its
+//                       buffer is read (kDsRead); the other goes straight on to its
 //                       next step, so the two run about half a step apart and one's
 //                       exponentials overlap the other's products (+1-3% alone, +3-8% with
 //                       K and V in registers, docs/performance.md eighteenth session).
@@ -115,6 +115,10 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
   auto full = [&](int it) { return kv_full + 8 * (1 + it % kStages); };  // barriers of step it's buffer
   auto empty = [&](int it) { return kv_full + 8 * (1 + kStages + it % kStages); };
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
+  // Named barriers of the consumers (0 is __syncthreads): step it's dS^T written (by both
+  // consumers; by turns one pair by step parity), its buffer read by the dq product (by
+  // turns), consumer c's dq staged.
+  constexpr int kDsWritten = 1, kDsRead = 3, kDqStaged = 5;
   // The block's kv head and key block (blocks run roughly in index order): the B Hkv heads
   // go in groups of kGroupHeads, a group's blocks key block major (the longest walks first),
   // heads minor, so about 8 key blocks of each of 16 heads share the SMs at a time.
@@ -182,7 +186,8 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
   const int krow = key0 + 16 * warp + lane / 4;  // this thread's rows of S^T: keys krow, krow + 8
   // Operand descriptors, built once: this consumer's 64 rows of K and V; buffer 0 of Q,
   // dout and dS^T; all BN keys of K at the dq product's columns (this consumer's DQ, or all).
-  const uint32_t own_rows = 64 * c * 128, dq_cols = kByTurns ? 0 : DQ * c / 64 * BN * 128 + DQ * c % 64 * 2;
+  const int dq_col0 = kByTurns ? 0 : DQ * c;  // the first of the dq product's columns
+  const uint32_t own_rows = 64 * c * 128, dq_cols = dq_col0 / 64 * BN * 128 + dq_col0 % 64 * 2;
   const uint64_t k_desc = wgmma::descriptor(wgmma::smem_address(Ks) + own_rows),
                  v_desc = wgmma::descriptor(wgmma::smem_address(Vs) + own_rows),
                  s_desc = wgmma::descriptor(wgmma::smem_address(Ss)),
@@ -282,9 +287,9 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
       wgmma::a_from_c<BQ>(da[kk], dpt, kk);
     }
     // By turns, dS^T buffer it % 2 was last read by step it - 2's dq product, the other
-    // consumer's when it is not this one's turn now: wait for its word (barrier 3 + it % 2).
+    // consumer's when it is not this one's turn now: wait for its word.
     if constexpr (kByTurns)
-      if (!dq_turn && it >= 2) wgmma::barrier(3 + it % 2, 256);
+      if (!dq_turn && it >= 2) wgmma::barrier(kDsRead + it % 2, 256);
     // dS^T to shared memory (buffer it % 2) for the dq product: da[kk] holds columns 16 kk
     // + 8 half + 2 (lane % 4) of rows krow (a[2 half]) and krow + 8 (a[2 half + 1]).
     unsigned char* St = Ss + it % 2 * Tile::kSBytes;
@@ -312,7 +317,7 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     }
     if (!dq_turn) {  // (by turns) hand the dS^T rows to the other consumer and go on; this
       // step's Q and dout are released once dK, dV are done (the next step's wait<1>)
-      wgmma::barrier_arrive(1 + it % 2, 256);
+      wgmma::barrier_arrive(kDsWritten + it % 2, 256);
       cur = next_of(cur);
       continue;
     }
@@ -322,9 +327,9 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     // Every consumer's dS^T is in shared memory (its buffer is next written two steps on,
     // after the barriers above say this product is done).
     if constexpr (kByTurns)
-      wgmma::barrier(1 + it % 2, 256);
+      wgmma::barrier(kDsWritten + it % 2, 256);
     else
-      wgmma::barrier(1, 128 * kConsumers);
+      wgmma::barrier(kDsWritten, 128 * kConsumers);
     float dq[DQ / 2];  // the step's dq (queries x DQ columns), over all BN keys
     wgmma::fence();
 #pragma unroll
@@ -335,7 +340,7 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     wgmma::wait<0>();
     tma::arrive(empty(it));  // Q, dout, lse, D of this step read
     if constexpr (kByTurns)
-      if (it + 2 < steps) wgmma::barrier_arrive(3 + it % 2, 256);  // dS^T buffer it % 2 read
+      if (it + 2 < steps) wgmma::barrier_arrive(kDsRead + it % 2, 256);  // dS^T buffer it % 2 read
     // dq into the staging buffer in the float32 tile map's layout (boxes of 32 columns x BQ
     // rows, 128-byte swizzle), then one thread has the copy engine add it into dq_acc (rows
     // past Tq and columns past dh are skipped by the map's bounds).
@@ -348,12 +353,11 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
         *reinterpret_cast<float2*>(X + x_layout(row, col)) = make_float2(dq[4 * j + 2 * r], dq[4 * j + 2 * r + 1]);
       }
     wgmma::fence_async_smem();
-    wgmma::barrier(5 + c, 128);
+    wgmma::barrier(kDqStaged + c, 128);
     if (t == 0) {
 #pragma unroll
       for (int x = 0; x < DQ / 32; ++x)
-        tma::reduce_add_box(dq_map, wgmma::smem_address(X + x * BQ * 128), (kByTurns ? 0 : DQ * c) + 32 * x, i0, cur.h,
-                            b);
+        tma::reduce_add_box(dq_map, wgmma::smem_address(X + x * BQ * 128), dq_col0 + 32 * x, i0, cur.h, b);
       tma::commit_reductions();
     }
     ++dq_products;
