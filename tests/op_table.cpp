@@ -383,9 +383,11 @@ void add_attention(std::vector<OpEntry>& t) {
       c(2, 12, 1, 65, 65, 128, 0, kGpu),      // GQA 12/1, T = 65, dh 128
       c(1, 12, 4, 1000, 1000, 128, 0, kGpu),  // T = 1000
       c(1, 4, 2, 1000, 1000, 64, 0, kGpu),
-      c(1, 2, 2, 130, 300, 64, 170, kGpu),  // queries at the end of a cache, offset inside a tile
-      c(1, 6, 2, 200, 333, 96, 133, kGpu),  // GQA 6/2, dh 96, 3 key blocks of 128 (the last partial)
-      c(1, 2, 2, 40, 500, 64, 30, kGpu),    // key blocks after every query: no steps, zero dk, dv
+      c(1, 2, 2, 130, 300, 64, 170, kGpu),     // queries at the end of a cache, offset inside a tile
+      c(1, 6, 2, 200, 333, 96, 133, kGpu),     // GQA 6/2, dh 96, 3 key blocks of 128 (the last partial)
+      c(1, 2, 2, 40, 500, 64, 30, kGpu),       // key blocks after every query: no steps, zero dk, dv
+      c(4, 48, 12, 200, 200, 64, 0, kGpu),     // 384 query tiles, more than SMs: the persistent
+      c(2, 100, 25, 130, 150, 128, 20, kGpu),  // forward's blocks take several (400 at dh 128)
   };
   OpEntry e{
       "attention",

@@ -98,6 +98,17 @@ CUtensorMap tile_map_of(const Tensor& t, int rows, const char* op) {
                         rows, op);
 }
 
+// The persistent forward's tile counter and count of finished blocks (attention_wgmma.cuh):
+// zero before and after every launch, so forward launches on one device must not overlap
+// (ops run on the device's main lane, one after another). One per device (a __device__
+// variable lives on each device the module is loaded on).
+__device__ int forward_schedule[2];
+int* forward_schedule_of(const char* op) {
+  void* p = nullptr;
+  SESSA_CUDA_CHECK(cudaGetSymbolAddress(&p, forward_schedule), op);
+  return static_cast<int*>(p);
+}
+
 // f(std::integral_constant<int, DH>) with the tile width DH for head dim dh: SIMT
 // kernels (float32, float64), tensor-core kernels (bfloat16).
 template <class F>
@@ -136,18 +147,19 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
     if (int64_t(d.B) * d.H * d.Tq == 0) return res;
     const cudaStream_t st = stream(dev.index);
     if constexpr (kMma) {
-      SESSA_CHECK(int64_t(d.B) * d.H <= 65535, op,
-                  "batch x heads " << int64_t(d.B) * d.H << " of " << q.str() << " is above 65535, the grid's limit");
       const Tensor qt = tma_operand(q), kt = tma_operand(k), vt = tma_operand(v);
       with_mma_dh(d.dh, [&](auto dh_tag) {
         using Tile = attn::WgmmaForwardTile<decltype(dh_tag)::value>;
+        const int64_t tiles = int64_t(blocks_for(d.Tq, Tile::BM)) * d.B * d.H;
+        SESSA_CHECK(tiles < (int64_t(1) << 31), op,
+                    tiles << " query tiles of " << q.str() << " are more than the tile counter's 2^31 - 1");
         const CUtensorMap q_map = tile_map_of(qt, Tile::BM, op), k_map = tile_map_of(kt, Tile::BN, op),
                           v_map = tile_map_of(vt, Tile::BN, op);
         allow_dynamic_smem(attn::wgmma_forward<Tile>, Tile::smem_bytes, op);
         attn::wgmma_forward<Tile>
-            <<<dim3(blocks_for(d.Tq, Tile::BM), unsigned(d.B * d.H)), Tile::kThreads, Tile::smem_bytes, st>>>(
+            <<<unsigned(std::min<int64_t>(tiles, sm_count(dev.index))), Tile::kThreads, Tile::smem_bytes, st>>>(
                 q_map, k_map, v_map, ptr<bf16_t>(res.out), ptr<float>(res.lse), d, float(scale) * attn::kLog2e,
-                vectorizable(d.dh, {&res.out}));
+                vectorizable(d.dh, {&res.out}), forward_schedule_of(op));
         SESSA_CUDA_LAUNCH_CHECK(op);
       });
     } else {

@@ -76,4 +76,8 @@ TEST_CASE("cuda attention bf16 sanitizer-sized: partial tiles, GQA, cache offset
   check_attention_kernels(1, 2, 2, 64, 200, 96, true, 9);     // dh 96 (vectorized, padded to 128): dq parts past dh
   check_attention_kernels(1, 4, 2, 1, 300, 64, false, 10);    // one query against 3 key blocks
   check_attention_kernels(1, 2, 1, 33, 40, 6, true, 11);      // dh 6: dq summed padded, RoPE's rotation after
+  // More query tiles than SMs: the persistent forward's blocks take several each (Q buffers
+  // and barrier phases reused across tiles).
+  check_attention_kernels(1, 400, 100, 9, 20, 64, false, 12);
+  check_attention_kernels(1, 300, 300, 5, 5, 128, true, 13);
 }
