@@ -5,14 +5,14 @@
 // (B = 16384 / T), model width 2048 (H = 2048 / dh heads), causal. FLOPs use the
 // standard count: forward 4 B T^2 H dh / 2 (two matmuls, half of them masked),
 // backward 2.5x forward. Before timing, each shape is checked against the float32
-// CPU op on its first batch and head slice. Each time is the median of 10 runs,
-// synchronised around each one.
+// CPU op on its first batch and head slice. Each time is the median of 10 runs timed
+// with CUDA events on the main stream (bench/gpu_timing.h), as bench/attention_torch.py
+// times SDPA.
 //
 //   build/bench/bench_attention [--dtype bf16|fp32] [--seq-len T] [--head-dim dh]
 // prints one line per (T, dh): ms and TFLOP/s for forward and backward. --seq-len and
 // --head-dim keep one of the shapes (e.g. for a profiler: fewer launches to skip).
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -25,23 +25,11 @@
 #include "tensor/random.h"
 
 #if SESSA_HAS_CUDA
+#include "bench/gpu_timing.h"
+
 namespace {
 
 using namespace sessa;
-
-template <class F>
-double median_ms(int device, F&& f) {
-  std::vector<double> ms;
-  for (int i = 0; i < 13; ++i) {
-    cuda::synchronize(device);
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    cuda::synchronize(device);
-    if (i >= 3) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
 
 // max |gpu - cpu| / max(1, max |cpu|) over batch 0, all heads, of forward outputs.
 double check_against_cpu(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, double scale) {
@@ -106,8 +94,9 @@ int main(int argc, char** argv) {
         const double scale = 1.0 / std::sqrt(double(dh));
         ops::AttentionOut fwd = ops::attention(q, k, v, 0, scale);
         const double err = check_against_cpu(q, k, v, fwd.out, scale);
-        const double f_ms = median_ms(0, [&] { fwd = ops::attention(q, k, v, 0, scale); });
-        const double b_ms = median_ms(0, [&] { ops::attention_backward(dout, q, k, v, fwd.out, fwd.lse, 0, scale); });
+        const double f_ms = gpu_timing::time_ms([&] { fwd = ops::attention(q, k, v, 0, scale); }, 10);
+        const double b_ms =
+            gpu_timing::time_ms([&] { ops::attention_backward(dout, q, k, v, fwd.out, fwd.lse, 0, scale); }, 10);
         const double flops = 4.0 * double(B) * double(T) * double(T) * double(H) * double(dh) / 2;
         std::printf(
             "ours  dh=%-4ld T=%-5ld B=%-3ld H=%-3ld | fwd %8.3f ms %6.1f TFLOP/s | bwd %8.3f ms %6.1f TFLOP/s | err "
