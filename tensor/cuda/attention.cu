@@ -10,6 +10,7 @@
 // - float32 / float64: SIMT tiles (tensor/cuda/attention_simt.cuh) on contiguous operands.
 // Both backwards start from D_i = dout_i . out_i (row_dot_kernel below).
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "tensor/cuda/attention.h"
@@ -151,15 +152,15 @@ ops::AttentionOut attention(const Tensor& q_in, const Tensor& k_in, const Tensor
       with_mma_dh(d.dh, [&](auto dh_tag) {
         using Tile = attn::WgmmaForwardTile<decltype(dh_tag)::value>;
         const int64_t tiles = int64_t(blocks_for(d.Tq, Tile::BM)) * d.B * d.H;
-        SESSA_CHECK(tiles < (int64_t(1) << 31), op,
-                    tiles << " query tiles of " << q.str() << " are more than the tile counter's 2^31 - 1");
+        const int blocks = int(std::min<int64_t>(tiles, sm_count(dev.index)));
+        SESSA_CHECK(tiles + blocks <= INT32_MAX, op,
+                    tiles << " query tiles of " << q.str() << " are beyond the tile counter's int32 range");
         const CUtensorMap q_map = tile_map_of(qt, Tile::BM, op), k_map = tile_map_of(kt, Tile::BN, op),
                           v_map = tile_map_of(vt, Tile::BN, op);
         allow_dynamic_smem(attn::wgmma_forward<Tile>, Tile::smem_bytes, op);
-        attn::wgmma_forward<Tile>
-            <<<unsigned(std::min<int64_t>(tiles, sm_count(dev.index))), Tile::kThreads, Tile::smem_bytes, st>>>(
-                q_map, k_map, v_map, ptr<bf16_t>(res.out), ptr<float>(res.lse), d, float(scale) * attn::kLog2e,
-                vectorizable(d.dh, {&res.out}), forward_schedule_of(op));
+        attn::wgmma_forward<Tile><<<blocks, Tile::kThreads, Tile::smem_bytes, st>>>(
+            q_map, k_map, v_map, ptr<bf16_t>(res.out), ptr<float>(res.lse), d, float(scale) * attn::kLog2e,
+            vectorizable(d.dh, {&res.out}), forward_schedule_of(op));
         SESSA_CUDA_LAUNCH_CHECK(op);
       });
     } else {

@@ -77,9 +77,8 @@ using WgmmaForwardTile =
 // concurrent tiles share K and V in L2): its first tile is blockIdx.x, the next ones
 // gridDim.x plus the counter schedule[0]. schedule[1] counts the blocks that found no tile
 // left; the last of them puts both back to 0, as the next launch needs them (launches on
-// one stream; tensor/cuda/attention.cu). q_map: boxes of 64 columns x
-// BM rows of q (B, H, Tq, DH); k_map, v_map: 64 columns x BN rows of k, v (B, Hkv, Tk, DH)
-// (tensor/cuda/tma.h).
+// one stream; tensor/cuda/attention.cu). q_map: boxes of 64 columns x BM rows of q (B, H,
+// Tq, DH); k_map, v_map: 64 columns x BN rows of k, v (B, Hkv, Tk, DH) (tensor/cuda/tma.h).
 template <class Tile>
 __global__ void __launch_bounds__(Tile::kThreads, 1)
     wgmma_forward(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
