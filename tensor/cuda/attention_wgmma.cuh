@@ -40,7 +40,8 @@
 // buffers, two consumers at head dim 64, 64-key tiles (2 to 4 buffers, 2 or 3 consumers);
 // three buffers again with the persistent grid (2026-12-03). The persistent grid against
 // one block per tile: +21% / +13% / +7% at T 512 / 1024 / 2048 (head dim 64), +15% / +10%
-// / +6% (128), within 3% at T 4096 and 8192 (docs/performance.md, nineteenth session).
+// / +7% (128), within 4% either way at T 4096 and 8192 (docs/performance.md, nineteenth
+// session).
 #pragma once
 #include "tensor/cuda/attention_params.cuh"
 #include "tensor/cuda/common.cuh"
@@ -124,8 +125,9 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
     tma::release_registers<Tile::kProducerRegs>();
     if (t == 0) {
       // Tile n of this block goes to Q buffer n % 2 (and its index to tile_in[n % 2]) once
-      // the consumers are done with tile n - 2; its key tiles are this block's j0 .. j0 +
-      // tiles - 1. Past the last tile, tile_in gets -1 and the Q barrier a plain arrival.
+      // the consumers are done with tile n - 2; j counts this block's key tiles, so K and V
+      // buffers and phases run on across tiles. Past the last tile, tile_in gets -1 and the
+      // Q barrier a plain arrival.
       for (int n = 0, j = 0;; ++n) {
         const int slot = n % 2;
         if (n >= 2) tma::wait(q_empty(slot), (n / 2 - 1) & 1);
