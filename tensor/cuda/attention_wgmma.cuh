@@ -19,8 +19,9 @@
 //       S = Q K_j^T   wgmma m64nBNk16, DH / 16 k-steps, A = Q and B = K both K-major;
 //       the online softmax on the accumulators in float32 (each thread holds two rows;
 //       the running max m in log2 units, scores scaled by scale * log2 e, and the sum l);
-//       O += P V_j    wgmma m64n64k16 per 64 output columns, BN / 16 k-steps of 16 keys,
-//                     A = P from registers (packed from the S accumulators), B = V MN-major.
+//       O += P V_j    wgmma m64nDHk16, one product as wide as the head, BN / 16 k-steps of 16
+//                     keys, A = P from registers (packed from the S accumulators), B = V
+//                     MN-major (at head dim 128 its two 64-column blocks in one descriptor).
 // Consumers take turns at the tensor cores (FlashAttention-3's ping-pong): a round issues
 // S_r and P_{r-1} V_{r-1} of one consumer, which then hands the turn to the next (named
 // barriers 1 .. kConsumers) and computes the softmax of S_r while the others' products
@@ -168,10 +169,10 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
   // units) and sum l, the output accumulator o, the descriptor of its 64 rows of Q.
   QueryTile x;
   int pos0, pos, my_tiles;
-  float o[CB][32], m[2], l[2];
+  float o[DH / 2], m[2], l[2];  // o: the m64nDH accumulator (wgmma.cuh's layout)
   uint64_t q_desc;
   const uint64_t k_desc = wgmma::descriptor(wgmma::smem_address(Ks)),
-                 v_desc = wgmma::descriptor(wgmma::smem_address(Vs));
+                 v_desc = wgmma::descriptor(wgmma::smem_address(Vs), BN * 128);  // V's 64-column blocks BN * 128 apart
 
   float s[BN / 2];         // S of one key tile: s[4 jn + e] = S[row pos + 8 (e / 2)][key 8 jn + 2 (lane % 4) + e % 2]
   uint32_t p[BN / 16][4];  // P of the previous tile in bf16, as the A operands of P V
@@ -186,13 +187,16 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
     }
     wgmma::commit();
   };
-  auto issue_pv = [&](int j) {  // O += P V_j, asynchronously
+  auto issue_pv = [&](int j) {  // O += P V_j, asynchronously, one product as wide as the head
     const uint64_t vj = wgmma::advance(v_desc, j % kStages * Tile::kKVBytes);
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk)  // keys 16 kk .. 16 kk + 15
-#pragma unroll
-      for (int cb = 0; cb < CB; ++cb)
-        wgmma::mma_m64n64_rs(o[cb], p[kk], wgmma::advance(vj, cb * BN * 128 + kk * 16 * 128));
+    for (int kk = 0; kk < BN / 16; ++kk) {  // keys 16 kk .. 16 kk + 15
+      const uint64_t vk = wgmma::advance(vj, kk * 16 * 128);
+      if constexpr (DH == 64)
+        wgmma::mma_m64n64_rs(o, p[kk], vk);
+      else
+        wgmma::mma_m64n128_rs(o, p[kk], vk);
+    }
     wgmma::commit();
   };
   // The online softmax of s = S_j in place (s becomes the unnormalised P), m and l
@@ -234,9 +238,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
-      for (int cb = 0; cb < CB; ++cb)
-#pragma unroll
-        for (int jd = 0; jd < 8; ++jd) o[cb][4 * jd + 2 * r] *= corr[r], o[cb][4 * jd + 2 * r + 1] *= corr[r];
+      for (int jd = 0; jd < DH / 8; ++jd) o[4 * jd + 2 * r] *= corr[r], o[4 * jd + 2 * r + 1] *= corr[r];
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) wgmma::a_from_c<BN>(p[kk], s, kk);
   };
@@ -262,9 +264,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
     my_tiles = x.i0 + 64 * c < d.Tq ? min(x.tiles, (pos0 + 63) / BN + 1) : 0;
     q_desc = wgmma::descriptor(wgmma::smem_address(Qs + slot * Tile::kQBytes) + 64 * c * 128);
 #pragma unroll
-    for (int cb = 0; cb < CB; ++cb)
-#pragma unroll
-      for (int e = 0; e < 32; ++e) o[cb][e] = 0.f;
+    for (int e = 0; e < DH / 2; ++e) o[e] = 0.f;
     m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
     const int tiles = x.tiles;
     auto release_k = [&](int r) {
@@ -321,18 +321,16 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
       const float inv = 1.f / sum;
       bf16_t* dst = out + offset(d.out, x.b, x.h, row);
 #pragma unroll
-      for (int cb = 0; cb < CB; ++cb)
-#pragma unroll
-        for (int jd = 0; jd < 8; ++jd) {
-          const int col = 64 * cb + 8 * jd + 2 * (lane % 4);
-          const float lo = o[cb][4 * jd + 2 * r] * inv, hi = o[cb][4 * jd + 2 * r + 1] * inv;
-          if (vec) {
-            if (col < d.dh) *reinterpret_cast<uint32_t*>(dst + col) = mma::pack_bf16(lo, hi);
-          } else {
-            if (col < d.dh) dst[col] = __float2bfloat16(lo);
-            if (col + 1 < d.dh) dst[col + 1] = __float2bfloat16(hi);
-          }
+      for (int jd = 0; jd < DH / 8; ++jd) {
+        const int col = 8 * jd + 2 * (lane % 4);
+        const float lo = o[4 * jd + 2 * r] * inv, hi = o[4 * jd + 2 * r + 1] * inv;
+        if (vec) {
+          if (col < d.dh) *reinterpret_cast<uint32_t*>(dst + col) = mma::pack_bf16(lo, hi);
+        } else {
+          if (col < d.dh) dst[col] = __float2bfloat16(lo);
+          if (col + 1 < d.dh) dst[col + 1] = __float2bfloat16(hi);
         }
+      }
       if (lane % 4 == 0) lse[(int64_t(x.b) * d.H + x.h) * d.Tq + row] = (m[r] + log2f(sum)) * kLn2;
     }
   }

@@ -50,10 +50,13 @@ struct Swizzled {
 };
 
 // Descriptor of a swizzled operand starting at shared address addr (1024-aligned, or
-// advanced from such by a k-step's 32 bytes): start >> 4, leading offset 16 bytes (unused
-// by these layouts), 8-row stride 1024 bytes, 128-byte swizzle mode.
-__device__ __forceinline__ uint64_t descriptor(uint32_t addr) {
-  return uint64_t((addr >> 4) & 0x3fff) | uint64_t(1) << 16 | uint64_t(1024 >> 4) << 32 | uint64_t(1) << 62;
+// advanced from such by a k-step's 32 bytes): start >> 4, the leading offset, 8-row stride
+// 1024 bytes, 128-byte swizzle mode. The leading offset is the bytes from one 64-column
+// block to the next of an MN-major operand wider than 64 columns (the tile's rows x 128);
+// K-major operands and 64-column ones do not use it (PTX ISA, "Matrix Descriptor Format").
+__device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t leading_bytes = 16) {
+  return uint64_t((addr >> 4) & 0x3fff) | uint64_t((leading_bytes >> 4) & 0x3fff) << 16 | uint64_t(1024 >> 4) << 32 |
+         uint64_t(1) << 62;
 }
 
 // The descriptor of addr + bytes from that of addr (bytes a multiple of 16): the start
@@ -156,6 +159,18 @@ __device__ __forceinline__ void mma_m64n64_rs(float (&d)[32], const uint32_t (&a
       "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
       : SESSA_WG_D32(d)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(int(accumulate)), "n"(int(kMNMajorB)));
+}
+
+// d += A B for one k-step, m64n128k16: A (64 x 16) from registers, B (16 x 128) MN-major in
+// shared memory as two 64-column blocks, b's descriptor carrying their distance as its
+// leading offset.
+__device__ __forceinline__ void mma_m64n128_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" SESSA_WG_L64
+      "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : SESSA_WG_D64(d)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 }
 
 }  // namespace sessa::cuda::wgmma
