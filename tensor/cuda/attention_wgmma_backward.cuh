@@ -22,7 +22,8 @@
 //   dP^T = V_kw dout^T  the same with V and dout;
 //   P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D) on the accumulators in float32;
 //   dV += P^T dout      A = P^T from registers (packed from the S^T accumulators), B = dout
-//                       MN-major, one m64n64 product per 64 columns of the head dim;
+//                       MN-major, one m64nDH product as wide as the head (its 64-column
+//                       blocks in one descriptor, as the forward's P V);
 //   dK += dS^T Q        likewise with dS^T and Q;
 //   dq                  dS^T goes to shared memory (double-buffered by step); the step's dq
 //                       tile is dS K over all BN keys, both operands read transposed
@@ -191,15 +192,14 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
   const uint64_t k_desc = wgmma::descriptor(wgmma::smem_address(Ks) + own_rows),
                  v_desc = wgmma::descriptor(wgmma::smem_address(Vs) + own_rows),
                  s_desc = wgmma::descriptor(wgmma::smem_address(Ss)),
-                 q_desc = wgmma::descriptor(wgmma::smem_address(Qs)),
-                 g_desc = wgmma::descriptor(wgmma::smem_address(Gs)),
-                 kq_desc = wgmma::descriptor(wgmma::smem_address(Ks) + dq_cols);
+                 q_desc = wgmma::descriptor(wgmma::smem_address(Qs), BQ * 128),  // 64-column blocks
+      g_desc = wgmma::descriptor(wgmma::smem_address(Gs), BQ * 128),             // BQ * 128 apart
+      kq_desc = wgmma::descriptor(wgmma::smem_address(Ks) + dq_cols);
   const wgmma::Swizzled<BN> kv_layout;    // K, V and dS^T, bfloat16
   const wgmma::Swizzled<BQ, 4> x_layout;  // dq staging, float32
 
-  // Accumulators: a[4 j + e] = A[row 16 warp + lane / 4 + 8 (e / 2)][column 8 j + 2 (lane % 4) + e % 2]
-  // (of column block cb for the [CB][32] ones).
-  float gk[CB][32] = {}, gv[CB][32] = {};  // dK, dV of this consumer's keys (rows) x head dim
+  // Accumulators: a[4 j + e] = A[row 16 warp + lane / 4 + 8 (e / 2)][column 8 j + 2 (lane % 4) + e % 2].
+  float gk[DH / 2] = {}, gv[DH / 2] = {};  // dK, dV of this consumer's keys (rows) x head dim
   StepAt cur{hk * d.group, i_last};
   if (steps > 0) tma::wait(kv_full, 0);
   // kKVInRegisters: this consumer's rows of K and V as A operands of S^T and dP^T, k-step ks
@@ -307,12 +307,16 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     if (!idle) {
       wgmma::fence();
 #pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk)  // queries 16 kk .. 16 kk + 15
-#pragma unroll
-        for (int cb = 0; cb < CB; ++cb) {
-          wgmma::mma_m64n64_rs(gv[cb], pa[kk], wgmma::advance(gb, cb * BQ * 128 + kk * 16 * 128));
-          wgmma::mma_m64n64_rs(gk[cb], da[kk], wgmma::advance(qb, cb * BQ * 128 + kk * 16 * 128));
+      for (int kk = 0; kk < BQ / 16; ++kk) {  // queries 16 kk .. 16 kk + 15
+        const uint64_t g = wgmma::advance(gb, kk * 16 * 128), q = wgmma::advance(qb, kk * 16 * 128);
+        if constexpr (DH == 64) {
+          wgmma::mma_m64n64_rs(gv, pa[kk], g);
+          wgmma::mma_m64n64_rs(gk, da[kk], q);
+        } else {
+          wgmma::mma_m64n128_rs(gv, pa[kk], g);
+          wgmma::mma_m64n128_rs(gk, da[kk], q);
         }
+      }
       wgmma::commit();
     }
     if (!dq_turn) {  // (by turns) hand the dS^T rows to the other consumer and go on; this
@@ -376,22 +380,20 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
     bf16_t* dk_row = dk + offset(d.dk, b, hk, key);
     bf16_t* dv_row = dv + offset(d.dv, b, hk, key);
 #pragma unroll
-    for (int cb = 0; cb < CB; ++cb)
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int col = 64 * cb + 8 * j + 2 * (lane % 4);
-        const float k0 = gk[cb][4 * j + 2 * r] * scale, k1 = gk[cb][4 * j + 2 * r + 1] * scale;
-        const float v0 = gv[cb][4 * j + 2 * r], v1 = gv[cb][4 * j + 2 * r + 1];
-        if (vec) {
-          if (col < d.dh) {
-            *reinterpret_cast<uint32_t*>(dk_row + col) = mma::pack_bf16(k0, k1);
-            *reinterpret_cast<uint32_t*>(dv_row + col) = mma::pack_bf16(v0, v1);
-          }
-        } else {
-          if (col < d.dh) dk_row[col] = __float2bfloat16(k0), dv_row[col] = __float2bfloat16(v0);
-          if (col + 1 < d.dh) dk_row[col + 1] = __float2bfloat16(k1), dv_row[col + 1] = __float2bfloat16(v1);
+    for (int j = 0; j < DH / 8; ++j) {
+      const int col = 8 * j + 2 * (lane % 4);
+      const float k0 = gk[4 * j + 2 * r] * scale, k1 = gk[4 * j + 2 * r + 1] * scale;
+      const float v0 = gv[4 * j + 2 * r], v1 = gv[4 * j + 2 * r + 1];
+      if (vec) {
+        if (col < d.dh) {
+          *reinterpret_cast<uint32_t*>(dk_row + col) = mma::pack_bf16(k0, k1);
+          *reinterpret_cast<uint32_t*>(dv_row + col) = mma::pack_bf16(v0, v1);
         }
+      } else {
+        if (col < d.dh) dk_row[col] = __float2bfloat16(k0), dv_row[col] = __float2bfloat16(v0);
+        if (col + 1 < d.dh) dk_row[col + 1] = __float2bfloat16(k1), dv_row[col + 1] = __float2bfloat16(v1);
       }
+    }
   }
 }
 
