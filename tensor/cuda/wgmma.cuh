@@ -18,8 +18,9 @@
 //   - a K-major operand (rows = M or N, columns = K): k-step ks (16 columns) starts at
 //     column block ks / 4, byte 32 (ks % 4), with the descriptor's 8-row stride 1024;
 //   - an MN-major operand (rows = K, columns = M or N, the instruction transposes it,
-//     tnspA / tnspB): k-step kk is rows 16 kk .. 16 kk + 15 of one 64-column block (64
-//     columns per product).
+//     tnspA / tnspB): k-step kk is rows 16 kk .. 16 kk + 15 of a 64-column block; a
+//     product 128 columns wide reads two blocks, the descriptor's leading offset giving
+//     the distance from one to the next (R x 128 bytes).
 // These layouts are the ones pinned by an exact-integer probe on the H200 (docs/
 // performance.md, 2026-12-01 third session).
 #pragma once
