@@ -191,11 +191,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
     const uint64_t vj = wgmma::advance(v_desc, j % kStages * Tile::kKVBytes);
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {  // keys 16 kk .. 16 kk + 15
-      const uint64_t vk = wgmma::advance(vj, kk * 16 * 128);
-      if constexpr (DH == 64)
-        wgmma::mma_m64n64_rs(o, p[kk], vk);
-      else
-        wgmma::mma_m64n128_rs(o, p[kk], vk);
+      wgmma::mma_rs_mn(o, p[kk], wgmma::advance(vj, kk * 16 * 128));
     }
     wgmma::commit();
   };

@@ -186,15 +186,16 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
   const int key0 = n0 + 64 * c;                  // its keys key0 .. key0 + 63
   const int krow = key0 + 16 * warp + lane / 4;  // this thread's rows of S^T: keys krow, krow + 8
   // Operand descriptors, built once: this consumer's 64 rows of K and V; buffer 0 of Q,
-  // dout and dS^T; all BN keys of K at the dq product's columns (this consumer's DQ, or all).
+  // dout and dS^T (Q's and dout's 64-column blocks BQ x 128 bytes apart, for the head-wide
+  // dK, dV products); all BN keys of K at the dq product's columns (this consumer's DQ, or all).
   const int dq_col0 = kByTurns ? 0 : DQ * c;  // the first of the dq product's columns
   const uint32_t own_rows = 64 * c * 128, dq_cols = dq_col0 / 64 * BN * 128 + dq_col0 % 64 * 2;
   const uint64_t k_desc = wgmma::descriptor(wgmma::smem_address(Ks) + own_rows),
                  v_desc = wgmma::descriptor(wgmma::smem_address(Vs) + own_rows),
                  s_desc = wgmma::descriptor(wgmma::smem_address(Ss)),
-                 q_desc = wgmma::descriptor(wgmma::smem_address(Qs), BQ * 128),  // 64-column blocks
-      g_desc = wgmma::descriptor(wgmma::smem_address(Gs), BQ * 128),             // BQ * 128 apart
-      kq_desc = wgmma::descriptor(wgmma::smem_address(Ks) + dq_cols);
+                 q_desc = wgmma::descriptor(wgmma::smem_address(Qs), BQ * 128),
+                 g_desc = wgmma::descriptor(wgmma::smem_address(Gs), BQ * 128),
+                 kq_desc = wgmma::descriptor(wgmma::smem_address(Ks) + dq_cols);
   const wgmma::Swizzled<BN> kv_layout;    // K, V and dS^T, bfloat16
   const wgmma::Swizzled<BQ, 4> x_layout;  // dq staging, float32
 
@@ -309,13 +310,8 @@ __global__ void __launch_bounds__(WgmmaBackwardTile<DH>::kThreads, 1)
 #pragma unroll
       for (int kk = 0; kk < BQ / 16; ++kk) {  // queries 16 kk .. 16 kk + 15
         const uint64_t g = wgmma::advance(gb, kk * 16 * 128), q = wgmma::advance(qb, kk * 16 * 128);
-        if constexpr (DH == 64) {
-          wgmma::mma_m64n64_rs(gv, pa[kk], g);
-          wgmma::mma_m64n64_rs(gk, da[kk], q);
-        } else {
-          wgmma::mma_m64n128_rs(gv, pa[kk], g);
-          wgmma::mma_m64n128_rs(gk, da[kk], q);
-        }
+        wgmma::mma_rs_mn(gv, pa[kk], g);
+        wgmma::mma_rs_mn(gk, da[kk], q);
       }
       wgmma::commit();
     }

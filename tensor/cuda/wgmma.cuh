@@ -162,10 +162,13 @@ __device__ __forceinline__ void mma_m64n64_rs(float (&d)[32], const uint32_t (&a
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(int(accumulate)), "n"(int(kMNMajorB)));
 }
 
-// d += A B for one k-step, m64n128k16: A (64 x 16) from registers, B (16 x 128) MN-major in
-// shared memory as two 64-column blocks, b's descriptor carrying their distance as its
-// leading offset.
-__device__ __forceinline__ void mma_m64n128_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+// d += A B for one k-step, B MN-major in shared memory, A (64 x 16) from registers; N = 64
+// or 128 by the size of d (m64n64k16, m64n128k16). A 128-column B is two 64-column blocks,
+// b's descriptor carrying their distance as its leading offset.
+__device__ __forceinline__ void mma_rs_mn(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+  mma_m64n64_rs(d, a, b);
+}
+__device__ __forceinline__ void mma_rs_mn(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" SESSA_WG_L64
